@@ -1,0 +1,449 @@
+/*
+ * haul.h - the public interface of libhaul, a message-based scalable data
+ * transport.
+ *
+ * This header is the library's contract. Everything a program may rely on
+ * is written here; anything not written here is an implementation detail.
+ *
+ * Vocabulary (the seed's names):
+ *
+ *   engine      the communication engine of a process: it owns the I/O
+ *               threads, every connection and the completion queue.
+ *   session     one logical, reliable, ordered stream of whole messages
+ *               between two applications, in both directions.
+ *   message     the unit of transfer and of flow control: 0 bytes to a
+ *               configured maximum (64 MiB by default).
+ *   pipe        the bundle of connections between this engine and one
+ *               destination. Every session to that destination shares it.
+ *   dispatcher  the part of a pipe that puts the messages of its sessions
+ *               onto whichever connection is free.
+ *   window      WndSize: how many more messages the receiver will admit.
+ *
+ * Rules that hold for every call:
+ *
+ *   1. A call that returns an error posts no event and changes nothing.
+ *   2. An operation that was accepted posts exactly one final event:
+ *      haul_session_new        -> HAUL_EV_SESSION_OPEN or
+ *                                 HAUL_EV_SESSION_REFUSED
+ *      haul_send*              -> HAUL_EV_MESSAGE_SENT or
+ *                                 HAUL_EV_MESSAGE_FAILED
+ *      haul_session_close      -> HAUL_EV_SESSION_CLOSED
+ *      An open session always ends with one HAUL_EV_SESSION_CLOSED.
+ *   3. Each event names its level. HAUL_EV_MESSAGE_SENT means that the
+ *      receiving engine has the whole message in the session's input
+ *      queue and acknowledged it; it does not mean "left the socket".
+ *   4. No call blocks on the network. haul_engine_wait() is the only call
+ *      that waits, and only as long as it is told.
+ *   5. Every function may be called from any thread unless its comment
+ *      says otherwise. Events are taken by whichever thread calls
+ *      haul_engine_wait().
+ *   6. Errors are the positive HAUL_E* codes below; 0 is success.
+ */
+#ifndef HAUL_H
+#define HAUL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(HAUL_BUILDING) && defined(__GNUC__)
+#define HAUL_API __attribute__((visibility("default")))
+#else
+#define HAUL_API
+#endif
+
+#define HAUL_VERSION_MAJOR 0
+#define HAUL_VERSION_MINOR 1
+#define HAUL_VERSION_PATCH 0
+
+/* The wire protocol version this library speaks (docs/protocol.md). */
+#define HAUL_PROTOCOL_VERSION 1
+
+/*
+ * Error codes. The table below generates the enum, the names and the
+ * messages of haul_strerror(). Codes are appended, never renumbered.
+ */
+#define HAUL_FOREACH_ERROR(X)                                                                      \
+    X(OK, 0, "success")                                                                            \
+    X(EINVAL, 1, "invalid argument")                                                               \
+    X(ENOMEM, 2, "out of memory")                                                                  \
+    X(EQUEUEFULL, 3, "output queue full")                                                          \
+    X(EMSGSIZE, 4, "message larger than allowed")                                                  \
+    X(EAGAIN, 5, "nothing to take now")                                                            \
+    X(ESTATE, 6, "operation not allowed in the session's state")                                   \
+    X(ECLOSED, 7, "session closed")                                                                \
+    X(ETIMEDOUT, 8, "timed out")                                                                   \
+    X(EREFUSED, 9, "session refused by the peer")                                                  \
+    X(ECONNREFUSED, 10, "connection refused")                                                      \
+    X(ECONNRESET, 11, "connection lost")                                                           \
+    X(EPROTO, 12, "protocol violation by the peer")                                                \
+    X(EVERSION, 13, "unsupported protocol version")                                                \
+    X(EADDR, 14, "bad address")                                                                    \
+    X(ESYS, 15, "system call failed")                                                              \
+    X(ELIMIT, 16, "configured limit reached")                                                      \
+    X(ESHUTDOWN, 17, "engine is shutting down")                                                    \
+    X(EATTEMPTS, 18, "too many transmission attempts")                                             \
+    X(EABORTED, 19, "session aborted by the peer")                                                 \
+    X(EIO, 20, "input/output error")
+
+typedef enum haul_error {
+#define HAUL_ERROR_ENUM_(name, code, text) HAUL_##name = code,
+    HAUL_FOREACH_ERROR(HAUL_ERROR_ENUM_)
+#undef HAUL_ERROR_ENUM_
+        HAUL_ERROR_COUNT_
+} haul_error;
+
+/* Returns a static, human readable text for any code, known or not. */
+HAUL_API const char *haul_strerror(int code);
+
+/* Returns the symbolic name of a code ("EQUEUEFULL"), or "E?" if unknown. */
+HAUL_API const char *haul_errname(int code);
+
+/* ------------------------------------------------------------------------ */
+/* Engine                                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct haul_engine haul_engine;
+typedef struct haul_session haul_session;
+typedef struct haul_message haul_message;
+
+/* Levels for the log callback. */
+enum { HAUL_LOG_ERROR = 0, HAUL_LOG_WARN = 1, HAUL_LOG_INFO = 2, HAUL_LOG_DEBUG = 3 };
+
+/*
+ * Engine configuration. Initialise with haul_engine_config_init(), which
+ * fills in the documented defaults, then change what you need. Every bound
+ * the engine enforces is here.
+ */
+typedef struct haul_engine_config {
+    /* I/O threads, each owning a share of the connections. Default 1. */
+    unsigned io_threads;
+    /* Largest message any session may send or accept. Default 64 MiB,
+     * range 0 .. 4 GiB - 1. */
+    uint64_t max_message;
+    /* Bytes of one chunk on the wire; larger messages are cut into chunks
+     * that may travel on different connections. Default 256 KiB, range
+     * 4 KiB .. 16 MiB. Both ends may use different values. */
+    uint32_t chunk_size;
+    /* Most sessions this engine holds at once. Default 4096. */
+    unsigned max_sessions;
+    /* Most connections this engine holds at once, all pipes and accepted
+     * connections together. Default 4096. */
+    unsigned max_connections;
+    /* Connections that have not yet finished their handshake may live this
+     * long. Default 10000 ms. */
+    unsigned handshake_timeout_ms;
+    /* A message that is not acknowledged this long after it was queued
+     * fails, and so does its session. Default 60000 ms. Sessions may
+     * override it. */
+    unsigned message_timeout_ms;
+    /* A message whose chunks had to be sent again this many times (because
+     * connections carrying them broke) fails. Default 8. */
+    unsigned max_attempts;
+    /* Redial backoff of a lost pipe connection: starts at the minimum,
+     * doubles up to the maximum. Defaults 20 ms and 2000 ms. */
+    unsigned redial_min_ms;
+    unsigned redial_max_ms;
+    /* Optional log sink; called from engine threads with a full sentence.
+     * Without it, errors and warnings go to stderr when log_level allows. */
+    void (*log)(void *arg, int level, const char *line);
+    void *log_arg;
+    /* Most verbose level passed on. Default HAUL_LOG_WARN. */
+    int log_level;
+} haul_engine_config;
+
+/* Fills *config with the defaults above. */
+HAUL_API void haul_engine_config_init(haul_engine_config *config);
+
+/*
+ * Creates an engine and starts its I/O threads. On success *enginep owns
+ * the engine until haul_engine_free(). Errors: HAUL_EINVAL (a bound out of
+ * range), HAUL_ENOMEM, HAUL_ESYS.
+ */
+HAUL_API int haul_engine_new(const haul_engine_config *config, haul_engine **enginep);
+
+/*
+ * Stops the engine: closes every connection and listener, stops the
+ * threads and frees every session, message and event that it still owns.
+ * Messages taken with haul_recv() stay valid until haul_message_free().
+ * Must not be called from a callback or concurrently with other calls on
+ * the same engine.
+ */
+HAUL_API void haul_engine_free(haul_engine *engine);
+
+/*
+ * A file descriptor that is readable while events wait in the completion
+ * queue, for use in the application's own poll or epoll loop. Owned by the
+ * engine; do not read or close it.
+ */
+HAUL_API int haul_engine_fd(haul_engine *engine);
+
+/* Event types. */
+typedef enum haul_event_type {
+    HAUL_EV_NONE = 0,
+    /* Server: a client asks for a session. Answer with haul_session_accept
+     * or haul_session_reject. The session handle is new. */
+    HAUL_EV_SESSION_REQUEST,
+    /* Client: the server accepted the session; messages may flow. */
+    HAUL_EV_SESSION_OPEN,
+    /* Client: the session could not be opened (error says why: HAUL_EREFUSED
+     * with the server's reason code in `reason`, or a connection error). */
+    HAUL_EV_SESSION_REFUSED,
+    /* A whole message waits in the session's input queue: haul_recv(). */
+    HAUL_EV_MESSAGE_RECEIVED,
+    /* The receiver acknowledged the message with this tag. `window` is the
+     * WndSize its acknowledgement carried. */
+    HAUL_EV_MESSAGE_SENT,
+    /* The message with this tag will not be delivered; `error` says why. */
+    HAUL_EV_MESSAGE_FAILED,
+    /* The receiver's window grew without new acknowledgements (it took a
+     * message out of its input queue); `window` is the new WndSize. */
+    HAUL_EV_WINDOW_OPENED,
+    /* The session ended: error is HAUL_OK after an orderly close by either
+     * side, else the reason. The last event of every session. */
+    HAUL_EV_SESSION_CLOSED,
+} haul_event_type;
+
+/* Returns the name of an event type ("MESSAGE_SENT"). */
+HAUL_API const char *haul_event_name(int type);
+
+/*
+ * A completion. The session pointer stays valid until the application
+ * calls haul_session_free(), even after HAUL_EV_SESSION_CLOSED.
+ */
+typedef struct haul_event {
+    haul_event_type type;
+    int error;             /* HAUL_OK or a HAUL_E* code */
+    haul_session *session; /* the session the event is about */
+    uint64_t tag;          /* the message's tag, for message events */
+    uint64_t seq;          /* the message's sequence number in the session */
+    uint32_t window;       /* WndSize, for MESSAGE_SENT and WINDOW_OPENED */
+    uint32_t reason;       /* the peer's reason code, for REFUSED/CLOSED */
+} haul_event;
+
+/*
+ * Takes up to max events from the completion queue into events[], waiting
+ * up to timeout_ms for the first one (0: do not wait, -1: wait forever).
+ * Returns the number taken (0 on timeout), or -HAUL_EINVAL.
+ */
+HAUL_API int haul_engine_wait(haul_engine *engine, haul_event *events, int max, int timeout_ms);
+
+/* ------------------------------------------------------------------------ */
+/* Listening (the storage server side)                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Defaults that apply to every session a listener accepts. */
+typedef struct haul_listen_config {
+    /* Bytes of messages this side may have unacknowledged. Default 64 MiB. */
+    uint64_t output_queue;
+    /* Bytes of received messages the application has not yet taken, beyond
+     * which the window closes. Default 64 MiB. */
+    uint64_t input_queue;
+    /* Largest message this side sends on these sessions. Default: the
+     * engine's max_message. */
+    uint64_t max_message;
+} haul_listen_config;
+
+HAUL_API void haul_listen_config_init(haul_listen_config *config);
+
+/*
+ * Listens on an address: "host:port" (IPv4 name or address), "[v6]:port",
+ * ":port" (all IPv4 and IPv6 addresses), or "unix:/path". Port 0 asks the
+ * system for one; haul_listen_address() tells which. Sessions asked for on
+ * it arrive as HAUL_EV_SESSION_REQUEST. config may be NULL for defaults.
+ * Errors: HAUL_EADDR, HAUL_ESYS (e.g. address in use), HAUL_EINVAL.
+ */
+HAUL_API int haul_listen(haul_engine *engine, const char *address,
+                         const haul_listen_config *config);
+
+/*
+ * Writes the address of the engine's first listener, as a string that
+ * haul_session_new() accepts, into buf. Errors: HAUL_ESTATE (no listener),
+ * HAUL_EINVAL (buffer too small).
+ */
+HAUL_API int haul_listen_address(haul_engine *engine, char *buf, size_t size);
+
+/* ------------------------------------------------------------------------ */
+/* Sessions                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct haul_session_config {
+    /* Destination, as for haul_listen(): "host:port", "[v6]:port",
+     * "unix:/path". Required. */
+    const char *destination;
+    /* The principal's name, e.g. "DLS_SERVER_1", 1..255 bytes. Required. */
+    const char *principal;
+    /* Output queue length in bytes: messages queued and not yet
+     * acknowledged. A send that would exceed it fails with
+     * HAUL_EQUEUEFULL. Default 64 MiB. */
+    uint64_t output_queue;
+    /* Input queue length in bytes: received messages not yet taken by
+     * haul_recv(). Default 64 MiB. */
+    uint64_t input_queue;
+    /* Largest message this session sends, at most the engine's
+     * max_message. The receiver counts its window in messages of this
+     * size, so set it to the size you really send. Default: the engine's
+     * max_message. */
+    uint64_t max_message;
+    /* Opaque bytes the server application receives with the request
+     * (e.g. a replica GUID), at most 4096. Copied. */
+    const void *context;
+    size_t context_len;
+    /* Connections in the pipe to this destination, 1 .. 65535. Used when
+     * this session creates the pipe; later sessions to the same destination
+     * share the pipe as it is. Default 1. */
+    unsigned connections;
+    /* Per-session message timeout; 0 takes the engine's. */
+    unsigned message_timeout_ms;
+    /* The application's pointer, returned by haul_session_data(). */
+    void *data;
+} haul_session_config;
+
+HAUL_API void haul_session_config_init(haul_session_config *config);
+
+/*
+ * Creates a session to a destination (Fig. 4, step 402) and returns at
+ * once; the outcome arrives as HAUL_EV_SESSION_OPEN or
+ * HAUL_EV_SESSION_REFUSED. Creates the pipe to the destination if there is
+ * none. *sessionp is the caller's until haul_session_free().
+ * Errors: HAUL_EINVAL, HAUL_EADDR, HAUL_ELIMIT (max_sessions), HAUL_ENOMEM,
+ * HAUL_ESHUTDOWN.
+ */
+HAUL_API int haul_session_new(haul_engine *engine, const haul_session_config *config,
+                              haul_session **sessionp);
+
+/*
+ * Server: accepts a session announced by HAUL_EV_SESSION_REQUEST (step
+ * 408); the client then gets HAUL_EV_SESSION_OPEN. Accepting posts no
+ * event of its own on this side: the session is open for sending at once.
+ * Errors: HAUL_ESTATE (not a pending request), HAUL_ECLOSED.
+ */
+HAUL_API int haul_session_accept(haul_session *session);
+
+/*
+ * Server: refuses a pending request with an application reason code,
+ * which the client sees in the event's `reason`. The session then closes
+ * (HAUL_EV_SESSION_CLOSED with HAUL_EREFUSED). Errors: HAUL_ESTATE.
+ */
+HAUL_API int haul_session_reject(haul_session *session, uint32_t reason);
+
+/*
+ * Closes a session in order (FIN): messages already queued are still
+ * delivered, then both sides get HAUL_EV_SESSION_CLOSED. Further sends
+ * fail with HAUL_ESTATE. Messages the peer still had unacknowledged fail
+ * on its side with HAUL_ECLOSED. Errors: HAUL_ESTATE (already closing).
+ */
+HAUL_API int haul_session_close(haul_session *session);
+
+/*
+ * Releases the caller's handle. A session that is not yet closed is
+ * aborted: the peer sees HAUL_EV_SESSION_CLOSED with HAUL_EABORTED and
+ * this side gets no more events for it; queued events about it are
+ * withdrawn. Messages taken with haul_recv() stay valid.
+ */
+HAUL_API void haul_session_free(haul_session *session);
+
+/* Accessors. The strings live as long as the session. */
+HAUL_API void *haul_session_data(const haul_session *session);
+HAUL_API void haul_session_set_data(haul_session *session, void *data);
+HAUL_API const char *haul_session_principal(const haul_session *session);
+HAUL_API const void *haul_session_context(const haul_session *session, size_t *len);
+/* The name of the session's current CE_SESSION_STATE ("CE_SS_SESSION_READY"). */
+HAUL_API const char *haul_session_state(const haul_session *session);
+
+/* ------------------------------------------------------------------------ */
+/* Messages                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Queues a copy of len bytes as one message (steps 414-418). Returns at
+ * once: HAUL_EQUEUEFULL when the output queue has no room for it now
+ * (step 420; try again after a HAUL_EV_MESSAGE_SENT), HAUL_EMSGSIZE when it
+ * is larger than the session's max_message or output queue and so can
+ * never fit, HAUL_ESTATE when the session is not open. The tag comes back
+ * in the message's final event.
+ */
+HAUL_API int haul_send(haul_session *session, const void *buf, size_t len, uint64_t tag);
+
+/*
+ * As haul_send(), without the copy: the engine reads buf until the
+ * message's final event, then calls release(buf, arg) from an engine
+ * thread (or from this call, if it fails, it does not: a failed call
+ * leaves buf with the caller). release may be NULL.
+ */
+HAUL_API int haul_send_buffer(haul_session *session, const void *buf, size_t len,
+                              void (*release)(void *buf, void *arg), void *arg, uint64_t tag);
+
+/*
+ * Queues a range of an open file as one message, sent without copying
+ * through user space where the connection allows (sendfile). The engine
+ * duplicates fd, so the caller may close its own at once. The file must
+ * not shrink until the message's final event; if it does, the message
+ * fails with HAUL_EIO.
+ */
+HAUL_API int haul_send_file(haul_session *session, int fd, off_t offset, size_t len, uint64_t tag);
+
+/*
+ * Takes the oldest whole message from the session's input queue (step
+ * 442). Taking it opens the window for the sender. *msgp is the caller's
+ * until haul_message_free(). Errors: HAUL_EAGAIN (none waiting),
+ * HAUL_ECLOSED (none waiting and none will come).
+ */
+HAUL_API int haul_recv(haul_session *session, haul_message **msgp);
+
+HAUL_API const void *haul_message_data(const haul_message *msg);
+HAUL_API size_t haul_message_len(const haul_message *msg);
+HAUL_API uint64_t haul_message_seq(const haul_message *msg);
+HAUL_API void haul_message_free(haul_message *msg);
+
+/* ------------------------------------------------------------------------ */
+/* Statistics                                                               */
+/* ------------------------------------------------------------------------ */
+
+/* Counters of one connection of a pipe, for haul_pipe_stats(). */
+typedef struct haul_conn_stats {
+    uint64_t bytes_sent;
+    uint64_t bytes_received;
+    uint64_t chunks_sent;
+    uint64_t chunks_received;
+    /* How many distinct sessions sent chunks on this connection. */
+    uint32_t sessions_sent;
+    int up; /* 1 while the connection is joined to its pipe */
+} haul_conn_stats;
+
+/*
+ * Fills up to max entries of out[] with the counters of the connections of
+ * the pipe that carries the session, in connection order, and returns how
+ * many the pipe has (which may exceed max), or -HAUL_EINVAL.
+ */
+HAUL_API int haul_pipe_stats(haul_session *session, haul_conn_stats *out, int max);
+
+/* Engine-wide counters. */
+typedef struct haul_engine_stats {
+    uint64_t bytes_sent;     /* payload bytes of chunks written */
+    uint64_t bytes_received; /* payload bytes of chunks read */
+    uint64_t messages_sent;  /* acknowledged */
+    uint64_t messages_received;
+    uint64_t chunks_resent;    /* chunks queued again after a connection broke */
+    uint64_t duplicates;       /* chunks or messages received twice and dropped */
+    uint64_t connections_lost; /* joined connections that broke */
+    uint64_t protocol_errors;  /* connections closed for bad input */
+    /* How often each CE_SESSION_STATE was entered, indexed by
+     * haul_session_state_names() order. */
+    uint64_t state_entered[16];
+} haul_engine_stats;
+
+HAUL_API void haul_engine_stats_get(haul_engine *engine, haul_engine_stats *out);
+
+/* The names of the CE_SESSION_STATE values, in order; *count gets how many. */
+HAUL_API const char *const *haul_session_state_names(int *count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HAUL_H */

@@ -1,0 +1,557 @@
+/*
+ * engine.c - the communication engine: configuration, I/O threads, the
+ * completion queue (the seed's completion port), listeners and the sweep
+ * of deadlines.
+ *
+ * Each I/O thread runs an epoll loop over the connections it owns. Every
+ * connection of a pipe lives on the pipe's thread, so that the chunks of
+ * one message are never read or written by two threads at once; pipes are
+ * spread over the threads.
+ */
+#include "core/engine.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The sweep of timeouts runs this often; timeouts are this precise. */
+#define SWEEP_MS 20
+
+int64_t haul__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void haul__log(haul_engine *engine, int level, const char *fmt, ...)
+{
+    if (level > engine->config.log_level)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (engine->config.log)
+        engine->config.log(engine->config.log_arg, level, line);
+    else
+        fprintf(stderr, "haul: %s\n", line);
+}
+
+void haul__count_state(haul_engine *engine, int state)
+{
+    if (state >= 0 && state < (int)(sizeof(engine->stats.state_entered) / sizeof(uint64_t)))
+        engine->stats.state_entered[state]++;
+}
+
+/* ---- configuration ----------------------------------------------------- */
+
+void haul_engine_config_init(haul_engine_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->io_threads = 1;
+    c->max_message = 64ull << 20;
+    c->chunk_size = 256u << 10;
+    c->max_sessions = 4096;
+    c->max_connections = 4096;
+    c->handshake_timeout_ms = 10000;
+    c->message_timeout_ms = 60000;
+    c->max_attempts = 8;
+    c->redial_min_ms = 20;
+    c->redial_max_ms = 2000;
+    c->log_level = HAUL_LOG_WARN;
+}
+
+static int config_check(const haul_engine_config *c)
+{
+    if (c->io_threads < 1 || c->io_threads > 64)
+        return HAUL_EINVAL;
+    if (c->max_message > 0xffffffffull)
+        return HAUL_EINVAL;
+    if (c->chunk_size < HAUL__CHUNK_MIN || c->chunk_size > HAUL__CHUNK_MAX)
+        return HAUL_EINVAL;
+    if (c->max_sessions < 1 || c->max_connections < 1)
+        return HAUL_EINVAL;
+    if (c->handshake_timeout_ms < 1 || c->message_timeout_ms < 1 || c->max_attempts < 1)
+        return HAUL_EINVAL;
+    if (c->redial_min_ms < 1 || c->redial_max_ms < c->redial_min_ms)
+        return HAUL_EINVAL;
+    return 0;
+}
+
+/* ---- the completion queue ---------------------------------------------- */
+
+void haul__post(haul_engine *e, const haul_event *ev)
+{
+    if (e->cq_len == e->cq_cap) {
+        /* The queue grows: events are bounded by the operations the
+         * application started, and dropping one would break the contract
+         * that every accepted operation posts exactly one final event. */
+        size_t cap = e->cq_cap ? e->cq_cap * 2 : 256;
+        haul_event *q = malloc(cap * sizeof(*q));
+        if (q == NULL) {
+            haul__log(e, HAUL_LOG_ERROR, "out of memory for the completion queue");
+            return;
+        }
+        for (size_t i = 0; i < e->cq_len; i++)
+            q[i] = e->cq[(e->cq_head + i) % e->cq_cap];
+        free(e->cq);
+        e->cq = q;
+        e->cq_cap = cap;
+        e->cq_head = 0;
+    }
+    e->cq[(e->cq_head + e->cq_len) % e->cq_cap] = *ev;
+    e->cq_len++;
+    if (!e->cq_signalled) {
+        uint64_t one = 1;
+        if (write(e->cq_fd, &one, sizeof(one)) < 0) {
+            /* The counter cannot overflow at one write per empty-to-full
+             * change; nothing to do. */
+        }
+        e->cq_signalled = 1;
+    }
+    pthread_cond_broadcast(&e->cq_cond);
+}
+
+int haul_engine_fd(haul_engine *e)
+{
+    return e->cq_fd;
+}
+
+int haul_engine_wait(haul_engine *e, haul_event *events, int max, int timeout_ms)
+{
+    if (e == NULL || events == NULL || max <= 0)
+        return -HAUL_EINVAL;
+    pthread_mutex_lock(&e->mu);
+    if (e->cq_len == 0 && timeout_ms != 0) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        if (timeout_ms > 0) {
+            until.tv_sec += timeout_ms / 1000;
+            until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+        }
+        while (e->cq_len == 0) {
+            int rc = timeout_ms < 0 ? pthread_cond_wait(&e->cq_cond, &e->mu)
+                                    : pthread_cond_timedwait(&e->cq_cond, &e->mu, &until);
+            if (rc == ETIMEDOUT)
+                break;
+        }
+    }
+    int n = 0;
+    while (n < max && e->cq_len > 0) {
+        events[n++] = e->cq[e->cq_head];
+        e->cq_head = (e->cq_head + 1) % e->cq_cap;
+        e->cq_len--;
+    }
+    if (e->cq_len == 0 && e->cq_signalled) {
+        uint64_t v;
+        if (read(e->cq_fd, &v, sizeof(v)) < 0) {
+            /* Already drained by nobody else; harmless. */
+        }
+        e->cq_signalled = 0;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
+/* Withdraws the queued events about a session whose handle was freed. */
+void haul__cq_forget(haul_engine *e, haul_session *s)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < e->cq_len; i++) {
+        haul_event ev = e->cq[(e->cq_head + i) % e->cq_cap];
+        if (ev.session != s)
+            e->cq[(e->cq_head + kept++) % e->cq_cap] = ev;
+    }
+    e->cq_len = kept;
+}
+
+const char *haul_event_name(int type)
+{
+    static const char *const names[] = {
+        "NONE",         "SESSION_REQUEST", "SESSION_OPEN",  "SESSION_REFUSED", "MESSAGE_RECEIVED",
+        "MESSAGE_SENT", "MESSAGE_FAILED",  "WINDOW_OPENED", "SESSION_CLOSED"};
+    if (type < 0 || type >= (int)(sizeof(names) / sizeof(names[0])))
+        return "?";
+    return names[type];
+}
+
+/* ---- listeners --------------------------------------------------------- */
+
+void haul_listen_config_init(haul_listen_config *c)
+{
+    c->output_queue = 64ull << 20;
+    c->input_queue = 64ull << 20;
+    c->max_message = 0; /* the engine's */
+}
+
+int haul_listen(haul_engine *e, const char *address, const haul_listen_config *config)
+{
+    if (e == NULL || address == NULL)
+        return HAUL_EINVAL;
+    haul_listen_config lc;
+    haul_listen_config_init(&lc);
+    if (config)
+        lc = *config;
+    if (lc.max_message == 0 || lc.max_message > e->config.max_message)
+        lc.max_message = e->config.max_message;
+    if (lc.output_queue == 0 || lc.input_queue == 0)
+        return HAUL_EINVAL;
+
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int rc = haul__addr_parse(address, &ss, &len);
+    if (rc)
+        return rc;
+    if (ss.ss_family == AF_UNIX)
+        unlink(((struct sockaddr_un *)&ss)->sun_path);
+    int fd;
+    rc = haul__sock_listen(&ss, len, &fd);
+    if (rc) {
+        haul__log(e, HAUL_LOG_ERROR, "cannot listen on %s: %s", address, strerror(errno));
+        return rc;
+    }
+    haul__listener *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        close(fd);
+        return HAUL_ENOMEM;
+    }
+    l->kind = HAUL__POLL_LISTENER;
+    l->fd = fd;
+    l->config = lc;
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof(bound);
+    getsockname(fd, (struct sockaddr *)&bound, &blen);
+    if (ss.ss_family == AF_UNIX)
+        snprintf(l->address, sizeof(l->address), "%s", address);
+    else
+        haul__addr_format((struct sockaddr *)&bound, blen, l->address, sizeof(l->address));
+    /* A wildcard listener is dialled on the loopback address. */
+    if (strncmp(l->address, "[::]:", 5) == 0) {
+        char port[16];
+        snprintf(port, sizeof(port), "%s", l->address + 5);
+        snprintf(l->address, sizeof(l->address), "127.0.0.1:%s", port);
+    }
+
+    pthread_mutex_lock(&e->mu);
+    haul__list_add_tail(&e->listeners, &l->link);
+    pthread_mutex_unlock(&e->mu);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = l};
+    epoll_ctl(e->loops[0].epfd, EPOLL_CTL_ADD, fd, &ev);
+    return 0;
+}
+
+int haul_listen_address(haul_engine *e, char *buf, size_t size)
+{
+    pthread_mutex_lock(&e->mu);
+    haul__list *first = haul__list_first(&e->listeners);
+    int rc = HAUL_ESTATE;
+    if (first) {
+        haul__listener *l = HAUL__CONTAINER(first, haul__listener, link);
+        rc = strlen(l->address) < size ? 0 : HAUL_EINVAL;
+        if (rc == 0)
+            strcpy(buf, l->address);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+/* Accepts what waits on a listener. New connections start on the threads
+ * in turn and move to their pipe's thread when they join it. */
+static void listener_ready(haul_engine *e, haul__listener *l)
+{
+    for (;;) {
+        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                haul__log(e, HAUL_LOG_WARN, "accept failed: %s", strerror(errno));
+            return;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        pthread_mutex_lock(&e->mu);
+        if (e->nconns >= e->config.max_connections || e->stopping) {
+            pthread_mutex_unlock(&e->mu);
+            haul__log(e, HAUL_LOG_WARN, "connection refused: %u connections is the limit",
+                      e->config.max_connections);
+            close(fd);
+            continue;
+        }
+        haul__conn *c = haul__conn_new(e, fd, 1, NULL, 0);
+        if (c == NULL) {
+            pthread_mutex_unlock(&e->mu);
+            close(fd);
+            continue;
+        }
+        c->lconf = &l->config;
+        haul__conn_start(c, 0);
+        pthread_mutex_unlock(&e->mu);
+    }
+}
+
+/* ---- the sweep of deadlines --------------------------------------------- */
+
+static void sweep(haul_engine *e)
+{
+    int64_t now = haul__now_ms();
+    pthread_mutex_lock(&e->mu);
+    haul__list *pos, *tmp;
+    haul__list_each_safe(pos, tmp, &e->conns)
+    {
+        haul__conn_sweep(HAUL__CONTAINER(pos, haul__conn, all_link), now);
+    }
+    haul__list_each_safe(pos, tmp, &e->pipes)
+    {
+        haul__pipe_sweep(HAUL__CONTAINER(pos, haul__pipe, link), now);
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- the I/O threads ----------------------------------------------------- */
+
+static void *loop_main(void *arg)
+{
+    haul__loop *loop = arg;
+    haul_engine *e = loop->engine;
+    struct epoll_event evs[128];
+    /* SIGPIPE from sendfile() on a broken connection must not reach the
+     * application (see conn.c). */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    for (;;) {
+        int n = epoll_wait(loop->epfd, evs, 128, -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            haul__log(e, HAUL_LOG_ERROR, "epoll_wait failed: %s", strerror(errno));
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            int kind = *(int *)evs[i].data.ptr;
+            if (kind == HAUL__POLL_CONN) {
+                haul__conn_io(evs[i].data.ptr, evs[i].events);
+            } else if (kind == HAUL__POLL_LISTENER) {
+                listener_ready(e, evs[i].data.ptr);
+            } else if (kind == HAUL__POLL_TIMER) {
+                uint64_t ticks;
+                if (read(e->timerfd, &ticks, sizeof(ticks)) > 0)
+                    sweep(e);
+            } else if (kind == HAUL__POLL_WAKE) {
+                uint64_t v;
+                if (read(loop->wakefd, &v, sizeof(v)) < 0) {
+                    /* Spurious: nothing to read. */
+                }
+            }
+        }
+        /* Connections that others handed work to, or asked to close. The
+         * list is taken whole, since handling one may add another. */
+        pthread_mutex_lock(&e->mu);
+        int stop = e->stopping;
+        haul__list wake;
+        haul__list_init(&wake);
+        if (!haul__list_empty(&loop->wake)) {
+            wake.next = loop->wake.next;
+            wake.prev = loop->wake.prev;
+            wake.next->prev = &wake;
+            wake.prev->next = &wake;
+            haul__list_init(&loop->wake);
+        }
+        pthread_mutex_unlock(&e->mu);
+        while (!haul__list_empty(&wake)) {
+            pthread_mutex_lock(&e->mu);
+            haul__list *first = haul__list_first(&wake);
+            haul__conn *c = first ? HAUL__CONTAINER(first, haul__conn, wake_link) : NULL;
+            if (c)
+                haul__list_del(&c->wake_link);
+            pthread_mutex_unlock(&e->mu);
+            if (c)
+                haul__conn_handle_wake(c);
+        }
+        if (stop)
+            break;
+    }
+    return NULL;
+}
+
+static void loop_signal(haul__loop *loop)
+{
+    uint64_t one = 1;
+    if (write(loop->wakefd, &one, sizeof(one)) < 0) {
+        /* The eventfd counter is far from overflow; nothing to do. */
+    }
+}
+
+/* Hands a connection to its thread (mu held). */
+void haul__conn_wake(haul__conn *c)
+{
+    haul__loop *loop = c->loop;
+    if (!haul__list_linked(&c->wake_link)) {
+        haul__list_add_tail(&loop->wake, &c->wake_link);
+        loop_signal(loop);
+    }
+}
+
+/* ---- the engine's life ----------------------------------------------------- */
+
+int haul_engine_new(const haul_engine_config *config, haul_engine **enginep)
+{
+    haul_engine_config c;
+    if (config)
+        c = *config;
+    else
+        haul_engine_config_init(&c);
+    int rc = config_check(&c);
+    if (rc)
+        return rc;
+    haul_engine *e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        return HAUL_ENOMEM;
+    e->config = c;
+    e->cq_fd = -1;
+    e->timerfd = -1;
+    e->timer_kind = HAUL__POLL_TIMER;
+    e->next_serial = 1;
+    haul__list_init(&e->listeners);
+    haul__list_init(&e->pipes);
+    haul__list_init(&e->conns);
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->cq_cond, &ca);
+    pthread_condattr_destroy(&ca);
+
+    e->loops = calloc(c.io_threads, sizeof(*e->loops));
+    e->cq_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    e->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (e->loops == NULL || e->cq_fd < 0 || e->timerfd < 0)
+        goto fail;
+    for (unsigned i = 0; i < c.io_threads; i++) {
+        haul__loop *loop = &e->loops[i];
+        loop->kind = HAUL__POLL_WAKE;
+        loop->engine = e;
+        loop->index = (int)i;
+        haul__list_init(&loop->wake);
+        loop->epfd = epoll_create1(EPOLL_CLOEXEC);
+        loop->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (loop->epfd < 0 || loop->wakefd < 0)
+            goto fail;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = loop};
+        epoll_ctl(loop->epfd, EPOLL_CTL_ADD, loop->wakefd, &ev);
+        e->nloops = i + 1;
+    }
+    struct itimerspec its = {.it_interval = {0, SWEEP_MS * 1000000L},
+                             .it_value = {0, SWEEP_MS * 1000000L}};
+    timerfd_settime(e->timerfd, 0, &its, NULL);
+    struct epoll_event tev = {.events = EPOLLIN, .data.ptr = &e->timer_kind};
+    epoll_ctl(e->loops[0].epfd, EPOLL_CTL_ADD, e->timerfd, &tev);
+
+    for (unsigned i = 0; i < e->nloops; i++) {
+        if (pthread_create(&e->loops[i].thread, NULL, loop_main, &e->loops[i]) != 0) {
+            /* Stop the threads already running before failing. */
+            pthread_mutex_lock(&e->mu);
+            e->stopping = 1;
+            pthread_mutex_unlock(&e->mu);
+            for (unsigned j = 0; j < i; j++) {
+                loop_signal(&e->loops[j]);
+                pthread_join(e->loops[j].thread, NULL);
+            }
+            goto fail;
+        }
+    }
+    *enginep = e;
+    return 0;
+
+fail:
+    for (unsigned i = 0; i < e->nloops; i++) {
+        if (e->loops[i].epfd >= 0)
+            close(e->loops[i].epfd);
+        if (e->loops[i].wakefd >= 0)
+            close(e->loops[i].wakefd);
+    }
+    if (e->cq_fd >= 0)
+        close(e->cq_fd);
+    if (e->timerfd >= 0)
+        close(e->timerfd);
+    free(e->loops);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cq_cond);
+    free(e);
+    return HAUL_ESYS;
+}
+
+void haul__pipe_destroy(haul__pipe *pipe);
+
+void haul_engine_free(haul_engine *e)
+{
+    if (e == NULL)
+        return;
+    pthread_mutex_lock(&e->mu);
+    e->stopping = 1;
+    pthread_mutex_unlock(&e->mu);
+    for (unsigned i = 0; i < e->nloops; i++) {
+        loop_signal(&e->loops[i]);
+        pthread_join(e->loops[i].thread, NULL);
+    }
+
+    /* The threads are gone: what is left is torn down from here alone. */
+    pthread_mutex_lock(&e->mu);
+    while (!haul__list_empty(&e->conns)) {
+        haul__conn *c = HAUL__CONTAINER(haul__list_first(&e->conns), haul__conn, all_link);
+        if (!c->dead)
+            haul__conn_close(c, HAUL_ESHUTDOWN, "engine stopped");
+        haul__list_del(&c->wake_link);
+        haul__conn_free(c);
+    }
+    while (!haul__list_empty(&e->pipes))
+        haul__pipe_destroy(HAUL__CONTAINER(haul__list_first(&e->pipes), haul__pipe, link));
+    while (!haul__list_empty(&e->listeners)) {
+        haul__listener *l = HAUL__CONTAINER(haul__list_first(&e->listeners), haul__listener, link);
+        haul__list_del(&l->link);
+        close(l->fd);
+        if (strncmp(l->address, "unix:", 5) == 0)
+            unlink(l->address + 5);
+        free(l);
+    }
+    pthread_mutex_unlock(&e->mu);
+
+    for (unsigned i = 0; i < e->nloops; i++) {
+        close(e->loops[i].epfd);
+        close(e->loops[i].wakefd);
+    }
+    close(e->cq_fd);
+    close(e->timerfd);
+    free(e->loops);
+    free(e->cq);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cq_cond);
+    free(e);
+}
+
+void haul_engine_stats_get(haul_engine *e, haul_engine_stats *out)
+{
+    pthread_mutex_lock(&e->mu);
+    *out = e->stats;
+    pthread_mutex_unlock(&e->mu);
+}

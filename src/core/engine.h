@@ -1,0 +1,389 @@
+/*
+ * engine.h - libhaul's internal objects and how they refer to each other.
+ *
+ * Locking: one mutex per engine, `mu`, guards every session, message
+ * queue, pipe and the completion queue. It is held for bookkeeping only:
+ * system calls that move bytes (readv, writev, sendfile) run without it,
+ * on buffers that the connection owns or holds a reference to. A
+ * connection's socket is touched only by the I/O thread that owns it.
+ *
+ * Ownership:
+ *   engine -> pipes -> connections, sessions (by id)
+ *   session -> output queue of messages (until acknowledged)
+ *           -> messages under reassembly and the input queue (until taken)
+ *   message <- references from queues and from connections writing or
+ *              reading it; it is freed when the last goes.
+ */
+#ifndef HAUL_CORE_ENGINE_H
+#define HAUL_CORE_ENGINE_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include "core/list.h"
+#include "core/session_fsm.h"
+#include "haul.h"
+#include "net/frame.h"
+
+typedef struct haul__pipe haul__pipe;
+typedef struct haul__conn haul__conn;
+typedef struct haul__loop haul__loop;
+typedef struct haul__listener haul__listener;
+
+/* What an epoll registration points at: every such object starts with it. */
+enum { HAUL__POLL_CONN = 1, HAUL__POLL_LISTENER, HAUL__POLL_WAKE, HAUL__POLL_TIMER };
+
+/* ---- messages ---------------------------------------------------------- */
+
+enum { HAUL__BODY_OWNED, HAUL__BODY_BORROWED, HAUL__BODY_FILE };
+
+/* Per-chunk receive state, one byte a chunk. */
+enum { HAUL__RX_NONE = 0, HAUL__RX_CLAIMED = 1, HAUL__RX_DONE = 2 };
+
+struct haul_message {
+    haul__list link;       /* in the session's output, reassembly or input queue */
+    haul_session *session; /* NULL once the session is gone */
+    uint64_t seq;
+    uint64_t tag;
+    uint64_t len;
+    int refs;
+
+    /* The body. */
+    int kind;
+    uint8_t *data;
+    void (*release)(void *buf, void *arg);
+    void *release_arg;
+    int fd;
+    off_t file_offset;
+
+    /* Sending: chunk i is [i * chunk, min((i + 1) * chunk, len)). carrier[i]
+     * is the serial of the connection that carried chunk i, or 0 while it
+     * still has to be sent. */
+    uint32_t chunk;
+    uint32_t nchunks;
+    uint32_t *carrier;
+    uint32_t next_chunk; /* no chunk before it needs sending */
+    uint32_t unsent;     /* chunks with carrier 0 */
+    unsigned attempts;
+    int64_t deadline; /* ms on the engine clock */
+    int in_flight;    /* counted in the session's sendable set */
+
+    /* Receiving. */
+    uint8_t *rx_state; /* per chunk: HAUL__RX_* */
+    uint32_t rx_done;  /* chunks received */
+};
+
+/* ---- sessions ---------------------------------------------------------- */
+
+/* Control frames a session has to send, as bits of `pending`. */
+enum {
+    HAUL__PEND_SYNC = 1 << 0,
+    HAUL__PEND_SYNC_ACK = 1 << 1,
+    HAUL__PEND_SYNC_NAK = 1 << 2,
+    HAUL__PEND_ACK = 1 << 3,
+    HAUL__PEND_FIN = 1 << 4,
+    HAUL__PEND_FIN_ACK = 1 << 5,
+    HAUL__PEND_ABORT = 1 << 6,
+};
+
+struct haul_session {
+    haul_engine *engine;
+    haul__pipe *pipe;
+    uint32_t id;
+    int state;
+    int server;
+    int refs;       /* the handle, the pipe's table, batches carrying frames */
+    int app_freed;  /* the application released its handle */
+    int final_sent; /* SESSION_CLOSED, OPEN-failure or abort: no more events */
+    int in_table;
+
+    char principal[HAUL__PRINCIPAL_MAX + 1];
+    uint8_t *context;
+    size_t context_len;
+    void *data;
+
+    uint64_t output_queue;
+    uint64_t input_queue;
+    uint64_t max_message;      /* ours: what we send at most */
+    uint64_t peer_max_message; /* theirs: the unit of our window */
+    uint64_t peer_input_queue;
+    unsigned timeout_ms;
+    int64_t open_deadline;
+    int64_t close_deadline;
+
+    /* Control frames to send and the list of sessions that have some. */
+    unsigned pending;
+    uint32_t nak_reason;
+    uint32_t abort_code;
+    haul__list ctl_link;
+    haul__list pipe_link;     /* the pipe's list of all its sessions */
+    haul__list bucket_link;   /* the pipe's id table */
+    haul__list dispatch_link; /* the pipe's list of sessions with chunks to send */
+
+    /* Sending. */
+    haul__list outq;    /* messages queued, unacknowledged, by seq */
+    uint64_t out_bytes; /* their bytes, bounded by output_queue */
+    uint64_t next_seq;  /* the seq of the next haul_send */
+    uint64_t acked;     /* the peer has every message below it */
+    uint64_t right;     /* we may send messages below it (acked + WndSize) */
+    uint32_t peer_wnd;
+
+    /* Receiving. */
+    haul__list partial; /* under reassembly */
+    haul__list inq;     /* whole, in order, not yet taken */
+    uint64_t held;      /* bytes of partial and inq */
+    uint64_t rcv_next;  /* the next seq to deliver in order */
+    uint64_t rcv_right; /* the highest right edge we advertised */
+    uint32_t wnd_sent;  /* the WndSize of our last ACK */
+    int peer_done;      /* the peer closed: nothing more will arrive */
+    int close_error;
+};
+
+/* ---- connections ------------------------------------------------------- */
+
+/* The connection state machine (Fig. 3, "Connection n state machine"). The
+ * security layer runs in SECURING; plain connections pass straight on. */
+#define HAUL__FOREACH_CONN_STATE(X)                                                                \
+    X(CONN_DIALING)  /* non-blocking connect in progress */                                        \
+    X(CONN_SECURING) /* encryption and authentication handshake */                                 \
+    X(CONN_HELLO)    /* exchanging HELLO / HELLO_ACK */                                            \
+    X(CONN_JOINED)   /* part of its pipe: carries frames of any session */                         \
+    X(CONN_CLOSED)   /* closed; waiting to be freed by its thread */
+
+typedef enum haul__conn_state {
+#define X(name) HAUL__##name,
+    HAUL__FOREACH_CONN_STATE(X)
+#undef X
+        HAUL__CONN_STATE_COUNT_
+} haul__conn_state;
+
+/* The socket I/O state machine of the receiving side. */
+enum {
+    HAUL__RXS_HEADER,  /* gathering a 40-byte header */
+    HAUL__RXS_CHUNK,   /* payload goes into a message */
+    HAUL__RXS_CTL,     /* payload goes into the control buffer */
+    HAUL__RXS_DISCARD, /* payload of a duplicate or a dead session */
+};
+
+/* One frame in a connection's send batch. */
+typedef struct haul__tx_item {
+    int type;
+    uint8_t *buf;          /* a control payload the item owns, or NULL */
+    haul_session *session; /* holds a session reference when set */
+    haul_message *msg;     /* CHUNK: holds a message reference */
+    uint32_t chunk_index;
+    uint64_t offset;
+    uint32_t len;
+} haul__tx_item;
+
+#define HAUL__TX_BATCH 32
+#define HAUL__RXBUF 16384
+
+struct haul__conn {
+    int kind; /* HAUL__POLL_CONN */
+    haul_engine *engine;
+    haul__loop *loop;
+    haul__pipe *pipe;    /* client: from birth; server: once joined */
+    haul__loop *move_to; /* server: the loop of the pipe it joined */
+    haul__list pipe_link;
+    haul__list wake_link; /* in its loop's wake list */
+    haul__list idle_link; /* in its pipe's idle list */
+    haul__list all_link;  /* in the engine's list of connections */
+    int fd;
+    int state;
+    int server;
+    uint32_t serial; /* unique in the engine, never 0 */
+    unsigned index;  /* position in the pipe */
+    int64_t deadline;
+    int dead; /* closed; its thread frees it */
+    int registered;
+    char why[160]; /* why it closed, for the log */
+
+    /* Receiving (owned by the loop thread). */
+    uint8_t rxbuf[HAUL__RXBUF];
+    size_t rx_have, rx_pos;
+    int rx_state;
+    haul__frame cur;
+    haul_message *rx_msg;
+    uint32_t rx_index; /* the chunk of rx_msg being read */
+    uint64_t rx_off;   /* where the next payload byte goes */
+    uint64_t rx_left;  /* payload bytes still to come */
+    uint8_t *ctlbuf;
+    haul__frame_limits limits;
+
+    /* Sending. */
+    haul__tx_item items[HAUL__TX_BATCH];
+    uint8_t headers[HAUL__TX_BATCH][HAUL__FRAME_HDR];
+    uint8_t hello[HAUL__HELLO_MAGIC_LEN];
+    int nitems;
+    int item_pos;       /* the item being written */
+    uint64_t item_done; /* bytes of it written, header included */
+    int more_to_read;   /* stopped reading to give others a turn */
+    int hello_pending;  /* a HELLO or HELLO_ACK to send */
+
+    haul_conn_stats stats;
+    uint32_t seen_sessions[8];       /* for stats.sessions_sent */
+    const haul_listen_config *lconf; /* server: of the listener that took it */
+};
+
+/* ---- pipes --------------------------------------------------------------- */
+
+#define HAUL__BUCKETS 256
+
+struct haul__pipe {
+    haul_engine *engine;
+    haul__list link; /* in the engine's list of pipes */
+    int server;
+    char *destination;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    uint64_t id;      /* chosen by the client, names the pipe in every HELLO */
+    haul__loop *loop; /* every connection of the pipe lives on this thread */
+
+    haul__conn **conns; /* client: one slot per connection, NULL while down */
+    unsigned nconns;
+    unsigned joined;
+    int ever_joined;
+    int dials_failed; /* initial dials that failed before any joined */
+    int64_t *redial_at;
+    unsigned *backoff;
+    int64_t empty_since; /* when the last connection went, or 0 */
+    int failed;          /* could not be opened: new sessions make a new pipe */
+    int doomed;          /* has no sessions: the sweep closes and frees it */
+
+    uint32_t peer_chunk; /* the peer's chunk size, from HELLO */
+    uint32_t next_session_id;
+
+    haul__list sessions;
+    haul__list buckets[HAUL__BUCKETS];
+    haul__list ctl;      /* sessions with control frames to send */
+    haul__list dispatch; /* sessions with chunks to send */
+    haul__list idle;     /* joined connections with nothing to write */
+    haul__list members;  /* server: the connections joined to it */
+
+    haul_listen_config lconf; /* server: session defaults */
+};
+
+/* ---- the engine ---------------------------------------------------------- */
+
+struct haul__loop {
+    int kind; /* HAUL__POLL_WAKE */
+    haul_engine *engine;
+    pthread_t thread;
+    int epfd;
+    int wakefd;      /* eventfd: wake list or stop */
+    haul__list wake; /* connections that have work to write */
+    int index;
+};
+
+struct haul__listener {
+    int kind; /* HAUL__POLL_LISTENER */
+    haul__list link;
+    int fd;
+    char address[160];
+    haul_listen_config config;
+};
+
+struct haul_engine {
+    haul_engine_config config;
+    pthread_mutex_t mu;
+    pthread_cond_t cq_cond;
+
+    haul__loop *loops;
+    unsigned nloops;
+    int timerfd;    /* on loop 0: the periodic sweep of deadlines */
+    int timer_kind; /* HAUL__POLL_TIMER: what timerfd's registration points at */
+    int stopping;
+
+    /* The completion queue: a growable ring. */
+    haul_event *cq;
+    size_t cq_cap, cq_head, cq_len;
+    int cq_fd; /* eventfd, readable while cq_len > 0 */
+    int cq_signalled;
+
+    haul__list listeners;
+    haul__list pipes;
+    haul__list conns;
+    unsigned nconns;
+    unsigned nsessions;
+    uint32_t next_serial;
+    unsigned next_loop;
+
+    haul_engine_stats stats;
+};
+
+/* ---- shared internal calls (mu held unless said otherwise) ------------- */
+
+int64_t haul__now_ms(void);
+void haul__log(haul_engine *engine, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Completion queue. */
+void haul__post(haul_engine *engine, const haul_event *event);
+
+/* Sessions. */
+void haul__session_enter(haul_session *s, int event);
+void haul__session_want(haul_session *s, unsigned pending);
+void haul__session_fail(haul_session *s, int error, int tell_peer);
+void haul__session_unref(haul_session *s);
+void haul__session_sweep(haul_session *s, int64_t now);
+void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__frame *f,
+                            const uint8_t *payload);
+haul_session *haul__session_find(haul__pipe *pipe, uint32_t id);
+uint32_t haul__session_window(haul_session *s);
+void haul__session_maybe_fin(haul_session *s);
+void haul__session_chunk_done(haul_session *s, haul_message *m, uint32_t index);
+
+int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__frame *f,
+                              haul_message **mp, uint32_t *indexp);
+void haul__session_chunk_abandon(haul_message *m, uint32_t index);
+int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payload,
+                           uint32_t *plen);
+void haul__session_sync_payload(const haul_session *s, uint8_t *out);
+void haul__session_ctl_posted(haul_session *s, int type);
+void haul__session_ctl_written(haul_session *s, int type);
+int haul__session_conn_lost(haul_session *s, uint32_t serial);
+void haul__cq_forget(haul_engine *engine, haul_session *s);
+
+/* Messages. */
+haul_message *haul__message_new(uint64_t len, int allocate);
+void haul__message_unref(haul_message *m);
+void haul__message_plan(haul_message *m, uint32_t chunk);
+
+/* Pipes and the dispatcher. */
+haul__pipe *haul__pipe_client(haul_engine *engine, const haul_session_config *config, int *err);
+haul__pipe *haul__pipe_server(haul_engine *engine, uint64_t id, const haul_listen_config *lconf);
+void haul__pipe_kick(haul__pipe *pipe, unsigned n);
+int haul__pipe_fill(haul__pipe *pipe, haul__conn *conn);
+void haul__pipe_conn_joined(haul__pipe *pipe, haul__conn *conn);
+void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *conn, int error);
+void haul__pipe_sweep(haul__pipe *pipe, int64_t now);
+void haul__pipe_maybe_free(haul__pipe *pipe);
+void haul__pipe_add_session(haul__pipe *pipe, haul_session *s);
+void haul__pipe_remove_session(haul__pipe *pipe, haul_session *s);
+void haul__pipe_destroy(haul__pipe *pipe);
+haul__conn *haul__pipe_reader(haul__pipe *pipe, haul_message *m, uint32_t index);
+
+/* Connections. */
+haul__conn *haul__conn_new(haul_engine *engine, int fd, int server, haul__pipe *pipe,
+                           unsigned index);
+void haul__conn_start(haul__conn *conn, int connecting);
+void haul__conn_wake(haul__conn *conn);
+void haul__conn_close(haul__conn *conn, int error, const char *why);
+void haul__conn_io(haul__conn *conn, uint32_t events); /* mu NOT held */
+void haul__conn_handle_wake(haul__conn *conn);         /* mu NOT held */
+void haul__conn_free(haul__conn *conn);
+void haul__conn_sweep(haul__conn *conn, int64_t now);
+
+/* Addresses. */
+int haul__addr_parse(const char *address, struct sockaddr_storage *ss, socklen_t *len);
+int haul__addr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_t size);
+int haul__sock_listen(const struct sockaddr_storage *ss, socklen_t len, int *fdp);
+int haul__sock_dial(const struct sockaddr_storage *ss, socklen_t len, int *fdp);
+
+/* Reports how often each state was entered. */
+void haul__count_state(haul_engine *engine, int state);
+
+#endif

@@ -1,0 +1,490 @@
+/*
+ * pipe.c - pipes (122) and their dispatcher (118).
+ *
+ * A pipe is the bundle of connections between this engine and one
+ * destination, shared by every session to it. The dispatcher is a pull:
+ * whenever a connection of the pipe can write, it takes the next frames
+ * from the pipe - control frames first, then chunks of the sessions'
+ * messages in turn - so that no connection that could carry data sits
+ * idle while a session has something to send (Fig. 2).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/engine.h"
+
+static haul__pipe *pipe_alloc(haul_engine *e)
+{
+    haul__pipe *pipe = calloc(1, sizeof(*pipe));
+    if (pipe == NULL)
+        return NULL;
+    pipe->engine = e;
+    pipe->next_session_id = 1;
+    haul__list_init(&pipe->sessions);
+    for (int i = 0; i < HAUL__BUCKETS; i++)
+        haul__list_init(&pipe->buckets[i]);
+    haul__list_init(&pipe->ctl);
+    haul__list_init(&pipe->dispatch);
+    haul__list_init(&pipe->idle);
+    haul__list_init(&pipe->members);
+    pipe->loop = &e->loops[e->next_loop++ % e->nloops];
+    haul__list_add_tail(&e->pipes, &pipe->link);
+    return pipe;
+}
+
+static void pipe_dial(haul__pipe *pipe, unsigned index);
+
+/* Finds the pipe to a destination, or makes one and starts dialling all
+ * its connections at once. */
+haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c, int *err)
+{
+    haul__list *p;
+    haul__list_each(p, &e->pipes)
+    {
+        haul__pipe *pipe = HAUL__CONTAINER(p, haul__pipe, link);
+        if (!pipe->server && !pipe->failed && strcmp(pipe->destination, c->destination) == 0) {
+            pipe->doomed = 0;
+            return pipe;
+        }
+    }
+    struct sockaddr_storage ss;
+    socklen_t len;
+    *err = haul__addr_parse(c->destination, &ss, &len);
+    if (*err)
+        return NULL;
+    if (e->nconns + c->connections > e->config.max_connections) {
+        *err = HAUL_ELIMIT;
+        return NULL;
+    }
+    haul__pipe *pipe = pipe_alloc(e);
+    if (pipe == NULL) {
+        *err = HAUL_ENOMEM;
+        return NULL;
+    }
+    pipe->destination = strdup(c->destination);
+    pipe->conns = calloc(c->connections, sizeof(*pipe->conns));
+    pipe->redial_at = calloc(c->connections, sizeof(*pipe->redial_at));
+    pipe->backoff = calloc(c->connections, sizeof(*pipe->backoff));
+    if (pipe->destination == NULL || pipe->conns == NULL || pipe->redial_at == NULL ||
+        pipe->backoff == NULL) {
+        haul__pipe_destroy(pipe);
+        *err = HAUL_ENOMEM;
+        return NULL;
+    }
+    pipe->addr = ss;
+    pipe->addrlen = len;
+    pipe->nconns = c->connections;
+    if (getrandom(&pipe->id, sizeof(pipe->id), 0) != sizeof(pipe->id))
+        pipe->id = (uint64_t)haul__now_ms() ^ ((uint64_t)getpid() << 32);
+    for (unsigned i = 0; i < pipe->nconns; i++) {
+        pipe->backoff[i] = e->config.redial_min_ms;
+        pipe_dial(pipe, i);
+    }
+    return pipe;
+}
+
+haul__pipe *haul__pipe_server(haul_engine *e, uint64_t id, const haul_listen_config *lconf)
+{
+    haul__list *p;
+    haul__list_each(p, &e->pipes)
+    {
+        haul__pipe *pipe = HAUL__CONTAINER(p, haul__pipe, link);
+        if (pipe->server && pipe->id == id)
+            return pipe;
+    }
+    haul__pipe *pipe = pipe_alloc(e);
+    if (pipe == NULL)
+        return NULL;
+    pipe->server = 1;
+    pipe->id = id;
+    pipe->lconf = *lconf;
+    return pipe;
+}
+
+/* ---- connections come and go ------------------------------------------------ */
+
+static void fail_sessions(haul__pipe *pipe, int error)
+{
+    haul__list *p, *tmp;
+    haul__list_each_safe(p, tmp, &pipe->sessions)
+    {
+        haul__session_fail(HAUL__CONTAINER(p, haul_session, pipe_link), error, 0);
+    }
+}
+
+static void pipe_dial(haul__pipe *pipe, unsigned index)
+{
+    haul_engine *e = pipe->engine;
+    int fd;
+    int rc = haul__sock_dial(&pipe->addr, pipe->addrlen, &fd);
+    haul__conn *c = rc == 0 ? haul__conn_new(e, fd, 0, pipe, index) : NULL;
+    if (c == NULL) {
+        if (rc == 0)
+            close(fd);
+        haul__log(e, HAUL_LOG_INFO, "dial %s failed: %s", pipe->destination,
+                  haul_strerror(rc ? rc : HAUL_ENOMEM));
+        pipe->redial_at[index] = haul__now_ms() + pipe->backoff[index];
+        if (!pipe->ever_joined && ++pipe->dials_failed >= (int)pipe->nconns) {
+            pipe->failed = 1;
+            fail_sessions(pipe, rc == HAUL_ECONNREFUSED ? HAUL_ECONNREFUSED
+                                : rc                    ? rc
+                                                        : HAUL_ENOMEM);
+        }
+        return;
+    }
+    pipe->conns[index] = c;
+    pipe->redial_at[index] = 0;
+    haul__conn_start(c, 1);
+}
+
+void haul__pipe_conn_joined(haul__pipe *pipe, haul__conn *c)
+{
+    pipe->joined++;
+    pipe->ever_joined = 1;
+    pipe->empty_since = 0;
+    if (pipe->server)
+        haul__list_add_tail(&pipe->members, &c->pipe_link);
+    else
+        pipe->backoff[c->index] = pipe->engine->config.redial_min_ms;
+    haul__conn_wake(c);
+}
+
+/* A connection of the pipe is gone (mu held). What it carried and was not
+ * acknowledged goes again on the others; a client dials it again. */
+void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
+{
+    haul_engine *e = pipe->engine;
+    int was_joined = c->state == HAUL__CONN_JOINED;
+    haul__list_del(&c->idle_link);
+    haul__list_del(&c->pipe_link);
+    if (was_joined) {
+        pipe->joined--;
+        e->stats.connections_lost++;
+        if (pipe->joined == 0)
+            pipe->empty_since = haul__now_ms();
+    }
+    if (!pipe->server && pipe->conns[c->index] == c) {
+        pipe->conns[c->index] = NULL;
+        if (!pipe->ever_joined && ++pipe->dials_failed >= (int)pipe->nconns) {
+            pipe->failed = 1;
+            fail_sessions(pipe, error == HAUL_ECONNREFUSED ? error : HAUL_ECONNREFUSED);
+            return;
+        }
+        if (!e->stopping && !pipe->failed && !pipe->doomed) {
+            pipe->redial_at[c->index] = haul__now_ms() + pipe->backoff[c->index];
+            unsigned next = pipe->backoff[c->index] * 2;
+            pipe->backoff[c->index] =
+                next > e->config.redial_max_ms ? e->config.redial_max_ms : next;
+        }
+    }
+    if (!was_joined)
+        return;
+    haul__list *p, *tmp;
+    haul__list_each_safe(p, tmp, &pipe->sessions)
+    {
+        haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
+        if (haul__session_conn_lost(s, c->serial) && !haul__list_linked(&s->dispatch_link))
+            haul__list_add_tail(&pipe->dispatch, &s->dispatch_link);
+    }
+    haul__pipe_kick(pipe, pipe->joined);
+}
+
+/* Which connection is reading chunk `index` of m, if any. */
+haul__conn *haul__pipe_reader(haul__pipe *pipe, haul_message *m, uint32_t index)
+{
+    if (pipe->server) {
+        haul__list *p;
+        haul__list_each(p, &pipe->members)
+        {
+            haul__conn *c = HAUL__CONTAINER(p, haul__conn, pipe_link);
+            if (c->rx_msg == m && c->rx_index == index)
+                return c;
+        }
+        return NULL;
+    }
+    for (unsigned i = 0; i < pipe->nconns; i++) {
+        haul__conn *c = pipe->conns[i];
+        if (c && c->rx_msg == m && c->rx_index == index)
+            return c;
+    }
+    return NULL;
+}
+
+/* ---- sessions in the pipe --------------------------------------------------- */
+
+void haul__pipe_add_session(haul__pipe *pipe, haul_session *s)
+{
+    s->pipe = pipe;
+    s->refs++;
+    s->in_table = 1;
+    haul__list_add_tail(&pipe->sessions, &s->pipe_link);
+    haul__list_add_tail(&pipe->buckets[s->id % HAUL__BUCKETS], &s->bucket_link);
+    pipe->doomed = 0;
+}
+
+void haul__pipe_remove_session(haul__pipe *pipe, haul_session *s)
+{
+    haul__list_del(&s->pipe_link);
+    haul__list_del(&s->bucket_link);
+    haul__list_del(&s->ctl_link);
+    haul__list_del(&s->dispatch_link);
+    s->in_table = 0;
+    (void)pipe;
+}
+
+/* A pipe without sessions is closed by the next sweep: a client's, at
+ * once; a server's, when its client has gone too. */
+void haul__pipe_maybe_free(haul__pipe *pipe)
+{
+    if (haul__list_empty(&pipe->sessions))
+        pipe->doomed = 1;
+}
+
+/* ---- the dispatcher ------------------------------------------------------------ */
+
+/* Wakes up to n idle connections of the pipe: there is work for them. */
+void haul__pipe_kick(haul__pipe *pipe, unsigned n)
+{
+    if (n == 0)
+        n = 1;
+    while (n-- > 0 && !haul__list_empty(&pipe->idle)) {
+        haul__conn *c = HAUL__CONTAINER(haul__list_first(&pipe->idle), haul__conn, idle_link);
+        haul__list_del(&c->idle_link);
+        haul__conn_wake(c);
+    }
+}
+
+static haul_message *sendable(haul_session *s)
+{
+    haul__list *p;
+    haul__list_each(p, &s->outq)
+    {
+        haul_message *m = HAUL__CONTAINER(p, haul_message, link);
+        if (m->seq >= s->right)
+            return NULL;
+        if (m->unsent > 0)
+            return m;
+    }
+    return NULL;
+}
+
+static void count_session(haul__conn *c, uint32_t id)
+{
+    size_t n = sizeof(c->seen_sessions) / sizeof(c->seen_sessions[0]);
+    for (size_t i = 0; i < n; i++) {
+        if (c->seen_sessions[i] == id)
+            return;
+        if (c->seen_sessions[i] == 0) {
+            c->seen_sessions[i] = id;
+            c->stats.sessions_sent++;
+            return;
+        }
+    }
+}
+
+/*
+ * Fills the connection's batch (mu held): control frames first, then
+ * chunks, one session after the other. A batch carries at most one large
+ * chunk, so that the chunks of a message spread over the connections that
+ * are free. Returns the number of frames taken.
+ */
+int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
+{
+    int n = c->nitems;
+    while (n < HAUL__TX_BATCH && !haul__list_empty(&pipe->ctl)) {
+        haul_session *s = HAUL__CONTAINER(haul__list_first(&pipe->ctl), haul_session, ctl_link);
+        haul__frame f;
+        const uint8_t *payload;
+        uint32_t plen;
+        int rc = haul__session_take_ctl(s, &f, &payload, &plen);
+        if (s->pending == 0)
+            haul__list_del(&s->ctl_link);
+        if (rc < 0)
+            continue;
+        haul__tx_item *it = &c->items[n];
+        memset(it, 0, sizeof(*it));
+        it->type = f.type;
+        it->session = s;
+        s->refs++;
+        it->len = f.len;
+        if (f.type == HAUL__F_SYNC) {
+            it->buf = malloc(f.len);
+            if (it->buf == NULL) {
+                /* Try again with the next batch. */
+                s->refs--;
+                haul__session_enter(s, SEV_SYNC_LOST);
+                haul__session_want(s, HAUL__PEND_SYNC);
+                break;
+            }
+            haul__session_sync_payload(s, it->buf);
+            /* The write is issued as soon as the batch is filled. */
+            haul__session_ctl_posted(s, f.type);
+        }
+        haul__frame_encode(&f, c->headers[n]);
+        n++;
+    }
+
+    uint64_t budget = pipe->engine->config.chunk_size;
+    while (n < HAUL__TX_BATCH && budget > 0 && !haul__list_empty(&pipe->dispatch)) {
+        haul_session *s =
+            HAUL__CONTAINER(haul__list_first(&pipe->dispatch), haul_session, dispatch_link);
+        haul_message *m = sendable(s);
+        if (m == NULL) {
+            haul__list_del(&s->dispatch_link);
+            continue;
+        }
+        uint32_t idx = m->next_chunk;
+        while (m->carrier[idx] != 0)
+            idx++;
+        m->carrier[idx] = c->serial;
+        m->unsent--;
+        m->next_chunk = idx + 1;
+
+        haul__tx_item *it = &c->items[n];
+        memset(it, 0, sizeof(*it));
+        it->type = HAUL__F_CHUNK;
+        it->session = s;
+        s->refs++;
+        it->msg = m;
+        m->refs++;
+        it->chunk_index = idx;
+        it->offset = (uint64_t)idx * m->chunk;
+        it->len = (uint32_t)(m->len - it->offset < m->chunk ? m->len - it->offset : m->chunk);
+        haul__frame f = {.version = HAUL_PROTOCOL_VERSION,
+                         .type = HAUL__F_CHUNK,
+                         .len = it->len,
+                         .session = s->id,
+                         .seq = m->seq,
+                         .offset = it->offset,
+                         .total = m->len};
+        haul__frame_encode(&f, c->headers[n]);
+        count_session(c, s->id);
+        n++;
+        budget = it->len + HAUL__FRAME_HDR >= budget ? 0 : budget - it->len - HAUL__FRAME_HDR;
+        /* Round robin: the next chunk comes from the next session. */
+        haul__list_del(&s->dispatch_link);
+        haul__list_add_tail(&pipe->dispatch, &s->dispatch_link);
+    }
+    c->nitems = n;
+    return n;
+}
+
+/* ---- deadlines, redials and the end of a pipe --------------------------------- */
+
+void haul__pipe_destroy(haul__pipe *pipe)
+{
+    haul_engine *e = pipe->engine;
+    /* Connections first: closing them must not find sessions to requeue. */
+    if (!pipe->server && pipe->conns) {
+        for (unsigned i = 0; i < pipe->nconns; i++) {
+            haul__conn *c = pipe->conns[i];
+            if (c) {
+                pipe->conns[i] = NULL;
+                c->pipe = NULL;
+                haul__conn_close(c, HAUL_ESHUTDOWN, "pipe closed");
+            }
+        }
+    }
+    while (!haul__list_empty(&pipe->members)) {
+        haul__conn *c = HAUL__CONTAINER(haul__list_first(&pipe->members), haul__conn, pipe_link);
+        haul__list_del(&c->pipe_link);
+        c->pipe = NULL;
+        haul__conn_close(c, HAUL_ESHUTDOWN, "pipe closed");
+    }
+    /* Sessions are left only when the engine itself stops. */
+    while (!haul__list_empty(&pipe->sessions)) {
+        haul_session *s =
+            HAUL__CONTAINER(haul__list_first(&pipe->sessions), haul_session, pipe_link);
+        s->app_freed = 1;
+        haul__session_fail(s, HAUL_ESHUTDOWN, 0);
+        s->pending = 0;
+        haul__pipe_remove_session(pipe, s);
+        e->nsessions--;
+        haul__list *q = &s->inq;
+        while (!haul__list_empty(q)) {
+            haul_message *m = HAUL__CONTAINER(haul__list_first(q), haul_message, link);
+            haul__list_del(&m->link);
+            haul__message_unref(m);
+        }
+        /* The table's reference and the application's handle both end. */
+        s->refs = 1;
+        haul__session_unref(s);
+    }
+    haul__list_del(&pipe->link);
+    free(pipe->destination);
+    free(pipe->conns);
+    free(pipe->redial_at);
+    free(pipe->backoff);
+    free(pipe);
+}
+
+void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
+{
+    haul_engine *e = pipe->engine;
+    haul__list *p, *tmp;
+    haul__list_each_safe(p, tmp, &pipe->sessions)
+    {
+        haul__session_sweep(HAUL__CONTAINER(p, haul_session, pipe_link), now);
+    }
+    if (pipe->ever_joined && pipe->joined == 0 && pipe->empty_since &&
+        now - pipe->empty_since > (int64_t)e->config.message_timeout_ms) {
+        haul__log(e, HAUL_LOG_WARN, "pipe %s: no connection for %u ms; failing its sessions",
+                  pipe->destination ? pipe->destination : "(server)", e->config.message_timeout_ms);
+        fail_sessions(pipe, HAUL_ECONNRESET);
+        pipe->empty_since = 0;
+    }
+    if (haul__list_empty(&pipe->sessions)) {
+        pipe->doomed = 1;
+        /* A server pipe lasts while its client keeps connections open. */
+        if (!pipe->server || pipe->joined == 0) {
+            haul__pipe_destroy(pipe);
+            return;
+        }
+    }
+    if (!pipe->server && !pipe->failed) {
+        for (unsigned i = 0; i < pipe->nconns; i++)
+            if (pipe->conns[i] == NULL && pipe->redial_at[i] && pipe->redial_at[i] <= now)
+                pipe_dial(pipe, i);
+    }
+}
+
+/* ---- statistics ------------------------------------------------------------------ */
+
+int haul_pipe_stats(haul_session *s, haul_conn_stats *out, int max)
+{
+    if (s == NULL || (max > 0 && out == NULL))
+        return -HAUL_EINVAL;
+    haul_engine *e = s->engine;
+    pthread_mutex_lock(&e->mu);
+    haul__pipe *pipe = s->in_table ? s->pipe : NULL;
+    int n = 0;
+    if (pipe && !pipe->server) {
+        for (unsigned i = 0; i < pipe->nconns; i++, n++) {
+            if (n < max) {
+                haul__conn *c = pipe->conns[i];
+                if (c) {
+                    out[n] = c->stats;
+                    out[n].up = c->state == HAUL__CONN_JOINED;
+                } else {
+                    memset(&out[n], 0, sizeof(out[n]));
+                }
+            }
+        }
+    } else if (pipe) {
+        haul__list *p;
+        haul__list_each(p, &pipe->members)
+        {
+            haul__conn *c = HAUL__CONTAINER(p, haul__conn, pipe_link);
+            if (n < max) {
+                out[n] = c->stats;
+                out[n].up = c->state == HAUL__CONN_JOINED;
+            }
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}

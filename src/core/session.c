@@ -1,0 +1,1040 @@
+/*
+ * session.c - sessions: the handshake, the output and input queues, the
+ * window, acknowledgements and the close (Fig. 4).
+ *
+ * Everything here runs with the engine's mutex held; the public calls take
+ * it themselves.
+ */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/engine.h"
+
+/* The most messages one window may grant, whatever the byte budget: it
+ * bounds the per-message bookkeeping of tiny messages. */
+#define WINDOW_MAX 65536u
+
+/* ---- state ------------------------------------------------------------- */
+
+void haul__session_enter(haul_session *s, int event)
+{
+    int next = haul__session_next(s->state, event);
+    if (next < 0) {
+        /* Callers check before they act; reaching here is a bug in the
+         * engine, and the session is left as it was. */
+        haul__log(s->engine, HAUL_LOG_ERROR, "session %u: no transition from %s on %s", s->id,
+                  haul__session_state_name(s->state), haul__session_event_name(event));
+        return;
+    }
+    haul__log(s->engine, HAUL_LOG_DEBUG, "session %u: %s -> %s on %s", s->id,
+              haul__session_state_name(s->state), haul__session_state_name(next),
+              haul__session_event_name(event));
+    s->state = next;
+    haul__count_state(s->engine, next);
+}
+
+static int can(const haul_session *s, int event)
+{
+    return haul__session_next(s->state, event) >= 0;
+}
+
+static void post(haul_session *s, haul_event_type type, int error, uint64_t tag, uint64_t seq,
+                 uint32_t window, uint32_t reason)
+{
+    if (s->app_freed)
+        return;
+    haul_event ev = {.type = type,
+                     .error = error,
+                     .session = s,
+                     .tag = tag,
+                     .seq = seq,
+                     .window = window,
+                     .reason = reason};
+    haul__post(s->engine, &ev);
+}
+
+void haul__session_want(haul_session *s, unsigned pending)
+{
+    s->pending |= pending;
+    if (s->pipe && !haul__list_linked(&s->ctl_link)) {
+        haul__list_add_tail(&s->pipe->ctl, &s->ctl_link);
+        haul__pipe_kick(s->pipe, 1);
+    }
+}
+
+static void session_destroy(haul_session *s)
+{
+    free(s->context);
+    free(s);
+}
+
+void haul__session_unref(haul_session *s)
+{
+    if (--s->refs == 0)
+        session_destroy(s);
+}
+
+/* Takes the session out of its pipe's table once nobody can need it: the
+ * application released it and no control frame waits to go. */
+static void session_retire(haul_session *s)
+{
+    if (!s->app_freed || s->pending != 0 || !s->in_table)
+        return;
+    if (s->state != CE_SS_SESSION_CLOSED)
+        return;
+    haul__pipe *pipe = s->pipe;
+    haul__pipe_remove_session(pipe, s);
+    s->engine->nsessions--;
+    haul__session_unref(s);
+    haul__pipe_maybe_free(pipe);
+}
+
+/* ---- the window ---------------------------------------------------------- */
+
+/*
+ * WndSize: how many more messages, beyond those delivered in order, this
+ * side admits. The input queue's free bytes are counted in messages of the
+ * peer's largest size; an empty queue admits one message whatever its
+ * size. The right edge never moves back: what was granted stays granted.
+ */
+uint32_t haul__session_window(haul_session *s)
+{
+    uint64_t free_bytes = s->input_queue > s->held ? s->input_queue - s->held : 0;
+    uint64_t unit = s->peer_max_message ? s->peer_max_message : 1;
+    uint64_t w = free_bytes / unit;
+    if (w == 0 && s->held == 0)
+        w = 1;
+    if (w > WINDOW_MAX)
+        w = WINDOW_MAX;
+    uint64_t right = s->rcv_next + w;
+    if (right < s->rcv_right)
+        right = s->rcv_right;
+    return (uint32_t)(right - s->rcv_next);
+}
+
+/* ---- failure and close ----------------------------------------------------- */
+
+static void drop_messages(haul_session *s, haul__list *q, int error, int report)
+{
+    while (!haul__list_empty(q)) {
+        haul_message *m = HAUL__CONTAINER(haul__list_first(q), haul_message, link);
+        haul__list_del(&m->link);
+        if (report)
+            post(s, HAUL_EV_MESSAGE_FAILED, error, m->tag, m->seq, 0, 0);
+        m->session = NULL;
+        haul__message_unref(m);
+    }
+}
+
+static void leave_dispatch(haul_session *s)
+{
+    haul__list_del(&s->dispatch_link);
+}
+
+/*
+ * Ends a session that did not close in order: every message still queued
+ * fails with `error`, and the application gets the session's final event
+ * (REFUSED while it was opening, CLOSED after). With tell_peer, an ABORT
+ * goes to the other side.
+ */
+void haul__session_fail(haul_session *s, int error, int tell_peer)
+{
+    if (s->state == CE_SS_SESSION_CLOSED)
+        return;
+    int opening = !s->server && s->state != CE_SS_SESSION_READY &&
+                  s->state != CE_SS_APP_CLOSE_SESSION && s->state != CE_SS_SENDING_FIN;
+    haul__session_enter(s, SEV_FAIL);
+    s->out_bytes = 0;
+    drop_messages(s, &s->outq, error, 1);
+    drop_messages(s, &s->partial, error, 0);
+    s->held = 0;
+    for (haul__list *p = s->inq.next; p != &s->inq; p = p->next)
+        s->held += HAUL__CONTAINER(p, haul_message, link)->len;
+    s->peer_done = 1;
+    s->close_error = error;
+    leave_dispatch(s);
+    s->pending &=
+        ~(unsigned)(HAUL__PEND_SYNC | HAUL__PEND_FIN | HAUL__PEND_ACK | HAUL__PEND_SYNC_ACK);
+    if (tell_peer) {
+        s->abort_code = (uint32_t)error;
+        haul__session_want(s, HAUL__PEND_ABORT);
+    }
+    if (opening)
+        post(s, HAUL_EV_SESSION_REFUSED, error, 0, 0, 0, 0);
+    else
+        post(s, HAUL_EV_SESSION_CLOSED, error, 0, 0, 0, 0);
+    session_retire(s);
+}
+
+/* Sends the FIN once everything queued has been acknowledged. */
+void haul__session_maybe_fin(haul_session *s)
+{
+    if (s->state == CE_SS_APP_CLOSE_SESSION && haul__list_empty(&s->outq))
+        haul__session_want(s, HAUL__PEND_FIN);
+}
+
+static void closed_in_order(haul_session *s, int error)
+{
+    s->peer_done = 1;
+    post(s, HAUL_EV_SESSION_CLOSED, error, 0, 0, 0, 0);
+    session_retire(s);
+}
+
+/* ---- public: creating and answering sessions -------------------------------- */
+
+void haul_session_config_init(haul_session_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->output_queue = 64ull << 20;
+    c->input_queue = 64ull << 20;
+    c->connections = 1;
+}
+
+static haul_session *session_alloc(haul_engine *e)
+{
+    haul_session *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->engine = e;
+    s->state = CE_SS_NULL;
+    haul__count_state(e, CE_SS_NULL);
+    haul__list_init(&s->outq);
+    haul__list_init(&s->partial);
+    haul__list_init(&s->inq);
+    return s;
+}
+
+int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session **sp)
+{
+    if (e == NULL || c == NULL || sp == NULL || c->destination == NULL || c->principal == NULL)
+        return HAUL_EINVAL;
+    size_t plen = strlen(c->principal);
+    if (plen == 0 || plen > HAUL__PRINCIPAL_MAX)
+        return HAUL_EINVAL;
+    if (c->context_len > HAUL__CONTEXT_MAX || (c->context_len && c->context == NULL))
+        return HAUL_EINVAL;
+    if (c->output_queue == 0 || c->input_queue == 0)
+        return HAUL_EINVAL;
+    if (c->connections < 1 || c->connections > 65535)
+        return HAUL_EINVAL;
+    if (c->max_message > e->config.max_message)
+        return HAUL_EINVAL;
+
+    haul_session *s = session_alloc(e);
+    if (s == NULL)
+        return HAUL_ENOMEM;
+    memcpy(s->principal, c->principal, plen + 1);
+    if (c->context_len) {
+        s->context = malloc(c->context_len);
+        if (s->context == NULL) {
+            free(s);
+            return HAUL_ENOMEM;
+        }
+        memcpy(s->context, c->context, c->context_len);
+        s->context_len = c->context_len;
+    }
+    s->data = c->data;
+    s->output_queue = c->output_queue;
+    s->input_queue = c->input_queue;
+    s->max_message = c->max_message ? c->max_message : e->config.max_message;
+    s->timeout_ms = c->message_timeout_ms ? c->message_timeout_ms : e->config.message_timeout_ms;
+
+    pthread_mutex_lock(&e->mu);
+    int err = 0;
+    if (e->stopping)
+        err = HAUL_ESHUTDOWN;
+    else if (e->nsessions >= e->config.max_sessions)
+        err = HAUL_ELIMIT;
+    haul__pipe *pipe = err ? NULL : haul__pipe_client(e, c, &err);
+    if (pipe == NULL) {
+        pthread_mutex_unlock(&e->mu);
+        session_destroy(s);
+        return err;
+    }
+    s->refs = 1; /* the handle */
+    e->nsessions++;
+    s->id = pipe->next_session_id++;
+    haul__pipe_add_session(pipe, s);
+    s->open_deadline = haul__now_ms() + s->timeout_ms;
+    haul__session_enter(s, SEV_CREATE);
+    haul__session_want(s, HAUL__PEND_SYNC);
+    *sp = s;
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+int haul_session_accept(haul_session *s)
+{
+    if (s == NULL)
+        return HAUL_EINVAL;
+    haul_engine *e = s->engine;
+    pthread_mutex_lock(&e->mu);
+    int rc = 0;
+    if (s->state == CE_SS_SESSION_CLOSED)
+        rc = HAUL_ECLOSED;
+    else if (!s->server || !can(s, SEV_APP_ACCEPT))
+        rc = HAUL_ESTATE;
+    else {
+        haul__session_enter(s, SEV_APP_ACCEPT);
+        haul__session_want(s, HAUL__PEND_SYNC_ACK);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+int haul_session_reject(haul_session *s, uint32_t reason)
+{
+    if (s == NULL)
+        return HAUL_EINVAL;
+    haul_engine *e = s->engine;
+    pthread_mutex_lock(&e->mu);
+    int rc = 0;
+    if (!s->server || !can(s, SEV_APP_REJECT))
+        rc = HAUL_ESTATE;
+    else {
+        haul__session_enter(s, SEV_APP_REJECT);
+        s->nak_reason = reason;
+        s->peer_done = 1;
+        haul__session_want(s, HAUL__PEND_SYNC_NAK);
+        post(s, HAUL_EV_SESSION_CLOSED, HAUL_EREFUSED, 0, 0, 0, reason);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+int haul_session_close(haul_session *s)
+{
+    if (s == NULL)
+        return HAUL_EINVAL;
+    haul_engine *e = s->engine;
+    pthread_mutex_lock(&e->mu);
+    int rc = 0;
+    if (!can(s, SEV_APP_CLOSE))
+        rc = s->state == CE_SS_SESSION_CLOSED ? HAUL_ECLOSED : HAUL_ESTATE;
+    else {
+        haul__session_enter(s, SEV_APP_CLOSE);
+        s->close_deadline = haul__now_ms() + s->timeout_ms;
+        haul__session_maybe_fin(s);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+void haul_session_free(haul_session *s)
+{
+    if (s == NULL)
+        return;
+    haul_engine *e = s->engine;
+    pthread_mutex_lock(&e->mu);
+    haul__cq_forget(e, s);
+    s->app_freed = 1; /* no events from here on */
+    if (s->state != CE_SS_SESSION_CLOSED)
+        haul__session_fail(s, HAUL_EABORTED, 1);
+    drop_messages(s, &s->inq, 0, 0);
+    s->held = 0;
+    session_retire(s);
+    haul__session_unref(s);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void *haul_session_data(const haul_session *s)
+{
+    return s->data;
+}
+
+void haul_session_set_data(haul_session *s, void *data)
+{
+    s->data = data;
+}
+
+const char *haul_session_principal(const haul_session *s)
+{
+    return s->principal;
+}
+
+const void *haul_session_context(const haul_session *s, size_t *len)
+{
+    if (len)
+        *len = s->context_len;
+    return s->context;
+}
+
+const char *haul_session_state(const haul_session *s)
+{
+    haul_engine *e = s->engine;
+    pthread_mutex_lock(&e->mu);
+    const char *name = haul__session_state_name(s->state);
+    pthread_mutex_unlock(&e->mu);
+    return name;
+}
+
+/* ---- public: sending and receiving ------------------------------------------- */
+
+static int may_send(const haul_session *s)
+{
+    switch (s->state) {
+    case CE_SS_SESSION_READY:
+    case CE_SS_APP_CONFIRM_ACCEPT_ACK:
+    case CE_SS_SENDING_APP_SESSION_ACK:
+        return !s->peer_done;
+    default:
+        return 0;
+    }
+}
+
+/* Queues a message (414-420): refused at once when it cannot fit. */
+static int enqueue(haul_session *s, haul_message *m, uint64_t tag)
+{
+    haul_engine *e = s->engine;
+    if (!may_send(s))
+        return HAUL_ESTATE;
+    if (m->len > s->max_message || m->len > s->output_queue)
+        return HAUL_EMSGSIZE;
+    if (s->out_bytes + m->len > s->output_queue || (m->len == 0 && s->out_bytes == s->output_queue))
+        return HAUL_EQUEUEFULL;
+    haul__message_plan(m, e->config.chunk_size);
+    m->carrier = calloc(m->nchunks, sizeof(*m->carrier));
+    if (m->carrier == NULL)
+        return HAUL_ENOMEM;
+    m->session = s;
+    m->tag = tag;
+    m->seq = s->next_seq++;
+    m->deadline = haul__now_ms() + s->timeout_ms;
+    haul__list_add_tail(&s->outq, &m->link);
+    s->out_bytes += m->len;
+    if (m->seq < s->right && s->pipe) {
+        if (!haul__list_linked(&s->dispatch_link))
+            haul__list_add_tail(&s->pipe->dispatch, &s->dispatch_link);
+        haul__pipe_kick(s->pipe, m->nchunks);
+    }
+    return 0;
+}
+
+static int send_message(haul_session *s, haul_message *m, uint64_t tag)
+{
+    haul_engine *e = s->engine;
+    pthread_mutex_lock(&e->mu);
+    int rc = enqueue(s, m, tag);
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+int haul_send(haul_session *s, const void *buf, size_t len, uint64_t tag)
+{
+    if (s == NULL || (buf == NULL && len > 0))
+        return HAUL_EINVAL;
+    /* Refuse before copying what can never fit. */
+    if (len > s->max_message || len > s->output_queue)
+        return HAUL_EMSGSIZE;
+    haul_message *m = haul__message_new(len, 1);
+    if (m == NULL)
+        return HAUL_ENOMEM;
+    if (len)
+        memcpy(m->data, buf, len);
+    int rc = send_message(s, m, tag);
+    if (rc)
+        haul__message_unref(m);
+    return rc;
+}
+
+int haul_send_buffer(haul_session *s, const void *buf, size_t len,
+                     void (*release)(void *buf, void *arg), void *arg, uint64_t tag)
+{
+    if (s == NULL || (buf == NULL && len > 0))
+        return HAUL_EINVAL;
+    haul_message *m = haul__message_new(len, 0);
+    if (m == NULL)
+        return HAUL_ENOMEM;
+    m->kind = HAUL__BODY_BORROWED;
+    m->data = (uint8_t *)buf;
+    int rc = send_message(s, m, tag);
+    if (rc) {
+        /* A failed call leaves the buffer with the caller. */
+        m->kind = HAUL__BODY_OWNED;
+        m->data = NULL;
+        haul__message_unref(m);
+        return rc;
+    }
+    /* The release callback is armed only once the engine owns the
+     * message, so that a refusal never calls it. */
+    pthread_mutex_lock(&s->engine->mu);
+    m->release = release;
+    m->release_arg = arg;
+    pthread_mutex_unlock(&s->engine->mu);
+    return 0;
+}
+
+int haul_send_file(haul_session *s, int fd, off_t offset, size_t len, uint64_t tag)
+{
+    if (s == NULL || fd < 0 || offset < 0)
+        return HAUL_EINVAL;
+    if (len > s->max_message || len > s->output_queue)
+        return HAUL_EMSGSIZE;
+    haul_message *m = haul__message_new(len, 0);
+    if (m == NULL)
+        return HAUL_ENOMEM;
+    m->kind = HAUL__BODY_FILE;
+    m->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    m->file_offset = offset;
+    if (m->fd < 0) {
+        haul__message_unref(m);
+        return HAUL_ESYS;
+    }
+    int rc = send_message(s, m, tag);
+    if (rc)
+        haul__message_unref(m);
+    return rc;
+}
+
+int haul_recv(haul_session *s, haul_message **mp)
+{
+    if (s == NULL || mp == NULL)
+        return HAUL_EINVAL;
+    haul_engine *e = s->engine;
+    pthread_mutex_lock(&e->mu);
+    haul__list *first = haul__list_first(&s->inq);
+    if (first == NULL) {
+        int rc = s->peer_done || s->state == CE_SS_SESSION_CLOSED ? HAUL_ECLOSED : HAUL_EAGAIN;
+        pthread_mutex_unlock(&e->mu);
+        return rc;
+    }
+    haul_message *m = HAUL__CONTAINER(first, haul_message, link);
+    haul__list_del(&m->link);
+    m->session = NULL;
+    s->held -= m->len;
+    /* Taking a message out of the input queue is what opens the window
+     * (442-444): tell the sender if the right edge moved. */
+    if (!s->peer_done && s->state != CE_SS_SESSION_CLOSED &&
+        s->rcv_next + haul__session_window(s) > s->rcv_right)
+        haul__session_want(s, HAUL__PEND_ACK);
+    pthread_mutex_unlock(&e->mu);
+    *mp = m;
+    return 0;
+}
+
+/* ---- frames from the peer ------------------------------------------------------ */
+
+haul_session *haul__session_find(haul__pipe *pipe, uint32_t id)
+{
+    haul__list *head = &pipe->buckets[id % HAUL__BUCKETS], *p;
+    haul__list_each(p, head)
+    {
+        haul_session *s = HAUL__CONTAINER(p, haul_session, bucket_link);
+        if (s->id == id)
+            return s;
+    }
+    return NULL;
+}
+
+/* Server: a SYNC (404-406). A repeated SYNC gets the earlier answer again. */
+static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *payload)
+{
+    haul_engine *e = pipe->engine;
+    haul_session *s = haul__session_find(pipe, f->session);
+    if (s) {
+        if (s->state == CE_SS_SESSION_READY || s->state == CE_SS_APP_CONFIRM_ACCEPT_ACK ||
+            s->state == CE_SS_SENDING_APP_SESSION_ACK)
+            haul__session_want(s, HAUL__PEND_SYNC_ACK);
+        else if (s->state == CE_SS_SESSION_CLOSED && s->nak_reason)
+            haul__session_want(s, HAUL__PEND_SYNC_NAK);
+        return;
+    }
+    size_t plen = (size_t)payload[0] | ((size_t)payload[1] << 8);
+    s = session_alloc(e);
+    if (s == NULL)
+        return;
+    s->server = 1;
+    s->id = f->session;
+    s->refs = 1; /* the handle the application gets with the request */
+    if (plen >= 1 && plen <= HAUL__PRINCIPAL_MAX && 2 + plen <= f->len &&
+        f->len - 2 - plen <= HAUL__CONTEXT_MAX) {
+        memcpy(s->principal, payload + 2, plen);
+        s->principal[plen] = '\0';
+        s->context_len = f->len - 2 - plen;
+        if (s->context_len) {
+            s->context = malloc(s->context_len);
+            if (s->context == NULL) {
+                free(s);
+                return;
+            }
+            memcpy(s->context, payload + 2 + plen, s->context_len);
+        }
+    } else {
+        plen = 0; /* malformed: refused below */
+    }
+    s->output_queue = pipe->lconf.output_queue;
+    s->input_queue = pipe->lconf.input_queue;
+    s->max_message = pipe->lconf.max_message;
+    s->peer_max_message = f->offset < e->config.max_message ? f->offset : e->config.max_message;
+    s->peer_input_queue = f->total;
+    s->timeout_ms = e->config.message_timeout_ms;
+    e->nsessions++;
+    haul__pipe_add_session(pipe, s);
+    haul__session_enter(s, SEV_SYNC_RECEIVED);
+    if (plen == 0 || e->nsessions > e->config.max_sessions || e->stopping) {
+        /* Refused by the engine itself: the application never hears of it. */
+        s->app_freed = 1;
+        haul__session_enter(s, SEV_APP_REJECT);
+        s->nak_reason = plen == 0 ? HAUL_EPROTO : HAUL_ELIMIT;
+        s->peer_done = 1;
+        haul__session_want(s, HAUL__PEND_SYNC_NAK);
+        s->refs--; /* the handle nobody got; the table keeps it until the NAK is out */
+        haul__log(e, HAUL_LOG_WARN, "session %u refused: %s", s->id,
+                  plen == 0 ? "malformed request" : "session limit reached");
+        return;
+    }
+    post(s, HAUL_EV_SESSION_REQUEST, 0, 0, 0, 0, 0);
+}
+
+/* Sender side: an acknowledgement (426-428, 436-438, 444). */
+static void on_ack(haul_session *s, const haul__frame *f)
+{
+    if (f->seq > s->next_seq || f->seq < s->acked)
+        return; /* stale or impossible: ignore */
+    int acked_any = 0;
+    while (!haul__list_empty(&s->outq)) {
+        haul_message *m = HAUL__CONTAINER(haul__list_first(&s->outq), haul_message, link);
+        if (m->seq >= f->seq)
+            break;
+        haul__list_del(&m->link);
+        s->out_bytes -= m->len;
+        s->engine->stats.messages_sent++;
+        post(s, HAUL_EV_MESSAGE_SENT, 0, m->tag, m->seq, f->aux, 0);
+        m->session = NULL;
+        haul__message_unref(m);
+        acked_any = 1;
+    }
+    s->acked = f->seq;
+    s->peer_wnd = f->aux;
+    uint64_t right = f->seq + f->aux;
+    if (right > s->right) {
+        if (!acked_any && s->state != CE_SS_SESSION_CLOSED)
+            post(s, HAUL_EV_WINDOW_OPENED, 0, 0, 0, f->aux, 0);
+        s->right = right;
+        if (!haul__list_linked(&s->dispatch_link) && !haul__list_empty(&s->outq)) {
+            haul__list_add_tail(&s->pipe->dispatch, &s->dispatch_link);
+            haul__pipe_kick(s->pipe, (unsigned)(right - f->seq));
+        }
+    }
+    haul__session_maybe_fin(s);
+}
+
+void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__frame *f,
+                            const uint8_t *payload)
+{
+    (void)conn;
+    if (f->type == HAUL__F_SYNC) {
+        if (pipe->server)
+            on_sync(pipe, f, payload);
+        return;
+    }
+    haul_session *s = haul__session_find(pipe, f->session);
+    if (s == NULL)
+        return; /* a session that is gone: late frames are expected */
+    switch (f->type) {
+    case HAUL__F_SYNC_ACK:
+        if (s->server || !can(s, SEV_SYNC_ACK))
+            return;
+        haul__session_enter(s, SEV_SYNC_ACK);
+        s->pending &= ~(unsigned)HAUL__PEND_SYNC;
+        s->peer_max_message =
+            f->offset < s->engine->config.max_message ? f->offset : s->engine->config.max_message;
+        s->peer_input_queue = f->total;
+        s->right = s->acked + f->aux;
+        s->peer_wnd = f->aux;
+        post(s, HAUL_EV_SESSION_OPEN, 0, 0, 0, f->aux, 0);
+        /* Our own window for the server's messages, now that we know
+         * their size. */
+        haul__session_want(s, HAUL__PEND_ACK);
+        return;
+    case HAUL__F_SYNC_NAK:
+        if (s->server || !can(s, SEV_SYNC_NAK))
+            return;
+        haul__session_enter(s, SEV_SYNC_NAK);
+        s->pending = 0;
+        s->peer_done = 1;
+        post(s, HAUL_EV_SESSION_REFUSED, HAUL_EREFUSED, 0, 0, 0, f->aux);
+        session_retire(s);
+        return;
+    case HAUL__F_ACK:
+        on_ack(s, f);
+        return;
+    case HAUL__F_FIN:
+        if (s->state == CE_SS_SESSION_CLOSED) {
+            /* Our FIN-ACK was lost with a connection: say it again. */
+            haul__session_want(s, HAUL__PEND_FIN_ACK);
+            return;
+        }
+        if (!can(s, SEV_FIN_RECEIVED))
+            return;
+        haul__session_enter(s, SEV_FIN_RECEIVED);
+        s->out_bytes = 0;
+        drop_messages(s, &s->outq, HAUL_ECLOSED, 1);
+        leave_dispatch(s);
+        s->pending &= ~(unsigned)(HAUL__PEND_FIN | HAUL__PEND_ACK);
+        haul__session_want(s, HAUL__PEND_FIN_ACK);
+        closed_in_order(s, 0);
+        return;
+    case HAUL__F_FIN_ACK:
+        if (s->state == CE_SS_SENDING_FIN || s->state == CE_SS_APP_CLOSE_SESSION) {
+            if (s->state == CE_SS_APP_CLOSE_SESSION)
+                haul__session_enter(s, SEV_FIN_TAKEN);
+            haul__session_enter(s, SEV_FIN_ACK);
+            s->pending &= ~(unsigned)HAUL__PEND_FIN;
+            closed_in_order(s, 0);
+        }
+        return;
+    case HAUL__F_ABORT:
+        haul__session_fail(s, HAUL_EABORTED, 0);
+        return;
+    default:
+        return;
+    }
+}
+
+/* ---- chunks from the peer ------------------------------------------------------- */
+
+static int may_receive(const haul_session *s)
+{
+    if (s->peer_done)
+        return 0;
+    switch (s->state) {
+    case CE_SS_SESSION_READY:
+    case CE_SS_APP_CONFIRM_ACCEPT_ACK:
+    case CE_SS_SENDING_APP_SESSION_ACK:
+    case CE_SS_APP_CLOSE_SESSION:
+    case CE_SS_SENDING_FIN:
+    /* The server's messages may overtake its SYNC-ACK on another
+     * connection of the pipe. */
+    case CE_SS_SENDING_SYNC:
+    case CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE:
+    case CE_SS_WAITING_ACK:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/*
+ * A CHUNK header arrived. Returns 0 with *mp set (a reference for the
+ * connection) when its payload is to be read into *mp at f->offset, 1 when
+ * the payload is to be discarded, or HAUL_EPROTO when the frame is
+ * malformed for this pipe.
+ */
+int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__frame *f,
+                              haul_message **mp, uint32_t *indexp)
+{
+    uint32_t chunk = pipe->peer_chunk;
+    if (f->offset % chunk != 0)
+        return HAUL_EPROTO;
+    uint64_t expect = f->total - f->offset < chunk ? f->total - f->offset : chunk;
+    if (f->len != expect || (f->total > 0 && f->offset == f->total))
+        return HAUL_EPROTO;
+    haul_session *s = haul__session_find(pipe, f->session);
+    if (s == NULL || !may_receive(s))
+        return 1;
+    if (f->seq < s->rcv_next) {
+        /* Delivered already; our acknowledgement was lost with a
+         * connection. Say it again. */
+        pipe->engine->stats.duplicates++;
+        haul__session_want(s, HAUL__PEND_ACK);
+        return 1;
+    }
+    if (f->seq >= s->rcv_right) {
+        haul__log(pipe->engine, HAUL_LOG_WARN,
+                  "session %u: message %llu beyond the window; aborting the session", s->id,
+                  (unsigned long long)f->seq);
+        haul__session_fail(s, HAUL_EPROTO, 1);
+        return 1;
+    }
+    haul_message *m = NULL;
+    haul__list *p;
+    haul__list_each(p, &s->partial)
+    {
+        haul_message *x = HAUL__CONTAINER(p, haul_message, link);
+        if (x->seq == f->seq) {
+            m = x;
+            break;
+        }
+    }
+    if (m == NULL) {
+        m = haul__message_new(f->total, 1);
+        if (m == NULL) {
+            haul__log(pipe->engine, HAUL_LOG_ERROR, "session %u: no memory for a message", s->id);
+            haul__session_fail(s, HAUL_ENOMEM, 1);
+            return 1;
+        }
+        m->seq = f->seq;
+        m->session = s;
+        haul__message_plan(m, chunk);
+        m->rx_state = calloc(m->nchunks, 1);
+        if (m->rx_state == NULL) {
+            haul__message_unref(m);
+            haul__session_fail(s, HAUL_ENOMEM, 1);
+            return 1;
+        }
+        haul__list_add_tail(&s->partial, &m->link);
+        s->held += m->len;
+    } else if (m->len != f->total) {
+        return HAUL_EPROTO;
+    }
+    uint32_t index = (uint32_t)(f->offset / chunk);
+    if (m->rx_state[index] == HAUL__RX_DONE) {
+        pipe->engine->stats.duplicates++;
+        return 1;
+    }
+    if (m->rx_state[index] == HAUL__RX_CLAIMED) {
+        /* The connection that was bringing it broke half way, and the
+         * sender sent it again here. Every connection of a pipe runs on
+         * one thread, so the old reader is not in the middle of a read:
+         * it is told to drop the rest. */
+        haul__conn *old = haul__pipe_reader(pipe, m, index);
+        if (old && old != conn) {
+            old->rx_state = HAUL__RXS_DISCARD;
+            old->rx_msg = NULL;
+            haul__message_unref(m);
+        }
+    }
+    m->rx_state[index] = HAUL__RX_CLAIMED;
+    m->refs++;
+    *mp = m;
+    *indexp = index;
+    return 0;
+}
+
+/* Delivers, in order, every whole message that waits for its turn. */
+static void deliver(haul_session *s)
+{
+    int delivered = 0;
+    for (;;) {
+        haul_message *next = NULL;
+        haul__list *p;
+        haul__list_each(p, &s->partial)
+        {
+            haul_message *x = HAUL__CONTAINER(p, haul_message, link);
+            if (x->seq == s->rcv_next && x->rx_done == x->nchunks) {
+                next = x;
+                break;
+            }
+        }
+        if (next == NULL)
+            break;
+        haul__list_del(&next->link);
+        haul__list_add_tail(&s->inq, &next->link);
+        s->rcv_next++;
+        s->engine->stats.messages_received++;
+        post(s, HAUL_EV_MESSAGE_RECEIVED, 0, 0, next->seq, 0, 0);
+        delivered = 1;
+    }
+    if (delivered)
+        haul__session_want(s, HAUL__PEND_ACK);
+}
+
+/* The payload of chunk `index` of m is all there (424, 432). */
+void haul__session_chunk_done(haul_session *s, haul_message *m, uint32_t index)
+{
+    if (m->rx_state[index] == HAUL__RX_DONE)
+        return;
+    m->rx_state[index] = HAUL__RX_DONE;
+    m->rx_done++;
+    if (s != NULL && m->rx_done == m->nchunks)
+        deliver(s);
+}
+
+/* Releases a claim on a chunk whose connection broke before it was all
+ * read, so that the chunk sent again is taken. */
+void haul__session_chunk_abandon(haul_message *m, uint32_t index)
+{
+    if (m->rx_state[index] == HAUL__RX_CLAIMED)
+        m->rx_state[index] = HAUL__RX_NONE;
+}
+
+/* ---- control frames to send ------------------------------------------------------ */
+
+/*
+ * Fills f (and *payload) with the next control frame the session has to
+ * send, making the transitions that taking it implies. Returns 0 when
+ * there was one, -1 when none is pending.
+ */
+int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payload, uint32_t *plen)
+{
+    memset(f, 0, sizeof(*f));
+    f->version = HAUL_PROTOCOL_VERSION;
+    f->session = s->id;
+    *payload = NULL;
+    *plen = 0;
+    haul_engine *e = s->engine;
+
+    if (s->pending & HAUL__PEND_ABORT) {
+        s->pending &= ~(unsigned)HAUL__PEND_ABORT;
+        f->type = HAUL__F_ABORT;
+        f->aux = s->abort_code;
+        return 0;
+    }
+    if (s->pending & HAUL__PEND_SYNC_NAK) {
+        s->pending &= ~(unsigned)HAUL__PEND_SYNC_NAK;
+        f->type = HAUL__F_SYNC_NAK;
+        f->aux = s->nak_reason;
+        return 0;
+    }
+    if (s->pending & HAUL__PEND_SYNC) {
+        s->pending &= ~(unsigned)HAUL__PEND_SYNC;
+        if (s->state != CE_SS_SEND_SYNC)
+            return haul__session_take_ctl(s, f, payload, plen);
+        /* SYNC: the principal and the context (docs/protocol.md). The
+         * encoded form lives in the connection's item until written. */
+        haul__session_enter(s, SEV_SYNC_TAKEN);
+        f->type = HAUL__F_SYNC;
+        f->offset = s->max_message;
+        f->total = s->input_queue;
+        f->len = (uint32_t)(2 + strlen(s->principal) + s->context_len);
+        return 0;
+    }
+    if (s->pending & HAUL__PEND_SYNC_ACK) {
+        s->pending &= ~(unsigned)HAUL__PEND_SYNC_ACK;
+        if (s->state == CE_SS_APP_CONFIRM_ACCEPT_ACK)
+            haul__session_enter(s, SEV_ACCEPT_TAKEN);
+        f->type = HAUL__F_SYNC_ACK;
+        f->offset = s->max_message;
+        f->total = s->input_queue;
+        f->aux = haul__session_window(s);
+        if (s->rcv_next + f->aux > s->rcv_right)
+            s->rcv_right = s->rcv_next + f->aux;
+        return 0;
+    }
+    if (s->pending & HAUL__PEND_ACK) {
+        s->pending &= ~(unsigned)HAUL__PEND_ACK;
+        f->type = HAUL__F_ACK;
+        f->seq = s->rcv_next;
+        f->aux = haul__session_window(s);
+        if (s->rcv_next + f->aux > s->rcv_right)
+            s->rcv_right = s->rcv_next + f->aux;
+        s->wnd_sent = f->aux;
+        return 0;
+    }
+    if (s->pending & HAUL__PEND_FIN) {
+        s->pending &= ~(unsigned)HAUL__PEND_FIN;
+        if (s->state != CE_SS_APP_CLOSE_SESSION)
+            return haul__session_take_ctl(s, f, payload, plen);
+        haul__session_enter(s, SEV_FIN_TAKEN);
+        f->type = HAUL__F_FIN;
+        return 0;
+    }
+    if (s->pending & HAUL__PEND_FIN_ACK) {
+        s->pending &= ~(unsigned)HAUL__PEND_FIN_ACK;
+        f->type = HAUL__F_FIN_ACK;
+        return 0;
+    }
+    (void)e;
+    return -1;
+}
+
+/* Writes the SYNC payload for the frame take_ctl prepared. */
+void haul__session_sync_payload(const haul_session *s, uint8_t *out)
+{
+    size_t plen = strlen(s->principal);
+    out[0] = (uint8_t)plen;
+    out[1] = (uint8_t)(plen >> 8);
+    memcpy(out + 2, s->principal, plen);
+    if (s->context_len)
+        memcpy(out + 2 + plen, s->context, s->context_len);
+}
+
+/* The write carrying a control frame was issued, or completed. */
+void haul__session_ctl_posted(haul_session *s, int type)
+{
+    if (type == HAUL__F_SYNC && s->state == CE_SS_SENDING_SYNC)
+        haul__session_enter(s, SEV_SYNC_POSTED);
+}
+
+void haul__session_ctl_written(haul_session *s, int type)
+{
+    if (type == HAUL__F_SYNC && s->state == CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE)
+        haul__session_enter(s, SEV_SYNC_WRITTEN);
+    else if (type == HAUL__F_SYNC_ACK && s->state == CE_SS_SENDING_APP_SESSION_ACK)
+        haul__session_enter(s, SEV_ACCEPT_WRITTEN);
+    session_retire(s);
+}
+
+/* A connection of the pipe broke: what it may have swallowed is sent
+ * again; the peer answers repeats idempotently. Returns nonzero if the
+ * session has chunks to send again. */
+int haul__session_conn_lost(haul_session *s, uint32_t serial)
+{
+    switch (s->state) {
+    case CE_SS_SENDING_SYNC:
+    case CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE:
+    case CE_SS_WAITING_ACK:
+        haul__session_enter(s, SEV_SYNC_LOST);
+        haul__session_want(s, HAUL__PEND_SYNC);
+        break;
+    case CE_SS_SENDING_APP_SESSION_ACK:
+        haul__session_enter(s, SEV_ACCEPT_LOST);
+        haul__session_want(s, HAUL__PEND_SYNC_ACK);
+        break;
+    case CE_SS_SENDING_FIN:
+        haul__session_enter(s, SEV_FIN_LOST);
+        haul__session_maybe_fin(s);
+        break;
+    case CE_SS_SESSION_CLOSED:
+        return 0;
+    default:
+        break;
+    }
+    if (s->state == CE_SS_SESSION_READY || s->state == CE_SS_APP_CLOSE_SESSION)
+        haul__session_want(s, HAUL__PEND_ACK);
+
+    int again = 0;
+    haul__list *p;
+    haul__list_each(p, &s->outq)
+    {
+        haul_message *m = HAUL__CONTAINER(p, haul_message, link);
+        int lost = 0;
+        for (uint32_t i = 0; i < m->nchunks; i++) {
+            if (m->carrier[i] == serial) {
+                m->carrier[i] = 0;
+                m->unsent++;
+                if (i < m->next_chunk)
+                    m->next_chunk = i;
+                s->engine->stats.chunks_resent++;
+                lost = 1;
+            }
+        }
+        if (lost) {
+            again = 1;
+            if (++m->attempts >= s->engine->config.max_attempts) {
+                haul__log(s->engine, HAUL_LOG_WARN,
+                          "session %u: message %llu failed after %u attempts", s->id,
+                          (unsigned long long)m->seq, m->attempts);
+                haul__session_fail(s, HAUL_EATTEMPTS, 1);
+                return 0;
+            }
+        }
+    }
+    return again;
+}
+
+/* Deadlines: the message at the head of the output queue, the opening
+ * handshake, the FIN. */
+void haul__session_sweep(haul_session *s, int64_t now)
+{
+    if (s->state == CE_SS_SESSION_CLOSED)
+        return;
+    haul__list *first = haul__list_first(&s->outq);
+    if (first && HAUL__CONTAINER(first, haul_message, link)->deadline <= now) {
+        haul__log(s->engine, HAUL_LOG_WARN,
+                  "session %u: a message was not acknowledged within %u ms", s->id, s->timeout_ms);
+        haul__session_fail(s, HAUL_ETIMEDOUT, 1);
+        return;
+    }
+    if (!s->server && s->open_deadline && s->open_deadline <= now &&
+        s->state != CE_SS_SESSION_READY && s->state != CE_SS_APP_CLOSE_SESSION &&
+        s->state != CE_SS_SENDING_FIN) {
+        haul__session_fail(s, HAUL_ETIMEDOUT, 1);
+        return;
+    }
+    if ((s->state == CE_SS_APP_CLOSE_SESSION || s->state == CE_SS_SENDING_FIN) &&
+        s->close_deadline <= now && haul__list_empty(&s->outq))
+        haul__session_fail(s, HAUL_ETIMEDOUT, 1);
+}

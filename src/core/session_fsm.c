@@ -1,0 +1,110 @@
+/*
+ * session_fsm.c - the session transition table.
+ *
+ * Read it against the seed: the client walks NULL -> SEND_SYNC ->
+ * SENDING_SYNC -> SESSION_WAITING_FOR_SYNC_COMPLETE -> WAITING_ACK ->
+ * SESSION_READY (Fig. 4, 402-412); the server walks NULL ->
+ * WAITING_FOR_ACCEPT_ACK -> APP_CONFIRM_ACCEPT_ACK -> SENDING_APP_SESSION_ACK
+ * -> SESSION_READY (406-410); either side closes through APP_CLOSE_SESSION
+ * -> SENDING_FIN -> SESSION_CLOSED.
+ */
+#include "core/session_fsm.h"
+
+#include <stddef.h>
+
+#include "haul.h"
+
+typedef struct transition {
+    haul__session_state from;
+    haul__session_event event;
+    haul__session_state to;
+} transition;
+
+static const transition table[] = {
+    /* Client: opening (402-412). */
+    {CE_SS_NULL, SEV_CREATE, CE_SS_SEND_SYNC},
+    {CE_SS_SEND_SYNC, SEV_SYNC_TAKEN, CE_SS_SENDING_SYNC},
+    {CE_SS_SENDING_SYNC, SEV_SYNC_POSTED, CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE},
+    {CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE, SEV_SYNC_WRITTEN, CE_SS_WAITING_ACK},
+    /* The SYNC-ACK may overtake the write completion: it can arrive on
+     * another connection of the pipe before this one reports. */
+    {CE_SS_SENDING_SYNC, SEV_SYNC_ACK, CE_SS_SESSION_READY},
+    {CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE, SEV_SYNC_ACK, CE_SS_SESSION_READY},
+    {CE_SS_WAITING_ACK, SEV_SYNC_ACK, CE_SS_SESSION_READY},
+    {CE_SS_SENDING_SYNC, SEV_SYNC_NAK, CE_SS_SESSION_CLOSED},
+    {CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE, SEV_SYNC_NAK, CE_SS_SESSION_CLOSED},
+    {CE_SS_WAITING_ACK, SEV_SYNC_NAK, CE_SS_SESSION_CLOSED},
+    /* A broken connection sends the SYNC again; the server answers a
+     * repeated SYNC with its earlier answer. */
+    {CE_SS_SENDING_SYNC, SEV_SYNC_LOST, CE_SS_SEND_SYNC},
+    {CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE, SEV_SYNC_LOST, CE_SS_SEND_SYNC},
+    {CE_SS_WAITING_ACK, SEV_SYNC_LOST, CE_SS_SEND_SYNC},
+
+    /* Server: accepting (406-410). */
+    {CE_SS_NULL, SEV_SYNC_RECEIVED, CE_SS_WAITING_FOR_ACCEPT_ACK},
+    {CE_SS_WAITING_FOR_ACCEPT_ACK, SEV_APP_ACCEPT, CE_SS_APP_CONFIRM_ACCEPT_ACK},
+    {CE_SS_WAITING_FOR_ACCEPT_ACK, SEV_APP_REJECT, CE_SS_SESSION_CLOSED},
+    {CE_SS_APP_CONFIRM_ACCEPT_ACK, SEV_ACCEPT_TAKEN, CE_SS_SENDING_APP_SESSION_ACK},
+    {CE_SS_SENDING_APP_SESSION_ACK, SEV_ACCEPT_WRITTEN, CE_SS_SESSION_READY},
+    {CE_SS_SENDING_APP_SESSION_ACK, SEV_ACCEPT_LOST, CE_SS_APP_CONFIRM_ACCEPT_ACK},
+
+    /* Closing. */
+    {CE_SS_SESSION_READY, SEV_APP_CLOSE, CE_SS_APP_CLOSE_SESSION},
+    {CE_SS_APP_CONFIRM_ACCEPT_ACK, SEV_APP_CLOSE, CE_SS_APP_CLOSE_SESSION},
+    {CE_SS_SENDING_APP_SESSION_ACK, SEV_APP_CLOSE, CE_SS_APP_CLOSE_SESSION},
+    {CE_SS_APP_CLOSE_SESSION, SEV_FIN_TAKEN, CE_SS_SENDING_FIN},
+    {CE_SS_SENDING_FIN, SEV_FIN_LOST, CE_SS_APP_CLOSE_SESSION},
+    {CE_SS_SENDING_FIN, SEV_FIN_ACK, CE_SS_SESSION_CLOSED},
+    {CE_SS_SESSION_READY, SEV_FIN_RECEIVED, CE_SS_SESSION_CLOSED},
+    {CE_SS_APP_CONFIRM_ACCEPT_ACK, SEV_FIN_RECEIVED, CE_SS_SESSION_CLOSED},
+    {CE_SS_SENDING_APP_SESSION_ACK, SEV_FIN_RECEIVED, CE_SS_SESSION_CLOSED},
+    {CE_SS_APP_CLOSE_SESSION, SEV_FIN_RECEIVED, CE_SS_SESSION_CLOSED},
+    {CE_SS_SENDING_FIN, SEV_FIN_RECEIVED, CE_SS_SESSION_CLOSED},
+};
+
+/* Failure (timeout, abort, lost pipe, freed handle) is allowed from every
+ * state but CLOSED and is not listed per state. */
+int haul__session_next(int state, int event)
+{
+    if (state < 0 || state >= CE_SS_COUNT_ || state == CE_SS_ACTION_REQUIRING_STATE)
+        return -1;
+    if (event == SEV_FAIL)
+        return state == CE_SS_SESSION_CLOSED ? -1 : CE_SS_SESSION_CLOSED;
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+        if ((int)table[i].from == state && (int)table[i].event == event)
+            return (int)table[i].to;
+    return -1;
+}
+
+static const char *const state_names[] = {
+#define X(name) #name,
+    HAUL__FOREACH_SESSION_STATE(X)
+#undef X
+};
+
+static const char *const event_names[] = {
+#define X(name) #name,
+    HAUL__FOREACH_SESSION_EVENT(X)
+#undef X
+};
+
+const char *haul__session_state_name(int state)
+{
+    if (state < 0 || state >= CE_SS_COUNT_)
+        return "CE_SS_?";
+    return state_names[state];
+}
+
+const char *haul__session_event_name(int event)
+{
+    if (event < 0 || event >= SEV_COUNT_)
+        return "SEV_?";
+    return event_names[event];
+}
+
+const char *const *haul_session_state_names(int *count)
+{
+    if (count)
+        *count = CE_SS_COUNT_;
+    return state_names;
+}

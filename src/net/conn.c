@@ -1,0 +1,679 @@
+/*
+ * conn.c - connections (120): the connection state machine, the security
+ * step, and the socket I/O state machine that turns bytes into frames and
+ * frames into bytes.
+ *
+ * Connection states (Fig. 3, "Connection n"):
+ *
+ *   CONN_DIALING  --connect done-->  CONN_SECURING  --secured-->  CONN_HELLO
+ *   CONN_HELLO    --HELLO / HELLO_ACK exchanged-->  CONN_JOINED
+ *   any           --error, EOF, deadline, shutdown-->  CONN_CLOSED
+ *
+ * CONN_SECURING is the slot of the encryption and authentication state
+ * machine: a plain connection passes through it at once; a TLS connection
+ * runs its handshake there and joins its pipe only when the peer is
+ * authenticated.
+ *
+ * Receiving (the socket I/O state machine): HEADER -> CHUNK | CTL |
+ * DISCARD -> HEADER. Payloads of large chunks are read straight into the
+ * message with recv(); everything else goes through a 16 KiB buffer.
+ *
+ * Threads: only the loop thread that owns the connection reads, writes or
+ * frees it. Other threads may close it (mark it dead) under the engine's
+ * mutex; the owner then tears it down.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/engine.h"
+
+static const char *const conn_state_names[] = {
+#define X(name) #name,
+    HAUL__FOREACH_CONN_STATE(X)
+#undef X
+};
+
+/* The most bytes one connection reads, or batches it writes, before it
+ * lets the other connections of its thread have a turn. */
+#define READ_TURNS 16
+#define WRITE_TURNS 8
+
+/* Payload left of a chunk at or above which it is read straight into the
+ * message rather than through the buffer. */
+#define DIRECT_MIN 8192
+
+static void conn_enter(haul__conn *c, int state)
+{
+    haul__log(c->engine, HAUL_LOG_DEBUG, "connection %u: %s -> %s", c->serial,
+              conn_state_names[c->state], conn_state_names[state]);
+    c->state = state;
+}
+
+haul__conn *haul__conn_new(haul_engine *e, int fd, int server, haul__pipe *pipe, unsigned index)
+{
+    haul__conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->kind = HAUL__POLL_CONN;
+    c->engine = e;
+    c->fd = fd;
+    c->server = server;
+    c->pipe = pipe;
+    c->index = index;
+    if (e->next_serial == 0)
+        e->next_serial = 1;
+    c->serial = e->next_serial++;
+    c->rx_state = HAUL__RXS_HEADER;
+    c->limits.max_message = e->config.max_message;
+    c->loop = pipe ? pipe->loop : &e->loops[e->next_loop++ % e->nloops];
+    haul__list_add_tail(&e->conns, &c->all_link);
+    e->nconns++;
+    return c;
+}
+
+/* The security step. Plain connections are secured at once; this is where
+ * the TLS handshake will run, driven by the same readiness events. */
+static int conn_secure(haul__conn *c)
+{
+    (void)c;
+    return 1;
+}
+
+static void conn_secured(haul__conn *c)
+{
+    conn_enter(c, HAUL__CONN_HELLO);
+    if (!c->server)
+        c->hello_pending = HAUL__F_HELLO;
+}
+
+void haul__conn_start(haul__conn *c, int connecting)
+{
+    c->deadline = haul__now_ms() + c->engine->config.handshake_timeout_ms;
+    c->state = connecting ? HAUL__CONN_DIALING : HAUL__CONN_SECURING;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
+    if (epoll_ctl(c->loop->epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
+        c->registered = 1;
+    if (!connecting && conn_secure(c))
+        conn_secured(c);
+}
+
+void haul__conn_close(haul__conn *c, int error, const char *why)
+{
+    if (c->dead)
+        return;
+    snprintf(c->why, sizeof(c->why), "%s", why);
+    haul__log(c->engine, error == HAUL_ESHUTDOWN ? HAUL_LOG_DEBUG : HAUL_LOG_INFO,
+              "connection %u closed in %s: %s", c->serial, conn_state_names[c->state], why);
+    if (c->pipe)
+        haul__pipe_conn_lost(c->pipe, c, error);
+    if (c->rx_msg && c->rx_state == HAUL__RXS_CHUNK)
+        haul__session_chunk_abandon(c->rx_msg, c->rx_index);
+    c->dead = 1;
+    c->state = HAUL__CONN_CLOSED;
+    haul__list_del(&c->idle_link);
+    if (!c->engine->stopping)
+        haul__conn_wake(c);
+}
+
+/* Tells the peer why, in one best-effort write, then closes. */
+static void protocol_error(haul__conn *c, int code, const char *why)
+{
+    haul_engine *e = c->engine;
+    e->stats.protocol_errors++;
+    haul__log(e, HAUL_LOG_WARN, "connection %u: %s; closing it", c->serial, why);
+    uint8_t buf[HAUL__FRAME_HDR + 128];
+    size_t n = strlen(why) < 128 ? strlen(why) : 128;
+    haul__frame f = {.version = HAUL_PROTOCOL_VERSION,
+                     .type = HAUL__F_ERROR,
+                     .aux = (uint32_t)code,
+                     .len = (uint32_t)n};
+    haul__frame_encode(&f, buf);
+    memcpy(buf + HAUL__FRAME_HDR, why, n);
+    if (send(c->fd, buf, HAUL__FRAME_HDR + n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        /* The connection is going anyway. */
+    }
+    haul__conn_close(c, code, why);
+}
+
+static void release_items(haul__conn *c)
+{
+    for (int i = 0; i < c->nitems; i++) {
+        haul__tx_item *it = &c->items[i];
+        if (it->msg)
+            haul__message_unref(it->msg);
+        if (it->session)
+            haul__session_unref(it->session);
+        free(it->buf);
+    }
+    c->nitems = 0;
+}
+
+/* Frees a dead connection: by its own thread, or by the engine when the
+ * threads have stopped (mu held). */
+void haul__conn_free(haul__conn *c)
+{
+    haul_engine *e = c->engine;
+    haul__list_del(&c->all_link);
+    haul__list_del(&c->wake_link);
+    e->nconns--;
+    if (c->registered)
+        epoll_ctl(c->loop->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    if (c->rx_msg)
+        haul__message_unref(c->rx_msg);
+    release_items(c);
+    free(c->ctlbuf);
+    free(c);
+}
+
+void haul__conn_sweep(haul__conn *c, int64_t now)
+{
+    if (!c->dead && c->state != HAUL__CONN_JOINED && now >= c->deadline)
+        haul__conn_close(c, HAUL_ETIMEDOUT, "handshake not finished in time");
+}
+
+/* ---- receiving ------------------------------------------------------------ */
+
+static void chunk_complete(haul__conn *c)
+{
+    haul_message *m = c->rx_msg;
+    c->stats.chunks_received++;
+    haul__session_chunk_done(m->session, m, c->rx_index);
+    c->rx_msg = NULL;
+    haul__message_unref(m);
+    c->rx_state = HAUL__RXS_HEADER;
+}
+
+static void on_hello(haul__conn *c, const uint8_t *payload)
+{
+    haul_engine *e = c->engine;
+    const haul__frame *f = &c->cur;
+    if (memcmp(payload, HAUL__HELLO_MAGIC, HAUL__HELLO_MAGIC_LEN) != 0) {
+        protocol_error(c, HAUL_EPROTO, "not a haul peer");
+        return;
+    }
+    if (c->server) {
+        haul__pipe *pipe = haul__pipe_server(e, f->seq, c->lconf);
+        if (pipe == NULL) {
+            haul__conn_close(c, HAUL_ENOMEM, "no memory for a pipe");
+            return;
+        }
+        if (pipe->peer_chunk && pipe->peer_chunk != f->offset) {
+            protocol_error(c, HAUL_EPROTO, "chunk size differs within one pipe");
+            return;
+        }
+        pipe->peer_chunk = (uint32_t)f->offset;
+        c->pipe = pipe;
+        c->index = f->aux;
+        c->hello_pending = HAUL__F_HELLO_ACK;
+        conn_enter(c, HAUL__CONN_JOINED);
+        haul__pipe_conn_joined(pipe, c);
+        if (pipe->loop != c->loop)
+            c->move_to = pipe->loop;
+    } else {
+        c->pipe->peer_chunk = (uint32_t)f->offset;
+        conn_enter(c, HAUL__CONN_JOINED);
+        haul__pipe_conn_joined(c->pipe, c);
+    }
+}
+
+static void on_ctl(haul__conn *c, const uint8_t *payload)
+{
+    const haul__frame *f = &c->cur;
+    switch (f->type) {
+    case HAUL__F_HELLO:
+    case HAUL__F_HELLO_ACK:
+        on_hello(c, payload);
+        return;
+    case HAUL__F_ERROR: {
+        char text[160];
+        size_t n = f->len < sizeof(text) - 1 ? f->len : sizeof(text) - 1;
+        for (size_t i = 0; i < n; i++)
+            text[i] = payload[i] >= 32 && payload[i] < 127 ? (char)payload[i] : '?';
+        text[n] = '\0';
+        char why[200];
+        snprintf(why, sizeof(why), "the peer reported: %s", text);
+        haul__log(c->engine, HAUL_LOG_WARN, "connection %u: %s", c->serial, why);
+        haul__conn_close(c, (int)f->aux == HAUL_EVERSION ? HAUL_EVERSION : HAUL_EPROTO, why);
+        return;
+    }
+    default:
+        haul__session_on_frame(c->pipe, c, f, payload);
+        return;
+    }
+}
+
+/* A header arrived: decide where its payload goes. */
+static void on_header(haul__conn *c, const uint8_t *hdr)
+{
+    const char *why = NULL;
+    int rc = haul__frame_decode(hdr, &c->limits, &c->cur, &why);
+    if (rc) {
+        protocol_error(c, rc, why);
+        return;
+    }
+    const haul__frame *f = &c->cur;
+    if (c->state == HAUL__CONN_HELLO) {
+        int expect = c->server ? HAUL__F_HELLO : HAUL__F_HELLO_ACK;
+        if (f->type != expect && f->type != HAUL__F_ERROR) {
+            protocol_error(c, HAUL_EPROTO, "frame before the hello");
+            return;
+        }
+    } else if (c->state != HAUL__CONN_JOINED) {
+        protocol_error(c, HAUL_EPROTO, "frame before the handshake");
+        return;
+    } else if (f->type == HAUL__F_HELLO || f->type == HAUL__F_HELLO_ACK) {
+        protocol_error(c, HAUL_EPROTO, "hello repeated");
+        return;
+    }
+
+    if (f->type == HAUL__F_CHUNK) {
+        haul_message *m;
+        uint32_t index;
+        rc = haul__session_chunk_begin(c->pipe, c, f, &m, &index);
+        if (rc < 0) {
+            protocol_error(c, HAUL_EPROTO, "chunk does not fit its message");
+            return;
+        }
+        c->rx_left = f->len;
+        if (rc == 1) {
+            c->rx_state = f->len ? HAUL__RXS_DISCARD : HAUL__RXS_HEADER;
+            return;
+        }
+        c->rx_msg = m;
+        c->rx_index = index;
+        c->rx_off = f->offset;
+        c->rx_state = HAUL__RXS_CHUNK;
+        c->engine->stats.bytes_received += f->len;
+        c->stats.bytes_received += f->len;
+        if (f->len == 0)
+            chunk_complete(c);
+        return;
+    }
+    if (f->len > 0) {
+        if (c->ctlbuf == NULL && (c->ctlbuf = malloc(HAUL__CTL_PAYLOAD_MAX)) == NULL) {
+            haul__conn_close(c, HAUL_ENOMEM, "no memory for a control frame");
+            return;
+        }
+        c->rx_left = f->len;
+        c->rx_off = 0;
+        c->rx_state = HAUL__RXS_CTL;
+        return;
+    }
+    on_ctl(c, NULL);
+}
+
+/* Consumes what the buffer holds (mu held). */
+static void parse(haul__conn *c)
+{
+    while (!c->dead) {
+        size_t avail = c->rx_have - c->rx_pos;
+        const uint8_t *at = c->rxbuf + c->rx_pos;
+        if (c->rx_state == HAUL__RXS_HEADER) {
+            if (avail < HAUL__FRAME_HDR)
+                break;
+            c->rx_pos += HAUL__FRAME_HDR;
+            on_header(c, at);
+            continue;
+        }
+        size_t take = avail < c->rx_left ? avail : (size_t)c->rx_left;
+        if (take == 0)
+            break;
+        if (c->rx_state == HAUL__RXS_CHUNK)
+            memcpy(c->rx_msg->data + c->rx_off, at, take);
+        else if (c->rx_state == HAUL__RXS_CTL)
+            memcpy(c->ctlbuf + c->rx_off, at, take);
+        c->rx_pos += take;
+        c->rx_off += take;
+        c->rx_left -= take;
+        if (c->rx_left > 0)
+            continue;
+        if (c->rx_state == HAUL__RXS_CHUNK) {
+            chunk_complete(c);
+        } else if (c->rx_state == HAUL__RXS_CTL) {
+            c->rx_state = HAUL__RXS_HEADER;
+            on_ctl(c, c->ctlbuf);
+        } else {
+            c->rx_state = HAUL__RXS_HEADER;
+        }
+    }
+    if (c->rx_pos == c->rx_have)
+        c->rx_pos = c->rx_have = 0;
+}
+
+static void do_read(haul__conn *c)
+{
+    haul_engine *e = c->engine;
+    for (int turn = 0; turn < READ_TURNS; turn++) {
+        pthread_mutex_lock(&e->mu);
+        if (c->dead || c->state < HAUL__CONN_HELLO) {
+            pthread_mutex_unlock(&e->mu);
+            return;
+        }
+        uint8_t *dst;
+        size_t want;
+        int direct = c->rx_state == HAUL__RXS_CHUNK && c->rx_pos == c->rx_have &&
+                     c->rx_left >= DIRECT_MIN && c->rx_msg != NULL;
+        if (direct) {
+            dst = c->rx_msg->data + c->rx_off;
+            want = (size_t)c->rx_left;
+        } else {
+            if (c->rx_pos > 0) {
+                memmove(c->rxbuf, c->rxbuf + c->rx_pos, c->rx_have - c->rx_pos);
+                c->rx_have -= c->rx_pos;
+                c->rx_pos = 0;
+            }
+            dst = c->rxbuf + c->rx_have;
+            want = sizeof(c->rxbuf) - c->rx_have;
+        }
+        pthread_mutex_unlock(&e->mu);
+
+        ssize_t n = recv(c->fd, dst, want, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        pthread_mutex_lock(&e->mu);
+        if (n <= 0) {
+            char why[128];
+            snprintf(why, sizeof(why), "%s", n == 0 ? "closed by the peer" : strerror(errno));
+            haul__conn_close(c, HAUL_ECONNRESET, why);
+            pthread_mutex_unlock(&e->mu);
+            return;
+        }
+        if (!c->dead) {
+            if (direct) {
+                c->rx_off += (uint64_t)n;
+                c->rx_left -= (uint64_t)n;
+                if (c->rx_left == 0 && c->rx_state == HAUL__RXS_CHUNK)
+                    chunk_complete(c);
+            } else {
+                c->rx_have += (size_t)n;
+            }
+            parse(c);
+        }
+        pthread_mutex_unlock(&e->mu);
+        /* Edge-triggered: a short read drained the socket, and the next
+         * arrival raises a new edge. */
+        if ((size_t)n < want)
+            return;
+    }
+    pthread_mutex_lock(&e->mu);
+    c->more_to_read = 1;
+    haul__conn_wake(c);
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- sending -------------------------------------------------------------- */
+
+static uint64_t item_size(const haul__tx_item *it)
+{
+    return HAUL__FRAME_HDR + (uint64_t)it->len;
+}
+
+static const uint8_t *item_payload(haul__conn *c, const haul__tx_item *it)
+{
+    if (it->type == HAUL__F_CHUNK)
+        return it->msg->data + it->offset;
+    if (it->type == HAUL__F_HELLO || it->type == HAUL__F_HELLO_ACK)
+        return (const uint8_t *)HAUL__HELLO_MAGIC;
+    return it->buf;
+}
+
+static int is_file(const haul__tx_item *it)
+{
+    return it->type == HAUL__F_CHUNK && it->msg->kind == HAUL__BODY_FILE;
+}
+
+/* Takes the next frames to write (mu held). Returns how many. */
+static int take_batch(haul__conn *c)
+{
+    c->nitems = 0;
+    c->item_pos = 0;
+    c->item_done = 0;
+    if (c->hello_pending) {
+        haul__tx_item *it = &c->items[0];
+        memset(it, 0, sizeof(*it));
+        it->type = c->hello_pending;
+        it->len = HAUL__HELLO_MAGIC_LEN;
+        haul__frame f = {.version = HAUL_PROTOCOL_VERSION,
+                         .type = (uint8_t)c->hello_pending,
+                         .len = HAUL__HELLO_MAGIC_LEN,
+                         .aux = c->index,
+                         .seq = c->pipe ? c->pipe->id : 0,
+                         .offset = c->engine->config.chunk_size};
+        haul__frame_encode(&f, c->headers[0]);
+        c->nitems = 1;
+        c->hello_pending = 0;
+    }
+    if (c->state == HAUL__CONN_JOINED && c->pipe)
+        haul__pipe_fill(c->pipe, c);
+    return c->nitems;
+}
+
+/* The batch is all written (mu held): the frames reach their next state. */
+static void batch_written(haul__conn *c)
+{
+    haul_engine *e = c->engine;
+    for (int i = 0; i < c->nitems; i++) {
+        haul__tx_item *it = &c->items[i];
+        c->stats.bytes_sent += item_size(it);
+        if (it->type == HAUL__F_CHUNK) {
+            c->stats.chunks_sent++;
+            e->stats.bytes_sent += it->len;
+            haul__message_unref(it->msg);
+            it->msg = NULL;
+        } else if (it->session) {
+            haul__session_ctl_written(it->session, it->type);
+        }
+        if (it->session)
+            haul__session_unref(it->session);
+        it->session = NULL;
+        free(it->buf);
+        it->buf = NULL;
+    }
+    c->nitems = 0;
+}
+
+/* sendfile() raises SIGPIPE on a broken connection; the I/O threads block
+ * it, and a pending one is taken here so that it never reaches the
+ * application. */
+static void consume_sigpipe(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&set, NULL, &zero) > 0) {
+    }
+}
+
+/* Writes from the current item on. Returns bytes written, or -1 with errno. */
+static ssize_t write_some(haul__conn *c)
+{
+    haul__tx_item *it = &c->items[c->item_pos];
+    if (is_file(it)) {
+        if (c->item_done < HAUL__FRAME_HDR)
+            return send(c->fd, c->headers[c->item_pos] + c->item_done,
+                        HAUL__FRAME_HDR - c->item_done, MSG_NOSIGNAL | MSG_MORE);
+        uint64_t done = c->item_done - HAUL__FRAME_HDR;
+        off_t off = it->msg->file_offset + (off_t)(it->offset + done);
+        ssize_t n = sendfile(c->fd, it->msg->fd, &off, it->len - done);
+        if (n < 0 && errno == EPIPE)
+            consume_sigpipe();
+        if (n == 0 && it->len > done) {
+            errno = EIO; /* the file shrank under us */
+            return -1;
+        }
+        return n;
+    }
+    struct iovec iov[2 * HAUL__TX_BATCH];
+    int niov = 0;
+    uint64_t skip = c->item_done;
+    for (int i = c->item_pos; i < c->nitems && !is_file(&c->items[i]); i++) {
+        haul__tx_item *x = &c->items[i];
+        const uint8_t *hdr = c->headers[i];
+        if (skip < HAUL__FRAME_HDR) {
+            iov[niov].iov_base = (void *)(hdr + skip);
+            iov[niov].iov_len = HAUL__FRAME_HDR - skip;
+            niov++;
+            skip = 0;
+        } else {
+            skip -= HAUL__FRAME_HDR;
+        }
+        if (x->len > skip) {
+            iov[niov].iov_base = (void *)(item_payload(c, x) + skip);
+            iov[niov].iov_len = x->len - skip;
+            niov++;
+        }
+        skip = 0;
+    }
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)niov};
+    return sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+}
+
+static void do_write(haul__conn *c)
+{
+    haul_engine *e = c->engine;
+    for (int turn = 0; turn < WRITE_TURNS; turn++) {
+        pthread_mutex_lock(&e->mu);
+        if (c->dead || c->state < HAUL__CONN_HELLO) {
+            pthread_mutex_unlock(&e->mu);
+            return;
+        }
+        if (c->nitems == 0 && take_batch(c) == 0) {
+            if (c->state == HAUL__CONN_JOINED && c->pipe && !haul__list_linked(&c->idle_link))
+                haul__list_add_tail(&c->pipe->idle, &c->idle_link);
+            pthread_mutex_unlock(&e->mu);
+            return;
+        }
+        pthread_mutex_unlock(&e->mu);
+
+        while (c->item_pos < c->nitems) {
+            ssize_t n = write_some(c);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                return; /* the next EPOLLOUT edge brings us back */
+            if (n < 0) {
+                char why[128];
+                snprintf(why, sizeof(why), "write failed: %s", strerror(errno));
+                pthread_mutex_lock(&e->mu);
+                haul__conn_close(c, errno == EIO ? HAUL_EIO : HAUL_ECONNRESET, why);
+                pthread_mutex_unlock(&e->mu);
+                return;
+            }
+            uint64_t left = (uint64_t)n;
+            while (left > 0) {
+                uint64_t rem = item_size(&c->items[c->item_pos]) - c->item_done;
+                if (left >= rem) {
+                    left -= rem;
+                    c->item_pos++;
+                    c->item_done = 0;
+                } else {
+                    c->item_done += left;
+                    left = 0;
+                }
+            }
+        }
+        pthread_mutex_lock(&e->mu);
+        if (!c->dead)
+            batch_written(c);
+        pthread_mutex_unlock(&e->mu);
+    }
+    /* Others on this thread get their turn; we come back through the wake
+     * list. */
+    pthread_mutex_lock(&e->mu);
+    haul__conn_wake(c);
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- events from the loop ---------------------------------------------------- */
+
+/* After any I/O: free a dead connection, or move a server connection to
+ * the thread of the pipe it joined (mu held). Returns 1 if c is gone. */
+static int settle(haul__conn *c)
+{
+    if (c->dead) {
+        haul__conn_free(c);
+        return 1;
+    }
+    if (c->move_to) {
+        haul__loop *from = c->loop;
+        c->loop = c->move_to;
+        c->move_to = NULL;
+        haul__list_del(&c->wake_link);
+        epoll_ctl(from->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                                 .data.ptr = c};
+        epoll_ctl(c->loop->epfd, EPOLL_CTL_ADD, c->fd, &ev);
+        haul__conn_wake(c);
+        return 1;
+    }
+    return 0;
+}
+
+static void dialled(haul__conn *c)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        err = errno;
+    if (err == EINPROGRESS || err == EALREADY)
+        return;
+    if (err) {
+        char why[128];
+        snprintf(why, sizeof(why), "connect failed: %s", strerror(err));
+        haul__conn_close(
+            c, err == ECONNREFUSED || err == ENOENT ? HAUL_ECONNREFUSED : HAUL_ECONNRESET, why);
+        return;
+    }
+    conn_enter(c, HAUL__CONN_SECURING);
+    if (conn_secure(c))
+        conn_secured(c);
+}
+
+void haul__conn_io(haul__conn *c, uint32_t events)
+{
+    haul_engine *e = c->engine;
+    pthread_mutex_lock(&e->mu);
+    if (c->state == HAUL__CONN_DIALING && !c->dead && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+        dialled(c);
+    int dead = c->dead;
+    pthread_mutex_unlock(&e->mu);
+    if (!dead && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+        do_read(c);
+    if (!dead)
+        do_write(c);
+    pthread_mutex_lock(&e->mu);
+    settle(c);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void haul__conn_handle_wake(haul__conn *c)
+{
+    haul_engine *e = c->engine;
+    pthread_mutex_lock(&e->mu);
+    if (settle(c)) {
+        pthread_mutex_unlock(&e->mu);
+        return;
+    }
+    int more = c->more_to_read;
+    c->more_to_read = 0;
+    pthread_mutex_unlock(&e->mu);
+    if (more)
+        do_read(c);
+    do_write(c);
+    pthread_mutex_lock(&e->mu);
+    settle(c);
+    pthread_mutex_unlock(&e->mu);
+}
