@@ -201,7 +201,8 @@ typedef enum haul_event_type {
     /* The message with this tag will not be delivered; `error` says why. */
     HAUL_EV_MESSAGE_FAILED,
     /* The receiver's window grew without new acknowledgements (it took a
-     * message out of its input queue); `window` is the new WndSize. */
+     * message out of its input queue) while messages waited for it;
+     * `window` is the new WndSize. */
     HAUL_EV_WINDOW_OPENED,
     /* The session ended: error is HAUL_OK after an orderly close by either
      * side, else the reason. The last event of every session. */

@@ -136,6 +136,7 @@ struct haul_session {
     uint64_t held;      /* bytes of partial and inq */
     uint64_t rcv_next;  /* the next seq to deliver in order */
     uint64_t rcv_right; /* the highest right edge we advertised */
+    uint64_t ack_sent;  /* messages below it were acknowledged */
     uint32_t wnd_sent;  /* the WndSize of our last ACK */
     int peer_done;      /* the peer closed: nothing more will arrive */
     int close_error;
@@ -251,6 +252,7 @@ struct haul__pipe {
     unsigned *backoff;
     int64_t empty_since; /* when the last connection went, or 0 */
     int failed;          /* could not be opened: new sessions make a new pipe */
+    int fail_error;      /* why */
     int doomed;          /* has no sessions: the sweep closes and frees it */
 
     uint32_t peer_chunk; /* the peer's chunk size, from HELLO */
@@ -382,6 +384,9 @@ int haul__addr_parse(const char *address, struct sockaddr_storage *ss, socklen_t
 int haul__addr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_t size);
 int haul__sock_listen(const struct sockaddr_storage *ss, socklen_t len, int *fdp);
 int haul__sock_dial(const struct sockaddr_storage *ss, socklen_t len, int *fdp);
+
+/* Test hook: breaks connection `index` of the session's (client) pipe. */
+int haul__debug_break_conn(haul_session *s, unsigned index);
 
 /* Reports how often each state was entered. */
 void haul__count_state(haul_engine *engine, int state);

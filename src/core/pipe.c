@@ -108,6 +108,7 @@ haul__pipe *haul__pipe_server(haul_engine *e, uint64_t id, const haul_listen_con
 
 static void fail_sessions(haul__pipe *pipe, int error)
 {
+    pipe->fail_error = error;
     haul__list *p, *tmp;
     haul__list_each_safe(p, tmp, &pipe->sessions)
     {
@@ -487,4 +488,27 @@ int haul_pipe_stats(haul_session *s, haul_conn_stats *out, int max)
     }
     pthread_mutex_unlock(&e->mu);
     return n;
+}
+
+/* ---- test hooks ------------------------------------------------------------------ */
+
+/*
+ * Breaks connection `index` of the pipe that carries the session, as a
+ * network fault would: both directions are shut down and the connection's
+ * thread finds out by itself. For tests; returns 0, or HAUL_EINVAL when
+ * there is no such connection.
+ */
+int haul__debug_break_conn(haul_session *s, unsigned index)
+{
+    haul_engine *e = s->engine;
+    pthread_mutex_lock(&e->mu);
+    int rc = HAUL_EINVAL;
+    haul__pipe *pipe = s->in_table ? s->pipe : NULL;
+    if (pipe && !pipe->server && index < pipe->nconns && pipe->conns[index] &&
+        !pipe->conns[index]->dead) {
+        shutdown(pipe->conns[index]->fd, SHUT_RDWR);
+        rc = 0;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return rc;
 }

@@ -259,6 +259,10 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
     s->open_deadline = haul__now_ms() + s->timeout_ms;
     haul__session_enter(s, SEV_CREATE);
     haul__session_want(s, HAUL__PEND_SYNC);
+    /* Every dial of a new pipe may have failed at once (a Unix socket
+     * that does not exist): the session is refused like any other. */
+    if (pipe->failed)
+        haul__session_fail(s, pipe->fail_error, 0);
     *sp = s;
     pthread_mutex_unlock(&e->mu);
     return 0;
@@ -609,7 +613,11 @@ static void on_ack(haul_session *s, const haul__frame *f)
     s->peer_wnd = f->aux;
     uint64_t right = f->seq + f->aux;
     if (right > s->right) {
-        if (!acked_any && s->state != CE_SS_SESSION_CLOSED)
+        /* "Window opened" tells the application that messages the window
+         * held back may go now: only when some were waiting. */
+        haul__list *last = s->outq.prev;
+        if (!acked_any && last != &s->outq &&
+            HAUL__CONTAINER(last, haul_message, link)->seq >= s->right)
             post(s, HAUL_EV_WINDOW_OPENED, 0, 0, 0, f->aux, 0);
         s->right = right;
         if (!haul__list_linked(&s->dispatch_link) && !haul__list_empty(&s->outq)) {
@@ -904,12 +912,20 @@ int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payl
         return 0;
     }
     if (s->pending & HAUL__PEND_ACK) {
-        s->pending &= ~(unsigned)HAUL__PEND_ACK;
+        /* One acknowledgement per delivered message, as in Fig. 4 (426,
+         * 436): each carries the WndSize counted from the message it
+         * acknowledges. With nothing new to acknowledge, the frame is a
+         * window update for the last one. */
+        if (s->ack_sent < s->rcv_next)
+            s->ack_sent++;
+        if (s->ack_sent >= s->rcv_next)
+            s->pending &= ~(unsigned)HAUL__PEND_ACK;
+        uint64_t right = s->rcv_next + haul__session_window(s);
+        if (right > s->rcv_right)
+            s->rcv_right = right;
         f->type = HAUL__F_ACK;
-        f->seq = s->rcv_next;
-        f->aux = haul__session_window(s);
-        if (s->rcv_next + f->aux > s->rcv_right)
-            s->rcv_right = s->rcv_next + f->aux;
+        f->seq = s->ack_sent;
+        f->aux = (uint32_t)(right - s->ack_sent);
         s->wnd_sent = f->aux;
         return 0;
     }
