@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/engine.h"
 #include "harness.h"
 #include "util.h"
 
@@ -100,10 +101,14 @@ TEST(fig4_sequence)
     CHECK_STR_EQ(haul_session_state(cs), "CE_SS_SESSION_READY");
 
     /* 414-420: messages 1 and 2 are queued; message 3 does not fit the
-     * output queue and is refused at once. */
+     * output queue and is refused at once. The dispatcher is held while
+     * they are queued, so that no acknowledgement can free the queue
+     * between the calls. */
+    haul__debug_hold(client, 1);
     CHECK_OK(haul_send(cs, msg[1], MIB, 1));
     CHECK_OK(haul_send(cs, msg[2], MIB, 2));
     CHECK_EQ(haul_send(cs, msg[3], MIB, 3), HAUL_EQUEUEFULL);
+    haul__debug_hold(client, 0);
 
     /* 422-428: message 1 travels; the server posts "message received"; the
      * acknowledgement comes back and the client gets "message sent". The

@@ -314,6 +314,7 @@ struct haul_engine {
     unsigned next_loop;
 
     haul_engine_stats stats;
+    int debug_hold; /* test hook: dispatchers send no chunks while set */
 };
 
 /* ---- shared internal calls (mu held unless said otherwise) ------------- */
@@ -387,6 +388,10 @@ int haul__sock_dial(const struct sockaddr_storage *ss, socklen_t len, int *fdp);
 
 /* Test hook: breaks connection `index` of the session's (client) pipe. */
 int haul__debug_break_conn(haul_session *s, unsigned index);
+
+/* Test hook: while held, no dispatcher of the engine sends chunks, so that
+ * a test can fill queues before anything moves. */
+void haul__debug_hold(haul_engine *engine, int hold);
 
 /* Reports how often each state was entered. */
 void haul__count_state(haul_engine *engine, int state);

@@ -328,7 +328,7 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
         n++;
     }
 
-    uint64_t budget = pipe->engine->config.chunk_size;
+    uint64_t budget = pipe->engine->debug_hold ? 0 : pipe->engine->config.chunk_size;
     while (n < HAUL__TX_BATCH && budget > 0 && !haul__list_empty(&pipe->dispatch)) {
         haul_session *s =
             HAUL__CONTAINER(haul__list_first(&pipe->dispatch), haul_session, dispatch_link);
@@ -511,4 +511,19 @@ int haul__debug_break_conn(haul_session *s, unsigned index)
     }
     pthread_mutex_unlock(&e->mu);
     return rc;
+}
+
+void haul__debug_hold(haul_engine *e, int hold)
+{
+    pthread_mutex_lock(&e->mu);
+    e->debug_hold = hold;
+    if (!hold) {
+        haul__list *p;
+        haul__list_each(p, &e->pipes)
+        {
+            haul__pipe *pipe = HAUL__CONTAINER(p, haul__pipe, link);
+            haul__pipe_kick(pipe, pipe->joined);
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
 }
