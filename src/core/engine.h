@@ -129,6 +129,7 @@ struct haul_session {
     uint64_t acked;     /* the peer has every message below it */
     uint64_t right;     /* we may send messages below it (acked + WndSize) */
     uint32_t peer_wnd;
+    int64_t progress; /* when the last acknowledgement came */
 
     /* Receiving. */
     haul__list partial; /* under reassembly */

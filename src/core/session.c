@@ -452,21 +452,17 @@ int haul_send_buffer(haul_session *s, const void *buf, size_t len,
         return HAUL_ENOMEM;
     m->kind = HAUL__BODY_BORROWED;
     m->data = (uint8_t *)buf;
+    m->release = release;
+    m->release_arg = arg;
     int rc = send_message(s, m, tag);
     if (rc) {
-        /* A failed call leaves the buffer with the caller. */
+        /* A failed call leaves the buffer with the caller: the message
+         * was never shared, so disarming it here is safe. */
         m->kind = HAUL__BODY_OWNED;
         m->data = NULL;
         haul__message_unref(m);
-        return rc;
     }
-    /* The release callback is armed only once the engine owns the
-     * message, so that a refusal never calls it. */
-    pthread_mutex_lock(&s->engine->mu);
-    m->release = release;
-    m->release_arg = arg;
-    pthread_mutex_unlock(&s->engine->mu);
-    return 0;
+    return rc;
 }
 
 int haul_send_file(haul_session *s, int fd, off_t offset, size_t len, uint64_t tag)
@@ -611,6 +607,7 @@ static void on_ack(haul_session *s, const haul__frame *f)
     }
     s->acked = f->seq;
     s->peer_wnd = f->aux;
+    s->progress = haul__now_ms();
     uint64_t right = f->seq + f->aux;
     if (right > s->right) {
         /* "Window opened" tells the application that messages the window
@@ -753,6 +750,15 @@ int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__fr
         haul__log(pipe->engine, HAUL_LOG_WARN,
                   "session %u: message %llu beyond the window; aborting the session", s->id,
                   (unsigned long long)f->seq);
+        haul__session_fail(s, HAUL_EPROTO, 1);
+        return 1;
+    }
+    if (f->total > s->peer_max_message) {
+        /* The window was granted in messages of the size the peer
+         * announced; a larger one would break the input queue's bound. */
+        haul__log(pipe->engine, HAUL_LOG_WARN,
+                  "session %u: message of %llu bytes over the announced %llu; aborting", s->id,
+                  (unsigned long long)f->total, (unsigned long long)s->peer_max_message);
         haul__session_fail(s, HAUL_EPROTO, 1);
         return 1;
     }
@@ -1037,8 +1043,13 @@ void haul__session_sweep(haul_session *s, int64_t now)
 {
     if (s->state == CE_SS_SESSION_CLOSED)
         return;
+    /* The oldest message has timeout_ms from when it was queued or from
+     * the last acknowledgement, whichever is later: a slow link that keeps
+     * acknowledging is not a dead one. */
     haul__list *first = haul__list_first(&s->outq);
-    if (first && HAUL__CONTAINER(first, haul_message, link)->deadline <= now) {
+    int64_t since_progress = s->progress + (int64_t)s->timeout_ms;
+    if (first && HAUL__CONTAINER(first, haul_message, link)->deadline <= now &&
+        since_progress <= now) {
         haul__log(s->engine, HAUL_LOG_WARN,
                   "session %u: a message was not acknowledged within %u ms", s->id, s->timeout_ms);
         haul__session_fail(s, HAUL_ETIMEDOUT, 1);
