@@ -361,7 +361,8 @@ HAUL_API const char *haul_session_state(const haul_session *session);
 /* ------------------------------------------------------------------------ */
 
 /*
- * Queues a copy of len bytes as one message (steps 414-418). Returns at
+ * Queues a copy of len bytes as one message (steps 414-418). A message
+ * takes len bytes of the output queue, an empty one takes 1. Returns at
  * once: HAUL_EQUEUEFULL when the output queue has no room for it now
  * (step 420; try again after a HAUL_EV_MESSAGE_SENT), HAUL_EMSGSIZE when it
  * is larger than the session's max_message or output queue and so can
@@ -372,9 +373,10 @@ HAUL_API int haul_send(haul_session *session, const void *buf, size_t len, uint6
 
 /*
  * As haul_send(), without the copy: the engine reads buf until the
- * message's final event, then calls release(buf, arg) from an engine
- * thread (or from this call, if it fails, it does not: a failed call
- * leaves buf with the caller). release may be NULL.
+ * message's final event, then calls release(buf, arg). A failed call
+ * leaves buf with the caller and never calls release. release may be NULL;
+ * it runs on an engine thread with the engine's lock held, so it must not
+ * call into the same engine.
  */
 HAUL_API int haul_send_buffer(haul_session *session, const void *buf, size_t len,
                               void (*release)(void *buf, void *arg), void *arg, uint64_t tag);

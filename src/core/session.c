@@ -198,7 +198,6 @@ static haul_session *session_alloc(haul_engine *e)
         return NULL;
     s->engine = e;
     s->state = CE_SS_NULL;
-    haul__count_state(e, CE_SS_NULL);
     haul__list_init(&s->outq);
     haul__list_init(&s->partial);
     haul__list_init(&s->inq);
@@ -254,6 +253,8 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
     }
     s->refs = 1; /* the handle */
     e->nsessions++;
+    /* Counted under the mutex, and only for a session this call made. */
+    haul__count_state(e, CE_SS_NULL);
     s->id = pipe->next_session_id++;
     haul__pipe_add_session(pipe, s);
     s->open_deadline = haul__now_ms() + s->timeout_ms;
@@ -387,6 +388,13 @@ static int may_send(const haul_session *s)
     }
 }
 
+/* What a message takes of the output queue: its bytes, and at least one,
+ * so that empty messages cannot pile up without bound. */
+static uint64_t queue_cost(uint64_t len)
+{
+    return len ? len : 1;
+}
+
 /* Queues a message (414-420): refused at once when it cannot fit. */
 static int enqueue(haul_session *s, haul_message *m, uint64_t tag)
 {
@@ -395,7 +403,7 @@ static int enqueue(haul_session *s, haul_message *m, uint64_t tag)
         return HAUL_ESTATE;
     if (m->len > s->max_message || m->len > s->output_queue)
         return HAUL_EMSGSIZE;
-    if (s->out_bytes + m->len > s->output_queue || (m->len == 0 && s->out_bytes == s->output_queue))
+    if (s->out_bytes + queue_cost(m->len) > s->output_queue)
         return HAUL_EQUEUEFULL;
     haul__message_plan(m, e->config.chunk_size);
     m->carrier = calloc(m->nchunks, sizeof(*m->carrier));
@@ -406,7 +414,7 @@ static int enqueue(haul_session *s, haul_message *m, uint64_t tag)
     m->seq = s->next_seq++;
     m->deadline = haul__now_ms() + s->timeout_ms;
     haul__list_add_tail(&s->outq, &m->link);
-    s->out_bytes += m->len;
+    s->out_bytes += queue_cost(m->len);
     if (m->seq < s->right && s->pipe) {
         if (!haul__list_linked(&s->dispatch_link))
             haul__list_add_tail(&s->pipe->dispatch, &s->dispatch_link);
@@ -431,12 +439,21 @@ int haul_send(haul_session *s, const void *buf, size_t len, uint64_t tag)
     /* Refuse before copying what can never fit. */
     if (len > s->max_message || len > s->output_queue)
         return HAUL_EMSGSIZE;
+    /* A glance at the queue first, so that a caller retrying a full
+     * queue does not pay for a copy each time; enqueue() decides. */
+    pthread_mutex_lock(&s->engine->mu);
+    int rc = may_send(s) ? 0 : HAUL_ESTATE;
+    if (rc == 0 && s->out_bytes + queue_cost(len) > s->output_queue)
+        rc = HAUL_EQUEUEFULL;
+    pthread_mutex_unlock(&s->engine->mu);
+    if (rc)
+        return rc;
     haul_message *m = haul__message_new(len, 1);
     if (m == NULL)
         return HAUL_ENOMEM;
     if (len)
         memcpy(m->data, buf, len);
-    int rc = send_message(s, m, tag);
+    rc = send_message(s, m, tag);
     if (rc)
         haul__message_unref(m);
     return rc;
@@ -544,6 +561,7 @@ static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *paylo
     s = session_alloc(e);
     if (s == NULL)
         return;
+    haul__count_state(e, CE_SS_NULL);
     s->server = 1;
     s->id = f->session;
     s->refs = 1; /* the handle the application gets with the request */
@@ -598,7 +616,7 @@ static void on_ack(haul_session *s, const haul__frame *f)
         if (m->seq >= f->seq)
             break;
         haul__list_del(&m->link);
-        s->out_bytes -= m->len;
+        s->out_bytes -= queue_cost(m->len);
         s->engine->stats.messages_sent++;
         post(s, HAUL_EV_MESSAGE_SENT, 0, m->tag, m->seq, f->aux, 0);
         m->session = NULL;
