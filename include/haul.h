@@ -308,8 +308,8 @@ HAUL_API void haul_session_config_init(haul_session_config *config);
 
 /*
  * Creates a session to a destination (Fig. 4, step 402) and returns at
- * once; the outcome arrives as HAUL_EV_SESSION_OPEN or
- * HAUL_EV_SESSION_REFUSED. Creates the pipe to the destination if there is
+ * once (a host name is resolved by this call, on the caller's thread); the outcome arrives as
+ * HAUL_EV_SESSION_OPEN or HAUL_EV_SESSION_REFUSED. Creates the pipe to the destination if there is
  * none. *sessionp is the caller's until haul_session_free().
  * Errors: HAUL_EINVAL, HAUL_EADDR, HAUL_ELIMIT (max_sessions), HAUL_ENOMEM,
  * HAUL_ESHUTDOWN.

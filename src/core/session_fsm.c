@@ -29,6 +29,10 @@ static const transition table[] = {
     /* The SYNC-ACK may overtake the write completion: it can arrive on
      * another connection of the pipe before this one reports. */
     {CE_SS_SENDING_SYNC, SEV_SYNC_ACK, CE_SS_SESSION_READY},
+    /* After a lost connection the SYNC waits to go again, but the answer
+     * to the first one may still arrive. */
+    {CE_SS_SEND_SYNC, SEV_SYNC_ACK, CE_SS_SESSION_READY},
+    {CE_SS_SEND_SYNC, SEV_SYNC_NAK, CE_SS_SESSION_CLOSED},
     {CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE, SEV_SYNC_ACK, CE_SS_SESSION_READY},
     {CE_SS_WAITING_ACK, SEV_SYNC_ACK, CE_SS_SESSION_READY},
     {CE_SS_SENDING_SYNC, SEV_SYNC_NAK, CE_SS_SESSION_CLOSED},

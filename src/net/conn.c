@@ -73,7 +73,11 @@ haul__conn *haul__conn_new(haul_engine *e, int fd, int server, haul__pipe *pipe,
         e->next_serial = 1;
     c->serial = e->next_serial++;
     c->rx_state = HAUL__RXS_HEADER;
-    c->limits.max_message = e->config.max_message;
+    /* Only the protocol's bound here: a message over what this engine
+     * accepts is refused per session in haul__session_chunk_begin(), which
+     * aborts that session alone instead of closing a connection that
+     * every session of the pipe shares. */
+    c->limits.max_message = 0xffffffffull;
     c->loop = pipe ? pipe->loop : &e->loops[e->next_loop++ % e->nloops];
     haul__list_add_tail(&e->conns, &c->all_link);
     e->nconns++;
@@ -138,7 +142,9 @@ static void protocol_error(haul__conn *c, int code, const char *why)
                      .len = (uint32_t)n};
     haul__frame_encode(&f, buf);
     memcpy(buf + HAUL__FRAME_HDR, why, n);
-    if (send(c->fd, buf, HAUL__FRAME_HDR + n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+    /* Only between frames: in the middle of one, it would be garbage. */
+    int between = c->nitems == 0 || (c->item_pos == 0 && c->item_done == 0);
+    if (between && send(c->fd, buf, HAUL__FRAME_HDR + n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
         /* The connection is going anyway. */
     }
     haul__conn_close(c, code, why);
@@ -220,6 +226,12 @@ static void on_hello(haul__conn *c, const uint8_t *payload)
         if (pipe->loop != c->loop)
             c->move_to = pipe->loop;
     } else {
+        /* Every connection of a pipe must cut messages alike: the
+         * reassembly state of a message is laid out by chunk. */
+        if (c->pipe->peer_chunk && c->pipe->peer_chunk != f->offset) {
+            protocol_error(c, HAUL_EPROTO, "chunk size differs within one pipe");
+            return;
+        }
         c->pipe->peer_chunk = (uint32_t)f->offset;
         conn_enter(c, HAUL__CONN_JOINED);
         haul__pipe_conn_joined(c->pipe, c);
@@ -315,7 +327,10 @@ static void on_header(haul__conn *c, const uint8_t *hdr)
 /* Consumes what the buffer holds (mu held). */
 static void parse(haul__conn *c)
 {
-    while (!c->dead) {
+    /* A connection that joined a pipe of another thread stops here: the
+     * rest is parsed on that thread, where the pipe's other connections
+     * are. */
+    while (!c->dead && !c->move_to) {
         size_t avail = c->rx_have - c->rx_pos;
         const uint8_t *at = c->rxbuf + c->rx_pos;
         if (c->rx_state == HAUL__RXS_HEADER) {
@@ -401,10 +416,11 @@ static void do_read(haul__conn *c)
             }
             parse(c);
         }
+        int moving = c->move_to != NULL;
         pthread_mutex_unlock(&e->mu);
         /* Edge-triggered: a short read drained the socket, and the next
          * arrival raises a new edge. */
-        if ((size_t)n < want)
+        if ((size_t)n < want || moving)
             return;
     }
     pthread_mutex_lock(&e->mu);
@@ -667,6 +683,9 @@ void haul__conn_handle_wake(haul__conn *c)
         pthread_mutex_unlock(&e->mu);
         return;
     }
+    /* Frames left in the buffer by the thread this connection came from. */
+    if (c->rx_have > c->rx_pos)
+        parse(c);
     int more = c->more_to_read;
     c->more_to_read = 0;
     pthread_mutex_unlock(&e->mu);
