@@ -224,6 +224,7 @@ struct haul__conn {
     int item_pos;       /* the item being written */
     uint64_t item_done; /* bytes of it written, header included */
     int more_to_read;   /* stopped reading to give others a turn */
+    int rx_hup;         /* the peer closed or reset: read until EOF */
     int hello_pending;  /* a HELLO or HELLO_ACK to send */
 
     haul_conn_stats stats;

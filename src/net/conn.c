@@ -419,8 +419,10 @@ static void do_read(haul__conn *c)
         int moving = c->move_to != NULL;
         pthread_mutex_unlock(&e->mu);
         /* Edge-triggered: a short read drained the socket, and the next
-         * arrival raises a new edge. */
-        if ((size_t)n < want || moving)
+         * arrival raises a new edge. Not so the peer's FIN: it came with
+         * an edge already taken (EPOLLRDHUP), and no other follows, so
+         * once it was seen the socket is read until recv() says EOF. */
+        if (moving || ((size_t)n < want && !c->rx_hup))
             return;
     }
     pthread_mutex_lock(&e->mu);
@@ -665,6 +667,8 @@ void haul__conn_io(haul__conn *c, uint32_t events)
     if (c->state == HAUL__CONN_DIALING && !c->dead && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
         dialled(c);
     int dead = c->dead;
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        c->rx_hup = 1;
     pthread_mutex_unlock(&e->mu);
     if (!dead && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
         do_read(c);
