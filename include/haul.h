@@ -137,9 +137,9 @@ typedef struct haul_engine_config {
     /* Connections that have not yet finished their handshake may live this
      * long. Default 10000 ms. */
     unsigned handshake_timeout_ms;
-    /* A message that is not acknowledged this long after it was queued
-     * fails, and so does its session. Default 60000 ms. Sessions may
-     * override it. */
+    /* A message fails, and so does its session, when it is still not
+     * acknowledged this long after it was queued and after the session's
+     * last acknowledgement. Default 60000 ms. Sessions may override it. */
     unsigned message_timeout_ms;
     /* A message whose chunks had to be sent again this many times (because
      * connections carrying them broke) fails. Default 8. */
@@ -252,7 +252,7 @@ typedef struct haul_listen_config {
 HAUL_API void haul_listen_config_init(haul_listen_config *config);
 
 /*
- * Listens on an address: "host:port" (IPv4 name or address), "[v6]:port",
+ * Listens on an address: "host:port" (a name or an IPv4 address), "[v6]:port",
  * ":port" (all IPv4 and IPv6 addresses), or "unix:/path". Port 0 asks the
  * system for one; haul_listen_address() tells which. Sessions asked for on
  * it arrive as HAUL_EV_SESSION_REQUEST. config may be NULL for defaults.
@@ -336,7 +336,8 @@ HAUL_API int haul_session_reject(haul_session *session, uint32_t reason);
  * Closes a session in order (FIN): messages already queued are still
  * delivered, then both sides get HAUL_EV_SESSION_CLOSED. Further sends
  * fail with HAUL_ESTATE. Messages the peer still had unacknowledged fail
- * on its side with HAUL_ECLOSED. Errors: HAUL_ESTATE (already closing).
+ * on its side with HAUL_ECLOSED. Errors: HAUL_ESTATE (not open, or already
+ * closing), HAUL_ECLOSED (already closed).
  */
 HAUL_API int haul_session_close(haul_session *session);
 
@@ -375,8 +376,9 @@ HAUL_API int haul_send(haul_session *session, const void *buf, size_t len, uint6
  * As haul_send(), without the copy: the engine reads buf until the
  * message's final event, then calls release(buf, arg). A failed call
  * leaves buf with the caller and never calls release. release may be NULL;
- * it runs on an engine thread with the engine's lock held, so it must not
- * call into the same engine.
+ * it runs with the engine's lock held, on an engine thread or inside
+ * haul_session_free() or haul_engine_free(), so it must not call into the
+ * same engine.
  */
 HAUL_API int haul_send_buffer(haul_session *session, const void *buf, size_t len,
                               void (*release)(void *buf, void *arg), void *arg, uint64_t tag);

@@ -715,7 +715,11 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         closed_in_order(s, 0);
         return;
     case HAUL__F_FIN_ACK:
-        if (s->state == CE_SS_SENDING_FIN || s->state == CE_SS_APP_CLOSE_SESSION) {
+        /* Only a FIN we sent can be confirmed. In APP_CLOSE_SESSION that is
+         * one sent before a connection loss, and the output queue is then
+         * empty; with messages still queued, no FIN has gone. */
+        if (s->state == CE_SS_SENDING_FIN ||
+            (s->state == CE_SS_APP_CLOSE_SESSION && haul__list_empty(&s->outq))) {
             if (s->state == CE_SS_APP_CLOSE_SESSION)
                 haul__session_enter(s, SEV_FIN_TAKEN);
             haul__session_enter(s, SEV_FIN_ACK);
