@@ -361,6 +361,7 @@ void haul__message_plan(haul_message *m, uint32_t chunk);
 /* Pipes and the dispatcher. */
 haul__pipe *haul__pipe_client(haul_engine *engine, const haul_session_config *config,
                               const struct sockaddr_storage *ss, socklen_t len, int *err);
+haul__pipe *haul__pipe_find(haul_engine *engine, const char *destination);
 haul__pipe *haul__pipe_server(haul_engine *engine, uint64_t id, const haul_listen_config *lconf);
 void haul__pipe_kick(haul__pipe *pipe, unsigned n);
 int haul__pipe_fill(haul__pipe *pipe, haul__conn *conn);

@@ -39,18 +39,26 @@ static void pipe_dial(haul__pipe *pipe, unsigned index);
 
 /* Finds the pipe to a destination, or makes one and starts dialling all
  * its connections at once. */
-haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c,
-                              const struct sockaddr_storage *ss, socklen_t len, int *err)
+haul__pipe *haul__pipe_find(haul_engine *e, const char *destination)
 {
     haul__list *p;
     haul__list_each(p, &e->pipes)
     {
         haul__pipe *pipe = HAUL__CONTAINER(p, haul__pipe, link);
-        if (!pipe->server && !pipe->failed && strcmp(pipe->destination, c->destination) == 0) {
+        if (!pipe->server && !pipe->failed && strcmp(pipe->destination, destination) == 0) {
             pipe->doomed = 0;
             return pipe;
         }
     }
+    return NULL;
+}
+
+haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c,
+                              const struct sockaddr_storage *ss, socklen_t len, int *err)
+{
+    haul__pipe *found = haul__pipe_find(e, c->destination);
+    if (found)
+        return found;
     if (e->nconns + c->connections > e->config.max_connections) {
         *err = HAUL_ELIMIT;
         return NULL;

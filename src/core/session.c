@@ -226,11 +226,15 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
     if (c->max_message > e->config.max_message)
         return HAUL_EINVAL;
 
-    /* Names are resolved here, on the caller's thread, never under the
+    /* A destination with a pipe already is not looked up again; a new
+     * one is resolved here, on the caller's thread, never under the
      * engine's lock. */
     struct sockaddr_storage ss;
-    socklen_t sslen;
-    int rc = haul__addr_parse(c->destination, &ss, &sslen);
+    socklen_t sslen = 0;
+    pthread_mutex_lock(&e->mu);
+    int known = haul__pipe_find(e, c->destination) != NULL;
+    pthread_mutex_unlock(&e->mu);
+    int rc = known ? 0 : haul__addr_parse(c->destination, &ss, &sslen);
     if (rc)
         return rc;
     haul_session *s = session_alloc(e);
@@ -258,7 +262,19 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
         err = HAUL_ESHUTDOWN;
     else if (e->nsessions >= e->config.max_sessions)
         err = HAUL_ELIMIT;
-    haul__pipe *pipe = err ? NULL : haul__pipe_client(e, c, &ss, sslen, &err);
+    haul__pipe *pipe = NULL;
+    if (!err && (pipe = haul__pipe_find(e, c->destination)) == NULL) {
+        if (sslen == 0) {
+            /* The pipe went away between the look and now: resolve after
+             * all, without the lock. */
+            pthread_mutex_unlock(&e->mu);
+            rc = haul__addr_parse(c->destination, &ss, &sslen);
+            pthread_mutex_lock(&e->mu);
+            err = rc;
+        }
+        if (!err)
+            pipe = haul__pipe_client(e, c, &ss, sslen, &err);
+    }
     if (pipe == NULL) {
         pthread_mutex_unlock(&e->mu);
         session_destroy(s);
