@@ -1,0 +1,125 @@
+/*
+ * bench.c - haul bench haul://HOST:PORT: memory-to-memory throughput
+ * through a pipe of -P connections for -t seconds, like iperf3, so that an
+ * administrator can size the connection count for a link
+ * (docs/store-protocol.md, BENCH).
+ *
+ * One static buffer of 1 MiB is lent to the engine over and over
+ * (haul_send_buffer without a release: nothing is copied and nothing
+ * written to it). Throughput counts acknowledged bytes only: a message
+ * counts once the server's engine has all of it.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/client.h"
+
+#define BENCH_MESSAGE HSP_BLOCK
+
+typedef struct bench {
+    uint64_t acked_bytes;
+    double last_ack;
+} bench;
+
+static void on_sent(void *arg, const haul_event *ev)
+{
+    (void)ev;
+    bench *b = arg;
+    b->acked_bytes += BENCH_MESSAGE;
+    b->last_ack = cli_now();
+}
+
+static int on_record(void *arg, const hsp_record *rec)
+{
+    (void)arg;
+    (void)rec;
+    return 0; /* the server sends nothing; whatever it says is ignored */
+}
+
+static double gbits(uint64_t bytes, double secs)
+{
+    return secs > 0 ? (double)bytes * 8 / secs / 1e9 : 0;
+}
+
+int cli_bench(const cli_options *opt, int argc, char **argv)
+{
+    (void)argc;
+    cli_url url;
+    if (cli_url_parse(argv[0], &url) != 0)
+        return CLI_EXIT_USAGE;
+    if (url.dataset[0]) {
+        cli_warn("%s: bench takes no dataset (haul://HOST:PORT)", argv[0]);
+        return CLI_EXIT_USAGE;
+    }
+    uint8_t *buf = malloc(BENCH_MESSAGE);
+    if (buf == NULL)
+        return CLI_EXIT_TRANSFER;
+    memset(buf, 0xa5, BENCH_MESSAGE);
+    bench b = {0};
+    cli_client c = {.on_record = on_record, .on_sent = on_sent, .arg = &b};
+    int status = cli_open(&c, opt, &url, HSP_BENCH);
+    double start = cli_now(), stop = start + opt->seconds;
+    uint64_t queued = 0;
+    if (status == CLI_EXIT_OK && !opt->quiet && !opt->json)
+        printf("bench %s: %u connections, %.0f s, 1 MiB messages\n", url.destination,
+               opt->connections, opt->seconds);
+    double next_report = start + 1;
+    uint64_t reported_bytes = 0;
+    while (status == CLI_EXIT_OK && !c.failed && !c.closed) {
+        double now = cli_now();
+        if (now >= stop)
+            break;
+        int full = 0;
+        while (!full && !c.failed) {
+            int rc = cli_send_buffer(&c, buf, BENCH_MESSAGE, NULL, NULL, queued);
+            if (rc == 0)
+                queued++;
+            else
+                full = 1;
+        }
+        double wait = stop - now < next_report - now ? stop - now : next_report - now;
+        cli_pump(&c, wait > 0 ? (int)(wait * 1000) + 1 : 0);
+        now = cli_now();
+        if (now >= next_report && now < stop) {
+            if (!opt->quiet && !opt->json) {
+                double t = next_report - start;
+                printf("[%5.1f-%5.1f s] %10.1f MiB %8.2f Gbit/s\n", t - 1, t,
+                       (double)(b.acked_bytes - reported_bytes) / (1 << 20),
+                       gbits(b.acked_bytes - reported_bytes, 1));
+                fflush(stdout);
+            }
+            reported_bytes = b.acked_bytes;
+            next_report += 1;
+        }
+    }
+    /* What was queued in time still counts once acknowledged: the time is
+     * that of the last acknowledgement. */
+    double deadline = cli_now() + opt->timeout_ms / 1000.0;
+    while (status == CLI_EXIT_OK && !c.failed && !c.closed && c.messages_acked < c.messages_sent &&
+           cli_now() < deadline)
+        cli_pump(&c, 200);
+    if (status == CLI_EXIT_OK)
+        status = c.failed;
+    if (status == CLI_EXIT_OK && c.closed) {
+        cli_warn("the server ended the session: %s", haul_strerror(c.close_error));
+        status = CLI_EXIT_TRANSFER;
+    }
+    if (status == CLI_EXIT_OK) {
+        double secs = (b.last_ack > start ? b.last_ack : cli_now()) - start;
+        double mibs = secs > 0 ? (double)b.acked_bytes / (1 << 20) / secs : 0;
+        if (opt->json)
+            printf("{\"connections\":%u,\"seconds\":%.3f,\"messages\":%llu,\"bytes\":%llu,"
+                   "\"gbit_per_s\":%.3f,\"mib_per_s\":%.1f}\n",
+                   opt->connections, secs, (unsigned long long)c.messages_acked,
+                   (unsigned long long)b.acked_bytes, gbits(b.acked_bytes, secs), mibs);
+        else
+            printf("%s%.2f Gbit/s (%.1f MiB/s): %llu MiB acknowledged in %.2f s over %u "
+                   "connections\n",
+                   opt->quiet ? "" : "total: ", gbits(b.acked_bytes, secs), mibs,
+                   (unsigned long long)(b.acked_bytes >> 20), secs, opt->connections);
+        cli_close(&c);
+    }
+    cli_free(&c);
+    free(buf);
+    return status;
+}

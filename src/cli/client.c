@@ -1,0 +1,607 @@
+/*
+ * client.c - the parts of haul that every subcommand uses: haul:// URLs,
+ * the engine and its one session, the event loop that hands the server's
+ * records to the subcommand, and output helpers.
+ */
+#include "cli/client.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Received messages wait here until taken: enough for the server's window
+ * to hold about 64 of its largest messages. */
+#define CLI_INPUT_QUEUE (64ull << 20)
+
+/* ---- output helpers ------------------------------------------------------- */
+
+void cli_warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("haul: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+double cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/*
+ * Length of the valid, printable UTF-8 sequence at p (2..4 bytes), or 0.
+ * C1 control characters (U+0080..U+009F) count as not printable.
+ */
+static size_t utf8_len(const unsigned char *p, size_t left)
+{
+    unsigned char c = p[0];
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf)
+        n = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        if (c == 0xe0)
+            lo = 0xa0;
+        else if (c == 0xed)
+            hi = 0x9f; /* no surrogates */
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        if (c == 0xf0)
+            lo = 0x90;
+        else if (c == 0xf4)
+            hi = 0x8f;
+    } else
+        return 0;
+    if (n > left || p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xbf)
+            return 0;
+    if (c == 0xc2 && p[1] < 0xa0)
+        return 0;
+    return n;
+}
+
+/* Escapes a path into out (at least 4 * len + 1 bytes); returns the length. */
+static size_t escape_path(const char *path, size_t len, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)path;
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = p[i];
+        if (c == '\\') {
+            out[o++] = '\\';
+            out[o++] = '\\';
+            i++;
+        } else if (c >= 0x20 && c < 0x7f) {
+            out[o++] = (char)c;
+            i++;
+        } else {
+            size_t n = c >= 0x80 ? utf8_len(p + i, len - i) : 0;
+            if (n) {
+                memcpy(out + o, p + i, n);
+                o += n;
+                i += n;
+            } else {
+                out[o++] = '\\';
+                out[o++] = 'x';
+                out[o++] = hex[c >> 4];
+                out[o++] = hex[c & 15];
+                i++;
+            }
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+void cli_put_path(FILE *f, const char *path, size_t len)
+{
+    char stack[1024];
+    char *out = 4 * len + 1 <= sizeof(stack) ? stack : malloc(4 * len + 1);
+    if (out == NULL)
+        return;
+    size_t n = escape_path(path, len, out);
+    fwrite(out, 1, n, f);
+    if (out != stack)
+        free(out);
+}
+
+void cli_put_json_path(FILE *f, const char *path, size_t len)
+{
+    char stack[1024];
+    char *out = 4 * len + 1 <= sizeof(stack) ? stack : malloc(4 * len + 1);
+    if (out == NULL)
+        return;
+    size_t n = escape_path(path, len, out);
+    /* The escaped form holds printable ASCII and valid UTF-8 only: JSON
+     * needs just its quotes and backslashes escaped. */
+    fputc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        if (out[i] == '"' || out[i] == '\\')
+            fputc('\\', f);
+        fputc(out[i], f);
+    }
+    fputc('"', f);
+    if (out != stack)
+        free(out);
+}
+
+void cli_put_json_text(FILE *f, const char *text, size_t len)
+{
+    cli_put_json_path(f, text, len);
+}
+
+void cli_human_bytes(uint64_t bytes, char *out, size_t size)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024 && u < 5) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(out, size, "%llu B", (unsigned long long)bytes);
+    else
+        snprintf(out, size, "%.1f %s", v, units[u]);
+}
+
+int cli_parse_size(const char *text, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (text[0] < '0' || text[0] > '9')
+        return -1;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || end == text)
+        return -1;
+    unsigned shift = 0;
+    switch (*end) {
+    case 'k':
+    case 'K':
+        shift = 10;
+        break;
+    case 'm':
+    case 'M':
+        shift = 20;
+        break;
+    case 'g':
+    case 'G':
+        shift = 30;
+        break;
+    case 't':
+    case 'T':
+        shift = 40;
+        break;
+    case '\0':
+        break;
+    default:
+        return -1;
+    }
+    if (shift) {
+        end++;
+        /* "64M", "64MB", "64MiB" all mean 64 * 2^20. */
+        if (strcmp(end, "") != 0 && strcmp(end, "B") != 0 && strcmp(end, "iB") != 0)
+            return -1;
+    } else if (*end != '\0')
+        return -1;
+    if (shift && v > (UINT64_MAX >> shift))
+        return -1;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+/* ---- URLs ------------------------------------------------------------------ */
+
+/* DATASET[@SNAPSHOT], or nothing. */
+static int parse_tail(const char *text, const char *tail, cli_url *u)
+{
+    if (*tail == '\0')
+        return 0;
+    if (strchr(tail, '/')) {
+        cli_warn("%s: a dataset name cannot contain '/'", text);
+        return -1;
+    }
+    const char *at = strchr(tail, '@');
+    size_t d = at ? (size_t)(at - tail) : strlen(tail);
+    if (!hsp_name_ok(tail, d, HSP_NAME_MAX)) {
+        cli_warn("%s: bad dataset name '%.*s' (1-255 of A-Z a-z 0-9 . _ -, not starting with "
+                 "'.')",
+                 text, (int)d, tail);
+        return -1;
+    }
+    memcpy(u->dataset, tail, d);
+    u->dataset[d] = '\0';
+    if (at) {
+        const char *snap = at + 1;
+        if (!hsp_name_ok(snap, strlen(snap), HSP_SNAPSHOT_MAX)) {
+            cli_warn("%s: bad snapshot id '%s'", text, snap);
+            return -1;
+        }
+        strcpy(u->snapshot, snap);
+    }
+    return 0;
+}
+
+int cli_url_parse(const char *text, cli_url *u)
+{
+    memset(u, 0, sizeof(*u));
+    if (strncmp(text, "haul://", 7) != 0) {
+        cli_warn("%s: not a haul:// URL (haul://HOST:PORT/DATASET or "
+                 "haul://unix:/path/to/socket/DATASET)",
+                 text);
+        return -1;
+    }
+    const char *rest = text + 7;
+    if (strncmp(rest, "unix:", 5) == 0) {
+        const char *path = rest + 5;
+        if (path[0] != '/') {
+            cli_warn("%s: the socket path must be absolute", text);
+            return -1;
+        }
+        size_t n = strlen(path);
+        if (n + 6 > sizeof(u->destination)) {
+            cli_warn("%s: socket path too long", text);
+            return -1;
+        }
+        /* The dataset is the last component, since names cannot hold '/';
+         * but a URL that names the socket itself (ls, bench) needs no
+         * trailing '/'. */
+        struct stat st;
+        if (stat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+            snprintf(u->destination, sizeof(u->destination), "unix:%s", path);
+            return 0;
+        }
+        const char *slash = strrchr(path, '/');
+        if (slash == path) {
+            cli_warn("%s: no socket path before the dataset", text);
+            return -1;
+        }
+        snprintf(u->destination, sizeof(u->destination), "unix:%.*s", (int)(slash - path), path);
+        return parse_tail(text, slash + 1, u);
+    }
+    const char *end;
+    if (rest[0] == '[') {
+        const char *close = strchr(rest, ']');
+        if (close == NULL) {
+            cli_warn("%s: unterminated IPv6 address", text);
+            return -1;
+        }
+        end = close + strcspn(close, "/");
+        if (close[1] != ':') {
+            cli_warn("%s: a port is needed after the IPv6 address ([ADDR]:PORT)", text);
+            return -1;
+        }
+    } else {
+        end = rest + strcspn(rest, "/");
+    }
+    size_t alen = (size_t)(end - rest);
+    const char *colon = memrchr(rest, ':', alen);
+    if (colon == NULL || colon + 1 == end || colon == rest) {
+        cli_warn("%s: expected HOST:PORT after haul://", text);
+        return -1;
+    }
+    for (const char *p = colon + 1; p < end; p++)
+        if (*p < '0' || *p > '9') {
+            cli_warn("%s: bad port", text);
+            return -1;
+        }
+    long port = strtol(colon + 1, NULL, 10);
+    if (port < 1 || port > 65535 || alen >= sizeof(u->destination)) {
+        cli_warn("%s: bad port", text);
+        return -1;
+    }
+    memcpy(u->destination, rest, alen);
+    u->destination[alen] = '\0';
+    return *end == '/' ? parse_tail(text, end + 1, u) : 0;
+}
+
+/* ---- the session ---------------------------------------------------------------- */
+
+int cli_fail(cli_client *c, int status, const char *fmt, ...)
+{
+    if (fmt && !c->failed) {
+        va_list ap;
+        va_start(ap, fmt);
+        fputs("haul: ", stderr);
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+        va_end(ap);
+    }
+    if (!c->failed)
+        c->failed = status;
+    return -1;
+}
+
+/* Ends the session at once (the peer sees an abort). */
+static void abort_session(cli_client *c)
+{
+    if (c->session) {
+        haul_session_free(c->session);
+        c->session = NULL;
+    }
+}
+
+static void engine_log(void *arg, int level, const char *line)
+{
+    (void)arg;
+    (void)level;
+    fprintf(stderr, "haul: engine: %s\n", line);
+}
+
+/* Why a session that was open ended, in words. */
+static const char *close_reason(int error)
+{
+    switch (error) {
+    case HAUL_ETIMEDOUT:
+        return "the server did not acknowledge in time (see --timeout)";
+    case HAUL_ECONNRESET:
+        return "the connection to the server was lost";
+    case HAUL_EABORTED:
+        return "the server aborted the session (see its log)";
+    case HAUL_EPROTO:
+        return "protocol violation";
+    case HAUL_ESHUTDOWN:
+        return "the engine is shutting down";
+    default:
+        return haul_strerror(error);
+    }
+}
+
+int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
+{
+    c->opt = opt;
+    c->url = url;
+    haul_engine_config ec;
+    haul_engine_config_init(&ec);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned threads = opt->connections;
+    if (cpus > 0 && threads > (unsigned)cpus)
+        threads = (unsigned)cpus;
+    ec.io_threads = threads < 1 ? 1 : threads > 8 ? 8 : threads;
+    /* The storage protocol never sends more than HSP_MESSAGE_MAX in a
+     * message; announcing that much (not the default 64 MiB) lets each
+     * side's window admit many messages at once. */
+    ec.max_message = HSP_MESSAGE_MAX;
+    ec.message_timeout_ms = opt->timeout_ms;
+    if (opt->connections + 64 > ec.max_connections)
+        ec.max_connections = opt->connections + 64;
+    ec.log = engine_log;
+    /* The engine's warnings repeat what haul reports in its own words
+     * (a timeout, a lost server): shown with -v. */
+    ec.log_level = opt->verbose >= 2 ? HAUL_LOG_DEBUG
+                   : opt->verbose    ? HAUL_LOG_INFO
+                                     : HAUL_LOG_ERROR;
+    int rc = haul_engine_new(&ec, &c->engine);
+    if (rc) {
+        cli_fail(c, CLI_EXIT_TRANSFER, "cannot start the engine: %s", haul_strerror(rc));
+        return c->failed;
+    }
+
+    hsp_request req;
+    memset(&req, 0, sizeof(req));
+    req.op = op;
+    strcpy(req.dataset, url->dataset);
+    strcpy(req.snapshot, url->snapshot);
+    uint8_t context[16 + HSP_NAME_MAX + HSP_SNAPSHOT_MAX];
+    size_t context_len = hsp_request_encode(&req, context, sizeof(context));
+
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = url->destination;
+    sc.principal = opt->principal;
+    sc.output_queue = opt->queue;
+    sc.input_queue = CLI_INPUT_QUEUE;
+    sc.max_message = HSP_MESSAGE_MAX;
+    sc.context = context;
+    sc.context_len = context_len;
+    sc.connections = opt->connections;
+    sc.message_timeout_ms = opt->timeout_ms;
+    rc = haul_session_new(c->engine, &sc, &c->session);
+    if (rc) {
+        c->session = NULL;
+        if (rc == HAUL_EADDR)
+            cli_fail(c, CLI_EXIT_TRANSFER, "%s: cannot resolve the address", url->destination);
+        else
+            cli_fail(c, CLI_EXIT_TRANSFER, "%s: %s", url->destination, haul_strerror(rc));
+        return c->failed;
+    }
+
+    /* The library gives up after the message timeout; the deadline here
+     * only guards against waiting forever should it not. A message of the
+     * server may overtake its acceptance: it waits in the input queue and
+     * is taken by the first cli_pump(). */
+    double deadline = cli_now() + opt->timeout_ms / 1000.0 + 10;
+    while (!c->open) {
+        haul_event ev;
+        int n = haul_engine_wait(c->engine, &ev, 1, 500);
+        if (n == 1 && ev.type == HAUL_EV_SESSION_OPEN) {
+            c->open = 1;
+        } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED) {
+            /* hauld's reasons are enum hsp_refusal; the server's engine may
+             * refuse by itself with a haul error code (too many sessions). */
+            int known = ev.reason >= HSP_R_BAD_REQUEST && ev.reason <= HSP_R_SHUTTING_DOWN;
+            cli_fail(c, CLI_EXIT_REFUSED, "the server refused the request: %s",
+                     known ? hsp_refusal_text(ev.reason) : haul_strerror((int)ev.reason));
+            return c->failed;
+        } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED) {
+            cli_fail(c, CLI_EXIT_TRANSFER, "cannot reach %s: %s", url->destination,
+                     haul_strerror(ev.error));
+            return c->failed;
+        } else if (n == 0 && cli_now() > deadline) {
+            cli_fail(c, CLI_EXIT_TRANSFER, "cannot reach %s: %s", url->destination,
+                     haul_strerror(HAUL_ETIMEDOUT));
+            return c->failed;
+        }
+    }
+    return 0;
+}
+
+/* Copies a RESULT so that it outlives its message. */
+static void keep_result(cli_client *c, const hsp_record *rec)
+{
+    c->result = *rec;
+    size_t n =
+        rec->data_len < sizeof(c->result_text) - 1 ? rec->data_len : sizeof(c->result_text) - 1;
+    memcpy(c->result_text, rec->data, n);
+    c->result_text[n] = '\0';
+    c->result.data = (const uint8_t *)c->result_text;
+    c->result.data_len = (uint32_t)n;
+    c->have_result = 1;
+}
+
+/* Takes every message that waits and hands its records on. */
+static void drain(cli_client *c)
+{
+    haul_message *m;
+    while (c->session && !c->failed && haul_recv(c->session, &m) == 0) {
+        hsp_reader r;
+        hsp_reader_init(&r, haul_message_data(m), haul_message_len(m));
+        hsp_record rec;
+        int rc;
+        while ((rc = hsp_next(&r, &rec)) == 1) {
+            if (rec.type == HSP_RESULT)
+                keep_result(c, &rec);
+            int status = c->on_record ? c->on_record(c->arg, &rec) : 0;
+            if (status) {
+                cli_fail(c, status, NULL);
+                abort_session(c);
+                break;
+            }
+        }
+        haul_message_free(m);
+        if (rc < 0) {
+            /* The protocol's rule: a message that does not decode ends the
+             * session. */
+            cli_fail(c, CLI_EXIT_TRANSFER, "the server sent a malformed message; giving up");
+            abort_session(c);
+        }
+    }
+}
+
+int cli_pump(cli_client *c, int timeout_ms)
+{
+    if (c->failed)
+        return -1;
+    haul_event evs[64];
+    int n = c->closed ? 0 : haul_engine_wait(c->engine, evs, 64, timeout_ms);
+    int closed_now = 0;
+    for (int i = 0; i < n; i++) {
+        haul_event *ev = &evs[i];
+        switch (ev->type) {
+        case HAUL_EV_MESSAGE_SENT:
+            c->messages_acked++;
+            if (c->on_sent)
+                c->on_sent(c->arg, ev);
+            break;
+        case HAUL_EV_MESSAGE_FAILED:
+            /* The session fails with it; SESSION_CLOSED says why. */
+            if (ev->error != HAUL_ECLOSED && !c->have_result)
+                cli_fail(c, CLI_EXIT_TRANSFER, "transfer failed: %s", close_reason(ev->error));
+            break;
+        case HAUL_EV_SESSION_CLOSED:
+            c->closed = 1;
+            c->close_error = ev->error;
+            closed_now = 1;
+            break;
+        default:
+            break;
+        }
+    }
+    /* Messages stay in the input queue after the session closed: take
+     * them first, since the RESULT may be among them. */
+    drain(c);
+    if (closed_now && !c->failed && !c->have_result && c->close_error)
+        cli_fail(c, CLI_EXIT_TRANSFER, "the session ended: %s", close_reason(c->close_error));
+    return c->failed ? -1 : n;
+}
+
+/* What became of a send: counted, a full queue, or the end of the run. */
+static int sent(cli_client *c, int rc)
+{
+    if (rc == 0) {
+        c->messages_sent++;
+        return 0;
+    }
+    if (rc == HAUL_EQUEUEFULL)
+        return rc;
+    if (rc == HAUL_ESTATE) {
+        /* The server ended the session. When it did so in order, its last
+         * words (a RESULT saying why) wait in the input queue: they are
+         * the reason to report, not this send. */
+        drain(c);
+        for (int i = 0; i < 10 && !c->have_result && !c->closed && !c->failed; i++)
+            cli_pump(c, 100);
+        if (!c->have_result)
+            cli_fail(c, CLI_EXIT_TRANSFER, "the session ended while sending%s%s",
+                     c->closed ? ": " : "", c->closed ? close_reason(c->close_error) : "");
+        return -1;
+    }
+    return cli_fail(c, CLI_EXIT_TRANSFER, "cannot send: %s", haul_strerror(rc));
+}
+
+int cli_send(cli_client *c, const void *buf, size_t len, uint64_t tag)
+{
+    if (c->failed || c->session == NULL)
+        return -1;
+    return sent(c, haul_send(c->session, buf, len, tag));
+}
+
+int cli_send_buffer(cli_client *c, const void *buf, size_t len, void (*release)(void *, void *),
+                    void *arg, uint64_t tag)
+{
+    if (c->failed || c->session == NULL)
+        return -1;
+    return sent(c, haul_send_buffer(c->session, buf, len, release, arg, tag));
+}
+
+void cli_close(cli_client *c)
+{
+    if (c->session == NULL || c->closed)
+        return;
+    int rc = haul_session_close(c->session);
+    if (rc != 0 && rc != HAUL_ESTATE)
+        return;
+    double deadline = cli_now() + c->opt->timeout_ms / 1000.0 + 1;
+    while (!c->closed && cli_now() < deadline) {
+        haul_event evs[64];
+        int n = haul_engine_wait(c->engine, evs, 64, 200);
+        for (int i = 0; i < n; i++)
+            if (evs[i].type == HAUL_EV_SESSION_CLOSED) {
+                c->closed = 1;
+                c->close_error = evs[i].error;
+            }
+    }
+}
+
+void cli_free(cli_client *c)
+{
+    abort_session(c);
+    if (c->engine) {
+        haul_engine_free(c->engine);
+        c->engine = NULL;
+    }
+}
+
+int cli_result_status(cli_client *c, const char *what)
+{
+    if (!c->have_result)
+        return CLI_EXIT_TRANSFER;
+    if (c->result.status == 0)
+        return CLI_EXIT_OK;
+    int err = c->result.status;
+    cli_warn("%s failed: %s%s(%s)", what, c->result_text, c->result_text[0] ? " " : "",
+             err > 0 ? strerror(err) : "error");
+    return CLI_EXIT_REFUSED;
+}

@@ -1,0 +1,155 @@
+/*
+ * client.h - what the subcommands of the haul command share: options,
+ * haul:// URLs, the engine and the one session a run opens, the event loop
+ * that delivers the server's records, and small output helpers.
+ *
+ * A run of haul opens one engine and one session (one request of the
+ * storage protocol, docs/store-protocol.md), drives it from the main
+ * thread and ends with one of the exit statuses below.
+ */
+#ifndef HAUL_CLI_CLIENT_H
+#define HAUL_CLI_CLIENT_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "haul.h"
+#include "proto/store.h"
+
+/*
+ * Exit statuses of haul. Scripts and tests rely on them; haul --help
+ * lists them too.
+ */
+enum {
+    CLI_EXIT_OK = 0,       /* everything asked for was done */
+    CLI_EXIT_USAGE = 1,    /* bad command line (or a source that is no directory) */
+    CLI_EXIT_SKIPPED = 2,  /* done, but some files were skipped (unreadable, vanished,
+                              changed while read, could not be written) */
+    CLI_EXIT_TRANSFER = 3, /* transfer or connection failure, local I/O failure */
+    CLI_EXIT_REFUSED = 4,  /* the server refused the request or reported a failure */
+    CLI_EXIT_VERIFY = 5,   /* verification found problems (verify; hash mismatch on pull) */
+};
+
+/* Options shared by every subcommand (main.c parses them). */
+typedef struct cli_options {
+    unsigned connections; /* -P: connections in the pipe */
+    uint64_t queue;       /* --queue: output queue bytes */
+    unsigned timeout_ms;  /* --timeout: message timeout */
+    const char *principal;
+    int json;       /* --json: one JSON object on stdout at the end */
+    int quiet;      /* -q: no summary, no progress */
+    int verbose;    /* -v: engine log level */
+    double seconds; /* -t: bench duration */
+    int seconds_set;
+} cli_options;
+
+/* A parsed haul://HOST:PORT[/DATASET[@SNAPSHOT]] or
+ * haul://unix:/path/to/sock[/DATASET[@SNAPSHOT]]. */
+typedef struct cli_url {
+    char destination[4200]; /* as haul_session_new() takes it */
+    char dataset[HSP_NAME_MAX + 1];
+    char snapshot[HSP_SNAPSHOT_MAX + 1];
+} cli_url;
+
+/* Parses a URL; on error prints why and returns -1. A unix: URL whose
+ * whole path is a socket names no dataset; otherwise the dataset is the
+ * last component (empty after a trailing '/'). */
+int cli_url_parse(const char *text, cli_url *url);
+
+/*
+ * The engine, the session and what the server said. The subcommand sets
+ * the callbacks before cli_open(); they run on the main thread, from
+ * cli_pump().
+ */
+typedef struct cli_client {
+    haul_engine *engine;
+    haul_session *session; /* NULL once aborted */
+    const cli_options *opt;
+    const cli_url *url;
+    int open;          /* SESSION_OPEN seen */
+    int closed;        /* SESSION_CLOSED seen */
+    int close_error;   /* its error */
+    int failed;        /* an exit status once the run failed, else 0 */
+    int have_result;   /* a RESULT record arrived */
+    hsp_record result; /* it (data points to result_text) */
+    char result_text[1024];
+    uint64_t messages_sent, messages_acked;
+
+    /* Called for every record of every message the server sends, in
+     * order. RESULT is stored above first. Returns 0, or an exit status
+     * that ends the run (the session is aborted). */
+    int (*on_record)(void *arg, const hsp_record *rec);
+    /* Called for every acknowledged message (may be NULL). */
+    void (*on_sent)(void *arg, const haul_event *ev);
+    void *arg;
+} cli_client;
+
+/*
+ * Creates the engine and a session carrying the request (op, the URL's
+ * dataset and snapshot) and waits until the server accepts it. Returns 0,
+ * or an exit status after printing why (refused: CLI_EXIT_REFUSED; no
+ * connection: CLI_EXIT_TRANSFER). cli_free() is needed in both cases.
+ */
+int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op);
+
+/*
+ * Waits up to timeout_ms for events (0: only what is there), handles them
+ * and takes every message that waits, passing its records to on_record.
+ * Returns how many events were handled, or -1 once the run failed
+ * (c->failed says how; the reason was printed).
+ */
+int cli_pump(cli_client *c, int timeout_ms);
+
+/*
+ * Queues a copy of a message (haul_send). Returns 0, HAUL_EQUEUEFULL (try
+ * again after an acknowledgement), or -1 when no more can be sent: the run
+ * failed, or the server ended the session with a RESULT (have_result).
+ */
+int cli_send(cli_client *c, const void *buf, size_t len, uint64_t tag);
+
+/* As cli_send(), lending buf to the engine until release runs (on an
+ * engine thread; release may be NULL: buf then outlives the engine). */
+int cli_send_buffer(cli_client *c, const void *buf, size_t len, void (*release)(void *, void *),
+                    void *arg, uint64_t tag);
+
+/* Fails the run with an exit status and a message (printed unless NULL);
+ * the first failure wins. Returns -1. */
+int cli_fail(cli_client *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Closes the session in order and waits for its end (at most the message
+ * timeout). */
+void cli_close(cli_client *c);
+
+/* Frees the session and the engine. */
+void cli_free(cli_client *c);
+
+/* The status a server failure maps to, after printing the RESULT text. */
+int cli_result_status(cli_client *c, const char *what);
+
+/* ---- output helpers ------------------------------------------------------- */
+
+/* "haul: ..." on stderr. */
+void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Seconds on a monotonic clock. */
+double cli_now(void);
+/* Writes a path with backslash as "\\" and every byte that is not
+ * printable ASCII or part of valid UTF-8 as \xNN. */
+void cli_put_path(FILE *f, const char *path, size_t len);
+/* Writes a JSON string: the escaped form of cli_put_path, in quotes. */
+void cli_put_json_path(FILE *f, const char *path, size_t len);
+/* Writes a JSON string of text bytes (escapes as cli_put_path does). */
+void cli_put_json_text(FILE *f, const char *text, size_t len);
+/* "12.3 MiB" */
+void cli_human_bytes(uint64_t bytes, char *out, size_t size);
+/* Parses "64M", "1G", "4096": K, M, G, T are binary multiples. */
+int cli_parse_size(const char *text, uint64_t *out);
+
+/* ---- the subcommands ------------------------------------------------------- */
+
+int cli_push(const cli_options *opt, int argc, char **argv);
+int cli_pull(const cli_options *opt, int argc, char **argv);
+int cli_ls(const cli_options *opt, int argc, char **argv);
+int cli_verify(const cli_options *opt, int argc, char **argv);
+int cli_bench(const cli_options *opt, int argc, char **argv);
+
+#endif

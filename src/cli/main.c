@@ -1,0 +1,264 @@
+/*
+ * main.c - the haul command: back up a directory tree to a hauld storage
+ * server, restore it, list, verify, and measure a link.
+ *
+ *   haul push SRC_DIR haul://HOST:PORT/DATASET
+ *   haul pull haul://HOST:PORT/DATASET[@SNAPSHOT] DEST_DIR [PATH...]
+ *   haul ls haul://HOST:PORT[/DATASET[@SNAPSHOT]]
+ *   haul verify haul://HOST:PORT/DATASET[@SNAPSHOT]
+ *   haul bench haul://HOST:PORT
+ *
+ * Unix sockets: haul://unix:/path/to/sock/DATASET[@SNAPSHOT] (the dataset
+ * is the last component); IPv6: haul://[::1]:PORT/DATASET.
+ *
+ * Exit status:
+ *   0  everything asked for was done
+ *   1  usage error (bad option, URL or name; a source that is no directory)
+ *   2  done, but some files were skipped (unreadable, vanished, changed while
+ *      read; on pull: could not be written); each is reported on stderr
+ *   3  transfer or connection failure (or a local I/O failure that stops the run)
+ *   4  the server refused the request or reported a failure; its reason is printed
+ *   5  verification found problems (verify; a hash mismatch on pull)
+ *
+ * This file parses the options every subcommand shares and dispatches; each
+ * subcommand lives in a file of its own.
+ */
+#include <getopt.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "cli/client.h"
+
+#define DEFAULT_CONNECTIONS 4
+#define DEFAULT_QUEUE (64ull << 20)
+#define DEFAULT_TIMEOUT_S 60
+#define DEFAULT_BENCH_S 5
+
+static const char options_help[] =
+    "Options (every subcommand):\n"
+    "  -P, --connections N   connections in the pipe to the server (default 4)\n"
+    "      --queue BYTES     output queue: bytes sent and not yet acknowledged\n"
+    "                        (default 64M; K, M, G suffixes; at least 2M)\n"
+    "      --timeout SECONDS a message not acknowledged this long fails the run,\n"
+    "                        and so does a server unreachable this long (default 60)\n"
+    "      --principal NAME  the namespace on the server (default: $HAUL_PRINCIPAL,\n"
+    "                        else \"default\")\n"
+    "      --json            print one JSON object on stdout at the end\n"
+    "  -q, --quiet           print only what scripts need (push: the snapshot id)\n"
+    "  -v, --verbose         log the transport's doings (twice: debug)\n"
+    "  -t, --time SECONDS    bench: how long to send (default 5)\n"
+    "  -h, --help            this help (haul CMD --help: the subcommand's)\n";
+
+static const char exit_help[] = "Exit status:\n"
+                                "  0  everything asked for was done\n"
+                                "  1  usage error\n"
+                                "  2  done, but some files were skipped (each reported on "
+                                "stderr)\n"
+                                "  3  transfer or connection failure\n"
+                                "  4  the server refused the request or reported a failure\n"
+                                "  5  verification found problems (verify; hash mismatch on "
+                                "pull)\n";
+
+struct command {
+    const char *name;
+    int (*run)(const cli_options *opt, int argc, char **argv);
+    int min_args, max_args; /* positional arguments after the name; -1: any */
+    const char *synopsis;
+    const char *help;
+};
+
+static const struct command commands[] = {
+    {"push", cli_push, 2, 2, "push SRC_DIR haul://HOST:PORT/DATASET",
+     "Backs up the tree under SRC_DIR as a new snapshot of DATASET and prints its id.\n"
+     "Files unchanged since the dataset's last snapshot are not sent again; an\n"
+     "interrupted push is resumed by the next one. Regular files, directories,\n"
+     "symbolic links (never followed) and hard links within the tree are kept;\n"
+     "sockets, FIFOs and devices are skipped with a warning.\n"},
+    {"pull", cli_pull, 2, -1, "pull haul://HOST:PORT/DATASET[@SNAPSHOT] DEST_DIR [PATH...]",
+     "Restores a snapshot (the latest without @SNAPSHOT), or only the PATHs given\n"
+     "(files, or directories with everything below them), into DEST_DIR, which is\n"
+     "created if missing. Nothing is written outside DEST_DIR and no symbolic link\n"
+     "is followed while writing; existing files are replaced. Every file's XXH3-128\n"
+     "is checked against the snapshot's manifest.\n"},
+    {"ls", cli_ls, 1, 1, "ls haul://HOST:PORT[/DATASET[@SNAPSHOT]]",
+     "Lists the datasets (with the time of their latest snapshot), the snapshots\n"
+     "of a dataset (id, time, files, bytes), or the entries of a snapshot (type,\n"
+     "mode, size, modification time, path). Bytes of a path that are not printable\n"
+     "are shown as \\xNN, a backslash as \\\\.\n"},
+    {"verify", cli_verify, 1, 1, "verify haul://HOST:PORT/DATASET[@SNAPSHOT]",
+     "Asks the server to re-read every file of the snapshot (the latest without\n"
+     "@SNAPSHOT) and check it against the manifest; prints each problem.\n"},
+    {"bench", cli_bench, 1, 1, "bench haul://HOST:PORT",
+     "Measures memory-to-memory throughput to the server, like iperf3: sends 1 MiB\n"
+     "messages over a pipe of -P connections for -t seconds and prints the\n"
+     "acknowledged throughput.\n"},
+};
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: haul COMMAND [OPTIONS] ARGS\n\nCommands:\n");
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        fprintf(f, "  haul %s\n", commands[i].synopsis);
+    fprintf(f,
+            "\nURLs: haul://HOST:PORT/DATASET, haul://[IPV6]:PORT/DATASET,\n"
+            "      haul://unix:/path/to/socket/DATASET (the dataset is the last component)\n\n"
+            "%s\n%s",
+            options_help, exit_help);
+}
+
+static void command_usage(FILE *f, const struct command *cmd)
+{
+    fprintf(f, "usage: haul %s [OPTIONS]\n\n%s\n%s\n%s", cmd->synopsis, cmd->help, options_help,
+            exit_help);
+}
+
+static int parse_seconds(const char *text, double *out)
+{
+    char *end;
+    double v = strtod(text, &end);
+    if (end == text || *end != '\0' || !(v > 0) || v > 1e7)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Many connections and deep trees need more descriptors than the usual
+ * soft limit of 1024: take what the hard limit allows. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"connections", required_argument, NULL, 'P'},
+        {"queue", required_argument, NULL, 'Q'},
+        {"timeout", required_argument, NULL, 'T'},
+        {"principal", required_argument, NULL, 'p'},
+        {"json", no_argument, NULL, 'j'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"time", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    cli_options opt = {
+        .connections = DEFAULT_CONNECTIONS,
+        .queue = DEFAULT_QUEUE,
+        .timeout_ms = DEFAULT_TIMEOUT_S * 1000,
+        .seconds = DEFAULT_BENCH_S,
+    };
+    const char *env = getenv("HAUL_PRINCIPAL");
+    opt.principal = env && *env ? env : "default";
+    int help = 0;
+
+    int ch;
+    while ((ch = getopt_long(argc, argv, "P:qvt:h", longopts, NULL)) != -1) {
+        char *end;
+        switch (ch) {
+        case 'P': {
+            unsigned long n = strtoul(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || n < 1 || n > 65535) {
+                cli_warn("-P: expected a number of connections, 1..65535");
+                return CLI_EXIT_USAGE;
+            }
+            opt.connections = (unsigned)n;
+            break;
+        }
+        case 'Q':
+            if (cli_parse_size(optarg, &opt.queue) != 0 || opt.queue < (2u << 20)) {
+                cli_warn("--queue: expected a size of at least 2M (e.g. 64M, 1G)");
+                return CLI_EXIT_USAGE;
+            }
+            break;
+        case 'T': {
+            double s;
+            if (parse_seconds(optarg, &s) != 0 || s * 1000 > UINT_MAX / 2 || s < 0.001) {
+                cli_warn("--timeout: expected seconds");
+                return CLI_EXIT_USAGE;
+            }
+            opt.timeout_ms = (unsigned)(s * 1000);
+            break;
+        }
+        case 'p':
+            opt.principal = optarg;
+            break;
+        case 'j':
+            opt.json = 1;
+            break;
+        case 'q':
+            opt.quiet = 1;
+            break;
+        case 'v':
+            opt.verbose++;
+            break;
+        case 't':
+            if (parse_seconds(optarg, &opt.seconds) != 0) {
+                cli_warn("-t: expected seconds");
+                return CLI_EXIT_USAGE;
+            }
+            opt.seconds_set = 1;
+            break;
+        case 'h':
+            help = 1;
+            break;
+        case 'V':
+            printf("haul %d.%d.%d (protocol %d, storage protocol %s)\n", HAUL_VERSION_MAJOR,
+                   HAUL_VERSION_MINOR, HAUL_VERSION_PATCH, HAUL_PROTOCOL_VERSION, HSP_MAGIC);
+            return CLI_EXIT_OK;
+        default:
+            fprintf(stderr, "Try 'haul --help'.\n");
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        if (help) {
+            usage(stdout);
+            return CLI_EXIT_OK;
+        }
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    const struct command *cmd = NULL;
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (strcmp(argv[optind], commands[i].name) == 0)
+            cmd = &commands[i];
+    if (cmd == NULL) {
+        cli_warn("unknown command '%s'", argv[optind]);
+        fprintf(stderr, "Try 'haul --help'.\n");
+        return CLI_EXIT_USAGE;
+    }
+    if (help) {
+        command_usage(stdout, cmd);
+        return CLI_EXIT_OK;
+    }
+    int nargs = argc - optind - 1;
+    if (nargs < cmd->min_args || (cmd->max_args >= 0 && nargs > cmd->max_args)) {
+        fprintf(stderr, "usage: haul %s [OPTIONS]\nTry 'haul %s --help'.\n", cmd->synopsis,
+                cmd->name);
+        return CLI_EXIT_USAGE;
+    }
+    if (opt.seconds_set && cmd->run != cli_bench) {
+        cli_warn("-t/--time applies to bench only");
+        return CLI_EXIT_USAGE;
+    }
+    if (!hsp_name_ok(opt.principal, strlen(opt.principal), HSP_NAME_MAX)) {
+        cli_warn("bad principal '%s' (1-255 of A-Z a-z 0-9 . _ -, not starting with '.')",
+                 opt.principal);
+        return CLI_EXIT_USAGE;
+    }
+    raise_fd_limit();
+    int status = cmd->run(&opt, nargs, argv + optind + 1);
+    if (fflush(stdout) != 0 && status == CLI_EXIT_OK)
+        status = CLI_EXIT_TRANSFER;
+    return status;
+}
