@@ -603,5 +603,7 @@ int cli_result_status(cli_client *c, const char *what)
     int err = c->result.status;
     cli_warn("%s failed: %s%s(%s)", what, c->result_text, c->result_text[0] ? " " : "",
              err > 0 ? strerror(err) : "error");
-    return CLI_EXIT_REFUSED;
+    /* The server accepted the request and then failed it (a full disk, an
+     * I/O error): a transfer failure. Refusals end in cli_open(). */
+    return CLI_EXIT_TRANSFER;
 }

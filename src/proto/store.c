@@ -293,8 +293,12 @@ int hsp_put_result(hsp_writer *w, int32_t status, const char *snapshot, uint64_t
     put64(p + 16, bytes);
     put64(p + 24, bytes_sent);
     put64(p + 32, bytes_linked);
-    memcpy(p + 40, snapshot, s);
-    memcpy(p + 40 + s, text, t);
+    /* memcpy() from NULL is undefined even for 0 bytes, and a RESULT of a
+     * failure has no snapshot. */
+    if (s)
+        memcpy(p + 40, snapshot, s);
+    if (t)
+        memcpy(p + 40 + s, text, t);
     return 0;
 }
 
