@@ -256,7 +256,9 @@ HAUL_API void haul_listen_config_init(haul_listen_config *config);
  * ":port" (all IPv4 and IPv6 addresses), or "unix:/path". Port 0 asks the
  * system for one; haul_listen_address() tells which. Sessions asked for on
  * it arrive as HAUL_EV_SESSION_REQUEST. config may be NULL for defaults.
- * Errors: HAUL_EADDR, HAUL_ESYS (e.g. address in use), HAUL_EINVAL.
+ * Errors: HAUL_EADDR (an address that does not parse or resolve, or that
+ * cannot be bound: errno then says why, e.g. EADDRINUSE), HAUL_ESYS,
+ * HAUL_EINVAL.
  */
 HAUL_API int haul_listen(haul_engine *engine, const char *address,
                          const haul_listen_config *config);

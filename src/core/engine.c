@@ -22,6 +22,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -220,8 +221,23 @@ int haul_listen(haul_engine *e, const char *address, const haul_listen_config *c
     int rc = haul__addr_parse(address, &ss, &len);
     if (rc)
         return rc;
-    if (ss.ss_family == AF_UNIX)
-        unlink(((struct sockaddr_un *)&ss)->sun_path);
+    if (ss.ss_family == AF_UNIX) {
+        /* A stale socket file is removed; one a live server listens on is
+         * left alone, and the address is in use. */
+        const char *path = ((struct sockaddr_un *)&ss)->sun_path;
+        struct stat st;
+        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+            int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            int live = probe >= 0 && connect(probe, (struct sockaddr *)&ss, len) == 0;
+            if (probe >= 0)
+                close(probe);
+            if (live) {
+                errno = EADDRINUSE;
+                return HAUL_EADDR;
+            }
+            unlink(path);
+        }
+    }
     int fd;
     rc = haul__sock_listen(&ss, len, &fd);
     if (rc) {

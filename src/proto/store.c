@@ -307,7 +307,8 @@ int hsp_put_text(hsp_writer *w, int type, const char *text, size_t len)
     uint8_t *p = start(w, type, len);
     if (p == NULL)
         return -1;
-    memcpy(p, text, len);
+    if (len)
+        memcpy(p, text, len);
     return 0;
 }
 
