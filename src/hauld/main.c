@@ -1,0 +1,351 @@
+/*
+ * hauld - the storage server of haul.
+ *
+ *   hauld --listen HOST:PORT --store DIR [--config FILE] [--max-sessions N]
+ *         [--max-connections N] [--io-threads N] [--timeout SECONDS]
+ *         [--log-level error|warn|info|debug]
+ *
+ * Runs in the foreground and logs to stderr. SIGTERM or SIGINT stops it:
+ * new requests are refused, running ones get up to --timeout seconds to
+ * end, then it exits with status 0. Status 1: bad arguments, or a store
+ * or an address that cannot be used.
+ *
+ * Memory policy: hauld does not abort when memory is short; the request
+ * that needed it fails (or is refused) and the others go on.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hauld/server.h"
+
+/* ---- logging ----------------------------------------------------------------- */
+
+static int log_level = HAUL_LOG_INFO;
+
+int hauld_log_enabled(int level)
+{
+    return level <= log_level;
+}
+
+void hauld_vlog(int level, const char *fmt, va_list ap)
+{
+    if (level > log_level)
+        return;
+    int saved = errno;
+    char line[2048];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+    const char *tag = level == HAUL_LOG_ERROR  ? "error: "
+                      : level == HAUL_LOG_WARN ? "warning: "
+                                               : "";
+    n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ldZ hauld: %s", ts.tv_nsec / 1000000L,
+                          tag);
+    if (n < sizeof(line)) {
+        int k = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
+        if (k > 0)
+            n += (size_t)k;
+    }
+    if (n > sizeof(line) - 2)
+        n = sizeof(line) - 2;
+    line[n++] = '\n';
+    /* One write per line, so that lines of several threads never mix. */
+    if (write(STDERR_FILENO, line, n) < 0) {
+        /* Nowhere left to say it. */
+    }
+    errno = saved;
+}
+
+void hauld_log(int level, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    hauld_vlog(level, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- options and the configuration file -------------------------------------------- */
+
+/* Option values start above every character, so that getopt_long() never
+ * returns one that means something else; options.value[] is indexed by
+ * value - OPT_BASE. */
+enum {
+    OPT_BASE = 256,
+    OPT_LISTEN = OPT_BASE,
+    OPT_STORE,
+    OPT_CONFIG,
+    OPT_MAX_SESSIONS,
+    OPT_MAX_CONNECTIONS,
+    OPT_IO_THREADS,
+    OPT_TIMEOUT,
+    OPT_LOG_LEVEL,
+    OPT_COUNT_,
+    OPT_HELP = 'h',
+};
+
+static const struct option long_options[] = {
+    {"listen", required_argument, NULL, OPT_LISTEN},
+    {"store", required_argument, NULL, OPT_STORE},
+    {"config", required_argument, NULL, OPT_CONFIG},
+    {"max-sessions", required_argument, NULL, OPT_MAX_SESSIONS},
+    {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
+    {"io-threads", required_argument, NULL, OPT_IO_THREADS},
+    {"timeout", required_argument, NULL, OPT_TIMEOUT},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"help", no_argument, NULL, OPT_HELP},
+    {NULL, 0, NULL, 0},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: hauld --listen HOST:PORT --store DIR [options]\n"
+               "\n"
+               "The storage server of haul: keeps the snapshots that `haul push` sends,\n"
+               "one namespace per principal under DIR.\n"
+               "\n"
+               "  --listen ADDRESS        HOST:PORT, [V6]:PORT, :PORT or unix:/PATH\n"
+               "  --store DIR             the store's root directory (made if missing)\n"
+               "  --config FILE           `key = value` lines with the keys of these\n"
+               "                          options (listen, store, ...); `#` comments;\n"
+               "                          the command line wins\n"
+               "  --max-sessions N        sessions at once (default 4096)\n"
+               "  --max-connections N     connections at once (default 4096)\n"
+               "  --io-threads N          transport I/O threads (default 1)\n"
+               "  --timeout SECONDS       message timeout, and how long a shutdown\n"
+               "                          waits for running requests (default 60)\n"
+               "  --log-level LEVEL       error, warn, info (default) or debug\n"
+               "\n"
+               "SIGTERM or SIGINT: refuse new requests, let running ones end (up to\n"
+               "--timeout), exit 0. Exit status 1: bad arguments, or a store or an\n"
+               "address that cannot be used.\n");
+}
+
+typedef struct options {
+    char *value[OPT_COUNT_ - OPT_BASE];
+} options;
+
+#define VALUE(o, opt) ((o)->value[(opt)-OPT_BASE])
+
+static int parse_unsigned(const char *name, const char *text, unsigned min, unsigned max,
+                          unsigned *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(text, &end, 10);
+    if (errno || end == text || *end != '\0' || text[0] == '-' || v < min || v > max) {
+        fprintf(stderr, "hauld: --%s wants a number from %u to %u, not '%s'\n", name, min, max,
+                text);
+        return -1;
+    }
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int parse_level(const char *text, int *out)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    for (int i = 0; i < 4; i++)
+        if (strcmp(text, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    if (strcmp(text, "warning") == 0) {
+        *out = HAUL_LOG_WARN;
+        return 0;
+    }
+    fprintf(stderr, "hauld: --log-level wants error, warn, info or debug, not '%s'\n", text);
+    return -1;
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
+        s[--n] = '\0';
+    return s;
+}
+
+/* Reads `key = value` lines into the options the command line left
+ * unset. */
+static int read_config(const char *path, options *o)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "hauld: cannot read the configuration %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    unsigned lineno = 0;
+    int rc = 0;
+    while (getline(&line, &cap, f) >= 0) {
+        lineno++;
+        char *s = trim(line);
+        if (*s == '\0' || *s == '#')
+            continue;
+        char *eq = strchr(s, '=');
+        if (eq == NULL) {
+            fprintf(stderr, "hauld: %s:%u: expected `key = value`\n", path, lineno);
+            rc = -1;
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(s), *value = trim(eq + 1);
+        /* A comment may follow the value after a space. */
+        for (char *c = value; *c; c++)
+            if (*c == '#' && c > value && (c[-1] == ' ' || c[-1] == '\t')) {
+                *c = '\0';
+                value = trim(value);
+                break;
+            }
+        for (char *c = key; *c; c++)
+            if (*c == '_')
+                *c = '-';
+        int opt = -1;
+        for (const struct option *lo = long_options; lo->name; lo++)
+            if (strcmp(lo->name, key) == 0 && lo->val >= OPT_BASE && lo->val < OPT_COUNT_ &&
+                lo->val != OPT_CONFIG)
+                opt = lo->val;
+        if (opt < 0) {
+            fprintf(stderr, "hauld: %s:%u: unknown key '%s'\n", path, lineno, key);
+            rc = -1;
+            break;
+        }
+        if (*value == '\0') {
+            fprintf(stderr, "hauld: %s:%u: '%s' has no value\n", path, lineno, key);
+            rc = -1;
+            break;
+        }
+        if (VALUE(o, opt) == NULL && (VALUE(o, opt) = strdup(value)) == NULL) {
+            rc = -1;
+            break;
+        }
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+static int make_config(int argc, char **argv, options *o, server_config *cfg)
+{
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
+        if (c == OPT_HELP) {
+            usage(stdout);
+            exit(0);
+        }
+        if (c == '?' || c == ':') {
+            if (optopt)
+                fprintf(stderr, "hauld: option -%c is unknown or lacks its value\n", optopt);
+            else
+                fprintf(stderr, "hauld: option %s is unknown or lacks its value\n",
+                        argv[optind - 1]);
+            usage(stderr);
+            return -1;
+        }
+        free(VALUE(o, c));
+        if ((VALUE(o, c) = strdup(optarg)) == NULL)
+            return -1;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "hauld: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return -1;
+    }
+    if (VALUE(o, OPT_CONFIG) && read_config(VALUE(o, OPT_CONFIG), o) < 0)
+        return -1;
+
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->listen = VALUE(o, OPT_LISTEN);
+    cfg->store = VALUE(o, OPT_STORE);
+    cfg->timeout_s = 60;
+    cfg->log_level = HAUL_LOG_INFO;
+    if (cfg->listen == NULL || cfg->store == NULL) {
+        fprintf(stderr, "hauld: --listen and --store are required\n");
+        usage(stderr);
+        return -1;
+    }
+    if (VALUE(o, OPT_MAX_SESSIONS) && parse_unsigned("max-sessions", VALUE(o, OPT_MAX_SESSIONS), 1,
+                                                     1u << 20, &cfg->max_sessions) < 0)
+        return -1;
+    if (VALUE(o, OPT_MAX_CONNECTIONS) &&
+        parse_unsigned("max-connections", VALUE(o, OPT_MAX_CONNECTIONS), 1, 1u << 20,
+                       &cfg->max_connections) < 0)
+        return -1;
+    if (VALUE(o, OPT_IO_THREADS) &&
+        parse_unsigned("io-threads", VALUE(o, OPT_IO_THREADS), 1, 256, &cfg->io_threads) < 0)
+        return -1;
+    if (VALUE(o, OPT_TIMEOUT) &&
+        parse_unsigned("timeout", VALUE(o, OPT_TIMEOUT), 1, 86400, &cfg->timeout_s) < 0)
+        return -1;
+    if (VALUE(o, OPT_LOG_LEVEL) && parse_level(VALUE(o, OPT_LOG_LEVEL), &cfg->log_level) < 0)
+        return -1;
+    return 0;
+}
+
+/* ---- main ---------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    options o;
+    memset(&o, 0, sizeof(o));
+    server_config cfg;
+    int status = 1;
+    if (make_config(argc, argv, &o, &cfg) < 0)
+        goto out;
+    log_level = cfg.log_level;
+
+    /* SIGTERM and SIGINT arrive through a descriptor that the loop polls;
+     * they are blocked before the engine starts its threads, which
+     * inherit the mask, so that none of them takes the signal instead. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0) {
+        fprintf(stderr, "hauld: cannot block signals: %s\n", strerror(errno));
+        goto out;
+    }
+    int sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sigfd < 0) {
+        fprintf(stderr, "hauld: cannot make a signal descriptor: %s\n", strerror(errno));
+        goto out;
+    }
+    signal(SIGPIPE, SIG_IGN);
+
+    /* A deep tree is removed (an old staging area) with one descriptor
+     * per level, and every connection takes one: use all we may. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
+    server srv;
+    if (server_init(&srv, &cfg, sigfd) < 0) {
+        close(sigfd);
+        goto out;
+    }
+    status = server_run(&srv) == 0 ? 0 : 1;
+    server_fini(&srv);
+    close(sigfd);
+    hauld_log(HAUL_LOG_INFO, "stopped");
+out:
+    for (int i = 0; i < OPT_COUNT_ - OPT_BASE; i++)
+        free(o.value[i]);
+    return status;
+}

@@ -1,0 +1,729 @@
+/*
+ * server.c - hauld's event loop: sessions asked for, accepted or refused,
+ * events handed to the requests they concern, every request's work done a
+ * bounded share at a time, and an orderly shutdown on SIGTERM or SIGINT.
+ *
+ * The loop is single-threaded: every request handler runs on it, and the
+ * only code that runs elsewhere is the release callback of sent buffers
+ * (free() on an engine thread).
+ */
+#include "hauld/server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "store/fs.h"
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char *op_name(int op)
+{
+    switch (op) {
+    case HSP_PUSH:
+        return "push";
+    case HSP_PULL:
+        return "pull";
+    case HSP_LIST:
+        return "list";
+    case HSP_VERIFY:
+        return "verify";
+    case HSP_BENCH:
+        return "bench";
+    }
+    return "request";
+}
+
+const char *store_strerror(int err)
+{
+    switch (err) {
+    case ENOSPC:
+        return "no space left on the store";
+    case EDQUOT:
+        return "the store's disk quota is exhausted";
+    case EROFS:
+        return "the store is read-only";
+    case EIO:
+        return "input/output error on the store";
+    default:
+        return strerror(err);
+    }
+}
+
+/* ---- requests ---------------------------------------------------------------- */
+
+void request_log(request *r, int level, const char *fmt, ...)
+{
+    if (!hauld_log_enabled(level))
+        return;
+    char text[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    const char *ds = r->req.dataset[0] ? r->req.dataset : "-";
+    if (r->req.snapshot[0])
+        hauld_log(level, "request %u (%s, %s %s@%s): %s", r->serial, r->principal,
+                  op_name(r->req.op), ds, r->req.snapshot, text);
+    else
+        hauld_log(level, "request %u (%s, %s %s): %s", r->serial, r->principal, op_name(r->req.op),
+                  ds, text);
+}
+
+/* Events of this batch about a session that is gone are not handled. */
+static void forget_session(server *srv, haul_session *s)
+{
+    for (int i = 0; i < srv->batch_n; i++)
+        if (srv->batch[i].session == s)
+            srv->batch[i].type = HAUL_EV_NONE;
+}
+
+static void request_free(request *r)
+{
+    server *srv = r->srv;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        srv->requests = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    srv->nrequests--;
+    if (r->ops && r->ops->fini)
+        r->ops->fini(r);
+    while (r->pending) {
+        outmsg *m = r->pending;
+        r->pending = m->next;
+        free(m->buf);
+        free(m);
+    }
+    free(r->w.buf);
+    if (r->session) {
+        /* Frees a closed session, aborts one that is not: the peer sees
+         * its end either way. */
+        haul_session_free(r->session);
+        forget_session(srv, r->session);
+    }
+    free(r);
+}
+
+void request_abort(request *r, const char *fmt, ...)
+{
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(r->why, sizeof(r->why), fmt, ap);
+        va_end(ap);
+    }
+    request_log(r, HAUL_LOG_WARN, "ending the session: %s", r->why[0] ? r->why : "aborted");
+    request_free(r);
+}
+
+int request_recv(request *r, haul_message **m)
+{
+    int rc = haul_recv(r->session, m);
+    if (rc == 0)
+        return 1;
+    return rc == HAUL_EAGAIN ? 0 : -1;
+}
+
+/* ---- output ---------------------------------------------------------------------- */
+
+/* Runs on an engine thread with its lock held: free() and nothing else. */
+static void release_buffer(void *buf, void *arg)
+{
+    (void)arg;
+    free(buf);
+}
+
+static void maybe_close(request *r)
+{
+    if (!r->finishing || r->closing || r->npending > 0 || r->dead)
+        return;
+    r->closing = 1;
+    int rc = haul_session_close(r->session);
+    if (rc)
+        request_log(r, HAUL_LOG_DEBUG, "close: %s", haul_strerror(rc));
+}
+
+/* Gives up the output: the session cannot carry it. */
+static void out_drop(request *r, int rc)
+{
+    if (!r->dead)
+        request_log(r, HAUL_LOG_DEBUG, "output dropped: %s", haul_strerror(rc));
+    r->dead = 1;
+    while (r->pending) {
+        outmsg *m = r->pending;
+        r->pending = m->next;
+        free(m->buf);
+        free(m);
+    }
+    r->pending_tail = NULL;
+    r->npending = 0;
+}
+
+static int out_send(request *r, uint8_t *buf, size_t len)
+{
+    int rc = haul_send_buffer(r->session, buf, len, release_buffer, NULL, r->tag++);
+    if (rc == 0)
+        r->messages_out++;
+    return rc;
+}
+
+/* Sends what waited for room, oldest first. */
+static void out_retry(request *r)
+{
+    while (r->pending && !r->dead) {
+        outmsg *m = r->pending;
+        int rc = out_send(r, m->buf, m->len);
+        if (rc == HAUL_EQUEUEFULL)
+            break;
+        if (rc) {
+            out_drop(r, rc);
+            break;
+        }
+        r->pending = m->next;
+        if (r->pending == NULL)
+            r->pending_tail = NULL;
+        r->npending--;
+        free(m);
+    }
+    maybe_close(r);
+}
+
+void out_flush(request *r)
+{
+    if (r->w.buf == NULL || r->w.len == 0)
+        return;
+    uint8_t *buf = r->w.buf;
+    size_t len = r->w.len;
+    r->w.buf = NULL;
+    r->w.len = r->w.cap = 0;
+    if (r->dead) {
+        free(buf);
+        return;
+    }
+    if (r->pending == NULL) {
+        int rc = out_send(r, buf, len);
+        if (rc == 0)
+            return;
+        if (rc != HAUL_EQUEUEFULL) {
+            free(buf);
+            out_drop(r, rc);
+            return;
+        }
+    }
+    outmsg *m = malloc(sizeof(*m));
+    if (m == NULL) {
+        free(buf);
+        out_drop(r, HAUL_ENOMEM);
+        return;
+    }
+    m->next = NULL;
+    m->buf = buf;
+    m->len = len;
+    if (r->pending_tail)
+        r->pending_tail->next = m;
+    else
+        r->pending = m;
+    r->pending_tail = m;
+    r->npending++;
+}
+
+int out_room(request *r, size_t body)
+{
+    if (r->w.buf && hsp_writer_fits(&r->w, body))
+        return 0;
+    out_flush(r);
+    if (r->w.buf == NULL) {
+        uint8_t *buf = malloc(r->wcap);
+        if (buf == NULL)
+            return -1;
+        hsp_writer_init(&r->w, buf, r->wcap);
+    }
+    return hsp_writer_fits(&r->w, body) ? 0 : -1;
+}
+
+int out_blocked(const request *r)
+{
+    return r->npending > 0;
+}
+
+void out_finish(request *r)
+{
+    r->finishing = 1;
+    out_flush(r);
+    maybe_close(r);
+}
+
+void request_result(request *r, int status, const char *snapshot, uint64_t files, uint64_t bytes,
+                    uint64_t bytes_sent, uint64_t bytes_linked, const char *fmt, ...)
+{
+    char text[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    /* hsp_put_result() copies the snapshot even when it is empty: never
+     * hand it NULL. */
+    if (snapshot == NULL)
+        snapshot = "";
+    size_t body = 40 + strlen(snapshot) + strlen(text);
+    if (out_room(r, body) == 0)
+        hsp_put_result(&r->w, status, snapshot, files, bytes, bytes_sent, bytes_linked, text);
+    out_finish(r);
+}
+
+/* ---- the set of datasets being pushed ---------------------------------------------- */
+
+struct busy {
+    struct busy *next;
+    char key[2 * (HSP_NAME_MAX + 1)];
+};
+
+static void busy_key(char *key, const char *principal, const char *dataset)
+{
+    snprintf(key, 2 * (HSP_NAME_MAX + 1), "%s/%s", principal, dataset);
+}
+
+int server_busy_add(server *srv, const char *principal, const char *dataset)
+{
+    char key[2 * (HSP_NAME_MAX + 1)];
+    busy_key(key, principal, dataset);
+    for (struct busy *b = srv->busy; b; b = b->next)
+        if (strcmp(b->key, key) == 0)
+            return -1;
+    struct busy *b = malloc(sizeof(*b));
+    if (b == NULL)
+        return -1;
+    memcpy(b->key, key, sizeof(key));
+    b->next = srv->busy;
+    srv->busy = b;
+    return 0;
+}
+
+request *server_find_push(server *srv, const char *principal, const char *dataset)
+{
+    for (request *r = srv->requests; r; r = r->next)
+        if (r->req.op == HSP_PUSH && r->op != NULL && strcmp(r->principal, principal) == 0 &&
+            strcmp(r->req.dataset, dataset) == 0)
+            return r;
+    return NULL;
+}
+
+void server_busy_remove(server *srv, const char *principal, const char *dataset)
+{
+    char key[2 * (HSP_NAME_MAX + 1)];
+    busy_key(key, principal, dataset);
+    for (struct busy **p = &srv->busy; *p; p = &(*p)->next) {
+        if (strcmp((*p)->key, key) == 0) {
+            struct busy *b = *p;
+            *p = b->next;
+            free(b);
+            return;
+        }
+    }
+}
+
+/* ---- events ------------------------------------------------------------------------ */
+
+static void on_request(server *srv, haul_session *s)
+{
+    const char *principal = haul_session_principal(s);
+    size_t clen = 0;
+    const void *ctx = haul_session_context(s, &clen);
+    uint32_t reason = 0;
+    request *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        hauld_log(HAUL_LOG_ERROR, "out of memory for a new request; refusing it");
+        haul_session_reject(s, HSP_R_SERVER_ERROR);
+        haul_session_free(s);
+        return;
+    }
+    r->srv = srv;
+    r->session = s;
+    r->serial = ++srv->next_serial;
+    r->wcap = HSP_MESSAGE_MAX;
+    snprintf(r->principal, sizeof(r->principal), "%s", principal);
+
+    if (srv->stopping)
+        reason = HSP_R_SHUTTING_DOWN;
+    else if (!hsp_name_ok(principal, strlen(principal), HSP_NAME_MAX))
+        reason = HSP_R_DENIED;
+    else if (hsp_request_decode(ctx, clen, &r->req) < 0)
+        reason = HSP_R_BAD_REQUEST;
+    else {
+        switch (r->req.op) {
+        case HSP_PUSH:
+            reason = push_open(r);
+            break;
+        case HSP_PULL:
+            reason = pull_open(r);
+            break;
+        case HSP_LIST:
+            reason = list_open(r);
+            break;
+        case HSP_VERIFY:
+            reason = verify_open(r);
+            break;
+        case HSP_BENCH:
+            reason = bench_open(r);
+            break;
+        default:
+            reason = HSP_R_BAD_REQUEST;
+        }
+    }
+    if (reason) {
+        char who[HSP_NAME_MAX * 4 + 1];
+        fs_path_text(principal, strlen(principal), who, sizeof(who));
+        hauld_log(HAUL_LOG_INFO, "request %u from %s (%s %s): refused: %s", r->serial, who,
+                  op_name(r->req.op), r->req.dataset[0] ? r->req.dataset : "-",
+                  hsp_refusal_text(reason));
+        /* A refused session is freed at once: the engine still sends the
+         * refusal, and no event about it comes to us. */
+        haul_session_reject(s, reason);
+        haul_session_free(s);
+        free(r);
+        return;
+    }
+    r->next = srv->requests;
+    if (srv->requests)
+        srv->requests->prev = r;
+    srv->requests = r;
+    srv->nrequests++;
+    haul_session_set_data(s, r);
+    int rc = haul_session_accept(s);
+    if (rc) {
+        request_log(r, HAUL_LOG_INFO, "the client went away before it was accepted (%s)",
+                    haul_strerror(rc));
+        request_free(r);
+        return;
+    }
+    request_log(r, HAUL_LOG_INFO, "accepted");
+    r->wants = 1;
+    if (r->req.op == HSP_PUSH)
+        push_start(r);
+}
+
+static void on_closed(request *r, const haul_event *ev)
+{
+    if (ev->error == HAUL_OK && (r->finishing || r->req.op == HSP_BENCH))
+        request_log(r, HAUL_LOG_DEBUG, "the session ended (%llu messages sent)",
+                    (unsigned long long)r->messages_out);
+    else if (ev->error == HAUL_OK)
+        request_log(r, HAUL_LOG_INFO, "the client closed the session before the request ended");
+    else
+        request_log(r, HAUL_LOG_INFO, "the session ended: %s", haul_strerror(ev->error));
+    request_free(r);
+}
+
+static void handle_event(server *srv, const haul_event *ev)
+{
+    if (ev->type == HAUL_EV_NONE)
+        return;
+    if (ev->type == HAUL_EV_SESSION_REQUEST) {
+        on_request(srv, ev->session);
+        return;
+    }
+    request *r = haul_session_data(ev->session);
+    if (r == NULL) {
+        /* Not ours to handle (cannot happen: refused sessions are freed
+         * at once); release the handle if it ended. */
+        if (ev->type == HAUL_EV_SESSION_CLOSED) {
+            haul_session_free(ev->session);
+            forget_session(srv, ev->session);
+        }
+        return;
+    }
+    switch (ev->type) {
+    case HAUL_EV_MESSAGE_RECEIVED:
+        r->wants = 1;
+        break;
+    case HAUL_EV_MESSAGE_SENT:
+        out_retry(r);
+        r->wants = 1;
+        break;
+    case HAUL_EV_MESSAGE_FAILED:
+        request_log(r, HAUL_LOG_DEBUG, "a message failed: %s", haul_strerror(ev->error));
+        break;
+    case HAUL_EV_SESSION_CLOSED:
+        on_closed(r, ev);
+        break;
+    default:
+        break;
+    }
+}
+
+static void on_signal(server *srv)
+{
+    struct signalfd_siginfo si;
+    ssize_t n = read(srv->sigfd, &si, sizeof(si));
+    if (n != (ssize_t)sizeof(si))
+        return;
+    const char *name = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
+    if (!srv->stopping) {
+        srv->stopping = 1;
+        srv->stop_deadline_ms = now_ms() + (int64_t)srv->cfg.timeout_s * 1000;
+        hauld_log(HAUL_LOG_INFO,
+                  "%s received: refusing new requests and waiting up to %u s for %u running "
+                  "ones to end",
+                  name, srv->cfg.timeout_s, srv->nrequests);
+    } else {
+        srv->stop_deadline_ms = now_ms();
+        hauld_log(HAUL_LOG_INFO, "%s received again: ending the running requests now", name);
+    }
+}
+
+static void abort_all(server *srv, const char *why)
+{
+    while (srv->requests) {
+        request *r = srv->requests;
+        snprintf(r->why, sizeof(r->why), "%s", why);
+        request_abort(r, NULL);
+    }
+}
+
+/* ---- clients that are gone ------------------------------------------------------------ */
+
+/*
+ * A push holds its dataset: another push to it is refused until it ends.
+ * When its client dies, the engine ends the session only once the pipe
+ * has had no connection for the whole message timeout (a minute by
+ * default), and until then the user who simply runs the push again is
+ * refused. So hauld looks at the pipes of running pushes itself: a push
+ * whose pipe has had no connection for ALONE_MS is ended, and what it
+ * staged waits for the next push. ALONE_MS is well above the client's
+ * longest redial backoff (2 s by default), so that a short network cut,
+ * after which the client dials again, does not end a push.
+ */
+#define ALONE_MS 5000
+#define CHECK_MS 1000
+
+static int pipe_connected(request *r)
+{
+    haul_conn_stats stats[64];
+    int n = haul_pipe_stats(r->session, stats, 64);
+    if (n > 64)
+        return 1;
+    for (int i = 0; i < n; i++)
+        if (stats[i].up)
+            return 1;
+    return 0;
+}
+
+static int pushes_running(const server *srv)
+{
+    for (const request *r = srv->requests; r; r = r->next)
+        if (r->req.op == HSP_PUSH && !r->finishing)
+            return 1;
+    return 0;
+}
+
+static void check_alone(server *srv)
+{
+    int64_t now = now_ms();
+    if (now < srv->next_check_ms)
+        return;
+    srv->next_check_ms = now + CHECK_MS;
+    request *next;
+    for (request *r = srv->requests; r; r = next) {
+        next = r->next;
+        if (r->req.op != HSP_PUSH || r->finishing)
+            continue;
+        if (pipe_connected(r)) {
+            r->alone_since_ms = 0;
+        } else if (r->alone_since_ms == 0) {
+            r->alone_since_ms = now;
+        } else if (now - r->alone_since_ms >= ALONE_MS) {
+            request_abort(r,
+                          "the client has had no connection for %d s: it is gone (what it "
+                          "staged is kept for the next push)",
+                          ALONE_MS / 1000);
+        }
+    }
+}
+
+/* ---- the server ---------------------------------------------------------------------- */
+
+static void engine_log(void *arg, int level, const char *line)
+{
+    (void)arg;
+    hauld_log(level, "%s", line);
+}
+
+int server_init(server *srv, const server_config *cfg, int sigfd)
+{
+    memset(srv, 0, sizeof(*srv));
+    srv->cfg = *cfg;
+    srv->sigfd = sigfd;
+    srv->store = -1;
+
+    char err[512];
+    srv->store = fs_store_open(cfg->store, err, sizeof(err));
+    if (srv->store < 0) {
+        fprintf(stderr, "hauld: %s\n", err);
+        return -1;
+    }
+
+    haul_engine_config ec;
+    haul_engine_config_init(&ec);
+    if (cfg->io_threads)
+        ec.io_threads = cfg->io_threads;
+    if (cfg->max_sessions)
+        ec.max_sessions = cfg->max_sessions;
+    if (cfg->max_connections)
+        ec.max_connections = cfg->max_connections;
+    if (cfg->timeout_s)
+        ec.message_timeout_ms = cfg->timeout_s * 1000u;
+    /* Clients send messages of up to HSP_MESSAGE_MAX; a benchmark may
+     * choose larger ones, up to the engine's default. */
+    if (ec.max_message < HSP_MESSAGE_MAX)
+        ec.max_message = HSP_MESSAGE_MAX;
+    ec.log = engine_log;
+    ec.log_level = cfg->log_level;
+    int rc = haul_engine_new(&ec, &srv->engine);
+    if (rc) {
+        fprintf(stderr, "hauld: cannot start the transport engine: %s\n", haul_strerror(rc));
+        close(srv->store);
+        srv->store = -1;
+        return -1;
+    }
+
+    haul_listen_config lc;
+    haul_listen_config_init(&lc);
+    lc.output_queue = 64ull << 20;
+    lc.input_queue = 64ull << 20;
+    lc.max_message = HSP_MESSAGE_MAX;
+    errno = 0;
+    rc = haul_listen(srv->engine, cfg->listen, &lc);
+    if (rc) {
+        /* The library says HAUL_EADDR both for an address it cannot parse
+         * and for one it cannot bind; errno tells them apart. */
+        int err_no = errno;
+        const char *why = haul_strerror(rc);
+        if (err_no == EADDRINUSE)
+            why = "address in use";
+        else if (err_no == EADDRNOTAVAIL)
+            why = "no such address on this machine";
+        else if (err_no == EACCES)
+            why = "permission denied";
+        else if (rc == HAUL_ESYS && err_no)
+            why = strerror(err_no);
+        else if (rc == HAUL_EADDR)
+            why = "not an address (HOST:PORT, [V6]:PORT, :PORT or unix:/PATH)";
+        fprintf(stderr, "hauld: cannot listen on %s: %s\n", cfg->listen, why);
+        haul_engine_free(srv->engine);
+        srv->engine = NULL;
+        close(srv->store);
+        srv->store = -1;
+        return -1;
+    }
+    char address[512];
+    if (haul_listen_address(srv->engine, address, sizeof(address)) != 0)
+        snprintf(address, sizeof(address), "%s", cfg->listen);
+    hauld_log(HAUL_LOG_INFO, "storing into %s, %u I/O thread%s, message timeout %u s", cfg->store,
+              ec.io_threads, ec.io_threads == 1 ? "" : "s", ec.message_timeout_ms / 1000);
+    hauld_log(HAUL_LOG_INFO, "listening on %s", address);
+    printf("hauld: listening on %s\n", address);
+    fflush(stdout);
+    return 0;
+}
+
+int server_run(server *srv)
+{
+    haul_event events[64];
+    struct pollfd pfd[2] = {
+        {.fd = haul_engine_fd(srv->engine), .events = POLLIN},
+        {.fd = srv->sigfd, .events = POLLIN},
+    };
+    for (;;) {
+        int timeout = -1;
+        for (request *r = srv->requests; r; r = r->next)
+            if (r->wants) {
+                timeout = 0;
+                break;
+            }
+        /* While pushes run, wake up now and then to see whether their
+         * clients are still there. */
+        if (timeout < 0 && pushes_running(srv))
+            timeout = CHECK_MS;
+        if (srv->stopping) {
+            if (srv->nrequests == 0)
+                break;
+            int64_t left = srv->stop_deadline_ms - now_ms();
+            if (left <= 0) {
+                hauld_log(HAUL_LOG_WARN,
+                          "%u request%s still running at the end of the shutdown timeout; "
+                          "ending them (a push keeps its staging for a later resume)",
+                          srv->nrequests, srv->nrequests == 1 ? "" : "s");
+                abort_all(srv, "the server is shutting down");
+                break;
+            }
+            if (timeout < 0 || timeout > left)
+                timeout = left > 60000 ? 60000 : (int)left;
+        }
+        if (poll(pfd, srv->sigfd >= 0 ? 2 : 1, timeout) < 0 && errno != EINTR) {
+            hauld_log(HAUL_LOG_ERROR, "poll failed: %s", strerror(errno));
+            abort_all(srv, "the server failed");
+            break;
+        }
+        if (srv->sigfd >= 0 && (pfd[1].revents & POLLIN))
+            on_signal(srv);
+
+        /* Events first, a bounded number of rounds so that the requests'
+         * work is not starved by a flood of acknowledgements. */
+        for (int round = 0; round < 16; round++) {
+            int n = haul_engine_wait(srv->engine, events, 64, 0);
+            if (n <= 0)
+                break;
+            srv->batch = events;
+            srv->batch_n = n;
+            for (int i = 0; i < n; i++)
+                handle_event(srv, &events[i]);
+            srv->batch_n = 0;
+            srv->batch = NULL;
+        }
+
+        check_alone(srv);
+
+        /* Then a share of work for every request that has some. */
+        request *next;
+        for (request *r = srv->requests; r; r = next) {
+            next = r->next;
+            if (!r->wants)
+                continue;
+            r->wants = 0;
+            int rc = r->ops->step(r);
+            if (rc > 0)
+                r->wants = 1;
+        }
+    }
+    return 0;
+}
+
+void server_fini(server *srv)
+{
+    abort_all(srv, "the server is stopping");
+    if (srv->engine)
+        haul_engine_free(srv->engine);
+    srv->engine = NULL;
+    while (srv->busy) {
+        struct busy *b = srv->busy;
+        srv->busy = b->next;
+        free(b);
+    }
+    if (srv->store >= 0)
+        close(srv->store);
+    srv->store = -1;
+}

@@ -1,0 +1,183 @@
+/*
+ * server.h - hauld's event loop and the requests it serves.
+ *
+ * hauld runs one thread of its own (libhaul has its I/O threads). The
+ * loop polls the engine's completion queue and a signal descriptor,
+ * takes events, and gives every request that has work a bounded share of
+ * it in turn ("step"), so that one large push or pull never stalls the
+ * others for long.
+ *
+ * One session carries one request (docs/store-protocol.md). A request's
+ * output is built into messages of at most HSP_MESSAGE_MAX bytes that go
+ * out with haul_send_buffer(); when the session's output queue is full,
+ * the message waits in a short list of the request's own, and the
+ * request produces nothing more until an acknowledgement makes room.
+ * Memory therefore stays within the queue sizes plus a fixed overhead
+ * per request, whatever the number of files.
+ */
+#ifndef HAUL_HAULD_SERVER_H
+#define HAUL_HAULD_SERVER_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "haul.h"
+#include "proto/store.h"
+
+/* ---- logging (main.c) ------------------------------------------------------ */
+
+/* Writes "TIME hauld: MESSAGE" to stderr when level is within the
+ * configured one. Safe from any thread. */
+void hauld_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void hauld_vlog(int level, const char *fmt, va_list ap);
+int hauld_log_enabled(int level);
+
+/* ---- the server -------------------------------------------------------------- */
+
+typedef struct server_config {
+    const char *listen;
+    const char *store;
+    unsigned max_sessions;
+    unsigned max_connections;
+    unsigned io_threads;
+    unsigned timeout_s; /* message timeout, and how long a shutdown waits */
+    int log_level;
+} server_config;
+
+typedef struct server server;
+typedef struct request request;
+
+/* A message built and waiting for room in the output queue. */
+typedef struct outmsg {
+    struct outmsg *next;
+    uint8_t *buf;
+    size_t len;
+} outmsg;
+
+/* What a kind of request does. */
+typedef struct request_ops {
+    const char *name;
+    /* Does a bounded share of the request's work: takes input, produces
+     * output while the output is not blocked. Returns 1 when it has more
+     * to do right away, 0 when it waits for an event (a message, an
+     * acknowledgement). May end the request (request_abort), after which
+     * it must not touch it. */
+    int (*step)(request *r);
+    /* Frees the operation's state; the session is the caller's. */
+    void (*fini)(request *r);
+} request_ops;
+
+struct request {
+    server *srv;
+    haul_session *session;
+    unsigned serial; /* for the log */
+    hsp_request req;
+    char principal[HSP_NAME_MAX + 1];
+    const request_ops *ops;
+    void *op; /* the operation's state */
+    request *prev, *next;
+
+    int wants;     /* step() asked to run again, or an event came */
+    int finishing; /* the last record is written: close once sent */
+    int closing;   /* haul_session_close() was called */
+    int dead;      /* the session cannot carry more (closed by the peer) */
+
+    /* The message under construction, and messages refused for want of
+     * room (oldest first). */
+    hsp_writer w;
+    size_t wcap;
+    outmsg *pending, *pending_tail;
+    unsigned npending;
+    uint64_t tag;
+    uint64_t messages_out;
+
+    /* Since when the session's pipe has had no connection (0: it has
+     * one), for a push: see server.c, "clients that are gone". */
+    int64_t alone_since_ms;
+
+    char why[512]; /* the reason of an abort, for the log */
+};
+
+struct server {
+    server_config cfg;
+    haul_engine *engine;
+    int store; /* the store's root directory */
+    int sigfd;
+    int stopping; /* a signal came: refuse new requests */
+    int64_t stop_deadline_ms;
+    int64_t next_check_ms; /* of the pushes' connections */
+    request *requests;     /* a list */
+    unsigned nrequests;
+    unsigned next_serial;
+    /* Datasets with a push running in this process ("principal/dataset"),
+     * besides the lock file that excludes other processes too. */
+    struct busy *busy;
+    /* The events being handled: a session freed while handling one must
+     * not be touched by the ones after it. */
+    haul_event *batch;
+    int batch_n;
+};
+
+/* Creates the engine, opens the store and listens. Prints why and returns
+ * -1 when one of them cannot be used. */
+int server_init(server *srv, const server_config *cfg, int sigfd);
+/* Runs until a signal has stopped it and every request has ended (or the
+ * shutdown timeout has passed). Returns 0. */
+int server_run(server *srv);
+void server_fini(server *srv);
+
+/* ---- what the request handlers share (server.c) --------------------------------- */
+
+/* Makes room for a record of `body` bytes in the message under
+ * construction, sending the full one first. Returns 0, or -1 when memory
+ * is short. */
+int out_room(request *r, size_t body);
+/* Sends the message under construction (or keeps it until there is
+ * room). */
+void out_flush(request *r);
+/* Nonzero while messages wait for room: produce nothing more. */
+int out_blocked(const request *r);
+/* The request has written its last record: flush, and close the session
+ * in order once everything is queued. */
+void out_finish(request *r);
+
+/* Writes a RESULT record (status 0 or an errno value) and finishes. */
+void request_result(request *r, int status, const char *snapshot, uint64_t files, uint64_t bytes,
+                    uint64_t bytes_sent, uint64_t bytes_linked, const char *fmt, ...)
+    __attribute__((format(printf, 8, 9)));
+
+/* Ends a request whose peer broke the protocol: logs r->why (set it
+ * first, or pass a format), aborts the session and frees the request. */
+void request_abort(request *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Logs about a request: "request N (principal op dataset): ...". */
+void request_log(request *r, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Takes the next message of the request's input: 1 with *m set, 0 when
+ * none waits now, -1 when none will come. */
+int request_recv(request *r, haul_message **m);
+
+/* Marks a dataset busy in this process; 0, or -1 when it already is. */
+int server_busy_add(server *srv, const char *principal, const char *dataset);
+void server_busy_remove(server *srv, const char *principal, const char *dataset);
+/* The running push of a dataset (a request in srv->requests), or NULL. */
+request *server_find_push(server *srv, const char *principal, const char *dataset);
+
+/* The text of an errno value for a RESULT: "no space left on the store"
+ * for ENOSPC, strerror() otherwise. */
+const char *store_strerror(int err);
+
+/* ---- the requests (push.c, read.c) ---------------------------------------------- */
+
+/* Each checks the request before the session is accepted: 0 to accept
+ * (r->op and r->ops are set), or an hsp_refusal reason. */
+uint32_t push_open(request *r);
+uint32_t pull_open(request *r);
+uint32_t list_open(request *r);
+uint32_t verify_open(request *r);
+uint32_t bench_open(request *r);
+/* Called once the session is accepted. */
+void push_start(request *r);
+
+#endif
