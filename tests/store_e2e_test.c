@@ -1,0 +1,903 @@
+/*
+ * store_e2e_test.c - hauld and haul as a user runs them: real processes,
+ * a real store on disk, trees of every kind of entry pushed and pulled
+ * back, compared entry by entry; incremental pushes, verify, hostile
+ * destinations, unreadable sources, concurrent pushes, a full disk, and
+ * kill -9 of either side in the middle of a push.
+ *
+ * The programs are BUILD/hauld and BUILD/haul beside BUILD/tests/; every
+ * test SKIPs when they are not built. See e2e.h for the helpers and the
+ * environment variables that help a post mortem (HAUL_E2E_KEEP=1,
+ * HAUL_E2E_VERBOSE=1, HAUL_E2E_LOG=debug).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "e2e.h"
+
+/* Seconds a command may take; a test fails at the first that takes longer,
+ * well before the harness's TEST_TIMEOUT of the test. */
+#define CMD_TIMEOUT 30
+
+/* Paths below a root, in rotating buffers so that a call can take two. */
+static const char *at(const char *root, const char *rel)
+{
+    static char bufs[8][PATH_MAX];
+    static int next;
+    char *out = bufs[next++ % 8];
+    return e2e_join(out, root, rel);
+}
+
+/* What `haul push --json` reports. */
+typedef struct push_report {
+    char snapshot[80];
+    uint64_t files, bytes, bytes_sent, bytes_linked, skipped;
+} push_report;
+
+static void parse_report(const e2e_proc *p, push_report *r)
+{
+    memset(r, 0, sizeof(*r));
+    if (e2e_json_str(p->out, "snapshot", r->snapshot, sizeof(r->snapshot)) != 0 ||
+        e2e_json_u64(p->out, "bytes_sent", &r->bytes_sent) != 0 ||
+        e2e_json_u64(p->out, "bytes_linked", &r->bytes_linked) != 0 ||
+        e2e_json_u64(p->out, "files", &r->files) != 0 ||
+        e2e_json_u64(p->out, "bytes", &r->bytes) != 0 ||
+        e2e_json_u64(p->out, "skipped", &r->skipped) != 0 ||
+        e2e_json_u64(p->out, "seconds", &(uint64_t){0}) != 0 ||
+        e2e_json_u64(p->out, "mib_per_s", &(uint64_t){0}) != 0) {
+        e2e_proc_show(p);
+        CHECK(!"haul push --json did not print the documented JSON object");
+    }
+}
+
+/* Runs `haul push SRC URL/DATASET --json`, expecting an exit status. */
+static void push_json(e2e_env *env, const char *src, const char *dataset, int expected_exit,
+                      push_report *r)
+{
+    char url[512];
+    e2e_proc p = {0};
+    e2e_haul(env, &p, CMD_TIMEOUT, "push", src, e2e_url(env, url, dataset), "--json");
+    CHECK_EXIT(&p, expected_exit);
+    parse_report(&p, r);
+    harness_log("push %s: snapshot %s, %llu files, %llu bytes, %llu sent, %llu linked", dataset,
+                r->snapshot, (unsigned long long)r->files, (unsigned long long)r->bytes,
+                (unsigned long long)r->bytes_sent, (unsigned long long)r->bytes_linked);
+    e2e_proc_free(&p);
+}
+
+static void pull(e2e_env *env, const char *what, const char *dest, int expected_exit)
+{
+    char url[512];
+    e2e_proc p = {0};
+    e2e_haul(env, &p, CMD_TIMEOUT, "pull", e2e_url(env, url, what), dest);
+    CHECK_EXIT(&p, expected_exit);
+    e2e_proc_free(&p);
+}
+
+/*
+ * The number of snapshots of a dataset that look complete (0 when none):
+ * entries of snapshots/ but those named *.tmp, the name of a snapshot
+ * whose commit did not finish.
+ */
+static int snapshot_count(e2e_env *env, const char *dataset)
+{
+    char dir[PATH_MAX];
+    DIR *d = opendir(e2e_snapshots_dir(env, dir, dataset));
+    if (d == NULL)
+        return 0;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        if (de->d_name[0] != '.' && !(len > 4 && strcmp(de->d_name + len - 4, ".tmp") == 0))
+            n++;
+    }
+    closedir(d);
+    return n;
+}
+
+/* What a push left staged: entries of .staging but its LOCK, which stays
+ * (hauld flock()s it). */
+static int staged_entries(e2e_env *env, const char *dataset)
+{
+    char dir[PATH_MAX];
+    e2e_pathf(dir, "%s/default/%s/.staging", env->store, dataset);
+    int n = e2e_count_entries(dir);
+    if (n > 0 && access(at(dir, "LOCK"), F_OK) == 0)
+        n--;
+    return n < 0 ? 0 : n;
+}
+
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A tree with every kind of entry haul keeps: files of awkward sizes,
+ * empty and nested directories, relative, absolute and dangling symlinks,
+ * hard links, a sparse file with a leading and a trailing hole, names that
+ * are bytes rather than text, several modes, and mtimes with nanoseconds.
+ */
+static void make_everything(const char *root)
+{
+    e2e_mkdir(root);
+    e2e_file(at(root, "f0"), 0, 1, 0644);
+    e2e_file(at(root, "f1"), 1, 2, 0600);
+    e2e_file(at(root, "f4095"), 4095, 3, 0444);
+    e2e_mkdir(at(root, "a"));
+    e2e_mkdir(at(root, "a/b"));
+    e2e_mkdir(at(root, "a/b/c"));
+    e2e_mkdir(at(root, "a/b/c/d"));
+    e2e_file(at(root, "a/big1"), E2E_MIB + 1, 4, 0755);
+    e2e_file(at(root, "a/b/big5"), 5 * E2E_MIB, 5, 0644);
+    e2e_file(at(root, "a/b/c/d/deep.txt"), 1000, 6, 0644);
+    e2e_mkdir(at(root, "empty"));
+    e2e_mkdir(at(root, "a/b/empty2"));
+    const uint64_t extents[] = {4 * E2E_MIB, 128 << 10, 48 * E2E_MIB, 128 << 10};
+    e2e_sparse_file(at(root, "sparse"), 64 * E2E_MIB, extents, 2, 7);
+
+    CHECK(symlink("a/b/c/d/deep.txt", at(root, "rel-link")) == 0);
+    CHECK(symlink("../f1", at(root, "a/up-link")) == 0);
+    CHECK(symlink("/tmp", at(root, "abs-link")) == 0);
+    CHECK(symlink("no/such/file", at(root, "dangling")) == 0);
+
+    CHECK(link(at(root, "f4095"), at(root, "a/b/f4095.hl")) == 0);
+    CHECK(link(at(root, "f4095"), at(root, "hl3")) == 0);
+    CHECK(link(at(root, "a/big1"), at(root, "a/b/c/big1.hl")) == 0);
+
+    e2e_file(at(root, "\xff\xfe name"), 100, 8, 0644);
+    e2e_mkdir(at(root, "caf\xc3\xa9"));
+    e2e_file(at(root, "caf\xc3\xa9/\x01"
+                      "ctrl\x7f"),
+             10, 9, 0644);
+    e2e_file(at(root, "with space"), 7, 10, 0644);
+    e2e_file(at(root, "new\nline"), 12, 11, 0644);
+    e2e_file(at(root, "back\\slash"), 13, 12, 0644);
+    e2e_file(at(root, "\xe5\x90\x8d\xe5\x89\x8d"), 14, 13, 0644);
+    char longname[256];
+    memset(longname, 'L', 255);
+    longname[255] = '\0';
+    e2e_file(at(root, longname), 15, 14, 0644);
+
+    e2e_mkdir(at(root, "private"));
+    e2e_file(at(root, "private/key"), 32, 15, 0600);
+    CHECK(chmod(at(root, "private"), 0700) == 0);
+    e2e_mkdir(at(root, "ro-dir"));
+    e2e_file(at(root, "ro-dir/inside"), 10, 16, 0644);
+    CHECK(chmod(at(root, "ro-dir"), 0555) == 0);
+    e2e_mkdir(at(root, "group"));
+    CHECK(chmod(at(root, "group"), 0750) == 0);
+    e2e_stamp_tree(root);
+}
+
+TEST_TIMEOUT(round_trip_every_kind_of_entry, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char src[PATH_MAX], dst[PATH_MAX], part[PATH_MAX], dir[PATH_MAX];
+    e2e_path(&env, src, "src");
+    e2e_path(&env, dst, "dst");
+    e2e_path(&env, part, "part");
+    make_everything(src);
+    struct stat st;
+    CHECK(stat(at(src, "sparse"), &st) == 0);
+    if ((uint64_t)st.st_blocks * 512 > 2 * E2E_MIB)
+        harness_log("this file system wrote the holes: sparseness is not checked");
+
+    push_report r;
+    push_json(&env, src, "everything", 0, &r);
+    CHECK(r.snapshot[0] != '\0');
+    CHECK_EQ(r.skipped, 0);
+    /* The snapshot is where the store layout says, complete, and nothing
+     * is left in staging. */
+    e2e_pathf(dir, "%s/default/everything/snapshots/%s/MANIFEST", env.store, r.snapshot);
+    CHECK(access(dir, F_OK) == 0);
+    e2e_pathf(dir, "%s/default/everything/snapshots/%s/tree", env.store, r.snapshot);
+    CHECK(access(dir, F_OK) == 0);
+    CHECK_EQ(staged_entries(&env, "everything"), 0);
+
+    pull(&env, "everything", dst, 0);
+    CHECK_EQ(e2e_tree_diff(src, dst, 0), 0);
+
+    /* Part of a snapshot: a directory with all below it (one of whose
+     * files is a hard link to a file not asked for) and one file. */
+    char url[512];
+    e2e_proc p = {0};
+    e2e_haul(&env, &p, CMD_TIMEOUT, "pull", e2e_url(&env, url, "everything"), part, "a/b/c", "f1");
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+    CHECK_EQ(e2e_tree_diff(at(src, "a/b/c"), at(part, "a/b/c"), 0), 0);
+    CHECK(e2e_same_content(at(src, "f1"), at(part, "f1")));
+    CHECK(access(at(part, "f0"), F_OK) != 0);
+    CHECK(access(at(part, "a/b/big5"), F_OK) != 0);
+    e2e_teardown(&env);
+}
+
+/* ------------------------------------------------------------------------ */
+
+#define SMALL_FILES 200
+
+/* 200 files of 1 B .. 64 KiB in 10 directories, about 6 MiB. */
+static uint64_t make_small_files(const char *root, uint64_t sizes[SMALL_FILES])
+{
+    e2e_mkdir(root);
+    uint64_t x = 12345, total = 0;
+    for (int d = 0; d < 10; d++) {
+        char name[32];
+        snprintf(name, sizeof(name), "d%d", d);
+        e2e_mkdir(at(root, name));
+    }
+    for (int i = 0; i < SMALL_FILES; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        sizes[i] = 1 + (x >> 33) % (64 << 10);
+        char name[64];
+        snprintf(name, sizeof(name), "d%d/file-%03d", i % 10, i);
+        e2e_file(at(root, name), sizes[i], (uint64_t)i, 0644);
+        total += sizes[i];
+    }
+    e2e_stamp_tree(root);
+    return total;
+}
+
+TEST_TIMEOUT(incremental_push_sends_only_changes, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char src[PATH_MAX], orig[PATH_MAX], dst1[PATH_MAX], dst2[PATH_MAX];
+    e2e_path(&env, src, "src");
+    e2e_path(&env, orig, "orig");
+    e2e_path(&env, dst1, "dst1");
+    e2e_path(&env, dst2, "dst2");
+    uint64_t sizes[SMALL_FILES];
+    const uint64_t total = make_small_files(src, sizes);
+    make_small_files(orig, sizes);
+
+    push_report first, second;
+    push_json(&env, src, "inc", 0, &first);
+    CHECK_GE(first.bytes_sent, total);
+    CHECK_EQ(first.bytes, total);
+
+    /* Change 1% of the files: two of 32 KiB or more, new content of the
+     * same size (so that only the mtime and the content tell), new mtime. */
+    int changed[2], nchanged = 0;
+    uint64_t changed_bytes = 0;
+    for (int i = 0; i < SMALL_FILES && nchanged < 2; i++) {
+        if (sizes[i] < (32 << 10))
+            continue;
+        changed[nchanged++] = i;
+        char name[64];
+        snprintf(name, sizeof(name), "d%d/file-%03d", i % 10, i);
+        int fd = open(at(src, name), O_WRONLY | O_CLOEXEC);
+        CHECK(fd >= 0);
+        e2e_write_at(fd, 0, sizes[i], 5000u + (uint64_t)i);
+        close(fd);
+        e2e_set_mtime(at(src, name), 1700000000 + i, 987654321);
+        changed_bytes += sizes[i];
+    }
+    CHECK_EQ(nchanged, 2);
+    harness_log("changed files %d and %d: %llu bytes", changed[0], changed[1],
+                (unsigned long long)changed_bytes);
+
+    push_json(&env, src, "inc", 0, &second);
+    CHECK(strcmp(first.snapshot, second.snapshot) != 0);
+    CHECK_GE(second.bytes_sent, changed_bytes);
+    CHECK_LT(second.bytes_sent, 2 * changed_bytes);
+    CHECK_GE(second.bytes_linked, total - changed_bytes);
+    CHECK_EQ(snapshot_count(&env, "inc"), 2);
+
+    /* An unchanged file of the second snapshot is a hard link to the
+     * first's; a changed one is not. */
+    char a[PATH_MAX], b[PATH_MAX];
+    struct stat sa, sb;
+    const int same = changed[0] == 0 ? 1 : 0;
+    e2e_pathf(a, "%s/default/inc/snapshots/%s/tree/d%d/file-%03d", env.store, first.snapshot,
+              same % 10, same);
+    e2e_pathf(b, "%s/default/inc/snapshots/%s/tree/d%d/file-%03d", env.store, second.snapshot,
+              same % 10, same);
+    CHECK(stat(a, &sa) == 0 && stat(b, &sb) == 0);
+    CHECK_EQ(sa.st_ino, sb.st_ino);
+    e2e_pathf(a, "%s/default/inc/snapshots/%s/tree/d%d/file-%03d", env.store, first.snapshot,
+              changed[0] % 10, changed[0]);
+    e2e_pathf(b, "%s/default/inc/snapshots/%s/tree/d%d/file-%03d", env.store, second.snapshot,
+              changed[0] % 10, changed[0]);
+    CHECK(stat(a, &sa) == 0 && stat(b, &sb) == 0);
+    CHECK_NE(sa.st_ino, sb.st_ino);
+
+    /* The latest snapshot is the changed tree; the first is still the
+     * original. */
+    pull(&env, "inc", dst2, 0);
+    CHECK_EQ(e2e_tree_diff(src, dst2, 0), 0);
+    char what[128];
+    snprintf(what, sizeof(what), "inc@%s", first.snapshot);
+    pull(&env, what, dst1, 0);
+    CHECK_EQ(e2e_tree_diff(orig, dst1, 0), 0);
+    e2e_teardown(&env);
+}
+
+/* ------------------------------------------------------------------------ */
+
+TEST_TIMEOUT(verify_detects_a_flipped_bit, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char src[PATH_MAX], dst[PATH_MAX], url[512], stored[PATH_MAX];
+    e2e_path(&env, src, "src");
+    e2e_path(&env, dst, "dst");
+    e2e_mkdir(src);
+    e2e_mkdir(at(src, "dir"));
+    for (int i = 0; i < 5; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "dir/intact-%d", i);
+        e2e_file(at(src, name), 100 << 10, (uint64_t)i, 0644);
+    }
+    e2e_file(at(src, "dir/victim"), 100 << 10, 99, 0444);
+    e2e_stamp_tree(src);
+
+    push_report r, r2;
+    push_json(&env, src, "ds", 0, &r);
+    push_json(&env, src, "ds2", 0, &r2);
+    e2e_proc p = {0};
+    e2e_haul(&env, &p, CMD_TIMEOUT, "verify", e2e_url(&env, url, "ds"));
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+
+    /* One bit of the stored copy, in the middle of the file. */
+    e2e_pathf(stored, "%s/default/ds/snapshots/%s/tree/dir/victim", env.store, r.snapshot);
+    CHECK(chmod(stored, 0644) == 0);
+    int fd = open(stored, O_RDWR | O_CLOEXEC);
+    CHECK(fd >= 0);
+    unsigned char byte;
+    CHECK(pread(fd, &byte, 1, 54321) == 1);
+    byte ^= 0x10;
+    CHECK(pwrite(fd, &byte, 1, 54321) == 1);
+    close(fd);
+
+    e2e_haul(&env, &p, CMD_TIMEOUT, "verify", e2e_url(&env, url, "ds"));
+    CHECK_EXIT(&p, 5);
+    if (!e2e_contains(p.out, "victim") && !e2e_contains(p.err, "victim"))
+        e2e_proc_show(&p);
+    CHECK(e2e_contains(p.out, "victim") || e2e_contains(p.err, "victim"));
+    e2e_proc_free(&p);
+
+    char what[128];
+    snprintf(what, sizeof(what), "ds@%s", r.snapshot);
+    e2e_haul(&env, &p, CMD_TIMEOUT, "verify", e2e_url(&env, url, what));
+    CHECK_EXIT(&p, 5);
+    e2e_proc_free(&p);
+
+    /* Another dataset with the same content is intact. */
+    e2e_haul(&env, &p, CMD_TIMEOUT, "verify", e2e_url(&env, url, "ds2"));
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+
+    /* A pull of the damaged snapshot checks every file's hash too. */
+    e2e_haul(&env, &p, CMD_TIMEOUT, "pull", e2e_url(&env, url, "ds"), dst);
+    CHECK_EXIT(&p, 5);
+    CHECK(e2e_contains(p.out, "victim") || e2e_contains(p.err, "victim"));
+    e2e_proc_free(&p);
+    e2e_teardown(&env);
+}
+
+/* ------------------------------------------------------------------------ */
+
+TEST_TIMEOUT(pull_never_writes_outside_dest, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char src[PATH_MAX], d1[PATH_MAX], d2[PATH_MAX], d3[PATH_MAX], out1[PATH_MAX], out2[PATH_MAX],
+        url[512];
+    e2e_path(&env, src, "src");
+    e2e_path(&env, d1, "dest1");
+    e2e_path(&env, d2, "dest2");
+    e2e_path(&env, d3, "dest3");
+    e2e_path(&env, out1, "outside1");
+    e2e_path(&env, out2, "outside2");
+    e2e_mkdir(src);
+    e2e_mkdir(at(src, "sub"));
+    e2e_file(at(src, "sub/file"), 1000, 1, 0644);
+    e2e_file(at(src, "top"), 500, 2, 0644);
+    e2e_stamp_tree(src);
+    push_report r;
+    push_json(&env, src, "hostile", 0, &r);
+
+    /* DEST/sub is a symlink to a directory outside DEST, and the snapshot
+     * has sub/file: nothing may land in the outside directory. */
+    e2e_mkdir(d1);
+    e2e_mkdir(out1);
+    CHECK(symlink(out1, at(d1, "sub")) == 0);
+    e2e_proc p = {0};
+    e2e_haul(&env, &p, CMD_TIMEOUT, "pull", e2e_url(&env, url, "hostile"), d1);
+    harness_log("pull over a symlinked directory: exit %d", p.code);
+    CHECK_EQ(e2e_count_entries(out1), 0);
+    if (p.code == 0) {
+        struct stat st;
+        CHECK(lstat(at(d1, "sub"), &st) == 0);
+        CHECK(S_ISDIR(st.st_mode));
+        CHECK(e2e_same_content(at(src, "sub/file"), at(d1, "sub/file")));
+    }
+    e2e_proc_free(&p);
+
+    /* DEST/top is a symlink to a file outside DEST, and the snapshot has a
+     * file "top": the outside file keeps its content. */
+    e2e_mkdir(d2);
+    e2e_mkdir(out2);
+    int fd = open(at(out2, "victim"), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    CHECK(fd >= 0);
+    CHECK(write(fd, "precious", 8) == 8);
+    close(fd);
+    CHECK(symlink(at(out2, "victim"), at(d2, "top")) == 0);
+    e2e_haul(&env, &p, CMD_TIMEOUT, "pull", e2e_url(&env, url, "hostile"), d2);
+    harness_log("pull over a symlinked file: exit %d", p.code);
+    char *victim = e2e_slurp(at(out2, "victim"));
+    CHECK_STR_EQ(victim, "precious");
+    free(victim);
+    if (p.code == 0) {
+        struct stat st;
+        CHECK(lstat(at(d2, "top"), &st) == 0);
+        CHECK(S_ISREG(st.st_mode));
+        CHECK(e2e_same_content(at(src, "top"), at(d2, "top")));
+    }
+    e2e_proc_free(&p);
+
+    /* A PATH that climbs out of the snapshot is a usage error. */
+    e2e_haul(&env, &p, CMD_TIMEOUT, "pull", e2e_url(&env, url, "hostile"), d3, "../x");
+    CHECK_EXIT(&p, 1);
+    e2e_proc_free(&p);
+    e2e_haul(&env, &p, CMD_TIMEOUT, "pull", e2e_url(&env, url, "hostile"), d3, "sub/../../x");
+    CHECK_EXIT(&p, 1);
+    e2e_proc_free(&p);
+    CHECK(access(at(env.dir, "x"), F_OK) != 0);
+    e2e_teardown(&env);
+}
+
+/* ------------------------------------------------------------------------ */
+
+TEST_TIMEOUT(missing_source_fails_clearly, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char src[PATH_MAX], url[512];
+    e2e_path(&env, src, "no-such-dir");
+    e2e_proc p = {0};
+    e2e_haul(&env, &p, CMD_TIMEOUT, "push", src, e2e_url(&env, url, "missing"));
+    harness_log("push of a missing directory: exit %d", p.code);
+    if (!e2e_contains(p.err, "no-such-dir"))
+        e2e_proc_show(&p);
+    /* Nothing was pushed: a source that is no directory is a usage
+     * error (haul --help). */
+    CHECK_EXIT(&p, 1);
+    CHECK(e2e_contains(p.err, "no-such-dir"));
+    CHECK_EQ(snapshot_count(&env, "missing"), 0);
+    e2e_proc_free(&p);
+    e2e_teardown(&env);
+}
+
+TEST_TIMEOUT(unreadable_files_are_skipped_and_reported, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char src[PATH_MAX], dst[PATH_MAX], url[512];
+    e2e_path(&env, src, "src");
+    e2e_path(&env, dst, "dst");
+    e2e_mkdir(src);
+    e2e_file(at(src, "ok1"), 3000, 1, 0644);
+    e2e_file(at(src, "ok2"), 4000, 2, 0644);
+    e2e_mkdir(at(src, "dir"));
+    e2e_file(at(src, "dir/ok3"), 5000, 3, 0644);
+    e2e_file(at(src, "secret"), 6000, 4, 0000);
+    e2e_mkdir(at(src, "locked"));
+    e2e_file(at(src, "locked/x"), 10, 5, 0644);
+    CHECK(chmod(at(src, "locked"), 0000) == 0);
+    e2e_stamp_tree(src);
+
+    /* Root reads anything; the client runs as "nobody" then, so that
+     * permissions apply to it. */
+    e2e_proc p = {.as_nobody = 1};
+    e2e_haul(&env, &p, CMD_TIMEOUT, "push", src, e2e_url(&env, url, "partial"), "--json");
+    if (p.code == 126)
+        SKIP("cannot run the client as nobody");
+    CHECK_EXIT(&p, 2);
+    push_report r;
+    parse_report(&p, &r);
+    harness_log("skipped %llu; stderr: %s", (unsigned long long)r.skipped, p.err);
+    CHECK_GE(r.skipped, 1);
+    CHECK(e2e_contains(p.err, "secret"));
+    CHECK(e2e_contains(p.err, "locked"));
+    CHECK(r.snapshot[0] != '\0');
+    e2e_proc_free(&p);
+
+    /* The rest went on and is in the snapshot. */
+    pull(&env, "partial", dst, 0);
+    CHECK(e2e_same_content(at(src, "ok1"), at(dst, "ok1")));
+    CHECK(e2e_same_content(at(src, "ok2"), at(dst, "ok2")));
+    CHECK(e2e_same_content(at(src, "dir/ok3"), at(dst, "dir/ok3")));
+    CHECK(access(at(dst, "secret"), F_OK) != 0);
+    CHECK(access(at(dst, "locked/x"), F_OK) != 0);
+    e2e_teardown(&env);
+}
+
+/* ------------------------------------------------------------------------ */
+
+TEST_TIMEOUT(two_pushes_to_one_dataset, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char src[PATH_MAX], url[512], staging[PATH_MAX];
+    e2e_path(&env, src, "src");
+    e2e_mkdir(src);
+    for (int i = 0; i < 4; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "part-%d", i);
+        e2e_file(at(src, name), 32 * E2E_MIB, (uint64_t)i, 0644);
+    }
+    e2e_stamp_tree(src);
+    e2e_pathf(staging, "%s/default/busy/.staging", env.store);
+
+    e2e_proc first = {0}, second = {0};
+    e2e_haul_start(&env, &first, "push", src, e2e_url(&env, url, "busy"), "--json");
+    int ok = 0;
+    E2E_WAIT_UNTIL(ok, access(staging, F_OK) == 0 || e2e_proc_exited(&first), 20000);
+    if (e2e_proc_exited(&first)) {
+        e2e_proc_wait(&first, 1);
+        e2e_proc_show(&first);
+        CHECK(!"the first push ended before the second could start");
+    }
+    CHECK(ok);
+
+    e2e_haul(&env, &second, CMD_TIMEOUT, "push", src, e2e_url(&env, url, "busy"));
+    const int first_running = !e2e_proc_exited(&first);
+    harness_log("second push: exit %d while the first was %s", second.code,
+                first_running ? "still running" : "done");
+    e2e_proc_wait(&first, CMD_TIMEOUT);
+    CHECK_EXIT(&first, 0);
+    if (second.code == 4) {
+        /* Refused: it must say why. */
+        if (!e2e_contains(second.err, "busy") && !e2e_contains(second.err, "running"))
+            e2e_proc_show(&second);
+        CHECK(e2e_contains(second.err, "busy") || e2e_contains(second.err, "running"));
+        CHECK_EQ(snapshot_count(&env, "busy"), 1);
+    } else {
+        /* Or it waited for the first, and made a second snapshot. */
+        CHECK_EXIT(&second, 0);
+        CHECK_EQ(snapshot_count(&env, "busy"), 2);
+    }
+    e2e_proc_free(&first);
+    e2e_proc_free(&second);
+
+    e2e_haul(&env, &first, CMD_TIMEOUT, "verify", e2e_url(&env, url, "busy"));
+    CHECK_EXIT(&first, 0);
+    e2e_proc_free(&first);
+    e2e_teardown(&env);
+}
+
+/* ------------------------------------------------------------------------ */
+
+TEST_TIMEOUT(full_disk_fails_cleanly, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, E2E_NO_SERVER);
+    e2e_mount_store(&env, 16);
+    e2e_start_server(&env);
+    char big[PATH_MAX], small[PATH_MAX], dst[PATH_MAX], url[512], dir[PATH_MAX];
+    e2e_path(&env, big, "big");
+    e2e_path(&env, small, "small");
+    e2e_path(&env, dst, "dst");
+    e2e_mkdir(big);
+    for (int i = 0; i < 5; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "chunk-%d", i);
+        e2e_file(at(big, name), 4 * E2E_MIB, (uint64_t)i, 0644);
+    }
+    e2e_stamp_tree(big);
+    e2e_mkdir(small);
+    e2e_file(at(small, "one"), E2E_MIB, 42, 0644);
+    e2e_stamp_tree(small);
+
+    e2e_proc p = {0};
+    e2e_haul(&env, &p, CMD_TIMEOUT, "push", big, e2e_url(&env, url, "big"));
+    CHECK_EXIT(&p, 3);
+    if (!e2e_contains(p.err, "space"))
+        e2e_proc_show(&p);
+    CHECK(e2e_contains(p.err, "space"));
+    e2e_proc_free(&p);
+    CHECK_EQ(snapshot_count(&env, "big"), 0);
+    /* The server goes on serving: a request that needs no room works. */
+    CHECK(e2e_server_alive(&env.server));
+    e2e_haul(&env, &p, CMD_TIMEOUT, "ls", env.url);
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+
+    /* What the failed push staged is what fills the disk; without it, the
+     * server serves the next push. */
+    e2e_pathf(dir, "%s/default/big/.staging", env.store);
+    e2e_rm_rf(dir);
+    push_report r;
+    push_json(&env, small, "small", 0, &r);
+    pull(&env, "small", dst, 0);
+    CHECK_EQ(e2e_tree_diff(small, dst, 0), 0);
+    e2e_teardown(&env);
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* One 256 MiB file and 100 small ones. */
+static uint64_t make_resume_tree(const char *root)
+{
+    e2e_mkdir(root);
+    e2e_file(at(root, "big"), 256 * E2E_MIB, 77, 0644);
+    uint64_t total = 256 * E2E_MIB;
+    e2e_mkdir(at(root, "small"));
+    for (int i = 0; i < 100; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "small/s%03d", i);
+        e2e_file(at(root, name), 100 + (uint64_t)i * 80, (uint64_t)i, 0644);
+        total += 100 + (uint64_t)i * 80;
+    }
+    e2e_stamp_tree(root);
+    return total;
+}
+
+/*
+ * Starts a push and returns once the server has staged more than `bytes`
+ * of the big file, with the push still running. A push refused as busy
+ * (the server has not yet noticed that an interrupted one is gone) is
+ * retried for up to 10 s, as in push_after_interruption(). The push's
+ * --timeout is short: a server that restarted does not know the push's
+ * session and drops its frames (docs/protocol.md, section 3), so the
+ * client learns of the restart only from its timeout.
+ */
+static void start_push_and_wait_for_staging(e2e_env *env, e2e_proc *p, const char *src,
+                                            const char *dataset, uint64_t bytes)
+{
+    char url[512], staging[PATH_MAX];
+    e2e_pathf(staging, "%s/default/%s/.staging", env->store, dataset);
+    const double start = e2e_now();
+    for (;;) {
+        memset(p, 0, sizeof(*p));
+        e2e_haul_start(env, p, "push", src, e2e_url(env, url, dataset), "--json", "--timeout", "5");
+        int ok = 0;
+        E2E_WAIT_UNTIL(ok, e2e_largest_file(staging) > bytes || e2e_proc_exited(p), 30000);
+        if (!e2e_proc_exited(p)) {
+            CHECK(ok);
+            break;
+        }
+        e2e_proc_wait(p, 1);
+        if (p->code == 4 && e2e_now() - start < 10) {
+            e2e_proc_free(p);
+            poll(NULL, 0, 100);
+            continue;
+        }
+        e2e_proc_show(p);
+        if (p->code == 4)
+            CHECK(!"the dataset is still busy 10 s after the interrupted push's client died");
+        CHECK(!"the push ended before it could be interrupted");
+    }
+    harness_log("interrupting with %llu bytes of the big file staged",
+                (unsigned long long)e2e_largest_file(staging));
+}
+
+/*
+ * Pushes again after an interruption. The server may refuse ("busy") for
+ * as long as it has not noticed that the interrupted push is gone; the
+ * push is retried for up to 10 s then: a server that holds a dataset for
+ * a client that is gone much longer leaves a user who simply runs the push
+ * again with a refusal.
+ */
+static void push_after_interruption(e2e_env *env, const char *src, const char *dataset,
+                                    push_report *r)
+{
+    char url[512];
+    e2e_proc p = {0};
+    const double start = e2e_now();
+    for (;;) {
+        e2e_haul(env, &p, CMD_TIMEOUT, "push", src, e2e_url(env, url, dataset), "--json");
+        if (p.code != 4 || e2e_now() - start > 10)
+            break;
+        e2e_proc_free(&p);
+        poll(NULL, 0, 100);
+    }
+    if (e2e_now() - start > 1)
+        harness_log("the push after the interruption took %.1f s", e2e_now() - start);
+    CHECK_EXIT(&p, 0);
+    parse_report(&p, r);
+    harness_log("resumed push: %llu bytes sent, %llu linked", (unsigned long long)r->bytes_sent,
+                (unsigned long long)r->bytes_linked);
+    e2e_proc_free(&p);
+}
+
+TEST_TIMEOUT(kill_client_mid_push_then_resume, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char src[PATH_MAX], dst[PATH_MAX];
+    e2e_path(&env, src, "src");
+    e2e_path(&env, dst, "dst");
+    const uint64_t total = make_resume_tree(src);
+
+    /* Killed twice: once early in the big file, then again while the
+     * resumed push is well past where the first one stopped. */
+    e2e_proc p = {0};
+    const uint64_t stops[2] = {32 * E2E_MIB, 160 * E2E_MIB};
+    for (int i = 0; i < 2; i++) {
+        start_push_and_wait_for_staging(&env, &p, src, "resume", stops[i]);
+        CHECK(kill(p.pid, SIGKILL) == 0);
+        e2e_proc_wait(&p, 10);
+        CHECK_EQ(p.sig, SIGKILL);
+        e2e_proc_free(&p);
+        /* Nothing looks complete. */
+        CHECK_EQ(snapshot_count(&env, "resume"), 0);
+    }
+
+    push_report r;
+    push_after_interruption(&env, src, "resume", &r);
+    /* It resumed: what was staged was not sent again. */
+    CHECK_LT(r.bytes_sent, total - 128 * E2E_MIB);
+    CHECK_EQ(snapshot_count(&env, "resume"), 1);
+    pull(&env, "resume", dst, 0);
+    CHECK_EQ(e2e_tree_diff(src, dst, 0), 0);
+    e2e_teardown(&env);
+}
+
+TEST_TIMEOUT(kill_server_mid_push_then_resume, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char src[PATH_MAX], dst[PATH_MAX], listen[64];
+    e2e_path(&env, src, "src");
+    e2e_path(&env, dst, "dst");
+    const uint64_t total = make_resume_tree(src);
+
+    e2e_proc p = {0};
+    start_push_and_wait_for_staging(&env, &p, src, "resume", 32 * E2E_MIB);
+    e2e_server_kill(&env.server);
+    CHECK_EQ(snapshot_count(&env, "resume"), 0);
+
+    /* A new server on the same store and port. */
+    const int port = env.server.port;
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
+    CHECK(e2e_server_start_at(&env, &env.server, listen) == 0);
+    CHECK_EQ(env.server.port, port);
+
+    /* The interrupted client fails clearly within its timeout, or
+     * reconnects and finishes. */
+    const double restarted = e2e_now();
+    e2e_proc_wait(&p, 30);
+    harness_log("the interrupted push ended with exit %d, %.1f s after the restart", p.code,
+                e2e_now() - restarted);
+    CHECK_LT(e2e_now() - restarted, 15.0);
+    if (p.code != 0 && p.code != 3)
+        e2e_proc_show(&p);
+    CHECK(p.code == 0 || p.code == 3);
+    e2e_proc_free(&p);
+
+    push_report r;
+    push_after_interruption(&env, src, "resume", &r);
+    CHECK_LT(r.bytes_sent, total - 16 * E2E_MIB);
+    CHECK_GE(snapshot_count(&env, "resume"), 1);
+    pull(&env, "resume", dst, 0);
+    CHECK_EQ(e2e_tree_diff(src, dst, 0), 0);
+    e2e_teardown(&env);
+}
+
+/* ------------------------------------------------------------------------ */
+
+TEST_TIMEOUT(ls_lists_datasets_snapshots_and_files, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char src[PATH_MAX], url[512], what[160], dir[PATH_MAX];
+    e2e_path(&env, src, "src");
+    e2e_mkdir(src);
+    e2e_file(at(src, "alpha.txt"), 100, 1, 0644);
+    e2e_mkdir(at(src, "dir"));
+    e2e_file(at(src, "dir/beta.txt"), 200, 2, 0644);
+    e2e_stamp_tree(src);
+
+    push_report a, b, o;
+    push_json(&env, src, "lsds", 0, &a);
+    e2e_file(at(src, "alpha.txt"), 150, 3, 0644);
+    e2e_set_mtime(at(src, "alpha.txt"), 1700000001, 1);
+    push_json(&env, src, "lsds", 0, &b);
+    push_json(&env, src, "other", 0, &o);
+
+    /* Another principal's dataset lives in its own namespace. */
+    e2e_proc p = {0};
+    e2e_haul(&env, &p, CMD_TIMEOUT, "push", "-q", src, e2e_url(&env, url, "hidden"), "--principal",
+             "alice");
+    CHECK_EXIT(&p, 0);
+    /* It prints the snapshot id ("snapshot ID", or the id alone). */
+    p.out[strcspn(p.out, "\n")] = '\0';
+    const char *id = strrchr(p.out, ' ') ? strrchr(p.out, ' ') + 1 : p.out;
+    CHECK(id[0] != '\0');
+    e2e_pathf(dir, "%s/alice/hidden/snapshots/%s/MANIFEST", env.store, id);
+    CHECK(access(dir, F_OK) == 0);
+    e2e_proc_free(&p);
+
+    e2e_haul(&env, &p, CMD_TIMEOUT, "ls", env.url);
+    CHECK_EXIT(&p, 0);
+    CHECK(e2e_contains(p.out, "lsds"));
+    CHECK(e2e_contains(p.out, "other"));
+    CHECK(!e2e_contains(p.out, "hidden"));
+    e2e_proc_free(&p);
+
+    e2e_haul(&env, &p, CMD_TIMEOUT, "ls", e2e_url(&env, url, "lsds"));
+    CHECK_EXIT(&p, 0);
+    if (!strstr(p.out, a.snapshot) || !strstr(p.out, b.snapshot))
+        e2e_proc_show(&p);
+    CHECK(strstr(p.out, a.snapshot) != NULL);
+    CHECK(strstr(p.out, b.snapshot) != NULL);
+    /* Oldest first. */
+    CHECK(strstr(p.out, a.snapshot) < strstr(p.out, b.snapshot));
+    e2e_proc_free(&p);
+
+    snprintf(what, sizeof(what), "lsds@%s", a.snapshot);
+    e2e_haul(&env, &p, CMD_TIMEOUT, "ls", e2e_url(&env, url, what));
+    CHECK_EXIT(&p, 0);
+    if (!e2e_contains(p.out, "alpha.txt") || !e2e_contains(p.out, "beta.txt"))
+        e2e_proc_show(&p);
+    CHECK(e2e_contains(p.out, "alpha.txt"));
+    CHECK(e2e_contains(p.out, "beta.txt"));
+    e2e_proc_free(&p);
+
+    /* What does not exist is refused by the server. */
+    e2e_haul(&env, &p, CMD_TIMEOUT, "ls", e2e_url(&env, url, "nosuch"));
+    CHECK_EXIT(&p, 4);
+    e2e_proc_free(&p);
+    e2e_haul(&env, &p, CMD_TIMEOUT, "ls", e2e_url(&env, url, "lsds@nosuchsnapshot"));
+    CHECK_EXIT(&p, 4);
+    e2e_proc_free(&p);
+    e2e_teardown(&env);
+}
+
+/* ------------------------------------------------------------------------ */
+
+TEST_TIMEOUT(bench_prints_a_throughput, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    e2e_proc p = {0};
+    const double start = e2e_now();
+    e2e_haul(&env, &p, CMD_TIMEOUT, "bench", env.url, "-t", "1");
+    const double took = e2e_now() - start;
+    CHECK_EXIT(&p, 0);
+    harness_log("bench took %.2f s: %s", took, p.out);
+    CHECK_GE(took, 0.9);
+    CHECK_LT(took, 15.0);
+    /* A rate: digits and a unit per second. */
+    CHECK(strpbrk(p.out, "0123456789") != NULL);
+    CHECK(e2e_contains(p.out, "/s") || e2e_contains(p.out, "bps"));
+    e2e_proc_free(&p);
+    e2e_teardown(&env);
+}
+
+/* ------------------------------------------------------------------------ */
+
+TEST_TIMEOUT(unix_socket_round_trip, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, E2E_NO_SERVER);
+    char sock[PATH_MAX], listen[PATH_MAX + 8], url[PATH_MAX + 64], src[PATH_MAX], dst[PATH_MAX];
+    e2e_path(&env, sock, "hauld.sock");
+    e2e_path(&env, src, "src");
+    e2e_path(&env, dst, "dst");
+    snprintf(listen, sizeof(listen), "unix:%s", sock);
+    CHECK(e2e_server_start_at(&env, &env.server, listen) == 0);
+    e2e_mkdir(src);
+    e2e_file(at(src, "one"), 300000, 1, 0640);
+    e2e_mkdir(at(src, "d"));
+    e2e_file(at(src, "d/two"), 2, 2, 0644);
+    e2e_stamp_tree(src);
+
+    /* The dataset is the last component of a Unix socket's URL. */
+    e2e_proc p = {0};
+    snprintf(url, sizeof(url), "haul://unix:%s/viaunix", sock);
+    e2e_haul(&env, &p, CMD_TIMEOUT, "push", src, url);
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+    e2e_haul(&env, &p, CMD_TIMEOUT, "pull", url, dst);
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+    CHECK_EQ(e2e_tree_diff(src, dst, 0), 0);
+    e2e_teardown(&env);
+}
