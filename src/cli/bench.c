@@ -14,9 +14,8 @@
 
 #include "cli/client.h"
 
-#define BENCH_MESSAGE HSP_BLOCK
-
 typedef struct bench {
+    uint64_t message;
     uint64_t acked_bytes;
     double last_ack;
 } bench;
@@ -25,7 +24,7 @@ static void on_sent(void *arg, const haul_event *ev)
 {
     (void)ev;
     bench *b = arg;
-    b->acked_bytes += BENCH_MESSAGE;
+    b->acked_bytes += b->message;
     b->last_ack = cli_now();
 }
 
@@ -51,11 +50,11 @@ int cli_bench(const cli_options *opt, int argc, char **argv)
         cli_warn("%s: bench takes no dataset (haul://HOST:PORT)", argv[0]);
         return CLI_EXIT_USAGE;
     }
-    uint8_t *buf = malloc(BENCH_MESSAGE);
+    uint8_t *buf = malloc(opt->message);
     if (buf == NULL)
         return CLI_EXIT_TRANSFER;
-    memset(buf, 0xa5, BENCH_MESSAGE);
-    bench b = {0};
+    memset(buf, 0xa5, opt->message);
+    bench b = {.message = opt->message};
     cli_client c = {.on_record = on_record, .on_sent = on_sent, .arg = &b};
     int status = cli_open(&c, opt, &url, HSP_BENCH);
     double start = cli_now(), stop = start + opt->seconds;
@@ -71,7 +70,7 @@ int cli_bench(const cli_options *opt, int argc, char **argv)
             break;
         int full = 0;
         while (!full && !c.failed) {
-            int rc = cli_send_buffer(&c, buf, BENCH_MESSAGE, NULL, NULL, queued);
+            int rc = cli_send_buffer(&c, buf, opt->message, NULL, NULL, queued);
             if (rc == 0)
                 queued++;
             else

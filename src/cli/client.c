@@ -403,7 +403,8 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
     sc.principal = opt->principal;
     sc.output_queue = opt->queue;
     sc.input_queue = CLI_INPUT_QUEUE;
-    sc.max_message = HSP_MESSAGE_MAX;
+    /* The receiver counts its window in messages of this size. */
+    sc.max_message = (uint64_t)opt->message + (HSP_MESSAGE_MAX - HSP_BLOCK);
     sc.context = context;
     sc.context_len = context_len;
     sc.connections = opt->connections;

@@ -34,6 +34,7 @@ enum {
 typedef struct cli_options {
     unsigned connections; /* -P: connections in the pipe */
     uint64_t queue;       /* --queue: output queue bytes */
+    uint32_t message;     /* --message-size: file data per message */
     unsigned timeout_ms;  /* --timeout: message timeout */
     const char *principal;
     int json;       /* --json: one JSON object on stdout at the end */

@@ -17,7 +17,7 @@
  *   2  done, but some files were skipped (unreadable, vanished, changed while
  *      read; on pull: could not be written); each is reported on stderr
  *   3  transfer or connection failure (or a local I/O failure that stops the run)
- *   4  the server refused the request or reported a failure; its reason is printed
+ *   4  the server refused the request; its reason is printed
  *   5  verification found problems (verify; a hash mismatch on pull)
  *
  * This file parses the options every subcommand shares and dispatches; each
@@ -39,6 +39,9 @@
 static const char options_help[] =
     "Options (every subcommand):\n"
     "  -P, --connections N   connections in the pipe to the server (default 4)\n"
+    "      --message-size BYTES  file data per message (push, bench; 4K..1M,\n"
+    "                        default 1M): the server's window counts messages\n"
+    "                        of this size, so smaller ones suit small queues\n"
     "      --queue BYTES     output queue: bytes sent and not yet acknowledged\n"
     "                        (default 64M; K, M, G suffixes; at least 2M)\n"
     "      --timeout SECONDS a message not acknowledged this long fails the run,\n"
@@ -57,7 +60,7 @@ static const char exit_help[] = "Exit status:\n"
                                 "  2  done, but some files were skipped (each reported on "
                                 "stderr)\n"
                                 "  3  transfer or connection failure\n"
-                                "  4  the server refused the request or reported a failure\n"
+                                "  4  the server refused the request\n"
                                 "  5  verification found problems (verify; hash mismatch on "
                                 "pull)\n";
 
@@ -141,6 +144,7 @@ int main(int argc, char **argv)
     static const struct option longopts[] = {
         {"connections", required_argument, NULL, 'P'},
         {"queue", required_argument, NULL, 'Q'},
+        {"message-size", required_argument, NULL, 'M'},
         {"timeout", required_argument, NULL, 'T'},
         {"principal", required_argument, NULL, 'p'},
         {"json", no_argument, NULL, 'j'},
@@ -154,6 +158,7 @@ int main(int argc, char **argv)
     cli_options opt = {
         .connections = DEFAULT_CONNECTIONS,
         .queue = DEFAULT_QUEUE,
+        .message = HSP_BLOCK,
         .timeout_ms = DEFAULT_TIMEOUT_S * 1000,
         .seconds = DEFAULT_BENCH_S,
     };
@@ -172,6 +177,15 @@ int main(int argc, char **argv)
                 return CLI_EXIT_USAGE;
             }
             opt.connections = (unsigned)n;
+            break;
+        }
+        case 'M': {
+            uint64_t m;
+            if (cli_parse_size(optarg, &m) != 0 || m < 4096 || m > HSP_BLOCK) {
+                cli_warn("--message-size: expected a size from 4K to 1M");
+                return CLI_EXIT_USAGE;
+            }
+            opt.message = (uint32_t)m;
             break;
         }
         case 'Q':

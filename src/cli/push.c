@@ -400,7 +400,7 @@ static int pack_room(push *p, size_t room)
             p->starved = 1;
             return 0;
         }
-        hsp_writer_init(&p->pack, p->pack_buf, HSP_MESSAGE_MAX);
+        hsp_writer_init(&p->pack, p->pack_buf, p->opt->message + (HSP_MESSAGE_MAX - HSP_BLOCK));
     }
     return hsp_writer_fits(&p->pack, room);
 }
@@ -753,7 +753,7 @@ static int send_large_step(push *p)
             return 0;
         }
         hsp_writer w;
-        hsp_writer_init(&w, buf, HSP_MESSAGE_MAX);
+        hsp_writer_init(&w, buf, p->opt->message + (HSP_MESSAGE_MAX - HSP_BLOCK));
         if (s->zero_data) {
             /* A DATA at offset 0 tells the server to restart the file,
              * also when the file starts with a hole. */
@@ -761,8 +761,9 @@ static int send_large_step(push *p)
                 hsp_put_data(&w, f->id, 0, 0);
             s->zero_data = 0;
         }
-        int rc =
-            s->off < f->size ? put_region(p, &w, s->fd, f, &s->off, &s->data_end, HSP_BLOCK) : 0;
+        int rc = s->off < f->size
+                     ? put_region(p, &w, s->fd, f, &s->off, &s->data_end, p->opt->message)
+                     : 0;
         if (rc != 0) {
             pool_put(buf, &p->pool);
             if (rc == -1)
