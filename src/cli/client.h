@@ -26,7 +26,7 @@ enum {
     CLI_EXIT_SKIPPED = 2,  /* done, but some files were skipped (unreadable, vanished,
                               changed while read, could not be written) */
     CLI_EXIT_TRANSFER = 3, /* transfer or connection failure, local I/O failure */
-    CLI_EXIT_REFUSED = 4,  /* the server refused the request or reported a failure */
+    CLI_EXIT_REFUSED = 4,  /* the server refused the request */
     CLI_EXIT_VERIFY = 5,   /* verification found problems (verify; hash mismatch on pull) */
 };
 

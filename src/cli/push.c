@@ -1200,7 +1200,8 @@ static int step(push *p)
         p->pending_bytes < MAX_PENDING_BYTES)
         return walk_next(p) ? place_entry(p) : 1;
     if (p->walk_done && p->head == NULL && !p->committed) {
-        if (p->batch_buf && p->batch.len) {
+        /* Entries go between files, never inside one file's records. */
+        if (p->batch_buf && p->batch.len && !p->cur.active) {
             flush_batch(p);
             return 1;
         }
@@ -1341,7 +1342,10 @@ int cli_push(const cli_options *opt, int argc, char **argv)
         status = cli_result_status(c, "push");
         if (status == CLI_EXIT_OK) {
             print_summary(p, secs);
-            if (p->skipped)
+            /* Skipped files, and entries the server had to leave out
+             * (a hard link whose first name was skipped), mean that not
+             * everything asked for was done. */
+            if (p->skipped || p->problems)
                 status = CLI_EXIT_SKIPPED;
         }
         cli_close(c);
