@@ -88,7 +88,8 @@ extern "C" {
     X(ESHUTDOWN, 17, "engine is shutting down")                                                    \
     X(EATTEMPTS, 18, "too many transmission attempts")                                             \
     X(EABORTED, 19, "session aborted by the peer")                                                 \
-    X(EIO, 20, "input/output error")
+    X(EIO, 20, "input/output error")                                                               \
+    X(ETLS, 21, "TLS setup or handshake failed")
 
 typedef enum haul_error {
 #define HAUL_ERROR_ENUM_(name, code, text) HAUL_##name = code,
@@ -234,6 +235,53 @@ typedef struct haul_event {
 HAUL_API int haul_engine_wait(haul_engine *engine, haul_event *events, int max, int timeout_ms);
 
 /* ------------------------------------------------------------------------ */
+/* Transport security                                                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Mutual TLS for the connections of a listener or of a client pipe. Every
+ * connection then runs a full TLS 1.3 handshake of its own (no session
+ * tickets, no 0-RTT, nothing older than TLS 1.3) before it may join its
+ * pipe, and both sides present a certificate:
+ *
+ *   - the server verifies the client's certificate chain against ca_file
+ *     (never the system's store), requires extendedKeyUsage clientAuth,
+ *     and takes the client's principal from it: exactly one
+ *     subjectAltName URI of the form "haul:principal:NAME", NAME being
+ *     1..255 bytes, compared exactly. A certificate without one is
+ *     refused.
+ *   - the client verifies the server's chain against ca_file and requires
+ *     extendedKeyUsage serverAuth. The server's host name is not checked:
+ *     the CA is the application's own, and it alone decides who is a
+ *     server.
+ *
+ * Every connection of a server pipe must carry the same certificate
+ * principal, and a session is refused (SYNC_NAK, reason HAUL_EREFUSED,
+ * which the client sees as HAUL_EV_SESSION_REFUSED) when the principal of
+ * its request is not its connection's certificate principal.
+ *
+ * Plain TCP is used only when asked for, by leaving the `tls` pointer of
+ * the listen or session configuration NULL; the programs hauld and haul
+ * ask for it only with an explicit --plaintext. The two sides must agree:
+ * a plain peer of a TLS one fails its handshake.
+ *
+ * Every path is a PEM file, read during the call that takes the
+ * configuration (haul_listen(), or the haul_session_new() that creates
+ * the pipe); the strings need not outlive it.
+ */
+typedef struct haul_tls_config {
+    /* Our certificate chain (leaf first) and its private key. */
+    const char *cert_file;
+    const char *key_file;
+    /* The CA certificate(s) that sign the peer's certificate. Required. */
+    const char *ca_file;
+    /* Optional certificate revocation lists, one per CA of the peer's
+     * chain: with it, every certificate of the chain is checked, and a
+     * chain whose CA has no CRL in the file is refused. NULL: none. */
+    const char *crl_file;
+} haul_tls_config;
+
+/* ------------------------------------------------------------------------ */
 /* Listening (the storage server side)                                      */
 /* ------------------------------------------------------------------------ */
 
@@ -247,6 +295,10 @@ typedef struct haul_listen_config {
     /* Largest message this side sends on these sessions. Default: the
      * engine's max_message. */
     uint64_t max_message;
+    /* Mutual TLS on every connection the listener accepts (see
+     * haul_tls_config), or NULL for plain TCP. Default NULL. The
+     * configuration is read during haul_listen() only. */
+    const haul_tls_config *tls;
 } haul_listen_config;
 
 HAUL_API void haul_listen_config_init(haul_listen_config *config);
@@ -258,7 +310,9 @@ HAUL_API void haul_listen_config_init(haul_listen_config *config);
  * it arrive as HAUL_EV_SESSION_REQUEST. config may be NULL for defaults.
  * Errors: HAUL_EADDR (an address that does not parse or resolve, or that
  * cannot be bound: errno then says why, e.g. EADDRINUSE), HAUL_ESYS,
- * HAUL_EINVAL.
+ * HAUL_EINVAL, HAUL_ETLS (config->tls given and its certificate, key, CA or
+ * CRL could not be loaded, or the key does not match the certificate: the
+ * reason goes to the engine's log).
  */
 HAUL_API int haul_listen(haul_engine *engine, const char *address,
                          const haul_listen_config *config);
@@ -302,6 +356,13 @@ typedef struct haul_session_config {
     unsigned connections;
     /* Per-session message timeout; 0 takes the engine's. */
     unsigned message_timeout_ms;
+    /* Mutual TLS on the connections of the pipe (see haul_tls_config), or
+     * NULL for plain TCP. Default NULL. Sessions share a pipe only when
+     * they name the same destination and the same TLS files (or both
+     * none), so a TLS session never travels on a plain pipe. Read during
+     * haul_session_new() only. The certificate's principal must be
+     * `principal`, or the server refuses the session. */
+    const haul_tls_config *tls;
     /* The application's pointer, returned by haul_session_data(). */
     void *data;
 } haul_session_config;
@@ -314,7 +375,10 @@ HAUL_API void haul_session_config_init(haul_session_config *config);
  * HAUL_EV_SESSION_OPEN or HAUL_EV_SESSION_REFUSED. Creates the pipe to the destination if there is
  * none. *sessionp is the caller's until haul_session_free().
  * Errors: HAUL_EINVAL, HAUL_EADDR, HAUL_ELIMIT (max_sessions), HAUL_ENOMEM,
- * HAUL_ESHUTDOWN.
+ * HAUL_ESHUTDOWN, HAUL_ETLS (a new pipe's TLS files could not be loaded;
+ * the reason goes to the engine's log). A TLS handshake that fails later
+ * refuses the session (HAUL_EV_SESSION_REFUSED) with HAUL_ETLS, or with
+ * HAUL_ECONNRESET when the server hung up before its alert was read.
  */
 HAUL_API int haul_session_new(haul_engine *engine, const haul_session_config *config,
                               haul_session **sessionp);
@@ -356,6 +420,13 @@ HAUL_API void *haul_session_data(const haul_session *session);
 HAUL_API void haul_session_set_data(haul_session *session, void *data);
 HAUL_API const char *haul_session_principal(const haul_session *session);
 HAUL_API const void *haul_session_context(const haul_session *session, size_t *len);
+/*
+ * Server: the principal of the verified client certificate of the
+ * session's connections, which the session's own principal
+ * (haul_session_principal) always equals. NULL for a session that came
+ * over plain TCP, and on the client side.
+ */
+HAUL_API const char *haul_session_peer_principal(const haul_session *session);
 /* The name of the session's current CE_SESSION_STATE ("CE_SS_SESSION_READY"). */
 HAUL_API const char *haul_session_state(const haul_session *session);
 
@@ -442,6 +513,9 @@ typedef struct haul_engine_stats {
     /* How often each CE_SESSION_STATE was entered, indexed by
      * haul_session_state_names() order. */
     uint64_t state_entered[16];
+    /* Connections closed by the security step: a failed TLS handshake, or
+     * a peer certificate refused (key usage, principal). */
+    uint64_t tls_refused;
 } haul_engine_stats;
 
 HAUL_API void haul_engine_stats_get(haul_engine *engine, haul_engine_stats *out);

@@ -198,6 +198,7 @@ const char *haul_event_name(int type)
 
 void haul_listen_config_init(haul_listen_config *c)
 {
+    memset(c, 0, sizeof(*c));
     c->output_queue = 64ull << 20;
     c->input_queue = 64ull << 20;
     c->max_message = 0; /* the engine's */
@@ -215,12 +216,23 @@ int haul_listen(haul_engine *e, const char *address, const haul_listen_config *c
         lc.max_message = e->config.max_message;
     if (lc.output_queue == 0 || lc.input_queue == 0)
         return HAUL_EINVAL;
+    /* The TLS files are read now, so that a mistake in them is this
+     * call's error rather than every client's failed handshake. */
+    struct ssl_ctx_st *tls_ctx = NULL;
+    if (lc.tls) {
+        int trc = haul__tls_ctx_new(e, lc.tls, 1, &tls_ctx);
+        if (trc)
+            return trc;
+        lc.tls = NULL; /* not kept: the caller's, read during this call only */
+    }
 
     struct sockaddr_storage ss;
     socklen_t len;
     int rc = haul__addr_parse(address, &ss, &len);
-    if (rc)
+    if (rc) {
+        haul__tls_ctx_free(tls_ctx);
         return rc;
+    }
     if (ss.ss_family == AF_UNIX) {
         /* A stale socket file is removed; one a live server listens on is
          * left alone, and the address is in use. */
@@ -232,6 +244,7 @@ int haul_listen(haul_engine *e, const char *address, const haul_listen_config *c
             if (probe >= 0)
                 close(probe);
             if (live) {
+                haul__tls_ctx_free(tls_ctx);
                 errno = EADDRINUSE;
                 return HAUL_EADDR;
             }
@@ -241,17 +254,22 @@ int haul_listen(haul_engine *e, const char *address, const haul_listen_config *c
     int fd;
     rc = haul__sock_listen(&ss, len, &fd);
     if (rc) {
+        int err_no = errno;
         haul__log(e, HAUL_LOG_ERROR, "cannot listen on %s: %s", address, strerror(errno));
+        haul__tls_ctx_free(tls_ctx);
+        errno = err_no;
         return rc;
     }
     haul__listener *l = calloc(1, sizeof(*l));
     if (l == NULL) {
         close(fd);
+        haul__tls_ctx_free(tls_ctx);
         return HAUL_ENOMEM;
     }
     l->kind = HAUL__POLL_LISTENER;
     l->fd = fd;
     l->config = lc;
+    l->tls_ctx = tls_ctx;
     struct sockaddr_storage bound;
     socklen_t blen = sizeof(bound);
     getsockname(fd, (struct sockaddr *)&bound, &blen);
@@ -319,6 +337,7 @@ static void listener_ready(haul_engine *e, haul__listener *l)
             continue;
         }
         c->lconf = &l->config;
+        c->tls_ctx = l->tls_ctx;
         haul__conn_start(c, 0);
         pthread_mutex_unlock(&e->mu);
     }
@@ -548,6 +567,7 @@ void haul_engine_free(haul_engine *e)
         close(l->fd);
         if (strncmp(l->address, "unix:", 5) == 0)
             unlink(l->address + 5);
+        haul__tls_ctx_free(l->tls_ctx);
         free(l);
     }
     pthread_mutex_unlock(&e->mu);

@@ -27,6 +27,11 @@
 #include "haul.h"
 #include "net/frame.h"
 
+/* OpenSSL's objects, by their struct names, so that this header does not
+ * pull in OpenSSL's. */
+struct ssl_st;
+struct ssl_ctx_st;
+
 typedef struct haul__pipe haul__pipe;
 typedef struct haul__conn haul__conn;
 typedef struct haul__loop haul__loop;
@@ -98,6 +103,8 @@ struct haul_session {
     int app_freed;  /* the application released its handle */
     int final_sent; /* SESSION_CLOSED, OPEN-failure or abort: no more events */
     int in_table;
+    int has_cert_principal; /* server over TLS: cert_principal is set */
+    char cert_principal[HAUL__PRINCIPAL_MAX + 1];
 
     char principal[HAUL__PRINCIPAL_MAX + 1];
     uint8_t *context;
@@ -230,6 +237,18 @@ struct haul__conn {
     haul_conn_stats stats;
     uint32_t seen_sessions[8];       /* for stats.sessions_sent */
     const haul_listen_config *lconf; /* server: of the listener that took it */
+
+    /* TLS (net/tls.c), touched by the owning thread only. ssl is NULL on
+     * a plain connection. */
+    struct ssl_ctx_st *tls_ctx; /* set before haul__conn_start: the listener's or pipe's */
+    struct ssl_st *ssl;
+    int tls_done;                            /* the handshake completed and the peer was accepted */
+    int tls_fatal;                           /* a fatal TLS error: no more SSL calls but free */
+    int tls_write_pending;                   /* SSL_write must be retried with the same bytes */
+    int tls_read_wants_write;                /* SSL_read waits for the socket to be writable */
+    char principal[HAUL__PRINCIPAL_MAX + 1]; /* server: of the client's certificate */
+    uint8_t *tx_buf;                         /* the bounce buffer: small frames and file bodies */
+    size_t tx_buf_len, tx_buf_off;
 };
 
 /* ---- pipes --------------------------------------------------------------- */
@@ -259,6 +278,16 @@ struct haul__pipe {
     int doomed;          /* has no sessions: the sweep closes and frees it */
 
     uint32_t peer_chunk; /* the peer's chunk size, from HELLO */
+
+    /* Client: the TLS context of every connection, and the key that
+     * tells pipes to one destination apart (NULL: plain TCP). */
+    struct ssl_ctx_st *tls_ctx;
+    char *tls_key;
+    /* Server: what every member connection carries, set by the first to
+     * join: TLS or not, and its certificate principal. */
+    int has_members;
+    int secured;
+    char cert_principal[HAUL__PRINCIPAL_MAX + 1];
     uint32_t next_session_id;
 
     haul__list sessions;
@@ -289,6 +318,7 @@ struct haul__listener {
     int fd;
     char address[160];
     haul_listen_config config;
+    struct ssl_ctx_st *tls_ctx; /* NULL: plain TCP */
 };
 
 struct haul_engine {
@@ -360,8 +390,9 @@ void haul__message_plan(haul_message *m, uint32_t chunk);
 
 /* Pipes and the dispatcher. */
 haul__pipe *haul__pipe_client(haul_engine *engine, const haul_session_config *config,
-                              const struct sockaddr_storage *ss, socklen_t len, int *err);
-haul__pipe *haul__pipe_find(haul_engine *engine, const char *destination);
+                              const struct sockaddr_storage *ss, socklen_t len,
+                              struct ssl_ctx_st *tls_ctx, const char *tls_key, int *err);
+haul__pipe *haul__pipe_find(haul_engine *engine, const char *destination, const char *tls_key);
 haul__pipe *haul__pipe_server(haul_engine *engine, uint64_t id, const haul_listen_config *lconf);
 void haul__pipe_kick(haul__pipe *pipe, unsigned n);
 int haul__pipe_fill(haul__pipe *pipe, haul__conn *conn);
@@ -384,6 +415,23 @@ void haul__conn_io(haul__conn *conn, uint32_t events); /* mu NOT held */
 void haul__conn_handle_wake(haul__conn *conn);         /* mu NOT held */
 void haul__conn_free(haul__conn *conn);
 void haul__conn_sweep(haul__conn *conn, int64_t now);
+
+/* TLS (net/tls.c). mu is not needed by any of these. */
+int haul__tls_ctx_new(haul_engine *engine, const haul_tls_config *config, int server,
+                      struct ssl_ctx_st **ctxp);
+void haul__tls_ctx_free(struct ssl_ctx_st *ctx);
+/* The key of a client pipe's TLS identity (malloc'd), or NULL for plain;
+ * *err is HAUL_ENOMEM when it could not be made. */
+char *haul__tls_key(const haul_tls_config *config, int *err);
+int haul__tls_conn_init(haul__conn *conn); /* creates conn->ssl; mu held */
+/* One step of the handshake, on the owning thread: 1 when done and the
+ * peer accepted, 0 when it waits for the socket, -1 when it failed (why
+ * says so). */
+int haul__tls_handshake(haul__conn *conn, char *why, size_t size);
+/* What SSL_read and SSL_write leave behind on the thread's error queue,
+ * as one line for the log. */
+void haul__tls_error_text(haul__conn *conn, char *buf, size_t size);
+void haul__tls_conn_fini(haul__conn *conn);
 
 /* Addresses. */
 int haul__addr_parse(const char *address, struct sockaddr_storage *ss, socklen_t *len);

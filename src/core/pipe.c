@@ -37,15 +37,18 @@ static haul__pipe *pipe_alloc(haul_engine *e)
 
 static void pipe_dial(haul__pipe *pipe, unsigned index);
 
-/* Finds the pipe to a destination, or makes one and starts dialling all
- * its connections at once. */
-haul__pipe *haul__pipe_find(haul_engine *e, const char *destination)
+/* Finds the client pipe to a destination with the same TLS identity
+ * (tls_key, NULL for plain TCP): a TLS session never shares a plain pipe,
+ * nor one that authenticates with other files. */
+haul__pipe *haul__pipe_find(haul_engine *e, const char *destination, const char *tls_key)
 {
     haul__list *p;
     haul__list_each(p, &e->pipes)
     {
         haul__pipe *pipe = HAUL__CONTAINER(p, haul__pipe, link);
-        if (!pipe->server && !pipe->failed && strcmp(pipe->destination, destination) == 0) {
+        if (!pipe->server && !pipe->failed && strcmp(pipe->destination, destination) == 0 &&
+            (pipe->tls_key == NULL) == (tls_key == NULL) &&
+            (tls_key == NULL || strcmp(pipe->tls_key, tls_key) == 0)) {
             pipe->doomed = 0;
             return pipe;
         }
@@ -53,18 +56,26 @@ haul__pipe *haul__pipe_find(haul_engine *e, const char *destination)
     return NULL;
 }
 
+/* Makes a client pipe and starts dialling all its connections at once.
+ * It takes tls_ctx (NULL: plain TCP) in every case, and copies tls_key. */
 haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c,
-                              const struct sockaddr_storage *ss, socklen_t len, int *err)
+                              const struct sockaddr_storage *ss, socklen_t len,
+                              struct ssl_ctx_st *tls_ctx, const char *tls_key, int *err)
 {
-    haul__pipe *found = haul__pipe_find(e, c->destination);
-    if (found)
-        return found;
     if (e->nconns + c->connections > e->config.max_connections) {
+        haul__tls_ctx_free(tls_ctx);
         *err = HAUL_ELIMIT;
         return NULL;
     }
     haul__pipe *pipe = pipe_alloc(e);
     if (pipe == NULL) {
+        haul__tls_ctx_free(tls_ctx);
+        *err = HAUL_ENOMEM;
+        return NULL;
+    }
+    pipe->tls_ctx = tls_ctx;
+    if (tls_key && (pipe->tls_key = strdup(tls_key)) == NULL) {
+        haul__pipe_destroy(pipe);
         *err = HAUL_ENOMEM;
         return NULL;
     }
@@ -144,6 +155,7 @@ static void pipe_dial(haul__pipe *pipe, unsigned index)
     }
     pipe->conns[index] = c;
     pipe->redial_at[index] = 0;
+    c->tls_ctx = pipe->tls_ctx;
     haul__conn_start(c, 1);
 }
 
@@ -423,6 +435,9 @@ void haul__pipe_destroy(haul__pipe *pipe)
         haul__session_unref(s);
     }
     haul__list_del(&pipe->link);
+    /* Connections that outlive the pipe hold references of their own. */
+    haul__tls_ctx_free(pipe->tls_ctx);
+    free(pipe->tls_key);
     free(pipe->destination);
     free(pipe->conns);
     free(pipe->redial_at);

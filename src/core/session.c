@@ -226,25 +226,42 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
     if (c->max_message > e->config.max_message)
         return HAUL_EINVAL;
 
-    /* A destination with a pipe already is not looked up again; a new
-     * one is resolved here, on the caller's thread, never under the
-     * engine's lock. */
-    struct sockaddr_storage ss;
-    socklen_t sslen = 0;
-    pthread_mutex_lock(&e->mu);
-    int known = haul__pipe_find(e, c->destination) != NULL;
-    pthread_mutex_unlock(&e->mu);
-    int rc = known ? 0 : haul__addr_parse(c->destination, &ss, &sslen);
+    int rc = 0;
+    char *tls_key = haul__tls_key(c->tls, &rc);
     if (rc)
         return rc;
+
+    /* A destination with a pipe already is not looked up again; a new
+     * one is resolved here, on the caller's thread, never under the
+     * engine's lock, and so are its TLS files read. */
+    struct sockaddr_storage ss;
+    socklen_t sslen = 0;
+    struct ssl_ctx_st *tls_ctx = NULL;
+    pthread_mutex_lock(&e->mu);
+    int known = haul__pipe_find(e, c->destination, tls_key) != NULL;
+    pthread_mutex_unlock(&e->mu);
+    if (!known) {
+        rc = haul__addr_parse(c->destination, &ss, &sslen);
+        if (rc == 0 && c->tls)
+            rc = haul__tls_ctx_new(e, c->tls, 0, &tls_ctx);
+        if (rc) {
+            free(tls_key);
+            return rc;
+        }
+    }
     haul_session *s = session_alloc(e);
-    if (s == NULL)
+    if (s == NULL) {
+        haul__tls_ctx_free(tls_ctx);
+        free(tls_key);
         return HAUL_ENOMEM;
+    }
     memcpy(s->principal, c->principal, plen + 1);
     if (c->context_len) {
         s->context = malloc(c->context_len);
         if (s->context == NULL) {
             free(s);
+            haul__tls_ctx_free(tls_ctx);
+            free(tls_key);
             return HAUL_ENOMEM;
         }
         memcpy(s->context, c->context, c->context_len);
@@ -263,18 +280,25 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
     else if (e->nsessions >= e->config.max_sessions)
         err = HAUL_ELIMIT;
     haul__pipe *pipe = NULL;
-    if (!err && (pipe = haul__pipe_find(e, c->destination)) == NULL) {
+    if (!err && (pipe = haul__pipe_find(e, c->destination, tls_key)) == NULL) {
         if (sslen == 0) {
-            /* The pipe went away between the look and now: resolve after
-             * all, without the lock. */
+            /* The pipe went away between the look and now: resolve and
+             * load after all, without the lock. */
             pthread_mutex_unlock(&e->mu);
             rc = haul__addr_parse(c->destination, &ss, &sslen);
+            if (rc == 0 && c->tls)
+                rc = haul__tls_ctx_new(e, c->tls, 0, &tls_ctx);
             pthread_mutex_lock(&e->mu);
             err = rc;
         }
-        if (!err)
-            pipe = haul__pipe_client(e, c, &ss, sslen, &err);
+        if (!err) {
+            pipe = haul__pipe_client(e, c, &ss, sslen, tls_ctx, tls_key, &err);
+            tls_ctx = NULL; /* the pipe's now, or freed */
+        }
     }
+    /* Loaded for a pipe that another call made meanwhile. */
+    haul__tls_ctx_free(tls_ctx);
+    free(tls_key);
     if (pipe == NULL) {
         pthread_mutex_unlock(&e->mu);
         session_destroy(s);
@@ -386,6 +410,12 @@ void haul_session_set_data(haul_session *s, void *data)
 const char *haul_session_principal(const haul_session *s)
 {
     return s->principal;
+}
+
+const char *haul_session_peer_principal(const haul_session *s)
+{
+    /* Set before the application gets the session, and never after. */
+    return s->has_cert_principal ? s->cert_principal : NULL;
 }
 
 const void *haul_session_context(const haul_session *s, size_t *len)
@@ -617,20 +647,34 @@ static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *paylo
     s->peer_max_message = f->offset < e->config.max_message ? f->offset : e->config.max_message;
     s->peer_input_queue = f->total;
     s->timeout_ms = e->config.message_timeout_ms;
+    /* Over TLS, the session's principal is the one the client's
+     * certificate names (every connection of the pipe carries the same),
+     * whatever the request says: a request for another is refused. */
+    if (pipe->secured) {
+        s->has_cert_principal = 1;
+        memcpy(s->cert_principal, pipe->cert_principal, sizeof(s->cert_principal));
+    }
+    int foreign = plen != 0 && pipe->secured && strcmp(s->principal, s->cert_principal) != 0;
     e->nsessions++;
     haul__pipe_add_session(pipe, s);
     haul__session_enter(s, SEV_SYNC_RECEIVED);
-    if (plen == 0 || e->nsessions > e->config.max_sessions || e->stopping) {
+    if (plen == 0 || foreign || e->nsessions > e->config.max_sessions || e->stopping) {
         /* Refused by the engine itself: the application never hears of it. */
         s->app_freed = 1;
         haul__session_enter(s, SEV_APP_REJECT);
-        s->nak_reason = plen == 0 ? HAUL_EPROTO : HAUL_ELIMIT;
+        s->nak_reason = plen == 0 ? HAUL_EPROTO : foreign ? HAUL_EREFUSED : HAUL_ELIMIT;
         s->refused = 1;
         s->peer_done = 1;
         haul__session_want(s, HAUL__PEND_SYNC_NAK);
         s->refs--; /* the handle nobody got; the table keeps it until the NAK is out */
-        haul__log(e, HAUL_LOG_WARN, "session %u refused: %s", s->id,
-                  plen == 0 ? "malformed request" : "session limit reached");
+        if (foreign)
+            haul__log(e, HAUL_LOG_WARN,
+                      "session %u refused: it asks for principal \"%s\", the certificate is "
+                      "of \"%s\"",
+                      s->id, s->principal, s->cert_principal);
+        else
+            haul__log(e, HAUL_LOG_WARN, "session %u refused: %s", s->id,
+                      plen == 0 ? "malformed request" : "session limit reached");
         return;
     }
     post(s, HAUL_EV_SESSION_REQUEST, 0, 0, 0, 0, 0);

@@ -10,19 +10,28 @@
  *   any           --error, EOF, deadline, shutdown-->  CONN_CLOSED
  *
  * CONN_SECURING is the slot of the encryption and authentication state
- * machine: a plain connection passes through it at once; a TLS connection
- * runs its handshake there and joins its pipe only when the peer is
- * authenticated.
+ * machine (net/tls.c): a plain connection passes through it at once; a TLS
+ * connection runs its handshake there, driven by readiness events without
+ * the engine's mutex, and says HELLO only when the peer is authenticated.
  *
  * Receiving (the socket I/O state machine): HEADER -> CHUNK | CTL |
  * DISCARD -> HEADER. Payloads of large chunks are read straight into the
- * message with recv(); everything else goes through a 16 KiB buffer.
+ * message with recv() (SSL_read() on TLS); everything else goes through a
+ * 16 KiB buffer.
+ *
+ * Sending on TLS: SSL_write() of the payload of a large chunk in place,
+ * and of everything else (headers, control frames, file bodies read with
+ * pread()) through a per-connection bounce buffer. After SSL_write() asks
+ * to be retried, the retry passes the same bytes, as OpenSSL requires: the
+ * write position does not move until a write succeeds.
  *
  * Threads: only the loop thread that owns the connection reads, writes or
  * frees it. Other threads may close it (mark it dead) under the engine's
  * mutex; the owner then tears it down.
  */
 #include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +59,31 @@ static const char *const conn_state_names[] = {
 /* Payload left of a chunk at or above which it is read straight into the
  * message rather than through the buffer. */
 #define DIRECT_MIN 8192
+
+/* TLS: SSL_read() returns one record (16 KiB) at most, so a TLS connection
+ * takes more turns for the same bytes. The bounce buffer of a connection's
+ * writes, and the payload left at or above which a chunk in memory is
+ * written in place instead. */
+#define TLS_READ_TURNS (READ_TURNS * 8)
+#define TLS_BOUNCE (64 * 1024)
+#define TLS_DIRECT_MIN 16384
+
+/* sendfile() and OpenSSL's writes raise SIGPIPE on a broken connection; the I/O threads block
+ * it, and a pending one is taken here so that it never reaches the
+ * application. */
+static void consume_sigpipe(void)
+{
+    /* errno stays as the failed write left it: sigtimedwait() ends with
+     * EAGAIN, which would read as "try again later". */
+    int saved = errno;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&set, NULL, &zero) > 0) {
+    }
+    errno = saved;
+}
 
 static void conn_enter(haul__conn *c, int state)
 {
@@ -84,12 +118,11 @@ haul__conn *haul__conn_new(haul_engine *e, int fd, int server, haul__pipe *pipe,
     return c;
 }
 
-/* The security step. Plain connections are secured at once; this is where
- * the TLS handshake will run, driven by the same readiness events. */
+/* The security step. Plain connections are secured at once; a TLS one
+ * waits for the handshake, which readiness events drive (secure_step). */
 static int conn_secure(haul__conn *c)
 {
-    (void)c;
-    return 1;
+    return c->ssl == NULL;
 }
 
 static void conn_secured(haul__conn *c)
@@ -103,9 +136,14 @@ void haul__conn_start(haul__conn *c, int connecting)
 {
     c->deadline = haul__now_ms() + c->engine->config.handshake_timeout_ms;
     c->state = connecting ? HAUL__CONN_DIALING : HAUL__CONN_SECURING;
+    int tls_rc = c->tls_ctx ? haul__tls_conn_init(c) : 0;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
     if (epoll_ctl(c->loop->epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
         c->registered = 1;
+    if (tls_rc) {
+        haul__conn_close(c, tls_rc, "no memory for TLS");
+        return;
+    }
     if (!connecting && conn_secure(c))
         conn_secured(c);
 }
@@ -142,9 +180,17 @@ static void protocol_error(haul__conn *c, int code, const char *why)
                      .len = (uint32_t)n};
     haul__frame_encode(&f, buf);
     memcpy(buf + HAUL__FRAME_HDR, why, n);
-    /* Only between frames: in the middle of one, it would be garbage. */
+    /* Only between frames: in the middle of one, it would be garbage. On
+     * TLS, only between records too: a write OpenSSL holds for a retry
+     * must not be followed by other bytes. */
     int between = c->nitems == 0 || (c->item_pos == 0 && c->item_done == 0);
-    if (between && send(c->fd, buf, HAUL__FRAME_HDR + n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+    if (c->ssl) {
+        size_t written;
+        if (between && c->tls_done && !c->tls_fatal && !c->tls_write_pending &&
+            c->tx_buf_off == c->tx_buf_len &&
+            SSL_write_ex(c->ssl, buf, HAUL__FRAME_HDR + n, &written) != 1)
+            ERR_clear_error(); /* The connection is going anyway. */
+    } else if (between && send(c->fd, buf, HAUL__FRAME_HDR + n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
         /* The connection is going anyway. */
     }
     haul__conn_close(c, code, why);
@@ -173,6 +219,19 @@ void haul__conn_free(haul__conn *c)
     e->nconns--;
     if (c->registered)
         epoll_ctl(c->loop->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->ssl) {
+        /* A close_notify, best effort, while the engine runs: the
+         * connection's own thread frees it then, and that thread blocks
+         * SIGPIPE; haul_engine_free() runs on the application's, which
+         * may not. */
+        if (c->tls_done && !c->tls_fatal && !c->tls_write_pending && !e->stopping) {
+            SSL_shutdown(c->ssl);
+            ERR_clear_error();
+            consume_sigpipe();
+        }
+        haul__tls_conn_fini(c);
+    }
+    free(c->tx_buf);
     close(c->fd);
     if (c->rx_msg)
         haul__message_unref(c->rx_msg);
@@ -213,9 +272,28 @@ static void on_hello(haul__conn *c, const uint8_t *payload)
             haul__conn_close(c, HAUL_ENOMEM, "no memory for a pipe");
             return;
         }
+        /* Every connection of a pipe speaks for one principal, the one
+         * its sessions must have: a connection that names the pipe of
+         * another (or a plain one a TLS pipe, or the reverse) is refused. */
+        int secured = c->ssl != NULL;
+        if (pipe->has_members &&
+            (pipe->secured != secured || strcmp(pipe->cert_principal, c->principal) != 0)) {
+            char why[HAUL__PRINCIPAL_MAX * 2 + 100];
+            snprintf(why, sizeof(why),
+                     "a connection of principal \"%s\"%s asked to join a pipe of \"%s\"%s",
+                     c->principal, secured ? "" : " (plain)", pipe->cert_principal,
+                     pipe->secured ? "" : " (plain)");
+            protocol_error(c, HAUL_ETLS, why);
+            return;
+        }
         if (pipe->peer_chunk && pipe->peer_chunk != f->offset) {
             protocol_error(c, HAUL_EPROTO, "chunk size differs within one pipe");
             return;
+        }
+        if (!pipe->has_members) {
+            pipe->has_members = 1;
+            pipe->secured = secured;
+            memcpy(pipe->cert_principal, c->principal, sizeof(pipe->cert_principal));
         }
         pipe->peer_chunk = (uint32_t)f->offset;
         c->pipe = pipe;
@@ -365,10 +443,57 @@ static void parse(haul__conn *c)
         c->rx_pos = c->rx_have = 0;
 }
 
+/* recv(), or SSL_read() on TLS, with recv()'s results: bytes, 0 at the
+ * end, or -1 with errno (EAGAIN to wait for the next edge; EPROTO for a
+ * TLS error, whose text is then left on OpenSSL's queue). */
+static ssize_t conn_recv(haul__conn *c, void *dst, size_t want)
+{
+    if (c->ssl == NULL)
+        return recv(c->fd, dst, want, 0);
+    if (c->tls_fatal) {
+        errno = EPROTO;
+        return -1;
+    }
+    size_t n;
+    ERR_clear_error();
+    errno = 0;
+    c->tls_read_wants_write = 0;
+    if (SSL_read_ex(c->ssl, dst, want, &n) == 1)
+        return (ssize_t)n;
+    switch (SSL_get_error(c->ssl, 0)) {
+    case SSL_ERROR_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        /* TLS may have to answer (a key update) before it reads on. */
+        c->tls_read_wants_write = 1;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        c->tls_fatal = 1;
+        if (ERR_peek_error() != 0) {
+            errno = EPROTO;
+            return -1;
+        }
+        if (errno == 0)
+            return 0;
+        consume_sigpipe();
+        return -1;
+    default:
+        c->tls_fatal = 1;
+        consume_sigpipe();
+        errno = EPROTO;
+        return -1;
+    }
+}
+
 static void do_read(haul__conn *c)
 {
     haul_engine *e = c->engine;
-    for (int turn = 0; turn < READ_TURNS; turn++) {
+    int turns = c->ssl ? TLS_READ_TURNS : READ_TURNS;
+    for (int turn = 0; turn < turns; turn++) {
         pthread_mutex_lock(&e->mu);
         if (c->dead || c->state < HAUL__CONN_HELLO) {
             pthread_mutex_unlock(&e->mu);
@@ -392,16 +517,28 @@ static void do_read(haul__conn *c)
         }
         pthread_mutex_unlock(&e->mu);
 
-        ssize_t n = recv(c->fd, dst, want, 0);
+        ssize_t n = conn_recv(c, dst, want);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
+        char why[480];
+        int code = HAUL_ECONNRESET;
+        if (n == 0) {
+            snprintf(why, sizeof(why), "closed by the peer");
+        } else if (n < 0 && c->ssl && errno == EPROTO) {
+            /* An alert from the peer (say, our certificate refused) or a
+             * record that does not authenticate. */
+            haul__tls_error_text(c, why, sizeof(why));
+            code = HAUL_ETLS;
+        } else if (n < 0) {
+            snprintf(why, sizeof(why), "%s", strerror(errno));
+        }
         pthread_mutex_lock(&e->mu);
         if (n <= 0) {
-            char why[128];
-            snprintf(why, sizeof(why), "%s", n == 0 ? "closed by the peer" : strerror(errno));
-            haul__conn_close(c, HAUL_ECONNRESET, why);
+            if (code == HAUL_ETLS)
+                haul__log(e, HAUL_LOG_WARN, "connection %u: %s", c->serial, why);
+            haul__conn_close(c, code, why);
             pthread_mutex_unlock(&e->mu);
             return;
         }
@@ -421,8 +558,11 @@ static void do_read(haul__conn *c)
         /* Edge-triggered: a short read drained the socket, and the next
          * arrival raises a new edge. Not so the peer's FIN: it came with
          * an edge already taken (EPOLLRDHUP), and no other follows, so
-         * once it was seen the socket is read until recv() says EOF. */
-        if (moving || ((size_t)n < want && !c->rx_hup))
+         * once it was seen the socket is read until recv() says EOF. On
+         * TLS a short read says nothing (a read returns one record, and
+         * OpenSSL may hold more): it is read until SSL_read() wants the
+         * socket to be readable, which is the next edge. */
+        if (moving || (c->ssl == NULL && (size_t)n < want && !c->rx_hup))
             return;
     }
     pthread_mutex_lock(&e->mu);
@@ -502,22 +642,129 @@ static void batch_written(haul__conn *c)
     c->nitems = 0;
 }
 
-/* sendfile() raises SIGPIPE on a broken connection; the I/O threads block
- * it, and a pending one is taken here so that it never reaches the
- * application. */
-static void consume_sigpipe(void)
+/* TLS: copies what follows the write position into the bounce buffer,
+ * up to a payload in memory large enough to be written in place: headers,
+ * control frames, small payloads, and file bodies (read with pread(), as
+ * sendfile() cannot encrypt). Returns 0, or -1 with errno. */
+static int tls_gather(haul__conn *c)
 {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGPIPE);
-    struct timespec zero = {0, 0};
-    while (sigtimedwait(&set, NULL, &zero) > 0) {
+    if (c->tx_buf == NULL && (c->tx_buf = malloc(TLS_BOUNCE)) == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    size_t have = 0;
+    int i = c->item_pos;
+    uint64_t done = c->item_done;
+    while (i < c->nitems && have < TLS_BOUNCE) {
+        haul__tx_item *it = &c->items[i];
+        size_t room = TLS_BOUNCE - have;
+        if (done < HAUL__FRAME_HDR) {
+            size_t n = HAUL__FRAME_HDR - done < room ? HAUL__FRAME_HDR - done : room;
+            memcpy(c->tx_buf + have, c->headers[i] + done, n);
+            have += n;
+            done += n;
+            continue;
+        }
+        uint64_t pdone = done - HAUL__FRAME_HDR;
+        uint64_t rest = it->len - pdone;
+        if (rest == 0) {
+            i++;
+            done = 0;
+            continue;
+        }
+        size_t n = rest < room ? (size_t)rest : room;
+        if (is_file(it)) {
+            off_t at = it->msg->file_offset + (off_t)(it->offset + pdone);
+            ssize_t r = pread(it->msg->fd, c->tx_buf + have, n, at);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0)
+                return -1;
+            if (r == 0) {
+                errno = EIO; /* the file shrank under us */
+                return -1;
+            }
+            have += (size_t)r;
+            done += (uint64_t)r;
+            if ((size_t)r < n)
+                break;
+        } else {
+            if (rest >= TLS_DIRECT_MIN)
+                break;
+            memcpy(c->tx_buf + have, item_payload(c, it) + pdone, n);
+            have += n;
+            done += n;
+        }
+    }
+    c->tx_buf_len = have;
+    c->tx_buf_off = 0;
+    return 0;
+}
+
+/* TLS: writes from the current item on, as write_some(). */
+static ssize_t tls_write_some(haul__conn *c)
+{
+    if (c->tls_fatal) {
+        errno = EPROTO;
+        return -1;
+    }
+    const uint8_t *src;
+    size_t len;
+    int bounced = 1;
+    if (c->tx_buf_off < c->tx_buf_len) {
+        src = c->tx_buf + c->tx_buf_off;
+        len = c->tx_buf_len - c->tx_buf_off;
+    } else {
+        haul__tx_item *it = &c->items[c->item_pos];
+        uint64_t pdone = c->item_done >= HAUL__FRAME_HDR ? c->item_done - HAUL__FRAME_HDR : 0;
+        if (!is_file(it) && c->item_done >= HAUL__FRAME_HDR && it->len - pdone >= TLS_DIRECT_MIN) {
+            src = item_payload(c, it) + pdone;
+            len = (size_t)(it->len - pdone);
+            bounced = 0;
+        } else {
+            if (tls_gather(c) < 0)
+                return -1;
+            src = c->tx_buf;
+            len = c->tx_buf_len;
+        }
+    }
+    size_t written;
+    ERR_clear_error();
+    errno = 0;
+    if (SSL_write_ex(c->ssl, src, len, &written) == 1) {
+        c->tls_write_pending = 0;
+        if (bounced)
+            c->tx_buf_off += written;
+        return (ssize_t)written;
+    }
+    switch (SSL_get_error(c->ssl, 0)) {
+    case SSL_ERROR_WANT_WRITE:
+    case SSL_ERROR_WANT_READ:
+        /* The position stays: the retry passes the same bytes. */
+        c->tls_write_pending = 1;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_SYSCALL:
+        c->tls_fatal = 1;
+        consume_sigpipe();
+        if (ERR_peek_error() != 0)
+            errno = EPROTO;
+        else if (errno == 0)
+            errno = ECONNRESET;
+        return -1;
+    default:
+        c->tls_fatal = 1;
+        consume_sigpipe();
+        errno = EPROTO;
+        return -1;
     }
 }
 
 /* Writes from the current item on. Returns bytes written, or -1 with errno. */
 static ssize_t write_some(haul__conn *c)
 {
+    if (c->ssl)
+        return tls_write_some(c);
     haul__tx_item *it = &c->items[c->item_pos];
     if (is_file(it)) {
         if (c->item_done < HAUL__FRAME_HDR)
@@ -583,10 +830,16 @@ static void do_write(haul__conn *c)
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
                 return; /* the next EPOLLOUT edge brings us back */
             if (n < 0) {
-                char why[128];
-                snprintf(why, sizeof(why), "write failed: %s", strerror(errno));
+                char why[480];
+                int code = errno == EIO ? HAUL_EIO : HAUL_ECONNRESET;
+                if (c->ssl && errno == EPROTO) {
+                    haul__tls_error_text(c, why, sizeof(why));
+                    code = HAUL_ETLS;
+                } else {
+                    snprintf(why, sizeof(why), "write failed: %s", strerror(errno));
+                }
                 pthread_mutex_lock(&e->mu);
-                haul__conn_close(c, errno == EIO ? HAUL_EIO : HAUL_ECONNRESET, why);
+                haul__conn_close(c, code, why);
                 pthread_mutex_unlock(&e->mu);
                 return;
             }
@@ -660,6 +913,34 @@ static void dialled(haul__conn *c)
         conn_secured(c);
 }
 
+/* SECURING on TLS: one step of the handshake, without the engine's mutex
+ * (it computes and verifies signatures); the peer accepted, the
+ * connection goes on to CONN_HELLO. */
+static void secure_step(haul__conn *c)
+{
+    haul_engine *e = c->engine;
+    char why[480];
+    int rc = haul__tls_handshake(c, why, sizeof(why));
+    if (rc == 0)
+        return;
+    if (rc < 0)
+        consume_sigpipe();
+    pthread_mutex_lock(&e->mu);
+    if (!c->dead && c->state == HAUL__CONN_SECURING) {
+        if (rc > 0) {
+            haul__log(e, HAUL_LOG_DEBUG, "connection %u: TLS established%s%s", c->serial,
+                      c->server ? ", principal " : "", c->server ? c->principal : "");
+            conn_secured(c);
+        } else {
+            e->stats.tls_refused++;
+            haul__log(e, HAUL_LOG_WARN, "connection %u (%s): %s", c->serial,
+                      c->server ? "accepted" : "dialled", why);
+            haul__conn_close(c, HAUL_ETLS, why);
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
 void haul__conn_io(haul__conn *c, uint32_t events)
 {
     haul_engine *e = c->engine;
@@ -667,10 +948,15 @@ void haul__conn_io(haul__conn *c, uint32_t events)
     if (c->state == HAUL__CONN_DIALING && !c->dead && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
         dialled(c);
     int dead = c->dead;
+    int securing = !dead && c->state == HAUL__CONN_SECURING && c->ssl != NULL;
     if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         c->rx_hup = 1;
     pthread_mutex_unlock(&e->mu);
-    if (!dead && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+    if (securing)
+        secure_step(c);
+    /* A TLS read that had to write first goes on when the socket can. */
+    int read_for_write = c->tls_read_wants_write && (events & EPOLLOUT);
+    if (!dead && (read_for_write || (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))))
         do_read(c);
     if (!dead)
         do_write(c);
@@ -692,7 +978,12 @@ void haul__conn_handle_wake(haul__conn *c)
         parse(c);
     int more = c->more_to_read;
     c->more_to_read = 0;
+    int tls_live = c->ssl != NULL && c->state >= HAUL__CONN_HELLO && !c->dead;
     pthread_mutex_unlock(&e->mu);
+    /* OpenSSL may hold bytes it read already, which no edge announces:
+     * those a connection left when it moved here from another thread. */
+    if (tls_live && !c->tls_fatal && SSL_has_pending(c->ssl))
+        more = 1;
     if (more)
         do_read(c);
     do_write(c);

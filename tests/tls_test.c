@@ -1,0 +1,692 @@
+/*
+ * tls_test.c - mutual TLS 1.3 on every connection: a good pipe moves data
+ * and names the principal of its certificate; every faulty client is
+ * refused before the server application hears of it, with a logged reason.
+ * The certificates are made here, in a directory of each test's own
+ * (pki.h).
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/engine.h"
+#include "harness.h"
+#include "pki.h"
+#include "util.h"
+
+/* ---- the certificates --------------------------------------------------- */
+
+static char dir[64];
+
+static const char *path(const char *name)
+{
+    static char bufs[16][384];
+    static int next;
+    char *p = bufs[next++ % 16];
+    snprintf(p, 384, "%s/%s", dir, name);
+    return p;
+}
+
+static void remove_dir(void)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (de->d_name[0] != '.')
+            unlink(path(de->d_name));
+    closedir(d);
+    rmdir(dir);
+}
+
+#define REVOKED_SERIAL 99
+
+/* Makes the CA, the server's certificate, and one client certificate per
+ * case: NAME.pem and NAME.key. */
+static void pki_setup(void)
+{
+    snprintf(dir, sizeof(dir), "/tmp/haul-tls-XXXXXX");
+    CHECK(mkdtemp(dir) != NULL);
+    atexit(remove_dir);
+    pki_ca ca, other;
+    CHECK_OK(pki_ca_new(&ca, "haul test CA", path("ca.pem")));
+    CHECK_OK(pki_ca_new(&other, "another CA", path("other-ca.pem")));
+    struct {
+        const char *name;
+        const pki_ca *ca;
+        pki_opts o;
+    } certs[] = {
+        {"server",
+         &ca,
+         {.cn = "server", .serial = 2, .eku = "serverAuth", .san_extra = "DNS:localhost"}},
+        {"alice", &ca, {.cn = "alice", .serial = 10, .eku = "clientAuth", .principal = "alice"}},
+        {"bob", &ca, {.cn = "bob", .serial = 11, .eku = "clientAuth", .principal = "bob"}},
+        {"other-ca",
+         &other,
+         {.cn = "alice", .serial = 12, .eku = "clientAuth", .principal = "alice"}},
+        {"expired",
+         &ca,
+         {.cn = "alice",
+          .serial = 13,
+          .eku = "clientAuth",
+          .principal = "alice",
+          .not_before = -2 * 86400,
+          .not_after = -86400}},
+        {"not-yet",
+         &ca,
+         {.cn = "alice",
+          .serial = 14,
+          .eku = "clientAuth",
+          .principal = "alice",
+          .not_before = 86400,
+          .not_after = 2 * 86400}},
+        {"revoked",
+         &ca,
+         {.cn = "alice", .serial = REVOKED_SERIAL, .eku = "clientAuth", .principal = "alice"}},
+        {"wrong-usage",
+         &ca,
+         {.cn = "alice", .serial = 15, .eku = "serverAuth", .principal = "alice"}},
+        {"no-usage", &ca, {.cn = "alice", .serial = 16, .principal = "alice"}},
+        {"no-principal",
+         &ca,
+         {.cn = "alice",
+          .serial = 17,
+          .eku = "clientAuth",
+          .san_extra = "URI:https://example.org/alice"}},
+        {"self-signed",
+         &ca,
+         {.cn = "alice",
+          .serial = 18,
+          .eku = "clientAuth",
+          .principal = "alice",
+          .self_signed = 1}},
+    };
+    for (size_t i = 0; i < sizeof(certs) / sizeof(certs[0]); i++) {
+        char cert[32], key[32];
+        snprintf(cert, sizeof(cert), "%s.pem", certs[i].name);
+        snprintf(key, sizeof(key), "%s.key", certs[i].name);
+        CHECK_OK(pki_issue(certs[i].ca, &certs[i].o, path(cert), path(key)));
+    }
+    long revoked = REVOKED_SERIAL;
+    CHECK_OK(pki_crl(&ca, &revoked, 1, path("crl.pem")));
+    pki_ca_free(&ca);
+    pki_ca_free(&other);
+}
+
+/* ---- engines whose log the test reads ------------------------------------ */
+
+typedef struct log_book {
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    char text[32768];
+    size_t len;
+} log_book;
+
+static void log_line(void *arg, int level, const char *line)
+{
+    log_book *b = arg;
+    if (getenv("HAUL_TEST_LOG"))
+        fprintf(stderr, "haul[%d]: %s\n", level, line);
+    pthread_mutex_lock(&b->mu);
+    int n = snprintf(b->text + b->len, sizeof(b->text) - b->len, "%s\n", line);
+    if (n > 0 && b->len + (size_t)n < sizeof(b->text))
+        b->len += (size_t)n;
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* Waits up to ms for a line of the log that contains text. */
+static int log_wait(log_book *b, const char *text, int ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&b->mu);
+    int rc = 0;
+    while (strstr(b->text, text) == NULL && rc == 0)
+        rc = pthread_cond_timedwait(&b->cond, &b->mu, &until);
+    int found = strstr(b->text, text) != NULL;
+    if (!found)
+        harness_log("the log has no \"%s\"; it holds:\n%s", text, b->text);
+    pthread_mutex_unlock(&b->mu);
+    return found;
+}
+
+static haul_engine *engine_logged(log_book *b, unsigned threads)
+{
+    memset(b, 0, sizeof(*b));
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cond, NULL);
+    haul_engine_config c;
+    haul_engine_config_init(&c);
+    c.io_threads = threads;
+    c.handshake_timeout_ms = 2000;
+    c.log = log_line;
+    c.log_arg = b;
+    c.log_level = getenv("HAUL_TEST_LOG") ? atoi(getenv("HAUL_TEST_LOG")) : HAUL_LOG_WARN;
+    if (c.log_level < HAUL_LOG_WARN)
+        c.log_level = HAUL_LOG_WARN;
+    haul_engine *e = NULL;
+    CHECK_OK(haul_engine_new(&c, &e));
+    return e;
+}
+
+/* ---- the server ---------------------------------------------------------------- */
+
+typedef struct tls_server {
+    log_book log;
+    haul_engine *engine;
+    sink sink;
+    char address[160];
+} tls_server;
+
+static void server_up(tls_server *sv, int with_crl)
+{
+    sv->engine = engine_logged(&sv->log, 2);
+    haul_tls_config tls = {.cert_file = path("server.pem"),
+                           .key_file = path("server.key"),
+                           .ca_file = path("ca.pem"),
+                           .crl_file = with_crl ? path("crl.pem") : NULL};
+    haul_listen_config lc;
+    haul_listen_config_init(&lc);
+    lc.tls = &tls;
+    CHECK_OK(haul_listen(sv->engine, "127.0.0.1:0", &lc));
+    CHECK_OK(haul_listen_address(sv->engine, sv->address, sizeof(sv->address)));
+    CHECK_OK(sink_start(&sv->sink, sv->engine));
+}
+
+static void server_down(tls_server *sv)
+{
+    sink_stop(&sv->sink);
+    haul_engine_free(sv->engine);
+}
+
+static int sink_sessions(sink *k)
+{
+    pthread_mutex_lock(&k->mu);
+    int n = k->nsessions;
+    pthread_mutex_unlock(&k->mu);
+    return n;
+}
+
+/* A client's TLS files: NAME.pem and NAME.key, or no certificate. */
+static haul_tls_config client_tls(const char *name)
+{
+    haul_tls_config t = {.ca_file = path("ca.pem")};
+    if (name) {
+        char cert[32], key[32];
+        snprintf(cert, sizeof(cert), "%s.pem", name);
+        snprintf(key, sizeof(key), "%s.key", name);
+        t.cert_file = path(cert);
+        t.key_file = path(key);
+    }
+    return t;
+}
+
+/*
+ * A client with the given certificate (NULL: none) asks for a session of
+ * principal "alice". The server must refuse its connection in the
+ * security step with the reason `why` in its log, and its application
+ * must never hear of a session.
+ */
+static void refused(const char *cert, const char *why)
+{
+    harness_strerror = haul_strerror;
+    pki_setup();
+    tls_server sv;
+    server_up(&sv, 1);
+    log_book clog;
+    haul_engine *client = engine_logged(&clog, 1);
+    haul_tls_config tls = client_tls(cert);
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = sv.address;
+    sc.principal = "alice";
+    sc.tls = &tls;
+    haul_session *s;
+    CHECK_OK(haul_session_new(client, &sc, &s));
+    haul_event ev;
+    CHECK(next_event(client, &ev, 10000));
+    CHECK_STR_EQ(haul_event_name(ev.type), "SESSION_REFUSED");
+    /* The alert, or the server's hang-up when it came first. */
+    harness_log("client: %s", haul_strerror(ev.error));
+    CHECK(ev.error == HAUL_ETLS || ev.error == HAUL_ECONNRESET);
+    CHECK(log_wait(&sv.log, why, 5000));
+    haul_engine_stats st;
+    haul_engine_stats_get(sv.engine, &st);
+    CHECK_GE(st.tls_refused, 1);
+    CHECK_EQ(st.messages_received, 0);
+    CHECK_EQ(sink_sessions(&sv.sink), 0);
+    haul_session_free(s);
+    haul_engine_free(client);
+    server_down(&sv);
+}
+
+/* ---- the tests ------------------------------------------------------------------ */
+
+#define MIB (1u << 20)
+
+TEST_TIMEOUT(good_pipe_moves_64_mib, 60)
+{
+    harness_strerror = haul_strerror;
+    pki_setup();
+    tls_server sv;
+    server_up(&sv, 1);
+    log_book clog;
+    haul_engine *client = engine_logged(&clog, 1);
+    haul_tls_config tls = client_tls("alice");
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = sv.address;
+    sc.principal = "alice";
+    sc.tls = &tls;
+    sc.connections = 4;
+    sc.max_message = MIB;
+    sc.output_queue = 16 * MIB;
+    haul_session *s;
+    CHECK_OK(haul_session_new(client, &sc, &s));
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, 10000));
+    CHECK(haul_session_peer_principal(s) == NULL);
+
+    /* Half the messages from memory, half from a file: the file's chunks
+     * go through the bounce buffer, as sendfile() cannot encrypt. */
+    char file[160];
+    snprintf(file, sizeof(file), "%s/body", dir);
+    int fd = open(file, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    CHECK(fd >= 0);
+    uint8_t *buf = malloc(MIB);
+    XXH3_state_t *h = XXH3_createState();
+    XXH3_64bits_reset(h);
+    const int count = 64;
+    for (int i = count / 2; i < count; i++) {
+        fill_pattern(buf, MIB, (uint64_t)i);
+        CHECK_EQ(pwrite(fd, buf, MIB, (off_t)(i - count / 2) * MIB), (ssize_t)MIB);
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int acked = 0, rc;
+    for (int i = 0; i < count; i++) {
+        fill_pattern(buf, MIB, (uint64_t)i);
+        for (;;) {
+            rc = i < count / 2
+                     ? haul_send(s, buf, MIB, (uint64_t)i)
+                     : haul_send_file(s, fd, (off_t)(i - count / 2) * MIB, MIB, (uint64_t)i);
+            if (rc != HAUL_EQUEUEFULL)
+                break;
+            CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, 10000));
+            acked++;
+        }
+        CHECK_OK(rc);
+        XXH3_64bits_update(h, buf, MIB);
+    }
+    while (acked < count) {
+        CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, 10000));
+        acked++;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    harness_log("64 MiB over 4 TLS connections in %.3f s: %.0f MiB/s (indicative)", secs,
+                64.0 / secs);
+    close(fd);
+
+    haul_conn_stats cs[4];
+    CHECK_EQ(haul_pipe_stats(s, cs, 4), 4);
+    for (int i = 0; i < 4; i++)
+        CHECK(cs[i].up);
+    CHECK_OK(haul_session_close(s));
+    CHECK(wait_for(client, HAUL_EV_SESSION_CLOSED, &ev, 10000));
+    CHECK_OK(ev.error);
+    CHECK(sink_wait_closed(&sv.sink, 1, 10000));
+    sink_session *ss = &sv.sink.sessions[0];
+    CHECK_EQ(ss->messages, (uint64_t)count);
+    CHECK_EQ(ss->bytes, (uint64_t)count * MIB);
+    CHECK_EQ(XXH3_64bits_digest(ss->hash), XXH3_64bits_digest(h));
+    CHECK(!ss->order_broken);
+    haul_engine_stats st;
+    haul_engine_stats_get(sv.engine, &st);
+    CHECK_EQ(st.tls_refused, 0);
+    CHECK_EQ(st.protocol_errors, 0);
+    XXH3_freeState(h);
+    free(buf);
+    haul_session_free(s);
+    haul_engine_free(client);
+    server_down(&sv);
+}
+
+TEST(session_principal_is_the_certificates)
+{
+    harness_strerror = haul_strerror;
+    pki_setup();
+    tls_server sv;
+    server_up(&sv, 0);
+    log_book clog;
+    haul_engine *client = engine_logged(&clog, 1);
+    haul_tls_config tls = client_tls("alice");
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = sv.address;
+    sc.principal = "alice";
+    sc.tls = &tls;
+    sc.connections = 2;
+    haul_session *s;
+    CHECK_OK(haul_session_new(client, &sc, &s));
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, 10000));
+    CHECK_EQ(sink_sessions(&sv.sink), 1);
+    haul_session *srv = sv.sink.sessions[0].session;
+    CHECK(haul_session_peer_principal(srv) != NULL);
+    CHECK_STR_EQ(haul_session_peer_principal(srv), "alice");
+    CHECK_STR_EQ(haul_session_principal(srv), "alice");
+    haul_session_free(s);
+    haul_engine_free(client);
+    server_down(&sv);
+}
+
+TEST(plain_session_has_no_peer_principal)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_quiet(1, 0), *client = engine_quiet(1, 0);
+    CHECK(server && client);
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    char address[160];
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    sink k;
+    CHECK_OK(sink_start(&k, server));
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = "plain";
+    haul_session *s;
+    CHECK_OK(haul_session_new(client, &sc, &s));
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, 10000));
+    CHECK_EQ(sink_sessions(&k), 1);
+    CHECK(haul_session_peer_principal(k.sessions[0].session) == NULL);
+    haul_session_free(s);
+    sink_stop(&k);
+    haul_engine_free(client);
+    haul_engine_free(server);
+}
+
+TEST(refused_without_client_certificate)
+{
+    refused(NULL, "peer did not return a certificate");
+}
+
+TEST(refused_certificate_of_another_ca)
+{
+    refused("other-ca", "unable to get local issuer certificate");
+}
+
+TEST(refused_expired)
+{
+    refused("expired", "certificate has expired");
+}
+
+TEST(refused_not_yet_valid)
+{
+    refused("not-yet", "certificate is not yet valid");
+}
+
+TEST(refused_revoked)
+{
+    refused("revoked", "certificate revoked");
+}
+
+TEST(refused_wrong_key_usage)
+{
+    refused("wrong-usage", "unsuitable certificate purpose");
+}
+
+TEST(refused_without_key_usage)
+{
+    refused("no-usage", "is not for clientAuth");
+}
+
+TEST(refused_missing_principal)
+{
+    refused("no-principal", "no haul:principal:NAME subjectAltName");
+}
+
+TEST(refused_self_signed)
+{
+    refused("self-signed", "self-signed certificate");
+}
+
+TEST(refused_session_of_another_principal)
+{
+    harness_strerror = haul_strerror;
+    pki_setup();
+    tls_server sv;
+    server_up(&sv, 1);
+    log_book clog;
+    haul_engine *client = engine_logged(&clog, 1);
+    haul_tls_config tls = client_tls("bob");
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = sv.address;
+    sc.principal = "alice";
+    sc.tls = &tls;
+    haul_session *s;
+    CHECK_OK(haul_session_new(client, &sc, &s));
+    haul_event ev;
+    CHECK(next_event(client, &ev, 10000));
+    CHECK_STR_EQ(haul_event_name(ev.type), "SESSION_REFUSED");
+    CHECK_EQ(ev.error, HAUL_EREFUSED);
+    CHECK_EQ(ev.reason, HAUL_EREFUSED);
+    CHECK(log_wait(&sv.log, "asks for principal \"alice\", the certificate is of \"bob\"", 5000));
+    CHECK_EQ(sink_sessions(&sv.sink), 0);
+    /* The connection itself was good: bob's own session opens on it. */
+    sc.principal = "bob";
+    haul_session *s2;
+    CHECK_OK(haul_session_new(client, &sc, &s2));
+    CHECK(next_event(client, &ev, 10000));
+    CHECK_STR_EQ(haul_event_name(ev.type), "SESSION_OPEN");
+    CHECK_EQ(sink_sessions(&sv.sink), 1);
+    CHECK_STR_EQ(haul_session_peer_principal(sv.sink.sessions[0].session), "bob");
+    haul_session_free(s);
+    haul_session_free(s2);
+    haul_engine_free(client);
+    server_down(&sv);
+}
+
+/* A raw OpenSSL client on a blocking socket to the server's port. */
+static SSL *raw_client(tls_server *sv, SSL_CTX *ctx, int *fdp)
+{
+    int port = atoi(strrchr(sv->address, ':') + 1);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(fd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK_OK(connect(fd, (struct sockaddr *)&sin, sizeof(sin)));
+    SSL *ssl = SSL_new(ctx);
+    CHECK(ssl != NULL);
+    SSL_set_fd(ssl, fd);
+    *fdp = fd;
+    return ssl;
+}
+
+static SSL_CTX *raw_ctx(const char *name, int max_version)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    CHECK(ctx != NULL);
+    SSL_CTX_set_max_proto_version(ctx, max_version);
+    char cert[32], key[32];
+    snprintf(cert, sizeof(cert), "%s.pem", name);
+    snprintf(key, sizeof(key), "%s.key", name);
+    CHECK_EQ(SSL_CTX_use_certificate_chain_file(ctx, path(cert)), 1);
+    CHECK_EQ(SSL_CTX_use_PrivateKey_file(ctx, path(key), SSL_FILETYPE_PEM), 1);
+    CHECK_EQ(SSL_CTX_load_verify_file(ctx, path("ca.pem")), 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    return ctx;
+}
+
+TEST(refused_tls_1_2_client)
+{
+    pki_setup();
+    tls_server sv;
+    server_up(&sv, 0);
+    SSL_CTX *ctx = raw_ctx("alice", TLS1_2_VERSION);
+    int fd;
+    SSL *ssl = raw_client(&sv, ctx, &fd);
+    CHECK(SSL_connect(ssl) != 1);
+    CHECK(log_wait(&sv.log, "unsupported protocol", 5000));
+    haul_engine_stats st;
+    haul_engine_stats_get(sv.engine, &st);
+    CHECK_EQ(st.tls_refused, 1);
+    /* The same client with TLS 1.3 gets through. */
+    SSL_free(ssl);
+    close(fd);
+    SSL_CTX_free(ctx);
+    ctx = raw_ctx("alice", TLS1_3_VERSION);
+    ssl = raw_client(&sv, ctx, &fd);
+    CHECK_EQ(SSL_connect(ssl), 1);
+    CHECK_EQ(SSL_version(ssl), TLS1_3_VERSION);
+    SSL_free(ssl);
+    close(fd);
+    SSL_CTX_free(ctx);
+    CHECK_EQ(sink_sessions(&sv.sink), 0);
+    server_down(&sv);
+}
+
+TEST(plain_client_fails_tls_client_passes)
+{
+    harness_strerror = haul_strerror;
+    pki_setup();
+    tls_server sv;
+    server_up(&sv, 0);
+    log_book clog;
+    haul_engine *client = engine_logged(&clog, 1);
+    haul_tls_config tls = client_tls("alice");
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = sv.address;
+    sc.principal = "alice";
+    sc.tls = &tls;
+    haul_session *good;
+    CHECK_OK(haul_session_new(client, &sc, &good));
+    haul_event ev;
+    CHECK(next_event(client, &ev, 10000));
+    CHECK_STR_EQ(haul_event_name(ev.type), "SESSION_OPEN");
+
+    /* A plain session to the same destination makes a pipe of its own
+     * (it must not ride the TLS one), which the server refuses. */
+    sc.tls = NULL;
+    haul_session *plain;
+    CHECK_OK(haul_session_new(client, &sc, &plain));
+    CHECK(next_event(client, &ev, 10000));
+    CHECK_STR_EQ(haul_event_name(ev.type), "SESSION_REFUSED");
+    CHECK(ev.session == plain);
+    CHECK(log_wait(&sv.log, "TLS handshake failed", 5000));
+
+    /* The TLS session still works. */
+    CHECK_OK(haul_send(good, "still here", 10, 1));
+    CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, 10000));
+    CHECK_EQ(sink_sessions(&sv.sink), 1);
+    haul_session_free(good);
+    haul_session_free(plain);
+    haul_engine_free(client);
+    server_down(&sv);
+}
+
+/* A connection of principal bob names the server pipe of alice's
+ * connections in its HELLO: the server closes it, and alice's pipe goes
+ * on. */
+TEST(refused_join_of_another_principals_pipe)
+{
+    harness_strerror = haul_strerror;
+    pki_setup();
+    tls_server sv;
+    server_up(&sv, 0);
+    log_book clog;
+    haul_engine *client = engine_logged(&clog, 1);
+    haul_tls_config tls = client_tls("alice");
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = sv.address;
+    sc.principal = "alice";
+    sc.tls = &tls;
+    haul_session *s;
+    CHECK_OK(haul_session_new(client, &sc, &s));
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, 10000));
+    uint64_t pipe_id = s->pipe->id; /* internal: the id every HELLO names */
+
+    SSL_CTX *ctx = raw_ctx("bob", TLS1_3_VERSION);
+    int fd;
+    SSL *ssl = raw_client(&sv, ctx, &fd);
+    CHECK_EQ(SSL_connect(ssl), 1);
+    uint8_t hello[HAUL__FRAME_HDR + HAUL__HELLO_MAGIC_LEN];
+    haul__frame f = {.version = HAUL_PROTOCOL_VERSION,
+                     .type = HAUL__F_HELLO,
+                     .len = HAUL__HELLO_MAGIC_LEN,
+                     .aux = 1,
+                     .seq = pipe_id,
+                     .offset = 256u << 10};
+    haul__frame_encode(&f, hello);
+    memcpy(hello + HAUL__FRAME_HDR, HAUL__HELLO_MAGIC, HAUL__HELLO_MAGIC_LEN);
+    CHECK_EQ(SSL_write(ssl, hello, (int)sizeof(hello)), (int)sizeof(hello));
+    CHECK(log_wait(&sv.log, "a connection of principal \"bob\" asked to join a pipe of \"alice\"",
+                   5000));
+    /* The server says why, then hangs up. */
+    uint8_t answer[256];
+    int n = SSL_read(ssl, answer, sizeof(answer));
+    CHECK_GE(n, HAUL__FRAME_HDR);
+    CHECK_EQ(answer[1], HAUL__F_ERROR);
+    SSL_free(ssl);
+    close(fd);
+    SSL_CTX_free(ctx);
+
+    CHECK_OK(haul_send(s, "alice goes on", 13, 1));
+    CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, 10000));
+    haul_session_free(s);
+    haul_engine_free(client);
+    server_down(&sv);
+}
+
+TEST(bad_tls_files_fail_at_the_call)
+{
+    harness_strerror = haul_strerror;
+    pki_setup();
+    log_book b;
+    haul_engine *e = engine_logged(&b, 1);
+    haul_tls_config tls = {.cert_file = path("server.pem"),
+                           .key_file = path("alice.key"), /* not the certificate's */
+                           .ca_file = path("ca.pem")};
+    haul_listen_config lc;
+    haul_listen_config_init(&lc);
+    lc.tls = &tls;
+    CHECK_EQ(haul_listen(e, "127.0.0.1:0", &lc), HAUL_ETLS);
+    CHECK(log_wait(&b, "key values mismatch", 1000));
+    tls.key_file = path("server.key");
+    tls.ca_file = path("missing.pem");
+    CHECK_EQ(haul_listen(e, "127.0.0.1:0", &lc), HAUL_ETLS);
+    tls.ca_file = path("ca.pem");
+    tls.crl_file = path("ca.pem"); /* a certificate, not a CRL */
+    CHECK_EQ(haul_listen(e, "127.0.0.1:0", &lc), HAUL_ETLS);
+    CHECK(log_wait(&b, "cannot load the CRL", 1000));
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = "127.0.0.1:9";
+    sc.principal = "alice";
+    haul_tls_config ctls = client_tls("alice");
+    ctls.cert_file = path("missing.pem");
+    sc.tls = &ctls;
+    haul_session *s;
+    CHECK_EQ(haul_session_new(e, &sc, &s), HAUL_ETLS);
+    haul_engine_free(e);
+}
