@@ -7,6 +7,7 @@
  *   haul ls haul://HOST:PORT[/DATASET[@SNAPSHOT]]
  *   haul verify haul://HOST:PORT/DATASET[@SNAPSHOT]
  *   haul bench haul://HOST:PORT
+ *   haul cert ca|server|client|revoke|show ...   (certificates: cert.c)
  *
  * Unix sockets: haul://unix:/path/to/sock/DATASET[@SNAPSHOT] (the dataset
  * is the last component); IPv6: haul://[::1]:PORT/DATASET.
@@ -29,6 +30,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "cli/cert.h"
 #include "cli/client.h"
 
 #define DEFAULT_CONNECTIONS 4
@@ -105,6 +107,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: haul COMMAND [OPTIONS] ARGS\n\nCommands:\n");
     for (size_t i = 0; i < NCOMMANDS; i++)
         fprintf(f, "  haul %s\n", commands[i].synopsis);
+    fprintf(f, "  haul cert ca|server|client|revoke|show ...  (see haul cert --help)\n");
     fprintf(f,
             "\nURLs: haul://HOST:PORT/DATASET, haul://[IPV6]:PORT/DATASET,\n"
             "      haul://unix:/path/to/socket/DATASET (the dataset is the last component)\n\n"
@@ -165,6 +168,10 @@ int main(int argc, char **argv)
     const char *env = getenv("HAUL_PRINCIPAL");
     opt.principal = env && *env ? env : "default";
     int help = 0;
+
+    /* haul cert has options of its own and opens no session. */
+    if (argc >= 2 && strcmp(argv[1], "cert") == 0)
+        return cli_cert(argc - 1, argv + 1);
 
     int ch;
     while ((ch = getopt_long(argc, argv, "P:qvt:h", longopts, NULL)) != -1) {
