@@ -3,9 +3,14 @@
  * connections, like iperf3: one process listens and takes every message,
  * the other sends for a while and reports what was acknowledged.
  *
- *   haul-perf -s [-a ADDRESS]
+ *   haul-perf -s [-a ADDRESS] [-k PKI_DIR]
  *   haul-perf -c ADDRESS [-P connections] [-t seconds] [-m message-bytes]
  *             [-q output-queue-bytes] [-T io-threads] [-S sessions] [-j]
+ *             [-k PKI_DIR]
+ *
+ * -k runs over mutual TLS with certificates made by `haul cert` in
+ * PKI_DIR: ca.crt, localhost.crt/.key for the server, perf.crt/.key for
+ * the client (principal "perf").
  *
  * The server serves one client run and exits (like iperf3 -1). -j prints
  * the client's result as one JSON line. Uses the public API only.
@@ -49,6 +54,18 @@ static uint64_t parse_size(const char *s)
     return (uint64_t)v;
 }
 
+static const char *pki_dir;
+
+static void tls_files(haul_tls_config *t, const char *who, char *cert, char *key, char *ca)
+{
+    sprintf(cert, "%s/%s.crt", pki_dir, who);
+    sprintf(key, "%s/%s.key", pki_dir, who);
+    sprintf(ca, "%s/ca.crt", pki_dir);
+    t->cert_file = cert;
+    t->key_file = key;
+    t->ca_file = ca;
+}
+
 static int serve(const char *address, unsigned threads)
 {
     haul_engine_config ec;
@@ -57,8 +74,16 @@ static int serve(const char *address, unsigned threads)
     ec.max_message = 256ull << 20;
     haul_engine *e;
     int rc = haul_engine_new(&ec, &e);
+    haul_listen_config lc;
+    haul_listen_config_init(&lc);
+    haul_tls_config tls = {0};
+    char cert[4200], key[4200], ca[4200];
+    if (pki_dir) {
+        tls_files(&tls, "localhost", cert, key, ca);
+        lc.tls = &tls;
+    }
     if (rc == 0)
-        rc = haul_listen(e, address, NULL);
+        rc = haul_listen(e, address, &lc);
     if (rc) {
         fprintf(stderr, "haul-perf: %s: %s\n", address, haul_strerror(rc));
         return 1;
@@ -129,7 +154,13 @@ static int client(const char *address, unsigned conns, double seconds, uint64_t 
         haul_session_config sc;
         haul_session_config_init(&sc);
         sc.destination = address;
-        sc.principal = "haul-perf";
+        sc.principal = pki_dir ? "perf" : "haul-perf";
+        haul_tls_config tls = {0};
+        char cert[4200], key[4200], ca[4200];
+        if (pki_dir) {
+            tls_files(&tls, "perf", cert, key, ca);
+            sc.tls = &tls;
+        }
         sc.connections = conns;
         sc.max_message = msg;
         sc.output_queue = queue;
@@ -206,7 +237,7 @@ int main(int argc, char **argv)
     double seconds = 5;
     uint64_t msg = 1 << 20, queue = 64 << 20;
     int opt;
-    while ((opt = getopt(argc, argv, "sa:c:P:t:m:q:T:S:j")) != -1) {
+    while ((opt = getopt(argc, argv, "sa:c:P:t:m:q:T:S:jk:")) != -1) {
         switch (opt) {
         case 's':
             server = 1;
@@ -237,6 +268,9 @@ int main(int argc, char **argv)
             break;
         case 'j':
             json = 1;
+            break;
+        case 'k':
+            pki_dir = optarg;
             break;
         default:
             fprintf(stderr, "usage: haul-perf -s [-a ADDRESS] | -c ADDRESS [-P conns] [-t s] "

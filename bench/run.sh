@@ -38,10 +38,18 @@ iperf_run() { # streams
   wait
 }
 
+# Certificates for the TLS rows, made by haul cert.
+pki=$tmp/pki
+"$build/haul" cert ca "$pki" >/dev/null
+"$build/haul" cert server "$pki" localhost >/dev/null
+"$build/haul" cert client "$pki" perf >/dev/null
+
 haul_run() { # connections [extra args]
   local conns=$1
   shift
-  "$perf" -s -a "127.0.0.1:$port" >/dev/null &
+  local server_args=()
+  [[ " $* " == *" -k "* ]] && server_args=(-k "$pki")
+  "$perf" -s -a "127.0.0.1:$port" "${server_args[@]}" >/dev/null &
   wait_port "$port"
   "$perf" -c "127.0.0.1:$port" -P "$conns" -t "$secs" -j "$@" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["gbps"])'
@@ -51,7 +59,8 @@ haul_run() { # connections [extra args]
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 rows=("iperf3 -P1" "iperf3 -P4" "haul 1 session, 1 connection" "haul 1 session, 4 connections"
-  "haul 1 session, 8 connections" "haul 4 sessions, 4 connections")
+  "haul 1 session, 8 connections" "haul 4 sessions, 4 connections"
+  "haul TLS 1.3, 1 connection" "haul TLS 1.3, 2 connections")
 for ((r = 0; r < rounds; r++)); do
   iperf_run 1 >>"$tmp/0"
   haul_run 1 >>"$tmp/2"
@@ -59,6 +68,8 @@ for ((r = 0; r < rounds; r++)); do
   haul_run 4 >>"$tmp/3"
   haul_run 8 >>"$tmp/4"
   haul_run 4 -S 4 >>"$tmp/5"
+  haul_run 1 -k "$pki" >>"$tmp/6"
+  haul_run 2 -k "$pki" >>"$tmp/7"
 done
 
 echo "loopback, $(nproc) cores, $(uname -r), median of $rounds x ${secs}s, 1 MiB messages"
