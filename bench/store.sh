@@ -3,7 +3,11 @@
 # on loopback, in the same run, stores on /dev/shm:
 #
 #   (a) one large file (SIZE_MB, default 4096): nc, socat -b 1M, rsync
-#       (daemon mode), haul push
+#       (daemon mode), haul push (plain TCP, --plaintext), and the TLS row:
+#       haul push over mutual TLS 1.3 beside scp -c aes128-gcm@openssh.com
+#       to root@127.0.0.1 (needs a running sshd and a key that logs root
+#       in without a prompt; the scp row is SKIPPED otherwise: this script
+#       neither installs nor starts sshd)
 #   (b) a tree of many small files (FILES, default 50000, 1-64 KiB):
 #       tar | nc | tar, rsync (daemon mode), haul push
 #   (c) peak RSS of hauld and haul pushing a tree of MANY files (default
@@ -116,18 +120,29 @@ run_rsync() { # src (dir/)
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
   echo "$t"
 }
-start_hauld() {
+# A PKI for the TLS rows, made with haul cert.
+pki=$work/pki
+"$build/haul" cert ca "$pki" >/dev/null
+"$build/haul" cert server "$pki" localhost >/dev/null
+"$build/haul" cert client "$pki" bench >/dev/null
+tls_server=(--tls-cert "$pki/localhost.crt" --tls-key "$pki/localhost.key" --tls-ca "$pki/ca.crt")
+tls_client=(--tls-cert "$pki/bench.crt" --tls-key "$pki/bench.key" --tls-ca "$pki/ca.crt")
+start_hauld() { # [tls]
   rm -rf "$work/store" && mkdir -p "$work/store"
-  "$build/hauld" --listen "127.0.0.1:$port" --store "$work/store" >"$work/hauld.log" 2>&1 & pids+=($!)
+  local sec=(--plaintext)
+  [[ ${1:-} == tls ]] && sec=("${tls_server[@]}")
+  "$build/hauld" --listen "127.0.0.1:$port" --store "$work/store" "${sec[@]}" >"$work/hauld.log" 2>&1 & pids+=($!)
   wait_port "$port"
 }
 stop_hauld() {
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
 }
-run_haul() { # src dir, connections
-  start_hauld
+run_haul() { # src dir, connections, [tls]
+  start_hauld "${3:-}"
+  local sec=(--plaintext)
+  [[ ${3:-} == tls ]] && sec=("${tls_client[@]}")
   local t0=$(now)
-  "$build/haul" push -q -P "${2:-4}" "$1" "haul://127.0.0.1:$port/bench" >/dev/null
+  "$build/haul" push -q -P "${2:-4}" "${sec[@]}" "$1" "haul://127.0.0.1:$port/bench" >/dev/null
   local t=$(awk -v a="$t0" -v b="$(now)" 'BEGIN {print b - a}')
   stop_hauld
   echo "$t"
@@ -151,6 +166,25 @@ t_haul1=$(bestof run_haul "$work/src-big" 1); record "haul push -P 1" "$t_haul1"
 peer=$(printf '%s\n' "$t_nc" "$t_socat" "$t_rsync" | sort -g | head -1)
 h=$(printf '%s\n' "$t_haul" "$t_haul1" | sort -g | head -1)
 echo "haul vs the best peer: $(awk -v p="$peer" -v h="$h" 'BEGIN {printf "%.2fx", p / h}')"
+
+echo
+echo "(a') the same file over TLS"
+t_tls=$(bestof run_haul "$work/src-big" 4 tls); record "haul push -P 4, TLS 1.3" "$t_tls" "$big_bytes"
+echo "haul TLS vs haul plaintext -P 4: $(awk -v p="$t_haul" -v h="$t_tls" 'BEGIN {printf "%.2fx", p / h}') of its throughput"
+run_scp() {
+  rm -rf "$work/dst" && mkdir -p "$work/dst"
+  local t0=$(now)
+  scp -q -c aes128-gcm@openssh.com -o BatchMode=yes -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null "$1" "root@127.0.0.1:$work/dst/out"
+  awk -v a="$t0" -v b="$(now)" 'BEGIN {print b - a}'
+}
+if command -v scp >/dev/null && timeout 10 ssh -o BatchMode=yes -o StrictHostKeyChecking=no \
+  -o UserKnownHostsFile=/dev/null root@127.0.0.1 true 2>/dev/null; then
+  t_scp=$(bestof run_scp "$work/src-big/big.bin"); record "scp aes128-gcm" "$t_scp" "$big_bytes"
+  echo "haul TLS vs scp: $(awk -v p="$t_scp" -v h="$t_tls" 'BEGIN {printf "%.2fx", p / h}')"
+else
+  echo "scp aes128-gcm               SKIPPED: no sshd on 127.0.0.1 that lets root in with a key"
+fi
 
 echo
 echo "(b) $files files of 1-64 KiB ($((small_bytes >> 20)) MiB)"
@@ -177,7 +211,7 @@ for i in range(n):
 PY
   start_hauld
   hpid=${pids[-1]}
-  /usr/bin/time -f "%M" -o "$work/haul.rss" "$build/haul" push -q -P 4 "$work/src-many" "haul://127.0.0.1:$port/many" >/dev/null
+  /usr/bin/time -f "%M" -o "$work/haul.rss" "$build/haul" push -q -P 4 --plaintext "$work/src-many" "haul://127.0.0.1:$port/many" >/dev/null
   hauld_kb=$(awk '/VmHWM/ {print $2}' "/proc/$hpid/status")
   stop_hauld
   echo "haul  peak RSS: $(( $(cat "$work/haul.rss") / 1024 )) MiB"

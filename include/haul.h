@@ -324,6 +324,19 @@ HAUL_API int haul_listen(haul_engine *engine, const char *address,
  */
 HAUL_API int haul_listen_address(haul_engine *engine, char *buf, size_t size);
 
+/*
+ * Reloads the TLS files of every TLS listener of the engine (a renewed
+ * certificate, a new CRL): each listener's context is rebuilt from the
+ * paths its haul_listen() was given. Connections accepted from then on use
+ * the new files; connections and sessions already there keep theirs and
+ * go on undisturbed. All or nothing per listener: when a listener's files
+ * cannot be loaded, it keeps its previous context and the call returns
+ * HAUL_ETLS (the reason goes to the engine's log) after trying the
+ * others. Returns 0 (also when no listener uses TLS), HAUL_EINVAL,
+ * HAUL_ETLS.
+ */
+HAUL_API int haul_listen_reload_tls(haul_engine *engine);
+
 /* ------------------------------------------------------------------------ */
 /* Sessions                                                                 */
 /* ------------------------------------------------------------------------ */

@@ -17,6 +17,14 @@
  * mounted, prints the tail of the server's log, and removes the directory,
  * unless HAUL_E2E_KEEP=1 asks to keep it for a post mortem.
  *
+ * Transport: hauld runs with --plaintext and every haul command with
+ * --plaintext, unless the test sets env->tls (after e2e_setup with
+ * E2E_NO_SERVER, before e2e_start_server): hauld then gets
+ * --tls-cert/--tls-key/--tls-ca from env->tls_dir (TLS_DIR/server.crt,
+ * server.key, ca.crt) and haul runs with HAUL_TLS_DIR=TLS_DIR, which
+ * means TLS_DIR/ca.crt and TLS_DIR/PRINCIPAL.crt/.key. env->server_args
+ * adds arguments of the test's own to hauld's command line.
+ *
  * Environment:
  *   HAUL_E2E_KEEP=1        keep the temporary directories.
  *   HAUL_E2E_LOG=LEVEL     passed to hauld as --log-level.
@@ -284,6 +292,10 @@ typedef struct e2e_env {
     int runs;    /* commands run, to name their output files */
     int servers; /* servers started, to name their logs */
     int torn_down;
+    /* Mutual TLS instead of --plaintext (see the top of the file). */
+    int tls;
+    char tls_dir[PATH_MAX];
+    const char *server_args[16]; /* more hauld arguments, NULL-terminated */
 } e2e_env;
 
 /* The test's environment, for the atexit handler. */
@@ -345,13 +357,26 @@ E2E_FN_ int e2e_server_start_at(e2e_env *env, e2e_server *s, const char *listen)
     s->log_fd = open(s->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     CHECK(s->log_fd >= 0);
 
-    const char *argv[12];
+    const char *argv[40];
+    char tls_cert[PATH_MAX], tls_key[PATH_MAX], tls_ca[PATH_MAX];
     int argc = 0;
     argv[argc++] = env->hauld;
     argv[argc++] = "--listen";
     argv[argc++] = listen;
     argv[argc++] = "--store";
     argv[argc++] = env->store;
+    if (env->tls) {
+        argv[argc++] = "--tls-cert";
+        argv[argc++] = e2e_join(tls_cert, env->tls_dir, "server.crt");
+        argv[argc++] = "--tls-key";
+        argv[argc++] = e2e_join(tls_key, env->tls_dir, "server.key");
+        argv[argc++] = "--tls-ca";
+        argv[argc++] = e2e_join(tls_ca, env->tls_dir, "ca.crt");
+    } else {
+        argv[argc++] = "--plaintext";
+    }
+    for (int i = 0; i < 16 && env->server_args[i] != NULL; i++)
+        argv[argc++] = env->server_args[i];
     if (getenv("HAUL_E2E_LOG") != NULL) {
         argv[argc++] = "--log-level";
         argv[argc++] = getenv("HAUL_E2E_LOG");
@@ -660,10 +685,16 @@ E2E_FN_ const char *e2e_path(e2e_env *env, char *out, const char *rel)
  */
 E2E_FN_ void e2e_haul_startv(e2e_env *env, e2e_proc *p, const char *const *args)
 {
-    const char *argv[E2E_MAX_ARGS + 2];
+    const char *argv[E2E_MAX_ARGS + 3];
     int argc = 0;
     argv[argc++] = env->haul;
     size_t o = (size_t)snprintf(p->line, sizeof(p->line), "haul");
+    /* Plain TCP unless the test asked for TLS; `haul cert` opens no
+     * connection and takes no transport options. */
+    if (!env->tls && !(args[0] != NULL && strcmp(args[0], "cert") == 0)) {
+        argv[argc++] = "--plaintext";
+        o += (size_t)snprintf(p->line + o, sizeof(p->line) - o, " --plaintext");
+    }
     for (int i = 0; args[i] != NULL; i++) {
         CHECK(argc < E2E_MAX_ARGS);
         argv[argc++] = args[i];
@@ -696,6 +727,8 @@ E2E_FN_ void e2e_haul_startv(e2e_env *env, e2e_proc *p, const char *const *args)
             dup2(null, 0);
         /* Whatever the client keeps in its home stays in the test's dir. */
         setenv("HOME", home, 1);
+        if (env->tls)
+            setenv("HAUL_TLS_DIR", env->tls_dir, 1);
         if (drop && (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65534) != 0))
             _exit(126);
         execv(argv[0], (char *const *)argv);

@@ -1174,3 +1174,48 @@ int cli_cert(int argc, char **argv)
     }
     return status;
 }
+
+int cli_cert_principal(const char *path, char *out, size_t size)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        snprintf(out, size, "cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
+    X509 *cert = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    ERR_clear_error();
+    if (cert == NULL) {
+        snprintf(out, size, "%s is not a PEM certificate", path);
+        return -1;
+    }
+    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    const size_t prefix = strlen(PRINCIPAL_URI);
+    int found = 0;
+    for (int i = 0; names && i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
+        if (gn->type != GEN_URI)
+            continue;
+        const char *uri = (const char *)ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier);
+        size_t len = (size_t)ASN1_STRING_length(gn->d.uniformResourceIdentifier);
+        if (len <= prefix || strncmp(uri, PRINCIPAL_URI, prefix) != 0)
+            continue;
+        if (len - prefix >= size || memchr(uri, '\0', len) != NULL) {
+            found = -1;
+            break;
+        }
+        found++;
+        memcpy(out, uri + prefix, len - prefix);
+        out[len - prefix] = '\0';
+    }
+    GENERAL_NAMES_free(names);
+    X509_free(cert);
+    if (found != 1) {
+        snprintf(out, size, "%s names %s", path,
+                 found == 0 ? "no principal (URI:haul:principal:NAME); is it a client certificate "
+                              "of `haul cert client`?"
+                            : "more than one principal, or a malformed one");
+        return -1;
+    }
+    return 0;
+}

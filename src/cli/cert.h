@@ -6,6 +6,8 @@
 #ifndef HAUL_CLI_CERT_H
 #define HAUL_CLI_CERT_H
 
+#include <stddef.h>
+
 /*
  * Runs "haul cert SUBCOMMAND ...". argv[0] is "cert"; the subcommand parses
  * its own options, which differ from those of the transfer subcommands, so
@@ -14,5 +16,12 @@
  * (after printing why).
  */
 int cli_cert(int argc, char **argv);
+
+/*
+ * Reads the principal a client certificate (PEM) authenticates: its one
+ * subjectAltName URI "haul:principal:NAME". Returns 0 with NAME in out,
+ * or -1 with why in out.
+ */
+int cli_cert_principal(const char *path, char *out, size_t size);
 
 #endif

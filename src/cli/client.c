@@ -409,10 +409,19 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
     sc.context_len = context_len;
     sc.connections = opt->connections;
     sc.message_timeout_ms = opt->timeout_ms;
+    haul_tls_config tls = {opt->tls_cert, opt->tls_key, opt->tls_ca, NULL};
+    if (!opt->plaintext)
+        sc.tls = &tls;
     rc = haul_session_new(c->engine, &sc, &c->session);
     if (rc) {
         c->session = NULL;
-        if (rc == HAUL_EADDR)
+        if (rc == HAUL_ETLS)
+            cli_fail(c, CLI_EXIT_USAGE,
+                     "cannot use the TLS files (--tls-cert %s --tls-key %s --tls-ca %s); "
+                     "run with -v to see why",
+                     opt->tls_cert ? opt->tls_cert : "-", opt->tls_key ? opt->tls_key : "-",
+                     opt->tls_ca);
+        else if (rc == HAUL_EADDR)
             cli_fail(c, CLI_EXIT_TRANSFER, "%s: cannot resolve the address", url->destination);
         else
             cli_fail(c, CLI_EXIT_TRANSFER, "%s: %s", url->destination, haul_strerror(rc));
@@ -429,12 +438,27 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
         int n = haul_engine_wait(c->engine, &ev, 1, 500);
         if (n == 1 && ev.type == HAUL_EV_SESSION_OPEN) {
             c->open = 1;
+        } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED &&
+                   !opt->plaintext && ev.reason == HAUL_EREFUSED) {
+            /* Over TLS the engine of the server refuses by itself a
+             * request for another principal than the certificate's. */
+            cli_fail(c, CLI_EXIT_REFUSED,
+                     "the server refused: principal %s does not match the certificate%s%s",
+                     opt->principal, opt->tls_cert ? " " : "", opt->tls_cert ? opt->tls_cert : "");
+            return c->failed;
         } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED) {
             /* hauld's reasons are enum hsp_refusal; the server's engine may
              * refuse by itself with a haul error code (too many sessions). */
             int known = ev.reason >= HSP_R_BAD_REQUEST && ev.reason <= HSP_R_SHUTTING_DOWN;
             cli_fail(c, CLI_EXIT_REFUSED, "the server refused the request: %s",
                      known ? hsp_refusal_text(ev.reason) : haul_strerror((int)ev.reason));
+            return c->failed;
+        } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_ETLS) {
+            cli_fail(c, CLI_EXIT_TRANSFER,
+                     "%s: the TLS handshake failed (%s): is the server's CA --tls-ca, is "
+                     "our certificate one of its CA and not revoked, does the server use "
+                     "TLS? (-v says more)",
+                     url->destination, opt->plaintext ? "we are --plaintext" : "mutual TLS 1.3");
             return c->failed;
         } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED) {
             cli_fail(c, CLI_EXIT_TRANSFER, "cannot reach %s: %s", url->destination,

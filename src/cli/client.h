@@ -37,6 +37,10 @@ typedef struct cli_options {
     uint32_t message;     /* --message-size: file data per message */
     unsigned timeout_ms;  /* --timeout: message timeout */
     const char *principal;
+    /* Mutual TLS: our certificate and key, and the CA of the server's
+     * (all NULL with --plaintext). */
+    const char *tls_cert, *tls_key, *tls_ca;
+    int plaintext;
     int json;       /* --json: one JSON object on stdout at the end */
     int quiet;      /* -q: no summary, no progress */
     int verbose;    /* -v: engine log level */

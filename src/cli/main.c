@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "cli/cert.h"
 #include "cli/client.h"
@@ -49,7 +50,14 @@ static const char options_help[] =
     "      --timeout SECONDS a message not acknowledged this long fails the run,\n"
     "                        and so does a server unreachable this long (default 60)\n"
     "      --principal NAME  the namespace on the server (default: $HAUL_PRINCIPAL,\n"
-    "                        else \"default\")\n"
+    "                        else the principal of --tls-cert, else \"default\")\n"
+    "      --tls-cert FILE   our client certificate (haul cert client DIR PRINCIPAL)\n"
+    "      --tls-key FILE    its private key\n"
+    "      --tls-ca FILE     the CA that signed the server's certificate\n"
+    "                        (or $HAUL_TLS_DIR=DIR: DIR/ca.crt, DIR/PRINCIPAL.crt\n"
+    "                        and DIR/PRINCIPAL.key)\n"
+    "      --plaintext       plain TCP without TLS: trusted links and benchmarks\n"
+    "                        only (the server must be --plaintext too)\n"
     "      --json            print one JSON object on stdout at the end\n"
     "  -q, --quiet           print only what scripts need (push: the snapshot id)\n"
     "  -v, --verbose         log the transport's doings (twice: debug)\n"
@@ -142,6 +150,79 @@ static void raise_fd_limit(void)
     }
 }
 
+/*
+ * TLS unless --plaintext: the files come from --tls-cert/--tls-key/--tls-ca
+ * or from $HAUL_TLS_DIR, and the principal, when not given, from the
+ * certificate. The server checks that they agree; checking here first
+ * gives a clearer message. Returns 0, or -1 after saying why.
+ */
+static int tls_options(cli_options *opt, char *principal, char *ca, char *crt, char *key)
+{
+    if (opt->plaintext) {
+        if (opt->tls_cert || opt->tls_key || opt->tls_ca) {
+            cli_warn("--plaintext and --tls-* exclude each other");
+            return -1;
+        }
+        if (opt->principal == NULL)
+            opt->principal = "default";
+        return 0;
+    }
+    const char *dir = getenv("HAUL_TLS_DIR");
+    if (opt->tls_cert == NULL && opt->tls_key == NULL && opt->tls_ca == NULL && dir && *dir) {
+        const char *name = opt->principal ? opt->principal : "default";
+        if (!hsp_name_ok(name, strlen(name), HSP_NAME_MAX)) {
+            cli_warn("bad principal '%s'", name);
+            return -1;
+        }
+        snprintf(ca, PATH_MAX, "%s/ca.crt", dir);
+        snprintf(crt, PATH_MAX, "%s/%s.crt", dir, name);
+        snprintf(key, PATH_MAX, "%s/%s.key", dir, name);
+        if (access(crt, R_OK) != 0) {
+            cli_warn("HAUL_TLS_DIR: no certificate %s for principal %s: make one with `haul cert "
+                     "client %s %s`, or give --principal NAME",
+                     crt, name, dir, name);
+            return -1;
+        }
+        opt->tls_ca = ca;
+        opt->tls_cert = crt;
+        opt->tls_key = key;
+    }
+    if (opt->tls_ca == NULL) {
+        cli_warn("no TLS certificate: create one with `haul cert client DIR PRINCIPAL` (DIR "
+                 "holding the CA of `haul cert ca DIR`), then give --tls-cert DIR/PRINCIPAL.crt "
+                 "--tls-key DIR/PRINCIPAL.key --tls-ca DIR/ca.crt, or set HAUL_TLS_DIR=DIR; "
+                 "or use --plaintext on a trusted link");
+        return -1;
+    }
+    if ((opt->tls_cert == NULL) != (opt->tls_key == NULL)) {
+        cli_warn("--tls-cert and --tls-key go together");
+        return -1;
+    }
+    if (opt->tls_cert == NULL) {
+        /* Allowed, so that a server's refusal can be seen; it cannot
+         * authenticate. */
+        cli_warn("warning: no client certificate (--tls-cert): the server will refuse us");
+        if (opt->principal == NULL)
+            opt->principal = "default";
+        return 0;
+    }
+    char why[PATH_MAX + 200];
+    if (cli_cert_principal(opt->tls_cert, why, sizeof(why)) != 0) {
+        cli_warn("%s", why);
+        return -1;
+    }
+    /* cli_cert_principal() checked that the name fits. */
+    size_t n = strnlen(why, HSP_NAME_MAX);
+    memcpy(principal, why, n);
+    principal[n] = '\0';
+    if (opt->principal == NULL)
+        opt->principal = principal;
+    else if (strcmp(opt->principal, principal) != 0)
+        cli_warn("warning: principal %s is not the one of %s (%s): the server will refuse it",
+                 opt->principal, opt->tls_cert, principal);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -150,6 +231,10 @@ int main(int argc, char **argv)
         {"message-size", required_argument, NULL, 'M'},
         {"timeout", required_argument, NULL, 'T'},
         {"principal", required_argument, NULL, 'p'},
+        {"tls-cert", required_argument, NULL, 'C'},
+        {"tls-key", required_argument, NULL, 'K'},
+        {"tls-ca", required_argument, NULL, 'A'},
+        {"plaintext", no_argument, NULL, 'X'},
         {"json", no_argument, NULL, 'j'},
         {"quiet", no_argument, NULL, 'q'},
         {"verbose", no_argument, NULL, 'v'},
@@ -166,7 +251,7 @@ int main(int argc, char **argv)
         .seconds = DEFAULT_BENCH_S,
     };
     const char *env = getenv("HAUL_PRINCIPAL");
-    opt.principal = env && *env ? env : "default";
+    opt.principal = env && *env ? env : NULL;
     int help = 0;
 
     /* haul cert has options of its own and opens no session. */
@@ -212,6 +297,18 @@ int main(int argc, char **argv)
         }
         case 'p':
             opt.principal = optarg;
+            break;
+        case 'C':
+            opt.tls_cert = optarg;
+            break;
+        case 'K':
+            opt.tls_key = optarg;
+            break;
+        case 'A':
+            opt.tls_ca = optarg;
+            break;
+        case 'X':
+            opt.plaintext = 1;
             break;
         case 'j':
             opt.json = 1;
@@ -272,6 +369,9 @@ int main(int argc, char **argv)
         cli_warn("-t/--time applies to bench only");
         return CLI_EXIT_USAGE;
     }
+    static char principal[HSP_NAME_MAX + 1], ca[PATH_MAX], crt[PATH_MAX], key[PATH_MAX];
+    if (tls_options(&opt, principal, ca, crt, key) != 0)
+        return CLI_EXIT_USAGE;
     if (!hsp_name_ok(opt.principal, strlen(opt.principal), HSP_NAME_MAX)) {
         cli_warn("bad principal '%s' (1-255 of A-Z a-z 0-9 . _ -, not starting with '.')",
                  opt.principal);

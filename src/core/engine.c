@@ -219,10 +219,18 @@ int haul_listen(haul_engine *e, const char *address, const haul_listen_config *c
     /* The TLS files are read now, so that a mistake in them is this
      * call's error rather than every client's failed handshake. */
     struct ssl_ctx_st *tls_ctx = NULL;
+    char *tls_files = NULL;
     if (lc.tls) {
         int trc = haul__tls_ctx_new(e, lc.tls, 1, &tls_ctx);
         if (trc)
             return trc;
+        /* The paths are kept for haul_listen_reload_tls(). */
+        int kerr = HAUL_ENOMEM;
+        tls_files = haul__tls_key(lc.tls, &kerr);
+        if (tls_files == NULL) {
+            haul__tls_ctx_free(tls_ctx);
+            return kerr;
+        }
         lc.tls = NULL; /* not kept: the caller's, read during this call only */
     }
 
@@ -231,6 +239,7 @@ int haul_listen(haul_engine *e, const char *address, const haul_listen_config *c
     int rc = haul__addr_parse(address, &ss, &len);
     if (rc) {
         haul__tls_ctx_free(tls_ctx);
+        free(tls_files);
         return rc;
     }
     if (ss.ss_family == AF_UNIX) {
@@ -245,6 +254,7 @@ int haul_listen(haul_engine *e, const char *address, const haul_listen_config *c
                 close(probe);
             if (live) {
                 haul__tls_ctx_free(tls_ctx);
+                free(tls_files);
                 errno = EADDRINUSE;
                 return HAUL_EADDR;
             }
@@ -257,6 +267,7 @@ int haul_listen(haul_engine *e, const char *address, const haul_listen_config *c
         int err_no = errno;
         haul__log(e, HAUL_LOG_ERROR, "cannot listen on %s: %s", address, strerror(errno));
         haul__tls_ctx_free(tls_ctx);
+        free(tls_files);
         errno = err_no;
         return rc;
     }
@@ -264,12 +275,14 @@ int haul_listen(haul_engine *e, const char *address, const haul_listen_config *c
     if (l == NULL) {
         close(fd);
         haul__tls_ctx_free(tls_ctx);
+        free(tls_files);
         return HAUL_ENOMEM;
     }
     l->kind = HAUL__POLL_LISTENER;
     l->fd = fd;
     l->config = lc;
     l->tls_ctx = tls_ctx;
+    l->tls_files = tls_files;
     struct sockaddr_storage bound;
     socklen_t blen = sizeof(bound);
     getsockname(fd, (struct sockaddr *)&bound, &blen);
@@ -290,6 +303,45 @@ int haul_listen(haul_engine *e, const char *address, const haul_listen_config *c
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = l};
     epoll_ctl(e->loops[0].epfd, EPOLL_CTL_ADD, fd, &ev);
     return 0;
+}
+
+int haul_listen_reload_tls(haul_engine *e)
+{
+    if (e == NULL)
+        return HAUL_EINVAL;
+    int rc = 0;
+    /* The files are read without the lock (they may be slow to read); the
+     * listeners are only ever added before, and freed with the engine, so
+     * the list may be walked by this, the application's, thread. The swap
+     * itself happens under mu, which listener_ready() holds while it hands
+     * a listener's context to a new connection: the connection's SSL then
+     * holds a reference of its own, and the old context lives on until the
+     * last such connection is freed. */
+    haul__list *pos;
+    pthread_mutex_lock(&e->mu);
+    haul__list_each(pos, &e->listeners)
+    {
+        haul__listener *l = HAUL__CONTAINER(pos, haul__listener, link);
+        if (l->tls_files == NULL)
+            continue;
+        char *files = l->tls_files;
+        pthread_mutex_unlock(&e->mu);
+        struct ssl_ctx_st *ctx = NULL;
+        int trc = haul__tls_ctx_reload(e, files, 1, &ctx);
+        pthread_mutex_lock(&e->mu);
+        if (trc) {
+            haul__log(e, HAUL_LOG_ERROR, "TLS reload of %s failed; keeping its old files",
+                      l->address);
+            rc = HAUL_ETLS;
+            continue;
+        }
+        struct ssl_ctx_st *old = l->tls_ctx;
+        l->tls_ctx = ctx;
+        haul__tls_ctx_free(old);
+        haul__log(e, HAUL_LOG_INFO, "TLS files of %s reloaded", l->address);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return rc;
 }
 
 int haul_listen_address(haul_engine *e, char *buf, size_t size)
@@ -568,6 +620,7 @@ void haul_engine_free(haul_engine *e)
         if (strncmp(l->address, "unix:", 5) == 0)
             unlink(l->address + 5);
         haul__tls_ctx_free(l->tls_ctx);
+        free(l->tls_files);
         free(l);
     }
     pthread_mutex_unlock(&e->mu);

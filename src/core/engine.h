@@ -318,7 +318,8 @@ struct haul__listener {
     int fd;
     char address[160];
     haul_listen_config config;
-    struct ssl_ctx_st *tls_ctx; /* NULL: plain TCP */
+    struct ssl_ctx_st *tls_ctx; /* NULL: plain TCP; swapped under mu by a reload */
+    char *tls_files;            /* its files, as haul__tls_key() makes them, for reloads */
 };
 
 struct haul_engine {
@@ -420,6 +421,9 @@ void haul__conn_sweep(haul__conn *conn, int64_t now);
 int haul__tls_ctx_new(haul_engine *engine, const haul_tls_config *config, int server,
                       struct ssl_ctx_st **ctxp);
 void haul__tls_ctx_free(struct ssl_ctx_st *ctx);
+/* Makes a new context from the files named by a haul__tls_key() string. */
+int haul__tls_ctx_reload(haul_engine *engine, const char *tls_key, int server,
+                         struct ssl_ctx_st **ctxp);
 /* The key of a client pipe's TLS identity (malloc'd), or NULL for plain;
  * *err is HAUL_ENOMEM when it could not be made. */
 char *haul__tls_key(const haul_tls_config *config, int *err);

@@ -1,9 +1,16 @@
 /*
  * hauld - the storage server of haul.
  *
- *   hauld --listen HOST:PORT --store DIR [--config FILE] [--max-sessions N]
- *         [--max-connections N] [--io-threads N] [--timeout SECONDS]
+ *   hauld --listen HOST:PORT --store DIR
+ *         (--tls-cert FILE --tls-key FILE --tls-ca FILE [--tls-crl FILE] | --plaintext)
+ *         [--config FILE] [--max-sessions N] [--max-connections N] [--io-threads N]
+ *         [--timeout SECONDS] [--handshake-timeout SECONDS]
  *         [--log-level error|warn|info|debug]
+ *
+ * Every connection is mutual TLS 1.3 and a client's namespace is the
+ * principal of its certificate; plain TCP only with an explicit
+ * --plaintext. SIGHUP reloads the certificate, key, CA and CRL for the
+ * connections to come, without dropping the sessions that run.
  *
  * Runs in the foreground and logs to stderr. SIGTERM or SIGINT stops it:
  * new requests are refused, running ones get up to --timeout seconds to
@@ -90,6 +97,12 @@ enum {
     OPT_IO_THREADS,
     OPT_TIMEOUT,
     OPT_LOG_LEVEL,
+    OPT_TLS_CERT,
+    OPT_TLS_KEY,
+    OPT_TLS_CA,
+    OPT_TLS_CRL,
+    OPT_PLAINTEXT,
+    OPT_HANDSHAKE_TIMEOUT,
     OPT_COUNT_,
     OPT_HELP = 'h',
 };
@@ -103,19 +116,37 @@ static const struct option long_options[] = {
     {"io-threads", required_argument, NULL, OPT_IO_THREADS},
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+    {"tls-key", required_argument, NULL, OPT_TLS_KEY},
+    {"tls-ca", required_argument, NULL, OPT_TLS_CA},
+    {"tls-crl", required_argument, NULL, OPT_TLS_CRL},
+    {"plaintext", no_argument, NULL, OPT_PLAINTEXT},
+    {"handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: hauld --listen HOST:PORT --store DIR [options]\n"
+    fprintf(f, "usage: hauld --listen HOST:PORT --store DIR\n"
+               "             (--tls-cert FILE --tls-key FILE --tls-ca FILE | --plaintext)\n"
+               "             [options]\n"
                "\n"
                "The storage server of haul: keeps the snapshots that `haul push` sends,\n"
                "one namespace per principal under DIR.\n"
                "\n"
                "  --listen ADDRESS        HOST:PORT, [V6]:PORT, :PORT or unix:/PATH\n"
                "  --store DIR             the store's root directory (made if missing)\n"
+               "  --tls-cert FILE         the server's certificate (haul cert server)\n"
+               "  --tls-key FILE          its private key\n"
+               "  --tls-ca FILE           the CA that signs the clients' certificates;\n"
+               "                          a client's namespace is its certificate's\n"
+               "                          principal\n"
+               "  --tls-crl FILE          revoked certificates (haul cert revoke)\n"
+               "  --plaintext             plain TCP, no authentication: trusted links\n"
+               "                          and benchmarks only\n"
+               "  --handshake-timeout SECONDS  close connections that have not finished\n"
+               "                          their handshake by then (default 10)\n"
                "  --config FILE           `key = value` lines with the keys of these\n"
                "                          options (listen, store, ...); `#` comments;\n"
                "                          the command line wins\n"
@@ -126,6 +157,7 @@ static void usage(FILE *f)
                "                          waits for running requests (default 60)\n"
                "  --log-level LEVEL       error, warn, info (default) or debug\n"
                "\n"
+               "SIGHUP: reload the TLS files (for new connections; sessions go on).\n"
                "SIGTERM or SIGINT: refuse new requests, let running ones end (up to\n"
                "--timeout), exit 0. Exit status 1: bad arguments, or a store or an\n"
                "address that cannot be used.\n");
@@ -239,6 +271,50 @@ static int read_config(const char *path, options *o)
     return rc;
 }
 
+/* TLS material, or an explicit --plaintext: never plain TCP by default. */
+static int tls_config(options *o, server_config *cfg)
+{
+    const char *plain = VALUE(o, OPT_PLAINTEXT);
+    int plaintext = 0;
+    if (plain) {
+        if (strcmp(plain, "yes") == 0 || strcmp(plain, "true") == 0 || strcmp(plain, "1") == 0)
+            plaintext = 1;
+        else if (strcmp(plain, "no") != 0 && strcmp(plain, "false") != 0 &&
+                 strcmp(plain, "0") != 0) {
+            fprintf(stderr, "hauld: plaintext wants yes or no, not '%s'\n", plain);
+            return -1;
+        }
+    }
+    cfg->tls_cert = VALUE(o, OPT_TLS_CERT);
+    cfg->tls_key = VALUE(o, OPT_TLS_KEY);
+    cfg->tls_ca = VALUE(o, OPT_TLS_CA);
+    cfg->tls_crl = VALUE(o, OPT_TLS_CRL);
+    int any = cfg->tls_cert || cfg->tls_key || cfg->tls_ca || cfg->tls_crl;
+    if (plaintext && any) {
+        fprintf(stderr, "hauld: --plaintext and --tls-* exclude each other\n");
+        return -1;
+    }
+    if (plaintext)
+        return 0;
+    if (!any) {
+        fprintf(stderr,
+                "hauld: no TLS certificate: create one with `haul cert ca DIR && haul cert "
+                "server DIR NAME`, then --tls-cert DIR/NAME.crt --tls-key DIR/NAME.key "
+                "--tls-ca DIR/ca.crt (clients: `haul cert client DIR PRINCIPAL`); or run with "
+                "--plaintext on a trusted link\n");
+        return -1;
+    }
+    if (!cfg->tls_cert || !cfg->tls_key || !cfg->tls_ca) {
+        fprintf(stderr,
+                "hauld: TLS needs all of --tls-cert, --tls-key and --tls-ca (missing: "
+                "%s%s%s)\n",
+                cfg->tls_cert ? "" : "--tls-cert ", cfg->tls_key ? "" : "--tls-key ",
+                cfg->tls_ca ? "" : "--tls-ca");
+        return -1;
+    }
+    return 0;
+}
+
 static int make_config(int argc, char **argv, options *o, server_config *cfg)
 {
     int c;
@@ -258,7 +334,7 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
             return -1;
         }
         free(VALUE(o, c));
-        if ((VALUE(o, c) = strdup(optarg)) == NULL)
+        if ((VALUE(o, c) = strdup(optarg ? optarg : "yes")) == NULL)
             return -1;
     }
     if (optind < argc) {
@@ -294,7 +370,13 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
         return -1;
     if (VALUE(o, OPT_LOG_LEVEL) && parse_level(VALUE(o, OPT_LOG_LEVEL), &cfg->log_level) < 0)
         return -1;
-    return 0;
+    if (VALUE(o, OPT_HANDSHAKE_TIMEOUT)) {
+        unsigned s;
+        if (parse_unsigned("handshake-timeout", VALUE(o, OPT_HANDSHAKE_TIMEOUT), 1, 3600, &s) < 0)
+            return -1;
+        cfg->handshake_timeout_ms = s * 1000u;
+    }
+    return tls_config(o, cfg);
 }
 
 /* ---- main ---------------------------------------------------------------------------- */
@@ -309,13 +391,14 @@ int main(int argc, char **argv)
         goto out;
     log_level = cfg.log_level;
 
-    /* SIGTERM and SIGINT arrive through a descriptor that the loop polls;
+    /* SIGTERM, SIGINT and SIGHUP arrive through a descriptor that the loop polls;
      * they are blocked before the engine starts its threads, which
      * inherit the mask, so that none of them takes the signal instead. */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     if (sigprocmask(SIG_BLOCK, &set, NULL) < 0) {
         fprintf(stderr, "hauld: cannot block signals: %s\n", strerror(errno));
         goto out;

@@ -340,7 +340,14 @@ void server_busy_remove(server *srv, const char *principal, const char *dataset)
 
 static void on_request(server *srv, haul_session *s)
 {
+    /* With TLS the namespace is the principal of the client's verified
+     * certificate, never what the request says (the library refuses a
+     * request whose principal is not the certificate's anyway). */
     const char *principal = haul_session_principal(s);
+    if (srv->cfg.tls_cert) {
+        const char *cert_principal = haul_session_peer_principal(s);
+        principal = cert_principal ? cert_principal : "";
+    }
     size_t clen = 0;
     const void *ctx = haul_session_context(s, &clen);
     uint32_t reason = 0;
@@ -471,6 +478,23 @@ static void on_signal(server *srv)
     ssize_t n = read(srv->sigfd, &si, sizeof(si));
     if (n != (ssize_t)sizeof(si))
         return;
+    if (si.ssi_signo == SIGHUP) {
+        /* New certificates and CRLs for the connections to come; the
+         * sessions that run keep the ones they were made with. */
+        if (!srv->cfg.tls_cert) {
+            hauld_log(HAUL_LOG_INFO, "SIGHUP received: nothing to reload (plaintext)");
+            return;
+        }
+        int rc = haul_listen_reload_tls(srv->engine);
+        if (rc)
+            hauld_log(HAUL_LOG_ERROR,
+                      "SIGHUP received: cannot reload the TLS files (%s); keeping the old ones",
+                      haul_strerror(rc));
+        else
+            hauld_log(HAUL_LOG_INFO, "SIGHUP received: TLS certificates%s reloaded",
+                      srv->cfg.tls_crl ? " and CRL" : "");
+        return;
+    }
     const char *name = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
     if (!srv->stopping) {
         srv->stopping = 1;
@@ -586,6 +610,8 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
         ec.max_connections = cfg->max_connections;
     if (cfg->timeout_s)
         ec.message_timeout_ms = cfg->timeout_s * 1000u;
+    if (cfg->handshake_timeout_ms)
+        ec.handshake_timeout_ms = cfg->handshake_timeout_ms;
     /* Clients send messages of up to HSP_MESSAGE_MAX; a benchmark may
      * choose larger ones, up to the engine's default. */
     if (ec.max_message < HSP_MESSAGE_MAX)
@@ -605,8 +631,24 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
     lc.output_queue = 64ull << 20;
     lc.input_queue = 64ull << 20;
     lc.max_message = HSP_MESSAGE_MAX;
+    haul_tls_config tls = {cfg->tls_cert, cfg->tls_key, cfg->tls_ca, cfg->tls_crl};
+    if (cfg->tls_cert)
+        lc.tls = &tls;
     errno = 0;
     rc = haul_listen(srv->engine, cfg->listen, &lc);
+    if (rc == HAUL_ETLS) {
+        /* The engine's log line above says which file and why. */
+        fprintf(stderr,
+                "hauld: cannot use the TLS files (--tls-cert %s --tls-key %s --tls-ca %s%s%s); "
+                "see the error above\n",
+                cfg->tls_cert, cfg->tls_key, cfg->tls_ca, cfg->tls_crl ? " --tls-crl " : "",
+                cfg->tls_crl ? cfg->tls_crl : "");
+        haul_engine_free(srv->engine);
+        srv->engine = NULL;
+        close(srv->store);
+        srv->store = -1;
+        return -1;
+    }
     if (rc) {
         /* The library says HAUL_EADDR both for an address it cannot parse
          * and for one it cannot bind; errno tells them apart. */
@@ -634,7 +676,14 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
         snprintf(address, sizeof(address), "%s", cfg->listen);
     hauld_log(HAUL_LOG_INFO, "storing into %s, %u I/O thread%s, message timeout %u s", cfg->store,
               ec.io_threads, ec.io_threads == 1 ? "" : "s", ec.message_timeout_ms / 1000);
-    hauld_log(HAUL_LOG_INFO, "listening on %s", address);
+    if (cfg->tls_cert)
+        hauld_log(HAUL_LOG_INFO, "listening on %s with mutual TLS 1.3 (CA %s%s%s)", address,
+                  cfg->tls_ca, cfg->tls_crl ? ", CRL " : "", cfg->tls_crl ? cfg->tls_crl : "");
+    else
+        hauld_log(HAUL_LOG_WARN,
+                  "listening on %s in PLAINTEXT: no authentication, no encryption "
+                  "(--plaintext); every client names its own principal",
+                  address);
     printf("hauld: listening on %s\n", address);
     fflush(stdout);
     return 0;
