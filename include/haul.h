@@ -138,6 +138,10 @@ typedef struct haul_engine_config {
     /* Connections that have not yet finished their handshake may live this
      * long. Default 10000 ms. */
     unsigned handshake_timeout_ms;
+    /* Most accepted connections that have not yet finished their handshake
+     * (TLS and HELLO) at once; more are closed as they arrive, so that
+     * silent or slow peers cannot take every connection. Default 256. */
+    unsigned max_handshakes;
     /* A message fails, and so does its session, when it is still not
      * acknowledged this long after it was queued and after the session's
      * last acknowledgement. Default 60000 ms. Sessions may override it. */
@@ -529,6 +533,9 @@ typedef struct haul_engine_stats {
     /* Connections closed by the security step: a failed TLS handshake, or
      * a peer certificate refused (key usage, principal). */
     uint64_t tls_refused;
+    /* Accepted connections closed at once because max_handshakes were
+     * still handshaking. */
+    uint64_t handshakes_refused;
 } haul_engine_stats;
 
 HAUL_API void haul_engine_stats_get(haul_engine *engine, haul_engine_stats *out);

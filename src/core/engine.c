@@ -69,6 +69,7 @@ void haul_engine_config_init(haul_engine_config *c)
     c->max_sessions = 4096;
     c->max_connections = 4096;
     c->handshake_timeout_ms = 10000;
+    c->max_handshakes = 256;
     c->message_timeout_ms = 60000;
     c->max_attempts = 8;
     c->redial_min_ms = 20;
@@ -85,6 +86,8 @@ static int config_check(const haul_engine_config *c)
     if (c->chunk_size < HAUL__CHUNK_MIN || c->chunk_size > HAUL__CHUNK_MAX)
         return HAUL_EINVAL;
     if (c->max_sessions < 1 || c->max_connections < 1)
+        return HAUL_EINVAL;
+    if (c->max_handshakes < 1)
         return HAUL_EINVAL;
     if (c->handshake_timeout_ms < 1 || c->message_timeout_ms < 1 || c->max_attempts < 1)
         return HAUL_EINVAL;
@@ -382,6 +385,15 @@ static void listener_ready(haul_engine *e, haul__listener *l)
             close(fd);
             continue;
         }
+        if (e->handshaking >= e->config.max_handshakes) {
+            e->stats.handshakes_refused++;
+            pthread_mutex_unlock(&e->mu);
+            haul__log(e, HAUL_LOG_WARN,
+                      "connection refused: %u connections are still in their handshake",
+                      e->config.max_handshakes);
+            close(fd);
+            continue;
+        }
         haul__conn *c = haul__conn_new(e, fd, 1, NULL, 0);
         if (c == NULL) {
             pthread_mutex_unlock(&e->mu);
@@ -389,6 +401,8 @@ static void listener_ready(haul_engine *e, haul__listener *l)
             continue;
         }
         c->lconf = &l->config;
+        c->handshaking = 1;
+        e->handshaking++;
         c->tls_ctx = l->tls_ctx;
         haul__conn_start(c, 0);
         pthread_mutex_unlock(&e->mu);

@@ -231,6 +231,7 @@ struct haul__conn {
     int item_pos;       /* the item being written */
     uint64_t item_done; /* bytes of it written, header included */
     int more_to_read;   /* stopped reading to give others a turn */
+    int handshaking;    /* accepted, counted in engine->handshaking */
     int rx_hup;         /* the peer closed or reset: read until EOF */
     int hello_pending;  /* a HELLO or HELLO_ACK to send */
 
@@ -344,6 +345,7 @@ struct haul_engine {
     haul__list conns;
     unsigned nconns;
     unsigned nsessions;
+    unsigned handshaking; /* accepted connections not yet joined */
     uint32_t next_serial;
     unsigned next_loop;
 

@@ -211,9 +211,19 @@ static void release_items(haul__conn *c)
 
 /* Frees a dead connection: by its own thread, or by the engine when the
  * threads have stopped (mu held). */
+/* An accepted connection leaves the count of handshakes in progress. */
+static void handshake_over(haul__conn *c)
+{
+    if (c->handshaking) {
+        c->handshaking = 0;
+        c->engine->handshaking--;
+    }
+}
+
 void haul__conn_free(haul__conn *c)
 {
     haul_engine *e = c->engine;
+    handshake_over(c);
     haul__list_del(&c->all_link);
     haul__list_del(&c->wake_link);
     e->nconns--;
@@ -299,6 +309,7 @@ static void on_hello(haul__conn *c, const uint8_t *payload)
         c->pipe = pipe;
         c->index = f->aux;
         c->hello_pending = HAUL__F_HELLO_ACK;
+        handshake_over(c);
         conn_enter(c, HAUL__CONN_JOINED);
         haul__pipe_conn_joined(pipe, c);
         if (pipe->loop != c->loop)
