@@ -4,7 +4,7 @@
  *   hauld --listen HOST:PORT --store DIR
  *         (--tls-cert FILE --tls-key FILE --tls-ca FILE [--tls-crl FILE] | --plaintext)
  *         [--config FILE] [--max-sessions N] [--max-connections N] [--io-threads N]
- *         [--timeout SECONDS] [--handshake-timeout SECONDS]
+ *         [--timeout SECONDS] [--handshake-timeout SECONDS] [--max-handshakes N]
  *         [--log-level error|warn|info|debug]
  *
  * Every connection is mutual TLS 1.3 and a client's namespace is the
@@ -103,6 +103,7 @@ enum {
     OPT_TLS_CRL,
     OPT_PLAINTEXT,
     OPT_HANDSHAKE_TIMEOUT,
+    OPT_MAX_HANDSHAKES,
     OPT_COUNT_,
     OPT_HELP = 'h',
 };
@@ -122,6 +123,7 @@ static const struct option long_options[] = {
     {"tls-crl", required_argument, NULL, OPT_TLS_CRL},
     {"plaintext", no_argument, NULL, OPT_PLAINTEXT},
     {"handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT},
+    {"max-handshakes", required_argument, NULL, OPT_MAX_HANDSHAKES},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -147,6 +149,8 @@ static void usage(FILE *f)
                "                          and benchmarks only\n"
                "  --handshake-timeout SECONDS  close connections that have not finished\n"
                "                          their handshake by then (default 10)\n"
+               "  --max-handshakes N      connections in their handshake at once; more\n"
+               "                          are closed as they arrive (default 256)\n"
                "  --config FILE           `key = value` lines with the keys of these\n"
                "                          options (listen, store, ...); `#` comments;\n"
                "                          the command line wins\n"
@@ -376,6 +380,10 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
             return -1;
         cfg->handshake_timeout_ms = s * 1000u;
     }
+    if (VALUE(o, OPT_MAX_HANDSHAKES) &&
+        parse_unsigned("max-handshakes", VALUE(o, OPT_MAX_HANDSHAKES), 1, 1000000,
+                       &cfg->max_handshakes) < 0)
+        return -1;
     return tls_config(o, cfg);
 }
 

@@ -612,6 +612,8 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
         ec.message_timeout_ms = cfg->timeout_s * 1000u;
     if (cfg->handshake_timeout_ms)
         ec.handshake_timeout_ms = cfg->handshake_timeout_ms;
+    if (cfg->max_handshakes)
+        ec.max_handshakes = cfg->max_handshakes;
     /* Clients send messages of up to HSP_MESSAGE_MAX; a benchmark may
      * choose larger ones, up to the engine's default. */
     if (ec.max_message < HSP_MESSAGE_MAX)

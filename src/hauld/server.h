@@ -44,6 +44,7 @@ typedef struct server_config {
     unsigned timeout_s; /* message timeout, and how long a shutdown waits */
     int log_level;
     unsigned handshake_timeout_ms; /* 0: the engine's default */
+    unsigned max_handshakes;       /* 0: the engine's default */
     /* Mutual TLS (all NULL with --plaintext). */
     const char *tls_cert, *tls_key, *tls_ca, *tls_crl;
 } server_config;
