@@ -139,8 +139,9 @@ typedef struct haul_engine_config {
      * long. Default 10000 ms. */
     unsigned handshake_timeout_ms;
     /* Most accepted connections that have not yet finished their handshake
-     * (TLS and HELLO) at once; more are closed as they arrive, so that
-     * silent or slow peers cannot take every connection. Default 256. */
+     * (TLS and HELLO) at once. A new one beyond it closes the one that has
+     * been handshaking longest, so that silent or slow peers can neither
+     * take every connection nor keep an honest client out. Default 256. */
     unsigned max_handshakes;
     /* A message fails, and so does its session, when it is still not
      * acknowledged this long after it was queued and after the session's
@@ -533,8 +534,8 @@ typedef struct haul_engine_stats {
     /* Connections closed by the security step: a failed TLS handshake, or
      * a peer certificate refused (key usage, principal). */
     uint64_t tls_refused;
-    /* Accepted connections closed at once because max_handshakes were
-     * still handshaking. */
+    /* Connections closed in their handshake to make room for a new one
+     * (max_handshakes). */
     uint64_t handshakes_refused;
 } haul_engine_stats;
 

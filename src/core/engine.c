@@ -362,6 +362,29 @@ int haul_listen_address(haul_engine *e, char *buf, size_t size)
     return rc;
 }
 
+/*
+ * Too many accepted connections are in their handshake: the one that has
+ * been at it longest goes, so that a flood of silent peers cannot keep an
+ * honest client out until their deadlines (mu held).
+ */
+static void evict_oldest_handshake(haul_engine *e)
+{
+    haul__conn *oldest = NULL;
+    haul__list *p;
+    haul__list_each(p, &e->conns)
+    {
+        haul__conn *c = HAUL__CONTAINER(p, haul__conn, all_link);
+        if (c->handshaking && !c->dead && (oldest == NULL || c->deadline < oldest->deadline))
+            oldest = c;
+    }
+    if (oldest == NULL)
+        return;
+    e->stats.handshakes_refused++;
+    haul__log(e, HAUL_LOG_INFO, "connection %u closed: %u connections are in their handshake",
+              oldest->serial, e->config.max_handshakes);
+    haul__conn_close(oldest, HAUL_ELIMIT, "evicted: too many connections in their handshake");
+}
+
 /* Accepts what waits on a listener. New connections start on the threads
  * in turn and move to their pipe's thread when they join it. */
 static void listener_ready(haul_engine *e, haul__listener *l)
@@ -385,15 +408,8 @@ static void listener_ready(haul_engine *e, haul__listener *l)
             close(fd);
             continue;
         }
-        if (e->handshaking >= e->config.max_handshakes) {
-            e->stats.handshakes_refused++;
-            pthread_mutex_unlock(&e->mu);
-            haul__log(e, HAUL_LOG_WARN,
-                      "connection refused: %u connections are still in their handshake",
-                      e->config.max_handshakes);
-            close(fd);
-            continue;
-        }
+        if (e->handshaking >= e->config.max_handshakes)
+            evict_oldest_handshake(e);
         haul__conn *c = haul__conn_new(e, fd, 1, NULL, 0);
         if (c == NULL) {
             pthread_mutex_unlock(&e->mu);

@@ -148,6 +148,15 @@ void haul__conn_start(haul__conn *c, int connecting)
         conn_secured(c);
 }
 
+/* An accepted connection leaves the count of handshakes in progress. */
+static void handshake_over(haul__conn *c)
+{
+    if (c->handshaking) {
+        c->handshaking = 0;
+        c->engine->handshaking--;
+    }
+}
+
 void haul__conn_close(haul__conn *c, int error, const char *why)
 {
     if (c->dead)
@@ -159,6 +168,7 @@ void haul__conn_close(haul__conn *c, int error, const char *why)
         haul__pipe_conn_lost(c->pipe, c, error);
     if (c->rx_msg && c->rx_state == HAUL__RXS_CHUNK)
         haul__session_chunk_abandon(c->rx_msg, c->rx_index);
+    handshake_over(c);
     c->dead = 1;
     c->state = HAUL__CONN_CLOSED;
     haul__list_del(&c->idle_link);
@@ -211,15 +221,6 @@ static void release_items(haul__conn *c)
 
 /* Frees a dead connection: by its own thread, or by the engine when the
  * threads have stopped (mu held). */
-/* An accepted connection leaves the count of handshakes in progress. */
-static void handshake_over(haul__conn *c)
-{
-    if (c->handshaking) {
-        c->handshaking = 0;
-        c->engine->handshaking--;
-    }
-}
-
 void haul__conn_free(haul__conn *c)
 {
     haul_engine *e = c->engine;
