@@ -6,10 +6,13 @@
 #include "cli/client.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -631,4 +634,44 @@ int cli_result_status(cli_client *c, const char *what)
     /* The server accepted the request and then failed it (a full disk, an
      * I/O error): a transfer failure. Refusals end in cli_open(). */
     return CLI_EXIT_TRANSFER;
+}
+
+/* Opens a path below root without following any symbolic link on the way
+ * (RESOLVE_NO_SYMLINKS), nor leaving root. */
+int cli_open_beneath(int root, const char *path, int flags)
+{
+    static int no_openat2;
+    if (!no_openat2) {
+        struct open_how how = {
+            .flags = (uint64_t)flags,
+            .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        };
+        long fd = syscall(SYS_openat2, root, path, &how, sizeof(how));
+        if (fd >= 0 || errno != ENOSYS)
+            return (int)fd;
+        no_openat2 = 1;
+    }
+    /* Kernels before 5.6 cannot promise it in one call: go component by
+     * component, refusing symbolic links on the way. */
+    int fd = fcntl(root, F_DUPFD_CLOEXEC, 3);
+    const char *p = path;
+    while (fd >= 0 && *p) {
+        const char *slash = strchr(p, '/');
+        size_t n = slash ? (size_t)(slash - p) : strlen(p);
+        char name[256];
+        if (n >= sizeof(name)) {
+            close(fd);
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        memcpy(name, p, n);
+        name[n] = '\0';
+        int next = openat(fd, name, (slash ? O_RDONLY | O_DIRECTORY : flags) | O_NOFOLLOW);
+        int err = errno;
+        close(fd);
+        errno = err;
+        fd = next;
+        p += n + (slash != NULL);
+    }
+    return fd;
 }

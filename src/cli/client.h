@@ -157,4 +157,9 @@ int cli_ls(const cli_options *opt, int argc, char **argv);
 int cli_verify(const cli_options *opt, int argc, char **argv);
 int cli_bench(const cli_options *opt, int argc, char **argv);
 
+/* Opens a path below the directory root: never through a symbolic link,
+ * never outside root (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, or a
+ * component-by-component walk with O_NOFOLLOW on kernels without it). */
+int cli_open_beneath(int root, const char *path, int flags);
+
 #endif

@@ -92,44 +92,6 @@ static int write_failed(pull *p, const char *path, size_t len, const char *what,
     return 0;
 }
 
-static int open_beneath(int root, const char *path, int flags)
-{
-    static int no_openat2;
-    if (!no_openat2) {
-        struct open_how how = {
-            .flags = (uint64_t)flags,
-            .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-        };
-        long fd = syscall(SYS_openat2, root, path, &how, sizeof(how));
-        if (fd >= 0 || errno != ENOSYS)
-            return (int)fd;
-        no_openat2 = 1;
-    }
-    /* Kernels before 5.6 cannot promise it in one call: go component by
-     * component, refusing symbolic links on the way. */
-    int fd = fcntl(root, F_DUPFD_CLOEXEC, 3);
-    const char *p = path;
-    while (fd >= 0 && *p) {
-        const char *slash = strchr(p, '/');
-        size_t n = slash ? (size_t)(slash - p) : strlen(p);
-        char name[256];
-        if (n >= sizeof(name)) {
-            close(fd);
-            errno = ENAMETOOLONG;
-            return -1;
-        }
-        memcpy(name, p, n);
-        name[n] = '\0';
-        int next = openat(fd, name, (slash ? O_RDONLY | O_DIRECTORY : flags) | O_NOFOLLOW);
-        int err = errno;
-        close(fd);
-        errno = err;
-        fd = next;
-        p += n + (slash != NULL);
-    }
-    return fd;
-}
-
 /* Creates a directory below dir, replacing what is not a directory. */
 static int make_dir(int dir, const char *name, mode_t mode)
 {
@@ -160,7 +122,7 @@ static int parent_dir(pull *p, const char *path, size_t len)
     p->parent_fd = -1;
     memcpy(p->parent_path, path, len);
     p->parent_path[len] = '\0';
-    int fd = open_beneath(p->root, p->parent_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = cli_open_beneath(p->root, p->parent_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT) {
         /* A partial pull, or a server that sends no entry for a parent:
          * make it, one component at a time, each below the last. */
@@ -288,7 +250,7 @@ static int entry_hardlink(pull *p, const hsp_entry *e)
     memcpy(tname, e->target + e->target_len - nlen, nlen);
     tname[nlen] = '\0';
     int tdir =
-        dlen ? open_beneath(p->root, tdir_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : p->root;
+        dlen ? cli_open_beneath(p->root, tdir_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : p->root;
     if (tdir < 0)
         return write_failed(p, e->path, e->path_len, "cannot find the hard link's target", errno);
     const char *name;
@@ -479,7 +441,7 @@ static void finish_dirs(pull *p)
     while (p->dirs) {
         dirmeta *d = p->dirs;
         p->dirs = d->next;
-        int fd = open_beneath(p->root, d->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int fd = cli_open_beneath(p->root, d->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         struct timespec ts[2] = {{0, UTIME_OMIT}, {d->sec, d->nsec}};
         if (fd < 0 || (p->as_root && fchown(fd, d->uid, d->gid) != 0) || fchmod(fd, d->mode) != 0 ||
             futimens(fd, ts) != 0) {

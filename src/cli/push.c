@@ -289,25 +289,6 @@ static void warn_path(const char *path, size_t len, const char *fmt, const char 
     fputc('\n', stderr);
 }
 
-/* Opens a path below the source root without following any symbolic link
- * on the way (RESOLVE_NO_SYMLINKS), nor leaving the root. */
-static int open_beneath(int root, const char *path, int flags)
-{
-    static int no_openat2;
-    if (!no_openat2) {
-        struct open_how how = {
-            .flags = (uint64_t)flags,
-            .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-        };
-        long fd = syscall(SYS_openat2, root, path, &how, sizeof(how));
-        if (fd >= 0 || errno != ENOSYS)
-            return (int)fd;
-        no_openat2 = 1;
-    }
-    /* Kernels before 5.6: the walk checked every parent as it went. */
-    return openat(root, path, flags);
-}
-
 static int stat_changed(const struct stat *a, const struct stat *b)
 {
     return a->st_size != b->st_size || a->st_mtim.tv_sec != b->st_mtim.tv_sec ||
@@ -588,7 +569,7 @@ static size_t small_room(uint64_t size)
 /* Opens a file to send and checks that it is still what was listed. */
 static int open_file(push *p, pfile *f, struct stat *st, int *err, const char **why)
 {
-    int fd = open_beneath(p->root, f->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    int fd = cli_open_beneath(p->root, f->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
         *err = errno;
         *why = errno == ENOENT ? "vanished" : "cannot open";

@@ -3,60 +3,23 @@
  */
 #include "net/frame.h"
 
+#include "core/le.h"
+
 #include <string.h>
 
 #include "haul.h"
-
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
 
 void haul__frame_encode(const haul__frame *f, uint8_t out[HAUL__FRAME_HDR])
 {
     out[0] = f->version;
     out[1] = f->type;
-    put16(out + 2, f->flags);
-    put32(out + 4, f->len);
-    put32(out + 8, f->session);
-    put32(out + 12, f->aux);
-    put64(out + 16, f->seq);
-    put64(out + 24, f->offset);
-    put64(out + 32, f->total);
+    haul__put16(out + 2, f->flags);
+    haul__put32(out + 4, f->len);
+    haul__put32(out + 8, f->session);
+    haul__put32(out + 12, f->aux);
+    haul__put64(out + 16, f->seq);
+    haul__put64(out + 24, f->offset);
+    haul__put64(out + 32, f->total);
 }
 
 const char *haul__frame_name(int type)
@@ -76,13 +39,13 @@ int haul__frame_decode(const uint8_t in[HAUL__FRAME_HDR], const haul__frame_limi
 {
     f->version = in[0];
     f->type = in[1];
-    f->flags = get16(in + 2);
-    f->len = get32(in + 4);
-    f->session = get32(in + 8);
-    f->aux = get32(in + 12);
-    f->seq = get64(in + 16);
-    f->offset = get64(in + 24);
-    f->total = get64(in + 32);
+    f->flags = haul__get16(in + 2);
+    f->len = haul__get32(in + 4);
+    f->session = haul__get32(in + 8);
+    f->aux = haul__get32(in + 12);
+    f->seq = haul__get64(in + 16);
+    f->offset = haul__get64(in + 24);
+    f->total = haul__get64(in + 32);
 
     if (f->version != HAUL_PROTOCOL_VERSION) {
         *why = "unsupported protocol version";

@@ -5,47 +5,10 @@
  */
 #include "proto/store.h"
 
+#include "core/le.h"
+
 #include <stdio.h>
 #include <string.h>
-
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
 
 const char *hsp_refusal_text(uint32_t reason)
 {
@@ -116,8 +79,8 @@ size_t hsp_request_encode(const hsp_request *r, uint8_t *buf, size_t size)
     memcpy(buf, HSP_MAGIC, HSP_MAGIC_LEN);
     buf[4] = (uint8_t)r->op;
     buf[5] = 0;
-    put16(buf + 6, (uint16_t)d);
-    put16(buf + 8, (uint16_t)s);
+    haul__put16(buf + 6, (uint16_t)d);
+    haul__put16(buf + 8, (uint16_t)s);
     memcpy(buf + 10, r->dataset, d);
     memcpy(buf + 10 + d, r->snapshot, s);
     return n;
@@ -132,7 +95,7 @@ int hsp_request_decode(const void *data, size_t len, hsp_request *r)
     r->op = buf[4];
     if (r->op < HSP_PUSH || r->op > HSP_BENCH)
         return -1;
-    size_t d = get16(buf + 6), s = get16(buf + 8);
+    size_t d = haul__get16(buf + 6), s = haul__get16(buf + 8);
     if (10 + d + s != len || d > HSP_NAME_MAX || s > HSP_SNAPSHOT_MAX)
         return -1;
     if (d && !hsp_name_ok((const char *)buf + 10, d, HSP_NAME_MAX))
@@ -170,8 +133,8 @@ static uint8_t *start(hsp_writer *w, int type, size_t body)
     uint8_t *p = w->buf + w->len;
     p[0] = (uint8_t)type;
     p[1] = 0;
-    put16(p + 2, 0);
-    put32(p + 4, (uint32_t)body);
+    haul__put16(p + 2, 0);
+    haul__put32(p + 4, (uint32_t)body);
     w->len += HSP_RECORD_HDR + body;
     return p + HSP_RECORD_HDR;
 }
@@ -183,18 +146,18 @@ int hsp_put_entry(hsp_writer *w, const hsp_entry *e)
     uint8_t *p = start(w, HSP_ENTRY, ENTRY_FIXED + (size_t)e->path_len + e->target_len);
     if (p == NULL)
         return -1;
-    put64(p, e->id);
+    haul__put64(p, e->id);
     p[8] = (uint8_t)e->kind;
     p[9] = 0;
-    put16(p + 10, e->path_len);
-    put32(p + 12, e->mode);
-    put32(p + 16, e->uid);
-    put32(p + 20, e->gid);
-    put64(p + 24, (uint64_t)e->mtime_sec);
-    put32(p + 32, e->mtime_nsec);
-    put64(p + 36, e->size);
-    put16(p + 44, e->target_len);
-    put16(p + 46, 0);
+    haul__put16(p + 10, e->path_len);
+    haul__put32(p + 12, e->mode);
+    haul__put32(p + 16, e->uid);
+    haul__put32(p + 20, e->gid);
+    haul__put64(p + 24, (uint64_t)e->mtime_sec);
+    haul__put32(p + 32, e->mtime_nsec);
+    haul__put64(p + 36, e->size);
+    haul__put16(p + 44, e->target_len);
+    haul__put16(p + 46, 0);
     memcpy(p + 48, e->hash.b, 16);
     memcpy(p + ENTRY_FIXED, e->path, e->path_len);
     if (e->target_len)
@@ -207,7 +170,7 @@ int hsp_put_id(hsp_writer *w, int type, uint64_t id)
     uint8_t *p = start(w, type, 8);
     if (p == NULL)
         return -1;
-    put64(p, id);
+    haul__put64(p, id);
     return 0;
 }
 
@@ -216,8 +179,8 @@ int hsp_put_need(hsp_writer *w, uint64_t id, uint64_t from, const hsp_hash *pref
     uint8_t *p = start(w, HSP_NEED, 32);
     if (p == NULL)
         return -1;
-    put64(p, id);
-    put64(p + 8, from);
+    haul__put64(p, id);
+    haul__put64(p + 8, from);
     if (prefix)
         memcpy(p + 16, prefix->b, 16);
     else
@@ -230,8 +193,8 @@ uint8_t *hsp_put_data(hsp_writer *w, uint64_t id, uint64_t offset, uint32_t len)
     uint8_t *p = start(w, HSP_DATA, 16 + (size_t)len);
     if (p == NULL)
         return NULL;
-    put64(p, id);
-    put64(p + 8, offset);
+    haul__put64(p, id);
+    haul__put64(p + 8, offset);
     return p + 16;
 }
 
@@ -240,9 +203,9 @@ int hsp_put_hole(hsp_writer *w, uint64_t id, uint64_t offset, uint64_t len)
     uint8_t *p = start(w, HSP_HOLE, 24);
     if (p == NULL)
         return -1;
-    put64(p, id);
-    put64(p + 8, offset);
-    put64(p + 16, len);
+    haul__put64(p, id);
+    haul__put64(p + 8, offset);
+    haul__put64(p + 16, len);
     return 0;
 }
 
@@ -251,7 +214,7 @@ int hsp_put_done(hsp_writer *w, uint64_t id, const hsp_hash *hash)
     uint8_t *p = start(w, HSP_DONE, 24);
     if (p == NULL)
         return -1;
-    put64(p, id);
+    haul__put64(p, id);
     memcpy(p + 8, hash->b, 16);
     return 0;
 }
@@ -262,8 +225,8 @@ int hsp_put_skip(hsp_writer *w, uint64_t id, int32_t err, const char *text)
     uint8_t *p = start(w, HSP_SKIP, 12 + n);
     if (p == NULL)
         return -1;
-    put64(p, id);
-    put32(p + 8, (uint32_t)err);
+    haul__put64(p, id);
+    haul__put32(p + 8, (uint32_t)err);
     memcpy(p + 12, text, n);
     return 0;
 }
@@ -273,7 +236,7 @@ int hsp_put_commit(hsp_writer *w, uint64_t entries)
     uint8_t *p = start(w, HSP_COMMIT, 8);
     if (p == NULL)
         return -1;
-    put64(p, entries);
+    haul__put64(p, entries);
     return 0;
 }
 
@@ -286,13 +249,13 @@ int hsp_put_result(hsp_writer *w, int32_t status, const char *snapshot, uint64_t
     uint8_t *p = start(w, HSP_RESULT, 40 + s + t);
     if (p == NULL)
         return -1;
-    put32(p, (uint32_t)status);
+    haul__put32(p, (uint32_t)status);
     p[4] = (uint8_t)s;
     p[5] = p[6] = p[7] = 0;
-    put64(p + 8, files);
-    put64(p + 16, bytes);
-    put64(p + 24, bytes_sent);
-    put64(p + 32, bytes_linked);
+    haul__put64(p + 8, files);
+    haul__put64(p + 16, bytes);
+    haul__put64(p + 24, bytes_sent);
+    haul__put64(p + 32, bytes_linked);
     /* memcpy() from NULL is undefined even for 0 bytes, and a RESULT of a
      * failure has no snapshot. */
     if (s)
@@ -318,9 +281,9 @@ int hsp_put_snapinfo(hsp_writer *w, const char *name, int64_t time, uint64_t fil
     uint8_t *p = start(w, HSP_SNAPINFO, 24 + n);
     if (p == NULL)
         return -1;
-    put64(p, (uint64_t)time);
-    put64(p + 8, files);
-    put64(p + 16, bytes);
+    haul__put64(p, (uint64_t)time);
+    haul__put64(p + 8, files);
+    haul__put64(p + 16, bytes);
     memcpy(p + 24, name, n);
     return 0;
 }
@@ -341,8 +304,8 @@ int hsp_next(hsp_reader *r, hsp_record *rec)
     if (r->len - r->pos < HSP_RECORD_HDR)
         return -1;
     const uint8_t *h = r->buf + r->pos;
-    uint32_t n = get32(h + 4);
-    if (h[1] != 0 || get16(h + 2) != 0 || n > r->len - r->pos - HSP_RECORD_HDR)
+    uint32_t n = haul__get32(h + 4);
+    if (h[1] != 0 || haul__get16(h + 2) != 0 || n > r->len - r->pos - HSP_RECORD_HDR)
         return -1;
     const uint8_t *p = h + HSP_RECORD_HDR;
     r->pos += HSP_RECORD_HDR + n;
@@ -353,18 +316,18 @@ int hsp_next(hsp_reader *r, hsp_record *rec)
         if (n < ENTRY_FIXED)
             return -1;
         hsp_entry *e = &rec->entry;
-        e->id = get64(p);
+        e->id = haul__get64(p);
         e->kind = p[8];
-        e->path_len = get16(p + 10);
-        e->mode = get32(p + 12);
-        e->uid = get32(p + 16);
-        e->gid = get32(p + 20);
-        e->mtime_sec = (int64_t)get64(p + 24);
-        e->mtime_nsec = get32(p + 32);
-        e->size = get64(p + 36);
-        e->target_len = get16(p + 44);
+        e->path_len = haul__get16(p + 10);
+        e->mode = haul__get32(p + 12);
+        e->uid = haul__get32(p + 16);
+        e->gid = haul__get32(p + 20);
+        e->mtime_sec = (int64_t)haul__get64(p + 24);
+        e->mtime_nsec = haul__get32(p + 32);
+        e->size = haul__get64(p + 36);
+        e->target_len = haul__get16(p + 44);
         memcpy(e->hash.b, p + 48, 16);
-        if (p[9] != 0 || get16(p + 46) != 0)
+        if (p[9] != 0 || haul__get16(p + 46) != 0)
             return -1;
         if ((size_t)ENTRY_FIXED + e->path_len + e->target_len != n)
             return -1;
@@ -390,21 +353,21 @@ int hsp_next(hsp_reader *r, hsp_record *rec)
     case HSP_COMMIT:
         if (n != 8)
             return -1;
-        rec->id = get64(p);
-        rec->length = get64(p);
+        rec->id = haul__get64(p);
+        rec->length = haul__get64(p);
         return 1;
     case HSP_NEED:
         if (n != 32)
             return -1;
-        rec->id = get64(p);
-        rec->offset = get64(p + 8);
+        rec->id = haul__get64(p);
+        rec->offset = haul__get64(p + 8);
         memcpy(rec->hash.b, p + 16, 16);
         return 1;
     case HSP_DATA:
         if (n < 16)
             return -1;
-        rec->id = get64(p);
-        rec->offset = get64(p + 8);
+        rec->id = haul__get64(p);
+        rec->offset = haul__get64(p + 8);
         rec->data = p + 16;
         rec->data_len = n - 16;
         if (rec->offset > UINT64_MAX - rec->data_len)
@@ -413,34 +376,34 @@ int hsp_next(hsp_reader *r, hsp_record *rec)
     case HSP_HOLE:
         if (n != 24)
             return -1;
-        rec->id = get64(p);
-        rec->offset = get64(p + 8);
-        rec->length = get64(p + 16);
+        rec->id = haul__get64(p);
+        rec->offset = haul__get64(p + 8);
+        rec->length = haul__get64(p + 16);
         if (rec->offset > UINT64_MAX - rec->length)
             return -1;
         return 1;
     case HSP_DONE:
         if (n != 24)
             return -1;
-        rec->id = get64(p);
+        rec->id = haul__get64(p);
         memcpy(rec->hash.b, p + 8, 16);
         return 1;
     case HSP_SKIP:
         if (n < 12)
             return -1;
-        rec->id = get64(p);
-        rec->status = (int32_t)get32(p + 8);
+        rec->id = haul__get64(p);
+        rec->status = (int32_t)haul__get32(p + 8);
         rec->data = p + 12;
         rec->data_len = n - 12;
         return 1;
     case HSP_RESULT: {
         if (n < 40 || p[4] > HSP_SNAPSHOT_MAX || 40u + p[4] > n)
             return -1;
-        rec->status = (int32_t)get32(p);
-        rec->files = get64(p + 8);
-        rec->bytes = get64(p + 16);
-        rec->bytes_sent = get64(p + 24);
-        rec->bytes_linked = get64(p + 32);
+        rec->status = (int32_t)haul__get32(p);
+        rec->files = haul__get64(p + 8);
+        rec->bytes = haul__get64(p + 16);
+        rec->bytes_sent = haul__get64(p + 24);
+        rec->bytes_linked = haul__get64(p + 32);
         memcpy(rec->snapshot, p + 40, p[4]);
         rec->snapshot[p[4]] = '\0';
         if (p[4] && !hsp_name_ok(rec->snapshot, p[4], HSP_SNAPSHOT_MAX))
@@ -460,9 +423,9 @@ int hsp_next(hsp_reader *r, hsp_record *rec)
     case HSP_SNAPINFO:
         if (n < 25 || n - 24 > HSP_NAME_MAX)
             return -1;
-        rec->time = (int64_t)get64(p);
-        rec->files = get64(p + 8);
-        rec->bytes = get64(p + 16);
+        rec->time = (int64_t)haul__get64(p);
+        rec->files = haul__get64(p + 8);
+        rec->bytes = haul__get64(p + 16);
         memcpy(rec->name, p + 24, n - 24);
         rec->name[n - 24] = '\0';
         if (!hsp_name_ok((const char *)p + 24, n - 24, HSP_NAME_MAX))
