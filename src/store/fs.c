@@ -113,12 +113,12 @@ int fs_mkdir_open(int dirfd, const char *name, mode_t mode)
     return fs_open(dirfd, name, O_PATH | O_DIRECTORY, 0);
 }
 
-/* Empties directory fd (which this call closes). */
-static int empty_dir(int fd)
+/*
+ * Calls fn for every entry of directory fd but "." and "..", until fn
+ * fails; closes fd. Returns 0, or -1 with errno from readdir or fn.
+ */
+static int each_entry(int fd, int (*fn)(int dir, const struct dirent *de, void *arg), void *arg)
 {
-    /* The owner may remove what is in a directory only while it may
-     * write it; a stored directory may carry any mode. */
-    fchmod(fd, 0700);
     DIR *d = fdopendir(fd);
     if (d == NULL) {
         int err = errno;
@@ -139,7 +139,7 @@ static int empty_dir(int fd)
         }
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
             continue;
-        if (fs_remove_tree(dirfd(d), de->d_name) < 0) {
+        if (fn(dirfd(d), de, arg) < 0) {
             rc = -1;
             err = errno;
             break;
@@ -148,6 +148,21 @@ static int empty_dir(int fd)
     closedir(d);
     errno = err;
     return rc;
+}
+
+static int remove_entry(int dir, const struct dirent *de, void *arg)
+{
+    (void)arg;
+    return fs_remove_tree(dir, de->d_name);
+}
+
+/* Empties directory fd (which this call closes). */
+static int empty_dir(int fd)
+{
+    /* The owner may remove what is in a directory only while it may
+     * write it; a stored directory may carry any mode. */
+    fchmod(fd, 0700);
+    return each_entry(fd, remove_entry, NULL);
 }
 
 int fs_remove_tree(int dirfd, const char *name)
@@ -367,6 +382,41 @@ static int plain_cmp(const char *a, const char *b)
     return strcmp(a, b);
 }
 
+struct names_walk {
+    fs_names *out;
+    int (*keep)(const char *name);
+};
+
+/* Keeps the subdirectories whose names the filter keeps. */
+static int add_name(int dir, const struct dirent *de, void *arg)
+{
+    struct names_walk *w = arg;
+    fs_names *out = w->out;
+    if (!w->keep(de->d_name))
+        return 0;
+    struct stat st;
+    if (de->d_type != DT_DIR &&
+        (de->d_type != DT_UNKNOWN || fstatat(dir, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+         !S_ISDIR(st.st_mode)))
+        return 0;
+    if (out->n == out->cap) {
+        size_t cap = out->cap ? out->cap * 2 : 16;
+        char **v = realloc(out->v, cap * sizeof(*v));
+        if (v == NULL) {
+            errno = ENOMEM;
+            return -1;
+        }
+        out->v = v;
+        out->cap = cap;
+    }
+    if ((out->v[out->n] = strdup(de->d_name)) == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    out->n++;
+    return 0;
+}
+
 int fs_names_read(int dir, fs_names *out, int (*keep)(const char *name),
                   int (*cmp)(const char *a, const char *b))
 {
@@ -374,51 +424,9 @@ int fs_names_read(int dir, fs_names *out, int (*keep)(const char *name),
     int fd = fs_open(dir, ".", O_RDONLY | O_DIRECTORY, 0);
     if (fd < 0)
         return -1;
-    DIR *d = fdopendir(fd);
-    if (d == NULL) {
+    struct names_walk w = {.out = out, .keep = keep};
+    if (each_entry(fd, add_name, &w) < 0) {
         int err = errno;
-        close(fd);
-        errno = err;
-        return -1;
-    }
-    int rc = 0, err = 0;
-    for (;;) {
-        errno = 0;
-        struct dirent *de = readdir(d);
-        if (de == NULL) {
-            if (errno) {
-                rc = -1;
-                err = errno;
-            }
-            break;
-        }
-        if (!keep(de->d_name))
-            continue;
-        struct stat st;
-        if (de->d_type != DT_DIR &&
-            (de->d_type != DT_UNKNOWN ||
-             fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)))
-            continue;
-        if (out->n == out->cap) {
-            size_t cap = out->cap ? out->cap * 2 : 16;
-            char **v = realloc(out->v, cap * sizeof(*v));
-            if (v == NULL) {
-                rc = -1;
-                err = ENOMEM;
-                break;
-            }
-            out->v = v;
-            out->cap = cap;
-        }
-        if ((out->v[out->n] = strdup(de->d_name)) == NULL) {
-            rc = -1;
-            err = ENOMEM;
-            break;
-        }
-        out->n++;
-    }
-    closedir(d);
-    if (rc < 0) {
         fs_names_free(out);
         errno = err;
         return -1;
