@@ -675,3 +675,10 @@ int cli_open_beneath(int root, const char *path, int flags)
     }
     return fd;
 }
+
+void cli_server_problem(const hsp_record *rec)
+{
+    fputs("haul: server: ", stderr);
+    cli_put_path(stderr, (const char *)rec->data, rec->data_len);
+    fputc('\n', stderr);
+}

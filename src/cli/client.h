@@ -162,4 +162,8 @@ int cli_bench(const cli_options *opt, int argc, char **argv);
  * component-by-component walk with O_NOFOLLOW on kernels without it). */
 int cli_open_beneath(int root, const char *path, int flags);
 
+/* Prints a PROBLEM the server reported, on stderr, with its bytes escaped
+ * as paths are: a server's text never reaches the terminal raw. */
+void cli_server_problem(const hsp_record *rec);
+
 #endif

@@ -127,9 +127,7 @@ static int on_record(void *arg, const hsp_record *rec)
     if (rec->type == HSP_RESULT)
         return 0;
     if (rec->type == HSP_PROBLEM) {
-        fputs("haul: server: ", stderr);
-        fwrite(rec->data, 1, rec->data_len, stderr);
-        fputc('\n', stderr);
+        cli_server_problem(rec);
         return 0;
     }
     cli_warn("the server sent an unexpected record (type %d); giving up", rec->type);

@@ -414,9 +414,7 @@ static int on_record(void *arg, const hsp_record *rec)
     case HSP_DONE:
         return file_done(p, rec);
     case HSP_PROBLEM:
-        fputs("haul: server: ", stderr);
-        fwrite(rec->data, 1, rec->data_len, stderr);
-        fputc('\n', stderr);
+        cli_server_problem(rec);
         p->problems++;
         return 0;
     case HSP_RESULT:
