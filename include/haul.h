@@ -342,6 +342,22 @@ HAUL_API int haul_listen_address(haul_engine *engine, char *buf, size_t size);
  */
 HAUL_API int haul_listen_reload_tls(haul_engine *engine);
 
+/*
+ * Server: the most connections that clients of one principal (the
+ * principal of their TLS certificates) may have joined at once, over all
+ * their pipes. A connection beyond it is refused at its HELLO with an
+ * ERROR frame and closed (the engine logs why); the client's pipe carries
+ * on over the connections it has and dials the refused one again later,
+ * with its usual backoff. principal NULL sets the default, the limit of
+ * every principal not named in a call (0: none); max_connections 0 for a
+ * named principal means no limit for it, whatever the default. A
+ * lowered limit closes nothing that already joined. Plain connections
+ * carry no principal and are not counted.
+ * Any thread. Errors: HAUL_EINVAL, HAUL_ENOMEM.
+ */
+HAUL_API int haul_engine_limit_principal(haul_engine *engine, const char *principal,
+                                         unsigned max_connections);
+
 /* ------------------------------------------------------------------------ */
 /* Sessions                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -537,6 +553,9 @@ typedef struct haul_engine_stats {
     /* Connections closed in their handshake to make room for a new one
      * (max_handshakes). */
     uint64_t handshakes_refused;
+    /* Connections refused at their HELLO because their principal had
+     * joined as many as haul_engine_limit_principal() allows. */
+    uint64_t principal_limited;
 } haul_engine_stats;
 
 HAUL_API void haul_engine_stats_get(haul_engine *engine, haul_engine_stats *out);

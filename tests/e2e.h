@@ -661,6 +661,24 @@ E2E_FN_ void e2e_teardown(e2e_env *env)
     e2e_current_ = NULL;
 }
 
+/* Waits up to timeout seconds for `text` in the server's log. */
+E2E_FN_ int e2e_log_wait(e2e_env *env, const char *text, double timeout)
+{
+    const double deadline = e2e_now() + timeout;
+    for (;;) {
+        char *log = e2e_slurp(env->server.log_path);
+        int found = e2e_contains(log, text);
+        free(log);
+        if (found)
+            return 1;
+        if (e2e_now() > deadline)
+            return 0;
+        /* The log is a file another thread appends to: nothing to wait
+         * on but time. */
+        usleep(2000);
+    }
+}
+
 /* A URL on the env's server: haul://127.0.0.1:PORT/rest. */
 E2E_FN_ const char *e2e_url(e2e_env *env, char *out, const char *rest)
 {

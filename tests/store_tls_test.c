@@ -367,24 +367,6 @@ TEST_TIMEOUT(tls_handshake_deadline, 60)
     e2e_teardown(&env);
 }
 
-/* Waits up to timeout seconds for `text` in the server's log. */
-static int log_wait(e2e_env *env, const char *text, double timeout)
-{
-    const double deadline = e2e_now() + timeout;
-    for (;;) {
-        char *log = e2e_slurp(env->server.log_path);
-        int found = e2e_contains(log, text);
-        free(log);
-        if (found)
-            return 1;
-        if (e2e_now() > deadline)
-            return 0;
-        /* The log is a file another thread appends to: nothing to wait
-         * on but time. */
-        usleep(2000);
-    }
-}
-
 TEST_TIMEOUT(tls_sighup_reload, 90)
 {
     e2e_env env;
@@ -409,13 +391,13 @@ TEST_TIMEOUT(tls_sighup_reload, 90)
      * reloads. */
     e2e_proc pull = {0};
     e2e_haul_start(&env, &pull, "pull", "--principal", "alice", e2e_url(&env, url, "big"), dst);
-    CHECK(log_wait(&env, "(alice, pull big): accepted", 20));
+    CHECK(e2e_log_wait(&env, "(alice, pull big): accepted", 20));
     CHECK(kill(pull.pid, SIGSTOP) == 0);
     CHECK(!e2e_proc_exited(&pull));
 
     cert(&env, "revoke", env.tls_dir, at(env.tls_dir, "bob.crt"));
     CHECK(kill(env.server.pid, SIGHUP) == 0);
-    CHECK(log_wait(&env, "TLS certificates and CRL reloaded", 10));
+    CHECK(e2e_log_wait(&env, "TLS certificates and CRL reloaded", 10));
 
     /* After: bob's certificate is refused, alice's is not. */
     push_as(&env, "bob", src, "ds", 3);
@@ -435,7 +417,7 @@ TEST_TIMEOUT(tls_sighup_reload, 90)
     /* A reload that cannot read its files keeps the old ones. */
     CHECK(truncate(at(env.tls_dir, "ca.crl"), 10) == 0);
     CHECK(kill(env.server.pid, SIGHUP) == 0);
-    CHECK(log_wait(&env, "cannot reload the TLS files", 10));
+    CHECK(e2e_log_wait(&env, "cannot reload the TLS files", 10));
     push_as(&env, "alice", src, "ds", 0);
     push_as(&env, "bob", src, "ds", 3);
     e2e_teardown(&env);

@@ -452,7 +452,7 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
         } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED) {
             /* hauld's reasons are enum hsp_refusal; the server's engine may
              * refuse by itself with a haul error code (too many sessions). */
-            int known = ev.reason >= HSP_R_BAD_REQUEST && ev.reason <= HSP_R_SHUTTING_DOWN;
+            int known = ev.reason >= HSP_R_BAD_REQUEST && ev.reason <= HSP_R_LAST;
             cli_fail(c, CLI_EXIT_REFUSED, "the server refused the request: %s",
                      known ? hsp_refusal_text(ev.reason) : haul_strerror((int)ev.reason));
             return c->failed;

@@ -46,6 +46,8 @@ typedef struct cli_options {
     int verbose;    /* -v: engine log level */
     double seconds; /* -t: bench duration */
     int seconds_set;
+    unsigned keep; /* --keep: prune keeps this many of the newest snapshots */
+    int keep_set;
 } cli_options;
 
 /* A parsed haul://HOST:PORT[/DATASET[@SNAPSHOT]] or
@@ -156,6 +158,8 @@ int cli_pull(const cli_options *opt, int argc, char **argv);
 int cli_ls(const cli_options *opt, int argc, char **argv);
 int cli_verify(const cli_options *opt, int argc, char **argv);
 int cli_bench(const cli_options *opt, int argc, char **argv);
+int cli_delete(const cli_options *opt, int argc, char **argv);
+int cli_prune(const cli_options *opt, int argc, char **argv);
 
 /* Opens a path below the directory root: never through a symbolic link,
  * never outside root (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, or a

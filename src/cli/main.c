@@ -7,6 +7,8 @@
  *   haul ls haul://HOST:PORT[/DATASET[@SNAPSHOT]]
  *   haul verify haul://HOST:PORT/DATASET[@SNAPSHOT]
  *   haul bench haul://HOST:PORT
+ *   haul delete haul://HOST:PORT/DATASET@SNAPSHOT
+ *   haul prune haul://HOST:PORT/DATASET --keep N
  *   haul cert ca|server|client|revoke|show ...   (certificates: cert.c)
  *
  * Unix sockets: haul://unix:/path/to/sock/DATASET[@SNAPSHOT] (the dataset
@@ -62,6 +64,7 @@ static const char options_help[] =
     "  -q, --quiet           print only what scripts need (push: the snapshot id)\n"
     "  -v, --verbose         log the transport's doings (twice: debug)\n"
     "  -t, --time SECONDS    bench: how long to send (default 5)\n"
+    "      --keep N          prune: how many of the newest snapshots to keep\n"
     "  -h, --help            this help (haul CMD --help: the subcommand's)\n";
 
 static const char exit_help[] = "Exit status:\n"
@@ -107,6 +110,13 @@ static const struct command commands[] = {
      "Measures memory-to-memory throughput to the server, like iperf3: sends 1 MiB\n"
      "messages over a pipe of -P connections for -t seconds and prints the\n"
      "acknowledged throughput.\n"},
+    {"delete", cli_delete, 1, 1, "delete haul://HOST:PORT/DATASET@SNAPSHOT",
+     "Removes one snapshot of DATASET from the server. Needs the delete right, which\n"
+     "the server grants only where its configuration says so (hauld(8)); files\n"
+     "that other snapshots share stay for them.\n"},
+    {"prune", cli_prune, 1, 1, "prune haul://HOST:PORT/DATASET --keep N",
+     "Removes every snapshot of DATASET but the N newest. Needs the read and\n"
+     "delete rights.\n"},
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -239,6 +249,7 @@ int main(int argc, char **argv)
         {"quiet", no_argument, NULL, 'q'},
         {"verbose", no_argument, NULL, 'v'},
         {"time", required_argument, NULL, 't'},
+        {"keep", required_argument, NULL, 'k'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -326,6 +337,16 @@ int main(int argc, char **argv)
             }
             opt.seconds_set = 1;
             break;
+        case 'k': {
+            unsigned long n = strtoul(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || n > 1000000) {
+                cli_warn("--keep: expected a number of snapshots");
+                return CLI_EXIT_USAGE;
+            }
+            opt.keep = (unsigned)n;
+            opt.keep_set = 1;
+            break;
+        }
         case 'h':
             help = 1;
             break;
@@ -367,6 +388,10 @@ int main(int argc, char **argv)
     }
     if (opt.seconds_set && cmd->run != cli_bench) {
         cli_warn("-t/--time applies to bench only");
+        return CLI_EXIT_USAGE;
+    }
+    if (opt.keep_set && cmd->run != cli_prune) {
+        cli_warn("--keep applies to prune only");
         return CLI_EXIT_USAGE;
     }
     static char principal[HSP_NAME_MAX + 1], ca[PATH_MAX], crt[PATH_MAX], key[PATH_MAX];

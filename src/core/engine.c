@@ -663,6 +663,7 @@ void haul_engine_free(haul_engine *e)
     close(e->timerfd);
     free(e->loops);
     free(e->cq);
+    free(e->plimits);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cq_cond);
     free(e);

@@ -349,6 +349,12 @@ struct haul_engine {
     uint32_t next_serial;
     unsigned next_loop;
 
+    /* Limits of joined connections per principal (haul_engine_limit_principal):
+     * a short list, looked up at each TLS connection's HELLO. */
+    struct haul__principal_limit *plimits;
+    unsigned nplimits;
+    unsigned plimit_default; /* 0: none */
+
     haul_engine_stats stats;
     int debug_hold; /* test hook: dispatchers send no chunks while set */
 };
@@ -391,6 +397,11 @@ haul_message *haul__message_new(uint64_t len, int allocate);
 void haul__message_unref(haul_message *m);
 void haul__message_plan(haul_message *m, uint32_t chunk);
 
+struct haul__principal_limit {
+    char name[HAUL__PRINCIPAL_MAX + 1];
+    unsigned max;
+};
+
 /* Pipes and the dispatcher. */
 haul__pipe *haul__pipe_client(haul_engine *engine, const haul_session_config *config,
                               const struct sockaddr_storage *ss, socklen_t len,
@@ -402,6 +413,9 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *conn);
 void haul__pipe_conn_joined(haul__pipe *pipe, haul__conn *conn);
 void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *conn, int error);
 void haul__pipe_sweep(haul__pipe *pipe, int64_t now);
+/* The limit of joined connections of a principal (0: none), and how many
+ * it has joined now over all its pipes. */
+unsigned haul__principal_limit(haul_engine *engine, const char *principal, unsigned *joined);
 void haul__pipe_maybe_free(haul__pipe *pipe);
 void haul__pipe_add_session(haul__pipe *pipe, haul_session *s);
 void haul__pipe_remove_session(haul__pipe *pipe, haul_session *s);

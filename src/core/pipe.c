@@ -550,3 +550,57 @@ void haul__debug_hold(haul_engine *e, int hold)
     }
     pthread_mutex_unlock(&e->mu);
 }
+
+/* ---- limits per principal --------------------------------------------------- */
+
+unsigned haul__principal_limit(haul_engine *e, const char *principal, unsigned *joined)
+{
+    unsigned max = e->plimit_default;
+    for (unsigned i = 0; i < e->nplimits; i++)
+        if (strcmp(e->plimits[i].name, principal) == 0)
+            max = e->plimits[i].max;
+    *joined = 0;
+    if (max == 0)
+        return 0;
+    /* Few pipes live at once on a server, and a HELLO is rare beside
+     * the frames of data: a walk costs less than counters to keep. */
+    haul__list *pos;
+    haul__list_each(pos, &e->pipes)
+    {
+        haul__pipe *p = HAUL__CONTAINER(pos, haul__pipe, link);
+        if (p->server && p->secured && strcmp(p->cert_principal, principal) == 0)
+            *joined += p->joined;
+    }
+    return max;
+}
+
+int haul_engine_limit_principal(haul_engine *e, const char *principal, unsigned max)
+{
+    if (e == NULL ||
+        (principal != NULL && (principal[0] == '\0' || strlen(principal) > HAUL__PRINCIPAL_MAX)))
+        return HAUL_EINVAL;
+    pthread_mutex_lock(&e->mu);
+    int rc = 0;
+    if (principal == NULL) {
+        e->plimit_default = max;
+        goto out;
+    }
+    unsigned i = 0;
+    while (i < e->nplimits && strcmp(e->plimits[i].name, principal) != 0)
+        i++;
+    if (i == e->nplimits) {
+        struct haul__principal_limit *v = realloc(e->plimits, (e->nplimits + 1) * sizeof(*v));
+        if (v == NULL) {
+            rc = HAUL_ENOMEM;
+            goto out;
+        }
+        e->plimits = v;
+        memset(&v[i], 0, sizeof(v[i]));
+        memcpy(v[i].name, principal, strlen(principal) + 1);
+        e->nplimits++;
+    }
+    e->plimits[i].max = max; /* 0: none for this one, whatever the default */
+out:
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}

@@ -32,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hauld/auth.h"
 #include "hauld/server.h"
 
 /* ---- logging ----------------------------------------------------------------- */
@@ -204,18 +205,9 @@ static int parse_level(const char *text, int *out)
     return -1;
 }
 
-static char *trim(char *s)
-{
-    while (*s == ' ' || *s == '\t')
-        s++;
-    size_t n = strlen(s);
-    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
-        s[--n] = '\0';
-    return s;
-}
-
 /* Reads `key = value` lines into the options the command line left
- * unset. */
+ * unset, up to the first section: the [principal NAME] sections are
+ * auth.c's. */
 static int read_config(const char *path, options *o)
 {
     FILE *f = fopen(path, "r");
@@ -229,9 +221,11 @@ static int read_config(const char *path, options *o)
     int rc = 0;
     while (getline(&line, &cap, f) >= 0) {
         lineno++;
-        char *s = trim(line);
-        if (*s == '\0' || *s == '#')
+        char *s = config_trim(line);
+        if (*s == '\0')
             continue;
+        if (*s == '[')
+            break;
         char *eq = strchr(s, '=');
         if (eq == NULL) {
             fprintf(stderr, "hauld: %s:%u: expected `key = value`\n", path, lineno);
@@ -239,14 +233,7 @@ static int read_config(const char *path, options *o)
             break;
         }
         *eq = '\0';
-        char *key = trim(s), *value = trim(eq + 1);
-        /* A comment may follow the value after a space. */
-        for (char *c = value; *c; c++)
-            if (*c == '#' && c > value && (c[-1] == ' ' || c[-1] == '\t')) {
-                *c = '\0';
-                value = trim(value);
-                break;
-            }
+        char *key = config_trim(s), *value = config_trim(eq + 1);
         for (char *c = key; *c; c++)
             if (*c == '_')
                 *c = '-';
@@ -352,6 +339,7 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
     cfg->listen = VALUE(o, OPT_LISTEN);
     cfg->store = VALUE(o, OPT_STORE);
+    cfg->config = VALUE(o, OPT_CONFIG);
     cfg->timeout_s = 60;
     cfg->log_level = HAUL_LOG_INFO;
     if (cfg->listen == NULL || cfg->store == NULL) {
@@ -428,6 +416,7 @@ int main(int argc, char **argv)
 
     server srv;
     if (server_init(&srv, &cfg, sigfd) < 0) {
+        server_fini(&srv);
         close(sigfd);
         goto out;
     }

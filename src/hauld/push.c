@@ -85,6 +85,9 @@ typedef struct push {
     XXH3_state_t *hash;    /* of the file being received */
     XXH3_state_t *scratch; /* for files found in the staging area or a snapshot */
     int xattr_missing;     /* the store keeps no extended attributes (logged once) */
+    /* The quota (r->who.quota): what the namespace held when the push
+     * began, and the bytes of content this push has asked for since. */
+    uint64_t usage, added;
     struct timespec started;
 
     uint64_t nentries, outstanding;
@@ -174,7 +177,7 @@ static void release_dataset(request *r, push *p)
 {
     close_fd(&p->lock);
     if (p->busy) {
-        server_busy_remove(r->srv, r->principal, r->req.dataset);
+        server_busy_remove(r);
         p->busy = 0;
     }
 }
@@ -489,6 +492,25 @@ static int link_previous(request *r, push *p, const hsp_entry *e, hsp_hash *hash
     return FAILED;
 }
 
+/* Counts bytes this push is about to ask for against the principal's
+ * quota: the push fails before they are sent when they would not fit. */
+static int quota_take(request *r, push *p, uint64_t bytes)
+{
+    uint64_t quota = r->who.quota;
+    if (quota == 0)
+        return GO;
+    if (p->usage + p->added + bytes > quota) {
+        push_fail(r, p, EDQUOT,
+                  "the quota of principal %s would be exceeded: it may store %llu bytes, its "
+                  "namespace holds %llu, and this push needs %llu more",
+                  r->principal, (unsigned long long)quota, (unsigned long long)p->usage,
+                  (unsigned long long)(p->added + bytes));
+        return FAILED;
+    }
+    p->added += bytes;
+    return GO;
+}
+
 static int entry_file(request *r, push *p, const hsp_entry *e)
 {
     hsp_hash hash;
@@ -513,6 +535,8 @@ static int entry_file(request *r, push *p, const hsp_entry *e)
         p->bytes_linked += e->size;
         return manifest_put(r, p, &m);
     }
+    if (quota_take(r, p, e->size - from) != GO)
+        return FAILED;
     if (need_record(r, p, e) != GO)
         return FAILED;
     if (found == REUSED_PARTIAL) {
@@ -1117,8 +1141,11 @@ static int push_step(request *r)
  */
 static int take_over(request *r)
 {
-    request *old = server_find_push(r->srv, r->principal, r->req.dataset);
-    if (old == NULL || old->session == NULL || haul_pipe_stats(old->session, NULL, 0) != 0)
+    /* Only a push of the same principal: one that shares the namespace
+     * may not end another's. */
+    request *old = server_find_push(r);
+    if (old == NULL || old->session == NULL || strcmp(old->principal, r->principal) != 0 ||
+        haul_pipe_stats(old->session, NULL, 0) != 0)
         return -1;
     request_abort(old, "its client has no connection left; request %u takes the dataset over",
                   r->serial);
@@ -1127,7 +1154,6 @@ static int take_over(request *r)
 
 uint32_t push_open(request *r)
 {
-    server *srv = r->srv;
     push *p = calloc(1, sizeof(*p));
     if (p == NULL)
         return HSP_R_SERVER_ERROR;
@@ -1141,17 +1167,19 @@ uint32_t push_open(request *r)
 
     uint32_t reason = 0;
     if (r->req.snapshot[0]) {
-        reason = HSP_R_BAD_REQUEST; /* a push makes a snapshot; it names none */
+        /* A push makes a new snapshot with an id of the server's. One that
+         * names a snapshot asks to write into it: committed snapshots are
+         * immutable, whoever asks. */
+        request_log(r, HAUL_LOG_WARN, "refused: snapshots are never overwritten");
+        reason = HSP_R_DENIED;
         goto refuse;
     }
-    if (server_busy_add(srv, r->principal, r->req.dataset) < 0 &&
-        (take_over(r) < 0 || server_busy_add(srv, r->principal, r->req.dataset) < 0)) {
+    if (server_busy_add(r) < 0 && (take_over(r) < 0 || server_busy_add(r) < 0)) {
         reason = HSP_R_BUSY;
         goto refuse;
     }
     p->busy = 1;
-    if ((p->ns = fs_dir_open(srv->store, r->principal, 1)) < 0 ||
-        (p->ds = fs_dir_open(p->ns, r->req.dataset, 1)) < 0) {
+    if ((p->ns = server_ns_open(r, 1)) < 0 || (p->ds = fs_dir_open(p->ns, r->req.dataset, 1)) < 0) {
         request_log(r, HAUL_LOG_ERROR, "cannot make the dataset's directory: %s",
                     store_strerror(errno));
         reason = HSP_R_SERVER_ERROR;
@@ -1191,6 +1219,12 @@ static int recover_tmp(push *p)
     int snaps = fs_open(p->ds, "snapshots", O_PATH | O_DIRECTORY, 0);
     if (snaps < 0)
         return errno == ENOENT ? 0 : -1;
+    if (delete_leftovers(snaps, NULL) < 0) {
+        int err = errno;
+        close(snaps);
+        errno = err;
+        return -1;
+    }
     fs_names names;
     if (fs_names_read(snaps, &names, keep_tmp, NULL) < 0) {
         int err = errno;
@@ -1259,6 +1293,12 @@ void push_start(request *r)
         goto fail;
     }
     if ((p->needs = open_list(p, "NEEDS")) < 0 || (p->needidx = open_list(p, "NEEDIDX")) < 0)
+        goto fail;
+    /* The namespace is measured once, at the start: a walk of its files
+     * (the cost of a quota), on which this push's own additions are
+     * counted as they are asked for. */
+    doing = "measuring the namespace for its quota";
+    if (r->who.quota && fs_usage(p->ns, &p->usage) < 0)
         goto fail;
     doing = "opening the latest snapshot";
     int found = fs_snapshot_latest(p->ds, p->prev_id);

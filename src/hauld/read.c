@@ -134,7 +134,7 @@ static uint32_t refuse(request *r, uint32_t reason)
 /* Opens the principal's namespace and the request's dataset. */
 static uint32_t open_dataset(request *r, reader *rd)
 {
-    if ((rd->ns = fs_dir_open(r->srv->store, r->principal, 0)) < 0 ||
+    if ((rd->ns = server_ns_open(r, 0)) < 0 ||
         (rd->ds = fs_dir_open(rd->ns, r->req.dataset, 0)) < 0) {
         if (errno == ENOENT)
             return HSP_R_NO_DATASET;
@@ -221,7 +221,7 @@ uint32_t list_open(request *r)
     if (mode == R_LIST_DATASETS) {
         /* A principal that never pushed has no namespace yet: an empty
          * list. */
-        rd->ns = fs_dir_open(r->srv->store, r->principal, 0);
+        rd->ns = server_ns_open(r, 0);
         if (rd->ns < 0 && errno != ENOENT) {
             request_log(r, HAUL_LOG_ERROR, "cannot open the namespace: %s", store_strerror(errno));
             reason = HSP_R_SERVER_ERROR;

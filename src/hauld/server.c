@@ -42,6 +42,8 @@ static const char *op_name(int op)
         return "verify";
     case HSP_BENCH:
         return "bench";
+    case HSP_DELETE:
+        return "delete";
     }
     return "request";
 }
@@ -289,44 +291,47 @@ void request_result(request *r, int status, const char *snapshot, uint64_t files
 
 struct busy {
     struct busy *next;
-    char key[2 * (HSP_NAME_MAX + 1)];
+    char key[HSP_PATH_MAX + HSP_NAME_MAX + 2];
 };
 
-static void busy_key(char *key, const char *principal, const char *dataset)
+static void busy_key(char *key, const request *r)
 {
-    snprintf(key, 2 * (HSP_NAME_MAX + 1), "%s/%s", principal, dataset);
+    size_t n = strlen(r->who.root), d = strlen(r->req.dataset);
+    memcpy(key, r->who.root, n);
+    key[n] = '/';
+    memcpy(key + n + 1, r->req.dataset, d + 1);
 }
 
-int server_busy_add(server *srv, const char *principal, const char *dataset)
+int server_busy_add(request *r)
 {
-    char key[2 * (HSP_NAME_MAX + 1)];
-    busy_key(key, principal, dataset);
-    for (struct busy *b = srv->busy; b; b = b->next)
+    char key[HSP_PATH_MAX + HSP_NAME_MAX + 2];
+    busy_key(key, r);
+    for (struct busy *b = r->srv->busy; b; b = b->next)
         if (strcmp(b->key, key) == 0)
             return -1;
     struct busy *b = malloc(sizeof(*b));
     if (b == NULL)
         return -1;
     memcpy(b->key, key, sizeof(key));
-    b->next = srv->busy;
-    srv->busy = b;
+    b->next = r->srv->busy;
+    r->srv->busy = b;
     return 0;
 }
 
-request *server_find_push(server *srv, const char *principal, const char *dataset)
+request *server_find_push(request *r)
 {
-    for (request *r = srv->requests; r; r = r->next)
-        if (r->req.op == HSP_PUSH && r->op != NULL && strcmp(r->principal, principal) == 0 &&
-            strcmp(r->req.dataset, dataset) == 0)
-            return r;
+    for (request *o = r->srv->requests; o; o = o->next)
+        if (o->req.op == HSP_PUSH && o->op != NULL && strcmp(o->who.root, r->who.root) == 0 &&
+            strcmp(o->req.dataset, r->req.dataset) == 0)
+            return o;
     return NULL;
 }
 
-void server_busy_remove(server *srv, const char *principal, const char *dataset)
+void server_busy_remove(request *r)
 {
-    char key[2 * (HSP_NAME_MAX + 1)];
-    busy_key(key, principal, dataset);
-    for (struct busy **p = &srv->busy; *p; p = &(*p)->next) {
+    char key[HSP_PATH_MAX + HSP_NAME_MAX + 2];
+    busy_key(key, r);
+    for (struct busy **p = &r->srv->busy; *p; p = &(*p)->next) {
         if (strcmp((*p)->key, key) == 0) {
             struct busy *b = *p;
             *p = b->next;
@@ -336,7 +341,60 @@ void server_busy_remove(server *srv, const char *principal, const char *dataset)
     }
 }
 
+int server_ns_open(request *r, int create)
+{
+    /* One component at a time, each below the last: fs_dir_open() takes
+     * a single name, and a root was checked to hold plain names only. */
+    char root[HSP_PATH_MAX + 1];
+    snprintf(root, sizeof(root), "%s", r->who.root);
+    int dir = -1;
+    for (char *save = NULL, *c = strtok_r(root, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+        int next = fs_dir_open(dir < 0 ? r->srv->store : dir, c, create);
+        int err = errno;
+        if (dir >= 0)
+            close(dir);
+        if (next < 0) {
+            errno = err;
+            return -1;
+        }
+        dir = next;
+    }
+    if (dir < 0)
+        errno = EINVAL;
+    return dir;
+}
+
 /* ---- events ------------------------------------------------------------------------ */
+
+/* The request's principal may make it: it has the right, and a session
+ * more than it has. */
+static uint32_t authorize(server *srv, request *r)
+{
+    auth_lookup(&srv->auth, r->principal, &r->who);
+    unsigned need = auth_right_of(r->req.op);
+    if (r->who.rights == 0 || (need & ~r->who.rights) != 0) {
+        char has[64];
+        auth_rights_text(r->who.rights, has, sizeof(has));
+        request_log(r, HAUL_LOG_WARN, "refused: the principal's rights are %s", has);
+        return HSP_R_DENIED;
+    }
+    if (r->who.max_sessions) {
+        /* A push that takes over its own dataset's (take_over in push.c)
+         * ends that one: it does not count. */
+        unsigned n = 0;
+        for (request *o = srv->requests; o; o = o->next)
+            if (strcmp(o->principal, r->principal) == 0 &&
+                !(r->req.op == HSP_PUSH && o->req.op == HSP_PUSH &&
+                  strcmp(o->req.dataset, r->req.dataset) == 0))
+                n++;
+        if (n >= r->who.max_sessions) {
+            request_log(r, HAUL_LOG_WARN, "refused: the principal has its %u sessions",
+                        r->who.max_sessions);
+            return HSP_R_LIMIT;
+        }
+    }
+    return 0;
+}
 
 static void on_request(server *srv, haul_session *s)
 {
@@ -370,7 +428,9 @@ static void on_request(server *srv, haul_session *s)
         reason = HSP_R_DENIED;
     else if (hsp_request_decode(ctx, clen, &r->req) < 0)
         reason = HSP_R_BAD_REQUEST;
-    else {
+    else
+        reason = authorize(srv, r);
+    if (reason == 0) {
         switch (r->req.op) {
         case HSP_PUSH:
             reason = push_open(r);
@@ -386,6 +446,9 @@ static void on_request(server *srv, haul_session *s)
             break;
         case HSP_BENCH:
             reason = bench_open(r);
+            break;
+        case HSP_DELETE:
+            reason = delete_open(r);
             break;
         default:
             reason = HSP_R_BAD_REQUEST;
@@ -472,6 +535,39 @@ static void handle_event(server *srv, const haul_event *ev)
     }
 }
 
+/* Gives the engine the limits of connections of the principals. Those
+ * that lost their section (old: the table before a reload) fall back to
+ * the "*" section's. */
+static void apply_limits(server *srv, const auth_table *old)
+{
+    haul_engine *e = srv->engine;
+    const auth_table *t = &srv->auth;
+    haul_engine_limit_principal(e, NULL, t->any.max_connections);
+    for (size_t i = 0; old && i < old->n; i++)
+        haul_engine_limit_principal(e, old->v[i].name, t->any.max_connections);
+    for (size_t i = 0; i < t->n; i++)
+        haul_engine_limit_principal(e, t->v[i].name, t->v[i].max_connections);
+}
+
+/* SIGHUP: the principals' sections again, for the requests to come. */
+static void reload_auth(server *srv)
+{
+    if (srv->cfg.config == NULL)
+        return;
+    char err[512];
+    auth_table old = srv->auth, fresh;
+    auth_init(&fresh);
+    if (auth_load(&fresh, srv->cfg.config, err, sizeof(err)) < 0) {
+        hauld_log(HAUL_LOG_ERROR, "SIGHUP received: %s; keeping the principals as they were", err);
+        return;
+    }
+    srv->auth = fresh;
+    apply_limits(srv, &old);
+    auth_free(&old);
+    hauld_log(HAUL_LOG_INFO, "SIGHUP received: %zu principal section%s reloaded", srv->auth.n,
+              srv->auth.n == 1 ? "" : "s");
+}
+
 static void on_signal(server *srv)
 {
     struct signalfd_siginfo si;
@@ -479,8 +575,10 @@ static void on_signal(server *srv)
     if (n != (ssize_t)sizeof(si))
         return;
     if (si.ssi_signo == SIGHUP) {
-        /* New certificates and CRLs for the connections to come; the
-         * sessions that run keep the ones they were made with. */
+        /* New principals' sections, certificates and CRLs for the
+         * requests and connections to come; the sessions that run keep
+         * what they were accepted with. */
+        reload_auth(srv);
         if (!srv->cfg.tls_cert) {
             hauld_log(HAUL_LOG_INFO, "SIGHUP received: nothing to reload (plaintext)");
             return;
@@ -594,9 +692,15 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
     srv->store = -1;
 
     char err[512];
+    auth_init(&srv->auth);
+    if (cfg->config && auth_load(&srv->auth, cfg->config, err, sizeof(err)) < 0) {
+        fprintf(stderr, "hauld: %s\n", err);
+        return -1;
+    }
     srv->store = fs_store_open(cfg->store, err, sizeof(err));
     if (srv->store < 0) {
         fprintf(stderr, "hauld: %s\n", err);
+        auth_free(&srv->auth);
         return -1;
     }
 
@@ -686,6 +790,11 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
                   "listening on %s in PLAINTEXT: no authentication, no encryption "
                   "(--plaintext); every client names its own principal",
                   address);
+    /* Before the line that tells the world hauld listens. */
+    apply_limits(srv, NULL);
+    if (cfg->config)
+        hauld_log(HAUL_LOG_INFO, "%zu principal section%s from %s", srv->auth.n,
+                  srv->auth.n == 1 ? "" : "s", cfg->config);
     printf("hauld: listening on %s\n", address);
     fflush(stdout);
     return 0;
@@ -777,4 +886,5 @@ void server_fini(server *srv)
     if (srv->store >= 0)
         close(srv->store);
     srv->store = -1;
+    auth_free(&srv->auth);
 }

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "haul.h"
+#include "hauld/auth.h"
 #include "proto/store.h"
 
 /* ---- logging (main.c) ------------------------------------------------------ */
@@ -38,6 +39,7 @@ int hauld_log_enabled(int level);
 typedef struct server_config {
     const char *listen;
     const char *store;
+    const char *config; /* the file of the [principal] sections, or NULL */
     unsigned max_sessions;
     unsigned max_connections;
     unsigned io_threads;
@@ -78,6 +80,9 @@ struct request {
     unsigned serial; /* for the log */
     hsp_request req;
     char principal[HSP_NAME_MAX + 1];
+    /* What the principal may do, as configured when the request came:
+     * its namespace root, rights, quota. */
+    auth_principal who;
     const request_ops *ops;
     void *op; /* the operation's state */
     request *prev, *next;
@@ -111,10 +116,11 @@ struct server {
     int stopping; /* a signal came: refuse new requests */
     int64_t stop_deadline_ms;
     int64_t next_check_ms; /* of the pushes' connections */
+    auth_table auth;       /* the principals (reloaded on SIGHUP) */
     request *requests;     /* a list */
     unsigned nrequests;
     unsigned next_serial;
-    /* Datasets with a push running in this process ("principal/dataset"),
+    /* Datasets with a push running in this process ("root/dataset"),
      * besides the lock file that excludes other processes too. */
     struct busy *busy;
     /* The events being handled: a session freed while handling one must
@@ -162,11 +168,18 @@ void request_log(request *r, int level, const char *fmt, ...) __attribute__((for
  * none waits now, -1 when none will come. */
 int request_recv(request *r, haul_message **m);
 
-/* Marks a dataset busy in this process; 0, or -1 when it already is. */
-int server_busy_add(server *srv, const char *principal, const char *dataset);
-void server_busy_remove(server *srv, const char *principal, const char *dataset);
-/* The running push of a dataset (a request in srv->requests), or NULL. */
-request *server_find_push(server *srv, const char *principal, const char *dataset);
+/* Marks the request's dataset (in its namespace) busy in this process; 0,
+ * or -1 when it already is. */
+int server_busy_add(request *r);
+void server_busy_remove(request *r);
+/* The running push of the request's dataset (a request in srv->requests,
+ * of any principal that shares the namespace), or NULL. */
+request *server_find_push(request *r);
+
+/* Opens the request's namespace (O_PATH), made with its parents when
+ * create is set. Returns the descriptor, or -1 with errno set (ENOENT: it
+ * does not exist). */
+int server_ns_open(request *r, int create);
 
 /* The text of an errno value for a RESULT: "no space left on the store"
  * for ENOSPC, strerror() otherwise. */
@@ -181,6 +194,11 @@ uint32_t pull_open(request *r);
 uint32_t list_open(request *r);
 uint32_t verify_open(request *r);
 uint32_t bench_open(request *r);
+uint32_t delete_open(request *r);
+/* Removes what deletions of a dataset left in its snapshots directory
+ * when hauld stopped in their middle, adding the bytes freed to *freed
+ * (when not NULL). Returns 0 or -1. */
+int delete_leftovers(int snaps, uint64_t *freed);
 /* Called once the session is accepted. */
 void push_start(request *r);
 

@@ -177,11 +177,11 @@ void haul__conn_close(haul__conn *c, int error, const char *why)
 }
 
 /* Tells the peer why, in one best-effort write, then closes. */
-static void protocol_error(haul__conn *c, int code, const char *why)
+/* Tells the peer why in an ERROR frame, when that can be done, and closes
+ * the connection. */
+static void refuse(haul__conn *c, int code, const char *why)
 {
-    haul_engine *e = c->engine;
-    e->stats.protocol_errors++;
-    haul__log(e, HAUL_LOG_WARN, "connection %u: %s; closing it", c->serial, why);
+    haul__log(c->engine, HAUL_LOG_WARN, "connection %u: %s; closing it", c->serial, why);
     uint8_t buf[HAUL__FRAME_HDR + 128];
     size_t n = strlen(why) < 128 ? strlen(why) : 128;
     haul__frame f = {.version = HAUL_PROTOCOL_VERSION,
@@ -204,6 +204,12 @@ static void protocol_error(haul__conn *c, int code, const char *why)
         /* The connection is going anyway. */
     }
     haul__conn_close(c, code, why);
+}
+
+static void protocol_error(haul__conn *c, int code, const char *why)
+{
+    c->engine->stats.protocol_errors++;
+    refuse(c, code, why);
 }
 
 static void release_items(haul__conn *c)
@@ -299,6 +305,15 @@ static void on_hello(haul__conn *c, const uint8_t *payload)
         }
         if (pipe->peer_chunk && pipe->peer_chunk != f->offset) {
             protocol_error(c, HAUL_EPROTO, "chunk size differs within one pipe");
+            return;
+        }
+        unsigned joined, max = secured ? haul__principal_limit(e, c->principal, &joined) : 0;
+        if (max && joined >= max) {
+            char why[HAUL__PRINCIPAL_MAX + 100];
+            snprintf(why, sizeof(why), "principal \"%s\" has joined its %u connections",
+                     c->principal, max);
+            e->stats.principal_limited++;
+            refuse(c, HAUL_ELIMIT, why);
             return;
         }
         if (!pipe->has_members) {

@@ -22,11 +22,13 @@ const char *hsp_refusal_text(uint32_t reason)
     case HSP_R_BUSY:
         return "another push to this dataset is running";
     case HSP_R_DENIED:
-        return "not allowed";
+        return "not allowed for this principal";
     case HSP_R_SERVER_ERROR:
         return "the server failed (see its log)";
     case HSP_R_SHUTTING_DOWN:
         return "the server is shutting down";
+    case HSP_R_LIMIT:
+        return "this principal has as many sessions as it may have at once";
     }
     return "refused";
 }
@@ -93,7 +95,7 @@ int hsp_request_decode(const void *data, size_t len, hsp_request *r)
     if (len < 10 || memcmp(buf, HSP_MAGIC, HSP_MAGIC_LEN) != 0 || buf[5] != 0)
         return -1;
     r->op = buf[4];
-    if (r->op < HSP_PUSH || r->op > HSP_BENCH)
+    if (r->op < HSP_PUSH || r->op > HSP_DELETE)
         return -1;
     size_t d = haul__get16(buf + 6), s = haul__get16(buf + 8);
     if (10 + d + s != len || d > HSP_NAME_MAX || s > HSP_SNAPSHOT_MAX)
@@ -107,6 +109,9 @@ int hsp_request_decode(const void *data, size_t len, hsp_request *r)
     /* Every request but a listing of all datasets and a benchmark names
      * its dataset. */
     if (d == 0 && r->op != HSP_LIST && r->op != HSP_BENCH)
+        return -1;
+    /* A deletion names the one snapshot it removes: never "the latest". */
+    if (s == 0 && r->op == HSP_DELETE)
         return -1;
     return 0;
 }

@@ -39,6 +39,7 @@ enum hsp_op {
     HSP_LIST = 3,
     HSP_VERIFY = 4,
     HSP_BENCH = 5,
+    HSP_DELETE = 6, /* remove one snapshot (needs the delete right) */
 };
 
 typedef struct hsp_request {
@@ -47,7 +48,10 @@ typedef struct hsp_request {
     char snapshot[HSP_SNAPSHOT_MAX + 1]; /* "" for the latest */
 } hsp_request;
 
-/* Reason codes of a refused session (haul_session_reject). */
+/* Reason codes of a refused session (haul_session_reject). The server's
+ * engine refuses some sessions by itself, with the haul_error codes
+ * HAUL_EREFUSED (9), HAUL_EPROTO (12) and HAUL_ELIMIT (16): these values
+ * stay below 9. */
 enum hsp_refusal {
     HSP_R_BAD_REQUEST = 1,
     HSP_R_NO_DATASET = 2,
@@ -56,6 +60,8 @@ enum hsp_refusal {
     HSP_R_DENIED = 5,
     HSP_R_SERVER_ERROR = 6,
     HSP_R_SHUTTING_DOWN = 7,
+    HSP_R_LIMIT = 8, /* the principal has as many sessions as it may */
+    HSP_R_LAST = HSP_R_LIMIT,
 };
 const char *hsp_refusal_text(uint32_t reason);
 

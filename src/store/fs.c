@@ -152,22 +152,35 @@ static int each_entry(int fd, int (*fn)(int dir, const struct dirent *de, void *
 
 static int remove_entry(int dir, const struct dirent *de, void *arg)
 {
-    (void)arg;
-    return fs_remove_tree(dir, de->d_name);
+    return fs_remove_tree_freed(dir, de->d_name, arg);
 }
 
 /* Empties directory fd (which this call closes). */
-static int empty_dir(int fd)
+static int empty_dir(int fd, uint64_t *freed)
 {
     /* The owner may remove what is in a directory only while it may
      * write it; a stored directory may carry any mode. */
     fchmod(fd, 0700);
-    return each_entry(fd, remove_entry, NULL);
+    return each_entry(fd, remove_entry, freed);
 }
 
 int fs_remove_tree(int dirfd, const char *name)
 {
-    if (unlinkat(dirfd, name, 0) == 0 || errno == ENOENT)
+    return fs_remove_tree_freed(dirfd, name, NULL);
+}
+
+int fs_remove_tree_freed(int dirfd, const char *name, uint64_t *freed)
+{
+    /* A file's bytes are freed with its last link only. */
+    struct stat st;
+    int counted = freed != NULL && fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                  S_ISREG(st.st_mode) && st.st_nlink == 1;
+    if (unlinkat(dirfd, name, 0) == 0) {
+        if (counted)
+            *freed += (uint64_t)st.st_size;
+        return 0;
+    }
+    if (errno == ENOENT)
         return 0;
     if (errno != EISDIR && errno != EPERM)
         return -1;
@@ -178,7 +191,7 @@ int fs_remove_tree(int dirfd, const char *name)
         int fd = fs_open(dirfd, name, O_RDONLY | O_DIRECTORY, 0);
         if (fd < 0)
             return errno == ENOENT ? 0 : -1;
-        if (empty_dir(fd) < 0)
+        if (empty_dir(fd, freed) < 0)
             return -1;
         if (unlinkat(dirfd, name, AT_REMOVEDIR) == 0 || errno == ENOENT)
             return 0;
@@ -186,6 +199,36 @@ int fs_remove_tree(int dirfd, const char *name)
             return -1;
     }
     return -1;
+}
+
+/* Each link of a file counts for its share of the bytes, so that a file
+ * linked from several snapshots counts once in all. */
+static int usage_entry(int dir, const struct dirent *de, void *arg)
+{
+    double *sum = arg;
+    struct stat st;
+    if (fstatat(dir, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return errno == ENOENT ? 0 : -1;
+    if (S_ISREG(st.st_mode) && st.st_nlink > 0)
+        *sum += (double)st.st_size / (double)st.st_nlink;
+    if (!S_ISDIR(st.st_mode))
+        return 0;
+    int fd = fs_open(dir, de->d_name, O_RDONLY | O_DIRECTORY, 0);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    return each_entry(fd, usage_entry, sum);
+}
+
+int fs_usage(int dirfd, uint64_t *bytes)
+{
+    int fd = fs_open(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
+    if (fd < 0)
+        return -1;
+    double sum = 0;
+    if (each_entry(fd, usage_entry, &sum) < 0)
+        return -1;
+    *bytes = (uint64_t)(sum + 0.5);
+    return 0;
 }
 
 int fs_fsync_dir(int dirfd, const char *name)

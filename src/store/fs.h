@@ -68,6 +68,14 @@ int fs_mkdir_open(int dirfd, const char *name, mode_t mode);
 /* Removes name in dirfd and everything below it, never following a
  * symlink. A name that does not exist is not an error. Returns 0 or -1. */
 int fs_remove_tree(int dirfd, const char *name);
+/* The same, adding to *freed the bytes of the files whose last link it
+ * removed. */
+int fs_remove_tree_freed(int dirfd, const char *name, uint64_t *freed);
+
+/* The bytes of file content stored below dirfd, each file once however
+ * many links it has there (links from outside dirfd make it count less).
+ * Walks every entry: its cost grows with the number of files. */
+int fs_usage(int dirfd, uint64_t *bytes);
 
 /* fsync() of directory `name` in dirfd ("." for dirfd itself). */
 int fs_fsync_dir(int dirfd, const char *name);
