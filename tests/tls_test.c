@@ -396,6 +396,93 @@ TEST(session_principal_is_the_certificates)
     server_down(&sv);
 }
 
+/* Opens a session of `who` over a pipe of n TLS connections. */
+static haul_session *open_as(haul_engine *client, const char *address, const char *who, unsigned n)
+{
+    haul_tls_config tls = client_tls(who);
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = who;
+    sc.tls = &tls;
+    sc.connections = n;
+    haul_session *s;
+    CHECK_OK(haul_session_new(client, &sc, &s));
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, 10000));
+    return s;
+}
+
+/* The connections of a client session's pipe that are joined. */
+static int joined_of(haul_session *s)
+{
+    haul_conn_stats st[8];
+    int n = haul_pipe_stats(s, st, 8), up = 0;
+    for (int i = 0; i < n && i < 8; i++)
+        up += st[i].up;
+    return up;
+}
+
+/* A principal's cap holds over all its pipes; others are not held by it. */
+TEST_TIMEOUT(principal_connection_limit, 60)
+{
+    harness_strerror = haul_strerror;
+    pki_setup();
+    tls_server sv;
+    server_up(&sv, 0);
+    CHECK_OK(haul_engine_limit_principal(sv.engine, "alice", 3));
+    CHECK_EQ(haul_engine_limit_principal(sv.engine, "", 3), HAUL_EINVAL);
+    log_book la, lb, lc;
+    haul_engine *a1 = engine_logged(&la, 1), *a2 = engine_logged(&lb, 1),
+                *b = engine_logged(&lc, 1);
+
+    /* Two pipes of alice's, 2 and 4 connections: 3 join in all. */
+    haul_session *s1 = open_as(a1, sv.address, "alice", 2);
+    haul_session *s2 = open_as(a2, sv.address, "alice", 4);
+    CHECK(log_wait(&sv.log, "principal \"alice\" has joined its 3 connections", 10000));
+    haul_engine_stats st;
+    haul_engine_stats_get(sv.engine, &st);
+    CHECK_GE(st.principal_limited, 1);
+    int joined = joined_of(s1) + joined_of(s2);
+    harness_log("alice: %d connections joined", joined);
+    CHECK_LE(joined, 3);
+    CHECK_GE(joined, 2);
+
+    /* bob has no cap: all 5 of his join. */
+    haul_session *s3 = open_as(b, sv.address, "bob", 5);
+    haul_event ev;
+    for (int i = 0; i < 500 && joined_of(s3) < 5; i++)
+        haul_engine_wait(b, &ev, 1, 10); /* nothing comes: a pause that the engine may end */
+    CHECK_EQ(joined_of(s3), 5);
+
+    /* A default cap holds bob too, from his next connection on. */
+    CHECK_OK(haul_engine_limit_principal(sv.engine, NULL, 1));
+    haul_engine_stats_get(sv.engine, &st);
+    uint64_t before = st.principal_limited;
+    haul_engine *b2 = engine_logged(&lc, 1);
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    haul_tls_config tls = client_tls("bob");
+    sc.destination = sv.address;
+    sc.principal = "bob";
+    sc.tls = &tls;
+    haul_session *s4;
+    CHECK_OK(haul_session_new(b2, &sc, &s4));
+    CHECK(log_wait(&sv.log, "principal \"bob\" has joined its 1 connections", 10000));
+    haul_engine_stats_get(sv.engine, &st);
+    CHECK_GT(st.principal_limited, before);
+    haul_session_free(s4);
+    haul_engine_free(b2);
+
+    haul_session_free(s1);
+    haul_session_free(s2);
+    haul_session_free(s3);
+    haul_engine_free(a1);
+    haul_engine_free(a2);
+    haul_engine_free(b);
+    server_down(&sv);
+}
+
 TEST(plain_session_has_no_peer_principal)
 {
     harness_strerror = haul_strerror;
