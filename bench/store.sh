@@ -5,9 +5,8 @@
 #   (a) one large file (SIZE_MB, default 4096): nc, socat -b 1M, rsync
 #       (daemon mode), haul push (plain TCP, --plaintext), and the TLS row:
 #       haul push over mutual TLS 1.3 beside scp -c aes128-gcm@openssh.com
-#       to root@127.0.0.1 (needs a running sshd and a key that logs root
-#       in without a prompt; the scp row is SKIPPED otherwise: this script
-#       neither installs nor starts sshd)
+#       to an sshd of the script's own on 127.0.0.1 (a private port, host
+#       and client keys made for the run; needs openssh-server)
 #   (b) a tree of many small files (FILES, default 50000, 1-64 KiB):
 #       tar | nc | tar, rsync (daemon mode), haul push
 #   (c) peak RSS of hauld and haul pushing a tree of MANY files (default
@@ -24,9 +23,19 @@ rounds=${ROUNDS:-2}
 size_mb=${SIZE_MB:-4096}
 files=${FILES:-50000}
 many=${MANY:-1000000}
-for tool in nc socat rsync tar; do
-  command -v $tool >/dev/null || { echo "bench/store.sh: $tool is missing (apt-get install netcat-openbsd socat rsync)" >&2; exit 1; }
+# The peers: installed when missing and we may (root), else a clear error.
+need=()
+for pkg in netcat-openbsd socat rsync tar openssh-client openssh-server python3 time; do
+  [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true) == *" ok installed" ]] || need+=("$pkg")
 done
+if ((${#need[@]})); then
+  if ((EUID == 0)); then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "bench/store.sh: missing ${need[*]} (apt-get install them)" >&2
+    exit 1
+  fi
+fi
 [[ -x $build/haul && -x $build/hauld ]] || { echo "bench/store.sh: build first (scripts/build)" >&2; exit 1; }
 
 work=$(mktemp -d /dev/shm/haul-bench.XXXXXX)
@@ -171,19 +180,51 @@ echo
 echo "(a') the same file over TLS"
 t_tls=$(bestof run_haul "$work/src-big" 4 tls); record "haul push -P 4, TLS 1.3" "$t_tls" "$big_bytes"
 echo "haul TLS vs haul plaintext -P 4: $(awk -v p="$t_haul" -v h="$t_tls" 'BEGIN {printf "%.2fx", p / h}') of its throughput"
+# A private sshd: its own host key, a client key made for the run, a port
+# of its own; nothing of the machine's ssh setup is used or changed.
+start_sshd() {
+  local d=$work/ssh
+  mkdir -p "$d"
+  ssh-keygen -q -t ed25519 -N '' -f "$d/host"
+  ssh-keygen -q -t ed25519 -N '' -f "$d/client"
+  cp "$d/client.pub" "$d/authorized_keys"
+  chmod 600 "$d/authorized_keys"
+  sshport=$((port + 11))
+  cat >"$d/sshd_config" <<EOF
+Port $sshport
+ListenAddress 127.0.0.1
+HostKey $d/host
+AuthorizedKeysFile $d/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PidFile $d/sshd.pid
+Ciphers aes128-gcm@openssh.com
+Subsystem sftp internal-sftp
+EOF
+  mkdir -p /run/sshd 2>/dev/null || true
+  /usr/sbin/sshd -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
+  pids+=($!)
+  wait_port "$sshport" || return 1
+  # One copy to see that it works at all; its error goes to the log.
+  head -c 1 /dev/zero >"$d/probe"
+  scp -q -P "$sshport" -i "$d/client" -o BatchMode=yes -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null "$d/probe" "$(id -un)@127.0.0.1:$d/probe.out" 2>>"$d/sshd.log"
+}
 run_scp() {
   rm -rf "$work/dst" && mkdir -p "$work/dst"
   local t0=$(now)
-  scp -q -c aes128-gcm@openssh.com -o BatchMode=yes -o StrictHostKeyChecking=no \
-    -o UserKnownHostsFile=/dev/null "$1" "root@127.0.0.1:$work/dst/out"
+  scp -q -P "$sshport" -i "$work/ssh/client" -c aes128-gcm@openssh.com -o BatchMode=yes \
+    -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+    "$1" "$(id -un)@127.0.0.1:$work/dst/out"
   awk -v a="$t0" -v b="$(now)" 'BEGIN {print b - a}'
 }
-if command -v scp >/dev/null && timeout 10 ssh -o BatchMode=yes -o StrictHostKeyChecking=no \
-  -o UserKnownHostsFile=/dev/null root@127.0.0.1 true 2>/dev/null; then
+if start_sshd; then
   t_scp=$(bestof run_scp "$work/src-big/big.bin"); record "scp aes128-gcm" "$t_scp" "$big_bytes"
   echo "haul TLS vs scp: $(awk -v p="$t_scp" -v h="$t_tls" 'BEGIN {printf "%.2fx", p / h}')"
 else
-  echo "scp aes128-gcm               SKIPPED: no sshd on 127.0.0.1 that lets root in with a key"
+  echo "scp aes128-gcm               SKIPPED: the private sshd did not start ($(tail -1 "$work/ssh/sshd.log"))"
 fi
 
 echo
