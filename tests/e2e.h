@@ -94,6 +94,15 @@ E2E_FN_ char *e2e_join(char *out, const char *dir, const char *rel)
     return e2e_pathf(out, "%s/%s", dir, rel);
 }
 
+/* dir/rel in one of 8 buffers used in turn: for the arguments of one
+ * call, not to keep. */
+E2E_FN_ const char *e2e_at(const char *dir, const char *rel)
+{
+    static char bufs[8][PATH_MAX];
+    static int next;
+    return e2e_join(bufs[next++ % 8], dir, rel);
+}
+
 /* Renders bytes for a log line: printable ASCII as is, the rest as \xNN. */
 E2E_FN_ const char *e2e_printable(const char *s, char *out, size_t size)
 {
@@ -857,6 +866,15 @@ E2E_FN_ void e2e_proc_free(e2e_proc *p)
         if ((p)->code != (expected))                                                               \
             e2e_proc_show(p);                                                                      \
         CHECK_EQ((p)->code, (expected));                                                           \
+    } while (0)
+
+/* Runs `haul cert ARGS...`, which must succeed. */
+#define e2e_cert(env, ...)                                                                         \
+    do {                                                                                           \
+        e2e_proc cp_ = {0};                                                                        \
+        e2e_haul((env), &cp_, 30, "cert", __VA_ARGS__);                                            \
+        CHECK_EXIT(&cp_, 0);                                                                       \
+        e2e_proc_free(&cp_);                                                                       \
     } while (0)
 
 /* ------------------------------------------------------------------------ */

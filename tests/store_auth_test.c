@@ -22,23 +22,6 @@
 
 #define CMD_TIMEOUT 30
 
-static const char *at(const char *root, const char *rel)
-{
-    static char bufs[8][PATH_MAX];
-    static int next;
-    char *out = bufs[next++ % 8];
-    return e2e_join(out, root, rel);
-}
-
-/* Runs `haul cert ARGS...`, which must succeed. */
-#define cert(env, ...)                                                                             \
-    do {                                                                                           \
-        e2e_proc cp_ = {0};                                                                        \
-        e2e_haul((env), &cp_, CMD_TIMEOUT, "cert", __VA_ARGS__);                                   \
-        CHECK_EXIT(&cp_, 0);                                                                       \
-        e2e_proc_free(&cp_);                                                                       \
-    } while (0)
-
 /*
  * The test's directory, a PKI in DIR/pki (the server's certificate and
  * the principals' given), the configuration file DIR/hauld.conf with
@@ -48,10 +31,10 @@ static void auth_setup(e2e_env *env, const char *config, const char *const *prin
 {
     e2e_setup(env, E2E_NO_SERVER);
     e2e_join(env->tls_dir, env->dir, "pki");
-    cert(env, "ca", env->tls_dir);
-    cert(env, "server", env->tls_dir, "server");
+    e2e_cert(env, "ca", env->tls_dir);
+    e2e_cert(env, "server", env->tls_dir, "server");
     for (int i = 0; principals[i]; i++)
-        cert(env, "client", env->tls_dir, principals[i]);
+        e2e_cert(env, "client", env->tls_dir, principals[i]);
     static char conf[PATH_MAX];
     e2e_join(conf, env->dir, "hauld.conf");
     FILE *f = fopen(conf, "w");
@@ -68,7 +51,7 @@ static void auth_setup(e2e_env *env, const char *config, const char *const *prin
 /* Rewrites the configuration file and has hauld reload it. */
 static void auth_reload(e2e_env *env, const char *config)
 {
-    FILE *f = fopen(at(env->dir, "hauld.conf"), "w");
+    FILE *f = fopen(e2e_at(env->dir, "hauld.conf"), "w");
     CHECK(f != NULL);
     fputs(config, f);
     CHECK(fclose(f) == 0);
@@ -78,9 +61,9 @@ static void auth_reload(e2e_env *env, const char *config)
 static void small_tree(const char *src, uint64_t size, uint64_t seed)
 {
     e2e_mkdir(src);
-    e2e_file(at(src, "one"), size, seed, 0640);
-    e2e_mkdir(at(src, "d"));
-    e2e_file(at(src, "d/two"), 5, seed + 1, 0644);
+    e2e_file(e2e_at(src, "one"), size, seed, 0640);
+    e2e_mkdir(e2e_at(src, "d"));
+    e2e_file(e2e_at(src, "d/two"), 5, seed + 1, 0644);
     e2e_stamp_tree(src);
 }
 
@@ -143,7 +126,7 @@ static int raw_open(e2e_env *env, raw *c, const char *who, int op, const char *d
     e2e_join(crt, env->tls_dir, name);
     snprintf(name, sizeof(name), "%s.key", who);
     e2e_join(key, env->tls_dir, name);
-    haul_tls_config tls = {crt, key, at(env->tls_dir, "ca.crt"), NULL};
+    haul_tls_config tls = {crt, key, e2e_at(env->tls_dir, "ca.crt"), NULL};
     hsp_request req = {.op = op};
     snprintf(req.dataset, sizeof(req.dataset), "%s", dataset);
     snprintf(req.snapshot, sizeof(req.snapshot), "%s", snapshot);
@@ -209,7 +192,7 @@ TEST_TIMEOUT(auth_rights, 90)
     char first[HSP_SNAPSHOT_MAX + 1];
     snprintf(first, sizeof(first), "%s", push_as(&env, "alice", src, "ds", 0));
     CHECK(first[0] != '\0');
-    e2e_file(at(src, "d/two"), 7, 9, 0644);
+    e2e_file(e2e_at(src, "d/two"), 7, 9, 0644);
     e2e_stamp_tree(src);
     CHECK(push_as(&env, "alice", src, "ds", 0)[0] != '\0');
     CHECK_EQ(count_snapshots(&env, "alice", "ds"), 2);

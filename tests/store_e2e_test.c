@@ -23,13 +23,6 @@
 #define CMD_TIMEOUT 30
 
 /* Paths below a root, in rotating buffers so that a call can take two. */
-static const char *at(const char *root, const char *rel)
-{
-    static char bufs[8][PATH_MAX];
-    static int next;
-    char *out = bufs[next++ % 8];
-    return e2e_join(out, root, rel);
-}
 
 /* What `haul push --json` reports. */
 typedef struct push_report {
@@ -106,7 +99,7 @@ static int staged_entries(e2e_env *env, const char *dataset)
     char dir[PATH_MAX];
     e2e_pathf(dir, "%s/default/%s/.staging", env->store, dataset);
     int n = e2e_count_entries(dir);
-    if (n > 0 && access(at(dir, "LOCK"), F_OK) == 0)
+    if (n > 0 && access(e2e_at(dir, "LOCK"), F_OK) == 0)
         n--;
     return n < 0 ? 0 : n;
 }
@@ -122,52 +115,52 @@ static int staged_entries(e2e_env *env, const char *dataset)
 static void make_everything(const char *root)
 {
     e2e_mkdir(root);
-    e2e_file(at(root, "f0"), 0, 1, 0644);
-    e2e_file(at(root, "f1"), 1, 2, 0600);
-    e2e_file(at(root, "f4095"), 4095, 3, 0444);
-    e2e_mkdir(at(root, "a"));
-    e2e_mkdir(at(root, "a/b"));
-    e2e_mkdir(at(root, "a/b/c"));
-    e2e_mkdir(at(root, "a/b/c/d"));
-    e2e_file(at(root, "a/big1"), E2E_MIB + 1, 4, 0755);
-    e2e_file(at(root, "a/b/big5"), 5 * E2E_MIB, 5, 0644);
-    e2e_file(at(root, "a/b/c/d/deep.txt"), 1000, 6, 0644);
-    e2e_mkdir(at(root, "empty"));
-    e2e_mkdir(at(root, "a/b/empty2"));
+    e2e_file(e2e_at(root, "f0"), 0, 1, 0644);
+    e2e_file(e2e_at(root, "f1"), 1, 2, 0600);
+    e2e_file(e2e_at(root, "f4095"), 4095, 3, 0444);
+    e2e_mkdir(e2e_at(root, "a"));
+    e2e_mkdir(e2e_at(root, "a/b"));
+    e2e_mkdir(e2e_at(root, "a/b/c"));
+    e2e_mkdir(e2e_at(root, "a/b/c/d"));
+    e2e_file(e2e_at(root, "a/big1"), E2E_MIB + 1, 4, 0755);
+    e2e_file(e2e_at(root, "a/b/big5"), 5 * E2E_MIB, 5, 0644);
+    e2e_file(e2e_at(root, "a/b/c/d/deep.txt"), 1000, 6, 0644);
+    e2e_mkdir(e2e_at(root, "empty"));
+    e2e_mkdir(e2e_at(root, "a/b/empty2"));
     const uint64_t extents[] = {4 * E2E_MIB, 128 << 10, 48 * E2E_MIB, 128 << 10};
-    e2e_sparse_file(at(root, "sparse"), 64 * E2E_MIB, extents, 2, 7);
+    e2e_sparse_file(e2e_at(root, "sparse"), 64 * E2E_MIB, extents, 2, 7);
 
-    CHECK(symlink("a/b/c/d/deep.txt", at(root, "rel-link")) == 0);
-    CHECK(symlink("../f1", at(root, "a/up-link")) == 0);
-    CHECK(symlink("/tmp", at(root, "abs-link")) == 0);
-    CHECK(symlink("no/such/file", at(root, "dangling")) == 0);
+    CHECK(symlink("a/b/c/d/deep.txt", e2e_at(root, "rel-link")) == 0);
+    CHECK(symlink("../f1", e2e_at(root, "a/up-link")) == 0);
+    CHECK(symlink("/tmp", e2e_at(root, "abs-link")) == 0);
+    CHECK(symlink("no/such/file", e2e_at(root, "dangling")) == 0);
 
-    CHECK(link(at(root, "f4095"), at(root, "a/b/f4095.hl")) == 0);
-    CHECK(link(at(root, "f4095"), at(root, "hl3")) == 0);
-    CHECK(link(at(root, "a/big1"), at(root, "a/b/c/big1.hl")) == 0);
+    CHECK(link(e2e_at(root, "f4095"), e2e_at(root, "a/b/f4095.hl")) == 0);
+    CHECK(link(e2e_at(root, "f4095"), e2e_at(root, "hl3")) == 0);
+    CHECK(link(e2e_at(root, "a/big1"), e2e_at(root, "a/b/c/big1.hl")) == 0);
 
-    e2e_file(at(root, "\xff\xfe name"), 100, 8, 0644);
-    e2e_mkdir(at(root, "caf\xc3\xa9"));
-    e2e_file(at(root, "caf\xc3\xa9/\x01"
-                      "ctrl\x7f"),
+    e2e_file(e2e_at(root, "\xff\xfe name"), 100, 8, 0644);
+    e2e_mkdir(e2e_at(root, "caf\xc3\xa9"));
+    e2e_file(e2e_at(root, "caf\xc3\xa9/\x01"
+                          "ctrl\x7f"),
              10, 9, 0644);
-    e2e_file(at(root, "with space"), 7, 10, 0644);
-    e2e_file(at(root, "new\nline"), 12, 11, 0644);
-    e2e_file(at(root, "back\\slash"), 13, 12, 0644);
-    e2e_file(at(root, "\xe5\x90\x8d\xe5\x89\x8d"), 14, 13, 0644);
+    e2e_file(e2e_at(root, "with space"), 7, 10, 0644);
+    e2e_file(e2e_at(root, "new\nline"), 12, 11, 0644);
+    e2e_file(e2e_at(root, "back\\slash"), 13, 12, 0644);
+    e2e_file(e2e_at(root, "\xe5\x90\x8d\xe5\x89\x8d"), 14, 13, 0644);
     char longname[256];
     memset(longname, 'L', 255);
     longname[255] = '\0';
-    e2e_file(at(root, longname), 15, 14, 0644);
+    e2e_file(e2e_at(root, longname), 15, 14, 0644);
 
-    e2e_mkdir(at(root, "private"));
-    e2e_file(at(root, "private/key"), 32, 15, 0600);
-    CHECK(chmod(at(root, "private"), 0700) == 0);
-    e2e_mkdir(at(root, "ro-dir"));
-    e2e_file(at(root, "ro-dir/inside"), 10, 16, 0644);
-    CHECK(chmod(at(root, "ro-dir"), 0555) == 0);
-    e2e_mkdir(at(root, "group"));
-    CHECK(chmod(at(root, "group"), 0750) == 0);
+    e2e_mkdir(e2e_at(root, "private"));
+    e2e_file(e2e_at(root, "private/key"), 32, 15, 0600);
+    CHECK(chmod(e2e_at(root, "private"), 0700) == 0);
+    e2e_mkdir(e2e_at(root, "ro-dir"));
+    e2e_file(e2e_at(root, "ro-dir/inside"), 10, 16, 0644);
+    CHECK(chmod(e2e_at(root, "ro-dir"), 0555) == 0);
+    e2e_mkdir(e2e_at(root, "group"));
+    CHECK(chmod(e2e_at(root, "group"), 0750) == 0);
     e2e_stamp_tree(root);
 }
 
@@ -181,7 +174,7 @@ TEST_TIMEOUT(round_trip_every_kind_of_entry, 120)
     e2e_path(&env, part, "part");
     make_everything(src);
     struct stat st;
-    CHECK(stat(at(src, "sparse"), &st) == 0);
+    CHECK(stat(e2e_at(src, "sparse"), &st) == 0);
     if ((uint64_t)st.st_blocks * 512 > 2 * E2E_MIB)
         harness_log("this file system wrote the holes: sparseness is not checked");
 
@@ -207,10 +200,10 @@ TEST_TIMEOUT(round_trip_every_kind_of_entry, 120)
     e2e_haul(&env, &p, CMD_TIMEOUT, "pull", e2e_url(&env, url, "everything"), part, "a/b/c", "f1");
     CHECK_EXIT(&p, 0);
     e2e_proc_free(&p);
-    CHECK_EQ(e2e_tree_diff(at(src, "a/b/c"), at(part, "a/b/c"), 0), 0);
-    CHECK(e2e_same_content(at(src, "f1"), at(part, "f1")));
-    CHECK(access(at(part, "f0"), F_OK) != 0);
-    CHECK(access(at(part, "a/b/big5"), F_OK) != 0);
+    CHECK_EQ(e2e_tree_diff(e2e_at(src, "a/b/c"), e2e_at(part, "a/b/c"), 0), 0);
+    CHECK(e2e_same_content(e2e_at(src, "f1"), e2e_at(part, "f1")));
+    CHECK(access(e2e_at(part, "f0"), F_OK) != 0);
+    CHECK(access(e2e_at(part, "a/b/big5"), F_OK) != 0);
     e2e_teardown(&env);
 }
 
@@ -226,14 +219,14 @@ static uint64_t make_small_files(const char *root, uint64_t sizes[SMALL_FILES])
     for (int d = 0; d < 10; d++) {
         char name[32];
         snprintf(name, sizeof(name), "d%d", d);
-        e2e_mkdir(at(root, name));
+        e2e_mkdir(e2e_at(root, name));
     }
     for (int i = 0; i < SMALL_FILES; i++) {
         x = x * 6364136223846793005ull + 1442695040888963407ull;
         sizes[i] = 1 + (x >> 33) % (64 << 10);
         char name[64];
         snprintf(name, sizeof(name), "d%d/file-%03d", i % 10, i);
-        e2e_file(at(root, name), sizes[i], (uint64_t)i, 0644);
+        e2e_file(e2e_at(root, name), sizes[i], (uint64_t)i, 0644);
         total += sizes[i];
     }
     e2e_stamp_tree(root);
@@ -268,11 +261,11 @@ TEST_TIMEOUT(incremental_push_sends_only_changes, 120)
         changed[nchanged++] = i;
         char name[64];
         snprintf(name, sizeof(name), "d%d/file-%03d", i % 10, i);
-        int fd = open(at(src, name), O_WRONLY | O_CLOEXEC);
+        int fd = open(e2e_at(src, name), O_WRONLY | O_CLOEXEC);
         CHECK(fd >= 0);
         e2e_write_at(fd, 0, sizes[i], 5000u + (uint64_t)i);
         close(fd);
-        e2e_set_mtime(at(src, name), 1700000000 + i, 987654321);
+        e2e_set_mtime(e2e_at(src, name), 1700000000 + i, 987654321);
         changed_bytes += sizes[i];
     }
     CHECK_EQ(nchanged, 2);
@@ -325,13 +318,13 @@ TEST_TIMEOUT(verify_detects_a_flipped_bit, 120)
     e2e_path(&env, src, "src");
     e2e_path(&env, dst, "dst");
     e2e_mkdir(src);
-    e2e_mkdir(at(src, "dir"));
+    e2e_mkdir(e2e_at(src, "dir"));
     for (int i = 0; i < 5; i++) {
         char name[32];
         snprintf(name, sizeof(name), "dir/intact-%d", i);
-        e2e_file(at(src, name), 100 << 10, (uint64_t)i, 0644);
+        e2e_file(e2e_at(src, name), 100 << 10, (uint64_t)i, 0644);
     }
-    e2e_file(at(src, "dir/victim"), 100 << 10, 99, 0444);
+    e2e_file(e2e_at(src, "dir/victim"), 100 << 10, 99, 0444);
     e2e_stamp_tree(src);
 
     push_report r, r2;
@@ -394,9 +387,9 @@ TEST_TIMEOUT(pull_never_writes_outside_dest, 120)
     e2e_path(&env, out1, "outside1");
     e2e_path(&env, out2, "outside2");
     e2e_mkdir(src);
-    e2e_mkdir(at(src, "sub"));
-    e2e_file(at(src, "sub/file"), 1000, 1, 0644);
-    e2e_file(at(src, "top"), 500, 2, 0644);
+    e2e_mkdir(e2e_at(src, "sub"));
+    e2e_file(e2e_at(src, "sub/file"), 1000, 1, 0644);
+    e2e_file(e2e_at(src, "top"), 500, 2, 0644);
     e2e_stamp_tree(src);
     push_report r;
     push_json(&env, src, "hostile", 0, &r);
@@ -405,16 +398,16 @@ TEST_TIMEOUT(pull_never_writes_outside_dest, 120)
      * has sub/file: nothing may land in the outside directory. */
     e2e_mkdir(d1);
     e2e_mkdir(out1);
-    CHECK(symlink(out1, at(d1, "sub")) == 0);
+    CHECK(symlink(out1, e2e_at(d1, "sub")) == 0);
     e2e_proc p = {0};
     e2e_haul(&env, &p, CMD_TIMEOUT, "pull", e2e_url(&env, url, "hostile"), d1);
     harness_log("pull over a symlinked directory: exit %d", p.code);
     CHECK_EQ(e2e_count_entries(out1), 0);
     if (p.code == 0) {
         struct stat st;
-        CHECK(lstat(at(d1, "sub"), &st) == 0);
+        CHECK(lstat(e2e_at(d1, "sub"), &st) == 0);
         CHECK(S_ISDIR(st.st_mode));
-        CHECK(e2e_same_content(at(src, "sub/file"), at(d1, "sub/file")));
+        CHECK(e2e_same_content(e2e_at(src, "sub/file"), e2e_at(d1, "sub/file")));
     }
     e2e_proc_free(&p);
 
@@ -422,21 +415,21 @@ TEST_TIMEOUT(pull_never_writes_outside_dest, 120)
      * file "top": the outside file keeps its content. */
     e2e_mkdir(d2);
     e2e_mkdir(out2);
-    int fd = open(at(out2, "victim"), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    int fd = open(e2e_at(out2, "victim"), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     CHECK(fd >= 0);
     CHECK(write(fd, "precious", 8) == 8);
     close(fd);
-    CHECK(symlink(at(out2, "victim"), at(d2, "top")) == 0);
+    CHECK(symlink(e2e_at(out2, "victim"), e2e_at(d2, "top")) == 0);
     e2e_haul(&env, &p, CMD_TIMEOUT, "pull", e2e_url(&env, url, "hostile"), d2);
     harness_log("pull over a symlinked file: exit %d", p.code);
-    char *victim = e2e_slurp(at(out2, "victim"));
+    char *victim = e2e_slurp(e2e_at(out2, "victim"));
     CHECK_STR_EQ(victim, "precious");
     free(victim);
     if (p.code == 0) {
         struct stat st;
-        CHECK(lstat(at(d2, "top"), &st) == 0);
+        CHECK(lstat(e2e_at(d2, "top"), &st) == 0);
         CHECK(S_ISREG(st.st_mode));
-        CHECK(e2e_same_content(at(src, "top"), at(d2, "top")));
+        CHECK(e2e_same_content(e2e_at(src, "top"), e2e_at(d2, "top")));
     }
     e2e_proc_free(&p);
 
@@ -447,7 +440,7 @@ TEST_TIMEOUT(pull_never_writes_outside_dest, 120)
     e2e_haul(&env, &p, CMD_TIMEOUT, "pull", e2e_url(&env, url, "hostile"), d3, "sub/../../x");
     CHECK_EXIT(&p, 1);
     e2e_proc_free(&p);
-    CHECK(access(at(env.dir, "x"), F_OK) != 0);
+    CHECK(access(e2e_at(env.dir, "x"), F_OK) != 0);
     e2e_teardown(&env);
 }
 
@@ -481,14 +474,14 @@ TEST_TIMEOUT(unreadable_files_are_skipped_and_reported, 120)
     e2e_path(&env, src, "src");
     e2e_path(&env, dst, "dst");
     e2e_mkdir(src);
-    e2e_file(at(src, "ok1"), 3000, 1, 0644);
-    e2e_file(at(src, "ok2"), 4000, 2, 0644);
-    e2e_mkdir(at(src, "dir"));
-    e2e_file(at(src, "dir/ok3"), 5000, 3, 0644);
-    e2e_file(at(src, "secret"), 6000, 4, 0000);
-    e2e_mkdir(at(src, "locked"));
-    e2e_file(at(src, "locked/x"), 10, 5, 0644);
-    CHECK(chmod(at(src, "locked"), 0000) == 0);
+    e2e_file(e2e_at(src, "ok1"), 3000, 1, 0644);
+    e2e_file(e2e_at(src, "ok2"), 4000, 2, 0644);
+    e2e_mkdir(e2e_at(src, "dir"));
+    e2e_file(e2e_at(src, "dir/ok3"), 5000, 3, 0644);
+    e2e_file(e2e_at(src, "secret"), 6000, 4, 0000);
+    e2e_mkdir(e2e_at(src, "locked"));
+    e2e_file(e2e_at(src, "locked/x"), 10, 5, 0644);
+    CHECK(chmod(e2e_at(src, "locked"), 0000) == 0);
     e2e_stamp_tree(src);
 
     /* Root reads anything; the client runs as "nobody" then, so that
@@ -509,11 +502,11 @@ TEST_TIMEOUT(unreadable_files_are_skipped_and_reported, 120)
 
     /* The rest went on and is in the snapshot. */
     pull(&env, "partial", dst, 0);
-    CHECK(e2e_same_content(at(src, "ok1"), at(dst, "ok1")));
-    CHECK(e2e_same_content(at(src, "ok2"), at(dst, "ok2")));
-    CHECK(e2e_same_content(at(src, "dir/ok3"), at(dst, "dir/ok3")));
-    CHECK(access(at(dst, "secret"), F_OK) != 0);
-    CHECK(access(at(dst, "locked/x"), F_OK) != 0);
+    CHECK(e2e_same_content(e2e_at(src, "ok1"), e2e_at(dst, "ok1")));
+    CHECK(e2e_same_content(e2e_at(src, "ok2"), e2e_at(dst, "ok2")));
+    CHECK(e2e_same_content(e2e_at(src, "dir/ok3"), e2e_at(dst, "dir/ok3")));
+    CHECK(access(e2e_at(dst, "secret"), F_OK) != 0);
+    CHECK(access(e2e_at(dst, "locked/x"), F_OK) != 0);
     e2e_teardown(&env);
 }
 
@@ -529,7 +522,7 @@ TEST_TIMEOUT(two_pushes_to_one_dataset, 120)
     for (int i = 0; i < 4; i++) {
         char name[32];
         snprintf(name, sizeof(name), "part-%d", i);
-        e2e_file(at(src, name), 32 * E2E_MIB, (uint64_t)i, 0644);
+        e2e_file(e2e_at(src, name), 32 * E2E_MIB, (uint64_t)i, 0644);
     }
     e2e_stamp_tree(src);
     e2e_pathf(staging, "%s/default/busy/.staging", env.store);
@@ -587,11 +580,11 @@ TEST_TIMEOUT(full_disk_fails_cleanly, 120)
     for (int i = 0; i < 5; i++) {
         char name[32];
         snprintf(name, sizeof(name), "chunk-%d", i);
-        e2e_file(at(big, name), 4 * E2E_MIB, (uint64_t)i, 0644);
+        e2e_file(e2e_at(big, name), 4 * E2E_MIB, (uint64_t)i, 0644);
     }
     e2e_stamp_tree(big);
     e2e_mkdir(small);
-    e2e_file(at(small, "one"), E2E_MIB, 42, 0644);
+    e2e_file(e2e_at(small, "one"), E2E_MIB, 42, 0644);
     e2e_stamp_tree(small);
 
     e2e_proc p = {0};
@@ -625,13 +618,13 @@ TEST_TIMEOUT(full_disk_fails_cleanly, 120)
 static uint64_t make_resume_tree(const char *root)
 {
     e2e_mkdir(root);
-    e2e_file(at(root, "big"), 256 * E2E_MIB, 77, 0644);
+    e2e_file(e2e_at(root, "big"), 256 * E2E_MIB, 77, 0644);
     uint64_t total = 256 * E2E_MIB;
-    e2e_mkdir(at(root, "small"));
+    e2e_mkdir(e2e_at(root, "small"));
     for (int i = 0; i < 100; i++) {
         char name[32];
         snprintf(name, sizeof(name), "small/s%03d", i);
-        e2e_file(at(root, name), 100 + (uint64_t)i * 80, (uint64_t)i, 0644);
+        e2e_file(e2e_at(root, name), 100 + (uint64_t)i * 80, (uint64_t)i, 0644);
         total += 100 + (uint64_t)i * 80;
     }
     e2e_stamp_tree(root);
@@ -789,15 +782,15 @@ TEST_TIMEOUT(ls_lists_datasets_snapshots_and_files, 120)
     char src[PATH_MAX], url[512], what[160], dir[PATH_MAX];
     e2e_path(&env, src, "src");
     e2e_mkdir(src);
-    e2e_file(at(src, "alpha.txt"), 100, 1, 0644);
-    e2e_mkdir(at(src, "dir"));
-    e2e_file(at(src, "dir/beta.txt"), 200, 2, 0644);
+    e2e_file(e2e_at(src, "alpha.txt"), 100, 1, 0644);
+    e2e_mkdir(e2e_at(src, "dir"));
+    e2e_file(e2e_at(src, "dir/beta.txt"), 200, 2, 0644);
     e2e_stamp_tree(src);
 
     push_report a, b, o;
     push_json(&env, src, "lsds", 0, &a);
-    e2e_file(at(src, "alpha.txt"), 150, 3, 0644);
-    e2e_set_mtime(at(src, "alpha.txt"), 1700000001, 1);
+    e2e_file(e2e_at(src, "alpha.txt"), 150, 3, 0644);
+    e2e_set_mtime(e2e_at(src, "alpha.txt"), 1700000001, 1);
     push_json(&env, src, "lsds", 0, &b);
     push_json(&env, src, "other", 0, &o);
 
@@ -884,9 +877,9 @@ TEST_TIMEOUT(unix_socket_round_trip, 120)
     snprintf(listen, sizeof(listen), "unix:%s", sock);
     CHECK(e2e_server_start_at(&env, &env.server, listen) == 0);
     e2e_mkdir(src);
-    e2e_file(at(src, "one"), 300000, 1, 0640);
-    e2e_mkdir(at(src, "d"));
-    e2e_file(at(src, "d/two"), 2, 2, 0644);
+    e2e_file(e2e_at(src, "one"), 300000, 1, 0640);
+    e2e_mkdir(e2e_at(src, "d"));
+    e2e_file(e2e_at(src, "d/two"), 2, 2, 0644);
     e2e_stamp_tree(src);
 
     /* The dataset is the last component of a Unix socket's URL. */

@@ -25,23 +25,6 @@
 
 #define CMD_TIMEOUT 30
 
-static const char *at(const char *root, const char *rel)
-{
-    static char bufs[8][PATH_MAX];
-    static int next;
-    char *out = bufs[next++ % 8];
-    return e2e_join(out, root, rel);
-}
-
-/* Runs `haul cert ARGS...`, which must succeed. */
-#define cert(env, ...)                                                                             \
-    do {                                                                                           \
-        e2e_proc cp_ = {0};                                                                        \
-        e2e_haul((env), &cp_, CMD_TIMEOUT, "cert", __VA_ARGS__);                                   \
-        CHECK_EXIT(&cp_, 0);                                                                       \
-        e2e_proc_free(&cp_);                                                                       \
-    } while (0)
-
 /*
  * The test's directory, a PKI in DIR/pki (a CA; the server's certificate
  * as server.crt/.key, as e2e.h expects; principals alice, bob and carol;
@@ -51,15 +34,15 @@ static void tls_setup(e2e_env *env, int crl, const char *const *args)
 {
     e2e_setup(env, E2E_NO_SERVER);
     e2e_join(env->tls_dir, env->dir, "pki");
-    cert(env, "ca", env->tls_dir);
-    cert(env, "server", env->tls_dir, "server");
-    cert(env, "client", env->tls_dir, "alice");
-    cert(env, "client", env->tls_dir, "bob");
-    cert(env, "client", env->tls_dir, "carol");
+    e2e_cert(env, "ca", env->tls_dir);
+    e2e_cert(env, "server", env->tls_dir, "server");
+    e2e_cert(env, "client", env->tls_dir, "alice");
+    e2e_cert(env, "client", env->tls_dir, "bob");
+    e2e_cert(env, "client", env->tls_dir, "carol");
     int n = 0;
     static char crl_path[PATH_MAX];
     if (crl) {
-        cert(env, "revoke", env->tls_dir, at(env->tls_dir, "carol.crt"));
+        e2e_cert(env, "revoke", env->tls_dir, e2e_at(env->tls_dir, "carol.crt"));
         env->server_args[n++] = "--tls-crl";
         env->server_args[n++] = e2e_join(crl_path, env->tls_dir, "ca.crl");
     }
@@ -77,11 +60,11 @@ static void tls_setup(e2e_env *env, int crl, const char *const *args)
 static void small_tree(const char *src)
 {
     e2e_mkdir(src);
-    e2e_file(at(src, "one"), 300000, 1, 0640);
-    e2e_mkdir(at(src, "d"));
-    e2e_file(at(src, "d/two"), 5, 2, 0644);
-    e2e_file(at(src, "d/empty"), 0, 3, 0600);
-    CHECK(symlink("one", at(src, "link")) == 0);
+    e2e_file(e2e_at(src, "one"), 300000, 1, 0640);
+    e2e_mkdir(e2e_at(src, "d"));
+    e2e_file(e2e_at(src, "d/two"), 5, 2, 0644);
+    e2e_file(e2e_at(src, "d/empty"), 0, 3, 0600);
+    CHECK(symlink("one", e2e_at(src, "link")) == 0);
     e2e_stamp_tree(src);
 }
 
@@ -114,8 +97,9 @@ TEST_TIMEOUT(tls_round_trip_and_namespaces, 60)
     CHECK_EQ(e2e_tree_diff(src, dst, 0), 0);
 
     /* The principal defaults to the certificate's with explicit files. */
-    e2e_haul(&env, &p, CMD_TIMEOUT, "ls", "--tls-cert", at(env.tls_dir, "alice.crt"), "--tls-key",
-             at(env.tls_dir, "alice.key"), "--tls-ca", at(env.tls_dir, "ca.crt"), env.url);
+    e2e_haul(&env, &p, CMD_TIMEOUT, "ls", "--tls-cert", e2e_at(env.tls_dir, "alice.crt"),
+             "--tls-key", e2e_at(env.tls_dir, "alice.key"), "--tls-ca",
+             e2e_at(env.tls_dir, "ca.crt"), env.url);
     CHECK_EXIT(&p, 0);
     CHECK(e2e_contains(p.out, "ds"));
     e2e_proc_free(&p);
@@ -126,23 +110,23 @@ TEST_TIMEOUT(tls_round_trip_and_namespaces, 60)
     CHECK(!e2e_contains(p.out, "ds"));
     e2e_proc_free(&p);
     e2e_haul(&env, &p, CMD_TIMEOUT, "pull", "--principal", "bob", e2e_url(&env, url, "ds"),
-             at(env.dir, "bobdst"));
+             e2e_at(env.dir, "bobdst"));
     CHECK_EXIT(&p, 4);
     e2e_proc_free(&p);
-    CHECK(access(at(env.dir, "bobdst/one"), F_OK) != 0);
+    CHECK(access(e2e_at(env.dir, "bobdst/one"), F_OK) != 0);
 
     /* alice's certificate asking for bob's namespace: refused by the
      * server, which names the mismatch. */
     e2e_haul(&env, &p, CMD_TIMEOUT, "ls", "--principal", "bob", "--tls-cert",
-             at(env.tls_dir, "alice.crt"), "--tls-key", at(env.tls_dir, "alice.key"), "--tls-ca",
-             at(env.tls_dir, "ca.crt"), env.url);
+             e2e_at(env.tls_dir, "alice.crt"), "--tls-key", e2e_at(env.tls_dir, "alice.key"),
+             "--tls-ca", e2e_at(env.tls_dir, "ca.crt"), env.url);
     CHECK_EXIT(&p, 4);
     CHECK(e2e_contains(p.err, "the server refused: principal bob does not match the certificate"));
     e2e_proc_free(&p);
 
     /* No client certificate: the handshake fails. */
     e2e_haul(&env, &p, CMD_TIMEOUT, "ls", "--timeout", "5", "--principal", "alice", "--tls-ca",
-             at(env.tls_dir, "ca.crt"), env.url);
+             e2e_at(env.tls_dir, "ca.crt"), env.url);
     CHECK_EXIT(&p, 3);
     e2e_proc_free(&p);
 
@@ -237,11 +221,11 @@ TEST_TIMEOUT(tls_openssl_s_client, 60)
                                connect,
                                "-tls1_3",
                                "-cert",
-                               at(env.tls_dir, "alice.crt"),
+                               e2e_at(env.tls_dir, "alice.crt"),
                                "-key",
-                               at(env.tls_dir, "alice.key"),
+                               e2e_at(env.tls_dir, "alice.key"),
                                "-CAfile",
-                               at(env.tls_dir, "ca.crt"),
+                               e2e_at(env.tls_dir, "ca.crt"),
                                "-verify_return_error",
                                NULL};
     int code = run_program(v13, out, 20);
@@ -258,11 +242,11 @@ TEST_TIMEOUT(tls_openssl_s_client, 60)
                                connect,
                                "-tls1_2",
                                "-cert",
-                               at(env.tls_dir, "alice.crt"),
+                               e2e_at(env.tls_dir, "alice.crt"),
                                "-key",
-                               at(env.tls_dir, "alice.key"),
+                               e2e_at(env.tls_dir, "alice.key"),
                                "-CAfile",
-                               at(env.tls_dir, "ca.crt"),
+                               e2e_at(env.tls_dir, "ca.crt"),
                                NULL};
     code = run_program(v12, out, 20);
     text = e2e_slurp(out);
@@ -379,7 +363,7 @@ TEST_TIMEOUT(tls_sighup_reload, 90)
     /* More than the queues of both sides hold, so that the pull is still
      * running when it is stopped below. */
     e2e_mkdir(big);
-    e2e_file(at(big, "data"), 256ull << 20, 7, 0644);
+    e2e_file(e2e_at(big, "data"), 256ull << 20, 7, 0644);
     e2e_stamp_tree(big);
 
     /* Before: bob may push, carol (revoked at the start) may not. */
@@ -395,7 +379,7 @@ TEST_TIMEOUT(tls_sighup_reload, 90)
     CHECK(kill(pull.pid, SIGSTOP) == 0);
     CHECK(!e2e_proc_exited(&pull));
 
-    cert(&env, "revoke", env.tls_dir, at(env.tls_dir, "bob.crt"));
+    e2e_cert(&env, "revoke", env.tls_dir, e2e_at(env.tls_dir, "bob.crt"));
     CHECK(kill(env.server.pid, SIGHUP) == 0);
     CHECK(e2e_log_wait(&env, "TLS certificates and CRL reloaded", 10));
 
@@ -415,7 +399,7 @@ TEST_TIMEOUT(tls_sighup_reload, 90)
     CHECK_EQ(e2e_tree_diff(big, dst, 0), 0);
 
     /* A reload that cannot read its files keeps the old ones. */
-    CHECK(truncate(at(env.tls_dir, "ca.crl"), 10) == 0);
+    CHECK(truncate(e2e_at(env.tls_dir, "ca.crl"), 10) == 0);
     CHECK(kill(env.server.pid, SIGHUP) == 0);
     CHECK(e2e_log_wait(&env, "cannot reload the TLS files", 10));
     push_as(&env, "alice", src, "ds", 0);

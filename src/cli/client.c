@@ -622,6 +622,17 @@ void cli_free(cli_client *c)
     }
 }
 
+void cli_wait_result(cli_client *c)
+{
+    while (!c->have_result && !c->failed) {
+        if (c->closed) {
+            cli_fail(c, CLI_EXIT_TRANSFER, "the server ended the session without a result");
+            return;
+        }
+        cli_pump(c, 1000);
+    }
+}
+
 int cli_result_status(cli_client *c, const char *what)
 {
     if (!c->have_result)

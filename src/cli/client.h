@@ -119,6 +119,10 @@ int cli_send(cli_client *c, const void *buf, size_t len, uint64_t tag);
 int cli_send_buffer(cli_client *c, const void *buf, size_t len, void (*release)(void *, void *),
                     void *arg, uint64_t tag);
 
+/* Pumps events until the RESULT has arrived or the run has failed (a
+ * session that ends without a RESULT fails it); no timeout of its own. */
+void cli_wait_result(cli_client *c);
+
 /* Fails the run with an exit status and a message (printed unless NULL);
  * the first failure wins. Returns -1. */
 int cli_fail(cli_client *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -32,13 +32,7 @@ static int run_request(const cli_options *opt, const cli_url *url, int op, const
 {
     int status = cli_open(c, opt, url, op);
     if (status == CLI_EXIT_OK) {
-        while (!c->have_result && !c->failed) {
-            if (c->closed) {
-                cli_fail(c, CLI_EXIT_TRANSFER, "the server ended the session without a result");
-                break;
-            }
-            cli_pump(c, 1000);
-        }
+        cli_wait_result(c);
         status = c->failed ? c->failed : cli_result_status(c, what);
         if (status == CLI_EXIT_OK)
             cli_close(c);

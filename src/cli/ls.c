@@ -155,13 +155,7 @@ int cli_ls(const cli_options *opt, int argc, char **argv)
             printf("%-32s %s\n", "DATASET", "LATEST SNAPSHOT");
         else if (!opt->quiet && l.what == LIST_SNAPSHOTS)
             printf("%-32s %-19s %16s %12s\n", "SNAPSHOT", "TIME", "FILES", "BYTES");
-        while (!c.have_result && !c.failed) {
-            if (c.closed) {
-                cli_fail(&c, CLI_EXIT_TRANSFER, "the server ended the session without a result");
-                break;
-            }
-            cli_pump(&c, 1000);
-        }
+        cli_wait_result(&c);
         status = c.failed ? c.failed : cli_result_status(&c, "ls");
         if (opt->json)
             printf("],\"count\":%llu,\"complete\":%s}\n", (unsigned long long)l.count,

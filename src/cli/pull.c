@@ -560,13 +560,8 @@ int cli_pull(const cli_options *opt, int argc, char **argv)
         status = cli_open(c, opt, &url, HSP_PULL);
     if (status == CLI_EXIT_OK && send_paths(c, npaths, paths) != 0 && !c->have_result)
         status = c->failed ? c->failed : CLI_EXIT_TRANSFER;
-    while (status == CLI_EXIT_OK && !c->have_result && !c->failed) {
-        if (c->closed) {
-            cli_fail(c, CLI_EXIT_TRANSFER, "the server ended the session without a result");
-            break;
-        }
-        cli_pump(c, 1000);
-    }
+    if (status == CLI_EXIT_OK)
+        cli_wait_result(c);
     if (status == CLI_EXIT_OK)
         status = c->failed;
     if (status == CLI_EXIT_OK)

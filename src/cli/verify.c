@@ -57,13 +57,7 @@ int cli_verify(const cli_options *opt, int argc, char **argv)
             fputs("{\"problem_list\":[", stdout);
         /* No timeout of our own: re-reading a large snapshot takes as long
          * as it takes, and a lost server fails the session. */
-        while (!c.have_result && !c.failed) {
-            if (c.closed) {
-                cli_fail(&c, CLI_EXIT_TRANSFER, "the server ended the session without a result");
-                break;
-            }
-            cli_pump(&c, 1000);
-        }
+        cli_wait_result(&c);
         status = c.failed;
         const hsp_record *r = &c.result;
         double secs = cli_now() - start;
