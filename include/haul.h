@@ -537,12 +537,23 @@ typedef struct haul_engine_stats {
     /* Connections closed in their handshake to make room for a new one
      * (max_handshakes). */
     uint64_t handshakes_refused;
+    /* How often each state of the connections' encryption and
+     * authentication state machine was entered, indexed by
+     * haul_secure_state_names() order: how many connections went plain,
+     * began a TLS handshake, reached the checks of the peer, were
+     * established, ended in order or failed. */
+    uint64_t secure_state_entered[8];
 } haul_engine_stats;
 
 HAUL_API void haul_engine_stats_get(haul_engine *engine, haul_engine_stats *out);
 
 /* The names of the CE_SESSION_STATE values, in order; *count gets how many. */
 HAUL_API const char *const *haul_session_state_names(int *count);
+
+/* The names of the states of a connection's encryption and authentication
+ * state machine (SEC_NULL, SEC_PLAIN, SEC_HANDSHAKING, ...), in order;
+ * *count gets how many. The strings are static. */
+HAUL_API const char *const *haul_secure_state_names(int *count);
 
 #ifdef __cplusplus
 }

@@ -9,10 +9,12 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/ssl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -654,6 +656,253 @@ TEST(refused_join_of_another_principals_pipe)
     CHECK_OK(haul_send(s, "alice goes on", 13, 1));
     CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, 10000));
     haul_session_free(s);
+    haul_engine_free(client);
+    server_down(&sv);
+}
+
+/* ---- the encryption and authentication state machine ------------------------- */
+
+/* The transitions of net/secure_fsm.c, and none other. */
+TEST(secure_table_refuses_what_it_does_not_list)
+{
+    static const struct {
+        int from, event, to;
+    } legal[] = {
+        {HAUL__SEC_NULL, HAUL__SECEV_PLAIN, HAUL__SEC_PLAIN},
+        {HAUL__SEC_NULL, HAUL__SECEV_START, HAUL__SEC_HANDSHAKING},
+        {HAUL__SEC_HANDSHAKING, HAUL__SECEV_HANDSHAKE_DONE, HAUL__SEC_VERIFYING},
+        {HAUL__SEC_HANDSHAKING, HAUL__SECEV_HANDSHAKE_FAILED, HAUL__SEC_FAILED},
+        {HAUL__SEC_VERIFYING, HAUL__SECEV_PEER_ACCEPTED, HAUL__SEC_ESTABLISHED},
+        {HAUL__SEC_VERIFYING, HAUL__SECEV_PEER_REFUSED, HAUL__SEC_FAILED},
+        {HAUL__SEC_ESTABLISHED, HAUL__SECEV_CLOSE_SENT, HAUL__SEC_CLOSING},
+        {HAUL__SEC_ESTABLISHED, HAUL__SECEV_CLOSE_RECEIVED, HAUL__SEC_CLOSING},
+        {HAUL__SEC_ESTABLISHED, HAUL__SECEV_RECORD_FAILED, HAUL__SEC_FAILED},
+    };
+    int allowed = 0;
+    for (int st = 0; st < HAUL__SEC_STATE_COUNT_; st++) {
+        for (int ev = 0; ev < HAUL__SECEV_COUNT_; ev++) {
+            int want = -1;
+            for (size_t i = 0; i < sizeof(legal) / sizeof(legal[0]); i++)
+                if (legal[i].from == st && legal[i].event == ev)
+                    want = legal[i].to;
+            if (haul__secure_next(st, ev) != want)
+                harness_log("%s on %s", haul__secure_state_name(st), haul__secure_event_name(ev));
+            CHECK_EQ(haul__secure_next(st, ev), want);
+            allowed += want >= 0;
+        }
+    }
+    CHECK_EQ(allowed, (int)(sizeof(legal) / sizeof(legal[0])));
+    /* No way around the checks of the peer, and the final states are final. */
+    CHECK_EQ(haul__secure_next(HAUL__SEC_HANDSHAKING, HAUL__SECEV_PEER_ACCEPTED), -1);
+    for (int ev = 0; ev < HAUL__SECEV_COUNT_; ev++) {
+        CHECK_EQ(haul__secure_next(HAUL__SEC_PLAIN, ev), -1);
+        CHECK_EQ(haul__secure_next(HAUL__SEC_CLOSING, ev), -1);
+        CHECK_EQ(haul__secure_next(HAUL__SEC_FAILED, ev), -1);
+    }
+    CHECK_EQ(haul__secure_next(-1, HAUL__SECEV_START), -1);
+    CHECK_EQ(haul__secure_next(HAUL__SEC_STATE_COUNT_, HAUL__SECEV_START), -1);
+
+    int count;
+    const char *const *names = haul_secure_state_names(&count);
+    CHECK_EQ(count, HAUL__SEC_STATE_COUNT_);
+    CHECK_LE(count,
+             (int)(sizeof(((haul_engine_stats *)0)->secure_state_entered) / sizeof(uint64_t)));
+    CHECK_STR_EQ(names[HAUL__SEC_ESTABLISHED], "SEC_ESTABLISHED");
+    CHECK_STR_EQ(haul__secure_state_name(HAUL__SEC_FAILED), "SEC_FAILED");
+    CHECK_STR_EQ(haul__secure_event_name(HAUL__SECEV_PEER_REFUSED), "SECEV_PEER_REFUSED");
+}
+
+static void log_nothing(void *arg, int level, const char *line)
+{
+    (void)arg;
+    (void)level;
+    (void)line;
+}
+
+/* haul__secure_enter() takes no transition the table lacks: it asserts in
+ * a debug build (here, in a child), and leaves the state as it was with an
+ * error otherwise. */
+TEST(secure_enter_refuses_an_illegal_transition)
+{
+    static haul_engine engine;
+    engine.config.log = log_nothing;
+    engine.config.log_level = HAUL_LOG_DEBUG;
+    haul__conn *c = calloc(1, sizeof(*c));
+    CHECK(c != NULL);
+    c->engine = &engine;
+    c->serial = 1;
+    c->sec_state = HAUL__SEC_HANDSHAKING;
+#ifdef NDEBUG
+    CHECK_EQ(haul__secure_enter(c, HAUL__SECEV_PEER_ACCEPTED), -1);
+    CHECK_EQ(c->sec_state, HAUL__SEC_HANDSHAKING);
+    CHECK_EQ(atomic_load(&engine.secure_entered[HAUL__SEC_ESTABLISHED]), 0);
+#else
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        haul__secure_enter(c, HAUL__SECEV_PEER_ACCEPTED);
+        _exit(0);
+    }
+    int status;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+#endif
+    /* The legal path is taken, and counted. */
+    CHECK_OK(haul__secure_enter(c, HAUL__SECEV_HANDSHAKE_DONE));
+    CHECK_OK(haul__secure_enter(c, HAUL__SECEV_PEER_ACCEPTED));
+    CHECK_EQ(c->sec_state, HAUL__SEC_ESTABLISHED);
+    CHECK_EQ(atomic_load(&engine.secure_entered[HAUL__SEC_VERIFYING]), 1);
+    CHECK_EQ(atomic_load(&engine.secure_entered[HAUL__SEC_ESTABLISHED]), 1);
+    free(c);
+}
+
+static void secure_counts(haul_engine *e, uint64_t out[HAUL__SEC_STATE_COUNT_])
+{
+    haul_engine_stats st;
+    haul_engine_stats_get(e, &st);
+    for (int i = 0; i < HAUL__SEC_STATE_COUNT_; i++)
+        out[i] = st.secure_state_entered[i];
+}
+
+/* Waits up to ms until the engine has entered `state` at least n times.
+ * The security state machine posts no event of its own, so its counter is
+ * what there is to watch. */
+static int wait_secure(haul_engine *e, int state, uint64_t n, int ms)
+{
+    for (int waited = 0;; waited++) {
+        uint64_t c[HAUL__SEC_STATE_COUNT_];
+        secure_counts(e, c);
+        if (c[state] >= n)
+            return 1;
+        if (waited >= ms)
+            return 0;
+        struct timespec ms1 = {0, 1000000};
+        nanosleep(&ms1, NULL);
+    }
+}
+
+/* A client asks for a session of principal "alice" with the certificate
+ * `cert` and waits for the answer. */
+static haul_session *tls_session(haul_engine *client, tls_server *sv, const char *cert,
+                                 unsigned connections, int expect)
+{
+    haul_tls_config tls = client_tls(cert);
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = sv->address;
+    sc.principal = "alice";
+    sc.tls = &tls;
+    sc.connections = connections;
+    haul_session *s;
+    CHECK_OK(haul_session_new(client, &sc, &s));
+    haul_event ev;
+    CHECK(next_event(client, &ev, 10000));
+    CHECK_EQ(ev.type, expect);
+    return s;
+}
+
+/*
+ * Every state of the security state machine is entered over real sockets:
+ * a good pipe reaches SEC_ESTABLISHED on both sides and, closed in order,
+ * passes SEC_CLOSING on both (the client sends close_notify, the server
+ * reads it); a certificate of another CA fails the handshake
+ * (SEC_HANDSHAKING -> SEC_FAILED) and one without a principal fails the
+ * checks of the peer (SEC_VERIFYING -> SEC_FAILED) on the server; a plain
+ * pipe passes SEC_PLAIN.
+ */
+TEST_TIMEOUT(every_secure_state_is_entered, 60)
+{
+    harness_strerror = haul_strerror;
+    pki_setup();
+    tls_server sv;
+    server_up(&sv, 0);
+    log_book clog;
+    haul_engine *client = engine_logged(&clog, 1);
+    uint64_t c[HAUL__SEC_STATE_COUNT_], s[HAUL__SEC_STATE_COUNT_];
+
+    /* A good pipe of two connections, which carries a message. */
+    haul_session *good = tls_session(client, &sv, "alice", 2, HAUL_EV_SESSION_OPEN);
+    haul_event ev;
+    CHECK_OK(haul_send(good, "secured", 7, 1));
+    CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, 10000));
+    /* Both connections joined on each side. */
+    CHECK(wait_secure(client, HAUL__SEC_ESTABLISHED, 2, 10000));
+    CHECK(wait_secure(sv.engine, HAUL__SEC_ESTABLISHED, 2, 10000));
+    secure_counts(client, c);
+    secure_counts(sv.engine, s);
+    CHECK_EQ(c[HAUL__SEC_FAILED] + s[HAUL__SEC_FAILED], 0);
+    CHECK_EQ(c[HAUL__SEC_CLOSING] + s[HAUL__SEC_CLOSING], 0);
+    CHECK_EQ(c[HAUL__SEC_PLAIN] + s[HAUL__SEC_PLAIN], 0);
+    CHECK_EQ(c[HAUL__SEC_HANDSHAKING], c[HAUL__SEC_NULL]);
+    CHECK_EQ(c[HAUL__SEC_VERIFYING], c[HAUL__SEC_HANDSHAKING]);
+
+    /* Closed in order: the client's pipe, without sessions, closes its
+     * connections at the next sweep with a close_notify each, and the
+     * server reads them. */
+    CHECK_OK(haul_session_close(good));
+    CHECK(wait_for(client, HAUL_EV_SESSION_CLOSED, &ev, 10000));
+    CHECK_OK(ev.error);
+    haul_session_free(good);
+    CHECK(wait_secure(client, HAUL__SEC_CLOSING, 2, 10000));
+    CHECK(wait_secure(sv.engine, HAUL__SEC_CLOSING, 2, 10000));
+    secure_counts(sv.engine, s);
+    CHECK_EQ(s[HAUL__SEC_FAILED], 0);
+
+    /* Refused in the handshake: a certificate of another CA. */
+    haul_session *bad = tls_session(client, &sv, "other-ca", 1, HAUL_EV_SESSION_REFUSED);
+    haul_session_free(bad);
+    CHECK(wait_secure(sv.engine, HAUL__SEC_FAILED, 1, 10000));
+    secure_counts(sv.engine, s);
+    CHECK_EQ(s[HAUL__SEC_VERIFYING], 2); /* the good pipe's two only */
+
+    /* Refused by haul's checks: a certificate without a principal. */
+    bad = tls_session(client, &sv, "no-principal", 1, HAUL_EV_SESSION_REFUSED);
+    haul_session_free(bad);
+    CHECK(wait_secure(sv.engine, HAUL__SEC_FAILED, 2, 10000));
+    CHECK(log_wait(&sv.log, "no haul:principal:NAME subjectAltName", 5000));
+    secure_counts(sv.engine, s);
+    CHECK_GE(s[HAUL__SEC_VERIFYING], 3);
+    CHECK_EQ(s[HAUL__SEC_ESTABLISHED], 2); /* no refused client got this far */
+
+    /* Plain: no security layer at all. */
+    haul_engine *pserver = engine_quiet(1, 0), *pclient = engine_quiet(1, 0);
+    CHECK(pserver && pclient);
+    CHECK_OK(haul_listen(pserver, "127.0.0.1:0", NULL));
+    char address[160];
+    CHECK_OK(haul_listen_address(pserver, address, sizeof(address)));
+    sink k;
+    CHECK_OK(sink_start(&k, pserver));
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = "plain";
+    haul_session *plain;
+    CHECK_OK(haul_session_new(pclient, &sc, &plain));
+    CHECK(wait_for(pclient, HAUL_EV_SESSION_OPEN, &ev, 10000));
+    uint64_t pc[HAUL__SEC_STATE_COUNT_], ps[HAUL__SEC_STATE_COUNT_];
+    secure_counts(pclient, pc);
+    secure_counts(pserver, ps);
+    CHECK_GE(pc[HAUL__SEC_PLAIN], 1);
+    CHECK_GE(ps[HAUL__SEC_PLAIN], 1);
+    CHECK_EQ(pc[HAUL__SEC_HANDSHAKING] + ps[HAUL__SEC_HANDSHAKING], 0);
+    haul_session_free(plain);
+    sink_stop(&k);
+
+    /* Every state, across the engines. */
+    secure_counts(client, c);
+    secure_counts(sv.engine, s);
+    int count;
+    const char *const *names = haul_secure_state_names(&count);
+    for (int i = 0; i < count; i++) {
+        uint64_t n = c[i] + s[i] + pc[i] + ps[i];
+        harness_log("%-16s tls client %llu server %llu, plain client %llu server %llu", names[i],
+                    (unsigned long long)c[i], (unsigned long long)s[i], (unsigned long long)pc[i],
+                    (unsigned long long)ps[i]);
+        CHECK_GT(n, 0);
+    }
+    haul_engine_free(pclient);
+    haul_engine_free(pserver);
     haul_engine_free(client);
     server_down(&sv);
 }

@@ -673,4 +673,7 @@ void haul_engine_stats_get(haul_engine *e, haul_engine_stats *out)
     pthread_mutex_lock(&e->mu);
     *out = e->stats;
     pthread_mutex_unlock(&e->mu);
+    for (int i = 0; i < HAUL__SEC_STATE_COUNT_; i++)
+        out->secure_state_entered[i] =
+            atomic_load_explicit(&e->secure_entered[i], memory_order_relaxed);
 }

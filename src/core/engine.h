@@ -18,6 +18,7 @@
 #define HAUL_CORE_ENGINE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -26,6 +27,7 @@
 #include "core/session_fsm.h"
 #include "haul.h"
 #include "net/frame.h"
+#include "net/secure_fsm.h"
 
 /* OpenSSL's objects, by their struct names, so that this header does not
  * pull in OpenSSL's. */
@@ -154,7 +156,8 @@ struct haul_session {
 /* ---- connections ------------------------------------------------------- */
 
 /* The connection state machine (Fig. 3, "Connection n state machine"). The
- * security layer runs in SECURING; plain connections pass straight on. */
+ * encryption and authentication state machine (net/secure_fsm.h) runs in
+ * SECURING; plain connections pass straight on. */
 #define HAUL__FOREACH_CONN_STATE(X)                                                                \
     X(CONN_DIALING)  /* non-blocking connect in progress */                                        \
     X(CONN_SECURING) /* encryption and authentication handshake */                                 \
@@ -239,12 +242,15 @@ struct haul__conn {
     uint32_t seen_sessions[8];       /* for stats.sessions_sent */
     const haul_listen_config *lconf; /* server: of the listener that took it */
 
-    /* TLS (net/tls.c), touched by the owning thread only. ssl is NULL on
-     * a plain connection. */
+    /* Security (net/secure_fsm.h, net/tls.c), touched by the owning
+     * thread only. ssl is NULL on a plain connection. sec_state moves
+     * through haul__secure_enter() alone. */
     struct ssl_ctx_st *tls_ctx; /* set before haul__conn_start: the listener's or pipe's */
     struct ssl_st *ssl;
-    int tls_done;                            /* the handshake completed and the peer was accepted */
-    int tls_fatal;                           /* a fatal TLS error: no more SSL calls but free */
+    int sec_state; /* HAUL__SEC_* */
+    /* The retry conditions of the socket I/O state machine on TLS, which
+     * OpenSSL reports per call (WANT_WRITE, WANT_READ): not security
+     * states. */
     int tls_write_pending;                   /* SSL_write must be retried with the same bytes */
     int tls_read_wants_write;                /* SSL_read waits for the socket to be writable */
     char principal[HAUL__PRINCIPAL_MAX + 1]; /* server: of the client's certificate */
@@ -350,6 +356,10 @@ struct haul_engine {
     unsigned next_loop;
 
     haul_engine_stats stats;
+    /* stats.secure_state_entered[], counted without mu: the security
+     * state machine moves on I/O threads outside it (the handshake).
+     * haul_engine_stats_get() copies them in. */
+    atomic_uint_least64_t secure_entered[HAUL__SEC_STATE_COUNT_];
     int debug_hold; /* test hook: dispatchers send no chunks while set */
 };
 
@@ -430,6 +440,13 @@ int haul__tls_ctx_reload(haul_engine *engine, const char *tls_key, int server,
  * *err is HAUL_ENOMEM when it could not be made. */
 char *haul__tls_key(const haul_tls_config *config, int *err);
 int haul__tls_conn_init(haul__conn *conn); /* creates conn->ssl; mu held */
+/* The one way the security state machine moves, on the connection's own
+ * thread, with or without mu: takes the transition of the table for
+ * `event`, counts the state entered and logs it, and keeps errno. A transition the table
+ * does not have is a bug in the engine: it asserts in a debug build, and
+ * is refused (the state stays, an error is logged) otherwise. Returns 0,
+ * or -1 when refused. */
+int haul__secure_enter(haul__conn *conn, int event);
 /* One step of the handshake, on the owning thread: 1 when done and the
  * peer accepted, 0 when it waits for the socket, -1 when it failed (why
  * says so). */

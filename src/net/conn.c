@@ -10,9 +10,13 @@
  *   any           --error, EOF, deadline, shutdown-->  CONN_CLOSED
  *
  * CONN_SECURING is the slot of the encryption and authentication state
- * machine (net/tls.c): a plain connection passes through it at once; a TLS
- * connection runs its handshake there, driven by readiness events without
- * the engine's mutex, and says HELLO only when the peer is authenticated.
+ * machine (net/secure_fsm.h, net/tls.c), which starts on entering it: a
+ * plain connection goes to SEC_PLAIN and passes through at once; a TLS
+ * connection runs its handshake there (SEC_HANDSHAKING, SEC_VERIFYING),
+ * driven by readiness events without the engine's mutex, and says HELLO
+ * only in SEC_ESTABLISHED, when the peer is authenticated. The reads and
+ * writes below end it: the end of the stream or a close_notify leads to
+ * SEC_CLOSING, a record error to SEC_FAILED.
  *
  * Receiving (the socket I/O state machine): HEADER -> CHUNK | CTL |
  * DISCARD -> HEADER. Payloads of large chunks are read straight into the
@@ -107,6 +111,10 @@ haul__conn *haul__conn_new(haul_engine *e, int fd, int server, haul__pipe *pipe,
         e->next_serial = 1;
     c->serial = e->next_serial++;
     c->rx_state = HAUL__RXS_HEADER;
+    /* The security state machine starts in SEC_NULL (calloc), counted as
+     * entered, as a session's CE_SS_NULL is. */
+    c->sec_state = HAUL__SEC_NULL;
+    atomic_fetch_add_explicit(&e->secure_entered[HAUL__SEC_NULL], 1, memory_order_relaxed);
     /* Only the protocol's bound here: a message over what this engine
      * accepts is refused per session in haul__session_chunk_begin(), which
      * aborts that session alone instead of closing a connection that
@@ -118,11 +126,13 @@ haul__conn *haul__conn_new(haul_engine *e, int fd, int server, haul__pipe *pipe,
     return c;
 }
 
-/* The security step. Plain connections are secured at once; a TLS one
- * waits for the handshake, which readiness events drive (secure_step). */
+/* CONN_SECURING begins, and with it the security state machine. A plain
+ * connection is secured at once (returns 1); a TLS one waits for its
+ * handshake, which readiness events drive (secure_step). */
 static int conn_secure(haul__conn *c)
 {
-    return c->ssl == NULL;
+    haul__secure_enter(c, c->ssl ? HAUL__SECEV_START : HAUL__SECEV_PLAIN);
+    return c->sec_state == HAUL__SEC_PLAIN;
 }
 
 static void conn_secured(haul__conn *c)
@@ -196,7 +206,7 @@ static void protocol_error(haul__conn *c, int code, const char *why)
     int between = c->nitems == 0 || (c->item_pos == 0 && c->item_done == 0);
     if (c->ssl) {
         size_t written;
-        if (between && c->tls_done && !c->tls_fatal && !c->tls_write_pending &&
+        if (between && c->sec_state == HAUL__SEC_ESTABLISHED && !c->tls_write_pending &&
             c->tx_buf_off == c->tx_buf_len &&
             SSL_write_ex(c->ssl, buf, HAUL__FRAME_HDR + n, &written) != 1)
             ERR_clear_error(); /* The connection is going anyway. */
@@ -234,11 +244,16 @@ void haul__conn_free(haul__conn *c)
         /* A close_notify, best effort, while the engine runs: the
          * connection's own thread frees it then, and that thread blocks
          * SIGPIPE; haul_engine_free() runs on the application's, which
-         * may not. */
-        if (c->tls_done && !c->tls_fatal && !c->tls_write_pending && !e->stopping) {
+         * may not. In SEC_CLOSING it answers the peer's. Not in the
+         * middle of a record that OpenSSL holds for a retry, which the
+         * alert may not follow. */
+        int live = c->sec_state == HAUL__SEC_ESTABLISHED || c->sec_state == HAUL__SEC_CLOSING;
+        if (live && !c->tls_write_pending && !e->stopping) {
             SSL_shutdown(c->ssl);
             ERR_clear_error();
             consume_sigpipe();
+            if (c->sec_state == HAUL__SEC_ESTABLISHED)
+                haul__secure_enter(c, HAUL__SECEV_CLOSE_SENT);
         }
         haul__tls_conn_fini(c);
     }
@@ -286,7 +301,7 @@ static void on_hello(haul__conn *c, const uint8_t *payload)
         /* Every connection of a pipe speaks for one principal, the one
          * its sessions must have: a connection that names the pipe of
          * another (or a plain one a TLS pipe, or the reverse) is refused. */
-        int secured = c->ssl != NULL;
+        int secured = c->sec_state == HAUL__SEC_ESTABLISHED;
         if (pipe->has_members &&
             (pipe->secured != secured || strcmp(pipe->cert_principal, c->principal) != 0)) {
             char why[HAUL__PRINCIPAL_MAX * 2 + 100];
@@ -462,7 +477,7 @@ static ssize_t conn_recv(haul__conn *c, void *dst, size_t want)
 {
     if (c->ssl == NULL)
         return recv(c->fd, dst, want, 0);
-    if (c->tls_fatal) {
+    if (c->sec_state != HAUL__SEC_ESTABLISHED) {
         errno = EPROTO;
         return -1;
     }
@@ -482,9 +497,12 @@ static ssize_t conn_recv(haul__conn *c, void *dst, size_t want)
         errno = EAGAIN;
         return -1;
     case SSL_ERROR_ZERO_RETURN:
+        /* The peer's close_notify, or (SSL_OP_IGNORE_UNEXPECTED_EOF) the
+         * end of the stream without one. */
+        haul__secure_enter(c, HAUL__SECEV_CLOSE_RECEIVED);
         return 0;
     case SSL_ERROR_SYSCALL:
-        c->tls_fatal = 1;
+        haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
         if (ERR_peek_error() != 0) {
             errno = EPROTO;
             return -1;
@@ -494,7 +512,7 @@ static ssize_t conn_recv(haul__conn *c, void *dst, size_t want)
         consume_sigpipe();
         return -1;
     default:
-        c->tls_fatal = 1;
+        haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
         consume_sigpipe();
         errno = EPROTO;
         return -1;
@@ -716,7 +734,7 @@ static int tls_gather(haul__conn *c)
 /* TLS: writes from the current item on, as write_some(). */
 static ssize_t tls_write_some(haul__conn *c)
 {
-    if (c->tls_fatal) {
+    if (c->sec_state != HAUL__SEC_ESTABLISHED) {
         errno = EPROTO;
         return -1;
     }
@@ -757,7 +775,7 @@ static ssize_t tls_write_some(haul__conn *c)
         errno = EAGAIN;
         return -1;
     case SSL_ERROR_SYSCALL:
-        c->tls_fatal = 1;
+        haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
         consume_sigpipe();
         if (ERR_peek_error() != 0)
             errno = EPROTO;
@@ -765,7 +783,7 @@ static ssize_t tls_write_some(haul__conn *c)
             errno = ECONNRESET;
         return -1;
     default:
-        c->tls_fatal = 1;
+        haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
         consume_sigpipe();
         errno = EPROTO;
         return -1;
@@ -925,9 +943,9 @@ static void dialled(haul__conn *c)
         conn_secured(c);
 }
 
-/* SECURING on TLS: one step of the handshake, without the engine's mutex
- * (it computes and verifies signatures); the peer accepted, the
- * connection goes on to CONN_HELLO. */
+/* SECURING on TLS (SEC_HANDSHAKING): one step of the handshake, without
+ * the engine's mutex (it computes and verifies signatures); once the peer
+ * is accepted (SEC_ESTABLISHED), the connection goes on to CONN_HELLO. */
 static void secure_step(haul__conn *c)
 {
     haul_engine *e = c->engine;
@@ -960,7 +978,8 @@ void haul__conn_io(haul__conn *c, uint32_t events)
     if (c->state == HAUL__CONN_DIALING && !c->dead && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
         dialled(c);
     int dead = c->dead;
-    int securing = !dead && c->state == HAUL__CONN_SECURING && c->ssl != NULL;
+    int securing =
+        !dead && c->state == HAUL__CONN_SECURING && c->sec_state == HAUL__SEC_HANDSHAKING;
     if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         c->rx_hup = 1;
     pthread_mutex_unlock(&e->mu);
@@ -990,11 +1009,12 @@ void haul__conn_handle_wake(haul__conn *c)
         parse(c);
     int more = c->more_to_read;
     c->more_to_read = 0;
-    int tls_live = c->ssl != NULL && c->state >= HAUL__CONN_HELLO && !c->dead;
+    int tls_live =
+        c->sec_state == HAUL__SEC_ESTABLISHED && c->state >= HAUL__CONN_HELLO && !c->dead;
     pthread_mutex_unlock(&e->mu);
     /* OpenSSL may hold bytes it read already, which no edge announces:
      * those a connection left when it moved here from another thread. */
-    if (tls_live && !c->tls_fatal && SSL_has_pending(c->ssl))
+    if (tls_live && SSL_has_pending(c->ssl))
         more = 1;
     if (more)
         do_read(c);

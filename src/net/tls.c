@@ -3,16 +3,23 @@
  * run in CONN_SECURING (conn.c), and the principal taken from the client's
  * certificate.
  *
- * The security state machine of one connection, inside CONN_SECURING:
+ * The encryption and authentication state machine (secure_fsm.h) moves
+ * here and only here, through haul__secure_enter(). Its authentication
+ * half is the handshake of this file:
  *
- *   HANDSHAKING  SSL_do_handshake() on each readiness event until it
- *                completes (or fails: an alert, a chain that does not
- *                verify, a protocol older than TLS 1.3, no certificate).
- *   VERIFYING    the handshake completed and OpenSSL verified the chain;
- *                haul's own checks follow: the key usage of the peer's
- *                certificate, and on the server its principal.
- *   ESTABLISHED  the peer is accepted (tls_done): the connection goes on
- *                to CONN_HELLO, and every byte after is a TLS record.
+ *   SEC_HANDSHAKING  SSL_do_handshake() on each readiness event until it
+ *                    completes (or fails: an alert, a chain that does not
+ *                    verify, a protocol older than TLS 1.3, no
+ *                    certificate: SEC_FAILED).
+ *   SEC_VERIFYING    the handshake completed and OpenSSL verified the
+ *                    chain; haul's own checks follow: the key usage of the
+ *                    peer's certificate, and on the server its principal
+ *                    (refused: SEC_FAILED).
+ *   SEC_ESTABLISHED  the peer is accepted: the connection goes on to
+ *                    CONN_HELLO, and every byte after is a TLS record.
+ *
+ * Its encryption half is conn.c's reads and writes, which report the end
+ * of the stream (SEC_CLOSING) and fatal record errors (SEC_FAILED).
  *
  * A failure at any step closes the connection with HAUL_ETLS and a logged
  * reason. The handshake deadline of CONN_SECURING closes connections that
@@ -22,6 +29,7 @@
  * when the application calls; an SSL object holds a reference to its
  * context, so a connection may outlive the listener or pipe that made it.
  */
+#include <assert.h>
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -219,6 +227,33 @@ char *haul__tls_key(const haul_tls_config *c, int *err)
     return key;
 }
 
+_Static_assert(HAUL__SEC_STATE_COUNT_ <=
+                   sizeof(((haul_engine_stats *)0)->secure_state_entered) / sizeof(uint64_t),
+               "haul_engine_stats.secure_state_entered has a slot for every security state");
+
+int haul__secure_enter(haul__conn *c, int event)
+{
+    haul_engine *e = c->engine;
+    /* Callers read errno after a failed read or write has moved the
+     * machine; the log may change it. */
+    int saved = errno;
+    int next = haul__secure_next(c->sec_state, event);
+    if (next < 0) {
+        haul__log(e, HAUL_LOG_ERROR, "connection %u: security: no transition from %s on %s",
+                  c->serial, haul__secure_state_name(c->sec_state), haul__secure_event_name(event));
+        assert(!"a transition the security table does not have");
+        errno = saved;
+        return -1;
+    }
+    haul__log(e, HAUL_LOG_DEBUG, "connection %u: %s -> %s on %s", c->serial,
+              haul__secure_state_name(c->sec_state), haul__secure_state_name(next),
+              haul__secure_event_name(event));
+    c->sec_state = next;
+    atomic_fetch_add_explicit(&e->secure_entered[next], 1, memory_order_relaxed);
+    errno = saved;
+    return 0;
+}
+
 int haul__tls_conn_init(haul__conn *c)
 {
     c->ssl = SSL_new(c->tls_ctx);
@@ -281,7 +316,7 @@ static int take_principal(haul__conn *c, X509 *cert, char *why, size_t size)
     return 0;
 }
 
-/* VERIFYING: haul's checks once OpenSSL has verified the chain. */
+/* SEC_VERIFYING: haul's checks once OpenSSL has verified the chain. */
 static int check_peer(haul__conn *c, char *why, size_t size)
 {
     X509 *cert = SSL_get0_peer_certificate(c->ssl);
@@ -339,18 +374,20 @@ int haul__tls_handshake(haul__conn *c, char *why, size_t size)
         int err = SSL_get_error(c->ssl, rc);
         if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
             return 0;
-        c->tls_fatal = 1;
         char text[400];
         describe(c, err, text, sizeof(text));
         snprintf(why, size, "TLS handshake failed: %s", text);
+        haul__secure_enter(c, HAUL__SECEV_HANDSHAKE_FAILED);
         return -1;
     }
+    haul__secure_enter(c, HAUL__SECEV_HANDSHAKE_DONE);
     char text[300];
     if (check_peer(c, text, sizeof(text)) != 0) {
         snprintf(why, size, "TLS peer refused: %s", text);
+        haul__secure_enter(c, HAUL__SECEV_PEER_REFUSED);
         return -1;
     }
-    c->tls_done = 1;
+    haul__secure_enter(c, HAUL__SECEV_PEER_ACCEPTED);
     return 1;
 }
 

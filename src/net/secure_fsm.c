@@ -1,0 +1,83 @@
+/*
+ * secure_fsm.c - the transition table of the encryption and authentication
+ * state machine (secure_fsm.h has the picture).
+ *
+ * Read it against conn.c and tls.c: conn.c starts the machine when a
+ * connection enters CONN_SECURING and ends it with a close_notify when a
+ * connection that stands in SEC_ESTABLISHED is freed; tls.c walks the
+ * handshake and the checks of the peer; conn.c's reads and writes report
+ * the end of the stream and fatal record errors.
+ */
+#include "net/secure_fsm.h"
+
+#include <stddef.h>
+
+#include "haul.h"
+
+typedef struct transition {
+    haul__secure_state from;
+    haul__secure_event event;
+    haul__secure_state to;
+} transition;
+
+static const transition table[] = {
+    /* The start, in CONN_SECURING. */
+    {HAUL__SEC_NULL, HAUL__SECEV_PLAIN, HAUL__SEC_PLAIN},
+    {HAUL__SEC_NULL, HAUL__SECEV_START, HAUL__SEC_HANDSHAKING},
+
+    /* Authentication: OpenSSL's handshake and chain verification, then
+     * haul's own checks of the peer's certificate. */
+    {HAUL__SEC_HANDSHAKING, HAUL__SECEV_HANDSHAKE_DONE, HAUL__SEC_VERIFYING},
+    {HAUL__SEC_HANDSHAKING, HAUL__SECEV_HANDSHAKE_FAILED, HAUL__SEC_FAILED},
+    {HAUL__SEC_VERIFYING, HAUL__SECEV_PEER_ACCEPTED, HAUL__SEC_ESTABLISHED},
+    {HAUL__SEC_VERIFYING, HAUL__SECEV_PEER_REFUSED, HAUL__SEC_FAILED},
+
+    /* Encryption: records flow until either side ends the stream, or one
+     * fails. In TLS 1.3 the client's handshake completes before the
+     * server has checked the client's certificate, so a client learns of
+     * its refusal here, as an alert in place of the first record. */
+    {HAUL__SEC_ESTABLISHED, HAUL__SECEV_CLOSE_SENT, HAUL__SEC_CLOSING},
+    {HAUL__SEC_ESTABLISHED, HAUL__SECEV_CLOSE_RECEIVED, HAUL__SEC_CLOSING},
+    {HAUL__SEC_ESTABLISHED, HAUL__SECEV_RECORD_FAILED, HAUL__SEC_FAILED},
+};
+
+int haul__secure_next(int state, int event)
+{
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+        if ((int)table[i].from == state && (int)table[i].event == event)
+            return (int)table[i].to;
+    return -1;
+}
+
+static const char *const state_names[] = {
+#define X(name) #name,
+    HAUL__FOREACH_SECURE_STATE(X)
+#undef X
+};
+
+static const char *const event_names[] = {
+#define X(name) #name,
+    HAUL__FOREACH_SECURE_EVENT(X)
+#undef X
+};
+
+const char *haul__secure_state_name(int state)
+{
+    if (state < 0 || state >= HAUL__SEC_STATE_COUNT_)
+        return "SEC_?";
+    return state_names[state];
+}
+
+const char *haul__secure_event_name(int event)
+{
+    if (event < 0 || event >= HAUL__SECEV_COUNT_)
+        return "SECEV_?";
+    return event_names[event];
+}
+
+const char *const *haul_secure_state_names(int *count)
+{
+    if (count)
+        *count = HAUL__SEC_STATE_COUNT_;
+    return state_names;
+}
