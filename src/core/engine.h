@@ -454,6 +454,11 @@ int haul__tls_handshake(haul__conn *conn, char *why, size_t size);
 /* What SSL_read and SSL_write leave behind on the thread's error queue,
  * as one line for the log. */
 void haul__tls_error_text(haul__conn *conn, char *buf, size_t size);
+/* Hands the records SSL_write() left in the connection's write buffer to
+ * the socket, on the owning thread: 0 when none is left, -1 with errno
+ * EAGAIN when the socket is full (the next EPOLLOUT edge comes), or
+ * another errno when it broke. */
+int haul__tls_flush(haul__conn *conn);
 void haul__tls_conn_fini(haul__conn *conn);
 
 /* Addresses. */
