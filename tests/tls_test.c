@@ -645,6 +645,8 @@ TEST(refused_tls_1_2_client)
     ssl = raw_client(&sv, ctx, &fd);
     CHECK_EQ(SSL_connect(ssl), 1);
     CHECK_EQ(SSL_version(ssl), TLS1_3_VERSION);
+    /* OpenSSL's client lists AES-256-GCM first; the server's order wins. */
+    CHECK_STR_EQ(SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)), "TLS_AES_128_GCM_SHA256");
     SSL_free(ssl);
     close(fd);
     SSL_CTX_free(ctx);

@@ -456,7 +456,7 @@ char *haul__tls_key(const haul_tls_config *config, int *err);
 int haul__tls_conn_init(haul__conn *conn); /* creates conn->ssl; mu held */
 /* The one way the security state machine moves, on the connection's own
  * thread, with or without mu: takes the transition of the table for
- * `event`, counts the state entered and logs it. A transition the table
+ * `event`, counts the state entered and logs it, and keeps errno. A transition the table
  * does not have is a bug in the engine: it asserts in a debug build, and
  * is refused (the state stays, an error is logged) otherwise. Returns 0,
  * or -1 when refused. */
@@ -468,6 +468,11 @@ int haul__tls_handshake(haul__conn *conn, char *why, size_t size);
 /* What SSL_read and SSL_write leave behind on the thread's error queue,
  * as one line for the log. */
 void haul__tls_error_text(haul__conn *conn, char *buf, size_t size);
+/* Hands the records SSL_write() left in the connection's write buffer to
+ * the socket, on the owning thread: 0 when none is left, -1 with errno
+ * EAGAIN when the socket is full (the next EPOLLOUT edge comes), or
+ * another errno when it broke. */
+int haul__tls_flush(haul__conn *conn);
 void haul__tls_conn_fini(haul__conn *conn);
 
 /* Addresses. */

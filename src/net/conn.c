@@ -20,14 +20,18 @@
  *
  * Receiving (the socket I/O state machine): HEADER -> CHUNK | CTL |
  * DISCARD -> HEADER. Payloads of large chunks are read straight into the
- * message with recv() (SSL_read() on TLS); everything else goes through a
- * 16 KiB buffer.
+ * message with recv() (SSL_read() on TLS, which decrypts into it from
+ * OpenSSL's read-ahead buffer); everything else goes through a 16 KiB
+ * buffer.
  *
  * Sending on TLS: SSL_write() of the payload of a large chunk in place,
  * and of everything else (headers, control frames, file bodies read with
  * pread()) through a per-connection bounce buffer. After SSL_write() asks
  * to be retried, the retry passes the same bytes, as OpenSSL requires: the
- * write position does not move until a write succeeds.
+ * write position does not move until a write succeeds. The records gather
+ * in a write buffer under OpenSSL (net/tls.c) that leaves for the socket
+ * when full, and is flushed whenever the connection stops writing: it has
+ * nothing more to send, or lets others have their turn.
  *
  * Threads: only the loop thread that owns the connection reads, writes or
  * frees it. Other threads may close it (mark it dead) under the engine's
@@ -186,9 +190,8 @@ void haul__conn_close(haul__conn *c, int error, const char *why)
         haul__conn_wake(c);
 }
 
-/* Tells the peer why, in one best-effort write, then closes. */
-/* Tells the peer why in an ERROR frame, when that can be done, and closes
- * the connection. */
+/* Tells the peer why in an ERROR frame, in one best-effort write, and
+ * closes the connection. */
 static void refuse(haul__conn *c, int code, const char *why)
 {
     haul__log(c->engine, HAUL_LOG_WARN, "connection %u: %s; closing it", c->serial, why);
@@ -207,9 +210,13 @@ static void refuse(haul__conn *c, int code, const char *why)
     if (c->ssl) {
         size_t written;
         if (between && c->sec_state == HAUL__SEC_ESTABLISHED && !c->tls_write_pending &&
-            c->tx_buf_off == c->tx_buf_len &&
-            SSL_write_ex(c->ssl, buf, HAUL__FRAME_HDR + n, &written) != 1)
-            ERR_clear_error(); /* The connection is going anyway. */
+            c->tx_buf_off == c->tx_buf_len) {
+            /* The connection is going anyway: errors are of no interest. */
+            if (SSL_write_ex(c->ssl, buf, HAUL__FRAME_HDR + n, &written) == 1)
+                haul__tls_flush(c);
+            ERR_clear_error();
+            consume_sigpipe();
+        }
     } else if (between && send(c->fd, buf, HAUL__FRAME_HDR + n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
         /* The connection is going anyway. */
     }
@@ -851,6 +858,37 @@ static ssize_t write_some(haul__conn *c)
     return sendmsg(c->fd, &mh, MSG_NOSIGNAL);
 }
 
+static void write_failed(haul__conn *c)
+{
+    haul_engine *e = c->engine;
+    char why[480];
+    int code = errno == EIO ? HAUL_EIO : HAUL_ECONNRESET;
+    if (c->ssl && errno == EPROTO) {
+        haul__tls_error_text(c, why, sizeof(why));
+        code = HAUL_ETLS;
+    } else {
+        snprintf(why, sizeof(why), "write failed: %s", strerror(errno));
+    }
+    pthread_mutex_lock(&e->mu);
+    haul__conn_close(c, code, why);
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* TLS: the connection stops writing for now, and what SSL_write() left in
+ * the write buffer goes to the socket. Returns 0, or -1 when the
+ * connection broke and was closed. A full socket is no failure: its next
+ * EPOLLOUT edge brings do_write() back, and with it the next flush. */
+static int tls_pause(haul__conn *c)
+{
+    if (c->ssl == NULL || c->sec_state != HAUL__SEC_ESTABLISHED || haul__tls_flush(c) == 0 ||
+        errno == EAGAIN)
+        return 0;
+    consume_sigpipe();
+    haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
+    write_failed(c);
+    return -1;
+}
+
 static void do_write(haul__conn *c)
 {
     haul_engine *e = c->engine;
@@ -864,6 +902,7 @@ static void do_write(haul__conn *c)
             if (c->state == HAUL__CONN_JOINED && c->pipe && !haul__list_linked(&c->idle_link))
                 haul__list_add_tail(&c->pipe->idle, &c->idle_link);
             pthread_mutex_unlock(&e->mu);
+            tls_pause(c);
             return;
         }
         pthread_mutex_unlock(&e->mu);
@@ -875,17 +914,7 @@ static void do_write(haul__conn *c)
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
                 return; /* the next EPOLLOUT edge brings us back */
             if (n < 0) {
-                char why[480];
-                int code = errno == EIO ? HAUL_EIO : HAUL_ECONNRESET;
-                if (c->ssl && errno == EPROTO) {
-                    haul__tls_error_text(c, why, sizeof(why));
-                    code = HAUL_ETLS;
-                } else {
-                    snprintf(why, sizeof(why), "write failed: %s", strerror(errno));
-                }
-                pthread_mutex_lock(&e->mu);
-                haul__conn_close(c, code, why);
-                pthread_mutex_unlock(&e->mu);
+                write_failed(c);
                 return;
             }
             uint64_t left = (uint64_t)n;
@@ -908,6 +937,8 @@ static void do_write(haul__conn *c)
     }
     /* Others on this thread get their turn; we come back through the wake
      * list. */
+    if (tls_pause(c) < 0)
+        return;
     pthread_mutex_lock(&e->mu);
     haul__conn_wake(c);
     pthread_mutex_unlock(&e->mu);
@@ -973,8 +1004,9 @@ static void secure_step(haul__conn *c)
     pthread_mutex_lock(&e->mu);
     if (!c->dead && c->state == HAUL__CONN_SECURING) {
         if (rc > 0) {
-            haul__log(e, HAUL_LOG_DEBUG, "connection %u: TLS established%s%s", c->serial,
-                      c->server ? ", principal " : "", c->server ? c->principal : "");
+            haul__log(e, HAUL_LOG_DEBUG, "connection %u: TLS established, %s%s%s", c->serial,
+                      SSL_get_cipher_name(c->ssl), c->server ? ", principal " : "",
+                      c->server ? c->principal : "");
             conn_secured(c);
         } else {
             e->stats.tls_refused++;

@@ -45,6 +45,28 @@
 /* The one subjectAltName URI form that names a principal. */
 #define PRINCIPAL_URI "haul:principal:"
 
+/*
+ * The buffers of a connection's records.
+ *
+ * Reading: OpenSSL reads ahead as much as its buffer holds in one read(),
+ * where it would otherwise make two per record (header, then body). Two
+ * full TLS 1.3 records (16 KiB of plaintext each, the most the protocol
+ * allows): larger buffers measured no faster on loopback, and every TLS
+ * connection keeps its buffer for life.
+ *
+ * Writing: OpenSSL encrypts one record at a time into a buffer of its own
+ * and writes each to its BIO. Written straight to the socket, that is one
+ * write() per 16 KiB, and with TCP_NODELAY one TCP push per record. A
+ * buffering BIO between the two gathers four records and hands them to
+ * the socket in one write() when full, or when conn.c flushes it
+ * (haul__tls_flush) because the connection stops writing for now. That
+ * costs a copy of each record, which is cheaper than the system call and
+ * the TCP push it saves: memory-to-memory throughput on loopback rose by
+ * about a quarter.
+ */
+#define TLS_READ_BUFFER (32 * 1024)
+#define TLS_WRITE_BUFFER (64 * 1024)
+
 /* Appends OpenSSL's queued errors, oldest first, to buf. */
 static void queued_errors(char *buf, size_t size)
 {
@@ -150,9 +172,15 @@ int haul__tls_ctx_new(haul_engine *e, const haul_tls_config *c, int server, SSL_
     SSL_CTX_set_max_early_data(ctx, 0);
     SSL_CTX_set_recv_max_early_data(ctx, 0);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    /* The server's order decides: AES-128-GCM for a client that lists
+     * AES-256-GCM first, as OpenSSL's defaults do. */
+    if (server)
+        SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     /* Writes go out record by record from buffers that stay in place
      * until written (conn.c retries with the same bytes). */
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_read_ahead(ctx, 1);
+    SSL_CTX_set_default_read_buffer_len(ctx, TLS_READ_BUFFER);
 
     if (c->cert_file) {
         if (SSL_CTX_use_certificate_chain_file(ctx, c->cert_file) != 1)
@@ -234,11 +262,15 @@ _Static_assert(HAUL__SEC_STATE_COUNT_ <=
 int haul__secure_enter(haul__conn *c, int event)
 {
     haul_engine *e = c->engine;
+    /* Callers read errno after a failed read or write has moved the
+     * machine; the log may change it. */
+    int saved = errno;
     int next = haul__secure_next(c->sec_state, event);
     if (next < 0) {
         haul__log(e, HAUL_LOG_ERROR, "connection %u: security: no transition from %s on %s",
                   c->serial, haul__secure_state_name(c->sec_state), haul__secure_event_name(event));
         assert(!"a transition the security table does not have");
+        errno = saved;
         return -1;
     }
     haul__log(e, HAUL_LOG_DEBUG, "connection %u: %s -> %s on %s", c->serial,
@@ -246,21 +278,52 @@ int haul__secure_enter(haul__conn *c, int event)
               haul__secure_event_name(event));
     c->sec_state = next;
     atomic_fetch_add_explicit(&e->secure_entered[next], 1, memory_order_relaxed);
+    errno = saved;
     return 0;
 }
 
 int haul__tls_conn_init(haul__conn *c)
 {
+    /* Reads straight from the socket; writes through the buffer of
+     * TLS_WRITE_BUFFER to a socket BIO of their own. The SSL object owns
+     * the BIOs; none closes the descriptor, which is the connection's. */
     c->ssl = SSL_new(c->tls_ctx);
-    if (c->ssl == NULL || SSL_set_fd(c->ssl, c->fd) != 1) {
+    BIO *rbio = BIO_new_socket(c->fd, BIO_NOCLOSE);
+    BIO *sock = BIO_new_socket(c->fd, BIO_NOCLOSE);
+    BIO *wbio = BIO_new(BIO_f_buffer());
+    if (c->ssl == NULL || rbio == NULL || sock == NULL || wbio == NULL ||
+        BIO_set_write_buffer_size(wbio, TLS_WRITE_BUFFER) != 1) {
+        BIO_free(rbio);
+        BIO_free(sock);
+        BIO_free(wbio);
         ERR_clear_error();
         return HAUL_ENOMEM;
     }
+    SSL_set_bio(c->ssl, rbio, BIO_push(wbio, sock));
     if (c->server)
         SSL_set_accept_state(c->ssl);
     else
         SSL_set_connect_state(c->ssl);
     return 0;
+}
+
+int haul__tls_flush(haul__conn *c)
+{
+    BIO *wbio = SSL_get_wbio(c->ssl);
+    if (BIO_wpending(wbio) == 0)
+        return 0;
+    ERR_clear_error();
+    errno = 0;
+    if (BIO_flush(wbio) == 1)
+        return 0;
+    if (BIO_should_retry(wbio)) {
+        errno = EAGAIN;
+        return -1;
+    }
+    ERR_clear_error();
+    if (errno == 0)
+        errno = ECONNRESET;
+    return -1;
 }
 
 void haul__tls_conn_fini(haul__conn *c)
