@@ -377,6 +377,10 @@ TEST_TIMEOUT(auth_config_errors, 30)
         {"[principal ../x]\n", "hauld.conf:1: '../x' is not a principal's name"},
         {"[principal a]\n[principal a]\n", "hauld.conf:2: a second section"},
         {"[group a]\n", "hauld.conf:1: unknown section"},
+        {"[principal a]\n[principal b]\nroot = a/inner\n",
+         "the namespace of principal b (a/inner) lies inside that of principal a (a)"},
+        {"[principal a]\nroot = clients\n[principal *]\nroot = clients/all\n",
+         "the root clients of principal a holds the namespaces of [principal *]"},
     };
     e2e_env env;
     e2e_setup(&env, E2E_NO_SERVER);

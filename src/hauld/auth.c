@@ -235,6 +235,46 @@ static int section_key(parser *p, auth_principal *a, char *key, char *value)
     return 0;
 }
 
+/* 1 when directory b lies strictly below directory a (paths of plain
+ * names, as root_ok() checked). */
+static int below(const char *a, const char *b)
+{
+    size_t n = strlen(a);
+    return strncmp(a, b, n) == 0 && b[n] == '/';
+}
+
+/*
+ * Namespaces must not nest: a principal whose root held another's
+ * namespace would see that one's datasets as its own, and could push
+ * into them. Roots that are equal are shared on purpose (a restore
+ * principal in a host's namespace) and allowed.
+ */
+static int roots_apart(const auth_table *t, const char *path, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        const char *ri = t->v[i].root[0] ? t->v[i].root : t->v[i].name;
+        const char *any = t->any.root;
+        if (any[0] && (strcmp(ri, any) == 0 || below(ri, any))) {
+            snprintf(err, errlen,
+                     "%s: the root %s of principal %s holds the namespaces of [principal *] "
+                     "(root %s)",
+                     path, ri, t->v[i].name, any);
+            return -1;
+        }
+        for (size_t j = 0; j < t->n; j++) {
+            const char *rj = t->v[j].root[0] ? t->v[j].root : t->v[j].name;
+            if (i != j && below(ri, rj)) {
+                snprintf(err, errlen,
+                         "%s: the namespace of principal %s (%s) lies inside that of principal "
+                         "%s (%s)",
+                         path, t->v[j].name, rj, t->v[i].name, ri);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 int auth_load(auth_table *t, const char *path, char *err, size_t errlen)
 {
     parser p = {path, 0, err, errlen};
@@ -275,6 +315,8 @@ int auth_load(auth_table *t, const char *path, char *err, size_t errlen)
     }
     free(line);
     fclose(f);
+    if (rc == 0)
+        rc = roots_apart(&nt, path, err, errlen);
     if (rc < 0) {
         auth_free(&nt);
         return -1;
