@@ -1030,11 +1030,19 @@ void haul__conn_io(haul__conn *c, uint32_t events)
     if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         c->rx_hup = 1;
     pthread_mutex_unlock(&e->mu);
-    if (securing)
+    /* The handshake reads ahead: the step that completes it may take the
+     * peer's first records (its HELLO) off the socket with the last
+     * handshake message. No edge announces bytes that OpenSSL holds, and
+     * this event may have been EPOLLOUT alone, so they are read now. */
+    int held = 0;
+    if (securing) {
         secure_step(c);
+        held = c->sec_state == HAUL__SEC_ESTABLISHED && SSL_has_pending(c->ssl);
+    }
     /* A TLS read that had to write first goes on when the socket can. */
     int read_for_write = c->tls_read_wants_write && (events & EPOLLOUT);
-    if (!dead && (read_for_write || (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))))
+    if (!dead &&
+        (held || read_for_write || (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))))
         do_read(c);
     if (!dead)
         do_write(c);
