@@ -371,6 +371,26 @@ TEST_TIMEOUT(good_pipe_moves_64_mib, 60)
     server_down(&sv);
 }
 
+/* A client asks for a session of `principal` with the certificate `cert`
+ * over a pipe of `connections`, and waits for the answer. */
+static haul_session *tls_session(haul_engine *client, tls_server *sv, const char *principal,
+                                 const char *cert, unsigned connections, int expect)
+{
+    haul_tls_config tls = client_tls(cert);
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = sv->address;
+    sc.principal = principal;
+    sc.tls = &tls;
+    sc.connections = connections;
+    haul_session *s;
+    CHECK_OK(haul_session_new(client, &sc, &s));
+    haul_event ev;
+    CHECK(next_event(client, &ev, 10000));
+    CHECK_EQ(ev.type, expect);
+    return s;
+}
+
 TEST(session_principal_is_the_certificates)
 {
     harness_strerror = haul_strerror;
@@ -379,17 +399,7 @@ TEST(session_principal_is_the_certificates)
     server_up(&sv, 0);
     log_book clog;
     haul_engine *client = engine_logged(&clog, 1);
-    haul_tls_config tls = client_tls("alice");
-    haul_session_config sc;
-    haul_session_config_init(&sc);
-    sc.destination = sv.address;
-    sc.principal = "alice";
-    sc.tls = &tls;
-    sc.connections = 2;
-    haul_session *s;
-    CHECK_OK(haul_session_new(client, &sc, &s));
-    haul_event ev;
-    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, 10000));
+    haul_session *s = tls_session(client, &sv, "alice", "alice", 2, HAUL_EV_SESSION_OPEN);
     CHECK_EQ(sink_sessions(&sv.sink), 1);
     haul_session *srv = sv.sink.sessions[0].session;
     CHECK(haul_session_peer_principal(srv) != NULL);
@@ -398,23 +408,6 @@ TEST(session_principal_is_the_certificates)
     haul_session_free(s);
     haul_engine_free(client);
     server_down(&sv);
-}
-
-/* Opens a session of `who` over a pipe of n TLS connections. */
-static haul_session *open_as(haul_engine *client, const char *address, const char *who, unsigned n)
-{
-    haul_tls_config tls = client_tls(who);
-    haul_session_config sc;
-    haul_session_config_init(&sc);
-    sc.destination = address;
-    sc.principal = who;
-    sc.tls = &tls;
-    sc.connections = n;
-    haul_session *s;
-    CHECK_OK(haul_session_new(client, &sc, &s));
-    haul_event ev;
-    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, 10000));
-    return s;
 }
 
 /* The connections of a client session's pipe that are joined. */
@@ -441,8 +434,8 @@ TEST_TIMEOUT(principal_connection_limit, 60)
                 *b = engine_logged(&lc, 1);
 
     /* Two pipes of alice's, 2 and 4 connections: 3 join in all. */
-    haul_session *s1 = open_as(a1, sv.address, "alice", 2);
-    haul_session *s2 = open_as(a2, sv.address, "alice", 4);
+    haul_session *s1 = tls_session(a1, &sv, "alice", "alice", 2, HAUL_EV_SESSION_OPEN);
+    haul_session *s2 = tls_session(a2, &sv, "alice", "alice", 4, HAUL_EV_SESSION_OPEN);
     CHECK(log_wait(&sv.log, "principal \"alice\" has joined its 3 connections", 10000));
     haul_engine_stats st;
     haul_engine_stats_get(sv.engine, &st);
@@ -453,7 +446,7 @@ TEST_TIMEOUT(principal_connection_limit, 60)
     CHECK_GE(joined, 2);
 
     /* bob has no cap: all 5 of his join. */
-    haul_session *s3 = open_as(b, sv.address, "bob", 5);
+    haul_session *s3 = tls_session(b, &sv, "bob", "bob", 5, HAUL_EV_SESSION_OPEN);
     haul_event ev;
     for (int i = 0; i < 500 && joined_of(s3) < 5; i++)
         haul_engine_wait(b, &ev, 1, 10); /* nothing comes: a pause that the engine may end */
@@ -487,16 +480,14 @@ TEST_TIMEOUT(principal_connection_limit, 60)
     server_down(&sv);
 }
 
-TEST(plain_session_has_no_peer_principal)
+/* A plain listener on server with a sink taking its sessions, and an open
+ * session of principal "plain" to it from client. */
+static haul_session *plain_session(haul_engine *server, haul_engine *client, sink *k)
 {
-    harness_strerror = haul_strerror;
-    haul_engine *server = engine_quiet(1, 0), *client = engine_quiet(1, 0);
-    CHECK(server && client);
     CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
     char address[160];
     CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    sink k;
-    CHECK_OK(sink_start(&k, server));
+    CHECK_OK(sink_start(k, server));
     haul_session_config sc;
     haul_session_config_init(&sc);
     sc.destination = address;
@@ -505,6 +496,16 @@ TEST(plain_session_has_no_peer_principal)
     CHECK_OK(haul_session_new(client, &sc, &s));
     haul_event ev;
     CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, 10000));
+    return s;
+}
+
+TEST(plain_session_has_no_peer_principal)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_quiet(1, 0), *client = engine_quiet(1, 0);
+    CHECK(server && client);
+    sink k;
+    haul_session *s = plain_session(server, client, &k);
     CHECK_EQ(sink_sessions(&k), 1);
     CHECK(haul_session_peer_principal(k.sessions[0].session) == NULL);
     haul_session_free(s);
@@ -873,26 +874,6 @@ static int wait_secure(haul_engine *e, int state, uint64_t n, int ms)
     }
 }
 
-/* A client asks for a session of principal "alice" with the certificate
- * `cert` and waits for the answer. */
-static haul_session *tls_session(haul_engine *client, tls_server *sv, const char *cert,
-                                 unsigned connections, int expect)
-{
-    haul_tls_config tls = client_tls(cert);
-    haul_session_config sc;
-    haul_session_config_init(&sc);
-    sc.destination = sv->address;
-    sc.principal = "alice";
-    sc.tls = &tls;
-    sc.connections = connections;
-    haul_session *s;
-    CHECK_OK(haul_session_new(client, &sc, &s));
-    haul_event ev;
-    CHECK(next_event(client, &ev, 10000));
-    CHECK_EQ(ev.type, expect);
-    return s;
-}
-
 /*
  * Every state of the security state machine is entered over real sockets:
  * a good pipe reaches SEC_ESTABLISHED on both sides and, closed in order,
@@ -913,7 +894,7 @@ TEST_TIMEOUT(every_secure_state_is_entered, 60)
     uint64_t c[HAUL__SEC_STATE_COUNT_], s[HAUL__SEC_STATE_COUNT_];
 
     /* A good pipe of two connections, which carries a message. */
-    haul_session *good = tls_session(client, &sv, "alice", 2, HAUL_EV_SESSION_OPEN);
+    haul_session *good = tls_session(client, &sv, "alice", "alice", 2, HAUL_EV_SESSION_OPEN);
     haul_event ev;
     CHECK_OK(haul_send(good, "secured", 7, 1));
     CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, 10000));
@@ -941,14 +922,14 @@ TEST_TIMEOUT(every_secure_state_is_entered, 60)
     CHECK_EQ(s[HAUL__SEC_FAILED], 0);
 
     /* Refused in the handshake: a certificate of another CA. */
-    haul_session *bad = tls_session(client, &sv, "other-ca", 1, HAUL_EV_SESSION_REFUSED);
+    haul_session *bad = tls_session(client, &sv, "alice", "other-ca", 1, HAUL_EV_SESSION_REFUSED);
     haul_session_free(bad);
     CHECK(wait_secure(sv.engine, HAUL__SEC_FAILED, 1, 10000));
     secure_counts(sv.engine, s);
     CHECK_EQ(s[HAUL__SEC_VERIFYING], 2); /* the good pipe's two only */
 
     /* Refused by haul's checks: a certificate without a principal. */
-    bad = tls_session(client, &sv, "no-principal", 1, HAUL_EV_SESSION_REFUSED);
+    bad = tls_session(client, &sv, "alice", "no-principal", 1, HAUL_EV_SESSION_REFUSED);
     haul_session_free(bad);
     CHECK(wait_secure(sv.engine, HAUL__SEC_FAILED, 2, 10000));
     CHECK(log_wait(&sv.log, "no haul:principal:NAME subjectAltName", 5000));
@@ -959,18 +940,8 @@ TEST_TIMEOUT(every_secure_state_is_entered, 60)
     /* Plain: no security layer at all. */
     haul_engine *pserver = engine_quiet(1, 0), *pclient = engine_quiet(1, 0);
     CHECK(pserver && pclient);
-    CHECK_OK(haul_listen(pserver, "127.0.0.1:0", NULL));
-    char address[160];
-    CHECK_OK(haul_listen_address(pserver, address, sizeof(address)));
     sink k;
-    CHECK_OK(sink_start(&k, pserver));
-    haul_session_config sc;
-    haul_session_config_init(&sc);
-    sc.destination = address;
-    sc.principal = "plain";
-    haul_session *plain;
-    CHECK_OK(haul_session_new(pclient, &sc, &plain));
-    CHECK(wait_for(pclient, HAUL_EV_SESSION_OPEN, &ev, 10000));
+    haul_session *plain = plain_session(pserver, pclient, &k);
     uint64_t pc[HAUL__SEC_STATE_COUNT_], ps[HAUL__SEC_STATE_COUNT_];
     secure_counts(pclient, pc);
     secure_counts(pserver, ps);

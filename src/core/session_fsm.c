@@ -12,15 +12,10 @@
 
 #include <stddef.h>
 
+#include "core/fsm.h"
 #include "haul.h"
 
-typedef struct transition {
-    haul__session_state from;
-    haul__session_event event;
-    haul__session_state to;
-} transition;
-
-static const transition table[] = {
+static const haul__transition table[] = {
     /* Client: opening (402-412). */
     {CE_SS_NULL, SEV_CREATE, CE_SS_SEND_SYNC},
     {CE_SS_SEND_SYNC, SEV_SYNC_TAKEN, CE_SS_SENDING_SYNC},
@@ -74,10 +69,7 @@ int haul__session_next(int state, int event)
         return -1;
     if (event == SEV_FAIL)
         return state == CE_SS_SESSION_CLOSED ? -1 : CE_SS_SESSION_CLOSED;
-    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
-        if ((int)table[i].from == state && (int)table[i].event == event)
-            return (int)table[i].to;
-    return -1;
+    return haul__fsm_next(table, sizeof(table) / sizeof(table[0]), state, event);
 }
 
 static const char *const state_names[] = {
@@ -94,16 +86,12 @@ static const char *const event_names[] = {
 
 const char *haul__session_state_name(int state)
 {
-    if (state < 0 || state >= CE_SS_COUNT_)
-        return "CE_SS_?";
-    return state_names[state];
+    return haul__fsm_name(state_names, CE_SS_COUNT_, state, "CE_SS_?");
 }
 
 const char *haul__session_event_name(int event)
 {
-    if (event < 0 || event >= SEV_COUNT_)
-        return "SEV_?";
-    return event_names[event];
+    return haul__fsm_name(event_names, SEV_COUNT_, event, "SEV_?");
 }
 
 const char *const *haul_session_state_names(int *count)

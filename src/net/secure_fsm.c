@@ -12,15 +12,10 @@
 
 #include <stddef.h>
 
+#include "core/fsm.h"
 #include "haul.h"
 
-typedef struct transition {
-    haul__secure_state from;
-    haul__secure_event event;
-    haul__secure_state to;
-} transition;
-
-static const transition table[] = {
+static const haul__transition table[] = {
     /* The start, in CONN_SECURING. */
     {HAUL__SEC_NULL, HAUL__SECEV_PLAIN, HAUL__SEC_PLAIN},
     {HAUL__SEC_NULL, HAUL__SECEV_START, HAUL__SEC_HANDSHAKING},
@@ -43,10 +38,7 @@ static const transition table[] = {
 
 int haul__secure_next(int state, int event)
 {
-    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
-        if ((int)table[i].from == state && (int)table[i].event == event)
-            return (int)table[i].to;
-    return -1;
+    return haul__fsm_next(table, sizeof(table) / sizeof(table[0]), state, event);
 }
 
 static const char *const state_names[] = {
@@ -63,16 +55,12 @@ static const char *const event_names[] = {
 
 const char *haul__secure_state_name(int state)
 {
-    if (state < 0 || state >= HAUL__SEC_STATE_COUNT_)
-        return "SEC_?";
-    return state_names[state];
+    return haul__fsm_name(state_names, HAUL__SEC_STATE_COUNT_, state, "SEC_?");
 }
 
 const char *haul__secure_event_name(int event)
 {
-    if (event < 0 || event >= HAUL__SECEV_COUNT_)
-        return "SECEV_?";
-    return event_names[event];
+    return haul__fsm_name(event_names, HAUL__SECEV_COUNT_, event, "SECEV_?");
 }
 
 const char *const *haul_secure_state_names(int *count)
