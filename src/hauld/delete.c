@@ -133,8 +133,13 @@ static int delete_step(request *r)
     }
     fs_snapshot_info(snap, &time, &files, &bytes);
     close(snap);
-    if (renameat(d->snaps, id, d->snaps, gone) < 0 || fs_fsync_dir(d->snaps, ".") < 0) {
+    int renamed = renameat(d->snaps, id, d->snaps, gone) == 0;
+    if (!renamed || fs_fsync_dir(d->snaps, ".") < 0) {
         int err = errno;
+        /* Not durably gone: it stays a snapshot, as the client is told,
+         * rather than vanish now and perhaps come back after a crash. */
+        if (renamed)
+            renameat(d->snaps, gone, d->snaps, id);
         request_log(r, HAUL_LOG_ERROR, "cannot take the snapshot away: %s", store_strerror(err));
         request_result(r, err, id, 0, 0, 0, 0, "cannot delete the snapshot: %s",
                        store_strerror(err));
