@@ -46,8 +46,12 @@ enum { HAUL__POLL_CONN = 1, HAUL__POLL_LISTENER, HAUL__POLL_WAKE, HAUL__POLL_TIM
 
 enum { HAUL__BODY_OWNED, HAUL__BODY_BORROWED, HAUL__BODY_FILE };
 
-/* Per-chunk receive state, one byte a chunk. */
-enum { HAUL__RX_NONE = 0, HAUL__RX_CLAIMED = 1, HAUL__RX_DONE = 2 };
+/* Per-chunk receive state, one byte a chunk. A chunk is claimed while one
+ * connection reads a copy of it, shared while several do (the sender sent
+ * it again after a connection loss, and the receiver still reads the
+ * first copy): whichever copy completes first makes it done, and a copy
+ * that ends early takes only its own claim away. */
+enum { HAUL__RX_NONE = 0, HAUL__RX_CLAIMED = 1, HAUL__RX_DONE = 2, HAUL__RX_SHARED = 3 };
 
 struct haul_message {
     haul__list link;       /* in the session's output, reassembly or input queue */
@@ -393,7 +397,7 @@ void haul__session_chunk_done(haul_session *s, haul_message *m, uint32_t index);
 
 int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__frame *f,
                               haul_message **mp, uint32_t *indexp);
-void haul__session_chunk_abandon(haul_message *m, uint32_t index);
+void haul__session_chunk_abandon(haul__pipe *pipe, haul_message *m, uint32_t index);
 int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payload,
                            uint32_t *plen);
 void haul__session_sync_payload(const haul_session *s, uint8_t *out);
@@ -430,7 +434,9 @@ void haul__pipe_maybe_free(haul__pipe *pipe);
 void haul__pipe_add_session(haul__pipe *pipe, haul_session *s);
 void haul__pipe_remove_session(haul__pipe *pipe, haul_session *s);
 void haul__pipe_destroy(haul__pipe *pipe);
-haul__conn *haul__pipe_reader(haul__pipe *pipe, haul_message *m, uint32_t index);
+/* The joined connections reading a copy of chunk `index` of m: counts
+ * them, and with drop, tells each to discard the rest of its copy. */
+unsigned haul__pipe_readers(haul__pipe *pipe, haul_message *m, uint32_t index, int drop);
 
 /* Connections. */
 haul__conn *haul__conn_new(haul_engine *engine, int fd, int server, haul__pipe *pipe,

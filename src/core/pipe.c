@@ -213,25 +213,43 @@ void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
     haul__pipe_kick(pipe, pipe->joined);
 }
 
-/* Which connection is reading chunk `index` of m, if any. */
-haul__conn *haul__pipe_reader(haul__pipe *pipe, haul_message *m, uint32_t index)
+static int reads_chunk(const haul__conn *c, const haul_message *m, uint32_t index)
 {
+    return c && !c->dead && c->rx_state == HAUL__RXS_CHUNK && c->rx_msg == m &&
+           c->rx_index == index;
+}
+
+/* Every connection of a pipe runs on one thread, so none of the readers
+ * is in the middle of a read while this runs: a dropped reader finds its
+ * state changed when it next reads, and discards the rest of its copy. */
+static unsigned reader_found(haul__conn *c, int drop)
+{
+    if (drop) {
+        haul_message *m = c->rx_msg;
+        c->rx_state = HAUL__RXS_DISCARD;
+        c->rx_msg = NULL;
+        haul__message_unref(m);
+    }
+    return 1;
+}
+
+unsigned haul__pipe_readers(haul__pipe *pipe, haul_message *m, uint32_t index, int drop)
+{
+    unsigned n = 0;
     if (pipe->server) {
         haul__list *p;
         haul__list_each(p, &pipe->members)
         {
             haul__conn *c = HAUL__CONTAINER(p, haul__conn, pipe_link);
-            if (c->rx_msg == m && c->rx_index == index)
-                return c;
+            if (reads_chunk(c, m, index))
+                n += reader_found(c, drop);
         }
-        return NULL;
+        return n;
     }
-    for (unsigned i = 0; i < pipe->nconns; i++) {
-        haul__conn *c = pipe->conns[i];
-        if (c && c->rx_msg == m && c->rx_index == index)
-            return c;
-    }
-    return NULL;
+    for (unsigned i = 0; i < pipe->nconns; i++)
+        if (reads_chunk(pipe->conns[i], m, index))
+            n += reader_found(pipe->conns[i], drop);
+    return n;
 }
 
 /* ---- sessions in the pipe --------------------------------------------------- */

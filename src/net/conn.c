@@ -180,10 +180,10 @@ void haul__conn_close(haul__conn *c, int error, const char *why)
               "connection %u closed in %s: %s", c->serial, conn_state_names[c->state], why);
     if (c->pipe)
         haul__pipe_conn_lost(c->pipe, c, error);
-    if (c->rx_msg && c->rx_state == HAUL__RXS_CHUNK)
-        haul__session_chunk_abandon(c->rx_msg, c->rx_index);
-    handshake_over(c);
     c->dead = 1;
+    if (c->rx_msg && c->rx_state == HAUL__RXS_CHUNK)
+        haul__session_chunk_abandon(c->pipe, c->rx_msg, c->rx_index);
+    handshake_over(c);
     c->state = HAUL__CONN_CLOSED;
     haul__list_del(&c->idle_link);
     if (!c->engine->stopping)
@@ -291,10 +291,10 @@ static void chunk_complete(haul__conn *c)
 {
     haul_message *m = c->rx_msg;
     c->stats.chunks_received++;
-    haul__session_chunk_done(m->session, m, c->rx_index);
     c->rx_msg = NULL;
-    haul__message_unref(m);
     c->rx_state = HAUL__RXS_HEADER;
+    haul__session_chunk_done(m->session, m, c->rx_index);
+    haul__message_unref(m);
 }
 
 static void on_hello(haul__conn *c, const uint8_t *payload)
