@@ -147,8 +147,15 @@ typedef struct haul_engine_config {
      * acknowledged this long after it was queued and after the session's
      * last acknowledgement. Default 60000 ms. Sessions may override it. */
     unsigned message_timeout_ms;
-    /* A message whose chunks had to be sent again this many times (because
-     * connections carrying them broke) fails. Default 8. */
+    /* Rounds of retransmission a message may need before it fails, with
+     * its session, with HAUL_EATTEMPTS. A round begins when a connection
+     * that carried chunks of the message breaks before the message is
+     * acknowledged, so that those chunks must be sent again. Connections
+     * that break before any chunk of the message has been written again
+     * add nothing to that round: one fault that breaks every connection
+     * of the pipe costs one round, however many connections carried the
+     * message. The message fails when a round would be the
+     * max_attempts-th (1: at the first). Default 8. */
     unsigned max_attempts;
     /* Redial backoff of a lost pipe connection: starts at the minimum,
      * doubles up to the maximum. Defaults 20 ms and 2000 ms. */

@@ -296,7 +296,14 @@ static void rig_start(raw_rig *r, uint64_t len)
 /* The sink has exactly the one message of the rig, whole, once. */
 static void rig_check_delivered(raw_rig *r)
 {
+    /* The ACK may overtake the sink's taking of the message. */
     pthread_mutex_lock(&r->k.mu);
+    for (int waited = 0; r->k.nsessions == 0 || r->k.sessions[0].messages == 0; waited += 5) {
+        CHECK_LT(waited, 5000);
+        pthread_mutex_unlock(&r->k.mu);
+        poll(NULL, 0, 5);
+        pthread_mutex_lock(&r->k.mu);
+    }
     CHECK_EQ(r->k.nsessions, 1);
     sink_session *ss = &r->k.sessions[0];
     CHECK_EQ(ss->messages, 1);
@@ -422,4 +429,225 @@ TEST_TIMEOUT(chunk_nobody_completed_is_taken_again, 30)
     rig_check_delivered(&r);
     close(c);
     rig_stop(&r);
+}
+
+/* ---- two engines ------------------------------------------------------------ */
+
+#define MIB (1u << 20)
+
+typedef struct pair {
+    haul_engine *server, *client;
+    sink k;
+    haul_session *s;      /* the client's session */
+    haul_session *remote; /* the server's side of it */
+    unsigned connections;
+} pair;
+
+static haul_engine *engine_with(unsigned max_attempts, uint32_t chunk_size)
+{
+    haul_engine_config c;
+    haul_engine_config_init(&c);
+    if (max_attempts)
+        c.max_attempts = max_attempts;
+    if (chunk_size)
+        c.chunk_size = chunk_size;
+    c.log_level = getenv("HAUL_TEST_LOG") ? atoi(getenv("HAUL_TEST_LOG")) : HAUL_LOG_WARN;
+    haul_engine *e = NULL;
+    CHECK_OK(haul_engine_new(&c, &e));
+    return e;
+}
+
+/* Joined connections of the session's pipe, as its statistics say. */
+static unsigned conns_up(haul_session *s)
+{
+    haul_conn_stats st[16];
+    int n = haul_pipe_stats(s, st, 16);
+    unsigned up = 0;
+    for (int i = 0; i < n && i < 16; i++)
+        up += st[i].up ? 1 : 0;
+    return up;
+}
+
+/* Waits until both sides of the pipe have every connection joined. The
+ * client's engine wait paces the loop; no event is expected meanwhile. */
+static void await_pipe_up(pair *p)
+{
+    for (int waited = 0;; waited += 10) {
+        if (conns_up(p->s) == p->connections &&
+            haul_pipe_stats(p->remote, NULL, 0) == (int)p->connections)
+            return;
+        CHECK_LT(waited, 10000);
+        haul_event ev;
+        CHECK(!next_event(p->client, &ev, 10));
+    }
+}
+
+static void pair_open(pair *p, haul_engine *client, unsigned connections, uint64_t max_message)
+{
+    harness_strerror = haul_strerror;
+    memset(p, 0, sizeof(*p));
+    p->server = engine_with(0, 0);
+    p->client = client;
+    p->connections = connections;
+    haul_listen_config lc;
+    haul_listen_config_init(&lc);
+    lc.input_queue = 4 * max_message;
+    CHECK_OK(haul_listen(p->server, "127.0.0.1:0", &lc));
+    char address[128];
+    CHECK_OK(haul_listen_address(p->server, address, sizeof(address)));
+    CHECK_OK(sink_start(&p->k, p->server));
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = "CHUNK_FAULTS";
+    sc.connections = connections;
+    sc.max_message = max_message;
+    CHECK_OK(haul_session_new(client, &sc, &p->s));
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, 5000));
+    for (int waited = 0; p->remote == NULL; waited += 10) {
+        CHECK_LT(waited, 5000);
+        pthread_mutex_lock(&p->k.mu);
+        p->remote = p->k.nsessions ? p->k.sessions[0].session : NULL;
+        pthread_mutex_unlock(&p->k.mu);
+        if (p->remote == NULL)
+            poll(NULL, 0, 10);
+    }
+    await_pipe_up(p);
+}
+
+static void pair_close(pair *p)
+{
+    haul_session_free(p->s);
+    sink_stop(&p->k);
+    haul_engine_free(p->client);
+    haul_engine_free(p->server);
+}
+
+/*
+ * With the receiver frozen (its socket buffers full, so that the message
+ * cannot complete), waits until at least `carriers` live connections
+ * carry chunks of the session's first message and a chunk of it was
+ * written whole since its last round began; then, under one hold of the
+ * engine's mutex, holds the dispatcher and shuts every connection of the
+ * pipe down, as one network fault would. Returns the message's attempts
+ * before the fault.
+ */
+static unsigned break_pipe_when_spread(pair *p, unsigned carriers)
+{
+    haul_engine *e = p->client;
+    for (int waited = 0;; waited++) {
+        pthread_mutex_lock(&e->mu);
+        haul__pipe *pipe = p->s->pipe;
+        haul__list *first = haul__list_first(&p->s->outq);
+        CHECK(first != NULL);
+        haul_message *m = HAUL__CONTAINER(first, haul_message, link);
+        unsigned n = 0;
+        for (unsigned i = 0; i < pipe->nconns; i++) {
+            haul__conn *c = pipe->conns[i];
+            int carries = 0;
+            for (uint32_t j = 0; c && !c->dead && j < m->nchunks && !carries; j++)
+                carries = m->carrier[j] == c->serial;
+            n += (unsigned)carries;
+        }
+        if (n >= carriers && !m->resending) {
+            unsigned attempts = m->attempts;
+            e->debug_hold = 1;
+            for (unsigned i = 0; i < pipe->nconns; i++)
+                if (pipe->conns[i] && !pipe->conns[i]->dead)
+                    shutdown(pipe->conns[i]->fd, SHUT_RDWR);
+            pthread_mutex_unlock(&e->mu);
+            harness_log("%u connections carried chunks of the message when they all broke", n);
+            return attempts;
+        }
+        pthread_mutex_unlock(&e->mu);
+        CHECK_LT(waited, 10000);
+        poll(NULL, 0, 1);
+    }
+}
+
+/* Waits until the client's engine has seen `lost` connections break. */
+static void await_lost(pair *p, uint64_t lost)
+{
+    for (int waited = 0;; waited += 5) {
+        haul_engine_stats st;
+        haul_engine_stats_get(p->client, &st);
+        if (st.connections_lost >= lost)
+            return;
+        CHECK_LT(waited, 10000);
+        poll(NULL, 0, 5);
+    }
+}
+
+/*
+ * One fault breaks all eight connections that carry one large message.
+ * That is one round of retransmission, whatever the number of
+ * connections: with max_attempts 2 the message still goes through.
+ */
+TEST_TIMEOUT(one_fault_on_every_connection_is_one_attempt, 60)
+{
+    pair p;
+    pair_open(&p, engine_with(2, 0), 8, 32 * MIB);
+    uint8_t *buf = malloc(32 * MIB);
+    CHECK(buf != NULL);
+    fill_pattern(buf, 32 * MIB, 5);
+    CHECK_OK(haul__debug_freeze(p.remote, -1, 1));
+    CHECK_OK(haul_send(p.s, buf, 32 * MIB, 1));
+    CHECK_EQ(break_pipe_when_spread(&p, 8), 0);
+    await_lost(&p, 8);
+    /* Let the server see the old connections end, then send again. */
+    CHECK_OK(haul__debug_freeze(p.remote, -1, 0));
+    haul__debug_hold(p.client, 0);
+    haul_event ev;
+    CHECK(next_event(p.client, &ev, 20000));
+    CHECK_EQ(ev.type, HAUL_EV_MESSAGE_SENT);
+    CHECK_EQ(ev.tag, 1);
+    haul_engine_stats st;
+    haul_engine_stats_get(p.client, &st);
+    CHECK_GE(st.connections_lost, 8);
+    CHECK_GT(st.chunks_resent, 0);
+    pthread_mutex_lock(&p.k.mu);
+    for (int waited = 0; p.k.sessions[0].messages == 0; waited += 5) {
+        CHECK_LT(waited, 5000);
+        pthread_mutex_unlock(&p.k.mu);
+        poll(NULL, 0, 5);
+        pthread_mutex_lock(&p.k.mu);
+    }
+    CHECK_EQ(p.k.sessions[0].messages, 1);
+    CHECK_EQ(XXH3_64bits_digest(p.k.sessions[0].hash), XXH3_64bits(buf, 32 * MIB));
+    pthread_mutex_unlock(&p.k.mu);
+    free(buf);
+    pair_close(&p);
+}
+
+/* Two faults, each after the message's chunks went out again, are two
+ * rounds: with max_attempts 2 the second fails the message. */
+TEST_TIMEOUT(second_round_of_losses_fails_the_message, 60)
+{
+    pair p;
+    pair_open(&p, engine_with(2, 0), 4, 32 * MIB);
+    uint8_t *buf = malloc(32 * MIB);
+    CHECK(buf != NULL);
+    fill_pattern(buf, 32 * MIB, 6);
+    CHECK_OK(haul__debug_freeze(p.remote, -1, 1));
+    CHECK_OK(haul_send(p.s, buf, 32 * MIB, 1));
+    free(buf);
+    CHECK_EQ(break_pipe_when_spread(&p, 4), 0);
+    await_lost(&p, 4);
+    CHECK_OK(haul__debug_freeze(p.remote, -1, 0));
+    /* The pipe comes back; the new connections are frozen on the server
+     * before anything is sent on them. */
+    await_pipe_up(&p);
+    CHECK_OK(haul__debug_freeze(p.remote, -1, 1));
+    haul__debug_hold(p.client, 0);
+    CHECK_EQ(break_pipe_when_spread(&p, 1), 1);
+    haul_event ev;
+    CHECK(next_event(p.client, &ev, 10000));
+    CHECK_EQ(ev.type, HAUL_EV_MESSAGE_FAILED);
+    CHECK_EQ(ev.error, HAUL_EATTEMPTS);
+    CHECK(next_event(p.client, &ev, 10000));
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_CLOSED);
+    CHECK_EQ(ev.error, HAUL_EATTEMPTS);
+    CHECK_OK(haul__debug_freeze(p.remote, -1, 0));
+    pair_close(&p);
 }

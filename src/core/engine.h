@@ -77,7 +77,12 @@ struct haul_message {
     uint32_t *carrier;
     uint32_t next_chunk; /* no chunk before it needs sending */
     uint32_t unsent;     /* chunks with carrier 0 */
+    /* Rounds of retransmission so far (docs/protocol.md, section 9.2):
+     * resending is set when a round begins, and cleared when a chunk of
+     * the message is next written whole, so that connections breaking
+     * before then add no round. */
     unsigned attempts;
+    int resending;
     int64_t deadline; /* ms on the engine clock */
     int in_flight;    /* counted in the session's sendable set */
 
@@ -241,6 +246,7 @@ struct haul__conn {
     int handshaking;    /* accepted, counted in engine->handshaking */
     int rx_hup;         /* the peer closed or reset: read until EOF */
     int hello_pending;  /* a HELLO or HELLO_ACK to send */
+    int debug_frozen;   /* test hook: neither reads nor writes while set */
 
     haul_conn_stats stats;
     uint32_t seen_sessions[8];       /* for stats.sessions_sent */
@@ -489,6 +495,13 @@ int haul__sock_dial(const struct sockaddr_storage *ss, socklen_t len, int *fdp);
 
 /* Test hook: breaks connection `index` of the session's (client) pipe. */
 int haul__debug_break_conn(haul_session *s, unsigned index);
+
+/* Test hook: freezes connection `index` of the session's pipe (client or
+ * server; -1: every one), as a peer that stops reading and writing would:
+ * it neither reads nor writes until thawed, so that its socket buffers
+ * fill. Thawing makes it read and write again. Returns 0, or HAUL_EINVAL
+ * when there is no such connection. */
+int haul__debug_freeze(haul_session *s, int index, int frozen);
 
 /* Test hook: while held, no dispatcher of the engine sends chunks, so that
  * a test can fill queues before anything moves. */

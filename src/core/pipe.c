@@ -554,6 +554,39 @@ int haul__debug_break_conn(haul_session *s, unsigned index)
     return rc;
 }
 
+static int freeze(haul__conn *c, int index, int frozen)
+{
+    if (c == NULL || c->dead || (index >= 0 && c->index != (unsigned)index))
+        return 0;
+    c->debug_frozen = frozen;
+    if (!frozen) {
+        /* Edges that came while it was frozen were ignored. */
+        c->more_to_read = 1;
+        haul__conn_wake(c);
+    }
+    return 1;
+}
+
+int haul__debug_freeze(haul_session *s, int index, int frozen)
+{
+    haul_engine *e = s->engine;
+    pthread_mutex_lock(&e->mu);
+    int found = 0;
+    haul__pipe *pipe = s->in_table ? s->pipe : NULL;
+    if (pipe && pipe->server) {
+        haul__list *p;
+        haul__list_each(p, &pipe->members)
+        {
+            found += freeze(HAUL__CONTAINER(p, haul__conn, pipe_link), index, frozen);
+        }
+    } else if (pipe) {
+        for (unsigned i = 0; i < pipe->nconns; i++)
+            found += freeze(pipe->conns[i], index, frozen);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return found ? 0 : HAUL_EINVAL;
+}
+
 void haul__debug_hold(haul_engine *e, int hold)
 {
     pthread_mutex_lock(&e->mu);

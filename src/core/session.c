@@ -1128,8 +1128,15 @@ int haul__session_conn_lost(haul_session *s, uint32_t serial)
                 lost = 1;
             }
         }
-        if (lost) {
+        /* A round of retransmission begins with the first loss that sends
+         * chunks of the message back; connections that break before any
+         * chunk of it was written again belong to the same round, as one
+         * fault often breaks several at once (section 9.2). */
+        if (lost && m->resending)
             again = 1;
+        else if (lost) {
+            again = 1;
+            m->resending = 1;
             if (++m->attempts >= s->engine->config.max_attempts) {
                 haul__log(s->engine, HAUL_LOG_WARN,
                           "session %u: message %llu failed after %u attempts", s->id,

@@ -547,7 +547,7 @@ static void do_read(haul__conn *c)
     int turns = c->ssl ? TLS_READ_TURNS : READ_TURNS;
     for (int turn = 0; turn < turns; turn++) {
         pthread_mutex_lock(&e->mu);
-        if (c->dead || c->state < HAUL__CONN_HELLO) {
+        if (c->dead || c->state < HAUL__CONN_HELLO || c->debug_frozen) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
@@ -680,6 +680,9 @@ static void batch_written(haul__conn *c)
         if (it->type == HAUL__F_CHUNK) {
             c->stats.chunks_sent++;
             e->stats.bytes_sent += it->len;
+            /* The message's round of retransmission, if one began, has
+             * gone out: a later loss begins another. */
+            it->msg->resending = 0;
             haul__message_unref(it->msg);
             it->msg = NULL;
         } else if (it->session) {
@@ -894,7 +897,7 @@ static void do_write(haul__conn *c)
     haul_engine *e = c->engine;
     for (int turn = 0; turn < WRITE_TURNS; turn++) {
         pthread_mutex_lock(&e->mu);
-        if (c->dead || c->state < HAUL__CONN_HELLO) {
+        if (c->dead || c->state < HAUL__CONN_HELLO || c->debug_frozen) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
