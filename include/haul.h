@@ -152,7 +152,7 @@ typedef struct haul_engine_config {
      * that carried chunks of the message breaks before the message is
      * acknowledged, so that those chunks must be sent again. Connections
      * that break before any chunk of the message has been written again
-     * add nothing to that round: one fault that breaks every connection
+     * (whole, or in part) add nothing to that round: one fault that breaks every connection
      * of the pipe costs one round, however many connections carried the
      * message. The message fails when a round would be the
      * max_attempts-th (1: at the first). Default 8. */

@@ -79,8 +79,9 @@ struct haul_message {
     uint32_t unsent;     /* chunks with carrier 0 */
     /* Rounds of retransmission so far (docs/protocol.md, section 9.2):
      * resending is set when a round begins, and cleared when a chunk of
-     * the message is next written whole, so that connections breaking
-     * before then add no round. */
+     * the message taken since goes out (written whole, or in part on a
+     * connection that then broke), so that connections breaking before
+     * then add no round. */
     unsigned attempts;
     int resending;
     int64_t deadline; /* ms on the engine clock */
@@ -195,6 +196,7 @@ typedef struct haul__tx_item {
     uint8_t *buf;          /* a control payload the item owns, or NULL */
     haul_session *session; /* holds a session reference when set */
     haul_message *msg;     /* CHUNK: holds a message reference */
+    unsigned round;        /* CHUNK: the message's attempts when it was taken */
     uint32_t chunk_index;
     uint64_t offset;
     uint32_t len;

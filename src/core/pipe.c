@@ -389,6 +389,7 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
         s->refs++;
         it->msg = m;
         m->refs++;
+        it->round = m->attempts;
         it->chunk_index = idx;
         it->offset = (uint64_t)idx * m->chunk;
         it->len = (uint32_t)(m->len - it->offset < m->chunk ? m->len - it->offset : m->chunk);

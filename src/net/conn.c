@@ -171,10 +171,26 @@ static void handshake_over(haul__conn *c)
     }
 }
 
+/* A chunk went out (mu held): if it was taken in its message's current
+ * round of retransmission, that round is under way, and a later loss
+ * begins another. */
+static void chunk_went_out(const haul__tx_item *it)
+{
+    if (it->type == HAUL__F_CHUNK && it->msg->attempts == it->round)
+        it->msg->resending = 0;
+}
+
 void haul__conn_close(haul__conn *c, int error, const char *why)
 {
     if (c->dead)
         return;
+    /* What of the batch was written went out, if only in part. The write
+     * position is the owning thread's: read it only there. */
+    if (pthread_equal(pthread_self(), c->loop->thread)) {
+        for (int i = 0; i < c->nitems && i <= c->item_pos; i++)
+            if (i < c->item_pos || c->item_done > 0)
+                chunk_went_out(&c->items[i]);
+    }
     snprintf(c->why, sizeof(c->why), "%s", why);
     haul__log(c->engine, error == HAUL_ESHUTDOWN ? HAUL_LOG_DEBUG : HAUL_LOG_INFO,
               "connection %u closed in %s: %s", c->serial, conn_state_names[c->state], why);
@@ -680,9 +696,7 @@ static void batch_written(haul__conn *c)
         if (it->type == HAUL__F_CHUNK) {
             c->stats.chunks_sent++;
             e->stats.bytes_sent += it->len;
-            /* The message's round of retransmission, if one began, has
-             * gone out: a later loss begins another. */
-            it->msg->resending = 0;
+            chunk_went_out(it);
             haul__message_unref(it->msg);
             it->msg = NULL;
         } else if (it->session) {
