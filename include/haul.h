@@ -501,8 +501,15 @@ HAUL_API int haul_send_buffer(haul_session *session, const void *buf, size_t len
  * Queues a range of an open file as one message, sent without copying
  * through user space where the connection allows (sendfile). The engine
  * duplicates fd, so the caller may close its own at once. The file must
- * not shrink until the message's final event; if it does, the message
- * fails with HAUL_EIO.
+ * not shrink until the message's final event; if it does (or a read of
+ * it fails), the message fails with HAUL_EIO, and so does its session,
+ * since no later message could be delivered in order: every message
+ * still queued gets HAUL_EV_MESSAGE_FAILED with HAUL_EIO, the session
+ * HAUL_EV_SESSION_CLOSED with HAUL_EIO, and the peer an ABORT carrying
+ * HAUL_EIO. The pipe's other sessions are not disturbed. The receiver
+ * drops what it received of the message (docs/protocol.md, section 9.5);
+ * bytes of a file that changes without shrinking are sent as they are
+ * read.
  */
 HAUL_API int haul_send_file(haul_session *session, int fd, off_t offset, size_t len, uint64_t tag);
 

@@ -651,3 +651,168 @@ TEST_TIMEOUT(second_round_of_losses_fails_the_message, 60)
     CHECK_OK(haul__debug_freeze(p.remote, -1, 0));
     pair_close(&p);
 }
+
+/* ---- a file that shrinks while it is sent ------------------------------------ */
+
+#define OTHER_MESSAGES 16
+#define OTHER_LEN (64u * 1024)
+
+/* A file of len bytes (sparse: nothing is written), unlinked at once. */
+static int shrinking_file(uint64_t len)
+{
+    char path[] = "/tmp/haul-chunk-faults-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    CHECK_OK(unlink(path));
+    CHECK_OK(ftruncate(fd, (off_t)len));
+    return fd;
+}
+
+/* A second session on the pipe of p (the same destination), open. */
+static haul_session *second_session(pair *p, uint64_t max_message)
+{
+    char address[128];
+    CHECK_OK(haul_listen_address(p->server, address, sizeof(address)));
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = "CHUNK_FAULTS_OTHER";
+    sc.max_message = max_message;
+    haul_session *s2 = NULL;
+    CHECK_OK(haul_session_new(p->client, &sc, &s2));
+    haul_event ev;
+    CHECK(wait_for(p->client, HAUL_EV_SESSION_OPEN, &ev, 5000));
+    CHECK(ev.session == s2);
+    return s2;
+}
+
+/* Queues the other session's messages, and returns the hash of them all. */
+static uint64_t send_others(haul_session *s2)
+{
+    uint8_t *buf = malloc(OTHER_LEN * OTHER_MESSAGES);
+    CHECK(buf != NULL);
+    fill_pattern(buf, OTHER_LEN * OTHER_MESSAGES, 77);
+    for (unsigned i = 0; i < OTHER_MESSAGES; i++)
+        CHECK_OK(haul_send(s2, buf + (size_t)i * OTHER_LEN, OTHER_LEN, 1000 + i));
+    uint64_t hash = XXH3_64bits(buf, OTHER_LEN * OTHER_MESSAGES);
+    free(buf);
+    return hash;
+}
+
+/*
+ * The client's events: the file's message fails with EIO and its session
+ * closes with EIO, while every message of the other session is
+ * acknowledged, in order. Then the server: the other session got each of
+ * its messages exactly once, the file's session was aborted, and no
+ * connection broke on either side.
+ */
+static void check_file_failed_alone(pair *p, haul_session *s2, uint64_t others_hash)
+{
+    int failed = 0, closed = 0;
+    unsigned acked = 0;
+    while (!(closed && acked == OTHER_MESSAGES)) {
+        haul_event ev;
+        CHECK(next_event(p->client, &ev, 10000));
+        if (ev.session == p->s) {
+            CHECK(!closed);
+            if (!failed) {
+                CHECK_EQ(ev.type, HAUL_EV_MESSAGE_FAILED);
+                CHECK_EQ(ev.tag, 100);
+                CHECK_EQ(ev.error, HAUL_EIO);
+                failed = 1;
+            } else {
+                CHECK_EQ(ev.type, HAUL_EV_SESSION_CLOSED);
+                CHECK_EQ(ev.error, HAUL_EIO);
+                closed = 1;
+            }
+        } else {
+            CHECK(ev.session == s2);
+            CHECK_EQ(ev.type, HAUL_EV_MESSAGE_SENT);
+            CHECK_EQ(ev.tag, 1000 + acked);
+            acked++;
+        }
+    }
+    /* The server's side of the file's session ends on the ABORT. */
+    for (int waited = 0;; waited += 5) {
+        pthread_mutex_lock(&p->k.mu);
+        int done = p->k.sessions[0].closed && p->k.sessions[1].messages == OTHER_MESSAGES;
+        pthread_mutex_unlock(&p->k.mu);
+        if (done)
+            break;
+        CHECK_LT(waited, 10000);
+        poll(NULL, 0, 5);
+    }
+    pthread_mutex_lock(&p->k.mu);
+    CHECK_EQ(p->k.nsessions, 2);
+    CHECK_EQ(p->k.sessions[0].close_error, HAUL_EABORTED);
+    CHECK_EQ(p->k.sessions[0].messages, 0);
+    CHECK_EQ(p->k.sessions[1].messages, OTHER_MESSAGES);
+    CHECK_EQ(p->k.sessions[1].order_broken, 0);
+    CHECK_EQ(XXH3_64bits_digest(p->k.sessions[1].hash), others_hash);
+    CHECK(!p->k.sessions[1].closed);
+    pthread_mutex_unlock(&p->k.mu);
+    haul_engine_stats st;
+    haul_engine_stats_get(p->client, &st);
+    CHECK_EQ(st.connections_lost, 0);
+    CHECK_EQ(st.chunks_resent, 0);
+    haul_engine_stats_get(p->server, &st);
+    CHECK_EQ(st.connections_lost, 0);
+    CHECK_EQ(st.protocol_errors, 0);
+    CHECK_EQ(st.messages_received, OTHER_MESSAGES);
+}
+
+/* The file shrinks after haul_send_file() and before its later chunks
+ * are taken: those are never sent. */
+TEST_TIMEOUT(file_shrunk_before_its_chunks_fails_with_eio, 60)
+{
+    pair p;
+    pair_open(&p, engine_with(0, 0), 1, 4 * MIB);
+    haul_session *s2 = second_session(&p, OTHER_LEN);
+    int fd = shrinking_file(MIB);
+    haul__debug_hold(p.client, 1);
+    CHECK_OK(haul_send_file(p.s, fd, 0, MIB, 100));
+    uint64_t hash = send_others(s2);
+    CHECK_OK(ftruncate(fd, 300 * 1024));
+    haul__debug_hold(p.client, 0);
+    check_file_failed_alone(&p, s2, hash);
+    close(fd);
+    haul_session_free(s2);
+    pair_close(&p);
+}
+
+/*
+ * The file shrinks while a chunk of it is being written: the receiver is
+ * frozen, so the client's socket fills in the middle of the first of
+ * three 16 MiB chunks, and the file is cut short then. The frame is
+ * completed with padding, and the other session's messages, queued after
+ * it on the same single connection, arrive: the connection stayed in
+ * step.
+ */
+TEST_TIMEOUT(file_shrunk_inside_a_chunk_is_padded, 60)
+{
+    pair p;
+    pair_open(&p, engine_with(0, 16 * MIB), 1, 48 * MIB);
+    haul_session *s2 = second_session(&p, OTHER_LEN);
+    int fd = shrinking_file(48 * MIB);
+    CHECK_OK(haul__debug_freeze(p.remote, -1, 1));
+    CHECK_OK(haul_send_file(p.s, fd, 0, 48 * MIB, 100));
+    /* The client's only connection stops being writable: the frozen
+     * receiver took what its buffers hold, the rest of the chunk waits. */
+    pthread_mutex_lock(&p.client->mu);
+    int cfd = p.s->pipe->conns[0]->fd;
+    pthread_mutex_unlock(&p.client->mu);
+    for (int waited = 0;; waited++) {
+        struct pollfd pfd = {.fd = cfd, .events = POLLOUT};
+        if (poll(&pfd, 1, 0) == 0)
+            break;
+        CHECK_LT(waited, 10000);
+        poll(NULL, 0, 1);
+    }
+    CHECK_OK(ftruncate(fd, MIB));
+    uint64_t hash = send_others(s2);
+    CHECK_OK(haul__debug_freeze(p.remote, -1, 0));
+    check_file_failed_alone(&p, s2, hash);
+    close(fd);
+    haul_session_free(s2);
+    pair_close(&p);
+}

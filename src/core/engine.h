@@ -76,6 +76,7 @@ struct haul_message {
     uint32_t nchunks;
     uint32_t *carrier;
     uint32_t next_chunk; /* no chunk before it needs sending */
+    uint32_t taken_end;  /* no chunk from it on was ever taken for sending */
     uint32_t unsent;     /* chunks with carrier 0 */
     /* Rounds of retransmission so far (docs/protocol.md, section 9.2):
      * resending is set when a round begins, and cleared when a chunk of
@@ -197,6 +198,7 @@ typedef struct haul__tx_item {
     haul_session *session; /* holds a session reference when set */
     haul_message *msg;     /* CHUNK: holds a message reference */
     unsigned round;        /* CHUNK: the message's attempts when it was taken */
+    int pad;               /* CHUNK: its file fell short; the rest goes as zeros */
     uint32_t chunk_index;
     uint64_t offset;
     uint32_t len;
@@ -249,6 +251,7 @@ struct haul__conn {
     int rx_hup;         /* the peer closed or reset: read until EOF */
     int hello_pending;  /* a HELLO or HELLO_ACK to send */
     int debug_frozen;   /* test hook: neither reads nor writes while set */
+    int tx_short;       /* 1 + the item whose file fell short, or 0 */
 
     haul_conn_stats stats;
     uint32_t seen_sessions[8];       /* for stats.sessions_sent */

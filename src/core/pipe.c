@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/engine.h"
@@ -324,6 +325,16 @@ static void count_session(haul__conn *c, uint32_t id)
     }
 }
 
+/* Whether the file of a message still holds its first `end` bytes: a
+ * file that shrank since haul_send_file() fails the message (haul.h). */
+static int file_holds(const haul_message *m, uint64_t end)
+{
+    struct stat st;
+    if (fstat(m->fd, &st) != 0)
+        return 0;
+    return !S_ISREG(st.st_mode) || (uint64_t)st.st_size >= (uint64_t)m->file_offset + end;
+}
+
 /*
  * Fills the connection's batch (mu held): control frames first, then
  * chunks, one session after the other. A batch carries at most one large
@@ -378,7 +389,21 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
         uint32_t idx = m->next_chunk;
         while (m->carrier[idx] != 0)
             idx++;
+        uint64_t offset = (uint64_t)idx * m->chunk;
+        uint32_t len = (uint32_t)(m->len - offset < m->chunk ? m->len - offset : m->chunk);
+        if (m->kind == HAUL__BODY_FILE && !file_holds(m, offset + len)) {
+            /* Caught before its header goes: nothing of the chunk is sent,
+             * and the receiver never completes the message. */
+            haul__log(pipe->engine, HAUL_LOG_WARN,
+                      "session %u: the file of message %llu shrank before it was sent; "
+                      "failing the session with EIO",
+                      s->id, (unsigned long long)m->seq);
+            haul__session_fail(s, HAUL_EIO, 1);
+            continue;
+        }
         m->carrier[idx] = c->serial;
+        if (idx >= m->taken_end)
+            m->taken_end = idx + 1;
         m->unsent--;
         m->next_chunk = idx + 1;
 
@@ -391,8 +416,8 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
         m->refs++;
         it->round = m->attempts;
         it->chunk_index = idx;
-        it->offset = (uint64_t)idx * m->chunk;
-        it->len = (uint32_t)(m->len - it->offset < m->chunk ? m->len - it->offset : m->chunk);
+        it->offset = offset;
+        it->len = len;
         haul__frame f = {.version = HAUL_PROTOCOL_VERSION,
                          .type = HAUL__F_CHUNK,
                          .len = it->len,
