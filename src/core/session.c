@@ -1160,9 +1160,9 @@ void haul__session_sweep(haul_session *s, int64_t now)
      * bytes keep moving is not a dead one, however long a large message
      * takes to cross it. Progress is an acknowledgement, a chunk written
      * whole, or bytes leaving the send queues of the connections that
-     * carry the session's chunks, watched at every sweep while nothing
-     * else moves (a chunk of a large message may take long to leave a
-     * full socket buffer). */
+     * carry the session's chunks, watched at every sweep that finds no
+     * other progress in the same millisecond (a chunk of a large message
+     * may take long to leave a full socket buffer). */
     haul__list *first = haul__list_first(&s->outq);
     if (first) {
         int64_t queued = HAUL__CONTAINER(first, haul_message, link)->deadline - s->timeout_ms;
