@@ -29,6 +29,11 @@
  *                                 HAUL_EV_MESSAGE_FAILED
  *      haul_session_close      -> HAUL_EV_SESSION_CLOSED
  *      An open session always ends with one HAUL_EV_SESSION_CLOSED.
+ *      The room for these events is reserved when the operation is
+ *      accepted, so posting them cannot fail later; a call for which it
+ *      cannot be reserved fails with HAUL_ENOMEM. A server session whose
+ *      events cannot be reserved is refused by the engine (the client
+ *      sees HAUL_EREFUSED with reason HAUL_ENOMEM).
  *   3. Each event names its level. HAUL_EV_MESSAGE_SENT means that the
  *      receiving engine has the whole message in the session's input
  *      queue and acknowledged it; it does not mean "left the socket".
@@ -475,8 +480,9 @@ HAUL_API const char *haul_session_state(const haul_session *session);
  * once: HAUL_EQUEUEFULL when the output queue has no room for it now
  * (step 420; try again after a HAUL_EV_MESSAGE_SENT), HAUL_EMSGSIZE when it
  * is larger than the session's max_message or output queue and so can
- * never fit, HAUL_ESTATE when the session is not open. The tag comes back
- * in the message's final event.
+ * never fit, HAUL_ESTATE when the session is not open, HAUL_ENOMEM when
+ * memory for the message or for its final event ran out. The tag comes
+ * back in the message's final event.
  */
 HAUL_API int haul_send(haul_session *session, const void *buf, size_t len, uint64_t tag);
 

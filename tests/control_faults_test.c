@@ -435,3 +435,90 @@ TEST_TIMEOUT(late_frames_after_clean_close_are_not_aborted, 30)
     close(fd);
     haul_engine_free(server);
 }
+
+/* ---- the completion queue ---------------------------------------------------- */
+
+/* The ring of the completion queue cannot grow (the allocation fails):
+ * every send the engine accepts still gets exactly one final event, and a
+ * send (or a session) for which no slot can be promised is refused with
+ * HAUL_ENOMEM instead of losing its event later. */
+TEST_TIMEOUT(accepted_sends_keep_their_final_event_when_the_queue_cannot_grow, 60)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    sink k;
+    CHECK_OK(sink_start(&k, server));
+    haul_engine *client = engine_with(60000);
+    haul_session *cs = client_session(client, address, 1);
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+
+    enum { TRIES = 1000 };
+    static int finals[TRIES];
+    int accepted[TRIES] = {0};
+    haul__debug_cq_nomem(client, 1);
+    int naccepted = 0;
+    for (int i = 0; i < TRIES; i++) {
+        int rc = haul_send(cs, "x", 1, (uint64_t)i);
+        if (rc == 0) {
+            accepted[i] = 1;
+            naccepted++;
+        } else {
+            CHECK_EQ(rc, HAUL_ENOMEM);
+        }
+    }
+    harness_log("%d of %d sends accepted while the queue could not grow", naccepted, TRIES);
+    CHECK_GT(naccepted, 0);
+    haul_session *refused = NULL;
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = "CONTROL_TEST";
+    CHECK_EQ(haul_session_new(client, &sc, &refused), HAUL_ENOMEM);
+
+    /* Every accepted message is acknowledged, with the events left in
+     * the queue: then each must have its event there. */
+    int64_t until = now_ms() + 20000;
+    for (;;) {
+        haul_engine_stats st;
+        haul_engine_stats_get(client, &st);
+        if (st.messages_sent >= (uint64_t)naccepted)
+            break;
+        CHECK_LT(now_ms(), until);
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    int total = 0;
+    while (haul_engine_wait(client, &ev, 1, 0) == 1) {
+        if (ev.type != HAUL_EV_MESSAGE_SENT && ev.type != HAUL_EV_MESSAGE_FAILED)
+            continue;
+        CHECK_LT(ev.tag, (uint64_t)TRIES);
+        CHECK(accepted[ev.tag]);
+        finals[ev.tag]++;
+        total++;
+    }
+    for (int i = 0; i < TRIES; i++)
+        CHECK_EQ(finals[i], accepted[i]);
+    CHECK_EQ(total, naccepted);
+
+    /* Memory is back: sends and the close go through again. */
+    haul__debug_cq_nomem(client, 0);
+    CHECK_OK(haul_send(cs, "y", 1, TRIES));
+    CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, ANSWER_MS));
+    CHECK_OK(haul_session_close(cs));
+    CHECK(wait_for(client, HAUL_EV_SESSION_CLOSED, &ev, ANSWER_MS));
+    CHECK_EQ(ev.error, HAUL_OK);
+    /* Every slot promised was used or given back. */
+    pthread_mutex_lock(&client->mu);
+    size_t reserved = client->cq_reserved;
+    pthread_mutex_unlock(&client->mu);
+    CHECK_EQ(reserved, 0);
+
+    haul_session_free(cs);
+    haul_engine_free(client);
+    sink_stop(&k);
+    haul_engine_free(server);
+}

@@ -76,6 +76,7 @@ struct haul_message {
     unsigned attempts;
     int64_t deadline; /* ms on the engine clock */
     int in_flight;    /* counted in the session's sendable set */
+    int cq_slot;      /* a slot of the completion queue is reserved for its final event */
 
     /* Receiving. */
     uint8_t *rx_state; /* per chunk: HAUL__RX_* */
@@ -128,6 +129,7 @@ struct haul_session {
     int refused; /* answered with SYNC_NAK, whatever the reason's value */
     uint32_t abort_code;
     int abort_inflight; /* ABORT frames in send batches, not yet written */
+    unsigned cq_slots;  /* completion queue slots reserved for its session events */
     haul__list ctl_link;
     haul__list pipe_link;     /* the pipe's list of all its sessions */
     haul__list bucket_link;   /* the pipe's id table */
@@ -374,10 +376,14 @@ struct haul_engine {
     int timer_kind; /* HAUL__POLL_TIMER: what timerfd's registration points at */
     int stopping;
 
-    /* The completion queue: a growable ring. */
+    /* The completion queue: a growable ring. cq_reserved slots of it are
+     * promised to the final events of accepted operations (haul.h, rule
+     * 2), so that posting those never needs memory: cq_len + cq_reserved
+     * <= cq_cap always holds. */
     haul_event *cq;
-    size_t cq_cap, cq_head, cq_len;
-    int cq_fd; /* eventfd, readable while cq_len > 0 */
+    size_t cq_cap, cq_head, cq_len, cq_reserved;
+    int debug_cq_nomem; /* test hook: the ring cannot grow while set */
+    int cq_fd;          /* eventfd, readable while cq_len > 0 */
     int cq_signalled;
 
     haul__list listeners;
@@ -409,8 +415,15 @@ int64_t haul__now_ms(void);
 void haul__log(haul_engine *engine, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Completion queue. */
+/* Completion queue. haul__post() posts an informational event when there
+ * is room (growing the ring if it must), and drops it with a log line
+ * when there is none. A final event goes through a slot reserved with
+ * haul__cq_reserve() when its operation was accepted, and
+ * haul__post_reserved() cannot fail. */
 void haul__post(haul_engine *engine, const haul_event *event);
+int haul__cq_reserve(haul_engine *engine, size_t n); /* 0 or HAUL_ENOMEM */
+void haul__cq_release(haul_engine *engine, size_t n);
+void haul__post_reserved(haul_engine *engine, const haul_event *event);
 
 /* Sessions. */
 void haul__session_enter(haul_session *s, int event);
@@ -529,6 +542,10 @@ int haul__debug_break_conn(haul_session *s, unsigned index);
 /* Test hook: while held, no dispatcher of the engine sends chunks, so that
  * a test can fill queues before anything moves. */
 void haul__debug_hold(haul_engine *engine, int hold);
+
+/* Test hook: while set, the completion queue's ring cannot grow, as if
+ * memory had run out. */
+void haul__debug_cq_nomem(haul_engine *engine, int on);
 
 /* Reports how often each state was entered. */
 void haul__count_state(haul_engine *engine, int state);

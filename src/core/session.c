@@ -54,6 +54,53 @@ static void post(haul_session *s, haul_event_type type, int error, uint64_t tag,
     haul__post(s->engine, &ev);
 }
 
+/*
+ * Posts a final event through a completion queue slot reserved when its
+ * operation was accepted (*slots counts those the caller holds): it
+ * cannot fail. After the application freed the handle the event is not
+ * posted, and the slot is given back.
+ */
+static void post_final(haul_session *s, unsigned *slots, haul_event_type type, int error,
+                       uint64_t tag, uint64_t seq, uint32_t window, uint32_t reason)
+{
+    if (*slots == 0) {
+        /* Nothing was reserved (a bug if ever reached): best effort. */
+        post(s, type, error, tag, seq, window, reason);
+        return;
+    }
+    (*slots)--;
+    if (s->app_freed) {
+        haul__cq_release(s->engine, 1);
+        return;
+    }
+    haul_event ev = {.type = type,
+                     .error = error,
+                     .session = s,
+                     .tag = tag,
+                     .seq = seq,
+                     .window = window,
+                     .reason = reason};
+    haul__post_reserved(s->engine, &ev);
+}
+
+/* The final event of a message that leaves the output queue. */
+static void post_message(haul_session *s, haul_message *m, haul_event_type type, int error,
+                         uint32_t window)
+{
+    unsigned slot = (unsigned)m->cq_slot;
+    m->cq_slot = 0;
+    post_final(s, &slot, type, error, m->tag, m->seq, window, 0);
+}
+
+/* The session's last event (SESSION_CLOSED or SESSION_REFUSED): the
+ * slots it still held for others are given back. */
+static void post_last(haul_session *s, haul_event_type type, int error, uint32_t reason)
+{
+    post_final(s, &s->cq_slots, type, error, 0, 0, 0, reason);
+    haul__cq_release(s->engine, s->cq_slots);
+    s->cq_slots = 0;
+}
+
 void haul__session_want(haul_session *s, unsigned pending)
 {
     s->pending |= pending;
@@ -65,6 +112,7 @@ void haul__session_want(haul_session *s, unsigned pending)
 
 static void session_destroy(haul_session *s)
 {
+    haul__cq_release(s->engine, s->cq_slots);
     free(s->context);
     free(s);
 }
@@ -130,7 +178,7 @@ static void drop_messages(haul_session *s, haul__list *q, int error, int report)
         haul_message *m = HAUL__CONTAINER(haul__list_first(q), haul_message, link);
         haul__list_del(&m->link);
         if (report)
-            post(s, HAUL_EV_MESSAGE_FAILED, error, m->tag, m->seq, 0, 0);
+            post_message(s, m, HAUL_EV_MESSAGE_FAILED, error, 0);
         m->session = NULL;
         haul__message_unref(m);
     }
@@ -169,10 +217,7 @@ void haul__session_fail(haul_session *s, int error, int tell_peer)
         s->abort_code = (uint32_t)error;
         haul__session_want(s, HAUL__PEND_ABORT);
     }
-    if (opening)
-        post(s, HAUL_EV_SESSION_REFUSED, error, 0, 0, 0, 0);
-    else
-        post(s, HAUL_EV_SESSION_CLOSED, error, 0, 0, 0, 0);
+    post_last(s, opening ? HAUL_EV_SESSION_REFUSED : HAUL_EV_SESSION_CLOSED, error, 0);
     session_retire(s);
 }
 
@@ -192,7 +237,7 @@ static void closed_in_order(haul_session *s, int error)
     s->held = 0;
     for (haul__list *p = s->inq.next; p != &s->inq; p = p->next)
         s->held += HAUL__CONTAINER(p, haul_message, link)->len;
-    post(s, HAUL_EV_SESSION_CLOSED, error, 0, 0, 0, 0);
+    post_last(s, HAUL_EV_SESSION_CLOSED, error, 0);
     session_retire(s);
 }
 
@@ -288,6 +333,12 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
         err = HAUL_ESHUTDOWN;
     else if (e->nsessions >= e->config.max_sessions)
         err = HAUL_ELIMIT;
+    /* Its two events, SESSION_OPEN or SESSION_REFUSED and then
+     * SESSION_CLOSED, have their slots from now on. */
+    else if (haul__cq_reserve(e, 2) == 0)
+        s->cq_slots = 2;
+    else
+        err = HAUL_ENOMEM;
     haul__pipe *pipe = NULL;
     if (!err && (pipe = haul__pipe_find(e, c->destination, tls_key)) == NULL) {
         if (sslen == 0) {
@@ -309,8 +360,8 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
     haul__tls_ctx_free(tls_ctx);
     free(tls_key);
     if (pipe == NULL) {
-        pthread_mutex_unlock(&e->mu);
         session_destroy(s);
+        pthread_mutex_unlock(&e->mu);
         return err;
     }
     s->refs = 1; /* the handle */
@@ -365,7 +416,7 @@ int haul_session_reject(haul_session *s, uint32_t reason)
         s->refused = 1;
         s->peer_done = 1;
         haul__session_want(s, HAUL__PEND_SYNC_NAK);
-        post(s, HAUL_EV_SESSION_CLOSED, HAUL_EREFUSED, 0, 0, 0, reason);
+        post_last(s, HAUL_EV_SESSION_CLOSED, HAUL_EREFUSED, reason);
     }
     pthread_mutex_unlock(&e->mu);
     return rc;
@@ -396,7 +447,9 @@ void haul_session_free(haul_session *s)
     haul_engine *e = s->engine;
     pthread_mutex_lock(&e->mu);
     haul__cq_forget(e, s);
-    s->app_freed = 1; /* no events from here on */
+    s->app_freed = 1; /* no events from here on, and no slots kept for them */
+    haul__cq_release(e, s->cq_slots);
+    s->cq_slots = 0;
     if (s->state != CE_SS_SESSION_CLOSED)
         haul__session_fail(s, HAUL_EABORTED, 1);
     drop_messages(s, &s->inq, 0, 0);
@@ -478,6 +531,11 @@ static int enqueue(haul_session *s, haul_message *m, uint64_t tag)
     m->carrier = calloc(m->nchunks, sizeof(*m->carrier));
     if (m->carrier == NULL)
         return HAUL_ENOMEM;
+    /* The slot of its MESSAGE_SENT or MESSAGE_FAILED, taken last: nothing
+     * after it can fail. */
+    if (haul__cq_reserve(e, 1))
+        return HAUL_ENOMEM;
+    m->cq_slot = 1;
     m->session = s;
     m->tag = tag;
     m->seq = s->next_seq++;
@@ -708,11 +766,23 @@ static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *paylo
     e->nsessions++;
     haul__pipe_add_session(pipe, s);
     haul__session_enter(s, SEV_SYNC_RECEIVED);
-    if (plen == 0 || foreign || e->nsessions > e->config.max_sessions || e->stopping) {
+    /* An accepted request posts SESSION_REQUEST and, in the end,
+     * SESSION_CLOSED: without room for both it is refused. */
+    int nomem = 0;
+    if (plen != 0 && !foreign && e->nsessions <= e->config.max_sessions && !e->stopping) {
+        if (haul__cq_reserve(e, 2) == 0)
+            s->cq_slots = 2;
+        else
+            nomem = 1;
+    }
+    if (plen == 0 || foreign || nomem || e->nsessions > e->config.max_sessions || e->stopping) {
         /* Refused by the engine itself: the application never hears of it. */
         s->app_freed = 1;
         haul__session_enter(s, SEV_APP_REJECT);
-        s->nak_reason = plen == 0 ? HAUL_EPROTO : foreign ? HAUL_EREFUSED : HAUL_ELIMIT;
+        s->nak_reason = plen == 0 ? HAUL_EPROTO
+                        : foreign ? HAUL_EREFUSED
+                        : nomem   ? HAUL_ENOMEM
+                                  : HAUL_ELIMIT;
         s->refused = 1;
         s->peer_done = 1;
         haul__session_want(s, HAUL__PEND_SYNC_NAK);
@@ -724,10 +794,12 @@ static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *paylo
                       s->id, s->principal, s->cert_principal);
         else
             haul__log(e, HAUL_LOG_WARN, "session %u refused: %s", s->id,
-                      plen == 0 ? "malformed request" : "session limit reached");
+                      plen == 0 ? "malformed request"
+                      : nomem   ? "no memory for its events"
+                                : "session limit reached");
         return;
     }
-    post(s, HAUL_EV_SESSION_REQUEST, 0, 0, 0, 0, 0);
+    post_final(s, &s->cq_slots, HAUL_EV_SESSION_REQUEST, 0, 0, 0, 0, 0);
 }
 
 /* Sender side: an acknowledgement (426-428, 436-438, 444). */
@@ -743,7 +815,7 @@ static void on_ack(haul_session *s, const haul__frame *f)
         haul__list_del(&m->link);
         s->out_bytes -= queue_cost(m->len);
         s->engine->stats.messages_sent++;
-        post(s, HAUL_EV_MESSAGE_SENT, 0, m->tag, m->seq, f->aux, 0);
+        post_message(s, m, HAUL_EV_MESSAGE_SENT, 0, f->aux);
         m->session = NULL;
         haul__message_unref(m);
         acked_any = 1;
@@ -798,7 +870,7 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         s->peer_input_queue = f->total;
         s->right = s->acked + f->aux;
         s->peer_wnd = f->aux;
-        post(s, HAUL_EV_SESSION_OPEN, 0, 0, 0, f->aux, 0);
+        post_final(s, &s->cq_slots, HAUL_EV_SESSION_OPEN, 0, 0, 0, f->aux, 0);
         /* Our own window for the server's messages, now that we know
          * their size. */
         haul__session_want(s, HAUL__PEND_ACK);
@@ -809,7 +881,7 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         haul__session_enter(s, SEV_SYNC_NAK);
         s->pending = 0;
         s->peer_done = 1;
-        post(s, HAUL_EV_SESSION_REFUSED, HAUL_EREFUSED, 0, 0, 0, f->aux);
+        post_last(s, HAUL_EV_SESSION_REFUSED, HAUL_EREFUSED, f->aux);
         session_retire(s);
         return;
     case HAUL__F_ACK:
