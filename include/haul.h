@@ -301,7 +301,8 @@ typedef struct haul_listen_config {
     /* Bytes of messages this side may have unacknowledged. Default 64 MiB. */
     uint64_t output_queue;
     /* Bytes of received messages the application has not yet taken, beyond
-     * which the window closes. Default 64 MiB. */
+     * which the window closes; an empty message counts as one byte.
+     * Default 64 MiB. */
     uint64_t input_queue;
     /* Largest message this side sends on these sessions. Default: the
      * engine's max_message. */
@@ -379,7 +380,8 @@ typedef struct haul_session_config {
      * HAUL_EQUEUEFULL. Default 64 MiB. */
     uint64_t output_queue;
     /* Input queue length in bytes: received messages not yet taken by
-     * haul_recv(). Default 64 MiB. */
+     * haul_recv(), an empty message counting as one byte (as in the
+     * sender's output queue). Default 64 MiB. */
     uint64_t input_queue;
     /* Largest message this session sends, at most the engine's
      * max_message. The receiver counts its window in messages of this

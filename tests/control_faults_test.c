@@ -522,3 +522,117 @@ TEST_TIMEOUT(accepted_sends_keep_their_final_event_when_the_queue_cannot_grow, 6
     sink_stop(&k);
     haul_engine_free(server);
 }
+
+/* ---- empty messages and the window ------------------------------------------- */
+
+/* A server whose application takes nothing, with an input queue of 16
+ * bytes and a client that sends empty messages (max_message 1): the
+ * window must close after 16 of them, as it would for 1-byte messages,
+ * and open again when the application takes them. */
+TEST_TIMEOUT(empty_messages_close_the_window, 60)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    haul_listen_config lc;
+    haul_listen_config_init(&lc);
+    lc.input_queue = 16;
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", &lc));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    haul_engine *client = engine_with(60000);
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = "CONTROL_TEST";
+    sc.max_message = 1;
+    haul_session *cs = NULL;
+    CHECK_OK(haul_session_new(client, &sc, &cs));
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+
+    enum { N = 100 };
+    for (int i = 0; i < N; i++)
+        CHECK_OK(haul_send(cs, NULL, 0, (uint64_t)i));
+    /* The acknowledgements come until one closes the window. */
+    int sent = 0, closed = 0;
+    while (!closed && sent < N) {
+        CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, ANSWER_MS));
+        sent++;
+        closed = ev.window == 0;
+    }
+    harness_log("the window closed after %d empty messages", sent);
+    CHECK(closed);
+    CHECK_EQ(sent, 16);
+
+    /* The application takes them: the rest follow, in order. */
+    int received = 0;
+    while (received < N) {
+        haul_message *m;
+        int rc = haul_recv(ss, &m);
+        if (rc == HAUL_EAGAIN) {
+            CHECK(wait_for(server, HAUL_EV_MESSAGE_RECEIVED, &ev, ANSWER_MS));
+            continue;
+        }
+        CHECK_OK(rc);
+        CHECK_EQ(haul_message_len(m), 0);
+        CHECK_EQ(haul_message_seq(m), (uint64_t)received);
+        haul_message_free(m);
+        received++;
+    }
+    while (sent < N) {
+        CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, ANSWER_MS));
+        sent++;
+    }
+
+    haul_session_free(cs);
+    haul_session_free(ss);
+    haul_engine_free(client);
+    haul_engine_free(server);
+}
+
+/* A peer that sends empty messages past the closed window breaks the
+ * protocol: its session is aborted with EPROTO. */
+TEST_TIMEOUT(empty_messages_beyond_the_window_abort_the_session, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    haul_listen_config lc;
+    haul_listen_config_init(&lc);
+    lc.input_queue = 16;
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", &lc));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed0004);
+    uint8_t payload[5] = {3, 0, 'R', 'A', 'W'};
+    header sync = {.type = T_SYNC, .len = 5, .session = 1, .offset = 1, .total = 1 << 20};
+    send_frame(fd, sync, payload);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    header ack = expect_frame(fd, T_SYNC_ACK);
+    CHECK_EQ(ack.aux, 16);
+
+    for (uint64_t seq = 0; seq < 16; seq++)
+        raw_empty_message(fd, 1, seq);
+    /* The acknowledgement of the 16th closes the window. */
+    for (;;) {
+        ack = expect_frame(fd, T_ACK);
+        if (ack.seq == 16)
+            break;
+    }
+    CHECK_EQ(ack.aux, 0);
+    raw_empty_message(fd, 1, 16);
+    header h = expect_frame(fd, T_ABORT);
+    CHECK_EQ(h.session, 1);
+    CHECK_EQ(h.aux, HAUL_EPROTO);
+    CHECK(wait_for(server, HAUL_EV_SESSION_CLOSED, &ev, ANSWER_MS));
+    CHECK_EQ(ev.error, HAUL_EPROTO);
+
+    close(fd);
+    haul_session_free(ss);
+    haul_engine_free(server);
+}

@@ -150,6 +150,26 @@ static void session_retire(haul_session *s)
 /* ---- the window ---------------------------------------------------------- */
 
 /*
+ * What a message takes of a queue: its bytes, and at least one. Both
+ * sides count alike, the sender in its output queue and the receiver in
+ * its input queue (`held`), so that empty messages close the receiver's
+ * window like any others instead of piling up without bound.
+ */
+static uint64_t queue_cost(uint64_t len)
+{
+    return len ? len : 1;
+}
+
+/* What the input queue holds now: the whole messages not yet taken. */
+static uint64_t inq_cost(const haul_session *s)
+{
+    uint64_t held = 0;
+    for (haul__list *p = s->inq.next; p != &s->inq; p = p->next)
+        held += queue_cost(HAUL__CONTAINER(p, haul_message, link)->len);
+    return held;
+}
+
+/*
  * WndSize: how many more messages, beyond those delivered in order, this
  * side admits. The input queue's free bytes are counted in messages of the
  * peer's largest size; an empty queue admits one message whatever its
@@ -205,9 +225,7 @@ void haul__session_fail(haul_session *s, int error, int tell_peer)
     s->out_bytes = 0;
     drop_messages(s, &s->outq, error, 1);
     drop_messages(s, &s->partial, error, 0);
-    s->held = 0;
-    for (haul__list *p = s->inq.next; p != &s->inq; p = p->next)
-        s->held += HAUL__CONTAINER(p, haul_message, link)->len;
+    s->held = inq_cost(s);
     s->peer_done = 1;
     s->close_error = error;
     leave_dispatch(s);
@@ -234,9 +252,7 @@ static void closed_in_order(haul_session *s, int error)
     /* Nothing more will be received: a message still under reassembly
      * (the peer's chunks crossed our FIN) can never complete. */
     drop_messages(s, &s->partial, 0, 0);
-    s->held = 0;
-    for (haul__list *p = s->inq.next; p != &s->inq; p = p->next)
-        s->held += HAUL__CONTAINER(p, haul_message, link)->len;
+    s->held = inq_cost(s);
     post_last(s, HAUL_EV_SESSION_CLOSED, error, 0);
     session_retire(s);
 }
@@ -510,13 +526,6 @@ static int may_send(const haul_session *s)
     }
 }
 
-/* What a message takes of the output queue: its bytes, and at least one,
- * so that empty messages cannot pile up without bound. */
-static uint64_t queue_cost(uint64_t len)
-{
-    return len ? len : 1;
-}
-
 /* Queues a message (414-420): refused at once when it cannot fit. */
 static int enqueue(haul_session *s, haul_message *m, uint64_t tag)
 {
@@ -646,7 +655,7 @@ int haul_recv(haul_session *s, haul_message **mp)
     haul_message *m = HAUL__CONTAINER(first, haul_message, link);
     haul__list_del(&m->link);
     m->session = NULL;
-    s->held -= m->len;
+    s->held -= queue_cost(m->len);
     /* Taking a message out of the input queue is what opens the window
      * (442-444): tell the sender if the right edge moved. */
     if (!s->peer_done && s->state != CE_SS_SESSION_CLOSED &&
@@ -1027,7 +1036,7 @@ int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__fr
             return 1;
         }
         haul__list_add_tail(&s->partial, &m->link);
-        s->held += m->len;
+        s->held += queue_cost(m->len);
     } else if (m->len != f->total || m->chunk != chunk) {
         return HAUL_EPROTO;
     }
