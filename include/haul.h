@@ -443,9 +443,12 @@ HAUL_API int haul_session_reject(haul_session *session, uint32_t reason);
 /*
  * Closes a session in order (FIN): messages already queued are still
  * delivered, then both sides get HAUL_EV_SESSION_CLOSED. Further sends
- * fail with HAUL_ESTATE. Messages the peer still had unacknowledged fail
- * on its side with HAUL_ECLOSED. Errors: HAUL_ESTATE (not open, or already
- * closing), HAUL_ECLOSED (already closed).
+ * fail with HAUL_ESTATE. The FIN tells the peer which of its messages
+ * this side delivered: those get HAUL_EV_MESSAGE_SENT on its side even if
+ * their acknowledgement had not come yet, and only the others, which
+ * this side will not deliver, fail with HAUL_ECLOSED. Errors:
+ * HAUL_ESTATE (not open, or already closing), HAUL_ECLOSED (already
+ * closed).
  */
 HAUL_API int haul_session_close(haul_session *session);
 

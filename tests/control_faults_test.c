@@ -636,3 +636,104 @@ TEST_TIMEOUT(empty_messages_beyond_the_window_abort_the_session, 30)
     haul_session_free(ss);
     haul_engine_free(server);
 }
+
+/* ---- what a FIN says was delivered ------------------------------------------- */
+
+/* The closer (a raw server) delivered three of five messages and sends
+ * its FIN before acknowledging them: the FIN says so, and the sender
+ * reports those three as sent and only the other two as failed, so that
+ * an application that sends the failed ones again duplicates nothing. */
+TEST_TIMEOUT(fin_reports_what_the_closer_delivered, 30)
+{
+    harness_strerror = haul_strerror;
+    char address[128];
+    int lfd = raw_listen(address, sizeof(address));
+    haul_engine *client = engine_with(60000);
+    haul_session *cs = client_session(client, address, 1);
+    int fd = raw_accept(lfd);
+    uint32_t id = raw_accept_session(fd, 8);
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+    for (int i = 0; i < 5; i++)
+        CHECK_OK(haul_send(cs, "m", 1, (uint64_t)(100 + i)));
+    for (int i = 0; i < 5; i++) {
+        header h = expect_frame(fd, T_CHUNK);
+        CHECK_EQ(h.seq, (uint64_t)i);
+    }
+    raw_ctl(fd, T_FIN, id, 0, 3);
+
+    int sent[5] = {0}, failed[5] = {0};
+    for (;;) {
+        ev = next_of(client, cs, ANSWER_MS);
+        if (ev.type == HAUL_EV_SESSION_CLOSED)
+            break;
+        CHECK(ev.tag >= 100 && ev.tag < 105);
+        if (ev.type == HAUL_EV_MESSAGE_SENT) {
+            sent[ev.tag - 100]++;
+        } else {
+            CHECK_EQ(ev.type, HAUL_EV_MESSAGE_FAILED);
+            CHECK_EQ(ev.error, HAUL_ECLOSED);
+            failed[ev.tag - 100]++;
+        }
+    }
+    CHECK_EQ(ev.error, HAUL_OK);
+    for (int i = 0; i < 5; i++) {
+        CHECK_EQ(sent[i], i < 3);
+        CHECK_EQ(failed[i], i >= 3);
+    }
+    expect_frame(fd, T_FIN_ACK);
+
+    close(fd);
+    close(lfd);
+    haul_session_free(cs);
+    haul_engine_free(client);
+}
+
+/* The closing engine tells in its FIN how many messages it delivered,
+ * and delivers none beyond them afterwards, even when they arrive before
+ * the FIN_ACK: the peer reports those as failed. */
+TEST_TIMEOUT(closer_delivers_nothing_after_its_fin, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed0007);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    expect_frame(fd, T_SYNC_ACK);
+    raw_ctl(fd, T_ACK, 1, 8, 0);
+    raw_empty_message(fd, 1, 0);
+    CHECK(wait_for(server, HAUL_EV_MESSAGE_RECEIVED, &ev, ANSWER_MS));
+
+    CHECK_OK(haul_session_close(ss));
+    header fin = expect_frame(fd, T_FIN);
+    CHECK_EQ(fin.session, 1);
+    CHECK_EQ(fin.seq, 1);
+    /* A message that crossed the FIN. */
+    raw_empty_message(fd, 1, 1);
+    raw_ctl(fd, T_FIN_ACK, 1, 0, 0);
+    int received = 0;
+    for (;;) {
+        ev = next_of(server, ss, ANSWER_MS);
+        if (ev.type == HAUL_EV_SESSION_CLOSED)
+            break;
+        CHECK_EQ(ev.type, HAUL_EV_MESSAGE_RECEIVED);
+        received++;
+    }
+    CHECK_EQ(ev.error, HAUL_OK);
+    CHECK_EQ(received, 0);
+    haul_message *m;
+    CHECK_OK(haul_recv(ss, &m));
+    CHECK_EQ(haul_message_seq(m), 0);
+    haul_message_free(m);
+    CHECK_EQ(haul_recv(ss, &m), HAUL_ECLOSED);
+
+    close(fd);
+    haul_session_free(ss);
+    haul_engine_free(server);
+}

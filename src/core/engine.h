@@ -153,6 +153,8 @@ struct haul_session {
     uint64_t ack_sent;  /* messages below it were acknowledged */
     uint32_t wnd_sent;  /* the WndSize of our last ACK */
     int peer_done;      /* the peer closed: nothing more will arrive */
+    int fin_taken;      /* our FIN went out once: fin_seq is fixed */
+    uint64_t fin_seq;   /* what our FIN says we delivered: messages below it */
     int close_error;
 };
 

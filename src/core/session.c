@@ -811,6 +811,25 @@ static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *paylo
     post_final(s, &s->cq_slots, HAUL_EV_SESSION_REQUEST, 0, 0, 0, 0, 0);
 }
 
+/* A FIN said the peer delivered every message below `upto`: they are
+ * sent (their MESSAGE_SENT carries window 0, the peer admits no more). */
+static void fin_delivered(haul_session *s, uint64_t upto)
+{
+    while (!haul__list_empty(&s->outq)) {
+        haul_message *m = HAUL__CONTAINER(haul__list_first(&s->outq), haul_message, link);
+        if (m->seq >= upto)
+            break;
+        haul__list_del(&m->link);
+        s->out_bytes -= queue_cost(m->len);
+        s->engine->stats.messages_sent++;
+        post_message(s, m, HAUL_EV_MESSAGE_SENT, 0, 0);
+        m->session = NULL;
+        haul__message_unref(m);
+    }
+    if (upto > s->acked && upto <= s->next_seq)
+        s->acked = upto;
+}
+
 /* Sender side: an acknowledgement (426-428, 436-438, 444). */
 static void on_ack(haul_session *s, const haul__frame *f)
 {
@@ -905,6 +924,10 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         if (!can(s, SEV_FIN_RECEIVED))
             return;
         haul__session_enter(s, SEV_FIN_RECEIVED);
+        /* The peer delivered every message below f->seq, whatever
+         * acknowledgements are still on their way: those are sent, and
+         * only the others failed. */
+        fin_delivered(s, f->seq);
         s->out_bytes = 0;
         drop_messages(s, &s->outq, HAUL_ECLOSED, 1);
         leave_dispatch(s);
@@ -986,6 +1009,10 @@ int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__fr
     }
     if (!may_receive(s))
         return 1;
+    if (s->fin_taken && f->seq >= s->fin_seq) {
+        /* Our FIN said we would not deliver it: the peer fails it. */
+        return 1;
+    }
     if (f->seq < s->rcv_next) {
         /* Delivered already; our acknowledgement was lost with a
          * connection. Say it again. */
@@ -1079,7 +1106,7 @@ static void deliver(haul_session *s)
                 break;
             }
         }
-        if (next == NULL)
+        if (next == NULL || (s->fin_taken && next->seq >= s->fin_seq))
             break;
         haul__list_del(&next->link);
         haul__list_add_tail(&s->inq, &next->link);
@@ -1191,6 +1218,14 @@ int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payl
             return haul__session_take_ctl(s, f, payload, plen);
         haul__session_enter(s, SEV_FIN_TAKEN);
         f->type = HAUL__F_FIN;
+        /* The FIN says which of the peer's messages we delivered, so
+         * that the peer fails only the others; from now on we deliver
+         * none beyond them, and a FIN sent again says the same. */
+        if (!s->fin_taken) {
+            s->fin_taken = 1;
+            s->fin_seq = s->rcv_next;
+        }
+        f->seq = s->fin_seq;
         return 0;
     }
     if (s->pending & HAUL__PEND_FIN_ACK) {
