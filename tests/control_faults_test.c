@@ -737,3 +737,121 @@ TEST_TIMEOUT(closer_delivers_nothing_after_its_fin, 30)
     haul_session_free(ss);
     haul_engine_free(server);
 }
+
+/* ---- repeated SYNCs ---------------------------------------------------------- */
+
+/* The states that answer a repeated SYNC are in the table and keep
+ * their state; one waiting for the application does not answer. */
+TEST(table_answers_repeated_sync_in_closing_states)
+{
+    CHECK_EQ(haul__session_next(CE_SS_APP_CLOSE_SESSION, SEV_SYNC_REPEATED),
+             CE_SS_APP_CLOSE_SESSION);
+    CHECK_EQ(haul__session_next(CE_SS_SENDING_FIN, SEV_SYNC_REPEATED), CE_SS_SENDING_FIN);
+    CHECK_EQ(haul__session_next(CE_SS_SESSION_CLOSED, SEV_SYNC_REPEATED), CE_SS_SESSION_CLOSED);
+    CHECK_EQ(haul__session_next(CE_SS_WAITING_FOR_ACCEPT_ACK, SEV_SYNC_REPEATED), -1);
+    CHECK_EQ(haul__session_next(CE_SS_WAITING_ACK, SEV_SYNC_REPEATED), -1);
+}
+
+/* A SYNC repeated after its session was refused and freed on the server
+ * (as a SYNC that waited on a dead connection would be) gets the same
+ * SYNC_NAK again: it never makes a phantom session. */
+TEST_TIMEOUT(repeated_sync_of_refused_session_is_refused_again, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed0008);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    CHECK_OK(haul_session_reject(ev.session, 42));
+    haul_session_free(ev.session);
+    header h = expect_frame(fd, T_SYNC_NAK);
+    CHECK_EQ(h.aux, 42);
+
+    raw_sync(fd, 1);
+    h = expect_frame(fd, T_SYNC_NAK);
+    CHECK_EQ(h.session, 1);
+    CHECK_EQ(h.aux, 42);
+    /* The answer came after the SYNC was handled: no request was made. */
+    CHECK_EQ(haul_engine_wait(server, &ev, 1, 0), 0);
+
+    close(fd);
+    haul_engine_free(server);
+}
+
+/* The server accepted and closed at once (SENDING_FIN); the client's
+ * SYNC_ACK was lost, so its SYNC comes again: the server answers it with
+ * SYNC_ACK, and its FIN follows again, so that the client can open and
+ * close instead of waiting for its open deadline. */
+TEST_TIMEOUT(sync_repeated_while_sending_fin_is_answered, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed0009);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    CHECK_OK(haul_session_close(ss));
+    expect_frame(fd, T_SYNC_ACK);
+    expect_frame(fd, T_FIN);
+    CHECK_STR_EQ(haul_session_state(ss), "CE_SS_SENDING_FIN");
+
+    raw_sync(fd, 1);
+    header h = expect_frame(fd, T_SYNC_ACK);
+    CHECK_EQ(h.session, 1);
+    h = expect_frame(fd, T_FIN);
+    CHECK_EQ(h.session, 1);
+    raw_ctl(fd, T_FIN_ACK, 1, 0, 0);
+    CHECK(wait_for(server, HAUL_EV_SESSION_CLOSED, &ev, ANSWER_MS));
+    CHECK_EQ(ev.error, HAUL_OK);
+
+    close(fd);
+    haul_session_free(ss);
+    haul_engine_free(server);
+}
+
+/* The same in APP_CLOSE_SESSION: the server closed while a message of its
+ * own waits for the client's window. The repeated SYNC gets SYNC_ACK; the
+ * message and the FIN follow once the client opens its window. */
+TEST_TIMEOUT(sync_repeated_while_closing_is_answered, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed000a);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    CHECK_OK(haul_send(ss, "z", 1, 9));
+    CHECK_OK(haul_session_close(ss));
+    expect_frame(fd, T_SYNC_ACK);
+    CHECK_STR_EQ(haul_session_state(ss), "CE_SS_APP_CLOSE_SESSION");
+
+    raw_sync(fd, 1);
+    header h = expect_frame(fd, T_SYNC_ACK);
+    CHECK_EQ(h.session, 1);
+    raw_ctl(fd, T_ACK, 1, 8, 0);
+    h = expect_frame(fd, T_CHUNK);
+    CHECK_EQ(h.seq, 0);
+    raw_ctl(fd, T_ACK, 1, 8, 1);
+    h = expect_frame(fd, T_FIN);
+    raw_ctl(fd, T_FIN_ACK, 1, 0, 0);
+    CHECK(wait_for(server, HAUL_EV_SESSION_CLOSED, &ev, ANSWER_MS));
+    CHECK_EQ(ev.error, HAUL_OK);
+
+    close(fd);
+    haul_session_free(ss);
+    haul_engine_free(server);
+}

@@ -721,11 +721,21 @@ static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *paylo
     haul_engine *e = pipe->engine;
     haul_session *s = haul__session_find(pipe, f->session);
     if (s) {
-        if (s->state == CE_SS_SESSION_READY || s->state == CE_SS_APP_CONFIRM_ACCEPT_ACK ||
-            s->state == CE_SS_SENDING_APP_SESSION_ACK)
+        /* A repeat: the table says which states answer it. The state
+         * stays, so it is looked up, not entered. */
+        if (!s->server || !can(s, SEV_SYNC_REPEATED))
+            return;
+        if (s->state != CE_SS_SESSION_CLOSED) {
             haul__session_want(s, HAUL__PEND_SYNC_ACK);
-        else if (s->state == CE_SS_SESSION_CLOSED && s->refused)
+            /* The FIN may have reached the client before it could know
+             * the session: it follows the SYNC_ACK again. */
+            if (s->state == CE_SS_SENDING_FIN)
+                haul__session_want(s, HAUL__PEND_FIN);
+        } else if (s->refused) {
             haul__session_want(s, HAUL__PEND_SYNC_NAK);
+        } else if (s->abort_code != 0) {
+            haul__session_want(s, HAUL__PEND_ABORT);
+        }
         return;
     }
     if (haul__pipe_ended(pipe, f->session)) {
@@ -1214,9 +1224,12 @@ int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payl
     }
     if (s->pending & HAUL__PEND_FIN) {
         s->pending &= ~(unsigned)HAUL__PEND_FIN;
-        if (s->state != CE_SS_APP_CLOSE_SESSION)
+        /* In SENDING_FIN, a FIN said again (section 9.3); otherwise only
+         * APP_CLOSE_SESSION sends one. */
+        if (s->state != CE_SS_APP_CLOSE_SESSION && s->state != CE_SS_SENDING_FIN)
             return haul__session_take_ctl(s, f, payload, plen);
-        haul__session_enter(s, SEV_FIN_TAKEN);
+        if (s->state == CE_SS_APP_CLOSE_SESSION)
+            haul__session_enter(s, SEV_FIN_TAKEN);
         f->type = HAUL__F_FIN;
         /* The FIN says which of the peer's messages we delivered, so
          * that the peer fails only the others; from now on we deliver
