@@ -855,3 +855,56 @@ TEST_TIMEOUT(sync_repeated_while_closing_is_answered, 30)
     haul_session_free(ss);
     haul_engine_free(server);
 }
+
+/* ---- an ABORT lost with its connection ------------------------------------ */
+
+/* The connection that took a session's ABORT into its batch breaks before
+ * writing it: the ABORT goes again once the pipe has a connection again.
+ * The server (raw) sends nothing more for that session, so only the
+ * ABORT sent again can end it there. */
+TEST_TIMEOUT(abort_lost_with_its_connection_is_sent_again, 30)
+{
+    harness_strerror = haul_strerror;
+    char address[128];
+    int lfd = raw_listen(address, sizeof(address));
+    haul_engine *client = engine_with(60000);
+    haul_session *ca = client_session(client, address, 1);
+    int fd = raw_accept(lfd);
+    uint32_t a = raw_accept_session(fd, 4);
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+    CHECK(ev.session == ca);
+    /* A second session keeps the pipe once the first is freed. */
+    haul_session *cb = client_session(client, address, 1);
+    uint32_t b = raw_accept_session(fd, 4);
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+    /* The client's first ACK of B (A's came before B's SYNC, on the one
+     * connection): then it has nothing more to write, and its next batch
+     * is the ABORT. */
+    header h = expect_frame(fd, T_ACK);
+    CHECK_EQ(h.session, b);
+
+    haul__debug_fail_writes(client, 1);
+    haul_session_free(ca);
+    /* The connection broke: the raw server sees it end, and the pipe
+     * dials again. */
+    while (read_frame(fd, &h, NULL, 0, ANSWER_MS))
+        CHECK_NE(h.type, T_ABORT);
+    close(fd);
+    fd = raw_accept(lfd);
+    for (;;) {
+        h = expect_frame(fd, T_ABORT);
+        if (h.session == a)
+            break;
+    }
+    CHECK_EQ(h.aux, HAUL_EABORTED);
+    pthread_mutex_lock(&client->mu);
+    int left = client->debug_fail_writes;
+    pthread_mutex_unlock(&client->mu);
+    CHECK_EQ(left, 0);
+
+    close(fd);
+    close(lfd);
+    haul_session_free(cb);
+    haul_engine_free(client);
+}

@@ -600,6 +600,13 @@ int haul__debug_break_conn(haul_session *s, unsigned index)
     return rc;
 }
 
+void haul__debug_fail_writes(haul_engine *e, int n)
+{
+    pthread_mutex_lock(&e->mu);
+    e->debug_fail_writes = n;
+    pthread_mutex_unlock(&e->mu);
+}
+
 void haul__debug_hold(haul_engine *e, int hold)
 {
     pthread_mutex_lock(&e->mu);
