@@ -908,3 +908,39 @@ TEST_TIMEOUT(abort_lost_with_its_connection_is_sent_again, 30)
     haul_session_free(cb);
     haul_engine_free(client);
 }
+
+/* A server whose completion queue cannot grow refuses a request it could
+ * not report to its application in full (the request and the session's
+ * last event): the client is refused with reason ENOMEM, and the server
+ * application hears nothing. */
+TEST_TIMEOUT(request_refused_when_its_events_cannot_be_reserved, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    haul__debug_cq_nomem(server, 1);
+    haul_engine *client = engine_with(60000);
+    haul_session *cs = client_session(client, address, 1);
+    haul_event ev = next_of(client, cs, ANSWER_MS);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_REFUSED);
+    CHECK_EQ(ev.error, HAUL_EREFUSED);
+    CHECK_EQ(ev.reason, HAUL_ENOMEM);
+    CHECK_EQ(haul_engine_wait(server, &ev, 1, 0), 0);
+
+    /* With memory back, the next request goes to the application. */
+    haul__debug_cq_nomem(server, 0);
+    haul_session *again = client_session(client, address, 1);
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    CHECK_OK(haul_session_accept(ev.session));
+    haul_session *ss = ev.session;
+    ev = next_of(client, again, ANSWER_MS);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_OPEN);
+
+    haul_session_free(cs);
+    haul_session_free(again);
+    haul_session_free(ss);
+    haul_engine_free(client);
+    haul_engine_free(server);
+}
