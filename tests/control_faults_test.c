@@ -782,6 +782,35 @@ TEST_TIMEOUT(repeated_sync_of_refused_session_is_refused_again, 30)
     haul_engine_free(server);
 }
 
+/* The same for a session the server accepted and then freed (an abort):
+ * a repeated SYNC gets the ABORT again, not a new request. */
+TEST_TIMEOUT(repeated_sync_of_freed_session_is_aborted_again, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed000b);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    CHECK_OK(haul_session_accept(ev.session));
+    expect_frame(fd, T_SYNC_ACK);
+    haul_session_free(ev.session);
+    header h = expect_frame(fd, T_ABORT);
+    CHECK_EQ(h.aux, HAUL_EABORTED);
+
+    raw_sync(fd, 1);
+    h = expect_frame(fd, T_ABORT);
+    CHECK_EQ(h.session, 1);
+    CHECK_EQ(h.aux, HAUL_EABORTED);
+    CHECK_EQ(haul_engine_wait(server, &ev, 1, 0), 0);
+
+    close(fd);
+    haul_engine_free(server);
+}
+
 /* The server accepted and closed at once (SENDING_FIN); the client's
  * SYNC_ACK was lost, so its SYNC comes again: the server answers it with
  * SYNC_ACK, and its FIN follows again, so that the client can open and
