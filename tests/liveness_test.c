@@ -350,12 +350,13 @@ typedef struct rig {
     haul_session *session;
 } rig;
 
-static void rig_start(rig *r, unsigned keepalive_ms, unsigned idle_ms, unsigned connections)
+static void rig_start(rig *r, unsigned keepalive_ms, unsigned client_idle_ms,
+                      unsigned server_idle_ms, unsigned connections)
 {
     harness_strerror = haul_strerror;
     memset(r, 0, sizeof(*r));
-    r->server = engine_with(keepalive_ms, idle_ms);
-    r->client = engine_with(keepalive_ms, idle_ms);
+    r->server = engine_with(keepalive_ms, server_idle_ms);
+    r->client = engine_with(keepalive_ms, client_idle_ms);
     CHECK_OK(haul_listen(r->server, "127.0.0.1:0", NULL));
     char address[128];
     CHECK_OK(haul_listen_address(r->server, address, sizeof(address)));
@@ -371,6 +372,10 @@ static void rig_start(rig *r, unsigned keepalive_ms, unsigned idle_ms, unsigned 
     sc.destination = r->px.address;
     sc.principal = "LIVENESS_TEST";
     sc.connections = connections;
+    /* The server's window counts messages of this size: room for
+     * sixteen, so that no message waits for the window and the client's
+     * events are the ones the tests expect. */
+    sc.max_message = 4 * MIB;
     CHECK_OK(haul_session_new(r->client, &sc, &r->session));
     haul_event ev;
     CHECK_EQ(haul_engine_wait(r->client, &ev, 1, 5000), 1);
@@ -450,7 +455,7 @@ static void wait_server_messages(rig *r, uint64_t messages, int ms)
 TEST_TIMEOUT(silent_peer_detected_then_redialled_and_delivered_once, 30)
 {
     rig r;
-    rig_start(&r, KEEPALIVE_MS, IDLE_MS, 2);
+    rig_start(&r, KEEPALIVE_MS, IDLE_MS, IDLE_MS, 2);
     XXH3_state_t *sent = XXH3_createState();
     XXH3_64bits_reset(sent);
 
@@ -537,7 +542,7 @@ TEST_TIMEOUT(silent_peer_detected_then_redialled_and_delivered_once, 30)
 TEST_TIMEOUT(keepalives_keep_an_idle_pipe_up, 30)
 {
     rig r;
-    rig_start(&r, KEEPALIVE_MS, IDLE_MS, 2);
+    rig_start(&r, KEEPALIVE_MS, IDLE_MS, IDLE_MS, 2);
     haul_event ev;
     /* Six idle periods without a word from the engine. */
     CHECK_EQ(haul_engine_wait(r.client, &ev, 1, 6 * IDLE_MS), 0);
@@ -582,7 +587,9 @@ TEST_TIMEOUT(keepalives_keep_an_idle_pipe_up, 30)
 TEST_TIMEOUT(idle_pipe_without_keepalives_times_out, 30)
 {
     rig r;
-    rig_start(&r, 0, IDLE_MS, 1);
+    /* The server waits longer, so that the client's own deadline, not
+     * the server's close, ends the connection. */
+    rig_start(&r, 0, IDLE_MS, 4 * IDLE_MS, 1);
     int64_t start = now_ms();
     haul_event ev = client_event(&r, 5000);
     CHECK_EQ(ev.type, HAUL_EV_PIPE_DOWN);
@@ -608,7 +615,7 @@ TEST_TIMEOUT(idle_pipe_without_keepalives_times_out, 30)
 TEST_TIMEOUT(busy_pipe_on_a_slow_path_is_not_timed_out, 60)
 {
     rig r;
-    rig_start(&r, KEEPALIVE_MS, IDLE_MS, 1);
+    rig_start(&r, KEEPALIVE_MS, IDLE_MS, IDLE_MS, 1);
     XXH3_state_t *sent = XXH3_createState();
     XXH3_64bits_reset(sent);
     proxy_set(&r.px, 0, 64 * 1024);
