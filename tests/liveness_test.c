@@ -26,6 +26,7 @@
 
 #include "harness.h"
 #include "haul.h"
+#include "pki.h"
 
 #define KEEPALIVE_MS 100
 #define IDLE_MS 300
@@ -342,7 +343,8 @@ static haul_engine *engine_with(unsigned keepalive_ms, unsigned idle_ms)
 }
 
 /* A server engine with its application, a proxy in front of it, and a
- * client engine with one open session through the proxy. */
+ * client engine with one open session through the proxy; over mutual
+ * TLS when pki names a directory of certificates (make_pki). */
 typedef struct rig {
     haul_engine *server, *client;
     server_app app;
@@ -350,14 +352,55 @@ typedef struct rig {
     haul_session *session;
 } rig;
 
-static void rig_start(rig *r, unsigned keepalive_ms, unsigned client_idle_ms,
-                      unsigned server_idle_ms, unsigned connections)
+static char pki_dir[64];
+
+static const char *pki_path(char *buf, const char *name)
+{
+    snprintf(buf, 128, "%s/%s", pki_dir, name);
+    return buf;
+}
+
+/* A CA, a server certificate and a client certificate of principal
+ * LIVENESS_TEST, in a directory of the test's own. */
+static void make_pki(void)
+{
+    char a[128], b[128];
+    snprintf(pki_dir, sizeof(pki_dir), "/tmp/haul-liveness-XXXXXX");
+    CHECK(mkdtemp(pki_dir) != NULL);
+    pki_ca ca;
+    CHECK_OK(pki_ca_new(&ca, "liveness CA", pki_path(a, "ca.pem")));
+    pki_opts server = {.cn = "server", .serial = 2, .eku = "serverAuth"};
+    CHECK_OK(pki_issue(&ca, &server, pki_path(a, "server.pem"), pki_path(b, "server.key")));
+    pki_opts client = {
+        .cn = "client", .serial = 3, .eku = "clientAuth", .principal = "LIVENESS_TEST"};
+    CHECK_OK(pki_issue(&ca, &client, pki_path(a, "client.pem"), pki_path(b, "client.key")));
+    pki_ca_free(&ca);
+}
+
+static void remove_pki(void)
+{
+    const char *names[] = {"ca.pem", "server.pem", "server.key", "client.pem", "client.key"};
+    char a[128];
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        unlink(pki_path(a, names[i]));
+    rmdir(pki_dir);
+}
+
+static void rig_start_tls(rig *r, unsigned keepalive_ms, unsigned client_idle_ms,
+                          unsigned server_idle_ms, unsigned connections, int tls)
 {
     harness_strerror = haul_strerror;
     memset(r, 0, sizeof(*r));
     r->server = engine_with(keepalive_ms, server_idle_ms);
     r->client = engine_with(keepalive_ms, client_idle_ms);
-    CHECK_OK(haul_listen(r->server, "127.0.0.1:0", NULL));
+    char ca[128], cert[128], key[128];
+    haul_tls_config server_tls = {.cert_file = pki_path(cert, "server.pem"),
+                                  .key_file = pki_path(key, "server.key"),
+                                  .ca_file = pki_path(ca, "ca.pem")};
+    haul_listen_config lc;
+    haul_listen_config_init(&lc);
+    lc.tls = tls ? &server_tls : NULL;
+    CHECK_OK(haul_listen(r->server, "127.0.0.1:0", &lc));
     char address[128];
     CHECK_OK(haul_listen_address(r->server, address, sizeof(address)));
     r->app.engine = r->server;
@@ -376,10 +419,20 @@ static void rig_start(rig *r, unsigned keepalive_ms, unsigned client_idle_ms,
      * sixteen, so that no message waits for the window and the client's
      * events are the ones the tests expect. */
     sc.max_message = 4 * MIB;
+    haul_tls_config client_tls = {.cert_file = pki_path(cert, "client.pem"),
+                                  .key_file = pki_path(key, "client.key"),
+                                  .ca_file = pki_path(ca, "ca.pem")};
+    sc.tls = tls ? &client_tls : NULL;
     CHECK_OK(haul_session_new(r->client, &sc, &r->session));
     haul_event ev;
     CHECK_EQ(haul_engine_wait(r->client, &ev, 1, 5000), 1);
     CHECK_EQ(ev.type, HAUL_EV_SESSION_OPEN);
+}
+
+static void rig_start(rig *r, unsigned keepalive_ms, unsigned client_idle_ms,
+                      unsigned server_idle_ms, unsigned connections)
+{
+    rig_start_tls(r, keepalive_ms, client_idle_ms, server_idle_ms, connections, 0);
 }
 
 static void rig_stop(rig *r)
@@ -539,10 +592,10 @@ TEST_TIMEOUT(silent_peer_detected_then_redialled_and_delivered_once, 30)
  * An idle pipe stays up for many idle periods: keepalives flow both ways
  * and no connection is taken for dead.
  */
-TEST_TIMEOUT(keepalives_keep_an_idle_pipe_up, 30)
+static void idle_pipe_stays_up(int tls)
 {
     rig r;
-    rig_start(&r, KEEPALIVE_MS, IDLE_MS, IDLE_MS, 2);
+    rig_start_tls(&r, KEEPALIVE_MS, IDLE_MS, IDLE_MS, 2, tls);
     haul_event ev;
     /* Six idle periods without a word from the engine. */
     CHECK_EQ(haul_engine_wait(r.client, &ev, 1, 6 * IDLE_MS), 0);
@@ -576,6 +629,19 @@ TEST_TIMEOUT(keepalives_keep_an_idle_pipe_up, 30)
     CHECK_EQ(ev.type, HAUL_EV_MESSAGE_SENT);
     XXH3_freeState(sent);
     rig_stop(&r);
+}
+
+TEST_TIMEOUT(keepalives_keep_an_idle_pipe_up, 30)
+{
+    idle_pipe_stays_up(0);
+}
+
+/* The same over mutual TLS, where a KEEPALIVE is a record of its own. */
+TEST_TIMEOUT(keepalives_keep_an_idle_tls_pipe_up, 30)
+{
+    make_pki();
+    atexit(remove_pki);
+    idle_pipe_stays_up(1);
 }
 
 /*
