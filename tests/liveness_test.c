@@ -589,6 +589,47 @@ TEST_TIMEOUT(silent_peer_detected_then_redialled_and_delivered_once, 30)
 }
 
 /*
+ * PIPE_DOWN and PIPE_UP come in pairs per session: a session made while
+ * its pipe is down gets neither (it opens once the pipe is back), while
+ * the session that saw the pipe go sees it come back.
+ */
+TEST_TIMEOUT(pipe_events_come_in_pairs_per_session, 30)
+{
+    rig r;
+    rig_start(&r, KEEPALIVE_MS, IDLE_MS, IDLE_MS, 1);
+    proxy_set(&r.px, 1, 0);
+    haul_event ev = client_event(&r, 5000);
+    CHECK_EQ(ev.type, HAUL_EV_PIPE_DOWN);
+
+    /* A second session to the same destination shares the pipe. */
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = r.px.address;
+    sc.principal = "LIVENESS_TEST";
+    haul_session *late;
+    CHECK_OK(haul_session_new(r.client, &sc, &late));
+    proxy_set(&r.px, 0, 0);
+
+    int first_up = 0, late_open = 0;
+    while (!first_up || !late_open) {
+        CHECK_EQ(haul_engine_wait(r.client, &ev, 1, 5000), 1);
+        if (ev.session == late) {
+            CHECK_EQ(ev.type, HAUL_EV_SESSION_OPEN);
+            late_open = 1;
+        } else {
+            CHECK(ev.session == r.session);
+            CHECK_EQ(ev.type, HAUL_EV_PIPE_UP);
+            CHECK(!first_up);
+            first_up = 1;
+        }
+    }
+    /* Nothing more: no PIPE_UP for the late one. */
+    CHECK_EQ(haul_engine_wait(r.client, &ev, 1, 2 * IDLE_MS), 0);
+    haul_session_free(late);
+    rig_stop(&r);
+}
+
+/*
  * An idle pipe stays up for many idle periods: keepalives flow both ways
  * and no connection is taken for dead.
  */

@@ -105,6 +105,7 @@ struct haul_session {
     int refs;       /* the handle, the pipe's table, batches carrying frames */
     int app_freed;  /* the application released its handle */
     int final_sent; /* SESSION_CLOSED, OPEN-failure or abort: no more events */
+    int pipe_down;  /* got HAUL_EV_PIPE_DOWN, and is owed HAUL_EV_PIPE_UP */
     int in_table;
     int has_cert_principal; /* server over TLS: cert_principal is set */
     char cert_principal[HAUL__PRINCIPAL_MAX + 1];
