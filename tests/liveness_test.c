@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -24,6 +25,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "core/engine.h"
 #include "harness.h"
 #include "haul.h"
 #include "pki.h"
@@ -749,6 +751,35 @@ TEST_TIMEOUT(busy_pipe_on_a_slow_path_is_not_timed_out, 60)
     CHECK_EQ(XXH3_64bits_digest(r.app.hash), XXH3_64bits_digest(sent));
     pthread_mutex_unlock(&r.app.mu);
     XXH3_freeState(sent);
+    rig_stop(&r);
+}
+
+/* The kernel gives up on unacknowledged data in the idle timeout too, on
+ * both ends of a TCP connection. */
+TEST(tcp_user_timeout_is_the_idle_timeout)
+{
+    rig r;
+    rig_start(&r, KEEPALIVE_MS, IDLE_MS, 2 * IDLE_MS, 1);
+    unsigned client_ms = 0, server_ms = 0;
+    socklen_t len = sizeof(unsigned);
+    pthread_mutex_lock(&r.client->mu);
+    haul__conn *c = r.session->pipe->conns[0];
+    CHECK(c != NULL);
+    CHECK_OK(getsockopt(c->fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &client_ms, &len));
+    pthread_mutex_unlock(&r.client->mu);
+    /* The server application accepted before the client heard of it. */
+    pthread_mutex_lock(&r.app.mu);
+    haul_session *accepted = r.app.session;
+    pthread_mutex_unlock(&r.app.mu);
+    CHECK(accepted != NULL);
+    pthread_mutex_lock(&r.server->mu);
+    haul__pipe *sp = accepted->pipe;
+    CHECK(sp != NULL && !haul__list_empty(&sp->members));
+    c = HAUL__CONTAINER(haul__list_first(&sp->members), haul__conn, pipe_link);
+    CHECK_OK(getsockopt(c->fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &server_ms, &len));
+    pthread_mutex_unlock(&r.server->mu);
+    CHECK_EQ(client_ms, IDLE_MS);
+    CHECK_EQ(server_ms, 2 * IDLE_MS);
     rig_stop(&r);
 }
 
