@@ -586,6 +586,22 @@ TEST_TIMEOUT(silent_peer_detected_then_redialled_and_delivered_once, 30)
     CHECK_GE(st.idle_timeouts, 1);
     CHECK_EQ(st.messages_received, 2);
 
+    /* And the session ends in order on both sides. */
+    CHECK_OK(haul_session_close(r.session));
+    ev = client_event(&r, 5000);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_CLOSED);
+    CHECK_EQ(ev.error, HAUL_OK);
+    int64_t until_closed = now_ms() + 5000;
+    for (;;) {
+        pthread_mutex_lock(&r.app.mu);
+        int closed = r.app.closed;
+        pthread_mutex_unlock(&r.app.mu);
+        if (closed)
+            break;
+        CHECK_LT(now_ms(), until_closed);
+        CHECK_EQ(haul_engine_wait(r.client, &ev, 1, 10), 0);
+    }
+
     XXH3_freeState(sent);
     rig_stop(&r);
 }
