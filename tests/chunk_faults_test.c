@@ -209,7 +209,8 @@ static int await_ack(const int *fds, int n, uint64_t seq, int ms)
 static int raw_join(const char *address, unsigned index)
 {
     int fd = raw_connect(address);
-    header h = {.version = 1, .type = T_HELLO, .len = 4, .aux = index, .seq = PIPE_ID};
+    header h = {
+        .version = HAUL_PROTOCOL_VERSION, .type = T_HELLO, .len = 4, .aux = index, .seq = PIPE_ID};
     h.offset = CHUNK;
     send_header(fd, &h);
     send_all(fd, "HAUL", 4);
@@ -224,7 +225,7 @@ static void raw_open(int fd, const int *fds, int n, uint64_t max_message)
 {
     const char *principal = "CHUNK_FAULTS";
     size_t plen = strlen(principal);
-    header h = {.version = 1,
+    header h = {.version = HAUL_PROTOCOL_VERSION,
                 .type = T_SYNC,
                 .len = (uint32_t)(2 + plen),
                 .session = SESSION,
@@ -238,14 +239,14 @@ static void raw_open(int fd, const int *fds, int n, uint64_t max_message)
     header got;
     CHECK(await_frame(fds, n, T_SYNC_ACK, &got, 5000));
     CHECK_GE(got.aux, 1);
-    header ack = {.version = 1, .type = T_ACK, .session = SESSION, .aux = 16};
+    header ack = {.version = HAUL_PROTOCOL_VERSION, .type = T_ACK, .session = SESSION, .aux = 16};
     send_header(fd, &ack);
 }
 
 static header chunk_header(uint64_t seq, uint64_t offset, uint64_t total)
 {
     uint64_t len = total - offset < CHUNK ? total - offset : CHUNK;
-    header h = {.version = 1,
+    header h = {.version = HAUL_PROTOCOL_VERSION,
                 .type = T_CHUNK,
                 .len = (uint32_t)len,
                 .session = SESSION,

@@ -84,7 +84,7 @@ static void send_all(int fd, const void *buf, size_t len)
 static void send_frame(int fd, header h, const void *payload)
 {
     uint8_t b[HDR];
-    h.version = 1;
+    h.version = HAUL_PROTOCOL_VERSION;
     b[0] = h.version;
     b[1] = h.type;
     put_le(b + 2, h.flags, 2);

@@ -26,6 +26,7 @@
 #include "core/list.h"
 #include "core/session_fsm.h"
 #include "haul.h"
+#include "net/conn_fsm.h"
 #include "net/frame.h"
 #include "net/secure_fsm.h"
 
@@ -116,6 +117,7 @@ struct haul_session {
     int refs;       /* the handle, the pipe's table, batches carrying frames */
     int app_freed;  /* the application released its handle */
     int final_sent; /* SESSION_CLOSED, OPEN-failure or abort: no more events */
+    int pipe_down;  /* got HAUL_EV_PIPE_DOWN, and is owed HAUL_EV_PIPE_UP */
     int in_table;
     int has_cert_principal; /* server over TLS: cert_principal is set */
     char cert_principal[HAUL__PRINCIPAL_MAX + 1];
@@ -171,30 +173,9 @@ struct haul_session {
 
 /* ---- connections ------------------------------------------------------- */
 
-/* The connection state machine (Fig. 3, "Connection n state machine"). The
- * encryption and authentication state machine (net/secure_fsm.h) runs in
- * SECURING; plain connections pass straight on. */
-#define HAUL__FOREACH_CONN_STATE(X)                                                                \
-    X(CONN_DIALING)  /* non-blocking connect in progress */                                        \
-    X(CONN_SECURING) /* encryption and authentication handshake */                                 \
-    X(CONN_HELLO)    /* exchanging HELLO / HELLO_ACK */                                            \
-    X(CONN_JOINED)   /* part of its pipe: carries frames of any session */                         \
-    X(CONN_CLOSED)   /* closed; waiting to be freed by its thread */
-
-typedef enum haul__conn_state {
-#define X(name) HAUL__##name,
-    HAUL__FOREACH_CONN_STATE(X)
-#undef X
-        HAUL__CONN_STATE_COUNT_
-} haul__conn_state;
-
-/* The socket I/O state machine of the receiving side. */
-enum {
-    HAUL__RXS_HEADER,  /* gathering a 40-byte header */
-    HAUL__RXS_CHUNK,   /* payload goes into a message */
-    HAUL__RXS_CTL,     /* payload goes into the control buffer */
-    HAUL__RXS_DISCARD, /* payload of a duplicate or a dead session */
-};
+/* The connection state machine and the socket I/O state machine of the
+ * receiving side are in net/conn_fsm.h; the encryption and
+ * authentication state machine (net/secure_fsm.h) runs in CONN_SECURING. */
 
 /* One frame in a connection's send batch. */
 typedef struct haul__tx_item {
@@ -223,7 +204,7 @@ struct haul__conn {
     haul__list idle_link; /* in its pipe's idle list */
     haul__list all_link;  /* in the engine's list of connections */
     int fd;
-    int state;
+    int state; /* HAUL__CONN_*: moves through haul__conn_enter() alone */
     int server;
     uint32_t serial; /* unique in the engine, never 0 */
     unsigned index;  /* position in the pipe */
@@ -235,7 +216,7 @@ struct haul__conn {
     /* Receiving (owned by the loop thread). */
     uint8_t rxbuf[HAUL__RXBUF];
     size_t rx_have, rx_pos;
-    int rx_state;
+    int rx_state; /* HAUL__RXS_*: moves through haul__rx_enter() alone */
     haul__frame cur;
     haul_message *rx_msg;
     uint32_t rx_index; /* the chunk of rx_msg being read */
@@ -263,6 +244,14 @@ struct haul__conn {
     int outq_seen;
     int64_t outq_at;
     int64_t outq_moved;
+
+    /* Liveness (haul_engine_config.keepalive_ms, idle_timeout_ms): when
+     * a byte was last received and last written, on the engine clock.
+     * The owning thread stores them without mu as bytes move; the sweep
+     * reads them under mu on loop 0, hence atomics. */
+    atomic_int_least64_t last_rx;
+    atomic_int_least64_t last_tx;
+    int keepalive_pending; /* a KEEPALIVE goes first in the next batch (mu) */
 
     haul_conn_stats stats;
     uint32_t seen_sessions[8];       /* for stats.sessions_sent */
@@ -334,6 +323,7 @@ struct haul__pipe {
     int64_t *redial_at;
     unsigned *backoff;
     int64_t empty_since; /* when the last connection went, or 0 */
+    int down;            /* HAUL_EV_PIPE_DOWN posted, no connection joined since */
     int failed;          /* could not be opened: new sessions make a new pipe */
     int fail_error;      /* why */
     int doomed;          /* has no sessions: the sweep closes and frees it */
@@ -527,6 +517,14 @@ void haul__conn_io(haul__conn *conn, uint32_t events); /* mu NOT held */
 void haul__conn_handle_wake(haul__conn *conn);         /* mu NOT held */
 void haul__conn_free(haul__conn *conn);
 void haul__conn_sweep(haul__conn *conn, int64_t now);
+/* The one way each of a connection's two machines moves (net/conn_fsm.h),
+ * mu held: takes the transition of the table for `event`, counts the
+ * state entered and logs it. A transition the table does not have is a
+ * bug in the engine: it asserts in a debug build, and is refused (the
+ * state stays, an error is logged) otherwise. Returns 0, or -1 when
+ * refused. */
+int haul__conn_enter(haul__conn *conn, int event);
+int haul__rx_enter(haul__conn *conn, int event);
 
 /* TLS (net/tls.c). mu is not needed by any of these. */
 int haul__tls_ctx_new(haul_engine *engine, const haul_tls_config *config, int server,
@@ -565,6 +563,9 @@ int haul__addr_parse(const char *address, struct sockaddr_storage *ss, socklen_t
 int haul__addr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_t size);
 int haul__sock_listen(const struct sockaddr_storage *ss, socklen_t len, int *fdp);
 int haul__sock_dial(const struct sockaddr_storage *ss, socklen_t len, int *fdp);
+/* TCP_USER_TIMEOUT on a TCP socket (0: the kernel's default); nothing on
+ * others. */
+void haul__sock_user_timeout(int fd, unsigned ms);
 
 /* Test hook: breaks connection `index` of the session's (client) pipe. */
 int haul__debug_break_conn(haul_session *s, unsigned index);

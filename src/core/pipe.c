@@ -162,8 +162,37 @@ static void pipe_dial(haul__pipe *pipe, unsigned index)
     haul__conn_start(c, 1);
 }
 
+/*
+ * Tells every session of the pipe that has not had its final event that
+ * the pipe went down or came back (HAUL_EV_PIPE_DOWN, HAUL_EV_PIPE_UP):
+ * informational events, which let an application (hauld) learn that its
+ * peer is gone without polling statistics. They come in pairs: a session
+ * made while the pipe was down hears of it only when it opens.
+ */
+static void post_pipe_event(haul__pipe *pipe, haul_event_type type, int error)
+{
+    if (pipe->engine->stopping)
+        return;
+    haul__list *p;
+    haul__list_each(p, &pipe->sessions)
+    {
+        haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
+        if (s->app_freed || s->state == CE_SS_SESSION_CLOSED)
+            continue;
+        if (type == HAUL_EV_PIPE_UP && !s->pipe_down)
+            continue;
+        s->pipe_down = type == HAUL_EV_PIPE_DOWN;
+        haul_event ev = {.type = type, .error = error, .session = s};
+        haul__post(pipe->engine, &ev);
+    }
+}
+
 void haul__pipe_conn_joined(haul__pipe *pipe, haul__conn *c)
 {
+    if (pipe->down) {
+        pipe->down = 0;
+        post_pipe_event(pipe, HAUL_EV_PIPE_UP, 0);
+    }
     pipe->joined++;
     pipe->ever_joined = 1;
     pipe->empty_since = 0;
@@ -185,8 +214,11 @@ void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
     if (was_joined) {
         pipe->joined--;
         e->stats.connections_lost++;
-        if (pipe->joined == 0)
+        if (pipe->joined == 0) {
             pipe->empty_since = haul__now_ms();
+            pipe->down = 1;
+            post_pipe_event(pipe, HAUL_EV_PIPE_DOWN, error);
+        }
     }
     if (!pipe->server && pipe->conns[c->index] == c) {
         pipe->conns[c->index] = NULL;
@@ -229,7 +261,7 @@ static unsigned reader_found(haul__conn *c, int drop)
 {
     if (drop) {
         haul_message *m = c->rx_msg;
-        c->rx_state = HAUL__RXS_DISCARD;
+        haul__rx_enter(c, HAUL__RXEV_CHUNK_TAKEN);
         c->rx_msg = NULL;
         haul__message_unref(m);
     }
