@@ -200,7 +200,16 @@ static void push_fail(request *r, push *p, int err, const char *fmt, ...)
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
     p->state = P_FAILED;
+    /* Nothing of the staging area stays open: once the dataset is
+     * released, the next push (perhaps already there, taking over) owns
+     * it. */
     close_fd(&p->cur.fd);
+    fs_rec_writer_fini(&p->manifest);
+    fs_rec_writer_fini(&p->links);
+    close_fd(&p->needs);
+    close_fd(&p->needidx);
+    close_fd(&p->tree);
+    close_fd(&p->old);
     release_dataset(r, p);
     request_log(r, HAUL_LOG_WARN, "push failed: %s (what is staged is kept for a later push)",
                 text);
@@ -1132,24 +1141,45 @@ static int push_step(request *r)
 }
 
 /*
- * A push whose client is gone (every connection of its pipe closed: the
- * client was killed, or lost its network) would hold the dataset until the
- * engine gives up on the pipe, a whole message timeout later. A new push
- * of the same dataset ends it instead and resumes from its staging area.
- * A client that only lost its connections for a moment finds its session
- * gone when it reconnects, and fails clearly.
+ * Another push holds the dataset. It is ended, and this one proceeds and
+ * resumes from what it staged, when it is of the same principal and
+ * either its client is gone (every connection of its pipe closed: the
+ * client was killed, or lost its network, and waiting for the engine to
+ * give up on the pipe would refuse the user who simply runs the push
+ * again for a whole message timeout) or this push asks for it
+ * (HSP_F_TAKEOVER: a client that hangs, or one behind a link that fails
+ * silently, still looks connected). One that shares the namespace may
+ * never end another principal's push. The push taken over gets a RESULT
+ * that says so, and its session closes in order, so that its client,
+ * should it still be there, fails with that reason rather than a bare
+ * abort. Returns 0 when the dataset is free, else a refusal reason.
  */
-static int take_over(request *r)
+static uint32_t take_over(request *r)
 {
-    /* Only a push of the same principal: one that shares the namespace
-     * may not end another's. */
     request *old = server_find_push(r);
-    if (old == NULL || old->session == NULL || strcmp(old->principal, r->principal) != 0 ||
-        haul_pipe_stats(old->session, NULL, 0) != 0)
-        return -1;
-    request_abort(old, "its client has no connection left; request %u takes the dataset over",
-                  r->serial);
-    return 0;
+    if (old == NULL || old->req.op != HSP_PUSH || old->op == NULL)
+        return HSP_R_BUSY; /* a deletion, which ends soon by itself */
+    const int asked = (r->req.flags & HSP_F_TAKEOVER) != 0;
+    if (strcmp(old->principal, r->principal) != 0) {
+        request_log(r, HAUL_LOG_WARN, "refused: request %u of principal %s pushes the dataset%s",
+                    old->serial, old->principal,
+                    asked ? ", and a take-over may end only a push of the same principal" : "");
+        return asked ? HSP_R_TAKEOVER_DENIED : HSP_R_BUSY;
+    }
+    const int gone = !request_connected(old);
+    if (!gone && !asked) {
+        request_log(r, HAUL_LOG_INFO,
+                    "refused: request %u pushes the dataset and its client is connected",
+                    old->serial);
+        return HSP_R_BUSY;
+    }
+    const char *why = gone ? "its client has no connection left" : "--takeover";
+    request_log(r, HAUL_LOG_INFO, "takes the dataset over from request %u (%s)", old->serial, why);
+    push_fail(old, old->op, ECANCELED,
+              "taken over by another push (request %u of principal %s: %s)", r->serial,
+              r->principal, why);
+    old->abandoned = 1;
+    return server_find_push(r) == NULL ? 0 : HSP_R_BUSY;
 }
 
 uint32_t push_open(request *r)
@@ -1174,9 +1204,12 @@ uint32_t push_open(request *r)
         reason = HSP_R_DENIED;
         goto refuse;
     }
-    if (server_busy_add(r) < 0 && (take_over(r) < 0 || server_busy_add(r) < 0)) {
-        reason = HSP_R_BUSY;
-        goto refuse;
+    if (server_busy_add(r) < 0) {
+        reason = take_over(r);
+        if (reason == 0 && server_busy_add(r) < 0)
+            reason = HSP_R_SERVER_ERROR; /* no memory for the entry */
+        if (reason)
+            goto refuse;
     }
     p->busy = 1;
     if ((p->ns = server_ns_open(r, 1)) < 0 || (p->ds = fs_dir_open(p->ns, r->req.dataset, 1)) < 0) {

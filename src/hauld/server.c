@@ -291,6 +291,7 @@ void request_result(request *r, int status, const char *snapshot, uint64_t files
 
 struct busy {
     struct busy *next;
+    request *holder; /* the push that holds the dataset */
     char key[HSP_PATH_MAX + HSP_NAME_MAX + 2];
 };
 
@@ -313,6 +314,7 @@ int server_busy_add(request *r)
     if (b == NULL)
         return -1;
     memcpy(b->key, key, sizeof(key));
+    b->holder = r;
     b->next = r->srv->busy;
     r->srv->busy = b;
     return 0;
@@ -320,10 +322,11 @@ int server_busy_add(request *r)
 
 request *server_find_push(request *r)
 {
-    for (request *o = r->srv->requests; o; o = o->next)
-        if (o->req.op == HSP_PUSH && o->op != NULL && strcmp(o->who.root, r->who.root) == 0 &&
-            strcmp(o->req.dataset, r->req.dataset) == 0)
-            return o;
+    char key[HSP_PATH_MAX + HSP_NAME_MAX + 2];
+    busy_key(key, r);
+    for (struct busy *b = r->srv->busy; b; b = b->next)
+        if (strcmp(b->key, key) == 0)
+            return b->holder;
     return NULL;
 }
 
@@ -596,6 +599,14 @@ static void on_signal(server *srv)
     const char *name = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
     if (!srv->stopping) {
         srv->stopping = 1;
+        /* Pushes taken over have ended; only their clients may not know
+         * yet, and a shutdown does not wait for them. */
+        request *next;
+        for (request *r = srv->requests; r; r = next) {
+            next = r->next;
+            if (r->abandoned)
+                request_abort(r, "the server is shutting down");
+        }
         srv->stop_deadline_ms = now_ms() + (int64_t)srv->cfg.timeout_s * 1000;
         hauld_log(HAUL_LOG_INFO,
                   "%s received: refusing new requests and waiting up to %u s for %u running "
@@ -632,7 +643,7 @@ static void abort_all(server *srv, const char *why)
 #define ALONE_MS 5000
 #define CHECK_MS 1000
 
-static int pipe_connected(request *r)
+int request_connected(request *r)
 {
     haul_conn_stats stats[64];
     int n = haul_pipe_stats(r->session, stats, 64);
@@ -644,10 +655,17 @@ static int pipe_connected(request *r)
     return 0;
 }
 
+/* A push whose client check_alone() watches: one that runs, or one taken
+ * over that waits for its client to read why. */
+static int watched(const request *r)
+{
+    return r->req.op == HSP_PUSH && (!r->finishing || r->abandoned);
+}
+
 static int pushes_running(const server *srv)
 {
     for (const request *r = srv->requests; r; r = r->next)
-        if (r->req.op == HSP_PUSH && !r->finishing)
+        if (watched(r))
             return 1;
     return 0;
 }
@@ -661,12 +679,15 @@ static void check_alone(server *srv)
     request *next;
     for (request *r = srv->requests; r; r = next) {
         next = r->next;
-        if (r->req.op != HSP_PUSH || r->finishing)
+        if (!watched(r))
             continue;
-        if (pipe_connected(r)) {
+        if (request_connected(r)) {
             r->alone_since_ms = 0;
         } else if (r->alone_since_ms == 0) {
             r->alone_since_ms = now;
+        } else if (now - r->alone_since_ms >= ALONE_MS && r->abandoned) {
+            request_abort(r, "the client of the push taken over has had no connection for %d s",
+                          ALONE_MS / 1000);
         } else if (now - r->alone_since_ms >= ALONE_MS) {
             request_abort(r,
                           "the client has had no connection for %d s: it is gone (what it "
