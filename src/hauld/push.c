@@ -93,6 +93,10 @@ typedef struct push {
     uint64_t nentries, outstanding;
     uint64_t files, bytes, bytes_sent, bytes_linked, skipped, resumed;
     int commit_asked;
+    /* What push_open() could not do in the store, for push_start() to
+     * report (0: nothing). */
+    int open_err;
+    const char *open_doing;
 
     /* The file whose content is arriving. */
     struct {
@@ -1003,13 +1007,25 @@ static void push_commit(request *r, push *p)
     if (ok) {
         doing = "committing the snapshot";
         ok = renameat2(snaps, tmpname, snaps, id, RENAME_NOREPLACE) == 0;
-    }
-    if (ok) {
-        /* The namespace and the dataset may be new since the last
-         * syncfs(): their names must last too. */
-        doing = "making the snapshot durable";
-        ok = fs_fsync_dir(snaps, ".") == 0 && fs_fsync_dir(p->ds, ".") == 0 &&
-             fs_fsync_dir(p->ns, ".") == 0 && fs_fsync_dir(r->srv->store, ".") == 0;
+        if (ok) {
+            /* The namespace and the dataset may be new since the last
+             * syncfs(): their names must last too. */
+            doing = "making the snapshot durable";
+            ok = fs_fsync_dir(snaps, ".") == 0 && fs_fsync_dir(p->ds, ".") == 0 &&
+                 fs_fsync_dir(p->ns, ".") == 0 && fs_fsync_dir(r->srv->store, ".") == 0;
+            if (!ok) {
+                /* Not durably there: it must not be a snapshot that the
+                 * client is told failed and that a crash may take away.
+                 * As ID.tmp it goes back to the staging area of the next
+                 * push. */
+                int err = errno;
+                if (renameat(snaps, id, snaps, tmpname) < 0)
+                    request_log(r, HAUL_LOG_ERROR,
+                                "cannot take back snapshot %s, which may not be durable: %s", id,
+                                store_strerror(errno));
+                errno = err;
+            }
+        }
     }
     int err = errno;
     close(tmp);
@@ -1212,20 +1228,21 @@ uint32_t push_open(request *r)
             goto refuse;
     }
     p->busy = 1;
+    /* A store that cannot be written (an I/O error, a full disk) fails
+     * the push once accepted, with a RESULT that says so (push_start):
+     * a refusal could only say "the server failed". */
     if ((p->ns = server_ns_open(r, 1)) < 0 || (p->ds = fs_dir_open(p->ns, r->req.dataset, 1)) < 0) {
-        request_log(r, HAUL_LOG_ERROR, "cannot make the dataset's directory: %s",
-                    store_strerror(errno));
-        reason = HSP_R_SERVER_ERROR;
-        goto refuse;
+        p->open_err = errno;
+        p->open_doing = "making the dataset's directory";
+        return 0;
     }
     if ((p->lock = fs_dataset_lock(p->ds)) < 0) {
         if (errno == EWOULDBLOCK) {
             reason = HSP_R_BUSY;
-        } else {
-            request_log(r, HAUL_LOG_ERROR, "cannot lock the dataset: %s", store_strerror(errno));
-            reason = HSP_R_SERVER_ERROR;
+            goto refuse;
         }
-        goto refuse;
+        p->open_err = errno;
+        p->open_doing = "locking the dataset";
     }
     return 0;
 
@@ -1293,6 +1310,11 @@ void push_start(request *r)
     push *p = r->op;
     const char *doing = "opening the staging area";
     struct stat st;
+    if (p->open_err) {
+        doing = p->open_doing;
+        errno = p->open_err;
+        goto fail;
+    }
     if ((p->staging = fs_open(p->ds, ".staging", O_PATH | O_DIRECTORY, 0)) < 0)
         goto fail;
     doing = "recovering an interrupted commit";
