@@ -89,7 +89,8 @@ extern "C" {
     X(EATTEMPTS, 18, "too many transmission attempts")                                             \
     X(EABORTED, 19, "session aborted by the peer")                                                 \
     X(EIO, 20, "input/output error")                                                               \
-    X(ETLS, 21, "TLS setup or handshake failed")
+    X(ETLS, 21, "TLS setup or handshake failed")                                                   \
+    X(ENOSESSION, 22, "the peer does not know the session (it restarted or already ended it)")
 
 typedef enum haul_error {
 #define HAUL_ERROR_ENUM_(name, code, text) HAUL_##name = code,

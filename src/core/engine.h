@@ -127,6 +127,7 @@ struct haul_session {
     uint32_t nak_reason;
     int refused; /* answered with SYNC_NAK, whatever the reason's value */
     uint32_t abort_code;
+    int abort_inflight; /* ABORT frames in send batches, not yet written */
     haul__list ctl_link;
     haul__list pipe_link;     /* the pipe's list of all its sessions */
     haul__list bucket_link;   /* the pipe's id table */
@@ -262,6 +263,34 @@ struct haul__conn {
 
 #define HAUL__BUCKETS 256
 
+/* How a session that left its pipe's table ended, for the answers to
+ * frames that arrive for it later (docs/protocol.md, section 9.3). */
+enum {
+    HAUL__ENDED_CLOSED = 1, /* in order: FIN and FIN_ACK */
+    HAUL__ENDED_REFUSED,    /* SYNC_NAK; code is the reason */
+    HAUL__ENDED_ABORTED,    /* failed; code is what the ABORT carries */
+};
+
+/* Sessions a pipe remembers after they left its table, most recent
+ * first out of the ring, and control frames it owes for sessions it does
+ * not hold. Both are bounded: an id forgotten is answered as unknown, and
+ * an answer that finds the queue full is dropped (the peer's next frame
+ * for that session asks again). */
+#define HAUL__ENDED_MAX 64
+#define HAUL__ANSWERS_MAX 32
+
+typedef struct haul__ended {
+    uint32_t id;
+    uint32_t code;
+    int how; /* HAUL__ENDED_* */
+} haul__ended;
+
+typedef struct haul__answer {
+    uint32_t session;
+    uint32_t aux;
+    int type; /* HAUL__F_ABORT, HAUL__F_SYNC_NAK or HAUL__F_FIN_ACK */
+} haul__answer;
+
 struct haul__pipe {
     haul_engine *engine;
     haul__list link; /* in the engine's list of pipes */
@@ -303,6 +332,11 @@ struct haul__pipe {
     haul__list dispatch; /* sessions with chunks to send */
     haul__list idle;     /* joined connections with nothing to write */
     haul__list members;  /* server: the connections joined to it */
+
+    haul__ended ended[HAUL__ENDED_MAX]; /* a ring: ended_next is the oldest slot */
+    unsigned ended_next, nended;
+    haul__answer answers[HAUL__ANSWERS_MAX];
+    unsigned nanswers;
 
     haul_listen_config lconf; /* server: session defaults */
 };
@@ -399,6 +433,10 @@ int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payl
 void haul__session_sync_payload(const haul_session *s, uint8_t *out);
 void haul__session_ctl_posted(haul_session *s, int type);
 void haul__session_ctl_written(haul_session *s, int type);
+void haul__session_ctl_lost(haul_session *s, int type);
+/* Takes the next control frame the pipe owes for a session it does not
+ * hold (section 9.3). Returns 0 when there was one, -1 when none. */
+int haul__pipe_take_answer(haul__pipe *pipe, haul__frame *f);
 int haul__session_conn_lost(haul_session *s, uint32_t serial);
 void haul__cq_forget(haul_engine *engine, haul_session *s);
 
@@ -431,6 +469,10 @@ void haul__pipe_add_session(haul__pipe *pipe, haul_session *s);
 void haul__pipe_remove_session(haul__pipe *pipe, haul_session *s);
 void haul__pipe_destroy(haul__pipe *pipe);
 haul__conn *haul__pipe_reader(haul__pipe *pipe, haul_message *m, uint32_t index);
+/* The memory of ended sessions and the answers owed for them. */
+void haul__pipe_remember(haul__pipe *pipe, uint32_t id, int how, uint32_t code);
+const haul__ended *haul__pipe_ended(const haul__pipe *pipe, uint32_t id);
+void haul__pipe_answer(haul__pipe *pipe, uint32_t id, int type, uint32_t aux);
 
 /* Connections. */
 haul__conn *haul__conn_new(haul_engine *engine, int fd, int server, haul__pipe *pipe,

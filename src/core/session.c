@@ -79,11 +79,20 @@ void haul__session_unref(haul_session *s)
  * application released it and no control frame waits to go. */
 static void session_retire(haul_session *s)
 {
-    if (!s->app_freed || s->pending != 0 || !s->in_table)
+    if (!s->app_freed || s->pending != 0 || s->abort_inflight != 0 || !s->in_table)
         return;
     if (s->state != CE_SS_SESSION_CLOSED)
         return;
     haul__pipe *pipe = s->pipe;
+    /* The peer may still send frames for it (section 9.3): how it ended
+     * decides their answers. */
+    if (s->refused)
+        haul__pipe_remember(pipe, s->id, HAUL__ENDED_REFUSED, s->nak_reason);
+    else if (s->close_error == 0)
+        haul__pipe_remember(pipe, s->id, HAUL__ENDED_CLOSED, 0);
+    else
+        haul__pipe_remember(pipe, s->id, HAUL__ENDED_ABORTED,
+                            s->abort_code ? s->abort_code : (uint32_t)s->close_error);
     haul__pipe_remove_session(pipe, s);
     s->engine->nsessions--;
     haul__session_unref(s);
@@ -604,6 +613,41 @@ haul_session *haul__session_find(haul__pipe *pipe, uint32_t id)
     return NULL;
 }
 
+/*
+ * A frame for a session that is not in the pipe's table (section 9.3). An
+ * ABORT is never answered. A session that ended recently gets the answer
+ * its end implies: after an orderly close a repeated FIN gets FIN_ACK and
+ * anything else is a harmless straggler; after a refusal a repeated SYNC
+ * gets the same SYNC_NAK; after a failure the ABORT is said again, since
+ * the peer evidently missed it. A session never known, or forgotten, is
+ * answered with ABORT HAUL_ENOSESSION: the peer restarted us, or we it.
+ */
+static void answer_ended(haul__pipe *pipe, const haul__frame *f)
+{
+    if (f->type == HAUL__F_ABORT)
+        return;
+    const haul__ended *x = haul__pipe_ended(pipe, f->session);
+    if (x == NULL) {
+        haul__log(pipe->engine, HAUL_LOG_INFO, "session %u: %s for a session not known here",
+                  f->session, haul__frame_name(f->type));
+        haul__pipe_answer(pipe, f->session, HAUL__F_ABORT, HAUL_ENOSESSION);
+        return;
+    }
+    switch (x->how) {
+    case HAUL__ENDED_CLOSED:
+        if (f->type == HAUL__F_FIN)
+            haul__pipe_answer(pipe, f->session, HAUL__F_FIN_ACK, 0);
+        return;
+    case HAUL__ENDED_REFUSED:
+        if (f->type == HAUL__F_SYNC)
+            haul__pipe_answer(pipe, f->session, HAUL__F_SYNC_NAK, x->code);
+        return;
+    default:
+        haul__pipe_answer(pipe, f->session, HAUL__F_ABORT, x->code);
+        return;
+    }
+}
+
 /* Server: a SYNC (404-406). A repeated SYNC gets the earlier answer again. */
 static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *payload)
 {
@@ -615,6 +659,12 @@ static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *paylo
             haul__session_want(s, HAUL__PEND_SYNC_ACK);
         else if (s->state == CE_SS_SESSION_CLOSED && s->refused)
             haul__session_want(s, HAUL__PEND_SYNC_NAK);
+        return;
+    }
+    if (haul__pipe_ended(pipe, f->session)) {
+        /* A session that ended: the SYNC is a late repeat, never a new
+         * request. */
+        answer_ended(pipe, f);
         return;
     }
     size_t plen = (size_t)payload[0] | ((size_t)payload[1] << 8);
@@ -728,8 +778,15 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         return;
     }
     haul_session *s = haul__session_find(pipe, f->session);
-    if (s == NULL)
-        return; /* a session that is gone: late frames are expected */
+    if (s == NULL) {
+        answer_ended(pipe, f);
+        return;
+    }
+    if (s->state == CE_SS_SESSION_CLOSED && s->abort_code != 0 && f->type != HAUL__F_ABORT) {
+        /* We aborted it and the peer goes on: our ABORT was lost. */
+        haul__session_want(s, HAUL__PEND_ABORT);
+        return;
+    }
     switch (f->type) {
     case HAUL__F_SYNC_ACK:
         if (s->server || !can(s, SEV_SYNC_ACK))
@@ -788,7 +845,10 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         }
         return;
     case HAUL__F_ABORT:
-        haul__session_fail(s, HAUL_EABORTED, 0);
+        /* The peer's reason stays its own, but for one: a peer that does
+         * not know the session restarted or ended it already, and the
+         * application should know that it was not an ordinary abort. */
+        haul__session_fail(s, f->aux == HAUL_ENOSESSION ? HAUL_ENOSESSION : HAUL_EABORTED, 0);
         return;
     default:
         return;
@@ -834,7 +894,16 @@ int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__fr
     if (f->len != expect || (f->total > 0 && f->offset == f->total))
         return HAUL_EPROTO;
     haul_session *s = haul__session_find(pipe, f->session);
-    if (s == NULL || !may_receive(s))
+    if (s == NULL) {
+        answer_ended(pipe, f);
+        return 1;
+    }
+    if (s->state == CE_SS_SESSION_CLOSED && s->abort_code != 0) {
+        /* We aborted it and the peer goes on: our ABORT was lost. */
+        haul__session_want(s, HAUL__PEND_ABORT);
+        return 1;
+    }
+    if (!may_receive(s))
         return 1;
     if (f->seq < s->rcv_next) {
         /* Delivered already; our acknowledgement was lost with a
@@ -978,7 +1047,10 @@ int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payl
     haul_engine *e = s->engine;
 
     if (s->pending & HAUL__PEND_ABORT) {
+        /* Counted until written: the session stays in the table, so
+         * that a lost connection can queue the ABORT again. */
         s->pending &= ~(unsigned)HAUL__PEND_ABORT;
+        s->abort_inflight++;
         f->type = HAUL__F_ABORT;
         f->aux = s->abort_code;
         return 0;
@@ -1073,6 +1145,22 @@ void haul__session_ctl_written(haul_session *s, int type)
         haul__session_enter(s, SEV_SYNC_WRITTEN);
     else if (type == HAUL__F_SYNC_ACK && s->state == CE_SS_SENDING_APP_SESSION_ACK)
         haul__session_enter(s, SEV_ACCEPT_WRITTEN);
+    else if (type == HAUL__F_ABORT)
+        s->abort_inflight--;
+    session_retire(s);
+}
+
+/* The connection that had taken a control frame into its batch closed
+ * before writing it. An ABORT goes again on another connection; the
+ * other frames are asked for again by the peer's repeats or by
+ * haul__session_conn_lost(). */
+void haul__session_ctl_lost(haul_session *s, int type)
+{
+    if (type != HAUL__F_ABORT)
+        return;
+    s->abort_inflight--;
+    if (s->in_table && s->state == CE_SS_SESSION_CLOSED)
+        haul__session_want(s, HAUL__PEND_ABORT);
     session_retire(s);
 }
 
