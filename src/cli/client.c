@@ -353,6 +353,9 @@ static const char *close_reason(int error)
         return "the connection to the server was lost";
     case HAUL_EABORTED:
         return "the server aborted the session (see its log)";
+    case HAUL_ENOSESSION:
+        return "the server no longer knows the session: it restarted, or ended the session "
+               "(see its log); run the command again (a push resumes)";
     case HAUL_EPROTO:
         return "protocol violation";
     case HAUL_ESHUTDOWN:
