@@ -276,3 +276,143 @@ TEST_TIMEOUT(takeover_is_for_push_only, 30)
     e2e_proc_free(&p);
     e2e_teardown(&env);
 }
+
+/* ------------------------------------------------------------------------ */
+/* A partition                                                              */
+/* ------------------------------------------------------------------------ */
+
+/* build/tests/fault-proxy between haul and hauld. */
+typedef struct proxy {
+    pid_t pid;
+    int pidfd;
+    char address[256];
+} proxy;
+
+/* Starts the proxy towards `target`, or SKIPs when it is not built. */
+static void proxy_start(e2e_env *env, proxy *px, const char *target)
+{
+    char program[PATH_MAX], log[PATH_MAX];
+    e2e_find_program(program, "tests/fault-proxy");
+    e2e_path(env, log, "fault-proxy.log");
+    int fds[2];
+    CHECK(pipe2(fds, O_CLOEXEC) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        e2e_child_prepare();
+        dup2(fds[1], 1);
+        int err = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (err >= 0)
+            dup2(err, 2);
+        execl(program, program, "--listen", "127.0.0.1:0", "--target", target, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    px->pid = pid;
+    px->pidfd = e2e_pidfd_open(pid);
+    CHECK(px->pidfd >= 0);
+    /* Its first line: "listening HOST:PORT". */
+    char line[256];
+    size_t len = 0;
+    while (len < sizeof(line) - 1) {
+        struct pollfd pf = {.fd = fds[0], .events = POLLIN};
+        CHECK(poll(&pf, 1, 10000) == 1);
+        ssize_t n = read(fds[0], line + len, 1);
+        CHECK(n == 1);
+        if (line[len] == '\n')
+            break;
+        len++;
+    }
+    line[len] = '\0';
+    close(fds[0]);
+    CHECK(strncmp(line, "listening ", 10) == 0);
+    snprintf(px->address, sizeof(px->address), "%s", line + 10);
+}
+
+static void proxy_signal(proxy *px, int sig)
+{
+    CHECK(kill(px->pid, sig) == 0);
+}
+
+static void proxy_stop(proxy *px)
+{
+    kill(px->pid, SIGTERM);
+    if (!e2e_wait_exit(px->pidfd, 10))
+        kill(px->pid, SIGKILL);
+    waitpid(px->pid, NULL, 0);
+    close(px->pidfd);
+}
+
+/*
+ * The link between a client and hauld loses everything (a blackhole, not
+ * a reset) in the middle of a push. With small keepalive and idle
+ * timeouts on both sides, the client gives up (exit 3) and hauld closes
+ * the silent connections, so that the push retried at once is accepted
+ * and resumes, instead of being refused while hauld waits for half-open
+ * connections to die. The retry goes to hauld directly while the old
+ * path stays black: healed, the proxy would hand hauld the FINs of the
+ * client's closed connections at once, which a real network that lost
+ * them for the partition's length does not, and hauld would learn from
+ * them rather than from its own idle timeout.
+ */
+TEST_TIMEOUT(retry_after_a_partition_is_accepted_at_once_and_resumes, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, E2E_NO_SERVER);
+    env.server_args[0] = "--keepalive";
+    env.server_args[1] = "200";
+    env.server_args[2] = "--idle-timeout";
+    env.server_args[3] = "1000";
+    e2e_start_server(&env);
+    proxy px;
+    proxy_start(&env, &px, env.server.address);
+    char src[PATH_MAX], dst[PATH_MAX], url[512], direct[512], staging[PATH_MAX];
+    e2e_path(&env, src, "src");
+    e2e_path(&env, dst, "dst");
+    const uint64_t total = make_tree(src);
+    snprintf(url, sizeof(url), "haul://%s/data", px.address);
+    e2e_pathf(staging, "%s/default/data/.staging", env.store);
+
+    e2e_proc first = {0};
+    e2e_haul_start(&env, &first, "push", "--keepalive", "200", "--idle-timeout", "1000",
+                   "--timeout", "3", src, url, "--json");
+    int ok = 0;
+    E2E_WAIT_UNTIL(ok, e2e_largest_file(staging) > 8 * E2E_MIB || e2e_proc_exited(&first), 30000);
+    if (e2e_proc_exited(&first)) {
+        e2e_proc_wait(&first, 1);
+        e2e_proc_show(&first);
+        CHECK(!"the push ended before the partition");
+    }
+    CHECK(ok);
+    proxy_signal(&px, SIGUSR1);
+    const double cut = e2e_now();
+    e2e_proc_wait(&first, CMD_TIMEOUT);
+    harness_log("the push exited %d %.1f s into the partition", first.code, e2e_now() - cut);
+    CHECK_EXIT(&first, 3);
+    e2e_proc_free(&first);
+
+    /* hauld found its connections silent within its idle timeout. */
+    CHECK(e2e_log_wait(&env, "its client has no connection left (silent for the idle timeout)", 5));
+
+    const double retried = e2e_now();
+    e2e_proc p = {0};
+    e2e_haul(&env, &p, CMD_TIMEOUT, "push", "--keepalive", "200", "--idle-timeout", "1000", src,
+             e2e_url(&env, direct, "data"), "--json");
+    const double took = e2e_now() - retried;
+    CHECK_EXIT(&p, 0);
+    push_report r;
+    parse_report(&p, &r);
+    harness_log("the retry after the partition: %llu of %llu bytes sent in %.2f s",
+                (unsigned long long)r.bytes_sent, (unsigned long long)total, took);
+    proxy_signal(&px, SIGUSR2);
+    CHECK_LT(r.bytes_sent, total - 8 * E2E_MIB);
+    e2e_proc_free(&p);
+    /* Taken over, not given up after the grace: hauld knew from its idle
+     * timeout that the client was gone. */
+    CHECK(e2e_log_wait(&env, "takes the dataset over from request 1 (its client has no connection",
+                       5));
+    CHECK_EQ(snapshot_count(&env, "default", "data"), 1);
+    proxy_stop(&px);
+    pull_and_compare(&env, NULL, "data", src, dst);
+    e2e_teardown(&env);
+}
