@@ -284,3 +284,96 @@ TEST_TIMEOUT(resumed_push_metadata_call_fails_at_every_k, 300)
 {
     fail_each("meta", 1);
 }
+
+/* The id a `haul push -q` printed ("snapshot ID"). */
+static void snapshot_id(const e2e_proc *p, char *id, size_t size)
+{
+    CHECK(strncmp(p->out, "snapshot ", 9) == 0);
+    size_t n = strcspn(p->out + 9, "\n");
+    CHECK(n > 0 && n < size);
+    memcpy(id, p->out + 9, n);
+    id[n] = '\0';
+}
+
+/*
+ * `haul delete` of a snapshot while each rename, sync or metadata call
+ * of the deletion fails in turn: the client exits 3 naming the store's
+ * error and the snapshot stays whole, or it exits 0 and the snapshot is
+ * gone; hauld serves on, and a deletion without faults then succeeds.
+ */
+TEST_TIMEOUT(delete_fails_at_every_k, 300)
+{
+    e2e_env env;
+    e2e_setup(&env, E2E_NO_SERVER);
+    char preload[PATH_MAX], counts[PATH_MAX], src[PATH_MAX], conf[PATH_MAX], url[512];
+    char what[300], id[128];
+    find_preload(preload);
+    e2e_path(&env, counts, "iofault.counts");
+    e2e_path(&env, src, "src");
+    e2e_path(&env, conf, "hauld.conf");
+    FILE *f = fopen(conf, "w");
+    CHECK(f != NULL);
+    fputs("[principal default]\nrights = create, read, delete\n", f);
+    CHECK(fclose(f) == 0);
+    env.server_args[0] = "--config";
+    env.server_args[1] = conf;
+    make_small_tree(src);
+
+    static const char *const kinds[] = {"rename", "sync", "meta"};
+    unsigned long before[3], after[3];
+    prepare_store(&env, preload, counts, src, 0);
+    start_faulty_server(&env, preload, NULL, counts);
+    e2e_proc p = {0};
+    e2e_haul(&env, &p, CMD_TIMEOUT, "push", "-q", src, e2e_url(&env, url, "data"));
+    CHECK_EXIT(&p, 0);
+    snapshot_id(&p, id, sizeof(id));
+    e2e_proc_free(&p);
+    for (int i = 0; i < 3; i++)
+        before[i] = read_count(counts, kinds[i]);
+    snprintf(what, sizeof(what), "data@%s", id);
+    e2e_haul(&env, &p, CMD_TIMEOUT, "delete", e2e_url(&env, url, what));
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+    for (int i = 0; i < 3; i++)
+        after[i] = read_count(counts, kinds[i]);
+    e2e_server_stop(&env.server);
+
+    for (int i = 0; i < 3; i++) {
+        harness_log("a deletion makes %lu %s calls on the store", after[i] - before[i], kinds[i]);
+        for (unsigned long k = before[i] + 1; k <= after[i]; k++) {
+            const char *err = k % 2 ? "EIO" : "ENOSPC";
+            char fault[64];
+            snprintf(fault, sizeof(fault), "%s:%lu:%s", kinds[i], k, err);
+            prepare_store(&env, preload, counts, src, 0);
+            start_faulty_server(&env, preload, fault, counts);
+            e2e_haul(&env, &p, CMD_TIMEOUT, "push", "-q", src, e2e_url(&env, url, "data"));
+            CHECK_EXIT(&p, 0);
+            snapshot_id(&p, id, sizeof(id));
+            e2e_proc_free(&p);
+            snprintf(what, sizeof(what), "data@%s", id);
+            e2e_haul(&env, &p, CMD_TIMEOUT, "delete", e2e_url(&env, url, what));
+            CHECK_EQ(read_count(counts, "fired"), 1);
+            harness_log("%s: delete exited %d", fault, p.code);
+            if (p.code != 0) {
+                const char *says = k % 2 ? "input/output error" : "no space left";
+                if (p.code != 3 || !e2e_contains(p.err, says))
+                    e2e_proc_show(&p);
+                CHECK_EXIT(&p, 3);
+                CHECK(e2e_contains(p.err, says));
+            }
+            const int failed = p.code != 0;
+            e2e_proc_free(&p);
+            /* As the client was told: still whole, or gone. */
+            CHECK_EQ(check_snapshots(&env, src, "data"), failed ? 1 : 0);
+            CHECK(e2e_server_alive(&env.server));
+            if (failed) {
+                e2e_haul(&env, &p, CMD_TIMEOUT, "delete", e2e_url(&env, url, what));
+                CHECK_EXIT(&p, 0);
+                e2e_proc_free(&p);
+                CHECK_EQ(check_snapshots(&env, src, "data"), 0);
+            }
+            e2e_server_stop(&env.server);
+        }
+    }
+    e2e_teardown(&env);
+}
