@@ -12,6 +12,8 @@
  *     with a snapshot that is complete;
  *   - no snapshot of the dataset holds anything but the source: every
  *     committed one is pulled back and compared;
+ *   - no file of the store is marked complete (the hash attribute hauld
+ *     sets once a file is whole) with content that does not match;
  *   - hauld still serves (ls), and the next push, without faults,
  *     succeeds, resumes, and restores identically.
  *
@@ -25,7 +27,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/xattr.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "harness.h"
 #include "e2e.h"
@@ -161,6 +165,48 @@ static void prepare_store(e2e_env *env, const char *preload, const char *counts,
     e2e_server_stop(&env->server);
 }
 
+static int marked_bad_, marked_;
+
+/* A file that carries the hash attribute hauld sets on a file it has
+ * received whole must hold exactly that content. */
+static int check_marked_(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    if (flag != FTW_F || !S_ISREG(st->st_mode))
+        return 0;
+    unsigned char want[16];
+    if (getxattr(path, "user.haul.hash", want, sizeof(want)) != (ssize_t)sizeof(want))
+        return 0;
+    marked_++;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    CHECK(fd >= 0);
+    XXH3_state_t *h = XXH3_createState();
+    CHECK(h != NULL);
+    XXH3_128bits_reset(h);
+    static char buf[1 << 16];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0)
+        XXH3_128bits_update(h, buf, (size_t)n);
+    close(fd);
+    XXH128_canonical_t got;
+    XXH128_canonicalFromHash(&got, XXH3_128bits_digest(h));
+    XXH3_freeState(h);
+    if (memcmp(got.digest, want, sizeof(want)) != 0) {
+        harness_log("%s is marked complete, but its content does not match its hash", path);
+        marked_bad_++;
+    }
+    return 0;
+}
+
+/* Every file of the store marked complete is (none half-written under a
+ * name that says it is whole). Returns how many are marked. */
+static int check_marked_files(e2e_env *env)
+{
+    marked_bad_ = marked_ = 0;
+    nftw(env->store, check_marked_, 64, FTW_PHYS);
+    CHECK_EQ(marked_bad_, 0);
+    return marked_;
+}
+
 /* Fails each call of `kind` in turn, in a push of the small tree that
  * starts from nothing, or (resume) from what a failed push staged. */
 static void fail_each(const char *kind, int resume)
@@ -182,6 +228,8 @@ static void fail_each(const char *kind, int resume)
     e2e_proc_free(&p);
     const unsigned long n = read_count(counts, kind);
     e2e_server_stop(&env.server);
+    /* The store keeps the attribute: the check below sees something. */
+    CHECK_GT(check_marked_files(&env), 0);
     harness_log("a push of the small tree makes %lu %s calls on the store", n, kind);
     CHECK_GT(n, 0);
 
@@ -205,6 +253,7 @@ static void fail_each(const char *kind, int resume)
         const int failed = p.code != 0;
         e2e_proc_free(&p);
 
+        check_marked_files(&env);
         /* Nothing committed but the whole source; a failed push commits
          * nothing at all. */
         int snaps = check_snapshots(&env, src, "data");
