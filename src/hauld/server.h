@@ -95,8 +95,8 @@ struct request {
     int closing;   /* haul_session_close() was called */
     int dead;      /* the session cannot carry more (closed by the peer) */
     /* A push taken over by another (push.c): its RESULT says so, and the
-     * request ends once its client has read it, or at once when the
-     * client is gone or hauld stops. */
+     * request ends once its client has read it, once the client has been
+     * gone for the grace of server.c, or when hauld stops. */
     int abandoned;
 
     /* The message under construction, and messages refused for want of
