@@ -602,6 +602,17 @@ typedef struct haul_engine_stats {
     /* Joined connections closed because nothing came for
      * idle_timeout_ms (also counted in connections_lost). */
     uint64_t idle_timeouts;
+    /* How often each state of the connection state machine was entered,
+     * indexed by haul_conn_state_names() order (CONN_NULL once per
+     * connection made; CONN_JOINED once per connection that joined a
+     * pipe; CONN_CLOSED once per connection closed). */
+    uint64_t conn_state_entered[8];
+    /* How often each state of the socket I/O state machine of the
+     * receiving side was entered, indexed by haul_rx_state_names() order:
+     * RXS_HEADER once per connection and once per frame with a payload,
+     * RXS_CHUNK once per chunk read into a message, RXS_CTL once per
+     * control payload, RXS_DISCARD once per chunk payload dropped. */
+    uint64_t rx_state_entered[8];
 } haul_engine_stats;
 
 HAUL_API void haul_engine_stats_get(haul_engine *engine, haul_engine_stats *out);
@@ -613,6 +624,16 @@ HAUL_API const char *const *haul_session_state_names(int *count);
  * state machine (SEC_NULL, SEC_PLAIN, SEC_HANDSHAKING, ...), in order;
  * *count gets how many. The strings are static. */
 HAUL_API const char *const *haul_secure_state_names(int *count);
+
+/* The names of the states of the connection state machine (CONN_NULL,
+ * CONN_DIALING, ..., CONN_CLOSED), in order; *count gets how many. The
+ * strings are static. */
+HAUL_API const char *const *haul_conn_state_names(int *count);
+
+/* The names of the states of a connection's socket I/O state machine of
+ * the receiving side (RXS_HEADER, RXS_CHUNK, RXS_CTL, RXS_DISCARD), in
+ * order; *count gets how many. The strings are static. */
+HAUL_API const char *const *haul_rx_state_names(int *count);
 
 #ifdef __cplusplus
 }

@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -24,8 +25,10 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "core/engine.h"
 #include "harness.h"
 #include "haul.h"
+#include "pki.h"
 
 #define KEEPALIVE_MS 100
 #define IDLE_MS 300
@@ -342,7 +345,8 @@ static haul_engine *engine_with(unsigned keepalive_ms, unsigned idle_ms)
 }
 
 /* A server engine with its application, a proxy in front of it, and a
- * client engine with one open session through the proxy. */
+ * client engine with one open session through the proxy; over mutual
+ * TLS when pki names a directory of certificates (make_pki). */
 typedef struct rig {
     haul_engine *server, *client;
     server_app app;
@@ -350,14 +354,55 @@ typedef struct rig {
     haul_session *session;
 } rig;
 
-static void rig_start(rig *r, unsigned keepalive_ms, unsigned client_idle_ms,
-                      unsigned server_idle_ms, unsigned connections)
+static char pki_dir[64];
+
+static const char *pki_path(char *buf, const char *name)
+{
+    snprintf(buf, 128, "%s/%s", pki_dir, name);
+    return buf;
+}
+
+/* A CA, a server certificate and a client certificate of principal
+ * LIVENESS_TEST, in a directory of the test's own. */
+static void make_pki(void)
+{
+    char a[128], b[128];
+    snprintf(pki_dir, sizeof(pki_dir), "/tmp/haul-liveness-XXXXXX");
+    CHECK(mkdtemp(pki_dir) != NULL);
+    pki_ca ca;
+    CHECK_OK(pki_ca_new(&ca, "liveness CA", pki_path(a, "ca.pem")));
+    pki_opts server = {.cn = "server", .serial = 2, .eku = "serverAuth"};
+    CHECK_OK(pki_issue(&ca, &server, pki_path(a, "server.pem"), pki_path(b, "server.key")));
+    pki_opts client = {
+        .cn = "client", .serial = 3, .eku = "clientAuth", .principal = "LIVENESS_TEST"};
+    CHECK_OK(pki_issue(&ca, &client, pki_path(a, "client.pem"), pki_path(b, "client.key")));
+    pki_ca_free(&ca);
+}
+
+static void remove_pki(void)
+{
+    const char *names[] = {"ca.pem", "server.pem", "server.key", "client.pem", "client.key"};
+    char a[128];
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        unlink(pki_path(a, names[i]));
+    rmdir(pki_dir);
+}
+
+static void rig_start_tls(rig *r, unsigned keepalive_ms, unsigned client_idle_ms,
+                          unsigned server_idle_ms, unsigned connections, int tls)
 {
     harness_strerror = haul_strerror;
     memset(r, 0, sizeof(*r));
     r->server = engine_with(keepalive_ms, server_idle_ms);
     r->client = engine_with(keepalive_ms, client_idle_ms);
-    CHECK_OK(haul_listen(r->server, "127.0.0.1:0", NULL));
+    char ca[128], cert[128], key[128];
+    haul_tls_config server_tls = {.cert_file = pki_path(cert, "server.pem"),
+                                  .key_file = pki_path(key, "server.key"),
+                                  .ca_file = pki_path(ca, "ca.pem")};
+    haul_listen_config lc;
+    haul_listen_config_init(&lc);
+    lc.tls = tls ? &server_tls : NULL;
+    CHECK_OK(haul_listen(r->server, "127.0.0.1:0", &lc));
     char address[128];
     CHECK_OK(haul_listen_address(r->server, address, sizeof(address)));
     r->app.engine = r->server;
@@ -376,10 +421,20 @@ static void rig_start(rig *r, unsigned keepalive_ms, unsigned client_idle_ms,
      * sixteen, so that no message waits for the window and the client's
      * events are the ones the tests expect. */
     sc.max_message = 4 * MIB;
+    haul_tls_config client_tls = {.cert_file = pki_path(cert, "client.pem"),
+                                  .key_file = pki_path(key, "client.key"),
+                                  .ca_file = pki_path(ca, "ca.pem")};
+    sc.tls = tls ? &client_tls : NULL;
     CHECK_OK(haul_session_new(r->client, &sc, &r->session));
     haul_event ev;
     CHECK_EQ(haul_engine_wait(r->client, &ev, 1, 5000), 1);
     CHECK_EQ(ev.type, HAUL_EV_SESSION_OPEN);
+}
+
+static void rig_start(rig *r, unsigned keepalive_ms, unsigned client_idle_ms,
+                      unsigned server_idle_ms, unsigned connections)
+{
+    rig_start_tls(r, keepalive_ms, client_idle_ms, server_idle_ms, connections, 0);
 }
 
 static void rig_stop(rig *r)
@@ -536,13 +591,54 @@ TEST_TIMEOUT(silent_peer_detected_then_redialled_and_delivered_once, 30)
 }
 
 /*
+ * PIPE_DOWN and PIPE_UP come in pairs per session: a session made while
+ * its pipe is down gets neither (it opens once the pipe is back), while
+ * the session that saw the pipe go sees it come back.
+ */
+TEST_TIMEOUT(pipe_events_come_in_pairs_per_session, 30)
+{
+    rig r;
+    rig_start(&r, KEEPALIVE_MS, IDLE_MS, IDLE_MS, 1);
+    proxy_set(&r.px, 1, 0);
+    haul_event ev = client_event(&r, 5000);
+    CHECK_EQ(ev.type, HAUL_EV_PIPE_DOWN);
+
+    /* A second session to the same destination shares the pipe. */
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = r.px.address;
+    sc.principal = "LIVENESS_TEST";
+    haul_session *late;
+    CHECK_OK(haul_session_new(r.client, &sc, &late));
+    proxy_set(&r.px, 0, 0);
+
+    int first_up = 0, late_open = 0;
+    while (!first_up || !late_open) {
+        CHECK_EQ(haul_engine_wait(r.client, &ev, 1, 5000), 1);
+        if (ev.session == late) {
+            CHECK_EQ(ev.type, HAUL_EV_SESSION_OPEN);
+            late_open = 1;
+        } else {
+            CHECK(ev.session == r.session);
+            CHECK_EQ(ev.type, HAUL_EV_PIPE_UP);
+            CHECK(!first_up);
+            first_up = 1;
+        }
+    }
+    /* Nothing more: no PIPE_UP for the late one. */
+    CHECK_EQ(haul_engine_wait(r.client, &ev, 1, 2 * IDLE_MS), 0);
+    haul_session_free(late);
+    rig_stop(&r);
+}
+
+/*
  * An idle pipe stays up for many idle periods: keepalives flow both ways
  * and no connection is taken for dead.
  */
-TEST_TIMEOUT(keepalives_keep_an_idle_pipe_up, 30)
+static void idle_pipe_stays_up(int tls)
 {
     rig r;
-    rig_start(&r, KEEPALIVE_MS, IDLE_MS, IDLE_MS, 2);
+    rig_start_tls(&r, KEEPALIVE_MS, IDLE_MS, IDLE_MS, 2, tls);
     haul_event ev;
     /* Six idle periods without a word from the engine. */
     CHECK_EQ(haul_engine_wait(r.client, &ev, 1, 6 * IDLE_MS), 0);
@@ -576,6 +672,19 @@ TEST_TIMEOUT(keepalives_keep_an_idle_pipe_up, 30)
     CHECK_EQ(ev.type, HAUL_EV_MESSAGE_SENT);
     XXH3_freeState(sent);
     rig_stop(&r);
+}
+
+TEST_TIMEOUT(keepalives_keep_an_idle_pipe_up, 30)
+{
+    idle_pipe_stays_up(0);
+}
+
+/* The same over mutual TLS, where a KEEPALIVE is a record of its own. */
+TEST_TIMEOUT(keepalives_keep_an_idle_tls_pipe_up, 30)
+{
+    make_pki();
+    atexit(remove_pki);
+    idle_pipe_stays_up(1);
 }
 
 /*
@@ -642,6 +751,35 @@ TEST_TIMEOUT(busy_pipe_on_a_slow_path_is_not_timed_out, 60)
     CHECK_EQ(XXH3_64bits_digest(r.app.hash), XXH3_64bits_digest(sent));
     pthread_mutex_unlock(&r.app.mu);
     XXH3_freeState(sent);
+    rig_stop(&r);
+}
+
+/* The kernel gives up on unacknowledged data in the idle timeout too, on
+ * both ends of a TCP connection. */
+TEST(tcp_user_timeout_is_the_idle_timeout)
+{
+    rig r;
+    rig_start(&r, KEEPALIVE_MS, IDLE_MS, 2 * IDLE_MS, 1);
+    unsigned client_ms = 0, server_ms = 0;
+    socklen_t len = sizeof(unsigned);
+    pthread_mutex_lock(&r.client->mu);
+    haul__conn *c = r.session->pipe->conns[0];
+    CHECK(c != NULL);
+    CHECK_OK(getsockopt(c->fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &client_ms, &len));
+    pthread_mutex_unlock(&r.client->mu);
+    /* The server application accepted before the client heard of it. */
+    pthread_mutex_lock(&r.app.mu);
+    haul_session *accepted = r.app.session;
+    pthread_mutex_unlock(&r.app.mu);
+    CHECK(accepted != NULL);
+    pthread_mutex_lock(&r.server->mu);
+    haul__pipe *sp = accepted->pipe;
+    CHECK(sp != NULL && !haul__list_empty(&sp->members));
+    c = HAUL__CONTAINER(haul__list_first(&sp->members), haul__conn, pipe_link);
+    CHECK_OK(getsockopt(c->fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &server_ms, &len));
+    pthread_mutex_unlock(&r.server->mu);
+    CHECK_EQ(client_ms, IDLE_MS);
+    CHECK_EQ(server_ms, 2 * IDLE_MS);
     rig_stop(&r);
 }
 

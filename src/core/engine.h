@@ -26,6 +26,7 @@
 #include "core/list.h"
 #include "core/session_fsm.h"
 #include "haul.h"
+#include "net/conn_fsm.h"
 #include "net/frame.h"
 #include "net/secure_fsm.h"
 
@@ -104,6 +105,7 @@ struct haul_session {
     int refs;       /* the handle, the pipe's table, batches carrying frames */
     int app_freed;  /* the application released its handle */
     int final_sent; /* SESSION_CLOSED, OPEN-failure or abort: no more events */
+    int pipe_down;  /* got HAUL_EV_PIPE_DOWN, and is owed HAUL_EV_PIPE_UP */
     int in_table;
     int has_cert_principal; /* server over TLS: cert_principal is set */
     char cert_principal[HAUL__PRINCIPAL_MAX + 1];
@@ -156,30 +158,9 @@ struct haul_session {
 
 /* ---- connections ------------------------------------------------------- */
 
-/* The connection state machine (Fig. 3, "Connection n state machine"). The
- * encryption and authentication state machine (net/secure_fsm.h) runs in
- * SECURING; plain connections pass straight on. */
-#define HAUL__FOREACH_CONN_STATE(X)                                                                \
-    X(CONN_DIALING)  /* non-blocking connect in progress */                                        \
-    X(CONN_SECURING) /* encryption and authentication handshake */                                 \
-    X(CONN_HELLO)    /* exchanging HELLO / HELLO_ACK */                                            \
-    X(CONN_JOINED)   /* part of its pipe: carries frames of any session */                         \
-    X(CONN_CLOSED)   /* closed; waiting to be freed by its thread */
-
-typedef enum haul__conn_state {
-#define X(name) HAUL__##name,
-    HAUL__FOREACH_CONN_STATE(X)
-#undef X
-        HAUL__CONN_STATE_COUNT_
-} haul__conn_state;
-
-/* The socket I/O state machine of the receiving side. */
-enum {
-    HAUL__RXS_HEADER,  /* gathering a 40-byte header */
-    HAUL__RXS_CHUNK,   /* payload goes into a message */
-    HAUL__RXS_CTL,     /* payload goes into the control buffer */
-    HAUL__RXS_DISCARD, /* payload of a duplicate or a dead session */
-};
+/* The connection state machine and the socket I/O state machine of the
+ * receiving side are in net/conn_fsm.h; the encryption and
+ * authentication state machine (net/secure_fsm.h) runs in CONN_SECURING. */
 
 /* One frame in a connection's send batch. */
 typedef struct haul__tx_item {
@@ -206,7 +187,7 @@ struct haul__conn {
     haul__list idle_link; /* in its pipe's idle list */
     haul__list all_link;  /* in the engine's list of connections */
     int fd;
-    int state;
+    int state; /* HAUL__CONN_*: moves through haul__conn_enter() alone */
     int server;
     uint32_t serial; /* unique in the engine, never 0 */
     unsigned index;  /* position in the pipe */
@@ -218,7 +199,7 @@ struct haul__conn {
     /* Receiving (owned by the loop thread). */
     uint8_t rxbuf[HAUL__RXBUF];
     size_t rx_have, rx_pos;
-    int rx_state;
+    int rx_state; /* HAUL__RXS_*: moves through haul__rx_enter() alone */
     haul__frame cur;
     haul_message *rx_msg;
     uint32_t rx_index; /* the chunk of rx_msg being read */
@@ -493,6 +474,14 @@ void haul__conn_io(haul__conn *conn, uint32_t events); /* mu NOT held */
 void haul__conn_handle_wake(haul__conn *conn);         /* mu NOT held */
 void haul__conn_free(haul__conn *conn);
 void haul__conn_sweep(haul__conn *conn, int64_t now);
+/* The one way each of a connection's two machines moves (net/conn_fsm.h),
+ * mu held: takes the transition of the table for `event`, counts the
+ * state entered and logs it. A transition the table does not have is a
+ * bug in the engine: it asserts in a debug build, and is refused (the
+ * state stays, an error is logged) otherwise. Returns 0, or -1 when
+ * refused. */
+int haul__conn_enter(haul__conn *conn, int event);
+int haul__rx_enter(haul__conn *conn, int event);
 
 /* TLS (net/tls.c). mu is not needed by any of these. */
 int haul__tls_ctx_new(haul_engine *engine, const haul_tls_config *config, int server,

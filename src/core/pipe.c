@@ -163,7 +163,8 @@ static void pipe_dial(haul__pipe *pipe, unsigned index)
  * Tells every session of the pipe that has not had its final event that
  * the pipe went down or came back (HAUL_EV_PIPE_DOWN, HAUL_EV_PIPE_UP):
  * informational events, which let an application (hauld) learn that its
- * peer is gone without polling statistics.
+ * peer is gone without polling statistics. They come in pairs: a session
+ * made while the pipe was down hears of it only when it opens.
  */
 static void post_pipe_event(haul__pipe *pipe, haul_event_type type, int error)
 {
@@ -175,6 +176,9 @@ static void post_pipe_event(haul__pipe *pipe, haul_event_type type, int error)
         haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
         if (s->app_freed || s->state == CE_SS_SESSION_CLOSED)
             continue;
+        if (type == HAUL_EV_PIPE_UP && !s->pipe_down)
+            continue;
+        s->pipe_down = type == HAUL_EV_PIPE_DOWN;
         haul_event ev = {.type = type, .error = error, .session = s};
         haul__post(pipe->engine, &ev);
     }

@@ -971,7 +971,7 @@ int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__fr
          * it is told to drop the rest. */
         haul__conn *old = haul__pipe_reader(pipe, m, index);
         if (old && old != conn) {
-            old->rx_state = HAUL__RXS_DISCARD;
+            haul__rx_enter(old, HAUL__RXEV_CHUNK_TAKEN);
             old->rx_msg = NULL;
             haul__message_unref(m);
         }

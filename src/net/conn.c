@@ -3,11 +3,12 @@
  * step, and the socket I/O state machine that turns bytes into frames and
  * frames into bytes.
  *
- * Connection states (Fig. 3, "Connection n"):
+ * Connection states (Fig. 3, "Connection n"; the table is net/conn_fsm.c):
  *
- *   CONN_DIALING  --connect done-->  CONN_SECURING  --secured-->  CONN_HELLO
- *   CONN_HELLO    --HELLO / HELLO_ACK exchanged-->  CONN_JOINED
- *   any           --error, EOF, deadline, shutdown-->  CONN_CLOSED
+ *   CONN_NULL --dial--> CONN_DIALING --connect done--> CONN_SECURING
+ *   CONN_NULL --accept--> CONN_SECURING --secured--> CONN_HELLO
+ *   CONN_HELLO --HELLO / HELLO_ACK exchanged--> CONN_JOINED
+ *   any but CONN_NULL --error, EOF, deadline, shutdown--> CONN_CLOSED
  *
  * CONN_SECURING is the slot of the encryption and authentication state
  * machine (net/secure_fsm.h, net/tls.c), which starts on entering it: a
@@ -18,11 +19,10 @@
  * writes below end it: the end of the stream or a close_notify leads to
  * SEC_CLOSING, a record error to SEC_FAILED.
  *
- * Receiving (the socket I/O state machine): HEADER -> CHUNK | CTL |
- * DISCARD -> HEADER. Payloads of large chunks are read straight into the
- * message with recv() (SSL_read() on TLS, which decrypts into it from
- * OpenSSL's read-ahead buffer); everything else goes through a 16 KiB
- * buffer.
+ * Receiving (the socket I/O state machine, net/conn_fsm.c): RXS_HEADER ->
+ * RXS_CHUNK | RXS_CTL | RXS_DISCARD -> RXS_HEADER. Payloads of large chunks are read straight into
+ * the message with recv() (SSL_read() on TLS, which decrypts into it from OpenSSL's read-ahead
+ * buffer); everything else goes through a 16 KiB buffer.
  *
  * Sending on TLS: SSL_write() of the payload of a large chunk in place,
  * and of everything else (headers, control frames, file bodies read with
@@ -43,6 +43,7 @@
  * frees it. Other threads may close it (mark it dead) under the engine's
  * mutex; the owner then tears it down.
  */
+#include <assert.h>
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -59,11 +60,14 @@
 
 #include "core/engine.h"
 
-static const char *const conn_state_names[] = {
-#define X(name) #name,
-    HAUL__FOREACH_CONN_STATE(X)
-#undef X
-};
+_Static_assert(HAUL__CONN_NULL == 0 && HAUL__RXS_HEADER == 0 && HAUL__SEC_NULL == 0,
+               "a connection made with calloc() stands in the first state of each machine");
+_Static_assert(HAUL__CONN_STATE_COUNT_ <=
+                   sizeof(((haul_engine_stats *)0)->conn_state_entered) / sizeof(uint64_t),
+               "haul_engine_stats.conn_state_entered has room for every state");
+_Static_assert(HAUL__RXS_COUNT_ <=
+                   sizeof(((haul_engine_stats *)0)->rx_state_entered) / sizeof(uint64_t),
+               "haul_engine_stats.rx_state_entered has room for every state");
 
 /* The most bytes one connection reads, or batches it writes, before it
  * lets the other connections of its thread have a turn. */
@@ -99,18 +103,43 @@ static void consume_sigpipe(void)
     errno = saved;
 }
 
-static void conn_enter(haul__conn *c, int state)
+int haul__conn_enter(haul__conn *c, int event)
 {
-    haul__log(c->engine, HAUL_LOG_DEBUG, "connection %u: %s -> %s", c->serial,
-              conn_state_names[c->state], conn_state_names[state]);
-    c->state = state;
-    if (state == HAUL__CONN_JOINED) {
+    int next = haul__conn_next(c->state, event);
+    if (next < 0) {
+        haul__log(c->engine, HAUL_LOG_ERROR, "connection %u: no transition from %s on %s",
+                  c->serial, haul__conn_state_name(c->state), haul__conn_event_name(event));
+        assert(!"a transition the connection table does not have");
+        return -1;
+    }
+    haul__log(c->engine, HAUL_LOG_DEBUG, "connection %u: %s -> %s on %s", c->serial,
+              haul__conn_state_name(c->state), haul__conn_state_name(next),
+              haul__conn_event_name(event));
+    c->state = next;
+    c->engine->stats.conn_state_entered[next]++;
+    if (next == HAUL__CONN_JOINED) {
         /* The idle deadline and the keepalive period start at the join:
          * before it, the handshake deadline stands. */
         int64_t now = haul__now_ms();
         atomic_store_explicit(&c->last_rx, now, memory_order_relaxed);
         atomic_store_explicit(&c->last_tx, now, memory_order_relaxed);
     }
+    return 0;
+}
+
+/* The receiving side moves once or twice per frame: no log line. */
+int haul__rx_enter(haul__conn *c, int event)
+{
+    int next = haul__rx_next(c->rx_state, event);
+    if (next < 0) {
+        haul__log(c->engine, HAUL_LOG_ERROR, "connection %u: no transition from %s on %s",
+                  c->serial, haul__rx_state_name(c->rx_state), haul__rx_event_name(event));
+        assert(!"a transition the socket I/O table does not have");
+        return -1;
+    }
+    c->rx_state = next;
+    c->engine->stats.rx_state_entered[next]++;
+    return 0;
 }
 
 haul__conn *haul__conn_new(haul_engine *e, int fd, int server, haul__pipe *pipe, unsigned index)
@@ -127,10 +156,11 @@ haul__conn *haul__conn_new(haul_engine *e, int fd, int server, haul__pipe *pipe,
     if (e->next_serial == 0)
         e->next_serial = 1;
     c->serial = e->next_serial++;
-    c->rx_state = HAUL__RXS_HEADER;
-    /* The security state machine starts in SEC_NULL (calloc), counted as
-     * entered, as a session's CE_SS_NULL is. */
-    c->sec_state = HAUL__SEC_NULL;
+    /* Each machine starts in its first state, which calloc() left:
+     * CONN_NULL, RXS_HEADER, SEC_NULL, counted as entered, as a session's
+     * CE_SS_NULL is. */
+    e->stats.conn_state_entered[HAUL__CONN_NULL]++;
+    e->stats.rx_state_entered[HAUL__RXS_HEADER]++;
     atomic_fetch_add_explicit(&e->secure_entered[HAUL__SEC_NULL], 1, memory_order_relaxed);
     /* Only the protocol's bound here: a message over what this engine
      * accepts is refused per session in haul__session_chunk_begin(), which
@@ -154,7 +184,7 @@ static int conn_secure(haul__conn *c)
 
 static void conn_secured(haul__conn *c)
 {
-    conn_enter(c, HAUL__CONN_HELLO);
+    haul__conn_enter(c, HAUL__CONNEV_SECURED);
     if (!c->server)
         c->hello_pending = HAUL__F_HELLO;
 }
@@ -162,7 +192,7 @@ static void conn_secured(haul__conn *c)
 void haul__conn_start(haul__conn *c, int connecting)
 {
     c->deadline = haul__now_ms() + c->engine->config.handshake_timeout_ms;
-    c->state = connecting ? HAUL__CONN_DIALING : HAUL__CONN_SECURING;
+    haul__conn_enter(c, connecting ? HAUL__CONNEV_DIAL : HAUL__CONNEV_ACCEPT);
     if (c->engine->config.idle_timeout_ms)
         haul__sock_user_timeout(c->fd, c->engine->config.idle_timeout_ms);
     int tls_rc = c->tls_ctx ? haul__tls_conn_init(c) : 0;
@@ -192,7 +222,7 @@ void haul__conn_close(haul__conn *c, int error, const char *why)
         return;
     snprintf(c->why, sizeof(c->why), "%s", why);
     haul__log(c->engine, error == HAUL_ESHUTDOWN ? HAUL_LOG_DEBUG : HAUL_LOG_INFO,
-              "connection %u closed in %s: %s", c->serial, conn_state_names[c->state], why);
+              "connection %u closed in %s: %s", c->serial, haul__conn_state_name(c->state), why);
     if (c->pipe)
         haul__pipe_conn_lost(c->pipe, c, error);
     /* Control frames of the batch never reached the peer, as far as we
@@ -204,7 +234,7 @@ void haul__conn_close(haul__conn *c, int error, const char *why)
         haul__session_chunk_abandon(c->rx_msg, c->rx_index);
     handshake_over(c);
     c->dead = 1;
-    c->state = HAUL__CONN_CLOSED;
+    haul__conn_enter(c, HAUL__CONNEV_CLOSE);
     haul__list_del(&c->idle_link);
     if (!c->engine->stopping)
         haul__conn_wake(c);
@@ -345,7 +375,7 @@ static void chunk_complete(haul__conn *c)
     haul__session_chunk_done(m->session, m, c->rx_index);
     c->rx_msg = NULL;
     haul__message_unref(m);
-    c->rx_state = HAUL__RXS_HEADER;
+    haul__rx_enter(c, HAUL__RXEV_PAYLOAD_DONE);
 }
 
 static void on_hello(haul__conn *c, const uint8_t *payload)
@@ -399,7 +429,7 @@ static void on_hello(haul__conn *c, const uint8_t *payload)
         c->index = f->aux;
         c->hello_pending = HAUL__F_HELLO_ACK;
         handshake_over(c);
-        conn_enter(c, HAUL__CONN_JOINED);
+        haul__conn_enter(c, HAUL__CONNEV_JOIN);
         haul__pipe_conn_joined(pipe, c);
         if (pipe->loop != c->loop)
             c->move_to = pipe->loop;
@@ -411,7 +441,7 @@ static void on_hello(haul__conn *c, const uint8_t *payload)
             return;
         }
         c->pipe->peer_chunk = (uint32_t)f->offset;
-        conn_enter(c, HAUL__CONN_JOINED);
+        haul__conn_enter(c, HAUL__CONNEV_JOIN);
         haul__pipe_conn_joined(c->pipe, c);
     }
 }
@@ -480,13 +510,14 @@ static void on_header(haul__conn *c, const uint8_t *hdr)
         }
         c->rx_left = f->len;
         if (rc == 1) {
-            c->rx_state = f->len ? HAUL__RXS_DISCARD : HAUL__RXS_HEADER;
+            if (f->len)
+                haul__rx_enter(c, HAUL__RXEV_DISCARD_HEADER);
             return;
         }
         c->rx_msg = m;
         c->rx_index = index;
         c->rx_off = f->offset;
-        c->rx_state = HAUL__RXS_CHUNK;
+        haul__rx_enter(c, HAUL__RXEV_CHUNK_HEADER);
         c->engine->stats.bytes_received += f->len;
         c->stats.bytes_received += f->len;
         if (f->len == 0)
@@ -500,7 +531,7 @@ static void on_header(haul__conn *c, const uint8_t *hdr)
         }
         c->rx_left = f->len;
         c->rx_off = 0;
-        c->rx_state = HAUL__RXS_CTL;
+        haul__rx_enter(c, HAUL__RXEV_CTL_HEADER);
         return;
     }
     on_ctl(c, NULL);
@@ -537,10 +568,10 @@ static void parse(haul__conn *c)
         if (c->rx_state == HAUL__RXS_CHUNK) {
             chunk_complete(c);
         } else if (c->rx_state == HAUL__RXS_CTL) {
-            c->rx_state = HAUL__RXS_HEADER;
+            haul__rx_enter(c, HAUL__RXEV_PAYLOAD_DONE);
             on_ctl(c, c->ctlbuf);
         } else {
-            c->rx_state = HAUL__RXS_HEADER;
+            haul__rx_enter(c, HAUL__RXEV_PAYLOAD_DONE);
         }
     }
     if (c->rx_pos == c->rx_have)
@@ -602,7 +633,7 @@ static void do_read(haul__conn *c)
     int turns = c->ssl ? TLS_READ_TURNS : READ_TURNS;
     for (int turn = 0; turn < turns; turn++) {
         pthread_mutex_lock(&e->mu);
-        if (c->dead || c->state < HAUL__CONN_HELLO) {
+        if (c->dead || !haul__conn_carries_frames(c->state)) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
@@ -963,7 +994,7 @@ static void do_write(haul__conn *c)
     haul_engine *e = c->engine;
     for (int turn = 0; turn < WRITE_TURNS; turn++) {
         pthread_mutex_lock(&e->mu);
-        if (c->dead || c->state < HAUL__CONN_HELLO) {
+        if (c->dead || !haul__conn_carries_frames(c->state)) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
@@ -1055,7 +1086,7 @@ static void dialled(haul__conn *c)
             c, err == ECONNREFUSED || err == ENOENT ? HAUL_ECONNREFUSED : HAUL_ECONNRESET, why);
         return;
     }
-    conn_enter(c, HAUL__CONN_SECURING);
+    haul__conn_enter(c, HAUL__CONNEV_CONNECTED);
     if (conn_secure(c))
         conn_secured(c);
 }
@@ -1136,7 +1167,7 @@ void haul__conn_handle_wake(haul__conn *c)
     int more = c->more_to_read;
     c->more_to_read = 0;
     int tls_live =
-        c->sec_state == HAUL__SEC_ESTABLISHED && c->state >= HAUL__CONN_HELLO && !c->dead;
+        c->sec_state == HAUL__SEC_ESTABLISHED && haul__conn_carries_frames(c->state) && !c->dead;
     pthread_mutex_unlock(&e->mu);
     /* OpenSSL may hold bytes it read already, which no edge announces:
      * those a connection left when it moved here from another thread. */
