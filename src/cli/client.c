@@ -353,6 +353,9 @@ static const char *close_reason(int error)
         return "the connection to the server was lost";
     case HAUL_EABORTED:
         return "the server aborted the session (see its log)";
+    case HAUL_ENOSESSION:
+        return "the server no longer knows the session: it restarted, or ended the session "
+               "(see its log); run the command again (a push resumes)";
     case HAUL_EPROTO:
         return "protocol violation";
     case HAUL_ESHUTDOWN:
@@ -397,6 +400,8 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
     hsp_request req;
     memset(&req, 0, sizeof(req));
     req.op = op;
+    if (op == HSP_PUSH && opt->takeover)
+        req.flags = HSP_F_TAKEOVER;
     strcpy(req.dataset, url->dataset);
     strcpy(req.snapshot, url->snapshot);
     uint8_t context[16 + HSP_NAME_MAX + HSP_SNAPSHOT_MAX];
@@ -454,9 +459,15 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
         } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED) {
             /* hauld's reasons are enum hsp_refusal; the server's engine may
              * refuse by itself with a haul error code (too many sessions). */
-            int known = ev.reason >= HSP_R_BAD_REQUEST && ev.reason <= HSP_R_LAST;
-            cli_fail(c, CLI_EXIT_REFUSED, "the server refused the request: %s",
-                     known ? hsp_refusal_text(ev.reason) : haul_strerror((int)ev.reason));
+            int known = hsp_refusal_known(ev.reason);
+            /* A push refused because another runs may be one whose
+             * client is stuck or gone unnoticed: say how to end it. */
+            const char *hint = ev.reason == HSP_R_BUSY && op == HSP_PUSH && !opt->takeover
+                                   ? " (if its client is stuck or gone, `haul push --takeover` "
+                                     "ends it and resumes from what it sent)"
+                                   : "";
+            cli_fail(c, CLI_EXIT_REFUSED, "the server refused the request: %s%s",
+                     known ? hsp_refusal_text(ev.reason) : haul_strerror((int)ev.reason), hint);
             return c->failed;
         } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_ETLS) {
             cli_fail(c, CLI_EXIT_TRANSFER,

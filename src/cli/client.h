@@ -51,6 +51,7 @@ typedef struct cli_options {
     int seconds_set;
     unsigned keep; /* --keep: prune keeps this many of the newest snapshots */
     int keep_set;
+    int takeover; /* --takeover: push ends the dataset's running push of ours */
 } cli_options;
 
 /* A parsed haul://HOST:PORT[/DATASET[@SNAPSHOT]] or

@@ -2,7 +2,7 @@
  * main.c - the haul command: back up a directory tree to a hauld storage
  * server, restore it, list, verify, and measure a link.
  *
- *   haul push SRC_DIR haul://HOST:PORT/DATASET
+ *   haul push [--takeover] SRC_DIR haul://HOST:PORT/DATASET
  *   haul pull haul://HOST:PORT/DATASET[@SNAPSHOT] DEST_DIR [PATH...]
  *   haul ls haul://HOST:PORT[/DATASET[@SNAPSHOT]]
  *   haul verify haul://HOST:PORT/DATASET[@SNAPSHOT]
@@ -71,6 +71,10 @@ static const char options_help[] =
     "  -v, --verbose         log the transport's doings (twice: debug)\n"
     "  -t, --time SECONDS    bench: how long to send (default 5)\n"
     "      --keep N          prune: how many of the newest snapshots to keep\n"
+    "      --takeover        push: end the dataset's running push of the same\n"
+    "                        principal, even if its client still looks connected\n"
+    "                        (one whose client is gone ends by itself), and\n"
+    "                        resume from what it sent\n"
     "  -h, --help            this help (haul CMD --help: the subcommand's)\n";
 
 static const char exit_help[] = "Exit status:\n"
@@ -97,7 +101,12 @@ static const struct command commands[] = {
      "Files unchanged since the dataset's last snapshot are not sent again; an\n"
      "interrupted push is resumed by the next one. Regular files, directories,\n"
      "symbolic links (never followed) and hard links within the tree are kept;\n"
-     "sockets, FIFOs and devices are skipped with a warning.\n"},
+     "sockets, FIFOs and devices are skipped with a warning.\n"
+     "A push of the dataset that is still running makes the server refuse this one,\n"
+     "unless its client has lost every connection (the server then ends it and this\n"
+     "push resumes from it), or --takeover asks to end it anyway: granted for a push\n"
+     "of the same principal only; the push taken over fails with \"taken over by\n"
+     "another push\".\n"},
     {"pull", cli_pull, 2, -1, "pull haul://HOST:PORT/DATASET[@SNAPSHOT] DEST_DIR [PATH...]",
      "Restores a snapshot (the latest without @SNAPSHOT), or only the PATHs given\n"
      "(files, or directories with everything below them), into DEST_DIR, which is\n"
@@ -270,6 +279,7 @@ int main(int argc, char **argv)
         {"verbose", no_argument, NULL, 'v'},
         {"time", required_argument, NULL, 't'},
         {"keep", required_argument, NULL, 'k'},
+        {"takeover", no_argument, NULL, 'O'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -383,6 +393,9 @@ int main(int argc, char **argv)
             opt.keep_set = 1;
             break;
         }
+        case 'O':
+            opt.takeover = 1;
+            break;
         case 'h':
             help = 1;
             break;
@@ -428,6 +441,10 @@ int main(int argc, char **argv)
     }
     if (opt.keep_set && cmd->run != cli_prune) {
         cli_warn("--keep applies to prune only");
+        return CLI_EXIT_USAGE;
+    }
+    if (opt.takeover && cmd->run != cli_push) {
+        cli_warn("--takeover applies to push only");
         return CLI_EXIT_USAGE;
     }
     if (opt.keepalive_ms && opt.idle_timeout_ms && opt.keepalive_ms >= opt.idle_timeout_ms) {

@@ -27,6 +27,7 @@ typedef struct deleter {
     int ns, ds, snaps, lock;
     int busy; /* server_busy_add() succeeded */
     int done;
+    int lock_err; /* the dataset could not be locked: the RESULT says why */
 } deleter;
 
 static int delete_step(request *r);
@@ -108,8 +109,9 @@ uint32_t delete_open(request *r)
     if ((d->lock = fs_dataset_lock(d->ds)) < 0) {
         if (errno == EWOULDBLOCK)
             return refuse(r, HSP_R_BUSY);
-        request_log(r, HAUL_LOG_ERROR, "cannot lock the dataset: %s", store_strerror(errno));
-        return refuse(r, HSP_R_SERVER_ERROR);
+        /* An error of the store: accepted, and failed with a RESULT
+         * that names it, which a refusal cannot. */
+        d->lock_err = errno;
     }
     return 0;
 }
@@ -121,6 +123,13 @@ static int delete_step(request *r)
         return 0;
     d->done = 1;
     const char *id = r->req.snapshot;
+    if (d->lock_err) {
+        request_log(r, HAUL_LOG_ERROR, "cannot lock the dataset: %s", store_strerror(d->lock_err));
+        request_result(r, d->lock_err, id, 0, 0, 0, 0,
+                       "cannot delete the snapshot: locking the dataset: %s",
+                       store_strerror(d->lock_err));
+        return 0;
+    }
     char gone[HSP_SNAPSHOT_MAX + sizeof(DELETING)];
     snprintf(gone, sizeof(gone), "%s%s", id, DELETING);
     int64_t time;

@@ -93,6 +93,10 @@ typedef struct push {
     uint64_t nentries, outstanding;
     uint64_t files, bytes, bytes_sent, bytes_linked, skipped, resumed;
     int commit_asked;
+    /* What push_open() could not do in the store, for push_start() to
+     * report (0: nothing). */
+    int open_err;
+    const char *open_doing;
 
     /* The file whose content is arriving. */
     struct {
@@ -200,7 +204,16 @@ static void push_fail(request *r, push *p, int err, const char *fmt, ...)
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
     p->state = P_FAILED;
+    /* Nothing of the staging area stays open: once the dataset is
+     * released, the next push (perhaps already there, taking over) owns
+     * it. */
     close_fd(&p->cur.fd);
+    fs_rec_writer_fini(&p->manifest);
+    fs_rec_writer_fini(&p->links);
+    close_fd(&p->needs);
+    close_fd(&p->needidx);
+    close_fd(&p->tree);
+    close_fd(&p->old);
     release_dataset(r, p);
     request_log(r, HAUL_LOG_WARN, "push failed: %s (what is staged is kept for a later push)",
                 text);
@@ -994,13 +1007,25 @@ static void push_commit(request *r, push *p)
     if (ok) {
         doing = "committing the snapshot";
         ok = renameat2(snaps, tmpname, snaps, id, RENAME_NOREPLACE) == 0;
-    }
-    if (ok) {
-        /* The namespace and the dataset may be new since the last
-         * syncfs(): their names must last too. */
-        doing = "making the snapshot durable";
-        ok = fs_fsync_dir(snaps, ".") == 0 && fs_fsync_dir(p->ds, ".") == 0 &&
-             fs_fsync_dir(p->ns, ".") == 0 && fs_fsync_dir(r->srv->store, ".") == 0;
+        if (ok) {
+            /* The namespace and the dataset may be new since the last
+             * syncfs(): their names must last too. */
+            doing = "making the snapshot durable";
+            ok = fs_fsync_dir(snaps, ".") == 0 && fs_fsync_dir(p->ds, ".") == 0 &&
+                 fs_fsync_dir(p->ns, ".") == 0 && fs_fsync_dir(r->srv->store, ".") == 0;
+            if (!ok) {
+                /* Not durably there: it must not be a snapshot that the
+                 * client is told failed and that a crash may take away.
+                 * As ID.tmp it goes back to the staging area of the next
+                 * push. */
+                int err = errno;
+                if (renameat(snaps, id, snaps, tmpname) < 0)
+                    request_log(r, HAUL_LOG_ERROR,
+                                "cannot take back snapshot %s, which may not be durable: %s", id,
+                                store_strerror(errno));
+                errno = err;
+            }
+        }
     }
     int err = errno;
     close(tmp);
@@ -1132,24 +1157,45 @@ static int push_step(request *r)
 }
 
 /*
- * A push whose client is gone (every connection of its pipe closed: the
- * client was killed, or lost its network) would hold the dataset until the
- * engine gives up on the pipe, a whole message timeout later. A new push
- * of the same dataset ends it instead and resumes from its staging area.
- * A client that only lost its connections for a moment finds its session
- * gone when it reconnects, and fails clearly.
+ * Another push holds the dataset. It is ended, and this one proceeds and
+ * resumes from what it staged, when it is of the same principal and
+ * either its client is gone (every connection of its pipe closed: the
+ * client was killed, or lost its network, and waiting for the engine to
+ * give up on the pipe would refuse the user who simply runs the push
+ * again for a whole message timeout) or this push asks for it
+ * (HSP_F_TAKEOVER: a client that hangs, or one behind a link that fails
+ * silently, still looks connected). One that shares the namespace may
+ * never end another principal's push. The push taken over gets a RESULT
+ * that says so, and its session closes in order, so that its client,
+ * should it still be there, fails with that reason rather than a bare
+ * abort. Returns 0 when the dataset is free, else a refusal reason.
  */
-static int take_over(request *r)
+static uint32_t take_over(request *r)
 {
-    /* Only a push of the same principal: one that shares the namespace
-     * may not end another's. */
     request *old = server_find_push(r);
-    if (old == NULL || old->session == NULL || strcmp(old->principal, r->principal) != 0 ||
-        haul_pipe_stats(old->session, NULL, 0) != 0)
-        return -1;
-    request_abort(old, "its client has no connection left; request %u takes the dataset over",
-                  r->serial);
-    return 0;
+    if (old == NULL || old->req.op != HSP_PUSH || old->op == NULL)
+        return HSP_R_BUSY; /* a deletion, which ends soon by itself */
+    const int asked = (r->req.flags & HSP_F_TAKEOVER) != 0;
+    if (strcmp(old->principal, r->principal) != 0) {
+        request_log(r, HAUL_LOG_WARN, "refused: request %u of principal %s pushes the dataset%s",
+                    old->serial, old->principal,
+                    asked ? ", and a take-over may end only a push of the same principal" : "");
+        return asked ? HSP_R_TAKEOVER_DENIED : HSP_R_BUSY;
+    }
+    const int gone = !request_connected(old);
+    if (!gone && !asked) {
+        request_log(r, HAUL_LOG_INFO,
+                    "refused: request %u pushes the dataset and its client is connected",
+                    old->serial);
+        return HSP_R_BUSY;
+    }
+    const char *why = gone ? "its client has no connection left" : "--takeover";
+    request_log(r, HAUL_LOG_INFO, "takes the dataset over from request %u (%s)", old->serial, why);
+    push_fail(old, old->op, ECANCELED,
+              "taken over by another push (request %u of principal %s: %s)", r->serial,
+              r->principal, why);
+    old->abandoned = 1;
+    return server_find_push(r) == NULL ? 0 : HSP_R_BUSY;
 }
 
 uint32_t push_open(request *r)
@@ -1174,25 +1220,29 @@ uint32_t push_open(request *r)
         reason = HSP_R_DENIED;
         goto refuse;
     }
-    if (server_busy_add(r) < 0 && (take_over(r) < 0 || server_busy_add(r) < 0)) {
-        reason = HSP_R_BUSY;
-        goto refuse;
+    if (server_busy_add(r) < 0) {
+        reason = take_over(r);
+        if (reason == 0 && server_busy_add(r) < 0)
+            reason = HSP_R_SERVER_ERROR; /* no memory for the entry */
+        if (reason)
+            goto refuse;
     }
     p->busy = 1;
+    /* A store that cannot be written (an I/O error, a full disk) fails
+     * the push once accepted, with a RESULT that says so (push_start):
+     * a refusal could only say "the server failed". */
     if ((p->ns = server_ns_open(r, 1)) < 0 || (p->ds = fs_dir_open(p->ns, r->req.dataset, 1)) < 0) {
-        request_log(r, HAUL_LOG_ERROR, "cannot make the dataset's directory: %s",
-                    store_strerror(errno));
-        reason = HSP_R_SERVER_ERROR;
-        goto refuse;
+        p->open_err = errno;
+        p->open_doing = "making the dataset's directory";
+        return 0;
     }
     if ((p->lock = fs_dataset_lock(p->ds)) < 0) {
         if (errno == EWOULDBLOCK) {
             reason = HSP_R_BUSY;
-        } else {
-            request_log(r, HAUL_LOG_ERROR, "cannot lock the dataset: %s", store_strerror(errno));
-            reason = HSP_R_SERVER_ERROR;
+            goto refuse;
         }
-        goto refuse;
+        p->open_err = errno;
+        p->open_doing = "locking the dataset";
     }
     return 0;
 
@@ -1260,6 +1310,11 @@ void push_start(request *r)
     push *p = r->op;
     const char *doing = "opening the staging area";
     struct stat st;
+    if (p->open_err) {
+        doing = p->open_doing;
+        errno = p->open_err;
+        goto fail;
+    }
     if ((p->staging = fs_open(p->ds, ".staging", O_PATH | O_DIRECTORY, 0)) < 0)
         goto fail;
     doing = "recovering an interrupted commit";

@@ -291,6 +291,7 @@ void request_result(request *r, int status, const char *snapshot, uint64_t files
 
 struct busy {
     struct busy *next;
+    request *holder; /* the push that holds the dataset */
     char key[HSP_PATH_MAX + HSP_NAME_MAX + 2];
 };
 
@@ -313,6 +314,7 @@ int server_busy_add(request *r)
     if (b == NULL)
         return -1;
     memcpy(b->key, key, sizeof(key));
+    b->holder = r;
     b->next = r->srv->busy;
     r->srv->busy = b;
     return 0;
@@ -320,10 +322,11 @@ int server_busy_add(request *r)
 
 request *server_find_push(request *r)
 {
-    for (request *o = r->srv->requests; o; o = o->next)
-        if (o->req.op == HSP_PUSH && o->op != NULL && strcmp(o->who.root, r->who.root) == 0 &&
-            strcmp(o->req.dataset, r->req.dataset) == 0)
-            return o;
+    char key[HSP_PATH_MAX + HSP_NAME_MAX + 2];
+    busy_key(key, r);
+    for (struct busy *b = r->srv->busy; b; b = b->next)
+        if (strcmp(b->key, key) == 0)
+            return b->holder;
     return NULL;
 }
 
@@ -603,6 +606,14 @@ static void on_signal(server *srv)
     const char *name = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
     if (!srv->stopping) {
         srv->stopping = 1;
+        /* Pushes taken over have ended; only their clients may not know
+         * yet, and a shutdown does not wait for them. */
+        request *next;
+        for (request *r = srv->requests; r; r = next) {
+            next = r->next;
+            if (r->abandoned)
+                request_abort(r, "the server is shutting down");
+        }
         srv->stop_deadline_ms = now_ms() + (int64_t)srv->cfg.timeout_s * 1000;
         hauld_log(HAUL_LOG_INFO,
                   "%s received: refusing new requests and waiting up to %u s for %u running "
@@ -625,6 +636,11 @@ static void abort_all(server *srv, const char *why)
 
 /* ---- clients that are gone ------------------------------------------------------------ */
 
+int request_connected(request *r)
+{
+    return r->pipe_down_since_ms == 0;
+}
+
 /*
  * A push holds its dataset: another push to it is refused until it ends.
  * When its client dies or its network goes, the engine ends the session
@@ -637,7 +653,9 @@ static void abort_all(server *srv, const char *why)
  * whose pipe has been down for PUSH_GRACE_MS is ended, and what it staged
  * waits for the next push. The grace is well above the client's longest
  * redial backoff (2 s by default), so that a short network cut, after
- * which the client dials again, does not end a push.
+ * which the client dials again, does not end a push. A new push of the
+ * dataset of the same principal does not wait for the grace: a push
+ * whose pipe is down is taken over at once (take_over() in push.c).
  */
 #define PUSH_GRACE_MS 5000
 
@@ -656,9 +674,11 @@ static void on_pipe_event(request *r, const haul_event *ev)
                                             : haul_strerror(ev->error));
 }
 
+/* A push whose client hauld watches: one that runs, or one taken over
+ * that waits for its client to read why; and whose pipe is down. */
 static int gone_watched(const request *r)
 {
-    return r->req.op == HSP_PUSH && !r->finishing && r->pipe_down_since_ms != 0;
+    return r->req.op == HSP_PUSH && (!r->finishing || r->abandoned) && r->pipe_down_since_ms != 0;
 }
 
 /* Ends the pushes whose client has been gone for the grace period. */
@@ -668,7 +688,12 @@ static void end_gone_pushes(server *srv)
     request *next;
     for (request *r = srv->requests; r; r = next) {
         next = r->next;
-        if (gone_watched(r) && now - r->pipe_down_since_ms >= PUSH_GRACE_MS)
+        if (!gone_watched(r) || now - r->pipe_down_since_ms < PUSH_GRACE_MS)
+            continue;
+        if (r->abandoned)
+            request_abort(r, "the client of the push taken over has had no connection for %d s",
+                          PUSH_GRACE_MS / 1000);
+        else
             request_abort(r,
                           "its client has had no connection for %d s: it is gone (what it "
                           "staged is kept for the next push)",

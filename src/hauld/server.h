@@ -94,6 +94,10 @@ struct request {
     int finishing; /* the last record is written: close once sent */
     int closing;   /* haul_session_close() was called */
     int dead;      /* the session cannot carry more (closed by the peer) */
+    /* A push taken over by another (push.c): its RESULT says so, and the
+     * request ends once its client has read it, once the client has been
+     * gone for the grace of server.c, or when hauld stops. */
+    int abandoned;
 
     /* The message under construction, and messages refused for want of
      * room (oldest first). */
@@ -175,9 +179,13 @@ int request_recv(request *r, haul_message **m);
  * or -1 when it already is. */
 int server_busy_add(request *r);
 void server_busy_remove(request *r);
-/* The running push of the request's dataset (a request in srv->requests,
- * of any principal that shares the namespace), or NULL. */
+/* The push that holds the request's dataset in this process (of any
+ * principal that shares the namespace), or NULL. */
 request *server_find_push(request *r);
+/* Whether the request's client still has a connection that is up: 0 once
+ * every connection of its pipe has gone (the client was killed, or its
+ * network went away and the connections timed out). */
+int request_connected(request *r);
 
 /* Opens the request's namespace (O_PATH), made with its parents when
  * create is set. Returns the descriptor, or -1 with errno set (ENOENT: it

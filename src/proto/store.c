@@ -29,8 +29,16 @@ const char *hsp_refusal_text(uint32_t reason)
         return "the server is shutting down";
     case HSP_R_LIMIT:
         return "this principal has as many sessions as it may have at once";
+    case HSP_R_TAKEOVER_DENIED:
+        return "another principal's push to this dataset is running, and --takeover ends "
+               "only a push of the same principal";
     }
     return "refused";
+}
+
+int hsp_refusal_known(uint32_t reason)
+{
+    return (reason >= HSP_R_BAD_REQUEST && reason <= HSP_R_LAST) || reason == HSP_R_TAKEOVER_DENIED;
 }
 
 /* ---- names and paths ------------------------------------------------------ */
@@ -80,7 +88,7 @@ size_t hsp_request_encode(const hsp_request *r, uint8_t *buf, size_t size)
         return 0;
     memcpy(buf, HSP_MAGIC, HSP_MAGIC_LEN);
     buf[4] = (uint8_t)r->op;
-    buf[5] = 0;
+    buf[5] = (uint8_t)r->flags;
     haul__put16(buf + 6, (uint16_t)d);
     haul__put16(buf + 8, (uint16_t)s);
     memcpy(buf + 10, r->dataset, d);
@@ -92,10 +100,15 @@ int hsp_request_decode(const void *data, size_t len, hsp_request *r)
 {
     const uint8_t *buf = data;
     memset(r, 0, sizeof(*r));
-    if (len < 10 || memcmp(buf, HSP_MAGIC, HSP_MAGIC_LEN) != 0 || buf[5] != 0)
+    if (len < 10 || memcmp(buf, HSP_MAGIC, HSP_MAGIC_LEN) != 0)
         return -1;
     r->op = buf[4];
+    r->flags = buf[5];
     if (r->op < HSP_PUSH || r->op > HSP_DELETE)
+        return -1;
+    /* A flag this side does not know, or one the op does not take, is a
+     * request it cannot serve as asked. */
+    if ((r->flags & ~(unsigned)HSP_F_ALL) != 0 || (r->flags != 0 && r->op != HSP_PUSH))
         return -1;
     size_t d = haul__get16(buf + 6), s = haul__get16(buf + 8);
     if (10 + d + s != len || d > HSP_NAME_MAX || s > HSP_SNAPSHOT_MAX)

@@ -42,8 +42,18 @@ enum hsp_op {
     HSP_DELETE = 6, /* remove one snapshot (needs the delete right) */
 };
 
+/* Request flags. */
+enum hsp_flag {
+    /* PUSH: end the running push of the dataset even if its client still
+     * looks connected (haul push --takeover). hauld grants it only to a
+     * push of the same principal as the running one. */
+    HSP_F_TAKEOVER = 1u << 0,
+};
+#define HSP_F_ALL HSP_F_TAKEOVER
+
 typedef struct hsp_request {
     int op;
+    unsigned flags;                      /* enum hsp_flag; only PUSH takes any */
     char dataset[HSP_NAME_MAX + 1];      /* "" for LIST of all datasets, BENCH */
     char snapshot[HSP_SNAPSHOT_MAX + 1]; /* "" for the latest */
 } hsp_request;
@@ -62,7 +72,13 @@ enum hsp_refusal {
     HSP_R_SHUTTING_DOWN = 7,
     HSP_R_LIMIT = 8, /* the principal has as many sessions as it may */
     HSP_R_LAST = HSP_R_LIMIT,
+    /* PUSH with HSP_F_TAKEOVER: the running push is another principal's,
+     * which only that principal may end. Beyond every haul_error code,
+     * which the server's engine may refuse with. */
+    HSP_R_TAKEOVER_DENIED = 100,
 };
+/* A reason hauld refuses with (not the engine's own)? */
+int hsp_refusal_known(uint32_t reason);
 const char *hsp_refusal_text(uint32_t reason);
 
 /* Record types. */

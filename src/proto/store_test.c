@@ -71,6 +71,53 @@ TEST(requests_round_trip_and_bad_ones_fail)
     CHECK_EQ(hsp_request_decode(buf, n, &d), -1); /* push needs a dataset */
 }
 
+TEST(request_flags_round_trip_and_unknown_ones_fail)
+{
+    hsp_request r = {.op = HSP_PUSH, .flags = HSP_F_TAKEOVER}, d;
+    strcpy(r.dataset, "home");
+    uint8_t buf[512];
+    size_t n = hsp_request_encode(&r, buf, sizeof(buf));
+    CHECK_EQ(n, 14);
+    CHECK_EQ(buf[5], HSP_F_TAKEOVER);
+    CHECK_OK(hsp_request_decode(buf, n, &d));
+    CHECK_EQ(d.op, HSP_PUSH);
+    CHECK_EQ(d.flags, HSP_F_TAKEOVER);
+    CHECK_STR_EQ(d.dataset, "home");
+    /* Without the flag, as every request was before flags existed. */
+    r.flags = 0;
+    n = hsp_request_encode(&r, buf, sizeof(buf));
+    CHECK_OK(hsp_request_decode(buf, n, &d));
+    CHECK_EQ(d.flags, 0);
+    /* A flag nobody defined yet: refused, never ignored. */
+    buf[5] = 0x80;
+    CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
+    buf[5] = HSP_F_TAKEOVER | 0x02;
+    CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
+    /* Only a push can take over. */
+    buf[5] = HSP_F_TAKEOVER;
+    buf[4] = HSP_PULL;
+    CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
+    buf[4] = HSP_DELETE;
+    CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
+}
+
+TEST(refusal_reasons_have_texts_and_stay_clear_of_the_engines)
+{
+    for (uint32_t reason = HSP_R_BAD_REQUEST; reason <= HSP_R_LAST; reason++) {
+        CHECK(hsp_refusal_known(reason));
+        CHECK(strcmp(hsp_refusal_text(reason), "refused") != 0);
+    }
+    CHECK(hsp_refusal_known(HSP_R_TAKEOVER_DENIED));
+    CHECK(strstr(hsp_refusal_text(HSP_R_TAKEOVER_DENIED), "--takeover") != NULL);
+    /* The engine refuses with haul_error codes: never taken for hauld's. */
+    CHECK(!hsp_refusal_known(0));
+    CHECK(!hsp_refusal_known(9));
+    CHECK(!hsp_refusal_known(12));
+    CHECK(!hsp_refusal_known(16));
+    CHECK(!hsp_refusal_known(99));
+    CHECK_GT((int)HSP_R_TAKEOVER_DENIED, 64);
+}
+
 TEST(records_round_trip)
 {
     uint8_t *buf = malloc(HSP_MESSAGE_MAX);

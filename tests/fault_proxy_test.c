@@ -1,0 +1,294 @@
+/*
+ * fault_proxy_test.c - the fault-injecting proxy of the tests does what
+ * fault_proxy.h says, on plain sockets: it forwards every byte both ways
+ * in order, cuts keep the bytes, a partition passes nothing until it
+ * ends and loses nothing, a reset of every connection reaches the client
+ * as ECONNRESET, a FIN reaches its receiver as the end of the stream,
+ * and the schedule is a function of the seed.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "fault_proxy.h"
+#include "harness.h"
+#include "util.h"
+
+/* A listening socket on loopback; its address goes to buf. */
+static int listen_loopback(char *buf, size_t size)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    CHECK_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)));
+    CHECK_OK(listen(fd, 16));
+    socklen_t len = sizeof(sa);
+    CHECK_OK(getsockname(fd, (struct sockaddr *)&sa, &len));
+    snprintf(buf, size, "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+    return fd;
+}
+
+static int dial(const char *address)
+{
+    const char *colon = strrchr(address, ':');
+    CHECK(colon != NULL);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                             .sin_port = htons((uint16_t)atoi(colon + 1))};
+    CHECK_OK(connect(fd, (struct sockaddr *)&sa, sizeof(sa)));
+    return fd;
+}
+
+/* Whether fd becomes readable within ms. */
+static int readable(int fd, int ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, ms) == 1;
+}
+
+/* Reads exactly len bytes, failing the test after 10 s of silence. */
+static void read_all(int fd, uint8_t *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        CHECK(readable(fd, 10000));
+        ssize_t n = read(fd, buf + got, len - got);
+        CHECK_GT(n, 0);
+        got += (size_t)n;
+    }
+}
+
+/* Sends len bytes from a and reads them at b, while b's sends are read
+ * at a: both directions at once, through the proxy. */
+static void exchange(int a, int b, size_t len, uint64_t pattern)
+{
+    uint8_t *out = malloc(len), *back = malloc(len), *in = malloc(len);
+    CHECK(out != NULL && back != NULL && in != NULL);
+    fill_pattern(out, len, pattern);
+    fill_pattern(back, len, pattern + 1);
+    size_t sent_a = 0, sent_b = 0, got_a = 0, got_b = 0;
+    uint8_t *in_a = malloc(len);
+    CHECK(in_a != NULL);
+    while (got_a < len || got_b < len) {
+        struct pollfd p[2] = {{.fd = a, .events = POLLIN | (sent_a < len ? POLLOUT : 0)},
+                              {.fd = b, .events = POLLIN | (sent_b < len ? POLLOUT : 0)}};
+        CHECK_EQ(poll(p, 2, 10000) > 0, 1);
+        if (p[0].revents & POLLOUT) {
+            ssize_t n = send(a, out + sent_a, len - sent_a, MSG_DONTWAIT);
+            CHECK_GT(n, 0);
+            sent_a += (size_t)n;
+        }
+        if (p[1].revents & POLLOUT) {
+            ssize_t n = send(b, back + sent_b, len - sent_b, MSG_DONTWAIT);
+            CHECK_GT(n, 0);
+            sent_b += (size_t)n;
+        }
+        if (p[1].revents & POLLIN) {
+            ssize_t n = read(b, in + got_b, len - got_b);
+            CHECK_GT(n, 0);
+            got_b += (size_t)n;
+        }
+        if (p[0].revents & POLLIN) {
+            ssize_t n = read(a, in_a + got_a, len - got_a);
+            CHECK_GT(n, 0);
+            got_a += (size_t)n;
+        }
+    }
+    CHECK(memcmp(out, in, len) == 0);
+    CHECK(memcmp(back, in_a, len) == 0);
+    free(out);
+    free(back);
+    free(in);
+    free(in_a);
+}
+
+typedef struct pair {
+    int listener, client, server;
+    char target[64];
+    fault_proxy *proxy;
+} pair;
+
+/* A target, a proxy in front of it and one connection through it. */
+static void pair_open(pair *p, fault_proxy_config *c)
+{
+    p->listener = listen_loopback(p->target, sizeof(p->target));
+    c->target = p->target;
+    CHECK_OK(fault_proxy_start(c, &p->proxy));
+    p->client = dial(fault_proxy_address(p->proxy));
+    CHECK(readable(p->listener, 10000));
+    p->server = accept(p->listener, NULL, NULL);
+    CHECK(p->server >= 0);
+}
+
+static void pair_close(pair *p)
+{
+    close(p->client);
+    close(p->server);
+    close(p->listener);
+    fault_proxy_stop(p->proxy);
+}
+
+TEST(forwards_both_ways)
+{
+    fault_proxy_config c;
+    fault_proxy_config_init(&c);
+    pair p;
+    pair_open(&p, &c);
+    exchange(p.client, p.server, 3u << 20, 7);
+    fault_proxy_stats st;
+    fault_proxy_stats_get(p.proxy, &st);
+    CHECK_EQ(st.accepted, 1);
+    CHECK_EQ(st.bytes[0], 3u << 20);
+    CHECK_EQ(st.bytes[1], 3u << 20);
+    pair_close(&p);
+}
+
+/* Cuts and delays change when bytes arrive, never which. */
+TEST(cuts_and_delays_keep_every_byte)
+{
+    fault_proxy_config c;
+    fault_proxy_config_init(&c);
+    c.faults = 1;
+    c.kinds = (1u << FAULT_CUT) | (1u << FAULT_DELAY);
+    c.faults_per_conn = 8;
+    c.span_bytes = 256 * 1024;
+    c.delay_max_ms = 20;
+    for (uint64_t seed = 1; seed <= 6; seed++) {
+        c.seed = seed;
+        pair p;
+        pair_open(&p, &c);
+        exchange(p.client, p.server, 512 * 1024, seed);
+        fault_proxy_stats st;
+        fault_proxy_stats_get(p.proxy, &st);
+        CHECK_EQ(st.applied[FAULT_RESET] + st.applied[FAULT_FIN] + st.applied[FAULT_BLACKHOLE], 0);
+        pair_close(&p);
+    }
+}
+
+TEST(partition_passes_nothing_until_it_ends)
+{
+    fault_proxy_config c;
+    fault_proxy_config_init(&c);
+    pair p;
+    pair_open(&p, &c);
+    fault_proxy_partition(p.proxy, 1);
+    CHECK_EQ(send(p.client, "up", 2, 0), 2);
+    CHECK_EQ(send(p.server, "down", 4, 0), 4);
+    /* Silence is what is being checked, so it takes a wait. */
+    CHECK(!readable(p.server, 300));
+    CHECK(!readable(p.client, 1));
+    /* A new connection is not accepted, so not dialed either. */
+    int late = dial(fault_proxy_address(p.proxy));
+    CHECK(!readable(p.listener, 100));
+    fault_proxy_partition(p.proxy, 0);
+    uint8_t buf[4];
+    read_all(p.server, buf, 2);
+    CHECK(memcmp(buf, "up", 2) == 0);
+    read_all(p.client, buf, 4);
+    CHECK(memcmp(buf, "down", 4) == 0);
+    CHECK(readable(p.listener, 10000));
+    int late_server = accept(p.listener, NULL, NULL);
+    CHECK(late_server >= 0);
+    exchange(late, late_server, 1000, 3);
+    close(late);
+    close(late_server);
+    pair_close(&p);
+}
+
+TEST(reset_all_reaches_both_ends_as_rst)
+{
+    fault_proxy_config c;
+    fault_proxy_config_init(&c);
+    pair p;
+    pair_open(&p, &c);
+    exchange(p.client, p.server, 1000, 1);
+    fault_proxy_reset_all(p.proxy);
+    CHECK(readable(p.client, 10000));
+    char b;
+    CHECK_EQ(read(p.client, &b, 1), -1);
+    CHECK_EQ(errno, ECONNRESET);
+    CHECK(readable(p.server, 10000));
+    CHECK_EQ(read(p.server, &b, 1), -1);
+    CHECK_EQ(errno, ECONNRESET);
+    pair_close(&p);
+}
+
+/* A planned FIN at a byte offset: the receiver gets exactly that many
+ * bytes, then the end of the stream. */
+TEST(fin_at_a_byte_offset)
+{
+    fault_proxy_config c;
+    fault_proxy_config_init(&c);
+    c.faults = 1;
+    c.kinds = 1u << FAULT_FIN;
+    c.faults_per_conn = 1;
+    c.span_bytes = 4096;
+    /* The first seed whose plan for connection 0 has a FIN in the upward
+     * direction at a byte offset. */
+    for (c.seed = 1;; c.seed++) {
+        CHECK_LT(c.seed, 1000);
+        pair p;
+        pair_open(&p, &c);
+        char report[4096];
+        FILE *f = fmemopen(report, sizeof(report), "w");
+        fault_proxy_report(p.proxy, f, "");
+        fclose(f);
+        const char *at = strstr(report, "fin up at byte ");
+        if (at == NULL) {
+            pair_close(&p);
+            continue;
+        }
+        size_t offset = strtoull(at + strlen("fin up at byte "), NULL, 10);
+        uint8_t buf[8192];
+        fill_pattern(buf, sizeof(buf), 5);
+        CHECK_EQ(send(p.client, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+        uint8_t in[8192];
+        read_all(p.server, in, offset);
+        CHECK(memcmp(buf, in, offset) == 0);
+        CHECK(readable(p.server, 10000));
+        CHECK_EQ(read(p.server, in, sizeof(in)), 0);
+        pair_close(&p);
+        break;
+    }
+}
+
+/* The report of two proxies of one seed shows one schedule. */
+TEST(schedule_is_a_function_of_the_seed)
+{
+    char reports[2][8192];
+    for (int k = 0; k < 2; k++) {
+        fault_proxy_config c;
+        fault_proxy_config_init(&c);
+        c.faults = 1;
+        c.seed = 12345;
+        c.span_ms = 60000; /* no time trigger fires during the test */
+        c.span_bytes = 1u << 30;
+        c.max_blips = 0;
+        pair p;
+        pair_open(&p, &c);
+        int more[3];
+        for (int i = 0; i < 3; i++)
+            more[i] = dial(fault_proxy_address(p.proxy));
+        for (int waited = 0; waited < 10000; waited += 10) {
+            fault_proxy_stats st;
+            fault_proxy_stats_get(p.proxy, &st);
+            if (st.accepted == 4)
+                break;
+            CHECK(!readable(p.server, 10));
+        }
+        FILE *f = fmemopen(reports[k], sizeof(reports[k]), "w");
+        fault_proxy_report(p.proxy, f, "");
+        fclose(f);
+        for (int i = 0; i < 3; i++)
+            close(more[i]);
+        pair_close(&p);
+    }
+    CHECK(strstr(reports[0], "conn 3:") != NULL);
+    CHECK_STR_EQ(reports[0], reports[1]);
+}
