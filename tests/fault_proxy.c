@@ -234,8 +234,8 @@ static unsigned make_plan(const fault_proxy_config *c, unsigned index, planned *
         p->by_time = below(&rng, 4) == 0;
         /* Offsets: half of them in the first 64 KiB, where every
          * connection has traffic, the others over the whole span. */
-        uint64_t span =
-            below(&rng, 2) ? c->span_bytes : (c->span_bytes < 65536 ? c->span_bytes : 65536);
+        uint64_t whole = p->dir == DIR_UP ? c->span_bytes : c->span_bytes_down;
+        uint64_t span = below(&rng, 2) || whole < 65536 ? whole : 65536;
         p->at_bytes = span ? below(&rng, span) + 1 : 1;
         p->at_ms = c->span_ms ? (unsigned)below(&rng, c->span_ms) : 0;
         if (p->kind == FAULT_BLACKHOLE)
@@ -435,6 +435,8 @@ static int apply(fault_proxy *px, size_t slot, unsigned i, int64_t now)
     if (disruptive(p->kind))
         px->applied_budget++;
     px->stats.applied[p->kind]++;
+    if (p->kind == FAULT_BLACKHOLE || p->kind == FAULT_DELAY)
+        px->stats.stalled_ms += p->ms;
     record(px, "conn %u: %s (up %llu, down %llu bytes forwarded)", c->index, what,
            (unsigned long long)c->d[DIR_UP].forwarded,
            (unsigned long long)c->d[DIR_DOWN].forwarded);
@@ -764,6 +766,7 @@ void fault_proxy_config_init(fault_proxy_config *config)
     config->faults_per_conn = 3;
     config->max_blips = 1;
     config->span_bytes = 1u << 20;
+    config->span_bytes_down = 1u << 20;
     config->span_ms = 1500;
     config->blackhole_max_ms = 1000;
     config->delay_max_ms = 200;
@@ -895,9 +898,9 @@ void fault_proxy_report(fault_proxy *px, FILE *out, const char *prefix)
     const fault_proxy_config *c = &px->config;
     fprintf(out,
             "%sschedule: seed=%llu, budget %u disruptive faults, up to %u per connection, "
-            "span %llu bytes / %u ms\n",
+            "span %llu bytes up, %llu down, %u ms\n",
             prefix, (unsigned long long)c->seed, c->max_faults, c->faults_per_conn,
-            (unsigned long long)c->span_bytes, c->span_ms);
+            (unsigned long long)c->span_bytes, (unsigned long long)c->span_bytes_down, c->span_ms);
     char what[96];
     for (unsigned i = 0; i < px->nblips; i++) {
         describe(&px->blips[i], what, sizeof(what));

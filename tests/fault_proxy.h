@@ -84,10 +84,13 @@ typedef struct fault_proxy_config {
     unsigned faults_per_conn;
     /* Most blips planned. Default 1. */
     unsigned max_blips;
-    /* Byte-offset triggers fall in [0, span_bytes) of a direction;
-     * time triggers (and blips) in [0, span_ms). Defaults 1 MiB and
+    /* Byte-offset triggers fall in [1, span_bytes] of the upward
+     * direction (client to target) and in [1, span_bytes_down] of the
+     * other, where a request-response protocol carries far fewer bytes;
+     * time triggers (and blips) in [0, span_ms). Defaults 1 MiB, 1 MiB and
      * 1500 ms. */
     uint64_t span_bytes;
+    uint64_t span_bytes_down;
     unsigned span_ms;
     /* Longest blackhole and delay. Defaults 1000 ms and 200 ms. */
     unsigned blackhole_max_ms;
@@ -103,6 +106,7 @@ typedef struct fault_proxy_stats {
     uint64_t accepted;                   /* connections accepted */
     uint64_t applied[FAULT_KIND_COUNT_]; /* faults applied, by kind */
     uint64_t skipped;                    /* planned, but over the budget */
+    uint64_t stalled_ms;                 /* sum of the blackholes and delays applied */
     uint64_t bytes[2];                   /* forwarded: to the target, back */
 } fault_proxy_stats;
 
