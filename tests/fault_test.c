@@ -847,6 +847,14 @@ static int run_seed(uint64_t seed, unsigned slow, int verbose)
     if (r->mild) {
         for (unsigned s = 0; s < p->sessions; s++) {
             client_session *c = &r->cs[s];
+            /* A pipe none of whose connections could be set up refuses
+             * its sessions at once with the reason (a documented fail
+             * fast, not a fault of the run): a reset in every first
+             * handshake does it. */
+            int fail_fast =
+                c->refused && (c->error == HAUL_ECONNRESET || c->error == HAUL_ECONNREFUSED);
+            if (fail_fast)
+                continue;
             if (c->error != HAUL_OK || c->refused || c->failed || !c->open)
                 problem(r,
                         "session %u ended with %s (%u messages failed, first %s) under mild "
@@ -1059,3 +1067,11 @@ REGRESSION_SEED(seed_1_fin_fails_delivered_replies, 1)
  * connection that carried it, not one: EATTEMPTS after a few faults. */
 REGRESSION_SEED(seed_117_blip_spends_every_attempt, 117)
 REGRESSION_SEED(seed_353_replies_fail_with_eattempts, 353)
+/* A FIN in the middle of the server's HELLO_ACK on one connection: the
+ * connection joined on the server, not on the client; the server's
+ * SYNC_ACK went on it and was lost with it, and the client's session
+ * timed out while the server's was open. */
+REGRESSION_SEED(seed_1540_sync_ack_lost_with_its_connection, 1540)
+/* A blip spends every attempt (EATTEMPTS); the client's ABORTs are lost
+ * with the connections, and the server's sessions stay open. */
+REGRESSION_SEED(seed_2253_abort_lost_server_session_stays, 2253)
