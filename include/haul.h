@@ -147,8 +147,15 @@ typedef struct haul_engine_config {
      * acknowledged this long after it was queued and after the session's
      * last acknowledgement. Default 60000 ms. Sessions may override it. */
     unsigned message_timeout_ms;
-    /* A message whose chunks had to be sent again this many times (because
-     * connections carrying them broke) fails. Default 8. */
+    /* Rounds of retransmission a message may need before it fails, with
+     * its session, with HAUL_EATTEMPTS. A round begins when a connection
+     * that carried chunks of the message breaks before the message is
+     * acknowledged, so that those chunks must be sent again. Connections
+     * that break before any chunk of the message has been written again
+     * (whole, or in part) add nothing to that round: one fault that breaks every connection
+     * of the pipe costs one round, however many connections carried the
+     * message. The message fails when a round would be the
+     * max_attempts-th (1: at the first). Default 8. */
     unsigned max_attempts;
     /* Redial backoff of a lost pipe connection: starts at the minimum,
      * doubles up to the maximum. Defaults 20 ms and 2000 ms. */
@@ -494,8 +501,15 @@ HAUL_API int haul_send_buffer(haul_session *session, const void *buf, size_t len
  * Queues a range of an open file as one message, sent without copying
  * through user space where the connection allows (sendfile). The engine
  * duplicates fd, so the caller may close its own at once. The file must
- * not shrink until the message's final event; if it does, the message
- * fails with HAUL_EIO.
+ * not shrink until the message's final event; if it does (or a read of
+ * it fails), the message fails with HAUL_EIO, and so does its session,
+ * since no later message could be delivered in order: every message
+ * still queued gets HAUL_EV_MESSAGE_FAILED with HAUL_EIO, the session
+ * HAUL_EV_SESSION_CLOSED with HAUL_EIO, and the peer an ABORT carrying
+ * HAUL_EIO. The pipe's other sessions are not disturbed. The receiver
+ * drops what it received of the message (docs/protocol.md, section 9.5);
+ * bytes of a file that changes without shrinking are sent as they are
+ * read.
  */
 HAUL_API int haul_send_file(haul_session *session, int fd, off_t offset, size_t len, uint64_t tag);
 

@@ -46,8 +46,12 @@ enum { HAUL__POLL_CONN = 1, HAUL__POLL_LISTENER, HAUL__POLL_WAKE, HAUL__POLL_TIM
 
 enum { HAUL__BODY_OWNED, HAUL__BODY_BORROWED, HAUL__BODY_FILE };
 
-/* Per-chunk receive state, one byte a chunk. */
-enum { HAUL__RX_NONE = 0, HAUL__RX_CLAIMED = 1, HAUL__RX_DONE = 2 };
+/* Per-chunk receive state, one byte a chunk. A chunk is claimed while one
+ * connection reads a copy of it, shared while several do (the sender sent
+ * it again after a connection loss, and the receiver still reads the
+ * first copy): whichever copy completes first makes it done, and a copy
+ * that ends early takes only its own claim away. */
+enum { HAUL__RX_NONE = 0, HAUL__RX_CLAIMED = 1, HAUL__RX_DONE = 2, HAUL__RX_SHARED = 3 };
 
 struct haul_message {
     haul__list link;       /* in the session's output, reassembly or input queue */
@@ -72,8 +76,15 @@ struct haul_message {
     uint32_t nchunks;
     uint32_t *carrier;
     uint32_t next_chunk; /* no chunk before it needs sending */
+    uint32_t taken_end;  /* no chunk from it on was ever taken for sending */
     uint32_t unsent;     /* chunks with carrier 0 */
+    /* Rounds of retransmission so far (docs/protocol.md, section 9.2):
+     * resending is set when a round begins, and cleared when a chunk of
+     * the message taken since goes out (written whole, or in part on a
+     * connection that then broke), so that connections breaking before
+     * then add no round. */
     unsigned attempts;
+    int resending;
     int64_t deadline; /* ms on the engine clock */
     int in_flight;    /* counted in the session's sendable set */
 
@@ -186,6 +197,8 @@ typedef struct haul__tx_item {
     uint8_t *buf;          /* a control payload the item owns, or NULL */
     haul_session *session; /* holds a session reference when set */
     haul_message *msg;     /* CHUNK: holds a message reference */
+    unsigned round;        /* CHUNK: the message's attempts when it was taken */
+    int pad;               /* CHUNK: its file fell short; the rest goes as zeros */
     uint32_t chunk_index;
     uint64_t offset;
     uint32_t len;
@@ -237,6 +250,8 @@ struct haul__conn {
     int handshaking;    /* accepted, counted in engine->handshaking */
     int rx_hup;         /* the peer closed or reset: read until EOF */
     int hello_pending;  /* a HELLO or HELLO_ACK to send */
+    int debug_frozen;   /* test hook: neither reads nor writes while set */
+    int tx_short;       /* 1 + the item whose file fell short, or 0 */
 
     haul_conn_stats stats;
     uint32_t seen_sessions[8];       /* for stats.sessions_sent */
@@ -393,7 +408,7 @@ void haul__session_chunk_done(haul_session *s, haul_message *m, uint32_t index);
 
 int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__frame *f,
                               haul_message **mp, uint32_t *indexp);
-void haul__session_chunk_abandon(haul_message *m, uint32_t index);
+void haul__session_chunk_abandon(haul__pipe *pipe, haul_message *m, uint32_t index);
 int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payload,
                            uint32_t *plen);
 void haul__session_sync_payload(const haul_session *s, uint8_t *out);
@@ -430,7 +445,9 @@ void haul__pipe_maybe_free(haul__pipe *pipe);
 void haul__pipe_add_session(haul__pipe *pipe, haul_session *s);
 void haul__pipe_remove_session(haul__pipe *pipe, haul_session *s);
 void haul__pipe_destroy(haul__pipe *pipe);
-haul__conn *haul__pipe_reader(haul__pipe *pipe, haul_message *m, uint32_t index);
+/* The joined connections reading a copy of chunk `index` of m: counts
+ * them, and with drop, tells each to discard the rest of its copy. */
+unsigned haul__pipe_readers(haul__pipe *pipe, haul_message *m, uint32_t index, int drop);
 
 /* Connections. */
 haul__conn *haul__conn_new(haul_engine *engine, int fd, int server, haul__pipe *pipe,
@@ -483,6 +500,13 @@ int haul__sock_dial(const struct sockaddr_storage *ss, socklen_t len, int *fdp);
 
 /* Test hook: breaks connection `index` of the session's (client) pipe. */
 int haul__debug_break_conn(haul_session *s, unsigned index);
+
+/* Test hook: freezes connection `index` of the session's pipe (client or
+ * server; -1: every one), as a peer that stops reading and writing would:
+ * it neither reads nor writes until thawed, so that its socket buffers
+ * fill. Thawing makes it read and write again. Returns 0, or HAUL_EINVAL
+ * when there is no such connection. */
+int haul__debug_freeze(haul_session *s, int index, int frozen);
 
 /* Test hook: while held, no dispatcher of the engine sends chunks, so that
  * a test can fill queues before anything moves. */

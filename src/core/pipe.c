@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/engine.h"
@@ -213,25 +214,43 @@ void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
     haul__pipe_kick(pipe, pipe->joined);
 }
 
-/* Which connection is reading chunk `index` of m, if any. */
-haul__conn *haul__pipe_reader(haul__pipe *pipe, haul_message *m, uint32_t index)
+static int reads_chunk(const haul__conn *c, const haul_message *m, uint32_t index)
 {
+    return c && !c->dead && c->rx_state == HAUL__RXS_CHUNK && c->rx_msg == m &&
+           c->rx_index == index;
+}
+
+/* Every connection of a pipe runs on one thread, so none of the readers
+ * is in the middle of a read while this runs: a dropped reader finds its
+ * state changed when it next reads, and discards the rest of its copy. */
+static unsigned reader_found(haul__conn *c, int drop)
+{
+    if (drop) {
+        haul_message *m = c->rx_msg;
+        c->rx_state = HAUL__RXS_DISCARD;
+        c->rx_msg = NULL;
+        haul__message_unref(m);
+    }
+    return 1;
+}
+
+unsigned haul__pipe_readers(haul__pipe *pipe, haul_message *m, uint32_t index, int drop)
+{
+    unsigned n = 0;
     if (pipe->server) {
         haul__list *p;
         haul__list_each(p, &pipe->members)
         {
             haul__conn *c = HAUL__CONTAINER(p, haul__conn, pipe_link);
-            if (c->rx_msg == m && c->rx_index == index)
-                return c;
+            if (reads_chunk(c, m, index))
+                n += reader_found(c, drop);
         }
-        return NULL;
+        return n;
     }
-    for (unsigned i = 0; i < pipe->nconns; i++) {
-        haul__conn *c = pipe->conns[i];
-        if (c && c->rx_msg == m && c->rx_index == index)
-            return c;
-    }
-    return NULL;
+    for (unsigned i = 0; i < pipe->nconns; i++)
+        if (reads_chunk(pipe->conns[i], m, index))
+            n += reader_found(pipe->conns[i], drop);
+    return n;
 }
 
 /* ---- sessions in the pipe --------------------------------------------------- */
@@ -306,6 +325,16 @@ static void count_session(haul__conn *c, uint32_t id)
     }
 }
 
+/* Whether the file of a message still holds its first `end` bytes: a
+ * file that shrank since haul_send_file() fails the message (haul.h). */
+static int file_holds(const haul_message *m, uint64_t end)
+{
+    struct stat st;
+    if (fstat(m->fd, &st) != 0)
+        return 0;
+    return !S_ISREG(st.st_mode) || (uint64_t)st.st_size >= (uint64_t)m->file_offset + end;
+}
+
 /*
  * Fills the connection's batch (mu held): control frames first, then
  * chunks, one session after the other. A batch carries at most one large
@@ -360,7 +389,21 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
         uint32_t idx = m->next_chunk;
         while (m->carrier[idx] != 0)
             idx++;
+        uint64_t offset = (uint64_t)idx * m->chunk;
+        uint32_t len = (uint32_t)(m->len - offset < m->chunk ? m->len - offset : m->chunk);
+        if (m->kind == HAUL__BODY_FILE && !file_holds(m, offset + len)) {
+            /* Caught before its header goes: nothing of the chunk is sent,
+             * and the receiver never completes the message. */
+            haul__log(pipe->engine, HAUL_LOG_WARN,
+                      "session %u: the file of message %llu shrank before it was sent; "
+                      "failing the session with EIO",
+                      s->id, (unsigned long long)m->seq);
+            haul__session_fail(s, HAUL_EIO, 1);
+            continue;
+        }
         m->carrier[idx] = c->serial;
+        if (idx >= m->taken_end)
+            m->taken_end = idx + 1;
         m->unsent--;
         m->next_chunk = idx + 1;
 
@@ -371,9 +414,10 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
         s->refs++;
         it->msg = m;
         m->refs++;
+        it->round = m->attempts;
         it->chunk_index = idx;
-        it->offset = (uint64_t)idx * m->chunk;
-        it->len = (uint32_t)(m->len - it->offset < m->chunk ? m->len - it->offset : m->chunk);
+        it->offset = offset;
+        it->len = len;
         haul__frame f = {.version = HAUL_PROTOCOL_VERSION,
                          .type = HAUL__F_CHUNK,
                          .len = it->len,
@@ -534,6 +578,39 @@ int haul__debug_break_conn(haul_session *s, unsigned index)
     }
     pthread_mutex_unlock(&e->mu);
     return rc;
+}
+
+static int freeze(haul__conn *c, int index, int frozen)
+{
+    if (c == NULL || c->dead || (index >= 0 && c->index != (unsigned)index))
+        return 0;
+    c->debug_frozen = frozen;
+    if (!frozen) {
+        /* Edges that came while it was frozen were ignored. */
+        c->more_to_read = 1;
+        haul__conn_wake(c);
+    }
+    return 1;
+}
+
+int haul__debug_freeze(haul_session *s, int index, int frozen)
+{
+    haul_engine *e = s->engine;
+    pthread_mutex_lock(&e->mu);
+    int found = 0;
+    haul__pipe *pipe = s->in_table ? s->pipe : NULL;
+    if (pipe && pipe->server) {
+        haul__list *p;
+        haul__list_each(p, &pipe->members)
+        {
+            found += freeze(HAUL__CONTAINER(p, haul__conn, pipe_link), index, frozen);
+        }
+    } else if (pipe) {
+        for (unsigned i = 0; i < pipe->nconns; i++)
+            found += freeze(pipe->conns[i], index, frozen);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return found ? 0 : HAUL_EINVAL;
 }
 
 void haul__debug_hold(haul_engine *e, int hold)

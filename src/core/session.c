@@ -895,19 +895,13 @@ int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__fr
         pipe->engine->stats.duplicates++;
         return 1;
     }
-    if (m->rx_state[index] == HAUL__RX_CLAIMED) {
-        /* The connection that was bringing it broke half way, and the
-         * sender sent it again here. Every connection of a pipe runs on
-         * one thread, so the old reader is not in the middle of a read:
-         * it is told to drop the rest. */
-        haul__conn *old = haul__pipe_reader(pipe, m, index);
-        if (old && old != conn) {
-            old->rx_state = HAUL__RXS_DISCARD;
-            old->rx_msg = NULL;
-            haul__message_unref(m);
-        }
-    }
-    m->rx_state[index] = HAUL__RX_CLAIMED;
+    /* Another connection may be reading a copy of the chunk: the first
+     * one sent, on a connection that the sender saw break, while this is
+     * the copy it sent again; or the other way round, when the first copy
+     * was still in transit. Which of them will complete cannot be known
+     * here, so both are read (into the same bytes: every connection of a
+     * pipe runs on one thread) and the first to complete wins. */
+    m->rx_state[index] = m->rx_state[index] == HAUL__RX_NONE ? HAUL__RX_CLAIMED : HAUL__RX_SHARED;
     m->refs++;
     *mp = m;
     *indexp = index;
@@ -942,23 +936,37 @@ static void deliver(haul_session *s)
         haul__session_want(s, HAUL__PEND_ACK);
 }
 
-/* The payload of chunk `index` of m is all there (424, 432). */
+/* The payload of chunk `index` of m is all there (424, 432). The
+ * connection that read it no longer counts as its reader. */
 void haul__session_chunk_done(haul_session *s, haul_message *m, uint32_t index)
 {
     if (m->rx_state[index] == HAUL__RX_DONE)
         return;
+    /* Other copies still being read are dropped: once the message is
+     * delivered the application owns its bytes. */
+    if (m->rx_state[index] == HAUL__RX_SHARED && s != NULL && s->pipe != NULL)
+        haul__pipe_readers(s->pipe, m, index, 1);
     m->rx_state[index] = HAUL__RX_DONE;
     m->rx_done++;
     if (s != NULL && m->rx_done == m->nchunks)
         deliver(s);
 }
 
-/* Releases a claim on a chunk whose connection broke before it was all
- * read, so that the chunk sent again is taken. */
-void haul__session_chunk_abandon(haul_message *m, uint32_t index)
+/* A connection ended before it read all of its copy of a chunk (the caller
+ * no longer counts as its reader). Only its own claim goes: a copy that
+ * another connection is still reading may complete the chunk, and a chunk
+ * that nobody reads any more is free for the copy the sender sends again
+ * when it sees the connections that carried it break. */
+void haul__session_chunk_abandon(haul__pipe *pipe, haul_message *m, uint32_t index)
 {
-    if (m->rx_state[index] == HAUL__RX_CLAIMED)
+    if (m->rx_state[index] == HAUL__RX_CLAIMED) {
         m->rx_state[index] = HAUL__RX_NONE;
+    } else if (m->rx_state[index] == HAUL__RX_SHARED) {
+        unsigned left = pipe ? haul__pipe_readers(pipe, m, index, 0) : 0;
+        m->rx_state[index] = left == 0   ? HAUL__RX_NONE
+                             : left == 1 ? HAUL__RX_CLAIMED
+                                         : HAUL__RX_SHARED;
+    }
 }
 
 /* ---- control frames to send ------------------------------------------------------ */
@@ -1120,8 +1128,15 @@ int haul__session_conn_lost(haul_session *s, uint32_t serial)
                 lost = 1;
             }
         }
-        if (lost) {
+        /* A round of retransmission begins with the first loss that sends
+         * chunks of the message back; connections that break before any
+         * chunk of it was written again belong to the same round, as one
+         * fault often breaks several at once (section 9.2). */
+        if (lost && m->resending)
             again = 1;
+        else if (lost) {
+            again = 1;
+            m->resending = 1;
             if (++m->attempts >= s->engine->config.max_attempts) {
                 haul__log(s->engine, HAUL_LOG_WARN,
                           "session %u: message %llu failed after %u attempts", s->id,

@@ -171,19 +171,35 @@ static void handshake_over(haul__conn *c)
     }
 }
 
+/* A chunk went out (mu held): if it was taken in its message's current
+ * round of retransmission, that round is under way, and a later loss
+ * begins another. */
+static void chunk_went_out(const haul__tx_item *it)
+{
+    if (it->type == HAUL__F_CHUNK && it->msg->attempts == it->round)
+        it->msg->resending = 0;
+}
+
 void haul__conn_close(haul__conn *c, int error, const char *why)
 {
     if (c->dead)
         return;
+    /* What of the batch was written went out, if only in part. The write
+     * position is the owning thread's: read it only there. */
+    if (pthread_equal(pthread_self(), c->loop->thread)) {
+        for (int i = 0; i < c->nitems && i <= c->item_pos; i++)
+            if (i < c->item_pos || c->item_done > 0)
+                chunk_went_out(&c->items[i]);
+    }
     snprintf(c->why, sizeof(c->why), "%s", why);
     haul__log(c->engine, error == HAUL_ESHUTDOWN ? HAUL_LOG_DEBUG : HAUL_LOG_INFO,
               "connection %u closed in %s: %s", c->serial, conn_state_names[c->state], why);
     if (c->pipe)
         haul__pipe_conn_lost(c->pipe, c, error);
-    if (c->rx_msg && c->rx_state == HAUL__RXS_CHUNK)
-        haul__session_chunk_abandon(c->rx_msg, c->rx_index);
-    handshake_over(c);
     c->dead = 1;
+    if (c->rx_msg && c->rx_state == HAUL__RXS_CHUNK)
+        haul__session_chunk_abandon(c->pipe, c->rx_msg, c->rx_index);
+    handshake_over(c);
     c->state = HAUL__CONN_CLOSED;
     haul__list_del(&c->idle_link);
     if (!c->engine->stopping)
@@ -291,10 +307,10 @@ static void chunk_complete(haul__conn *c)
 {
     haul_message *m = c->rx_msg;
     c->stats.chunks_received++;
-    haul__session_chunk_done(m->session, m, c->rx_index);
     c->rx_msg = NULL;
-    haul__message_unref(m);
     c->rx_state = HAUL__RXS_HEADER;
+    haul__session_chunk_done(m->session, m, c->rx_index);
+    haul__message_unref(m);
 }
 
 static void on_hello(haul__conn *c, const uint8_t *payload)
@@ -547,7 +563,7 @@ static void do_read(haul__conn *c)
     int turns = c->ssl ? TLS_READ_TURNS : READ_TURNS;
     for (int turn = 0; turn < turns; turn++) {
         pthread_mutex_lock(&e->mu);
-        if (c->dead || c->state < HAUL__CONN_HELLO) {
+        if (c->dead || c->state < HAUL__CONN_HELLO || c->debug_frozen) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
@@ -644,6 +660,9 @@ static int is_file(const haul__tx_item *it)
     return it->type == HAUL__F_CHUNK && it->msg->kind == HAUL__BODY_FILE;
 }
 
+/* What completes the frame of a file that fell short. */
+static const uint8_t zeros[16384];
+
 /* Takes the next frames to write (mu held). Returns how many. */
 static int take_batch(haul__conn *c)
 {
@@ -680,6 +699,7 @@ static void batch_written(haul__conn *c)
         if (it->type == HAUL__F_CHUNK) {
             c->stats.chunks_sent++;
             e->stats.bytes_sent += it->len;
+            chunk_went_out(it);
             haul__message_unref(it->msg);
             it->msg = NULL;
         } else if (it->session) {
@@ -725,15 +745,20 @@ static int tls_gather(haul__conn *c)
             continue;
         }
         size_t n = rest < room ? (size_t)rest : room;
-        if (is_file(it)) {
+        if (is_file(it) && it->pad) {
+            memset(c->tx_buf + have, 0, n);
+            have += n;
+            done += n;
+        } else if (is_file(it)) {
             off_t at = it->msg->file_offset + (off_t)(it->offset + pdone);
             ssize_t r = pread(it->msg->fd, c->tx_buf + have, n, at);
             if (r < 0 && errno == EINTR)
                 continue;
-            if (r < 0)
-                return -1;
-            if (r == 0) {
-                errno = EIO; /* the file shrank under us */
+            if (r <= 0) {
+                /* The file shrank under us, or cannot be read: its
+                 * message fails, not the connection (file_fell_short). */
+                c->tx_short = i + 1;
+                errno = EIO;
                 return -1;
             }
             have += (size_t)r;
@@ -823,12 +848,18 @@ static ssize_t write_some(haul__conn *c)
             return send(c->fd, c->headers[c->item_pos] + c->item_done,
                         HAUL__FRAME_HDR - c->item_done, MSG_NOSIGNAL | MSG_MORE);
         uint64_t done = c->item_done - HAUL__FRAME_HDR;
+        if (it->pad) {
+            size_t n = it->len - done < sizeof(zeros) ? (size_t)(it->len - done) : sizeof(zeros);
+            return send(c->fd, zeros, n, MSG_NOSIGNAL);
+        }
         off_t off = it->msg->file_offset + (off_t)(it->offset + done);
         ssize_t n = sendfile(c->fd, it->msg->fd, &off, it->len - done);
         if (n < 0 && errno == EPIPE)
             consume_sigpipe();
         if (n == 0 && it->len > done) {
-            errno = EIO; /* the file shrank under us */
+            /* The file shrank under us (file_fell_short). */
+            c->tx_short = c->item_pos + 1;
+            errno = EIO;
             return -1;
         }
         return n;
@@ -856,6 +887,41 @@ static ssize_t write_some(haul__conn *c)
     }
     struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)niov};
     return sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+}
+
+/*
+ * The file of a chunk being written gave fewer bytes than its header
+ * promised: it shrank, or could not be read. Its message fails with
+ * HAUL_EIO, and so does its session, since delivery is in order; the peer
+ * gets an ABORT. The frame is completed with zeros when some chunk of the
+ * message was never taken for sending: the receiver can then never
+ * complete the message, and drops what it has of it with the aborted
+ * session, while the connection stays in step for the pipe's other
+ * sessions. A frame that might complete the message is cut instead, with
+ * the connection. Returns 0 when the batch goes on, -1 when the
+ * connection closed.
+ */
+static int file_fell_short(haul__conn *c)
+{
+    haul_engine *e = c->engine;
+    pthread_mutex_lock(&e->mu);
+    haul__tx_item *it = &c->items[c->tx_short - 1];
+    haul_message *m = it->msg;
+    c->tx_short = 0;
+    if (m->session != NULL && m->session == it->session) {
+        haul__log(e, HAUL_LOG_WARN,
+                  "session %u: the file of message %llu shrank while it was sent; failing the "
+                  "session with EIO",
+                  it->session->id, (unsigned long long)m->seq);
+        haul__session_fail(it->session, HAUL_EIO, 1);
+    }
+    int pad = m->taken_end < m->nchunks;
+    if (pad)
+        it->pad = 1;
+    else
+        haul__conn_close(c, HAUL_EIO, "the file of a message shrank under its last chunk");
+    pthread_mutex_unlock(&e->mu);
+    return pad ? 0 : -1;
 }
 
 static void write_failed(haul__conn *c)
@@ -894,7 +960,7 @@ static void do_write(haul__conn *c)
     haul_engine *e = c->engine;
     for (int turn = 0; turn < WRITE_TURNS; turn++) {
         pthread_mutex_lock(&e->mu);
-        if (c->dead || c->state < HAUL__CONN_HELLO) {
+        if (c->dead || c->state < HAUL__CONN_HELLO || c->debug_frozen) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
@@ -913,6 +979,11 @@ static void do_write(haul__conn *c)
                 continue;
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
                 return; /* the next EPOLLOUT edge brings us back */
+            if (n < 0 && c->tx_short) {
+                if (file_fell_short(c) == 0)
+                    continue;
+                return;
+            }
             if (n < 0) {
                 write_failed(c);
                 return;
