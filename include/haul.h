@@ -29,6 +29,11 @@
  *                                 HAUL_EV_MESSAGE_FAILED
  *      haul_session_close      -> HAUL_EV_SESSION_CLOSED
  *      An open session always ends with one HAUL_EV_SESSION_CLOSED.
+ *      The room for these events is reserved when the operation is
+ *      accepted, so posting them cannot fail later; a call for which it
+ *      cannot be reserved fails with HAUL_ENOMEM. A server session whose
+ *      events cannot be reserved is refused by the engine (the client
+ *      sees HAUL_EREFUSED with reason HAUL_ENOMEM).
  *   3. Each event names its level. HAUL_EV_MESSAGE_SENT means that the
  *      receiving engine has the whole message in the session's input
  *      queue and acknowledged it; it does not mean "left the socket".
@@ -89,7 +94,8 @@ extern "C" {
     X(EATTEMPTS, 18, "too many transmission attempts")                                             \
     X(EABORTED, 19, "session aborted by the peer")                                                 \
     X(EIO, 20, "input/output error")                                                               \
-    X(ETLS, 21, "TLS setup or handshake failed")
+    X(ETLS, 21, "TLS setup or handshake failed")                                                   \
+    X(ENOSESSION, 22, "the peer does not know the session (it restarted or already ended it)")
 
 typedef enum haul_error {
 #define HAUL_ERROR_ENUM_(name, code, text) HAUL_##name = code,
@@ -302,7 +308,8 @@ typedef struct haul_listen_config {
     /* Bytes of messages this side may have unacknowledged. Default 64 MiB. */
     uint64_t output_queue;
     /* Bytes of received messages the application has not yet taken, beyond
-     * which the window closes. Default 64 MiB. */
+     * which the window closes; an empty message counts as one byte.
+     * Default 64 MiB. */
     uint64_t input_queue;
     /* Largest message this side sends on these sessions. Default: the
      * engine's max_message. */
@@ -380,7 +387,8 @@ typedef struct haul_session_config {
      * HAUL_EQUEUEFULL. Default 64 MiB. */
     uint64_t output_queue;
     /* Input queue length in bytes: received messages not yet taken by
-     * haul_recv(). Default 64 MiB. */
+     * haul_recv(), an empty message counting as one byte (as in the
+     * sender's output queue). Default 64 MiB. */
     uint64_t input_queue;
     /* Largest message this session sends, at most the engine's
      * max_message. The receiver counts its window in messages of this
@@ -442,9 +450,12 @@ HAUL_API int haul_session_reject(haul_session *session, uint32_t reason);
 /*
  * Closes a session in order (FIN): messages already queued are still
  * delivered, then both sides get HAUL_EV_SESSION_CLOSED. Further sends
- * fail with HAUL_ESTATE. Messages the peer still had unacknowledged fail
- * on its side with HAUL_ECLOSED. Errors: HAUL_ESTATE (not open, or already
- * closing), HAUL_ECLOSED (already closed).
+ * fail with HAUL_ESTATE. The FIN tells the peer which of its messages
+ * this side delivered: those get HAUL_EV_MESSAGE_SENT on its side even if
+ * their acknowledgement had not come yet, and only the others, which
+ * this side will not deliver, fail with HAUL_ECLOSED. Errors:
+ * HAUL_ESTATE (not open, or already closing), HAUL_ECLOSED (already
+ * closed).
  */
 HAUL_API int haul_session_close(haul_session *session);
 
@@ -481,8 +492,9 @@ HAUL_API const char *haul_session_state(const haul_session *session);
  * once: HAUL_EQUEUEFULL when the output queue has no room for it now
  * (step 420; try again after a HAUL_EV_MESSAGE_SENT), HAUL_EMSGSIZE when it
  * is larger than the session's max_message or output queue and so can
- * never fit, HAUL_ESTATE when the session is not open. The tag comes back
- * in the message's final event.
+ * never fit, HAUL_ESTATE when the session is not open, HAUL_ENOMEM when
+ * memory for the message or for its final event ran out. The tag comes
+ * back in the message's final event.
  */
 HAUL_API int haul_send(haul_session *session, const void *buf, size_t len, uint64_t tag);
 

@@ -98,25 +98,30 @@ static int config_check(const haul_engine_config *c)
 
 /* ---- the completion queue ---------------------------------------------- */
 
-void haul__post(haul_engine *e, const haul_event *ev)
+/* Makes the ring hold at least `need` events. */
+static int cq_grow(haul_engine *e, size_t need)
 {
-    if (e->cq_len == e->cq_cap) {
-        /* The queue grows: events are bounded by the operations the
-         * application started, and dropping one would break the contract
-         * that every accepted operation posts exactly one final event. */
-        size_t cap = e->cq_cap ? e->cq_cap * 2 : 256;
-        haul_event *q = malloc(cap * sizeof(*q));
-        if (q == NULL) {
-            haul__log(e, HAUL_LOG_ERROR, "out of memory for the completion queue");
-            return;
-        }
-        for (size_t i = 0; i < e->cq_len; i++)
-            q[i] = e->cq[(e->cq_head + i) % e->cq_cap];
-        free(e->cq);
-        e->cq = q;
-        e->cq_cap = cap;
-        e->cq_head = 0;
-    }
+    if (need <= e->cq_cap)
+        return 0;
+    if (e->debug_cq_nomem)
+        return HAUL_ENOMEM;
+    size_t cap = e->cq_cap ? e->cq_cap : 256;
+    while (cap < need)
+        cap *= 2;
+    haul_event *q = malloc(cap * sizeof(*q));
+    if (q == NULL)
+        return HAUL_ENOMEM;
+    for (size_t i = 0; i < e->cq_len; i++)
+        q[i] = e->cq[(e->cq_head + i) % e->cq_cap];
+    free(e->cq);
+    e->cq = q;
+    e->cq_cap = cap;
+    e->cq_head = 0;
+    return 0;
+}
+
+static void cq_push(haul_engine *e, const haul_event *ev)
+{
     e->cq[(e->cq_head + e->cq_len) % e->cq_cap] = *ev;
     e->cq_len++;
     if (!e->cq_signalled) {
@@ -128,6 +133,46 @@ void haul__post(haul_engine *e, const haul_event *ev)
         e->cq_signalled = 1;
     }
     pthread_cond_broadcast(&e->cq_cond);
+}
+
+/* Reserves n slots for final events: the operation that needs them is
+ * refused with HAUL_ENOMEM when the ring cannot hold them, so that no
+ * final event can ever be lost for want of memory. */
+int haul__cq_reserve(haul_engine *e, size_t n)
+{
+    if (cq_grow(e, e->cq_len + e->cq_reserved + n))
+        return HAUL_ENOMEM;
+    e->cq_reserved += n;
+    return 0;
+}
+
+void haul__cq_release(haul_engine *e, size_t n)
+{
+    e->cq_reserved -= n;
+}
+
+void haul__post_reserved(haul_engine *e, const haul_event *ev)
+{
+    e->cq_reserved--;
+    cq_push(e, ev);
+}
+
+void haul__post(haul_engine *e, const haul_event *ev)
+{
+    /* Informational events take only what no final event was promised. */
+    if (cq_grow(e, e->cq_len + e->cq_reserved + 1)) {
+        haul__log(e, HAUL_LOG_ERROR, "out of memory for the completion queue: %s dropped",
+                  haul_event_name(ev->type));
+        return;
+    }
+    cq_push(e, ev);
+}
+
+void haul__debug_cq_nomem(haul_engine *e, int on)
+{
+    pthread_mutex_lock(&e->mu);
+    e->debug_cq_nomem = on;
+    pthread_mutex_unlock(&e->mu);
 }
 
 int haul_engine_fd(haul_engine *e)

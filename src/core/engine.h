@@ -87,6 +87,7 @@ struct haul_message {
     int resending;
     int64_t deadline; /* ms on the engine clock */
     int in_flight;    /* counted in the session's sendable set */
+    int cq_slot;      /* a slot of the completion queue is reserved for its final event */
 
     /* Receiving. */
     uint8_t *rx_state; /* per chunk: HAUL__RX_* */
@@ -138,6 +139,8 @@ struct haul_session {
     uint32_t nak_reason;
     int refused; /* answered with SYNC_NAK, whatever the reason's value */
     uint32_t abort_code;
+    int abort_inflight; /* ABORT frames in send batches, not yet written */
+    unsigned cq_slots;  /* completion queue slots reserved for its session events */
     haul__list ctl_link;
     haul__list pipe_link;     /* the pipe's list of all its sessions */
     haul__list bucket_link;   /* the pipe's id table */
@@ -161,6 +164,8 @@ struct haul_session {
     uint64_t ack_sent;  /* messages below it were acknowledged */
     uint32_t wnd_sent;  /* the WndSize of our last ACK */
     int peer_done;      /* the peer closed: nothing more will arrive */
+    int fin_taken;      /* our FIN went out once: fin_seq is fixed */
+    uint64_t fin_seq;   /* what our FIN says we delivered: messages below it */
     int close_error;
 };
 
@@ -277,6 +282,34 @@ struct haul__conn {
 
 #define HAUL__BUCKETS 256
 
+/* How a session that left its pipe's table ended, for the answers to
+ * frames that arrive for it later (docs/protocol.md, section 9.3). */
+enum {
+    HAUL__ENDED_CLOSED = 1, /* in order: FIN and FIN_ACK */
+    HAUL__ENDED_REFUSED,    /* SYNC_NAK; code is the reason */
+    HAUL__ENDED_ABORTED,    /* failed; code is what the ABORT carries */
+};
+
+/* Sessions a pipe remembers after they left its table, most recent
+ * first out of the ring, and control frames it owes for sessions it does
+ * not hold. Both are bounded: an id forgotten is answered as unknown, and
+ * an answer that finds the queue full is dropped (the peer's next frame
+ * for that session asks again). */
+#define HAUL__ENDED_MAX 64
+#define HAUL__ANSWERS_MAX 32
+
+typedef struct haul__ended {
+    uint32_t id;
+    uint32_t code;
+    int how; /* HAUL__ENDED_* */
+} haul__ended;
+
+typedef struct haul__answer {
+    uint32_t session;
+    uint32_t aux;
+    int type; /* HAUL__F_ABORT, HAUL__F_SYNC_NAK or HAUL__F_FIN_ACK */
+} haul__answer;
+
 struct haul__pipe {
     haul_engine *engine;
     haul__list link; /* in the engine's list of pipes */
@@ -319,6 +352,11 @@ struct haul__pipe {
     haul__list idle;     /* joined connections with nothing to write */
     haul__list members;  /* server: the connections joined to it */
 
+    haul__ended ended[HAUL__ENDED_MAX]; /* a ring: ended_next is the oldest slot */
+    unsigned ended_next, nended;
+    haul__answer answers[HAUL__ANSWERS_MAX];
+    unsigned nanswers;
+
     haul_listen_config lconf; /* server: session defaults */
 };
 
@@ -355,10 +393,14 @@ struct haul_engine {
     int timer_kind; /* HAUL__POLL_TIMER: what timerfd's registration points at */
     int stopping;
 
-    /* The completion queue: a growable ring. */
+    /* The completion queue: a growable ring. cq_reserved slots of it are
+     * promised to the final events of accepted operations (haul.h, rule
+     * 2), so that posting those never needs memory: cq_len + cq_reserved
+     * <= cq_cap always holds. */
     haul_event *cq;
-    size_t cq_cap, cq_head, cq_len;
-    int cq_fd; /* eventfd, readable while cq_len > 0 */
+    size_t cq_cap, cq_head, cq_len, cq_reserved;
+    int debug_cq_nomem; /* test hook: the ring cannot grow while set */
+    int cq_fd;          /* eventfd, readable while cq_len > 0 */
     int cq_signalled;
 
     haul__list listeners;
@@ -390,8 +432,15 @@ int64_t haul__now_ms(void);
 void haul__log(haul_engine *engine, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Completion queue. */
+/* Completion queue. haul__post() posts an informational event when there
+ * is room (growing the ring if it must), and drops it with a log line
+ * when there is none. A final event goes through a slot reserved with
+ * haul__cq_reserve() when its operation was accepted, and
+ * haul__post_reserved() cannot fail. */
 void haul__post(haul_engine *engine, const haul_event *event);
+int haul__cq_reserve(haul_engine *engine, size_t n); /* 0 or HAUL_ENOMEM */
+void haul__cq_release(haul_engine *engine, size_t n);
+void haul__post_reserved(haul_engine *engine, const haul_event *event);
 
 /* Sessions. */
 void haul__session_enter(haul_session *s, int event);
@@ -414,6 +463,10 @@ int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payl
 void haul__session_sync_payload(const haul_session *s, uint8_t *out);
 void haul__session_ctl_posted(haul_session *s, int type);
 void haul__session_ctl_written(haul_session *s, int type);
+void haul__session_ctl_lost(haul_session *s, int type);
+/* Takes the next control frame the pipe owes for a session it does not
+ * hold (section 9.3). Returns 0 when there was one, -1 when none. */
+int haul__pipe_take_answer(haul__pipe *pipe, haul__frame *f);
 int haul__session_conn_lost(haul_session *s, uint32_t serial);
 void haul__cq_forget(haul_engine *engine, haul_session *s);
 
@@ -448,6 +501,10 @@ void haul__pipe_destroy(haul__pipe *pipe);
 /* The joined connections reading a copy of chunk `index` of m: counts
  * them, and with drop, tells each to discard the rest of its copy. */
 unsigned haul__pipe_readers(haul__pipe *pipe, haul_message *m, uint32_t index, int drop);
+/* The memory of ended sessions and the answers owed for them. */
+void haul__pipe_remember(haul__pipe *pipe, uint32_t id, int how, uint32_t code);
+const haul__ended *haul__pipe_ended(const haul__pipe *pipe, uint32_t id);
+void haul__pipe_answer(haul__pipe *pipe, uint32_t id, int type, uint32_t aux);
 
 /* Connections. */
 haul__conn *haul__conn_new(haul_engine *engine, int fd, int server, haul__pipe *pipe,
@@ -511,6 +568,10 @@ int haul__debug_freeze(haul_session *s, int index, int frozen);
 /* Test hook: while held, no dispatcher of the engine sends chunks, so that
  * a test can fill queues before anything moves. */
 void haul__debug_hold(haul_engine *engine, int hold);
+
+/* Test hook: while set, the completion queue's ring cannot grow, as if
+ * memory had run out. */
+void haul__debug_cq_nomem(haul_engine *engine, int on);
 
 /* Reports how often each state was entered. */
 void haul__count_state(haul_engine *engine, int state);

@@ -253,6 +253,59 @@ unsigned haul__pipe_readers(haul__pipe *pipe, haul_message *m, uint32_t index, i
     return n;
 }
 
+/* ---- sessions the pipe no longer holds -------------------------------------- */
+
+/* Records how a session that leaves the table ended; the oldest record
+ * makes room when the ring is full. */
+void haul__pipe_remember(haul__pipe *pipe, uint32_t id, int how, uint32_t code)
+{
+    haul__ended *x = &pipe->ended[pipe->ended_next];
+    x->id = id;
+    x->how = how;
+    x->code = code;
+    pipe->ended_next = (pipe->ended_next + 1) % HAUL__ENDED_MAX;
+    if (pipe->nended < HAUL__ENDED_MAX)
+        pipe->nended++;
+}
+
+const haul__ended *haul__pipe_ended(const haul__pipe *pipe, uint32_t id)
+{
+    for (unsigned i = 0; i < pipe->nended; i++)
+        if (pipe->ended[i].id == id)
+            return &pipe->ended[i];
+    return NULL;
+}
+
+/* Queues a control frame for a session the pipe does not hold. One per
+ * session and type is enough: a repeat says nothing new. */
+void haul__pipe_answer(haul__pipe *pipe, uint32_t id, int type, uint32_t aux)
+{
+    for (unsigned i = 0; i < pipe->nanswers; i++)
+        if (pipe->answers[i].session == id && pipe->answers[i].type == type)
+            return;
+    if (pipe->nanswers == HAUL__ANSWERS_MAX) {
+        haul__log(pipe->engine, HAUL_LOG_DEBUG, "session %u: no room to answer a late frame", id);
+        return;
+    }
+    pipe->answers[pipe->nanswers++] = (haul__answer){.session = id, .type = type, .aux = aux};
+    haul__pipe_kick(pipe, 1);
+}
+
+int haul__pipe_take_answer(haul__pipe *pipe, haul__frame *f)
+{
+    if (pipe->nanswers == 0)
+        return -1;
+    haul__answer a = pipe->answers[0];
+    pipe->nanswers--;
+    memmove(&pipe->answers[0], &pipe->answers[1], pipe->nanswers * sizeof(pipe->answers[0]));
+    memset(f, 0, sizeof(*f));
+    f->version = HAUL_PROTOCOL_VERSION;
+    f->type = (uint8_t)a.type;
+    f->session = a.session;
+    f->aux = a.aux;
+    return 0;
+}
+
 /* ---- sessions in the pipe --------------------------------------------------- */
 
 void haul__pipe_add_session(haul__pipe *pipe, haul_session *s)
@@ -374,6 +427,17 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
             haul__session_ctl_posted(s, f.type);
         }
         haul__frame_encode(&f, c->headers[n]);
+        n++;
+    }
+    /* Answers to frames for sessions the pipe does not hold: no session
+     * object goes with them, and a lost one is owed again only when the
+     * peer asks again. */
+    haul__frame af;
+    while (n < HAUL__TX_BATCH && haul__pipe_take_answer(pipe, &af) == 0) {
+        haul__tx_item *it = &c->items[n];
+        memset(it, 0, sizeof(*it));
+        it->type = af.type;
+        haul__frame_encode(&af, c->headers[n]);
         n++;
     }
 

@@ -54,6 +54,53 @@ static void post(haul_session *s, haul_event_type type, int error, uint64_t tag,
     haul__post(s->engine, &ev);
 }
 
+/*
+ * Posts a final event through a completion queue slot reserved when its
+ * operation was accepted (*slots counts those the caller holds): it
+ * cannot fail. After the application freed the handle the event is not
+ * posted, and the slot is given back.
+ */
+static void post_final(haul_session *s, unsigned *slots, haul_event_type type, int error,
+                       uint64_t tag, uint64_t seq, uint32_t window, uint32_t reason)
+{
+    if (*slots == 0) {
+        /* Nothing was reserved (a bug if ever reached): best effort. */
+        post(s, type, error, tag, seq, window, reason);
+        return;
+    }
+    (*slots)--;
+    if (s->app_freed) {
+        haul__cq_release(s->engine, 1);
+        return;
+    }
+    haul_event ev = {.type = type,
+                     .error = error,
+                     .session = s,
+                     .tag = tag,
+                     .seq = seq,
+                     .window = window,
+                     .reason = reason};
+    haul__post_reserved(s->engine, &ev);
+}
+
+/* The final event of a message that leaves the output queue. */
+static void post_message(haul_session *s, haul_message *m, haul_event_type type, int error,
+                         uint32_t window)
+{
+    unsigned slot = (unsigned)m->cq_slot;
+    m->cq_slot = 0;
+    post_final(s, &slot, type, error, m->tag, m->seq, window, 0);
+}
+
+/* The session's last event (SESSION_CLOSED or SESSION_REFUSED): the
+ * slots it still held for others are given back. */
+static void post_last(haul_session *s, haul_event_type type, int error, uint32_t reason)
+{
+    post_final(s, &s->cq_slots, type, error, 0, 0, 0, reason);
+    haul__cq_release(s->engine, s->cq_slots);
+    s->cq_slots = 0;
+}
+
 void haul__session_want(haul_session *s, unsigned pending)
 {
     s->pending |= pending;
@@ -65,6 +112,7 @@ void haul__session_want(haul_session *s, unsigned pending)
 
 static void session_destroy(haul_session *s)
 {
+    haul__cq_release(s->engine, s->cq_slots);
     free(s->context);
     free(s);
 }
@@ -79,11 +127,20 @@ void haul__session_unref(haul_session *s)
  * application released it and no control frame waits to go. */
 static void session_retire(haul_session *s)
 {
-    if (!s->app_freed || s->pending != 0 || !s->in_table)
+    if (!s->app_freed || s->pending != 0 || s->abort_inflight != 0 || !s->in_table)
         return;
     if (s->state != CE_SS_SESSION_CLOSED)
         return;
     haul__pipe *pipe = s->pipe;
+    /* The peer may still send frames for it (section 9.3): how it ended
+     * decides their answers. */
+    if (s->refused)
+        haul__pipe_remember(pipe, s->id, HAUL__ENDED_REFUSED, s->nak_reason);
+    else if (s->close_error == 0)
+        haul__pipe_remember(pipe, s->id, HAUL__ENDED_CLOSED, 0);
+    else
+        haul__pipe_remember(pipe, s->id, HAUL__ENDED_ABORTED,
+                            s->abort_code ? s->abort_code : (uint32_t)s->close_error);
     haul__pipe_remove_session(pipe, s);
     s->engine->nsessions--;
     haul__session_unref(s);
@@ -91,6 +148,26 @@ static void session_retire(haul_session *s)
 }
 
 /* ---- the window ---------------------------------------------------------- */
+
+/*
+ * What a message takes of a queue: its bytes, and at least one. Both
+ * sides count alike, the sender in its output queue and the receiver in
+ * its input queue (`held`), so that empty messages close the receiver's
+ * window like any others instead of piling up without bound.
+ */
+static uint64_t queue_cost(uint64_t len)
+{
+    return len ? len : 1;
+}
+
+/* What the input queue holds now: the whole messages not yet taken. */
+static uint64_t inq_cost(const haul_session *s)
+{
+    uint64_t held = 0;
+    for (haul__list *p = s->inq.next; p != &s->inq; p = p->next)
+        held += queue_cost(HAUL__CONTAINER(p, haul_message, link)->len);
+    return held;
+}
 
 /*
  * WndSize: how many more messages, beyond those delivered in order, this
@@ -121,7 +198,7 @@ static void drop_messages(haul_session *s, haul__list *q, int error, int report)
         haul_message *m = HAUL__CONTAINER(haul__list_first(q), haul_message, link);
         haul__list_del(&m->link);
         if (report)
-            post(s, HAUL_EV_MESSAGE_FAILED, error, m->tag, m->seq, 0, 0);
+            post_message(s, m, HAUL_EV_MESSAGE_FAILED, error, 0);
         m->session = NULL;
         haul__message_unref(m);
     }
@@ -148,9 +225,7 @@ void haul__session_fail(haul_session *s, int error, int tell_peer)
     s->out_bytes = 0;
     drop_messages(s, &s->outq, error, 1);
     drop_messages(s, &s->partial, error, 0);
-    s->held = 0;
-    for (haul__list *p = s->inq.next; p != &s->inq; p = p->next)
-        s->held += HAUL__CONTAINER(p, haul_message, link)->len;
+    s->held = inq_cost(s);
     s->peer_done = 1;
     s->close_error = error;
     leave_dispatch(s);
@@ -160,10 +235,7 @@ void haul__session_fail(haul_session *s, int error, int tell_peer)
         s->abort_code = (uint32_t)error;
         haul__session_want(s, HAUL__PEND_ABORT);
     }
-    if (opening)
-        post(s, HAUL_EV_SESSION_REFUSED, error, 0, 0, 0, 0);
-    else
-        post(s, HAUL_EV_SESSION_CLOSED, error, 0, 0, 0, 0);
+    post_last(s, opening ? HAUL_EV_SESSION_REFUSED : HAUL_EV_SESSION_CLOSED, error, 0);
     session_retire(s);
 }
 
@@ -180,10 +252,8 @@ static void closed_in_order(haul_session *s, int error)
     /* Nothing more will be received: a message still under reassembly
      * (the peer's chunks crossed our FIN) can never complete. */
     drop_messages(s, &s->partial, 0, 0);
-    s->held = 0;
-    for (haul__list *p = s->inq.next; p != &s->inq; p = p->next)
-        s->held += HAUL__CONTAINER(p, haul_message, link)->len;
-    post(s, HAUL_EV_SESSION_CLOSED, error, 0, 0, 0, 0);
+    s->held = inq_cost(s);
+    post_last(s, HAUL_EV_SESSION_CLOSED, error, 0);
     session_retire(s);
 }
 
@@ -279,6 +349,12 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
         err = HAUL_ESHUTDOWN;
     else if (e->nsessions >= e->config.max_sessions)
         err = HAUL_ELIMIT;
+    /* Its two events, SESSION_OPEN or SESSION_REFUSED and then
+     * SESSION_CLOSED, have their slots from now on. */
+    else if (haul__cq_reserve(e, 2) == 0)
+        s->cq_slots = 2;
+    else
+        err = HAUL_ENOMEM;
     haul__pipe *pipe = NULL;
     if (!err && (pipe = haul__pipe_find(e, c->destination, tls_key)) == NULL) {
         if (sslen == 0) {
@@ -300,8 +376,8 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
     haul__tls_ctx_free(tls_ctx);
     free(tls_key);
     if (pipe == NULL) {
-        pthread_mutex_unlock(&e->mu);
         session_destroy(s);
+        pthread_mutex_unlock(&e->mu);
         return err;
     }
     s->refs = 1; /* the handle */
@@ -356,7 +432,7 @@ int haul_session_reject(haul_session *s, uint32_t reason)
         s->refused = 1;
         s->peer_done = 1;
         haul__session_want(s, HAUL__PEND_SYNC_NAK);
-        post(s, HAUL_EV_SESSION_CLOSED, HAUL_EREFUSED, 0, 0, 0, reason);
+        post_last(s, HAUL_EV_SESSION_CLOSED, HAUL_EREFUSED, reason);
     }
     pthread_mutex_unlock(&e->mu);
     return rc;
@@ -387,7 +463,9 @@ void haul_session_free(haul_session *s)
     haul_engine *e = s->engine;
     pthread_mutex_lock(&e->mu);
     haul__cq_forget(e, s);
-    s->app_freed = 1; /* no events from here on */
+    s->app_freed = 1; /* no events from here on, and no slots kept for them */
+    haul__cq_release(e, s->cq_slots);
+    s->cq_slots = 0;
     if (s->state != CE_SS_SESSION_CLOSED)
         haul__session_fail(s, HAUL_EABORTED, 1);
     drop_messages(s, &s->inq, 0, 0);
@@ -448,13 +526,6 @@ static int may_send(const haul_session *s)
     }
 }
 
-/* What a message takes of the output queue: its bytes, and at least one,
- * so that empty messages cannot pile up without bound. */
-static uint64_t queue_cost(uint64_t len)
-{
-    return len ? len : 1;
-}
-
 /* Queues a message (414-420): refused at once when it cannot fit. */
 static int enqueue(haul_session *s, haul_message *m, uint64_t tag)
 {
@@ -469,6 +540,11 @@ static int enqueue(haul_session *s, haul_message *m, uint64_t tag)
     m->carrier = calloc(m->nchunks, sizeof(*m->carrier));
     if (m->carrier == NULL)
         return HAUL_ENOMEM;
+    /* The slot of its MESSAGE_SENT or MESSAGE_FAILED, taken last: nothing
+     * after it can fail. */
+    if (haul__cq_reserve(e, 1))
+        return HAUL_ENOMEM;
+    m->cq_slot = 1;
     m->session = s;
     m->tag = tag;
     m->seq = s->next_seq++;
@@ -579,7 +655,7 @@ int haul_recv(haul_session *s, haul_message **mp)
     haul_message *m = HAUL__CONTAINER(first, haul_message, link);
     haul__list_del(&m->link);
     m->session = NULL;
-    s->held -= m->len;
+    s->held -= queue_cost(m->len);
     /* Taking a message out of the input queue is what opens the window
      * (442-444): tell the sender if the right edge moved. */
     if (!s->peer_done && s->state != CE_SS_SESSION_CLOSED &&
@@ -604,17 +680,68 @@ haul_session *haul__session_find(haul__pipe *pipe, uint32_t id)
     return NULL;
 }
 
+/*
+ * A frame for a session that is not in the pipe's table (section 9.3). An
+ * ABORT is never answered. A session that ended recently gets the answer
+ * its end implies: after an orderly close a repeated FIN gets FIN_ACK and
+ * anything else is a harmless straggler; after a refusal a repeated SYNC
+ * gets the same SYNC_NAK; after a failure the ABORT is said again, since
+ * the peer evidently missed it. A session never known, or forgotten, is
+ * answered with ABORT HAUL_ENOSESSION: the peer restarted us, or we it.
+ */
+static void answer_ended(haul__pipe *pipe, const haul__frame *f)
+{
+    if (f->type == HAUL__F_ABORT)
+        return;
+    const haul__ended *x = haul__pipe_ended(pipe, f->session);
+    if (x == NULL) {
+        haul__log(pipe->engine, HAUL_LOG_INFO, "session %u: %s for a session not known here",
+                  f->session, haul__frame_name(f->type));
+        haul__pipe_answer(pipe, f->session, HAUL__F_ABORT, HAUL_ENOSESSION);
+        return;
+    }
+    switch (x->how) {
+    case HAUL__ENDED_CLOSED:
+        if (f->type == HAUL__F_FIN)
+            haul__pipe_answer(pipe, f->session, HAUL__F_FIN_ACK, 0);
+        return;
+    case HAUL__ENDED_REFUSED:
+        if (f->type == HAUL__F_SYNC)
+            haul__pipe_answer(pipe, f->session, HAUL__F_SYNC_NAK, x->code);
+        return;
+    default:
+        haul__pipe_answer(pipe, f->session, HAUL__F_ABORT, x->code);
+        return;
+    }
+}
+
 /* Server: a SYNC (404-406). A repeated SYNC gets the earlier answer again. */
 static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *payload)
 {
     haul_engine *e = pipe->engine;
     haul_session *s = haul__session_find(pipe, f->session);
     if (s) {
-        if (s->state == CE_SS_SESSION_READY || s->state == CE_SS_APP_CONFIRM_ACCEPT_ACK ||
-            s->state == CE_SS_SENDING_APP_SESSION_ACK)
+        /* A repeat: the table says which states answer it. The state
+         * stays, so it is looked up, not entered. */
+        if (!s->server || !can(s, SEV_SYNC_REPEATED))
+            return;
+        if (s->state != CE_SS_SESSION_CLOSED) {
             haul__session_want(s, HAUL__PEND_SYNC_ACK);
-        else if (s->state == CE_SS_SESSION_CLOSED && s->refused)
+            /* The FIN may have reached the client before it could know
+             * the session: it follows the SYNC_ACK again. */
+            if (s->state == CE_SS_SENDING_FIN)
+                haul__session_want(s, HAUL__PEND_FIN);
+        } else if (s->refused) {
             haul__session_want(s, HAUL__PEND_SYNC_NAK);
+        } else if (s->abort_code != 0) {
+            haul__session_want(s, HAUL__PEND_ABORT);
+        }
+        return;
+    }
+    if (haul__pipe_ended(pipe, f->session)) {
+        /* A session that ended: the SYNC is a late repeat, never a new
+         * request. */
+        answer_ended(pipe, f);
         return;
     }
     size_t plen = (size_t)payload[0] | ((size_t)payload[1] << 8);
@@ -658,11 +785,23 @@ static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *paylo
     e->nsessions++;
     haul__pipe_add_session(pipe, s);
     haul__session_enter(s, SEV_SYNC_RECEIVED);
-    if (plen == 0 || foreign || e->nsessions > e->config.max_sessions || e->stopping) {
+    /* An accepted request posts SESSION_REQUEST and, in the end,
+     * SESSION_CLOSED: without room for both it is refused. */
+    int nomem = 0;
+    if (plen != 0 && !foreign && e->nsessions <= e->config.max_sessions && !e->stopping) {
+        if (haul__cq_reserve(e, 2) == 0)
+            s->cq_slots = 2;
+        else
+            nomem = 1;
+    }
+    if (plen == 0 || foreign || nomem || e->nsessions > e->config.max_sessions || e->stopping) {
         /* Refused by the engine itself: the application never hears of it. */
         s->app_freed = 1;
         haul__session_enter(s, SEV_APP_REJECT);
-        s->nak_reason = plen == 0 ? HAUL_EPROTO : foreign ? HAUL_EREFUSED : HAUL_ELIMIT;
+        s->nak_reason = plen == 0 ? HAUL_EPROTO
+                        : foreign ? HAUL_EREFUSED
+                        : nomem   ? HAUL_ENOMEM
+                                  : HAUL_ELIMIT;
         s->refused = 1;
         s->peer_done = 1;
         haul__session_want(s, HAUL__PEND_SYNC_NAK);
@@ -674,10 +813,31 @@ static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *paylo
                       s->id, s->principal, s->cert_principal);
         else
             haul__log(e, HAUL_LOG_WARN, "session %u refused: %s", s->id,
-                      plen == 0 ? "malformed request" : "session limit reached");
+                      plen == 0 ? "malformed request"
+                      : nomem   ? "no memory for its events"
+                                : "session limit reached");
         return;
     }
-    post(s, HAUL_EV_SESSION_REQUEST, 0, 0, 0, 0, 0);
+    post_final(s, &s->cq_slots, HAUL_EV_SESSION_REQUEST, 0, 0, 0, 0, 0);
+}
+
+/* A FIN said the peer delivered every message below `upto`: they are
+ * sent (their MESSAGE_SENT carries window 0, the peer admits no more). */
+static void fin_delivered(haul_session *s, uint64_t upto)
+{
+    while (!haul__list_empty(&s->outq)) {
+        haul_message *m = HAUL__CONTAINER(haul__list_first(&s->outq), haul_message, link);
+        if (m->seq >= upto)
+            break;
+        haul__list_del(&m->link);
+        s->out_bytes -= queue_cost(m->len);
+        s->engine->stats.messages_sent++;
+        post_message(s, m, HAUL_EV_MESSAGE_SENT, 0, 0);
+        m->session = NULL;
+        haul__message_unref(m);
+    }
+    if (upto > s->acked && upto <= s->next_seq)
+        s->acked = upto;
 }
 
 /* Sender side: an acknowledgement (426-428, 436-438, 444). */
@@ -693,7 +853,7 @@ static void on_ack(haul_session *s, const haul__frame *f)
         haul__list_del(&m->link);
         s->out_bytes -= queue_cost(m->len);
         s->engine->stats.messages_sent++;
-        post(s, HAUL_EV_MESSAGE_SENT, 0, m->tag, m->seq, f->aux, 0);
+        post_message(s, m, HAUL_EV_MESSAGE_SENT, 0, f->aux);
         m->session = NULL;
         haul__message_unref(m);
         acked_any = 1;
@@ -728,8 +888,15 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         return;
     }
     haul_session *s = haul__session_find(pipe, f->session);
-    if (s == NULL)
-        return; /* a session that is gone: late frames are expected */
+    if (s == NULL) {
+        answer_ended(pipe, f);
+        return;
+    }
+    if (s->state == CE_SS_SESSION_CLOSED && s->abort_code != 0 && f->type != HAUL__F_ABORT) {
+        /* We aborted it and the peer goes on: our ABORT was lost. */
+        haul__session_want(s, HAUL__PEND_ABORT);
+        return;
+    }
     switch (f->type) {
     case HAUL__F_SYNC_ACK:
         if (s->server || !can(s, SEV_SYNC_ACK))
@@ -741,7 +908,7 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         s->peer_input_queue = f->total;
         s->right = s->acked + f->aux;
         s->peer_wnd = f->aux;
-        post(s, HAUL_EV_SESSION_OPEN, 0, 0, 0, f->aux, 0);
+        post_final(s, &s->cq_slots, HAUL_EV_SESSION_OPEN, 0, 0, 0, f->aux, 0);
         /* Our own window for the server's messages, now that we know
          * their size. */
         haul__session_want(s, HAUL__PEND_ACK);
@@ -752,7 +919,7 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         haul__session_enter(s, SEV_SYNC_NAK);
         s->pending = 0;
         s->peer_done = 1;
-        post(s, HAUL_EV_SESSION_REFUSED, HAUL_EREFUSED, 0, 0, 0, f->aux);
+        post_last(s, HAUL_EV_SESSION_REFUSED, HAUL_EREFUSED, f->aux);
         session_retire(s);
         return;
     case HAUL__F_ACK:
@@ -767,6 +934,10 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         if (!can(s, SEV_FIN_RECEIVED))
             return;
         haul__session_enter(s, SEV_FIN_RECEIVED);
+        /* The peer delivered every message below f->seq, whatever
+         * acknowledgements are still on their way: those are sent, and
+         * only the others failed. */
+        fin_delivered(s, f->seq);
         s->out_bytes = 0;
         drop_messages(s, &s->outq, HAUL_ECLOSED, 1);
         leave_dispatch(s);
@@ -788,7 +959,10 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         }
         return;
     case HAUL__F_ABORT:
-        haul__session_fail(s, HAUL_EABORTED, 0);
+        /* The peer's reason stays its own, but for one: a peer that does
+         * not know the session restarted or ended it already, and the
+         * application should know that it was not an ordinary abort. */
+        haul__session_fail(s, f->aux == HAUL_ENOSESSION ? HAUL_ENOSESSION : HAUL_EABORTED, 0);
         return;
     default:
         return;
@@ -834,8 +1008,21 @@ int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__fr
     if (f->len != expect || (f->total > 0 && f->offset == f->total))
         return HAUL_EPROTO;
     haul_session *s = haul__session_find(pipe, f->session);
-    if (s == NULL || !may_receive(s))
+    if (s == NULL) {
+        answer_ended(pipe, f);
         return 1;
+    }
+    if (s->state == CE_SS_SESSION_CLOSED && s->abort_code != 0) {
+        /* We aborted it and the peer goes on: our ABORT was lost. */
+        haul__session_want(s, HAUL__PEND_ABORT);
+        return 1;
+    }
+    if (!may_receive(s))
+        return 1;
+    if (s->fin_taken && f->seq >= s->fin_seq) {
+        /* Our FIN said we would not deliver it: the peer fails it. */
+        return 1;
+    }
     if (f->seq < s->rcv_next) {
         /* Delivered already; our acknowledgement was lost with a
          * connection. Say it again. */
@@ -886,7 +1073,7 @@ int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__fr
             return 1;
         }
         haul__list_add_tail(&s->partial, &m->link);
-        s->held += m->len;
+        s->held += queue_cost(m->len);
     } else if (m->len != f->total || m->chunk != chunk) {
         return HAUL_EPROTO;
     }
@@ -923,7 +1110,7 @@ static void deliver(haul_session *s)
                 break;
             }
         }
-        if (next == NULL)
+        if (next == NULL || (s->fin_taken && next->seq >= s->fin_seq))
             break;
         haul__list_del(&next->link);
         haul__list_add_tail(&s->inq, &next->link);
@@ -986,7 +1173,10 @@ int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payl
     haul_engine *e = s->engine;
 
     if (s->pending & HAUL__PEND_ABORT) {
+        /* Counted until written: the session stays in the table, so
+         * that a lost connection can queue the ABORT again. */
         s->pending &= ~(unsigned)HAUL__PEND_ABORT;
+        s->abort_inflight++;
         f->type = HAUL__F_ABORT;
         f->aux = s->abort_code;
         return 0;
@@ -1042,10 +1232,21 @@ int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payl
     }
     if (s->pending & HAUL__PEND_FIN) {
         s->pending &= ~(unsigned)HAUL__PEND_FIN;
-        if (s->state != CE_SS_APP_CLOSE_SESSION)
+        /* In SENDING_FIN, a FIN said again (section 9.3); otherwise only
+         * APP_CLOSE_SESSION sends one. */
+        if (s->state != CE_SS_APP_CLOSE_SESSION && s->state != CE_SS_SENDING_FIN)
             return haul__session_take_ctl(s, f, payload, plen);
-        haul__session_enter(s, SEV_FIN_TAKEN);
+        if (s->state == CE_SS_APP_CLOSE_SESSION)
+            haul__session_enter(s, SEV_FIN_TAKEN);
         f->type = HAUL__F_FIN;
+        /* The FIN says which of the peer's messages we delivered, so
+         * that the peer fails only the others; from now on we deliver
+         * none beyond them, and a FIN sent again says the same. */
+        if (!s->fin_taken) {
+            s->fin_taken = 1;
+            s->fin_seq = s->rcv_next;
+        }
+        f->seq = s->fin_seq;
         return 0;
     }
     if (s->pending & HAUL__PEND_FIN_ACK) {
@@ -1081,6 +1282,22 @@ void haul__session_ctl_written(haul_session *s, int type)
         haul__session_enter(s, SEV_SYNC_WRITTEN);
     else if (type == HAUL__F_SYNC_ACK && s->state == CE_SS_SENDING_APP_SESSION_ACK)
         haul__session_enter(s, SEV_ACCEPT_WRITTEN);
+    else if (type == HAUL__F_ABORT)
+        s->abort_inflight--;
+    session_retire(s);
+}
+
+/* The connection that had taken a control frame into its batch closed
+ * before writing it. An ABORT goes again on another connection; the
+ * other frames are asked for again by the peer's repeats or by
+ * haul__session_conn_lost(). */
+void haul__session_ctl_lost(haul_session *s, int type)
+{
+    if (type != HAUL__F_ABORT)
+        return;
+    s->abort_inflight--;
+    if (s->in_table && s->state == CE_SS_SESSION_CLOSED)
+        haul__session_want(s, HAUL__PEND_ABORT);
     session_retire(s);
 }
 

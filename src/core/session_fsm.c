@@ -59,6 +59,20 @@ static const haul__transition table[] = {
     {CE_SS_SENDING_APP_SESSION_ACK, SEV_FIN_RECEIVED, CE_SS_SESSION_CLOSED},
     {CE_SS_APP_CLOSE_SESSION, SEV_FIN_RECEIVED, CE_SS_SESSION_CLOSED},
     {CE_SS_SENDING_FIN, SEV_FIN_RECEIVED, CE_SS_SESSION_CLOSED},
+
+    /* Server: a SYNC repeated after a connection loss (its answer was
+     * lost) is answered again and changes nothing: SYNC_ACK from the
+     * states after the acceptance, the closing ones included (with the
+     * FIN again from SENDING_FIN), and from SESSION_CLOSED the answer
+     * its end implies (SYNC_NAK after a refusal, ABORT after a failure).
+     * In WAITING_FOR_ACCEPT_ACK the application has not decided yet:
+     * the SYNC is ignored. */
+    {CE_SS_APP_CONFIRM_ACCEPT_ACK, SEV_SYNC_REPEATED, CE_SS_APP_CONFIRM_ACCEPT_ACK},
+    {CE_SS_SENDING_APP_SESSION_ACK, SEV_SYNC_REPEATED, CE_SS_SENDING_APP_SESSION_ACK},
+    {CE_SS_SESSION_READY, SEV_SYNC_REPEATED, CE_SS_SESSION_READY},
+    {CE_SS_APP_CLOSE_SESSION, SEV_SYNC_REPEATED, CE_SS_APP_CLOSE_SESSION},
+    {CE_SS_SENDING_FIN, SEV_SYNC_REPEATED, CE_SS_SENDING_FIN},
+    {CE_SS_SESSION_CLOSED, SEV_SYNC_REPEATED, CE_SS_SESSION_CLOSED},
 };
 
 /* Failure (timeout, abort, lost pipe, freed handle) is allowed from every

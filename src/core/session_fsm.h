@@ -52,7 +52,8 @@ typedef enum haul__session_state {
     X(SEV_FIN_LOST)       /* the connection broke before the FIN-ACK came */                       \
     X(SEV_FIN_RECEIVED)   /* the peer closed */                                                    \
     X(SEV_FIN_ACK)        /* the peer confirmed our FIN */                                         \
-    X(SEV_FAIL)           /* timeout, abort, pipe lost or handle freed */
+    X(SEV_FAIL)           /* timeout, abort, pipe lost or handle freed */                          \
+    X(SEV_SYNC_REPEATED)  /* server: a SYNC for a session it holds (answered, state kept) */
 
 typedef enum haul__session_event {
 #define X(name) name,

@@ -196,6 +196,11 @@ void haul__conn_close(haul__conn *c, int error, const char *why)
               "connection %u closed in %s: %s", c->serial, conn_state_names[c->state], why);
     if (c->pipe)
         haul__pipe_conn_lost(c->pipe, c, error);
+    /* Control frames of the batch never reached the peer, as far as we
+     * know: the sessions that must repeat them queue them again. */
+    for (int i = 0; i < c->nitems; i++)
+        if (c->items[i].session && c->items[i].type != HAUL__F_CHUNK)
+            haul__session_ctl_lost(c->items[i].session, c->items[i].type);
     c->dead = 1;
     if (c->rx_msg && c->rx_state == HAUL__RXS_CHUNK)
         haul__session_chunk_abandon(c->pipe, c->rx_msg, c->rx_index);

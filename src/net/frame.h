@@ -51,7 +51,7 @@ typedef struct haul__frame {
     uint32_t len;     /* payload bytes that follow the header */
     uint32_t session; /* session id, 0 for connection frames */
     uint32_t aux;     /* ACK: WndSize; SYNC_NAK/ABORT/ERROR: code; HELLO: index */
-    uint64_t seq;     /* CHUNK/ACK: message sequence; HELLO: pipe id */
+    uint64_t seq;     /* CHUNK/ACK: message sequence; FIN: messages delivered; HELLO: pipe id */
     uint64_t offset;  /* CHUNK: payload offset; SYNC*: max message; HELLO*: chunk */
     uint64_t total;   /* CHUNK: message length; SYNC*: input queue bytes */
 } haul__frame;

@@ -1,0 +1,857 @@
+/*
+ * control_faults_test.c - the control path under faults: peers that
+ * restart, frames for sessions that ended, repeated SYNCs and FINs, empty
+ * messages against the window, and a completion queue that cannot grow.
+ *
+ * Some tests play one side of the protocol from a plain socket, with
+ * headers built here byte by byte as docs/protocol.md lays them out (40
+ * bytes, little endian), so that they can act as a peer that restarted,
+ * lost a frame or ignores a rule; the other side is a real engine.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/engine.h"
+#include "harness.h"
+#include "util.h"
+
+#define HDR 40
+
+/* Frame types of the wire format, written out rather than taken from the
+ * codec. */
+enum {
+    T_HELLO = 1,
+    T_HELLO_ACK = 2,
+    T_SYNC = 3,
+    T_SYNC_ACK = 4,
+    T_SYNC_NAK = 5,
+    T_CHUNK = 6,
+    T_ACK = 7,
+    T_FIN = 8,
+    T_FIN_ACK = 9,
+    T_ABORT = 10,
+};
+
+/* How long a peer may take to answer a frame. */
+#define ANSWER_MS 5000
+
+/* ---- frames by hand ------------------------------------------------------ */
+
+typedef struct header {
+    uint8_t version, type;
+    uint16_t flags;
+    uint32_t len, session, aux;
+    uint64_t seq, offset, total;
+} header;
+
+static void put_le(uint8_t *p, uint64_t v, int bytes)
+{
+    for (int i = 0; i < bytes; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get_le(const uint8_t *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static void send_all(int fd, const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        CHECK_GT(n, 0);
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+/* Sends one frame: the header and len bytes of payload. */
+static void send_frame(int fd, header h, const void *payload)
+{
+    uint8_t b[HDR];
+    h.version = 1;
+    b[0] = h.version;
+    b[1] = h.type;
+    put_le(b + 2, h.flags, 2);
+    put_le(b + 4, h.len, 4);
+    put_le(b + 8, h.session, 4);
+    put_le(b + 12, h.aux, 4);
+    put_le(b + 16, h.seq, 8);
+    put_le(b + 24, h.offset, 8);
+    put_le(b + 32, h.total, 8);
+    send_all(fd, b, HDR);
+    if (h.len)
+        send_all(fd, payload, h.len);
+}
+
+static int read_exact(int fd, void *buf, size_t len, int ms)
+{
+    uint8_t *p = buf;
+    while (len > 0) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int r = poll(&pfd, 1, ms);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return 0;
+        ssize_t n = recv(fd, p, len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return 0;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 1;
+}
+
+/* Reads one frame, its payload into payload[] (up to max bytes, the rest
+ * dropped). Returns 1 when a whole frame came within ms. */
+static int read_frame(int fd, header *h, uint8_t *payload, size_t max, int ms)
+{
+    uint8_t b[HDR];
+    if (!read_exact(fd, b, HDR, ms))
+        return 0;
+    h->version = b[0];
+    h->type = b[1];
+    h->flags = (uint16_t)get_le(b + 2, 2);
+    h->len = (uint32_t)get_le(b + 4, 4);
+    h->session = (uint32_t)get_le(b + 8, 4);
+    h->aux = (uint32_t)get_le(b + 12, 4);
+    h->seq = get_le(b + 16, 8);
+    h->offset = get_le(b + 24, 8);
+    h->total = get_le(b + 32, 8);
+    CHECK_LE(h->len, 1u << 20);
+    uint8_t *body = malloc(h->len ? h->len : 1);
+    CHECK(body != NULL);
+    int ok = read_exact(fd, body, h->len, ms);
+    if (ok && payload)
+        memcpy(payload, body, h->len < max ? h->len : max);
+    free(body);
+    return ok;
+}
+
+/* Reads frames until one of `type` comes, skipping the ACKs (window
+ * updates) that may come between. */
+static header expect_frame(int fd, int type)
+{
+    for (;;) {
+        header h;
+        CHECK(read_frame(fd, &h, NULL, 0, ANSWER_MS));
+        if (h.type == type)
+            return h;
+        if (h.type != T_ACK)
+            CHECK_EQ(h.type, type);
+    }
+}
+
+static int raw_connect(const char *address)
+{
+    const char *colon = strrchr(address, ':');
+    CHECK(colon != NULL);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    CHECK_EQ(inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr), 1);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(fd >= 0);
+    CHECK_OK(connect(fd, (struct sockaddr *)&sin, sizeof(sin)));
+    return fd;
+}
+
+/* A raw client: connects, joins a pipe of its own with HELLO. */
+static int raw_client(const char *address, uint64_t pipe_id)
+{
+    int fd = raw_connect(address);
+    header h = {.type = T_HELLO, .len = 4, .seq = pipe_id, .offset = 262144};
+    send_frame(fd, h, "HAUL");
+    header ack;
+    CHECK(read_frame(fd, &ack, NULL, 0, ANSWER_MS));
+    CHECK_EQ(ack.type, T_HELLO_ACK);
+    return fd;
+}
+
+/* A raw client's SYNC for session `id`, principal "RAW". */
+static void raw_sync(int fd, uint32_t id)
+{
+    uint8_t payload[5] = {3, 0, 'R', 'A', 'W'};
+    header h = {.type = T_SYNC, .len = 5, .session = id, .offset = 1 << 20, .total = 64 << 20};
+    send_frame(fd, h, payload);
+}
+
+static void raw_ctl(int fd, int type, uint32_t id, uint32_t aux, uint64_t seq)
+{
+    header h = {.type = (uint8_t)type, .session = id, .aux = aux, .seq = seq};
+    send_frame(fd, h, NULL);
+}
+
+/* An empty message from a raw peer: one CHUNK without payload. */
+static void raw_empty_message(int fd, uint32_t id, uint64_t seq)
+{
+    header h = {.type = T_CHUNK, .session = id, .seq = seq};
+    send_frame(fd, h, NULL);
+}
+
+/* A listening socket on a port of its own, for a raw server. */
+static int raw_listen(char *address, size_t size)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(fd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET};
+    CHECK_EQ(inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr), 1);
+    CHECK_OK(bind(fd, (struct sockaddr *)&sin, sizeof(sin)));
+    CHECK_OK(listen(fd, 16));
+    socklen_t len = sizeof(sin);
+    CHECK_OK(getsockname(fd, (struct sockaddr *)&sin, &len));
+    snprintf(address, size, "127.0.0.1:%u", ntohs(sin.sin_port));
+    return fd;
+}
+
+/* A raw server: accepts one connection of the engine's pipe, answers its
+ * HELLO and returns the connection. */
+static int raw_accept(int lfd)
+{
+    struct pollfd pfd = {.fd = lfd, .events = POLLIN};
+    CHECK_EQ(poll(&pfd, 1, ANSWER_MS), 1);
+    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    CHECK(fd >= 0);
+    header h;
+    CHECK(read_frame(fd, &h, NULL, 0, ANSWER_MS));
+    CHECK_EQ(h.type, T_HELLO);
+    header ack = {.type = T_HELLO_ACK, .len = 4, .aux = h.aux, .seq = h.seq, .offset = 262144};
+    send_frame(fd, ack, "HAUL");
+    return fd;
+}
+
+/* The raw server takes the client's SYNC and accepts it with a window of
+ * `window` messages; returns the session id. */
+static uint32_t raw_accept_session(int fd, uint32_t window)
+{
+    header sync = expect_frame(fd, T_SYNC);
+    header ack = {.type = T_SYNC_ACK,
+                  .session = sync.session,
+                  .aux = window,
+                  .offset = 1 << 20,
+                  .total = 64 << 20};
+    send_frame(fd, ack, NULL);
+    return sync.session;
+}
+
+/* ---- engines ------------------------------------------------------------------- */
+
+static haul_engine *engine_with(unsigned message_timeout_ms)
+{
+    haul_engine_config c;
+    haul_engine_config_init(&c);
+    c.log_level = getenv("HAUL_TEST_LOG") ? atoi(getenv("HAUL_TEST_LOG")) : HAUL_LOG_ERROR;
+    c.message_timeout_ms = message_timeout_ms;
+    haul_engine *e = NULL;
+    CHECK_OK(haul_engine_new(&c, &e));
+    return e;
+}
+
+static haul_session *client_session(haul_engine *e, const char *address, unsigned connections)
+{
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = "CONTROL_TEST";
+    sc.max_message = 1 << 20;
+    sc.connections = connections;
+    haul_session *s = NULL;
+    CHECK_OK(haul_session_new(e, &sc, &s));
+    return s;
+}
+
+/* Waits for the next event of the session that is not informational. */
+static haul_event next_of(haul_engine *e, haul_session *s, int ms)
+{
+    for (;;) {
+        haul_event ev;
+        CHECK(next_event(e, &ev, ms));
+        if (ev.session == s)
+            return ev;
+    }
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- unknown sessions -------------------------------------------------------- */
+
+/* A frame for a session the engine never had is answered with ABORT
+ * carrying HAUL_ENOSESSION; an ABORT for one is not answered. */
+TEST_TIMEOUT(unknown_session_answered_with_enosession, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed0001);
+
+    raw_ctl(fd, T_ACK, 77, 1, 0);
+    header h = expect_frame(fd, T_ABORT);
+    CHECK_EQ(h.session, 77);
+    CHECK_EQ(h.aux, HAUL_ENOSESSION);
+
+    /* An ABORT is never answered: the next answer is for 79. */
+    raw_ctl(fd, T_ABORT, 78, HAUL_EABORTED, 0);
+    raw_empty_message(fd, 79, 0);
+    h = expect_frame(fd, T_ABORT);
+    CHECK_EQ(h.session, 79);
+    CHECK_EQ(h.aux, HAUL_ENOSESSION);
+
+    close(fd);
+    haul_engine_free(server);
+}
+
+/* The server engine is freed and a new one listens on the same port: the
+ * client's open session learns that the new server does not know it as
+ * soon as its pipe is back, long before any timeout. */
+TEST_TIMEOUT(restarted_server_fails_session_with_enosession, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    haul_engine *client = engine_with(60000);
+    haul_session *cs = client_session(client, address, 2);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    CHECK_OK(haul_session_accept(ev.session));
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+    CHECK_OK(haul_send(cs, "before", 6, 1));
+    CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, ANSWER_MS));
+
+    haul_engine_free(server);
+    int64_t restarted = now_ms();
+    server = engine_with(60000);
+    CHECK_OK(haul_listen(server, address, NULL));
+
+    ev = next_of(client, cs, 10000);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_CLOSED);
+    CHECK_EQ(ev.error, HAUL_ENOSESSION);
+    int64_t took = now_ms() - restarted;
+    harness_log("the client noticed the restart after %lld ms", (long long)took);
+    CHECK_LT(took, 10000);
+    CHECK_EQ(haul_send(cs, "after", 5, 2), HAUL_ESTATE);
+    /* The new server heard of no session. */
+    CHECK_EQ(haul_engine_wait(server, &ev, 1, 0), 0);
+
+    haul_session_free(cs);
+    haul_engine_free(client);
+    haul_engine_free(server);
+}
+
+/* An aborted session whose ABORT the peer did not get: the peer's later
+ * frames for it are answered with the same ABORT, not ignored. */
+TEST_TIMEOUT(aborted_session_answers_late_frames_with_abort, 30)
+{
+    harness_strerror = haul_strerror;
+    char address[128];
+    int lfd = raw_listen(address, sizeof(address));
+    haul_engine *client = engine_with(60000);
+    haul_session *cs = client_session(client, address, 1);
+    int fd = raw_accept(lfd);
+    uint32_t id = raw_accept_session(fd, 4);
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+    /* A second session keeps the pipe: a client pipe without sessions is
+     * closed. */
+    haul_session *other = client_session(client, address, 1);
+    raw_accept_session(fd, 4);
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+    CHECK(ev.session == other);
+
+    haul_session_free(cs);
+    header h = expect_frame(fd, T_ABORT);
+    CHECK_EQ(h.session, id);
+    CHECK_EQ(h.aux, HAUL_EABORTED);
+    /* As if that ABORT was lost: the raw server goes on with the session. */
+    raw_empty_message(fd, id, 0);
+    h = expect_frame(fd, T_ABORT);
+    CHECK_EQ(h.session, id);
+    CHECK_EQ(h.aux, HAUL_EABORTED);
+
+    close(fd);
+    close(lfd);
+    haul_session_free(other);
+    haul_engine_free(client);
+}
+
+/* After an orderly close, frames that come late are legitimate: a FIN
+ * repeated because its FIN_ACK was lost gets FIN_ACK again, and an ACK is
+ * ignored; neither turns the clean close into an ABORT. */
+TEST_TIMEOUT(late_frames_after_clean_close_are_not_aborted, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed0002);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    expect_frame(fd, T_SYNC_ACK);
+    raw_ctl(fd, T_FIN, 1, 0, 0);
+    CHECK(wait_for(server, HAUL_EV_SESSION_CLOSED, &ev, ANSWER_MS));
+    CHECK_EQ(ev.error, HAUL_OK);
+    expect_frame(fd, T_FIN_ACK);
+    /* The application lets go: the session leaves the table. */
+    haul_session_free(ss);
+
+    raw_ctl(fd, T_FIN, 1, 0, 0);
+    header h = expect_frame(fd, T_FIN_ACK);
+    CHECK_EQ(h.session, 1);
+    raw_ctl(fd, T_ACK, 1, 1, 0);
+    raw_ctl(fd, T_ACK, 99, 1, 0);
+    /* The first answer after the ACK for session 1 is the one for 99. */
+    h = expect_frame(fd, T_ABORT);
+    CHECK_EQ(h.session, 99);
+    CHECK_EQ(h.aux, HAUL_ENOSESSION);
+
+    close(fd);
+    haul_engine_free(server);
+}
+
+/* ---- the completion queue ---------------------------------------------------- */
+
+/* The ring of the completion queue cannot grow (the allocation fails):
+ * every send the engine accepts still gets exactly one final event, and a
+ * send (or a session) for which no slot can be promised is refused with
+ * HAUL_ENOMEM instead of losing its event later. */
+TEST_TIMEOUT(accepted_sends_keep_their_final_event_when_the_queue_cannot_grow, 60)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    sink k;
+    CHECK_OK(sink_start(&k, server));
+    haul_engine *client = engine_with(60000);
+    haul_session *cs = client_session(client, address, 1);
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+
+    enum { TRIES = 1000 };
+    static int finals[TRIES];
+    int accepted[TRIES] = {0};
+    haul__debug_cq_nomem(client, 1);
+    int naccepted = 0;
+    for (int i = 0; i < TRIES; i++) {
+        int rc = haul_send(cs, "x", 1, (uint64_t)i);
+        if (rc == 0) {
+            accepted[i] = 1;
+            naccepted++;
+        } else {
+            CHECK_EQ(rc, HAUL_ENOMEM);
+        }
+    }
+    harness_log("%d of %d sends accepted while the queue could not grow", naccepted, TRIES);
+    CHECK_GT(naccepted, 0);
+    haul_session *refused = NULL;
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = "CONTROL_TEST";
+    CHECK_EQ(haul_session_new(client, &sc, &refused), HAUL_ENOMEM);
+
+    /* Every accepted message is acknowledged, with the events left in
+     * the queue: then each must have its event there. */
+    int64_t until = now_ms() + 20000;
+    for (;;) {
+        haul_engine_stats st;
+        haul_engine_stats_get(client, &st);
+        if (st.messages_sent >= (uint64_t)naccepted)
+            break;
+        CHECK_LT(now_ms(), until);
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    int total = 0;
+    while (haul_engine_wait(client, &ev, 1, 0) == 1) {
+        if (ev.type != HAUL_EV_MESSAGE_SENT && ev.type != HAUL_EV_MESSAGE_FAILED)
+            continue;
+        CHECK_LT(ev.tag, (uint64_t)TRIES);
+        CHECK(accepted[ev.tag]);
+        finals[ev.tag]++;
+        total++;
+    }
+    for (int i = 0; i < TRIES; i++)
+        CHECK_EQ(finals[i], accepted[i]);
+    CHECK_EQ(total, naccepted);
+
+    /* Memory is back: sends and the close go through again. */
+    haul__debug_cq_nomem(client, 0);
+    CHECK_OK(haul_send(cs, "y", 1, TRIES));
+    CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, ANSWER_MS));
+    CHECK_OK(haul_session_close(cs));
+    CHECK(wait_for(client, HAUL_EV_SESSION_CLOSED, &ev, ANSWER_MS));
+    CHECK_EQ(ev.error, HAUL_OK);
+    /* Every slot promised was used or given back. */
+    pthread_mutex_lock(&client->mu);
+    size_t reserved = client->cq_reserved;
+    pthread_mutex_unlock(&client->mu);
+    CHECK_EQ(reserved, 0);
+
+    haul_session_free(cs);
+    haul_engine_free(client);
+    sink_stop(&k);
+    haul_engine_free(server);
+}
+
+/* ---- empty messages and the window ------------------------------------------- */
+
+/* A server whose application takes nothing, with an input queue of 16
+ * bytes and a client that sends empty messages (max_message 1): the
+ * window must close after 16 of them, as it would for 1-byte messages,
+ * and open again when the application takes them. */
+TEST_TIMEOUT(empty_messages_close_the_window, 60)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    haul_listen_config lc;
+    haul_listen_config_init(&lc);
+    lc.input_queue = 16;
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", &lc));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    haul_engine *client = engine_with(60000);
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = "CONTROL_TEST";
+    sc.max_message = 1;
+    haul_session *cs = NULL;
+    CHECK_OK(haul_session_new(client, &sc, &cs));
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+
+    enum { N = 100 };
+    for (int i = 0; i < N; i++)
+        CHECK_OK(haul_send(cs, NULL, 0, (uint64_t)i));
+    /* The acknowledgements come until one closes the window. */
+    int sent = 0, closed = 0;
+    while (!closed && sent < N) {
+        CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, ANSWER_MS));
+        sent++;
+        closed = ev.window == 0;
+    }
+    harness_log("the window closed after %d empty messages", sent);
+    CHECK(closed);
+    CHECK_EQ(sent, 16);
+
+    /* The application takes them: the rest follow, in order. */
+    int received = 0;
+    while (received < N) {
+        haul_message *m;
+        int rc = haul_recv(ss, &m);
+        if (rc == HAUL_EAGAIN) {
+            CHECK(wait_for(server, HAUL_EV_MESSAGE_RECEIVED, &ev, ANSWER_MS));
+            continue;
+        }
+        CHECK_OK(rc);
+        CHECK_EQ(haul_message_len(m), 0);
+        CHECK_EQ(haul_message_seq(m), (uint64_t)received);
+        haul_message_free(m);
+        received++;
+    }
+    while (sent < N) {
+        CHECK(wait_for(client, HAUL_EV_MESSAGE_SENT, &ev, ANSWER_MS));
+        sent++;
+    }
+
+    haul_session_free(cs);
+    haul_session_free(ss);
+    haul_engine_free(client);
+    haul_engine_free(server);
+}
+
+/* A peer that sends empty messages past the closed window breaks the
+ * protocol: its session is aborted with EPROTO. */
+TEST_TIMEOUT(empty_messages_beyond_the_window_abort_the_session, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    haul_listen_config lc;
+    haul_listen_config_init(&lc);
+    lc.input_queue = 16;
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", &lc));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed0004);
+    uint8_t payload[5] = {3, 0, 'R', 'A', 'W'};
+    header sync = {.type = T_SYNC, .len = 5, .session = 1, .offset = 1, .total = 1 << 20};
+    send_frame(fd, sync, payload);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    header ack = expect_frame(fd, T_SYNC_ACK);
+    CHECK_EQ(ack.aux, 16);
+
+    for (uint64_t seq = 0; seq < 16; seq++)
+        raw_empty_message(fd, 1, seq);
+    /* The acknowledgement of the 16th closes the window. */
+    for (;;) {
+        ack = expect_frame(fd, T_ACK);
+        if (ack.seq == 16)
+            break;
+    }
+    CHECK_EQ(ack.aux, 0);
+    raw_empty_message(fd, 1, 16);
+    header h = expect_frame(fd, T_ABORT);
+    CHECK_EQ(h.session, 1);
+    CHECK_EQ(h.aux, HAUL_EPROTO);
+    CHECK(wait_for(server, HAUL_EV_SESSION_CLOSED, &ev, ANSWER_MS));
+    CHECK_EQ(ev.error, HAUL_EPROTO);
+
+    close(fd);
+    haul_session_free(ss);
+    haul_engine_free(server);
+}
+
+/* ---- what a FIN says was delivered ------------------------------------------- */
+
+/* The closer (a raw server) delivered three of five messages and sends
+ * its FIN before acknowledging them: the FIN says so, and the sender
+ * reports those three as sent and only the other two as failed, so that
+ * an application that sends the failed ones again duplicates nothing. */
+TEST_TIMEOUT(fin_reports_what_the_closer_delivered, 30)
+{
+    harness_strerror = haul_strerror;
+    char address[128];
+    int lfd = raw_listen(address, sizeof(address));
+    haul_engine *client = engine_with(60000);
+    haul_session *cs = client_session(client, address, 1);
+    int fd = raw_accept(lfd);
+    uint32_t id = raw_accept_session(fd, 8);
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+    for (int i = 0; i < 5; i++)
+        CHECK_OK(haul_send(cs, "m", 1, (uint64_t)(100 + i)));
+    for (int i = 0; i < 5; i++) {
+        header h = expect_frame(fd, T_CHUNK);
+        CHECK_EQ(h.seq, (uint64_t)i);
+    }
+    raw_ctl(fd, T_FIN, id, 0, 3);
+
+    int sent[5] = {0}, failed[5] = {0};
+    for (;;) {
+        ev = next_of(client, cs, ANSWER_MS);
+        if (ev.type == HAUL_EV_SESSION_CLOSED)
+            break;
+        CHECK(ev.tag >= 100 && ev.tag < 105);
+        if (ev.type == HAUL_EV_MESSAGE_SENT) {
+            sent[ev.tag - 100]++;
+        } else {
+            CHECK_EQ(ev.type, HAUL_EV_MESSAGE_FAILED);
+            CHECK_EQ(ev.error, HAUL_ECLOSED);
+            failed[ev.tag - 100]++;
+        }
+    }
+    CHECK_EQ(ev.error, HAUL_OK);
+    for (int i = 0; i < 5; i++) {
+        CHECK_EQ(sent[i], i < 3);
+        CHECK_EQ(failed[i], i >= 3);
+    }
+    expect_frame(fd, T_FIN_ACK);
+
+    close(fd);
+    close(lfd);
+    haul_session_free(cs);
+    haul_engine_free(client);
+}
+
+/* The closing engine tells in its FIN how many messages it delivered,
+ * and delivers none beyond them afterwards, even when they arrive before
+ * the FIN_ACK: the peer reports those as failed. */
+TEST_TIMEOUT(closer_delivers_nothing_after_its_fin, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed0007);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    expect_frame(fd, T_SYNC_ACK);
+    raw_ctl(fd, T_ACK, 1, 8, 0);
+    raw_empty_message(fd, 1, 0);
+    CHECK(wait_for(server, HAUL_EV_MESSAGE_RECEIVED, &ev, ANSWER_MS));
+
+    CHECK_OK(haul_session_close(ss));
+    header fin = expect_frame(fd, T_FIN);
+    CHECK_EQ(fin.session, 1);
+    CHECK_EQ(fin.seq, 1);
+    /* A message that crossed the FIN. */
+    raw_empty_message(fd, 1, 1);
+    raw_ctl(fd, T_FIN_ACK, 1, 0, 0);
+    int received = 0;
+    for (;;) {
+        ev = next_of(server, ss, ANSWER_MS);
+        if (ev.type == HAUL_EV_SESSION_CLOSED)
+            break;
+        CHECK_EQ(ev.type, HAUL_EV_MESSAGE_RECEIVED);
+        received++;
+    }
+    CHECK_EQ(ev.error, HAUL_OK);
+    CHECK_EQ(received, 0);
+    haul_message *m;
+    CHECK_OK(haul_recv(ss, &m));
+    CHECK_EQ(haul_message_seq(m), 0);
+    haul_message_free(m);
+    CHECK_EQ(haul_recv(ss, &m), HAUL_ECLOSED);
+
+    close(fd);
+    haul_session_free(ss);
+    haul_engine_free(server);
+}
+
+/* ---- repeated SYNCs ---------------------------------------------------------- */
+
+/* The states that answer a repeated SYNC are in the table and keep
+ * their state; one waiting for the application does not answer. */
+TEST(table_answers_repeated_sync_in_closing_states)
+{
+    CHECK_EQ(haul__session_next(CE_SS_APP_CLOSE_SESSION, SEV_SYNC_REPEATED),
+             CE_SS_APP_CLOSE_SESSION);
+    CHECK_EQ(haul__session_next(CE_SS_SENDING_FIN, SEV_SYNC_REPEATED), CE_SS_SENDING_FIN);
+    CHECK_EQ(haul__session_next(CE_SS_SESSION_CLOSED, SEV_SYNC_REPEATED), CE_SS_SESSION_CLOSED);
+    CHECK_EQ(haul__session_next(CE_SS_WAITING_FOR_ACCEPT_ACK, SEV_SYNC_REPEATED), -1);
+    CHECK_EQ(haul__session_next(CE_SS_WAITING_ACK, SEV_SYNC_REPEATED), -1);
+}
+
+/* A SYNC repeated after its session was refused and freed on the server
+ * (as a SYNC that waited on a dead connection would be) gets the same
+ * SYNC_NAK again: it never makes a phantom session. */
+TEST_TIMEOUT(repeated_sync_of_refused_session_is_refused_again, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed0008);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    CHECK_OK(haul_session_reject(ev.session, 42));
+    haul_session_free(ev.session);
+    header h = expect_frame(fd, T_SYNC_NAK);
+    CHECK_EQ(h.aux, 42);
+
+    raw_sync(fd, 1);
+    h = expect_frame(fd, T_SYNC_NAK);
+    CHECK_EQ(h.session, 1);
+    CHECK_EQ(h.aux, 42);
+    /* The answer came after the SYNC was handled: no request was made. */
+    CHECK_EQ(haul_engine_wait(server, &ev, 1, 0), 0);
+
+    close(fd);
+    haul_engine_free(server);
+}
+
+/* The server accepted and closed at once (SENDING_FIN); the client's
+ * SYNC_ACK was lost, so its SYNC comes again: the server answers it with
+ * SYNC_ACK, and its FIN follows again, so that the client can open and
+ * close instead of waiting for its open deadline. */
+TEST_TIMEOUT(sync_repeated_while_sending_fin_is_answered, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed0009);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    CHECK_OK(haul_session_close(ss));
+    expect_frame(fd, T_SYNC_ACK);
+    expect_frame(fd, T_FIN);
+    CHECK_STR_EQ(haul_session_state(ss), "CE_SS_SENDING_FIN");
+
+    raw_sync(fd, 1);
+    header h = expect_frame(fd, T_SYNC_ACK);
+    CHECK_EQ(h.session, 1);
+    h = expect_frame(fd, T_FIN);
+    CHECK_EQ(h.session, 1);
+    raw_ctl(fd, T_FIN_ACK, 1, 0, 0);
+    CHECK(wait_for(server, HAUL_EV_SESSION_CLOSED, &ev, ANSWER_MS));
+    CHECK_EQ(ev.error, HAUL_OK);
+
+    close(fd);
+    haul_session_free(ss);
+    haul_engine_free(server);
+}
+
+/* The same in APP_CLOSE_SESSION: the server closed while a message of its
+ * own waits for the client's window. The repeated SYNC gets SYNC_ACK; the
+ * message and the FIN follow once the client opens its window. */
+TEST_TIMEOUT(sync_repeated_while_closing_is_answered, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed000a);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    CHECK_OK(haul_send(ss, "z", 1, 9));
+    CHECK_OK(haul_session_close(ss));
+    expect_frame(fd, T_SYNC_ACK);
+    CHECK_STR_EQ(haul_session_state(ss), "CE_SS_APP_CLOSE_SESSION");
+
+    raw_sync(fd, 1);
+    header h = expect_frame(fd, T_SYNC_ACK);
+    CHECK_EQ(h.session, 1);
+    raw_ctl(fd, T_ACK, 1, 8, 0);
+    h = expect_frame(fd, T_CHUNK);
+    CHECK_EQ(h.seq, 0);
+    raw_ctl(fd, T_ACK, 1, 8, 1);
+    h = expect_frame(fd, T_FIN);
+    raw_ctl(fd, T_FIN_ACK, 1, 0, 0);
+    CHECK(wait_for(server, HAUL_EV_SESSION_CLOSED, &ev, ANSWER_MS));
+    CHECK_EQ(ev.error, HAUL_OK);
+
+    close(fd);
+    haul_session_free(ss);
+    haul_engine_free(server);
+}
