@@ -77,6 +77,10 @@ static void check_accepted(const haul__frame *f, const haul__frame_limits *limit
     case HAUL__F_ERROR:
         REQUIRE(f->len <= HAUL__CTL_PAYLOAD_MAX);
         break;
+    case HAUL__F_KEEPALIVE:
+        REQUIRE(f->len == 0);
+        REQUIRE(f->session == 0);
+        break;
     default:
         REQUIRE(f->len == 0);
         REQUIRE(f->session != 0);

@@ -34,6 +34,10 @@
  *      cannot be reserved fails with HAUL_ENOMEM. A server session whose
  *      events cannot be reserved is refused by the engine (the client
  *      sees HAUL_EREFUSED with reason HAUL_ENOMEM).
+ *      HAUL_EV_PIPE_DOWN and HAUL_EV_PIPE_UP are informational: they
+ *      come in pairs (DOWN, then UP when the pipe is back) at any time
+ *      before a session's final event, and are never final themselves.
+ *      An application may ignore them.
  *   3. Each event names its level. HAUL_EV_MESSAGE_SENT means that the
  *      receiving engine has the whole message in the session's input
  *      queue and acknowledged it; it does not mean "left the socket".
@@ -65,8 +69,9 @@ extern "C" {
 #define HAUL_VERSION_MINOR 1
 #define HAUL_VERSION_PATCH 0
 
-/* The wire protocol version this library speaks (docs/protocol.md). */
-#define HAUL_PROTOCOL_VERSION 1
+/* The wire protocol version this library speaks (docs/protocol.md). A
+ * peer of another version is refused with HAUL_EVERSION. */
+#define HAUL_PROTOCOL_VERSION 2
 
 /*
  * Error codes. The table below generates the enum, the names and the
@@ -167,6 +172,23 @@ typedef struct haul_engine_config {
      * doubles up to the maximum. Defaults 20 ms and 2000 ms. */
     unsigned redial_min_ms;
     unsigned redial_max_ms;
+    /* Liveness of joined connections. A connection that has written
+     * nothing for keepalive_ms writes a KEEPALIVE frame, ahead of any
+     * other frame, so that its peer hears from it while the pipe is idle.
+     * A connection that has received nothing (no byte of any frame) for
+     * idle_timeout_ms is taken for dead: it closes with HAUL_ETIMEDOUT
+     * and is handled as any broken connection (a client redials it, what
+     * it carried goes again on the others). idle_timeout_ms is also set
+     * as TCP_USER_TIMEOUT on TCP sockets, so that the kernel gives up on
+     * unacknowledged data in the same time. Defaults 5000 and 15000 ms;
+     * 0 disables either. Ranges: keepalive_ms 0 or 10 .. 3600000,
+     * idle_timeout_ms 0 or 50 .. 86400000, and when both are set,
+     * keepalive_ms below idle_timeout_ms. The peer's keepalive_ms is what
+     * keeps our idle timer from expiring: set idle_timeout_ms to about
+     * three times the peer's keepalive_ms, so that one late keepalive is
+     * not taken for a dead peer. */
+    unsigned keepalive_ms;
+    unsigned idle_timeout_ms;
     /* Optional log sink; called from engine threads with a full sentence.
      * Without it, errors and warnings go to stderr when log_level allows. */
     void (*log)(void *arg, int level, const char *line);
@@ -226,6 +248,17 @@ typedef enum haul_event_type {
     /* The session ended: error is HAUL_OK after an orderly close by either
      * side, else the reason. The last event of every session. */
     HAUL_EV_SESSION_CLOSED,
+    /* Informational: the last joined connection of the session's pipe
+     * went; `error` says why the last one went (HAUL_ETIMEDOUT when the
+     * peer fell silent for idle_timeout_ms, HAUL_ECONNRESET when it was
+     * reset or closed, ...). Messages wait meanwhile: a client redials,
+     * and what the connections carried is sent again once one joins.
+     * Posted to every session of the pipe that has not had its final
+     * event, on both sides. */
+    HAUL_EV_PIPE_DOWN,
+    /* Informational: a connection of the session's pipe joined again
+     * after a HAUL_EV_PIPE_DOWN. */
+    HAUL_EV_PIPE_UP,
 } haul_event_type;
 
 /* Returns the name of an event type ("MESSAGE_SENT"). */
@@ -588,6 +621,12 @@ typedef struct haul_engine_stats {
      * began a TLS handshake, reached the checks of the peer, were
      * established, ended in order or failed. */
     uint64_t secure_state_entered[8];
+    /* KEEPALIVE frames written and received (keepalive_ms). */
+    uint64_t keepalives_sent;
+    uint64_t keepalives_received;
+    /* Joined connections closed because nothing came for
+     * idle_timeout_ms (also counted in connections_lost). */
+    uint64_t idle_timeouts;
 } haul_engine_stats;
 
 HAUL_API void haul_engine_stats_get(haul_engine *engine, haul_engine_stats *out);

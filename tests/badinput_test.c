@@ -103,7 +103,8 @@ static header decode(const uint8_t in[HDR])
 /* A HELLO of connection 0 of the pipe `pipe_id`, with 256 KiB chunks. */
 static header hello(uint64_t pipe_id)
 {
-    header h = {.version = 1, .type = T_HELLO, .len = 4, .aux = 0, .seq = pipe_id};
+    header h = {
+        .version = HAUL_PROTOCOL_VERSION, .type = T_HELLO, .len = 4, .aux = 0, .seq = pipe_id};
     h.offset = 262144;
     return h;
 }
@@ -231,7 +232,7 @@ static void check_error_frame(const uint8_t *got, size_t len, int code)
 {
     CHECK_GE(len, HDR);
     header h = decode(got);
-    CHECK_EQ(h.version, 1);
+    CHECK_EQ(h.version, HAUL_PROTOCOL_VERSION);
     CHECK_EQ(h.type, T_ERROR);
     CHECK_EQ(h.aux, code);
     CHECK_GE(len, HDR + (size_t)h.len);
@@ -424,7 +425,7 @@ static void handshake(int fd, uint64_t pipe_id)
     header ack;
     uint8_t magic[4];
     CHECK(read_frame(fd, &ack, magic, sizeof(magic), CLOSE_MS));
-    CHECK_EQ(ack.version, 1);
+    CHECK_EQ(ack.version, HAUL_PROTOCOL_VERSION);
     CHECK_EQ(ack.type, T_HELLO_ACK);
     CHECK_EQ(ack.len, 4);
     CHECK_EQ(ack.seq, pipe_id);
@@ -463,9 +464,9 @@ TEST_TIMEOUT(random_garbage, 60)
 
     uint8_t garbage[4096];
     fill_pattern(garbage, sizeof(garbage), 0xBAD);
-    /* With this seed, byte 0 is not version 1: the header is refused at
+    /* With this seed, byte 0 is not the version: the header is refused at
      * its first field. */
-    CHECK_NE(garbage[0], 1);
+    CHECK_NE(garbage[0], HAUL_PROTOCOL_VERSION);
     int fd = raw_connect(f.address);
     send_all(fd, garbage, sizeof(garbage));
     /* The server closes with most of the garbage unread, so its kernel may
@@ -605,7 +606,7 @@ TEST_TIMEOUT(frame_before_hello, 60)
     unsigned conns = connections(f.server);
 
     /* A well formed ACK of session 1, as the first frame. */
-    header h = {.version = 1, .type = T_ACK, .session = 1, .seq = 0, .aux = 4};
+    header h = {.version = HAUL_PROTOCOL_VERSION, .type = T_ACK, .session = 1, .seq = 0, .aux = 4};
     int fd = raw_connect(f.address);
     send_header(fd, &h);
     expect_refused(&f, fd, errors, conns, 1, HAUL_EPROTO);
@@ -625,7 +626,7 @@ TEST_TIMEOUT(chunk_longer_than_allowed, 60)
 
     int fd = raw_connect(f.address);
     handshake(fd, 0xBAD0006);
-    header h = {.version = 1,
+    header h = {.version = HAUL_PROTOCOL_VERSION,
                 .type = T_CHUNK,
                 .session = 1,
                 .seq = 0,
@@ -656,7 +657,7 @@ TEST_TIMEOUT(chunk_of_message_over_wire_limit, 60)
 
     int fd = raw_connect(f.address);
     handshake(fd, 0xBAD0007);
-    header h = {.version = 1,
+    header h = {.version = HAUL_PROTOCOL_VERSION,
                 .type = T_CHUNK,
                 .session = 1,
                 .seq = 0,
@@ -693,7 +694,7 @@ TEST_TIMEOUT(chunk_over_announced_max_aborts_session, 60)
     sync[0] = sizeof(principal) - 1;
     sync[1] = 0;
     memcpy(sync + 2, principal, sizeof(principal) - 1);
-    header h = {.version = 1,
+    header h = {.version = HAUL_PROTOCOL_VERSION,
                 .type = T_SYNC,
                 .session = 9,
                 .len = sizeof(sync),
@@ -707,7 +708,7 @@ TEST_TIMEOUT(chunk_over_announced_max_aborts_session, 60)
     CHECK_EQ(ack.session, 9);
     CHECK_GT(ack.aux, 0);
 
-    header chunk = {.version = 1,
+    header chunk = {.version = HAUL_PROTOCOL_VERSION,
                     .type = T_CHUNK,
                     .session = 9,
                     .seq = 0,
@@ -760,7 +761,7 @@ TEST_TIMEOUT(sync_with_bad_principal_length, 60)
     payload[0] = 300 & 0xff;
     payload[1] = 300 >> 8;
     memset(payload + 2, 'P', 300);
-    header h = {.version = 1,
+    header h = {.version = HAUL_PROTOCOL_VERSION,
                 .type = T_SYNC,
                 .session = 7,
                 .len = sizeof(payload),

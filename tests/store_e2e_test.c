@@ -732,6 +732,55 @@ TEST_TIMEOUT(kill_client_mid_push_then_resume, 120)
     e2e_teardown(&env);
 }
 
+/*
+ * A client that falls silent without closing anything (stopped here with
+ * SIGSTOP: its kernel still acknowledges, as a host behind a partition
+ * seems to until its connections time out) holds its dataset only until
+ * hauld's idle timeout and the grace of a gone push have passed: hauld
+ * ends the push on its own, keeping what it staged, and the push run
+ * again is accepted at once and resumes, instead of being refused "busy"
+ * for the whole message timeout.
+ */
+TEST_TIMEOUT(silent_client_push_ended_then_next_push_accepted, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, E2E_NO_SERVER);
+    env.server_args[0] = "--keepalive";
+    env.server_args[1] = "150";
+    env.server_args[2] = "--idle-timeout";
+    env.server_args[3] = "600";
+    env.server_args[4] = NULL;
+    e2e_start_server(&env);
+    char src[PATH_MAX], dst[PATH_MAX];
+    e2e_path(&env, src, "src");
+    e2e_path(&env, dst, "dst");
+    const uint64_t total = make_resume_tree(src);
+
+    e2e_proc p = {0};
+    start_push_and_wait_for_staging(&env, &p, src, "resume", 32 * E2E_MIB);
+    CHECK(kill(p.pid, SIGSTOP) == 0);
+    const double stopped = e2e_now();
+
+    /* 0.6 s of silence, then 5 s of grace; the margin is for the load. */
+    CHECK(e2e_log_wait(&env, "its client has had no connection for 5 s", 30));
+    const double ended = e2e_now() - stopped;
+    harness_log("hauld ended the silent client's push %.1f s after it stopped", ended);
+    CHECK_GE(ended, 5.0);
+    CHECK_LT(ended, 20.0);
+
+    push_report r;
+    push_after_interruption(&env, src, "resume", &r);
+    CHECK_LT(r.bytes_sent, total - 16 * E2E_MIB);
+
+    CHECK(kill(p.pid, SIGKILL) == 0);
+    e2e_proc_wait(&p, 10);
+    e2e_proc_free(&p);
+    CHECK_EQ(snapshot_count(&env, "resume"), 1);
+    pull(&env, "resume", dst, 0);
+    CHECK_EQ(e2e_tree_diff(src, dst, 0), 0);
+    e2e_teardown(&env);
+}
+
 TEST_TIMEOUT(kill_server_mid_push_then_resume, 120)
 {
     e2e_env env;

@@ -378,6 +378,8 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
      * side's window admit many messages at once. */
     ec.max_message = HSP_MESSAGE_MAX;
     ec.message_timeout_ms = opt->timeout_ms;
+    ec.keepalive_ms = opt->keepalive_ms;
+    ec.idle_timeout_ms = opt->idle_timeout_ms;
     if (opt->connections + 64 > ec.max_connections)
         ec.max_connections = opt->connections + 64;
     ec.log = engine_log;
@@ -542,6 +544,18 @@ int cli_pump(cli_client *c, int timeout_ms)
             c->closed = 1;
             c->close_error = ev->error;
             closed_now = 1;
+            break;
+        case HAUL_EV_PIPE_DOWN:
+            /* The engine redials and sends again by itself; the run fails
+             * only if the server stays out of reach for --timeout. */
+            if (c->opt->verbose)
+                cli_warn("lost every connection to the server (%s); reconnecting",
+                         ev->error == HAUL_ETIMEDOUT ? "nothing heard within --idle-timeout"
+                                                     : haul_strerror(ev->error));
+            break;
+        case HAUL_EV_PIPE_UP:
+            if (c->opt->verbose)
+                cli_warn("connected to the server again");
             break;
         default:
             break;

@@ -36,6 +36,9 @@ typedef struct cli_options {
     uint64_t queue;       /* --queue: output queue bytes */
     uint32_t message;     /* --message-size: file data per message */
     unsigned timeout_ms;  /* --timeout: message timeout */
+    /* --keepalive, --idle-timeout: the engine's liveness periods (0: off). */
+    unsigned keepalive_ms;
+    unsigned idle_timeout_ms;
     const char *principal;
     /* Mutual TLS: our certificate and key, and the CA of the server's
      * (all NULL with --plaintext). */

@@ -27,6 +27,7 @@
  * subcommand lives in a file of its own.
  */
 #include <getopt.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,11 @@ static const char options_help[] =
     "                        (default 64M; K, M, G suffixes; at least 2M)\n"
     "      --timeout SECONDS a message not acknowledged this long fails the run,\n"
     "                        and so does a server unreachable this long (default 60)\n"
+    "      --keepalive MS    an idle connection says it is there this often\n"
+    "                        (default 5000; 0: never)\n"
+    "      --idle-timeout MS a connection that hears nothing this long is taken\n"
+    "                        for dead and dialled again (default 15000; 0: never;\n"
+    "                        above the server's --keepalive)\n"
     "      --principal NAME  the namespace on the server (default: $HAUL_PRINCIPAL,\n"
     "                        else the principal of --tls-cert, else \"default\")\n"
     "      --tls-cert FILE   our client certificate (haul cert client DIR PRINCIPAL)\n"
@@ -149,6 +155,18 @@ static int parse_seconds(const char *text, double *out)
     return 0;
 }
 
+/* A period in milliseconds: 0 (off), or min..max. */
+static int parse_period(const char *text, unsigned min, unsigned max, unsigned *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(text, &end, 10);
+    if (errno || end == text || *end != '\0' || text[0] == '-' || (v != 0 && (v < min || v > max)))
+        return -1;
+    *out = (unsigned)v;
+    return 0;
+}
+
 /* Many connections and deep trees need more descriptors than the usual
  * soft limit of 1024: take what the hard limit allows. */
 static void raise_fd_limit(void)
@@ -240,6 +258,8 @@ int main(int argc, char **argv)
         {"queue", required_argument, NULL, 'Q'},
         {"message-size", required_argument, NULL, 'M'},
         {"timeout", required_argument, NULL, 'T'},
+        {"keepalive", required_argument, NULL, 'L'},
+        {"idle-timeout", required_argument, NULL, 'I'},
         {"principal", required_argument, NULL, 'p'},
         {"tls-cert", required_argument, NULL, 'C'},
         {"tls-key", required_argument, NULL, 'K'},
@@ -261,6 +281,10 @@ int main(int argc, char **argv)
         .timeout_ms = DEFAULT_TIMEOUT_S * 1000,
         .seconds = DEFAULT_BENCH_S,
     };
+    haul_engine_config defaults;
+    haul_engine_config_init(&defaults);
+    opt.keepalive_ms = defaults.keepalive_ms;
+    opt.idle_timeout_ms = defaults.idle_timeout_ms;
     const char *env = getenv("HAUL_PRINCIPAL");
     opt.principal = env && *env ? env : NULL;
     int help = 0;
@@ -306,6 +330,18 @@ int main(int argc, char **argv)
             opt.timeout_ms = (unsigned)(s * 1000);
             break;
         }
+        case 'L':
+            if (parse_period(optarg, 10, 3600000, &opt.keepalive_ms) != 0) {
+                cli_warn("--keepalive: expected milliseconds, 0 or 10..3600000");
+                return CLI_EXIT_USAGE;
+            }
+            break;
+        case 'I':
+            if (parse_period(optarg, 50, 86400000, &opt.idle_timeout_ms) != 0) {
+                cli_warn("--idle-timeout: expected milliseconds, 0 or 50..86400000");
+                return CLI_EXIT_USAGE;
+            }
+            break;
         case 'p':
             opt.principal = optarg;
             break;
@@ -392,6 +428,11 @@ int main(int argc, char **argv)
     }
     if (opt.keep_set && cmd->run != cli_prune) {
         cli_warn("--keep applies to prune only");
+        return CLI_EXIT_USAGE;
+    }
+    if (opt.keepalive_ms && opt.idle_timeout_ms && opt.keepalive_ms >= opt.idle_timeout_ms) {
+        cli_warn("--keepalive (%u ms) must be below --idle-timeout (%u ms)", opt.keepalive_ms,
+                 opt.idle_timeout_ms);
         return CLI_EXIT_USAGE;
     }
     static char principal[HSP_NAME_MAX + 1], ca[PATH_MAX], crt[PATH_MAX], key[PATH_MAX];

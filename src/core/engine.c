@@ -30,6 +30,12 @@
 /* The sweep of timeouts runs this often; timeouts are this precise. */
 #define SWEEP_MS 20
 
+/* The ranges of the liveness periods (haul.h). */
+#define KEEPALIVE_MIN_MS 10u
+#define KEEPALIVE_MAX_MS 3600000u
+#define IDLE_TIMEOUT_MIN_MS 50u
+#define IDLE_TIMEOUT_MAX_MS 86400000u
+
 int64_t haul__now_ms(void)
 {
     struct timespec ts;
@@ -74,6 +80,8 @@ void haul_engine_config_init(haul_engine_config *c)
     c->max_attempts = 8;
     c->redial_min_ms = 20;
     c->redial_max_ms = 2000;
+    c->keepalive_ms = 5000;
+    c->idle_timeout_ms = 15000;
     c->log_level = HAUL_LOG_WARN;
 }
 
@@ -92,6 +100,18 @@ static int config_check(const haul_engine_config *c)
     if (c->handshake_timeout_ms < 1 || c->message_timeout_ms < 1 || c->max_attempts < 1)
         return HAUL_EINVAL;
     if (c->redial_min_ms < 1 || c->redial_max_ms < c->redial_min_ms)
+        return HAUL_EINVAL;
+    /* Below these, the 20 ms sweep could not keep them; above, they would
+     * not notice a dead peer in any useful time. */
+    if (c->keepalive_ms &&
+        (c->keepalive_ms < KEEPALIVE_MIN_MS || c->keepalive_ms > KEEPALIVE_MAX_MS))
+        return HAUL_EINVAL;
+    if (c->idle_timeout_ms &&
+        (c->idle_timeout_ms < IDLE_TIMEOUT_MIN_MS || c->idle_timeout_ms > IDLE_TIMEOUT_MAX_MS))
+        return HAUL_EINVAL;
+    /* An engine that times out before its own keepalive period would,
+     * facing a peer configured alike, close every idle connection. */
+    if (c->keepalive_ms && c->idle_timeout_ms && c->keepalive_ms >= c->idle_timeout_ms)
         return HAUL_EINVAL;
     return 0;
 }
@@ -236,7 +256,8 @@ const char *haul_event_name(int type)
 {
     static const char *const names[] = {
         "NONE",         "SESSION_REQUEST", "SESSION_OPEN",  "SESSION_REFUSED", "MESSAGE_RECEIVED",
-        "MESSAGE_SENT", "MESSAGE_FAILED",  "WINDOW_OPENED", "SESSION_CLOSED"};
+        "MESSAGE_SENT", "MESSAGE_FAILED",  "WINDOW_OPENED", "SESSION_CLOSED",  "PIPE_DOWN",
+        "PIPE_UP"};
     if (type < 0 || type >= (int)(sizeof(names) / sizeof(names[0])))
         return "?";
     return names[type];

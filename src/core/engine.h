@@ -258,6 +258,14 @@ struct haul__conn {
     int debug_frozen;   /* test hook: neither reads nor writes while set */
     int tx_short;       /* 1 + the item whose file fell short, or 0 */
 
+    /* Liveness (haul_engine_config.keepalive_ms, idle_timeout_ms): when
+     * a byte was last received and last written, on the engine clock.
+     * The owning thread stores them without mu as bytes move; the sweep
+     * reads them under mu on loop 0, hence atomics. */
+    atomic_int_least64_t last_rx;
+    atomic_int_least64_t last_tx;
+    int keepalive_pending; /* a KEEPALIVE goes first in the next batch (mu) */
+
     haul_conn_stats stats;
     uint32_t seen_sessions[8];       /* for stats.sessions_sent */
     const haul_listen_config *lconf; /* server: of the listener that took it */
@@ -328,6 +336,7 @@ struct haul__pipe {
     int64_t *redial_at;
     unsigned *backoff;
     int64_t empty_since; /* when the last connection went, or 0 */
+    int down;            /* HAUL_EV_PIPE_DOWN posted, no connection joined since */
     int failed;          /* could not be opened: new sessions make a new pipe */
     int fail_error;      /* why */
     int doomed;          /* has no sessions: the sweep closes and frees it */
@@ -554,6 +563,9 @@ int haul__addr_parse(const char *address, struct sockaddr_storage *ss, socklen_t
 int haul__addr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_t size);
 int haul__sock_listen(const struct sockaddr_storage *ss, socklen_t len, int *fdp);
 int haul__sock_dial(const struct sockaddr_storage *ss, socklen_t len, int *fdp);
+/* TCP_USER_TIMEOUT on a TCP socket (0: the kernel's default); nothing on
+ * others. */
+void haul__sock_user_timeout(int fd, unsigned ms);
 
 /* Test hook: breaks connection `index` of the session's (client) pipe. */
 int haul__debug_break_conn(haul_session *s, unsigned index);

@@ -160,8 +160,33 @@ static void pipe_dial(haul__pipe *pipe, unsigned index)
     haul__conn_start(c, 1);
 }
 
+/*
+ * Tells every session of the pipe that has not had its final event that
+ * the pipe went down or came back (HAUL_EV_PIPE_DOWN, HAUL_EV_PIPE_UP):
+ * informational events, which let an application (hauld) learn that its
+ * peer is gone without polling statistics.
+ */
+static void post_pipe_event(haul__pipe *pipe, haul_event_type type, int error)
+{
+    if (pipe->engine->stopping)
+        return;
+    haul__list *p;
+    haul__list_each(p, &pipe->sessions)
+    {
+        haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
+        if (s->app_freed || s->state == CE_SS_SESSION_CLOSED)
+            continue;
+        haul_event ev = {.type = type, .error = error, .session = s};
+        haul__post(pipe->engine, &ev);
+    }
+}
+
 void haul__pipe_conn_joined(haul__pipe *pipe, haul__conn *c)
 {
+    if (pipe->down) {
+        pipe->down = 0;
+        post_pipe_event(pipe, HAUL_EV_PIPE_UP, 0);
+    }
     pipe->joined++;
     pipe->ever_joined = 1;
     pipe->empty_since = 0;
@@ -183,8 +208,11 @@ void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
     if (was_joined) {
         pipe->joined--;
         e->stats.connections_lost++;
-        if (pipe->joined == 0)
+        if (pipe->joined == 0) {
             pipe->empty_since = haul__now_ms();
+            pipe->down = 1;
+            post_pipe_event(pipe, HAUL_EV_PIPE_DOWN, error);
+        }
     }
     if (!pipe->server && pipe->conns[c->index] == c) {
         pipe->conns[c->index] = NULL;

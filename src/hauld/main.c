@@ -5,6 +5,7 @@
  *         (--tls-cert FILE --tls-key FILE --tls-ca FILE [--tls-crl FILE] | --plaintext)
  *         [--config FILE] [--max-sessions N] [--max-connections N] [--io-threads N]
  *         [--timeout SECONDS] [--handshake-timeout SECONDS] [--max-handshakes N]
+ *         [--keepalive MS] [--idle-timeout MS]
  *         [--log-level error|warn|info|debug]
  *
  * Every connection is mutual TLS 1.3 and a client's namespace is the
@@ -105,6 +106,8 @@ enum {
     OPT_PLAINTEXT,
     OPT_HANDSHAKE_TIMEOUT,
     OPT_MAX_HANDSHAKES,
+    OPT_KEEPALIVE,
+    OPT_IDLE_TIMEOUT,
     OPT_COUNT_,
     OPT_HELP = 'h',
 };
@@ -125,6 +128,8 @@ static const struct option long_options[] = {
     {"plaintext", no_argument, NULL, OPT_PLAINTEXT},
     {"handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT},
     {"max-handshakes", required_argument, NULL, OPT_MAX_HANDSHAKES},
+    {"keepalive", required_argument, NULL, OPT_KEEPALIVE},
+    {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -152,6 +157,13 @@ static void usage(FILE *f)
                "                          their handshake by then (default 10)\n"
                "  --max-handshakes N      connections in their handshake at once; a new\n"
                "                          one beyond closes the oldest (default 256)\n"
+               "  --keepalive MS          an idle connection says it is there this often\n"
+               "                          (default 5000; 0: never)\n"
+               "  --idle-timeout MS       a connection that hears nothing this long is\n"
+               "                          closed as dead (default 15000; 0: never; above\n"
+               "                          the clients' --keepalive); a push whose client\n"
+               "                          has had no connection for 5 s more is ended,\n"
+               "                          and its staging kept for the next push\n"
                "  --config FILE           `key = value` lines with the keys of these\n"
                "                          options (listen, store, ...); `#` comments;\n"
                "                          the command line wins; then [principal NAME]\n"
@@ -184,6 +196,23 @@ static int parse_unsigned(const char *name, const char *text, unsigned min, unsi
     unsigned long v = strtoul(text, &end, 10);
     if (errno || end == text || *end != '\0' || text[0] == '-' || v < min || v > max) {
         fprintf(stderr, "hauld: --%s wants a number from %u to %u, not '%s'\n", name, min, max,
+                text);
+        return -1;
+    }
+    *out = (unsigned)v;
+    return 0;
+}
+
+/* A period in milliseconds: 0 (off), or min..max. */
+static int parse_period(const char *name, const char *text, unsigned min, unsigned max,
+                        unsigned *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(text, &end, 10);
+    if (errno || end == text || *end != '\0' || text[0] == '-' ||
+        (v != 0 && (v < min || v > max))) {
+        fprintf(stderr, "hauld: --%s wants milliseconds, 0 or %u to %u, not '%s'\n", name, min, max,
                 text);
         return -1;
     }
@@ -344,6 +373,10 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
     cfg->config = VALUE(o, OPT_CONFIG);
     cfg->timeout_s = 60;
     cfg->log_level = HAUL_LOG_INFO;
+    haul_engine_config defaults;
+    haul_engine_config_init(&defaults);
+    cfg->keepalive_ms = defaults.keepalive_ms;
+    cfg->idle_timeout_ms = defaults.idle_timeout_ms;
     if (cfg->listen == NULL || cfg->store == NULL) {
         fprintf(stderr, "hauld: --listen and --store are required\n");
         usage(stderr);
@@ -374,6 +407,17 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
         parse_unsigned("max-handshakes", VALUE(o, OPT_MAX_HANDSHAKES), 1, 1000000,
                        &cfg->max_handshakes) < 0)
         return -1;
+    if (VALUE(o, OPT_KEEPALIVE) &&
+        parse_period("keepalive", VALUE(o, OPT_KEEPALIVE), 10, 3600000, &cfg->keepalive_ms) < 0)
+        return -1;
+    if (VALUE(o, OPT_IDLE_TIMEOUT) && parse_period("idle-timeout", VALUE(o, OPT_IDLE_TIMEOUT), 50,
+                                                   86400000, &cfg->idle_timeout_ms) < 0)
+        return -1;
+    if (cfg->keepalive_ms && cfg->idle_timeout_ms && cfg->keepalive_ms >= cfg->idle_timeout_ms) {
+        fprintf(stderr, "hauld: --keepalive (%u ms) must be below --idle-timeout (%u ms)\n",
+                cfg->keepalive_ms, cfg->idle_timeout_ms);
+        return -1;
+    }
     return tls_config(o, cfg);
 }
 

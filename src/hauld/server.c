@@ -498,6 +498,9 @@ static void on_closed(request *r, const haul_event *ev)
     request_free(r);
 }
 
+/* See "clients that are gone", below. */
+static void on_pipe_event(request *r, const haul_event *ev);
+
 static void handle_event(server *srv, const haul_event *ev)
 {
     if (ev->type == HAUL_EV_NONE)
@@ -529,6 +532,10 @@ static void handle_event(server *srv, const haul_event *ev)
         break;
     case HAUL_EV_SESSION_CLOSED:
         on_closed(r, ev);
+        break;
+    case HAUL_EV_PIPE_DOWN:
+    case HAUL_EV_PIPE_UP:
+        on_pipe_event(r, ev);
         break;
     default:
         break;
@@ -620,60 +627,69 @@ static void abort_all(server *srv, const char *why)
 
 /*
  * A push holds its dataset: another push to it is refused until it ends.
- * When its client dies, the engine ends the session only once the pipe
- * has had no connection for the whole message timeout (a minute by
- * default), and until then the user who simply runs the push again is
- * refused. So hauld looks at the pipes of running pushes itself: a push
- * whose pipe has had no connection for ALONE_MS is ended, and what it
- * staged waits for the next push. ALONE_MS is well above the client's
- * longest redial backoff (2 s by default), so that a short network cut,
- * after which the client dials again, does not end a push.
+ * When its client dies or its network goes, the engine ends the session
+ * only once the pipe has had no connection for the whole message timeout
+ * (a minute by default), and until then the user who simply runs the push
+ * again is refused. The engine tells sooner that the client is gone: a
+ * pipe goes down (HAUL_EV_PIPE_DOWN) when its last connection breaks, or
+ * when the client has been silent for the idle timeout (--idle-timeout),
+ * and comes back up (HAUL_EV_PIPE_UP) when the client dials again. A push
+ * whose pipe has been down for PUSH_GRACE_MS is ended, and what it staged
+ * waits for the next push. The grace is well above the client's longest
+ * redial backoff (2 s by default), so that a short network cut, after
+ * which the client dials again, does not end a push.
  */
-#define ALONE_MS 5000
-#define CHECK_MS 1000
+#define PUSH_GRACE_MS 5000
 
-static int pipe_connected(request *r)
+static void on_pipe_event(request *r, const haul_event *ev)
 {
-    haul_conn_stats stats[64];
-    int n = haul_pipe_stats(r->session, stats, 64);
-    if (n > 64)
-        return 1;
-    for (int i = 0; i < n; i++)
-        if (stats[i].up)
-            return 1;
-    return 0;
+    if (ev->type == HAUL_EV_PIPE_UP) {
+        if (r->pipe_down_since_ms)
+            request_log(r, HAUL_LOG_INFO, "its client is connected again");
+        r->pipe_down_since_ms = 0;
+        return;
+    }
+    if (r->pipe_down_since_ms == 0)
+        r->pipe_down_since_ms = now_ms();
+    request_log(r, HAUL_LOG_INFO, "its client has no connection left (%s)",
+                ev->error == HAUL_ETIMEDOUT ? "silent for the idle timeout"
+                                            : haul_strerror(ev->error));
 }
 
-static int pushes_running(const server *srv)
+static int gone_watched(const request *r)
 {
-    for (const request *r = srv->requests; r; r = r->next)
-        if (r->req.op == HSP_PUSH && !r->finishing)
-            return 1;
-    return 0;
+    return r->req.op == HSP_PUSH && !r->finishing && r->pipe_down_since_ms != 0;
 }
 
-static void check_alone(server *srv)
+/* Ends the pushes whose client has been gone for the grace period. */
+static void end_gone_pushes(server *srv)
 {
     int64_t now = now_ms();
-    if (now < srv->next_check_ms)
-        return;
-    srv->next_check_ms = now + CHECK_MS;
     request *next;
     for (request *r = srv->requests; r; r = next) {
         next = r->next;
-        if (r->req.op != HSP_PUSH || r->finishing)
-            continue;
-        if (pipe_connected(r)) {
-            r->alone_since_ms = 0;
-        } else if (r->alone_since_ms == 0) {
-            r->alone_since_ms = now;
-        } else if (now - r->alone_since_ms >= ALONE_MS) {
+        if (gone_watched(r) && now - r->pipe_down_since_ms >= PUSH_GRACE_MS)
             request_abort(r,
-                          "the client has had no connection for %d s: it is gone (what it "
+                          "its client has had no connection for %d s: it is gone (what it "
                           "staged is kept for the next push)",
-                          ALONE_MS / 1000);
-        }
+                          PUSH_GRACE_MS / 1000);
     }
+}
+
+/* Milliseconds until the next push's grace ends, or -1 when none waits. */
+static int next_gone_ms(const server *srv)
+{
+    int64_t now = now_ms(), best = -1;
+    for (const request *r = srv->requests; r; r = r->next) {
+        if (!gone_watched(r))
+            continue;
+        int64_t left = r->pipe_down_since_ms + PUSH_GRACE_MS - now;
+        if (left < 0)
+            left = 0;
+        if (best < 0 || left < best)
+            best = left;
+    }
+    return (int)best;
 }
 
 /* ---- the server ---------------------------------------------------------------------- */
@@ -718,6 +734,8 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
         ec.handshake_timeout_ms = cfg->handshake_timeout_ms;
     if (cfg->max_handshakes)
         ec.max_handshakes = cfg->max_handshakes;
+    ec.keepalive_ms = cfg->keepalive_ms;
+    ec.idle_timeout_ms = cfg->idle_timeout_ms;
     /* Clients send messages of up to HSP_MESSAGE_MAX; a benchmark may
      * choose larger ones, up to the engine's default. */
     if (ec.max_message < HSP_MESSAGE_MAX)
@@ -814,10 +832,10 @@ int server_run(server *srv)
                 timeout = 0;
                 break;
             }
-        /* While pushes run, wake up now and then to see whether their
-         * clients are still there. */
-        if (timeout < 0 && pushes_running(srv))
-            timeout = CHECK_MS;
+        /* Wake up when the grace of a push whose client went ends. */
+        int gone = next_gone_ms(srv);
+        if (gone >= 0 && (timeout < 0 || gone < timeout))
+            timeout = gone;
         if (srv->stopping) {
             if (srv->nrequests == 0)
                 break;
@@ -855,7 +873,7 @@ int server_run(server *srv)
             srv->batch = NULL;
         }
 
-        check_alone(srv);
+        end_gone_pushes(srv);
 
         /* Then a share of work for every request that has some. */
         request *next;

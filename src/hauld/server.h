@@ -47,6 +47,9 @@ typedef struct server_config {
     int log_level;
     unsigned handshake_timeout_ms; /* 0: the engine's default */
     unsigned max_handshakes;       /* 0: the engine's default */
+    /* The engine's liveness periods, as given (0: off). */
+    unsigned keepalive_ms;
+    unsigned idle_timeout_ms;
     /* Mutual TLS (all NULL with --plaintext). */
     const char *tls_cert, *tls_key, *tls_ca, *tls_crl;
 } server_config;
@@ -101,9 +104,10 @@ struct request {
     uint64_t tag;
     uint64_t messages_out;
 
-    /* Since when the session's pipe has had no connection (0: it has
-     * one), for a push: see server.c, "clients that are gone". */
-    int64_t alone_since_ms;
+    /* Since when the session's pipe has been down (HAUL_EV_PIPE_DOWN
+     * without HAUL_EV_PIPE_UP since; 0: it is up): see server.c,
+     * "clients that are gone". */
+    int64_t pipe_down_since_ms;
 
     char why[512]; /* the reason of an abort, for the log */
 };
@@ -115,9 +119,8 @@ struct server {
     int sigfd;
     int stopping; /* a signal came: refuse new requests */
     int64_t stop_deadline_ms;
-    int64_t next_check_ms; /* of the pushes' connections */
-    auth_table auth;       /* the principals (reloaded on SIGHUP) */
-    request *requests;     /* a list */
+    auth_table auth;   /* the principals (reloaded on SIGHUP) */
+    request *requests; /* a list */
     unsigned nrequests;
     unsigned next_serial;
     /* Datasets with a push running in this process ("root/dataset"),

@@ -118,6 +118,19 @@ static void tune(int fd, int family)
     }
 }
 
+/* How long unacknowledged data may stay so before the kernel gives up on
+ * the connection: the engine's idle timeout, so that a peer that stopped
+ * acknowledging is found out as soon as one that stopped sending. */
+void haul__sock_user_timeout(int fd, unsigned ms)
+{
+    int domain = 0;
+    socklen_t len = sizeof(domain);
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 ||
+        (domain != AF_INET && domain != AF_INET6))
+        return;
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
+}
+
 int haul__sock_listen(const struct sockaddr_storage *ss, socklen_t len, int *fdp)
 {
     int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

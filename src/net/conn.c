@@ -33,6 +33,12 @@
  * when full, and is flushed whenever the connection stops writing: it has
  * nothing more to send, or lets others have their turn.
  *
+ * Liveness: a joined connection that has written nothing for keepalive_ms
+ * writes a KEEPALIVE, and one that has received nothing for
+ * idle_timeout_ms is closed with ETIMEDOUT (haul__conn_sweep), so that a
+ * peer that falls silent without a reset is found out while the pipe is
+ * idle too.
+ *
  * Threads: only the loop thread that owns the connection reads, writes or
  * frees it. Other threads may close it (mark it dead) under the engine's
  * mutex; the owner then tears it down.
@@ -98,6 +104,13 @@ static void conn_enter(haul__conn *c, int state)
     haul__log(c->engine, HAUL_LOG_DEBUG, "connection %u: %s -> %s", c->serial,
               conn_state_names[c->state], conn_state_names[state]);
     c->state = state;
+    if (state == HAUL__CONN_JOINED) {
+        /* The idle deadline and the keepalive period start at the join:
+         * before it, the handshake deadline stands. */
+        int64_t now = haul__now_ms();
+        atomic_store_explicit(&c->last_rx, now, memory_order_relaxed);
+        atomic_store_explicit(&c->last_tx, now, memory_order_relaxed);
+    }
 }
 
 haul__conn *haul__conn_new(haul_engine *e, int fd, int server, haul__pipe *pipe, unsigned index)
@@ -150,6 +163,8 @@ void haul__conn_start(haul__conn *c, int connecting)
 {
     c->deadline = haul__now_ms() + c->engine->config.handshake_timeout_ms;
     c->state = connecting ? HAUL__CONN_DIALING : HAUL__CONN_SECURING;
+    if (c->engine->config.idle_timeout_ms)
+        haul__sock_user_timeout(c->fd, c->engine->config.idle_timeout_ms);
     int tls_rc = c->tls_ctx ? haul__tls_conn_init(c) : 0;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
     if (epoll_ctl(c->loop->epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
@@ -300,10 +315,41 @@ void haul__conn_free(haul__conn *c)
     free(c);
 }
 
+/*
+ * The deadlines of a connection (mu held, on loop 0, every 20 ms): the
+ * handshake's until it joins; then liveness. A joined connection that
+ * has received nothing for idle_timeout_ms has a peer that is gone or a
+ * path that is cut (a peer that lives writes at least its keepalives):
+ * it closes with ETIMEDOUT, and the pipe handles it as any broken
+ * connection. One that has written nothing for keepalive_ms and has no
+ * batch under way writes a KEEPALIVE; one with a batch under way is
+ * waiting for its peer to read, and its bytes will say enough.
+ */
 void haul__conn_sweep(haul__conn *c, int64_t now)
 {
-    if (!c->dead && c->state != HAUL__CONN_JOINED && now >= c->deadline)
-        haul__conn_close(c, HAUL_ETIMEDOUT, "handshake not finished in time");
+    if (c->dead)
+        return;
+    if (c->state != HAUL__CONN_JOINED) {
+        if (now >= c->deadline)
+            haul__conn_close(c, HAUL_ETIMEDOUT, "handshake not finished in time");
+        return;
+    }
+    const haul_engine_config *cfg = &c->engine->config;
+    int64_t rx = atomic_load_explicit(&c->last_rx, memory_order_relaxed);
+    if (cfg->idle_timeout_ms && now - rx >= (int64_t)cfg->idle_timeout_ms) {
+        char why[96];
+        snprintf(why, sizeof(why), "nothing received for %lld ms", (long long)(now - rx));
+        c->engine->stats.idle_timeouts++;
+        haul__conn_close(c, HAUL_ETIMEDOUT, why);
+        return;
+    }
+    int64_t tx = atomic_load_explicit(&c->last_tx, memory_order_relaxed);
+    if (cfg->keepalive_ms && now - tx >= (int64_t)cfg->keepalive_ms && !c->keepalive_pending &&
+        c->nitems == 0) {
+        c->keepalive_pending = 1;
+        haul__list_del(&c->idle_link);
+        haul__conn_wake(c);
+    }
 }
 
 /* ---- receiving ------------------------------------------------------------ */
@@ -393,6 +439,10 @@ static void on_ctl(haul__conn *c, const uint8_t *payload)
     case HAUL__F_HELLO:
     case HAUL__F_HELLO_ACK:
         on_hello(c, payload);
+        return;
+    case HAUL__F_KEEPALIVE:
+        /* Its bytes have done their work: they reset the idle deadline. */
+        c->engine->stats.keepalives_received++;
         return;
     case HAUL__F_ERROR: {
         char text[160];
@@ -607,6 +657,8 @@ static void do_read(haul__conn *c)
         } else if (n < 0) {
             snprintf(why, sizeof(why), "%s", strerror(errno));
         }
+        if (n > 0)
+            atomic_store_explicit(&c->last_rx, haul__now_ms(), memory_order_relaxed);
         pthread_mutex_lock(&e->mu);
         if (n <= 0) {
             if (code == HAUL_ETLS)
@@ -689,6 +741,16 @@ static int take_batch(haul__conn *c)
         c->nitems = 1;
         c->hello_pending = 0;
     }
+    if (c->keepalive_pending && c->state == HAUL__CONN_JOINED) {
+        /* First in the batch, ahead of any chunk. */
+        haul__tx_item *it = &c->items[c->nitems];
+        memset(it, 0, sizeof(*it));
+        it->type = HAUL__F_KEEPALIVE;
+        haul__frame f = {.version = HAUL_PROTOCOL_VERSION, .type = HAUL__F_KEEPALIVE};
+        haul__frame_encode(&f, c->headers[c->nitems]);
+        c->nitems++;
+    }
+    c->keepalive_pending = 0;
     if (c->state == HAUL__CONN_JOINED && c->pipe)
         haul__pipe_fill(c->pipe, c);
     return c->nitems;
@@ -707,6 +769,8 @@ static void batch_written(haul__conn *c)
             chunk_went_out(it);
             haul__message_unref(it->msg);
             it->msg = NULL;
+        } else if (it->type == HAUL__F_KEEPALIVE) {
+            e->stats.keepalives_sent++;
         } else if (it->session) {
             haul__session_ctl_written(it->session, it->type);
         }
@@ -993,6 +1057,8 @@ static void do_write(haul__conn *c)
                 write_failed(c);
                 return;
             }
+            if (n > 0)
+                atomic_store_explicit(&c->last_tx, haul__now_ms(), memory_order_relaxed);
             uint64_t left = (uint64_t)n;
             while (left > 0) {
                 uint64_t rem = item_size(&c->items[c->item_pos]) - c->item_done;

@@ -55,7 +55,7 @@ int haul__frame_decode(const uint8_t in[HAUL__FRAME_HDR], const haul__frame_limi
         *why = "unknown frame type";
         return HAUL_EPROTO;
     }
-    /* No flags are defined in version 1: a set bit means a peer we do not
+    /* No flags are defined (version 2): a set bit means a peer we do not
      * understand, and guessing would be worse than refusing. */
     if (f->flags != 0) {
         *why = "unknown frame flags";
@@ -100,6 +100,13 @@ int haul__frame_decode(const uint8_t in[HAUL__FRAME_HDR], const haul__frame_limi
     case HAUL__F_ERROR:
         if (f->len > HAUL__CTL_PAYLOAD_MAX) {
             *why = "error text too long";
+            return HAUL_EPROTO;
+        }
+        return 0;
+    case HAUL__F_KEEPALIVE:
+        /* A connection frame: it says only that the peer is there. */
+        if (f->len != 0 || f->session != 0) {
+            *why = "malformed keepalive";
             return HAUL_EPROTO;
         }
         return 0;

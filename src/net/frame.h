@@ -35,7 +35,8 @@
     X(FIN, 8)                                                                                      \
     X(FIN_ACK, 9)                                                                                  \
     X(ABORT, 10)                                                                                   \
-    X(ERROR, 11)
+    X(ERROR, 11)                                                                                   \
+    X(KEEPALIVE, 12)
 
 enum {
 #define X(name, num) HAUL__F_##name = num,
