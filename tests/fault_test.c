@@ -113,6 +113,8 @@ typedef struct run_params {
     unsigned io_threads;
     uint32_t chunk_size;
     unsigned timeout_ms;
+    unsigned keepalive_ms;
+    unsigned idle_timeout_ms;
     uint64_t output_queue[MAX_SESSIONS];
     unsigned messages[MAX_SESSIONS];
     uint32_t len[MAX_SESSIONS][MAX_MESSAGES];
@@ -181,6 +183,12 @@ static void make_params(uint64_t seed, unsigned slow, run_params *p)
      * timeout, which must then end in a clear error. */
     p->proxy.blackhole_max_ms = below(&rng, 4) == 0 ? p->timeout_ms * 3 / 2 : p->timeout_ms / 4;
     p->proxy.delay_max_ms = 200 * slow;
+    /* Liveness: a silent connection (a blackhole) is closed after a
+     * second or so, well within the message timeout, and the messages it
+     * carried go again on the others. (New draws go last, so that a seed
+     * keeps what it drew before.) */
+    p->keepalive_ms = (100 + (unsigned)below(&rng, 301)) * slow;
+    p->idle_timeout_ms = p->keepalive_ms * 3 + (unsigned)below(&rng, 500) * slow;
 }
 
 /* The content of message i of session s. */
@@ -510,8 +518,9 @@ static void print_params(const run_params *p, FILE *out)
 {
     fprintf(out,
             "  %u session(s) on %u connection(s), %u I/O thread(s), chunks of %u bytes, "
-            "message timeout %u ms\n",
-            p->sessions, p->connections, p->io_threads, p->chunk_size, p->timeout_ms);
+            "message timeout %u ms, keepalive %u ms, idle deadline %u ms\n",
+            p->sessions, p->connections, p->io_threads, p->chunk_size, p->timeout_ms,
+            p->keepalive_ms, p->idle_timeout_ms);
     for (unsigned s = 0; s < p->sessions; s++) {
         uint64_t bytes = 0;
         unsigned empty = 0, files = 0;
@@ -767,6 +776,8 @@ static int run_seed(uint64_t seed, unsigned slow, int verbose)
     ec.message_timeout_ms = p->timeout_ms;
     ec.redial_min_ms = 10;
     ec.redial_max_ms = 200;
+    ec.keepalive_ms = p->keepalive_ms;
+    ec.idle_timeout_ms = p->idle_timeout_ms;
     ec.log_level = getenv("HAUL_TEST_LOG") ? atoi(getenv("HAUL_TEST_LOG")) : -1;
     haul_engine *server = NULL;
     CHECK_OK(haul_engine_new(&ec, &server));
