@@ -1086,3 +1086,10 @@ REGRESSION_SEED(seed_1540_sync_ack_lost_with_its_connection, 1540)
 /* A blip spends every attempt (EATTEMPTS); the client's ABORTs are lost
  * with the connections, and the server's sessions stay open. */
 REGRESSION_SEED(seed_2253_abort_lost_server_session_stays, 2253)
+/* A blackhole longer than the idle deadline: the client closes the
+ * connection from its deadline sweep while it reads a chunk of one of
+ * the server's messages, another copy completes the message, and the
+ * application frees it before the connection lets go of it (a use after
+ * free under AddressSanitizer; message_test has the deterministic
+ * case). */
+REGRESSION_SEED(seed_56_message_freed_while_a_closed_connection_holds_it, 56)
