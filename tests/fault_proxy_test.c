@@ -4,14 +4,17 @@
  * in order, cuts keep the bytes, a partition passes nothing until it
  * ends and loses nothing, a reset of every connection reaches the client
  * as ECONNRESET, a FIN reaches its receiver as the end of the stream,
- * and the schedule is a function of the seed.
+ * the schedule is a function of the seed, and the program fault-proxy
+ * obeys its signals.
  */
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdint.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fault_proxy.h"
@@ -291,4 +294,90 @@ TEST(schedule_is_a_function_of_the_seed)
     }
     CHECK(strstr(reports[0], "conn 3:") != NULL);
     CHECK_STR_EQ(reports[0], reports[1]);
+}
+
+/* ---- the program fault-proxy ------------------------------------------------ */
+
+/* Starts build/tests/fault-proxy (beside this test program) in front of
+ * target; returns its pid, its address in address. */
+static pid_t program_start(const char *target, char *address, size_t size)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 32);
+    CHECK_GT(n, 0);
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    CHECK(slash != NULL);
+    strcpy(slash + 1, "fault-proxy");
+    int out[2];
+    CHECK_OK(pipe(out));
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        dup2(out[1], 1);
+        close(out[0]);
+        close(out[1]);
+        execl(self, "fault-proxy", "--listen", "127.0.0.1:0", "--target", target, (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    char line[256];
+    size_t have = 0;
+    while (have < sizeof(line) - 1 && (have == 0 || line[have - 1] != '\n')) {
+        CHECK(readable(out[0], 10000));
+        ssize_t got = read(out[0], line + have, sizeof(line) - 1 - have);
+        CHECK_GT(got, 0);
+        have += (size_t)got;
+    }
+    line[have] = '\0';
+    close(out[0]);
+    CHECK(strncmp(line, "listening ", 10) == 0);
+    snprintf(address, size, "%.*s", (int)(strcspn(line + 10, "\n")), line + 10);
+    return pid;
+}
+
+/* The interface end-to-end tests rely on: the first line, forwarding,
+ * SIGUSR1 / SIGUSR2 for a partition, SIGHUP for resets, SIGTERM to end. */
+TEST(program_obeys_its_signals)
+{
+    char target[64], address[128];
+    int listener = listen_loopback(target, sizeof(target));
+    pid_t pid = program_start(target, address, sizeof(address));
+    int client = dial(address);
+    CHECK(readable(listener, 10000));
+    int server = accept(listener, NULL, NULL);
+    CHECK(server >= 0);
+    exchange(client, server, 100000, 9);
+
+    CHECK_OK(kill(pid, SIGUSR1));
+    /* A partition stops the bytes; whether the signal has been taken yet
+     * is not known, so the bytes are sent until one stays behind. */
+    int held = 0;
+    for (int i = 0; i < 100 && !held; i++) {
+        CHECK_EQ(send(client, "p", 1, 0), 1);
+        held = !readable(server, 100);
+        if (!held) {
+            char b;
+            CHECK_EQ(read(server, &b, 1), 1);
+        }
+    }
+    CHECK(held);
+    CHECK_OK(kill(pid, SIGUSR2));
+    char b;
+    read_all(server, (uint8_t *)&b, 1);
+    CHECK_EQ(b, 'p');
+
+    CHECK_OK(kill(pid, SIGHUP));
+    CHECK(readable(client, 10000));
+    CHECK_EQ(read(client, &b, 1), -1);
+    CHECK_EQ(errno, ECONNRESET);
+
+    CHECK_OK(kill(pid, SIGTERM));
+    int status;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ(WEXITSTATUS(status), 0);
+    close(client);
+    close(server);
+    close(listener);
 }
