@@ -154,9 +154,17 @@ typedef struct haul_engine_config {
      * been handshaking longest, so that silent or slow peers can neither
      * take every connection nor keep an honest client out. Default 256. */
     unsigned max_handshakes;
-    /* A message fails, and so does its session, when it is still not
-     * acknowledged this long after it was queued and after the session's
-     * last acknowledgement. Default 60000 ms. Sessions may override it. */
+    /* A message fails, and so does its session, with HAUL_ETIMEDOUT, when
+     * it is still not acknowledged and the session has made no progress
+     * for this long (and it was queued at least this long ago). Progress
+     * is an acknowledgement from the receiver, a chunk of the session's
+     * messages written whole to a connection, or bytes leaving the send
+     * queue of a connection that carries chunks of them (the engine
+     * watches it every 20 ms): a large message on a slow link that keeps
+     * moving does not time out, however long it takes, while one whose
+     * bytes stopped (a dead link, or a receiver whose window stays
+     * closed) fails this long after they stopped. Default 60000 ms.
+     * Sessions may override it. */
     unsigned message_timeout_ms;
     /* Rounds of retransmission a message may need before it fails, with
      * its session, with HAUL_EATTEMPTS. A round begins when a connection
@@ -436,7 +444,8 @@ typedef struct haul_session_config {
      * this session creates the pipe; later sessions to the same destination
      * share the pipe as it is. Default 1. */
     unsigned connections;
-    /* Per-session message timeout; 0 takes the engine's. */
+    /* Per-session message timeout (see haul_engine_config: it counts time
+     * without progress, not a message's age); 0 takes the engine's. */
     unsigned message_timeout_ms;
     /* Mutual TLS on the connections of the pipe (see haul_tls_config), or
      * NULL for plain TCP. Default NULL. Sessions share a pipe only when

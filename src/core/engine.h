@@ -155,7 +155,7 @@ struct haul_session {
     uint64_t acked;     /* the peer has every message below it */
     uint64_t right;     /* we may send messages below it (acked + WndSize) */
     uint32_t peer_wnd;
-    int64_t progress; /* when the last acknowledgement came */
+    int64_t progress; /* when the last acknowledgement came or chunk was written */
 
     /* Receiving. */
     haul__list partial; /* under reassembly */
@@ -259,6 +259,12 @@ struct haul__conn {
     int hello_pending;  /* a HELLO or HELLO_ACK to send */
     int debug_frozen;   /* test hook: neither reads nor writes while set */
     int tx_short;       /* 1 + the item whose file fell short, or 0 */
+    /* The message timeout's watch on the socket's send queue (mu held):
+     * its length and when it was last read, and when it was last seen to
+     * change between two reads close together. */
+    int outq_seen;
+    int64_t outq_at;
+    int64_t outq_moved;
 
     /* Liveness (haul_engine_config.keepalive_ms, idle_timeout_ms): when
      * a byte was last received and last written, on the engine clock.
@@ -506,6 +512,10 @@ void haul__pipe_sweep(haul__pipe *pipe, int64_t now);
  * it has joined now over all its pipes. */
 unsigned haul__principal_limit(haul_engine *engine, const char *principal, unsigned *joined);
 void haul__pipe_maybe_free(haul__pipe *pipe);
+/* When bytes last left the send queues of the pipe's connections that
+ * carry chunks of the session's unacknowledged messages, as far as
+ * watching them from now on tells (0: never seen). */
+int64_t haul__pipe_queue_moved(haul__pipe *pipe, haul_session *s, int64_t now);
 void haul__pipe_add_session(haul__pipe *pipe, haul_session *s);
 void haul__pipe_remove_session(haul__pipe *pipe, haul_session *s);
 void haul__pipe_destroy(haul__pipe *pipe);

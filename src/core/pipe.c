@@ -10,6 +10,8 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -332,6 +334,71 @@ int haul__pipe_take_answer(haul__pipe *pipe, haul__frame *f)
     f->session = a.session;
     f->aux = a.aux;
     return 0;
+}
+
+/* ---- the message timeout's watch on the send queues --------------------------- */
+
+/* Reads of a send queue further apart than this do not tell when its
+ * bytes moved, only that they did at some time: a change between them is
+ * not counted. A few sweeps of the deadlines. */
+#define QUEUE_WATCH_GAP_MS 100
+
+/* When the connection's send queue was last seen to change, reading it
+ * at most once per sweep. The queue shrinks as the peer acknowledges
+ * bytes, and grows as the connection writes more: either is bytes on the
+ * move, even while no chunk completes. */
+static int64_t queue_moved(haul__conn *c, int64_t now)
+{
+    if (c->outq_at != now) {
+        int queued = 0;
+        if (ioctl(c->fd, SIOCOUTQ, &queued) == 0) {
+            if (c->outq_at != 0 && now - c->outq_at <= QUEUE_WATCH_GAP_MS && queued != c->outq_seen)
+                c->outq_moved = now;
+            c->outq_seen = queued;
+            c->outq_at = now;
+        }
+    }
+    return c->outq_moved;
+}
+
+static int carries(const haul_session *s, const haul__conn *c)
+{
+    const haul__list *p;
+    haul__list_each(p, &s->outq)
+    {
+        const haul_message *m = HAUL__CONTAINER(p, haul_message, link);
+        if (m->seq >= s->right)
+            break;
+        for (uint32_t i = 0; i < m->nchunks; i++)
+            if (m->carrier[i] == c->serial)
+                return 1;
+    }
+    return 0;
+}
+
+static void watch(haul_session *s, haul__conn *c, int64_t now, int64_t *moved)
+{
+    if (c == NULL || c->dead || c->state != HAUL__CONN_JOINED || !carries(s, c))
+        return;
+    int64_t t = queue_moved(c, now);
+    if (t > *moved)
+        *moved = t;
+}
+
+int64_t haul__pipe_queue_moved(haul__pipe *pipe, haul_session *s, int64_t now)
+{
+    int64_t moved = 0;
+    if (pipe->server) {
+        haul__list *p;
+        haul__list_each(p, &pipe->members)
+        {
+            watch(s, HAUL__CONTAINER(p, haul__conn, pipe_link), now, &moved);
+        }
+    } else {
+        for (unsigned i = 0; i < pipe->nconns; i++)
+            watch(s, pipe->conns[i], now, &moved);
+    }
+    return moved;
 }
 
 /* ---- sessions in the pipe --------------------------------------------------- */

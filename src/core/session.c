@@ -1373,16 +1373,28 @@ void haul__session_sweep(haul_session *s, int64_t now)
     if (s->state == CE_SS_SESSION_CLOSED)
         return;
     /* The oldest message has timeout_ms from when it was queued or from
-     * the last acknowledgement, whichever is later: a slow link that keeps
-     * acknowledging is not a dead one. */
+     * the session's last progress, whichever is later: a slow link whose
+     * bytes keep moving is not a dead one, however long a large message
+     * takes to cross it. Progress is an acknowledgement, a chunk written
+     * whole, or bytes leaving the send queues of the connections that
+     * carry the session's chunks, watched at every sweep that finds no
+     * other progress in the same millisecond (a chunk of a large message
+     * may take long to leave a full socket buffer). */
     haul__list *first = haul__list_first(&s->outq);
-    int64_t since_progress = s->progress + (int64_t)s->timeout_ms;
-    if (first && HAUL__CONTAINER(first, haul_message, link)->deadline <= now &&
-        since_progress <= now) {
-        haul__log(s->engine, HAUL_LOG_WARN,
-                  "session %u: a message was not acknowledged within %u ms", s->id, s->timeout_ms);
-        haul__session_fail(s, HAUL_ETIMEDOUT, 1);
-        return;
+    if (first) {
+        int64_t queued = HAUL__CONTAINER(first, haul_message, link)->deadline - s->timeout_ms;
+        int64_t since = s->progress > queued ? s->progress : queued;
+        if (now > since && s->pipe) {
+            int64_t moved = haul__pipe_queue_moved(s->pipe, s, now);
+            if (moved > since)
+                since = moved;
+        }
+        if (now - since >= (int64_t)s->timeout_ms) {
+            haul__log(s->engine, HAUL_LOG_WARN, "session %u: a message made no progress for %u ms",
+                      s->id, s->timeout_ms);
+            haul__session_fail(s, HAUL_ETIMEDOUT, 1);
+            return;
+        }
     }
     if (!s->server && s->open_deadline && s->open_deadline <= now &&
         s->state != CE_SS_SESSION_READY && s->state != CE_SS_APP_CLOSE_SESSION &&

@@ -760,6 +760,7 @@ static int take_batch(haul__conn *c)
 static void batch_written(haul__conn *c)
 {
     haul_engine *e = c->engine;
+    int64_t now = 0;
     for (int i = 0; i < c->nitems; i++) {
         haul__tx_item *it = &c->items[i];
         c->stats.bytes_sent += item_size(it);
@@ -767,6 +768,12 @@ static void batch_written(haul__conn *c)
             c->stats.chunks_sent++;
             e->stats.bytes_sent += it->len;
             chunk_went_out(it);
+            /* Progress for the message timeout: with bounded socket
+             * buffers, a chunk is written whole only as the peer takes
+             * the bytes before it. */
+            if (now == 0)
+                now = haul__now_ms();
+            it->session->progress = now;
             haul__message_unref(it->msg);
             it->msg = NULL;
         } else if (it->type == HAUL__F_KEEPALIVE) {
