@@ -782,6 +782,35 @@ TEST_TIMEOUT(repeated_sync_of_refused_session_is_refused_again, 30)
     haul_engine_free(server);
 }
 
+/* The same for a session the server accepted and then freed (an abort):
+ * a repeated SYNC gets the ABORT again, not a new request. */
+TEST_TIMEOUT(repeated_sync_of_freed_session_is_aborted_again, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed000b);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    CHECK_OK(haul_session_accept(ev.session));
+    expect_frame(fd, T_SYNC_ACK);
+    haul_session_free(ev.session);
+    header h = expect_frame(fd, T_ABORT);
+    CHECK_EQ(h.aux, HAUL_EABORTED);
+
+    raw_sync(fd, 1);
+    h = expect_frame(fd, T_ABORT);
+    CHECK_EQ(h.session, 1);
+    CHECK_EQ(h.aux, HAUL_EABORTED);
+    CHECK_EQ(haul_engine_wait(server, &ev, 1, 0), 0);
+
+    close(fd);
+    haul_engine_free(server);
+}
+
 /* The server accepted and closed at once (SENDING_FIN); the client's
  * SYNC_ACK was lost, so its SYNC comes again: the server answers it with
  * SYNC_ACK, and its FIN follows again, so that the client can open and
@@ -853,5 +882,94 @@ TEST_TIMEOUT(sync_repeated_while_closing_is_answered, 30)
 
     close(fd);
     haul_session_free(ss);
+    haul_engine_free(server);
+}
+
+/* ---- an ABORT lost with its connection ------------------------------------ */
+
+/* The connection that took a session's ABORT into its batch breaks before
+ * writing it: the ABORT goes again once the pipe has a connection again.
+ * The server (raw) sends nothing more for that session, so only the
+ * ABORT sent again can end it there. */
+TEST_TIMEOUT(abort_lost_with_its_connection_is_sent_again, 30)
+{
+    harness_strerror = haul_strerror;
+    char address[128];
+    int lfd = raw_listen(address, sizeof(address));
+    haul_engine *client = engine_with(60000);
+    haul_session *ca = client_session(client, address, 1);
+    int fd = raw_accept(lfd);
+    uint32_t a = raw_accept_session(fd, 4);
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+    CHECK(ev.session == ca);
+    /* A second session keeps the pipe once the first is freed. */
+    haul_session *cb = client_session(client, address, 1);
+    uint32_t b = raw_accept_session(fd, 4);
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+    /* The client's first ACK of B (A's came before B's SYNC, on the one
+     * connection): then it has nothing more to write, and its next batch
+     * is the ABORT. */
+    header h = expect_frame(fd, T_ACK);
+    CHECK_EQ(h.session, b);
+
+    haul__debug_fail_writes(client, 1);
+    haul_session_free(ca);
+    /* The connection broke: the raw server sees it end, and the pipe
+     * dials again. */
+    while (read_frame(fd, &h, NULL, 0, ANSWER_MS))
+        CHECK_NE(h.type, T_ABORT);
+    close(fd);
+    fd = raw_accept(lfd);
+    for (;;) {
+        h = expect_frame(fd, T_ABORT);
+        if (h.session == a)
+            break;
+    }
+    CHECK_EQ(h.aux, HAUL_EABORTED);
+    pthread_mutex_lock(&client->mu);
+    int left = client->debug_fail_writes;
+    pthread_mutex_unlock(&client->mu);
+    CHECK_EQ(left, 0);
+
+    close(fd);
+    close(lfd);
+    haul_session_free(cb);
+    haul_engine_free(client);
+}
+
+/* A server whose completion queue cannot grow refuses a request it could
+ * not report to its application in full (the request and the session's
+ * last event): the client is refused with reason ENOMEM, and the server
+ * application hears nothing. */
+TEST_TIMEOUT(request_refused_when_its_events_cannot_be_reserved, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    haul__debug_cq_nomem(server, 1);
+    haul_engine *client = engine_with(60000);
+    haul_session *cs = client_session(client, address, 1);
+    haul_event ev = next_of(client, cs, ANSWER_MS);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_REFUSED);
+    CHECK_EQ(ev.error, HAUL_EREFUSED);
+    CHECK_EQ(ev.reason, HAUL_ENOMEM);
+    CHECK_EQ(haul_engine_wait(server, &ev, 1, 0), 0);
+
+    /* With memory back, the next request goes to the application. */
+    haul__debug_cq_nomem(server, 0);
+    haul_session *again = client_session(client, address, 1);
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    CHECK_OK(haul_session_accept(ev.session));
+    haul_session *ss = ev.session;
+    ev = next_of(client, again, ANSWER_MS);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_OPEN);
+
+    haul_session_free(cs);
+    haul_session_free(again);
+    haul_session_free(ss);
+    haul_engine_free(client);
     haul_engine_free(server);
 }

@@ -416,8 +416,9 @@ struct haul_engine {
      * <= cq_cap always holds. */
     haul_event *cq;
     size_t cq_cap, cq_head, cq_len, cq_reserved;
-    int debug_cq_nomem; /* test hook: the ring cannot grow while set */
-    int cq_fd;          /* eventfd, readable while cq_len > 0 */
+    int debug_cq_nomem;    /* test hook: the ring cannot grow while set */
+    int debug_fail_writes; /* test hook: so many batches of joined connections fail */
+    int cq_fd;             /* eventfd, readable while cq_len > 0 */
     int cq_signalled;
 
     haul__list listeners;
@@ -592,6 +593,11 @@ int haul__debug_freeze(haul_session *s, int index, int frozen);
 /* Test hook: while held, no dispatcher of the engine sends chunks, so that
  * a test can fill queues before anything moves. */
 void haul__debug_hold(haul_engine *engine, int hold);
+
+/* Test hook: the next n batches that joined connections of the engine
+ * are about to write fail instead (EPIPE), before a byte is written, and
+ * their connections close as broken ones do. */
+void haul__debug_fail_writes(haul_engine *engine, int n);
 
 /* Test hook: while set, the completion queue's ring cannot grow, as if
  * memory had run out. */

@@ -772,6 +772,13 @@ int haul__debug_freeze(haul_session *s, int index, int frozen)
     return found ? 0 : HAUL_EINVAL;
 }
 
+void haul__debug_fail_writes(haul_engine *e, int n)
+{
+    pthread_mutex_lock(&e->mu);
+    e->debug_fail_writes = n;
+    pthread_mutex_unlock(&e->mu);
+}
+
 void haul__debug_hold(haul_engine *e, int hold)
 {
     pthread_mutex_lock(&e->mu);

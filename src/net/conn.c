@@ -1047,7 +1047,17 @@ static void do_write(haul__conn *c)
             tls_pause(c);
             return;
         }
+        /* Test hook: the batch is lost with its connection, as if the
+         * network broke before any of it was written. */
+        int inject = e->debug_fail_writes > 0 && c->state == HAUL__CONN_JOINED;
+        if (inject)
+            e->debug_fail_writes--;
         pthread_mutex_unlock(&e->mu);
+        if (inject) {
+            errno = EPIPE;
+            write_failed(c);
+            return;
+        }
 
         while (c->item_pos < c->nitems) {
             ssize_t n = write_some(c);
