@@ -35,7 +35,8 @@
 #define SIDE_TARGET 1
 #define BUF_SIZE 65536
 #define MAX_PLAN 8
-#define MAX_BLIPS 8
+/* Blips and partitions: the faults of the whole proxy. */
+#define MAX_GLOBAL 16
 /* The record of applied faults keeps this many lines; later ones are
  * counted, not kept. */
 #define MAX_RECORD 256
@@ -57,8 +58,8 @@ static uint64_t below(uint64_t *state, uint64_t n)
     return splitmix64(state) % n;
 }
 
-static const char *const kind_names[FAULT_KIND_COUNT_] = {"reset", "fin", "blackhole",
-                                                          "delay", "cut", "blip"};
+static const char *const kind_names[FAULT_KIND_COUNT_] = {"reset", "fin",  "blackhole", "delay",
+                                                          "cut",   "blip", "partition"};
 
 const char *fault_kind_name(int kind)
 {
@@ -134,8 +135,9 @@ struct fault_proxy {
     unsigned applied_budget; /* disruptive faults applied */
     plan_record *plans;      /* of every connection accepted, by index */
     size_t nplans, plans_cap;
-    unsigned nblips;
-    planned blips[MAX_BLIPS];
+    unsigned nblips; /* blips, then partitions */
+    planned blips[MAX_GLOBAL];
+    int64_t partition_until; /* of the partition of the schedule under way */
     char (*record)[RECORD_LINE];
     unsigned nrecord, record_lost;
 
@@ -256,7 +258,7 @@ static void make_blips(fault_proxy *px)
     px->nblips = 0;
     if (!c->faults || c->max_blips == 0 || !(c->kinds & (1u << FAULT_BLIP)))
         return;
-    unsigned max = c->max_blips < MAX_BLIPS ? c->max_blips : MAX_BLIPS;
+    unsigned max = c->max_blips < MAX_GLOBAL / 2 ? c->max_blips : MAX_GLOBAL / 2;
     /* Half of the schedules have none. */
     unsigned n = below(&rng, 2) ? (unsigned)below(&rng, (uint64_t)max + 1) : 0;
     for (unsigned i = 0; i < n; i++) {
@@ -269,10 +271,31 @@ static void make_blips(fault_proxy *px)
     px->nblips = n;
 }
 
+/* Partitions come from a stream of their own, so that adding them to a
+ * schedule changes nothing else in it. */
+static void make_partitions(fault_proxy *px)
+{
+    const fault_proxy_config *c = &px->config;
+    uint64_t rng = c->seed ^ 0x2545F4914F6CDD1Dull;
+    splitmix64(&rng);
+    if (!c->faults || c->max_partitions == 0 || !(c->kinds & (1u << FAULT_PARTITION)))
+        return;
+    unsigned max = c->max_partitions < MAX_GLOBAL / 2 ? c->max_partitions : MAX_GLOBAL / 2;
+    unsigned n = 1 + (unsigned)below(&rng, max);
+    for (unsigned i = 0; i < n; i++) {
+        planned *p = &px->blips[px->nblips++];
+        memset(p, 0, sizeof(*p));
+        p->kind = FAULT_PARTITION;
+        p->by_time = 1;
+        p->at_ms = c->span_ms ? (unsigned)below(&rng, c->span_ms) : 0;
+        p->ms = 1 + (unsigned)below(&rng, c->partition_max_ms ? c->partition_max_ms : 1);
+    }
+}
+
 static void describe(const planned *p, char *buf, size_t size)
 {
     char what[64] = "";
-    if (p->kind == FAULT_BLACKHOLE || p->kind == FAULT_DELAY)
+    if (p->kind == FAULT_BLACKHOLE || p->kind == FAULT_DELAY || p->kind == FAULT_PARTITION)
         snprintf(what, sizeof(what), " %u ms", p->ms);
     else if (p->kind == FAULT_CUT)
         snprintf(what, sizeof(what), " %u pieces", p->pieces);
@@ -608,33 +631,42 @@ static void *proxy_main(void *arg)
             break;
         int64_t now = now_ms();
 
-        /* Blips, then resets asked for. */
+        /* Blips and partitions, then resets asked for. */
         for (unsigned i = 0; i < px->nblips; i++) {
             planned *b = &px->blips[i];
             if (b->done || now - px->started_at < (int64_t)b->at_ms)
                 continue;
+            char what[96];
+            describe(b, what, sizeof(what));
             pthread_mutex_lock(&px->mu);
             b->done = 1;
-            int over = px->applied_budget >= px->config.max_faults;
+            int over = disruptive(b->kind) && px->applied_budget >= px->config.max_faults;
             if (over) {
                 px->stats.skipped++;
-                record(px, "blip at %u ms: skipped, over the budget", b->at_ms);
+                record(px, "%s: skipped, over the budget", what);
             } else {
-                px->applied_budget++;
-                px->stats.applied[FAULT_BLIP]++;
-                record(px, "blip at %u ms: every connection (%zu) reset", b->at_ms, px->nconns);
+                px->applied_budget += disruptive(b->kind);
+                px->stats.applied[b->kind]++;
+                if (b->kind == FAULT_PARTITION)
+                    px->stats.stalled_ms += b->ms;
+                record(px, "%s: %zu connections", what, px->nconns);
             }
             pthread_mutex_unlock(&px->mu);
-            if (!over)
+            if (!over && b->kind == FAULT_BLIP)
                 reset_all = 1;
+            if (!over && b->kind == FAULT_PARTITION && now + b->ms > px->partition_until)
+                px->partition_until = now + b->ms;
         }
+        /* A partition of the schedule works as one asked for. */
+        if (px->partition_until > now)
+            partition = 1;
         if (reset_all) {
             while (px->nconns > 0)
                 conn_end(px, px->nconns - 1, 1);
         }
 
         /* Faults that are due, FINs to pass on, and what to wait for. */
-        int64_t wake_at = INT64_MAX;
+        int64_t wake_at = px->partition_until > now ? px->partition_until : INT64_MAX;
         for (size_t i = 0; i < px->nblips; i++)
             if (!px->blips[i].done && px->started_at + px->blips[i].at_ms < wake_at)
                 wake_at = px->started_at + px->blips[i].at_ms;
@@ -765,6 +797,7 @@ void fault_proxy_config_init(fault_proxy_config *config)
     config->max_faults = 4;
     config->faults_per_conn = 3;
     config->max_blips = 1;
+    config->partition_max_ms = 1000;
     config->span_bytes = 1u << 20;
     config->span_bytes_down = 1u << 20;
     config->span_ms = 1500;
@@ -815,6 +848,7 @@ int fault_proxy_start(const fault_proxy_config *config, fault_proxy **proxyp)
         goto fail;
     px->started_at = now_ms();
     make_blips(px);
+    make_partitions(px);
     if (pthread_create(&px->thread, NULL, proxy_main, px) != 0)
         goto fail;
     *proxyp = px;

@@ -129,6 +129,13 @@ static void pair_open(pair *p, fault_proxy_config *c)
     CHECK(p->server >= 0);
 }
 
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void pair_close(pair *p)
 {
     close(p->client);
@@ -259,6 +266,40 @@ TEST(fin_at_a_byte_offset)
         pair_close(&p);
         break;
     }
+}
+
+/* A partition of the schedule holds the bytes back until it ends, and
+ * loses none. */
+TEST(scheduled_partition_holds_bytes_until_it_ends)
+{
+    fault_proxy_config c;
+    fault_proxy_config_init(&c);
+    c.faults = 1;
+    c.kinds = 1u << FAULT_PARTITION;
+    c.max_partitions = 1;
+    c.partition_max_ms = 300;
+    c.span_ms = 1; /* at once */
+    c.seed = 3;
+    int64_t started = now_ms();
+    pair p;
+    pair_open(&p, &c);
+    char report[2048];
+    FILE *f = fmemopen(report, sizeof(report), "w");
+    fault_proxy_report(p.proxy, f, "");
+    fclose(f);
+    const char *at = strstr(report, "partition ");
+    CHECK(at != NULL);
+    long ms = strtol(at + strlen("partition "), NULL, 10);
+    CHECK_GE(ms, 50); /* long enough to tell */
+    CHECK_EQ(send(p.client, "late", 4, 0), 4);
+    uint8_t buf[4];
+    read_all(p.server, buf, 4);
+    CHECK(memcmp(buf, "late", 4) == 0);
+    CHECK_GE(now_ms() - started, ms);
+    fault_proxy_stats st;
+    fault_proxy_stats_get(p.proxy, &st);
+    CHECK_EQ(st.applied[FAULT_PARTITION], 1);
+    pair_close(&p);
 }
 
 /* The report of two proxies of one seed shows one schedule. */

@@ -7,7 +7,7 @@
  * chunks of 4 to 16 KiB, with random tags, under a message timeout of
  * 2 to 3 s, while the proxy applies the schedule drawn from the same
  * seed (resets, FINs, blackholes, delays, writes cut in pieces, resets of
- * every connection at once). What a run checks:
+ * every connection at once, partitions). What a run checks:
  *
  *   - the server's application takes the messages of a session in
  *     order, each once, each with the length and the XXH3 of what was
@@ -22,8 +22,10 @@
  *     silent for longer than its deadlines allow (a stall);
  *   - the server never sees two sessions for one of the client's;
  *   - when the faults applied were mild (no more than the proxy's budget
- *     of disruptive faults, which is below max_attempts, and blackholes
- *     and delays adding up to at most a third of the message timeout),
+ *     of disruptive faults, which is below max_attempts even with a
+ *     partition that closes every connection, and blackholes,
+ *     delays and partitions adding up to at most a third of the message
+ *     timeout),
  *     nothing may fail: every session opens, every message is
  *     acknowledged and every session closes in order on both sides.
  *     Otherwise an error is allowed, but only a clear one, within the
@@ -189,6 +191,13 @@ static void make_params(uint64_t seed, unsigned slow, run_params *p)
      * keeps what it drew before.) */
     p->keepalive_ms = (100 + (unsigned)below(&rng, 301)) * slow;
     p->idle_timeout_ms = p->keepalive_ms * 3 + (unsigned)below(&rng, 500) * slow;
+    /* A quarter of the runs have a partition: short ones must leave every
+     * message acknowledged, longer ones than the message timeout end the
+     * sessions with a clear error. */
+    if (below(&rng, 4) == 0) {
+        p->proxy.max_partitions = 1;
+        p->proxy.partition_max_ms = below(&rng, 2) ? p->timeout_ms / 4 : p->timeout_ms * 3 / 2;
+    }
 }
 
 /* The content of message i of session s. */
@@ -762,7 +771,8 @@ static int run_seed(uint64_t seed, unsigned slow, int verbose)
      * than two message timeouts plus the longest blackhole, and some
      * slack for redials, stalls; the whole run may take at most a
      * minute (times `slow`). */
-    int64_t stall_ms = 2 * (int64_t)p->timeout_ms + p->proxy.blackhole_max_ms + 3000 * slow;
+    int64_t stall_ms = 2 * (int64_t)p->timeout_ms + p->proxy.blackhole_max_ms +
+                       p->proxy.partition_max_ms * p->proxy.max_partitions + 3000 * slow;
     watchdog w = {.seconds = 60 * slow, .r = r};
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cond, NULL);
