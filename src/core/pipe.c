@@ -205,6 +205,12 @@ void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
 {
     haul_engine *e = pipe->engine;
     int was_joined = c->state == HAUL__CONN_JOINED;
+    /* A client connection lost in CONN_HELLO may have been joined by the
+     * server (its HELLO_ACK was on the way), which may then have put
+     * answers on it, a SYNC_ACK say, that are lost with it. The sessions
+     * that wait for one ask again, as after the loss of a joined
+     * connection; it carried none of their chunks. */
+    int half_joined = !pipe->server && c->state == HAUL__CONN_HELLO;
     haul__list_del(&c->idle_link);
     haul__list_del(&c->pipe_link);
     if (was_joined) {
@@ -232,7 +238,7 @@ void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
                 next > e->config.redial_max_ms ? e->config.redial_max_ms : next;
         }
     }
-    if (!was_joined)
+    if (!was_joined && !half_joined)
         return;
     haul__list *p, *tmp;
     haul__list_each_safe(p, tmp, &pipe->sessions)
