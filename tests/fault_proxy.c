@@ -661,8 +661,15 @@ static void *proxy_main(void *arg)
         if (px->partition_until > now)
             partition = 1;
         if (reset_all) {
+            /* Every socket is made to reset first, then all are closed in
+             * a tight loop: the RSTs leave as close together as they can,
+             * as one fault's would. */
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            for (size_t i = 0; i < px->nconns; i++)
+                for (int side = 0; side < 2; side++)
+                    setsockopt(px->conns[i]->fd[side], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
             while (px->nconns > 0)
-                conn_end(px, px->nconns - 1, 1);
+                conn_end(px, px->nconns - 1, 0);
         }
 
         /* Faults that are due, FINs to pass on, and what to wait for. */
