@@ -868,12 +868,12 @@ static int run_seed(uint64_t seed, unsigned slow, int verbose)
     if (r->mild) {
         for (unsigned s = 0; s < p->sessions; s++) {
             client_session *c = &r->cs[s];
-            /* A pipe none of whose connections could be set up refuses
-             * its sessions at once with the reason (a documented fail
-             * fast, not a fault of the run): a reset in every first
-             * handshake does it. */
-            int fail_fast =
-                c->refused && (c->error == HAUL_ECONNRESET || c->error == HAUL_ECONNREFUSED);
+            /* A pipe none of whose connections could be set up, for a
+             * reason a retry cannot cure, refuses its sessions at once (a
+             * documented fail fast, not a fault of the run). Resets of
+             * every first handshake are not such a reason: the slots
+             * redial. */
+            int fail_fast = c->refused && c->error == HAUL_ECONNREFUSED;
             if (fail_fast)
                 continue;
             if (c->error != HAUL_OK || c->refused || c->failed || !c->open)

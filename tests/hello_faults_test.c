@@ -151,3 +151,68 @@ TEST(sync_repeated_when_a_half_joined_connection_breaks)
     close(joined);
     close(listener);
 }
+
+/*
+ * Every first dial of a pipe reset by the server (one that evicts
+ * handshakes beyond its max_handshakes under a burst does so) is the load
+ * of the moment, not a server that cannot be reached: the slots redial,
+ * and the session opens once a server answers. It used to be refused at
+ * once with ECONNRESET, which a pipe of 1000 connections met under load.
+ */
+TEST(first_handshakes_reset_are_redialled)
+{
+    harness_strerror = haul_strerror;
+    char address[64];
+    int listener = listen_loopback(address, sizeof(address));
+    haul_engine_config ec;
+    haul_engine_config_init(&ec);
+    ec.message_timeout_ms = 20000; /* the open deadline */
+    /* The redials come well after the real server below listens. */
+    ec.redial_min_ms = 300;
+    ec.redial_max_ms = 300;
+    ec.log_level = -1;
+    haul_engine *client = NULL;
+    CHECK_OK(haul_engine_new(&ec, &client));
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = "HELLO_FAULTS";
+    sc.connections = 4;
+    haul_session *s = NULL;
+    CHECK_OK(haul_session_new(client, &sc, &s));
+
+    /* Every slot's HELLO is answered with a reset. */
+    for (int i = 0; i < 4; i++) {
+        struct pollfd p = {.fd = listener, .events = POLLIN};
+        CHECK_EQ(poll(&p, 1, 10000), 1);
+        int fd = accept(listener, NULL, NULL);
+        CHECK(fd >= 0);
+        haul__frame f;
+        CHECK(await_frame(fd, HAUL__F_HELLO, &f, 10000));
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        CHECK_OK(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)));
+        close(fd);
+    }
+    close(listener);
+
+    /* A real server takes the address; the redials find it. */
+    haul_engine_config sec;
+    haul_engine_config_init(&sec);
+    sec.log_level = -1;
+    haul_engine *server = NULL;
+    CHECK_OK(haul_engine_new(&sec, &server));
+    CHECK_OK(haul_listen(server, address, NULL));
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, 10000));
+    CHECK_OK(haul_session_accept(ev.session));
+    CHECK(next_event(client, &ev, 10000));
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_OPEN);
+    CHECK_OK(haul_send(s, "after the resets", 16, 7));
+    CHECK(next_event(client, &ev, 10000));
+    CHECK_EQ(ev.type, HAUL_EV_MESSAGE_SENT);
+    CHECK_EQ(ev.tag, 7);
+
+    haul_session_free(s);
+    haul_engine_free(client);
+    haul_engine_free(server);
+}

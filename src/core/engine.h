@@ -321,7 +321,9 @@ struct haul__pipe {
     unsigned nconns;
     unsigned joined;
     int ever_joined;
-    int dials_failed; /* initial dials that failed before any joined */
+    unsigned dials_failed;    /* slots whose dial or handshake failed before any joined */
+    uint8_t *slot_failed;     /* per slot: it failed before any joined */
+    int64_t first_failure_at; /* the first of those failures, or 0 */
     int64_t *redial_at;
     unsigned *backoff;
     int64_t empty_since; /* when the last connection went, or 0 */

@@ -40,6 +40,40 @@ static haul__pipe *pipe_alloc(haul_engine *e)
 
 static void pipe_dial(haul__pipe *pipe, unsigned index);
 
+/*
+ * Slot `index` of a client pipe that has never had a joined connection
+ * failed to dial or to finish its handshake, with `error`. Returns 1 when
+ * the pipe should give up and refuse its sessions at once, so that a
+ * server that is not there, or that refuses this client, is reported in
+ * milliseconds rather than at the open deadline: every slot has failed at
+ * least once (a slot that fails again counts once), and the failures are
+ * conclusive. A refusal, another protocol version or a TLS failure is. A
+ * reset or a handshake deadline is conclusive only when it goes on for
+ * redial_max_ms: it may be the load of the moment, a server that evicts
+ * handshakes beyond its max_handshakes while a burst of connections
+ * arrives (the first dials of a pipe of 1000 connections make one), and
+ * the slots redial meanwhile. A server that resets every handshake, one
+ * that refuses a certificate without a TLS alert say, is still reported
+ * within that time.
+ */
+static int first_dials_failed(haul__pipe *pipe, unsigned index, int error)
+{
+    if (pipe->ever_joined)
+        return 0;
+    int64_t now = haul__now_ms();
+    if (pipe->first_failure_at == 0)
+        pipe->first_failure_at = now;
+    if (!pipe->slot_failed[index]) {
+        pipe->slot_failed[index] = 1;
+        pipe->dials_failed++;
+    }
+    if (pipe->dials_failed < pipe->nconns)
+        return 0;
+    if (error != HAUL_ECONNRESET && error != HAUL_ETIMEDOUT)
+        return 1;
+    return now - pipe->first_failure_at >= (int64_t)pipe->engine->config.redial_max_ms;
+}
+
 /* Finds the client pipe to a destination with the same TLS identity
  * (tls_key, NULL for plain TCP): a TLS session never shares a plain pipe,
  * nor one that authenticates with other files. */
@@ -86,8 +120,9 @@ haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c,
     pipe->conns = calloc(c->connections, sizeof(*pipe->conns));
     pipe->redial_at = calloc(c->connections, sizeof(*pipe->redial_at));
     pipe->backoff = calloc(c->connections, sizeof(*pipe->backoff));
+    pipe->slot_failed = calloc(c->connections, sizeof(*pipe->slot_failed));
     if (pipe->destination == NULL || pipe->conns == NULL || pipe->redial_at == NULL ||
-        pipe->backoff == NULL) {
+        pipe->backoff == NULL || pipe->slot_failed == NULL) {
         haul__pipe_destroy(pipe);
         *err = HAUL_ENOMEM;
         return NULL;
@@ -148,11 +183,10 @@ static void pipe_dial(haul__pipe *pipe, unsigned index)
         pipe->redial_at[index] = haul__now_ms() + pipe->backoff[index];
         unsigned next = pipe->backoff[index] * 2;
         pipe->backoff[index] = next > e->config.redial_max_ms ? e->config.redial_max_ms : next;
-        if (!pipe->ever_joined && ++pipe->dials_failed >= (int)pipe->nconns) {
+        int error = rc ? rc : HAUL_ENOMEM;
+        if (first_dials_failed(pipe, index, error)) {
             pipe->failed = 1;
-            fail_sessions(pipe, rc == HAUL_ECONNREFUSED ? HAUL_ECONNREFUSED
-                                : rc                    ? rc
-                                                        : HAUL_ENOMEM);
+            fail_sessions(pipe, error);
         }
         return;
     }
@@ -228,7 +262,7 @@ void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
     }
     if (!pipe->server && pipe->conns[c->index] == c) {
         pipe->conns[c->index] = NULL;
-        if (!pipe->ever_joined && ++pipe->dials_failed >= (int)pipe->nconns) {
+        if (first_dials_failed(pipe, c->index, error)) {
             pipe->failed = 1;
             /* The reason of the last failure: refused, reset, timed out, or
              * a peer that speaks another version. */
@@ -654,6 +688,7 @@ void haul__pipe_destroy(haul__pipe *pipe)
     free(pipe->destination);
     free(pipe->conns);
     free(pipe->redial_at);
+    free(pipe->slot_failed);
     free(pipe->backoff);
     free(pipe);
 }
