@@ -973,3 +973,62 @@ TEST_TIMEOUT(request_refused_when_its_events_cannot_be_reserved, 30)
     haul_engine_free(client);
     haul_engine_free(server);
 }
+
+/* ---- a pipe whose client is gone ------------------------------------------- */
+
+/* The engine's count of sessions it holds, and whether it holds pipes. */
+static unsigned sessions_held(haul_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    unsigned n = e->nsessions;
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
+static int holds_pipes(haul_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    int any = !haul__list_empty(&e->pipes);
+    pthread_mutex_unlock(&e->mu);
+    return any;
+}
+
+static void pause_ms(long ms)
+{
+    struct timespec ts = {0, ms * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* The client's connection is gone for good when the server application
+ * frees its session (as hauld does with the push of a client that is
+ * gone): the ABORT owed to the client can never be written. Once the
+ * pipe has had no connection for the message timeout, the session leaves
+ * the table all the same, so that it no longer counts against
+ * max_sessions, and the pipe goes. */
+TEST_TIMEOUT(frames_owed_to_a_gone_client_do_not_keep_its_session, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(300);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed000c);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    expect_frame(fd, T_SYNC_ACK);
+    close(fd);
+    CHECK(wait_for(server, HAUL_EV_PIPE_DOWN, &ev, ANSWER_MS));
+    CHECK(ev.session == ss);
+    haul_session_free(ss);
+
+    int64_t until = now_ms() + 10000;
+    while (sessions_held(server) > 0 || holds_pipes(server)) {
+        CHECK_LT(now_ms(), until);
+        pause_ms(5);
+    }
+
+    haul_engine_free(server);
+}

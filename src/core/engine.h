@@ -465,6 +465,7 @@ void haul__session_ctl_lost(haul_session *s, int type);
  * hold (section 9.3). Returns 0 when there was one, -1 when none. */
 int haul__pipe_take_answer(haul__pipe *pipe, haul__frame *f);
 int haul__session_conn_lost(haul_session *s, uint32_t serial);
+void haul__session_give_up_ctl(haul_session *s);
 void haul__cq_forget(haul_engine *engine, haul_session *s);
 
 /* Messages. */

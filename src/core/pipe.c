@@ -665,6 +665,10 @@ void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
         haul__log(e, HAUL_LOG_WARN, "pipe %s: no connection for %u ms; failing its sessions",
                   pipe->destination ? pipe->destination : "(server)", e->config.message_timeout_ms);
         fail_sessions(pipe, HAUL_ECONNRESET);
+        haul__list_each_safe(p, tmp, &pipe->sessions)
+        {
+            haul__session_give_up_ctl(HAUL__CONTAINER(p, haul_session, pipe_link));
+        }
         pipe->empty_since = 0;
     }
     if (haul__list_empty(&pipe->sessions)) {

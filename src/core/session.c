@@ -1301,6 +1301,20 @@ void haul__session_ctl_lost(haul_session *s, int type)
     session_retire(s);
 }
 
+/* The pipe has had no connection for the message timeout (pipe.c): the
+ * control frames a closed session still owes (an ABORT, a SYNC_NAK, a
+ * FIN_ACK) can no longer reach a peer that is gone. The session stops
+ * waiting for them and leaves the table, so that such a peer holds
+ * neither a session, counted against max_sessions, nor its pipe. */
+void haul__session_give_up_ctl(haul_session *s)
+{
+    if (s->state != CE_SS_SESSION_CLOSED || s->abort_inflight != 0)
+        return;
+    s->pending = 0;
+    haul__list_del(&s->ctl_link);
+    session_retire(s);
+}
+
 /* A connection of the pipe broke: what it may have swallowed is sent
  * again; the peer answers repeats idempotently. Returns nonzero if the
  * session has chunks to send again. */
