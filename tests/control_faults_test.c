@@ -1032,3 +1032,64 @@ TEST_TIMEOUT(frames_owed_to_a_gone_client_do_not_keep_its_session, 30)
 
     haul_engine_free(server);
 }
+
+/* A client's connection breaks after the server wrote its SYNC_NAK or
+ * FIN_ACK, before the client read it: the client dials again and repeats
+ * its SYNC or FIN. Meanwhile the server's pipe had neither a session nor
+ * a connection; it must still remember how the sessions ended, and
+ * answer as it did (the same SYNC_NAK, FIN_ACK again) instead of making a
+ * new request of the SYNC or aborting the closed session as unknown. */
+TEST_TIMEOUT(repeats_after_the_pipe_had_no_connection_get_the_same_answers, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed000d);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    CHECK_OK(haul_session_reject(ev.session, 42));
+    haul_session_free(ev.session);
+    expect_frame(fd, T_SYNC_NAK);
+    raw_sync(fd, 2);
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    expect_frame(fd, T_SYNC_ACK);
+    raw_ctl(fd, T_FIN, 2, 0, 0);
+    CHECK(wait_for(server, HAUL_EV_SESSION_CLOSED, &ev, ANSWER_MS));
+    haul_session_free(ss);
+    expect_frame(fd, T_FIN_ACK);
+    close(fd);
+
+    /* The server sees the connection go; a pipe it would free goes at
+     * one of the next sweeps of its deadlines. */
+    int64_t until = now_ms() + ANSWER_MS;
+    for (;;) {
+        pthread_mutex_lock(&server->mu);
+        unsigned conns = server->nconns;
+        pthread_mutex_unlock(&server->mu);
+        if (conns == 0)
+            break;
+        CHECK_LT(now_ms(), until);
+        pause_ms(5);
+    }
+    until = now_ms() + 200;
+    while (holds_pipes(server) && now_ms() < until)
+        pause_ms(5);
+
+    fd = raw_client(address, 0x5eed000d);
+    raw_sync(fd, 1);
+    header h = expect_frame(fd, T_SYNC_NAK);
+    CHECK_EQ(h.session, 1);
+    CHECK_EQ(h.aux, 42);
+    raw_ctl(fd, T_FIN, 2, 0, 0);
+    h = expect_frame(fd, T_FIN_ACK);
+    CHECK_EQ(h.session, 2);
+    CHECK_EQ(haul_engine_wait(server, &ev, 1, 0), 0);
+
+    close(fd);
+    haul_engine_free(server);
+}

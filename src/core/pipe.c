@@ -673,8 +673,13 @@ void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
     }
     if (haul__list_empty(&pipe->sessions)) {
         pipe->doomed = 1;
-        /* A server pipe lasts while its client keeps connections open. */
-        if (!pipe->server || pipe->joined == 0) {
+        /* A server pipe lasts while its client keeps connections open,
+         * and, when it remembers sessions that ended (section 6.4 of
+         * docs/protocol.md), until it has had none for the message
+         * timeout: a client whose connections broke dials again and
+         * repeats its SYNCs and FINs, which must get the answers they
+         * are owed, not a new request or an ABORT ENOSESSION. */
+        if (!pipe->server || (pipe->joined == 0 && (pipe->nended == 0 || pipe->empty_since == 0))) {
             haul__pipe_destroy(pipe);
             return;
         }
