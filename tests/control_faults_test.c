@@ -1093,3 +1093,60 @@ TEST_TIMEOUT(repeats_after_the_pipe_had_no_connection_get_the_same_answers, 30)
     close(fd);
     haul_engine_free(server);
 }
+
+/* ---- pipe events when the completion queue is full ------------------------- */
+
+/* The completion queue has no room when the pipe goes down, so that its
+ * PIPE_DOWN is dropped; memory is back when it comes up again. The
+ * application must not get a PIPE_UP without the PIPE_DOWN before it:
+ * the events come in pairs (haul.h, rule 2). */
+TEST_TIMEOUT(pipe_up_never_comes_without_its_pipe_down, 30)
+{
+    harness_strerror = haul_strerror;
+    char address[128];
+    int lfd = raw_listen(address, sizeof(address));
+    haul_engine *client = engine_with(60000);
+    haul_session *cs = client_session(client, address, 1);
+    int fd = raw_accept(lfd);
+    raw_accept_session(fd, 4);
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+
+    /* Sends that the raw server never acknowledges take the room of the
+     * queue that cannot grow, slot by slot. */
+    haul__debug_cq_nomem(client, 1);
+    int accepted = 0;
+    while (haul_send(cs, "x", 1, (uint64_t)accepted) == 0)
+        accepted++;
+    CHECK_GT(accepted, 0);
+    close(fd);
+    int64_t until = now_ms() + ANSWER_MS;
+    for (;;) {
+        haul_engine_stats st;
+        haul_engine_stats_get(client, &st);
+        if (st.connections_lost > 0)
+            break;
+        CHECK_LT(now_ms(), until);
+        pause_ms(5);
+    }
+    haul__debug_cq_nomem(client, 0);
+
+    /* The client dials again and sends its chunks again: it joined. */
+    fd = raw_accept(lfd);
+    expect_frame(fd, T_CHUNK);
+    int down = 0;
+    while (haul_engine_wait(client, &ev, 1, 0) == 1) {
+        if (ev.type == HAUL_EV_PIPE_DOWN) {
+            CHECK(!down);
+            down = 1;
+        } else if (ev.type == HAUL_EV_PIPE_UP) {
+            CHECK(down);
+            down = 0;
+        }
+    }
+
+    close(fd);
+    close(lfd);
+    haul_session_free(cs);
+    haul_engine_free(client);
+}

@@ -167,24 +167,41 @@ static void pipe_dial(haul__pipe *pipe, unsigned index)
  * the pipe went down or came back (HAUL_EV_PIPE_DOWN, HAUL_EV_PIPE_UP):
  * informational events, which let an application (hauld) learn that its
  * peer is gone without polling statistics. They come in pairs: a session
- * made while the pipe was down hears of it only when it opens.
+ * made while the pipe was down hears of it only when it opens. An event
+ * the completion queue had no room for leaves the session where it was,
+ * and the sweep tries again (pipe_events_owed), so that the pairs hold
+ * and the application learns of the pipe's state late rather than never.
  */
 static void post_pipe_event(haul__pipe *pipe, haul_event_type type, int error)
 {
     if (pipe->engine->stopping)
         return;
+    int down = type == HAUL_EV_PIPE_DOWN;
     haul__list *p;
     haul__list_each(p, &pipe->sessions)
     {
         haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
-        if (s->app_freed || s->state == CE_SS_SESSION_CLOSED)
+        if (s->app_freed || s->state == CE_SS_SESSION_CLOSED || s->pipe_down == down)
             continue;
-        if (type == HAUL_EV_PIPE_UP && !s->pipe_down)
-            continue;
-        s->pipe_down = type == HAUL_EV_PIPE_DOWN;
         haul_event ev = {.type = type, .error = error, .session = s};
-        haul__post(pipe->engine, &ev);
+        if (haul__post(pipe->engine, &ev) == 0)
+            s->pipe_down = down;
+        else
+            pipe->events_owed = 1;
     }
+}
+
+/* The sweep: the pipe events that were dropped go now, as the pipe
+ * stands. */
+static void pipe_events_owed(haul__pipe *pipe)
+{
+    if (!pipe->events_owed)
+        return;
+    pipe->events_owed = 0;
+    if (pipe->down)
+        post_pipe_event(pipe, HAUL_EV_PIPE_DOWN, pipe->down_error);
+    else
+        post_pipe_event(pipe, HAUL_EV_PIPE_UP, 0);
 }
 
 void haul__pipe_conn_joined(haul__pipe *pipe, haul__conn *c)
@@ -217,6 +234,7 @@ void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
         if (pipe->joined == 0) {
             pipe->empty_since = haul__now_ms();
             pipe->down = 1;
+            pipe->down_error = error;
             post_pipe_event(pipe, HAUL_EV_PIPE_DOWN, error);
         }
     }
@@ -656,6 +674,7 @@ void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
 {
     haul_engine *e = pipe->engine;
     haul__list *p, *tmp;
+    pipe_events_owed(pipe);
     haul__list_each_safe(p, tmp, &pipe->sessions)
     {
         haul__session_sweep(HAUL__CONTAINER(p, haul_session, pipe_link), now);
