@@ -1150,3 +1150,33 @@ TEST_TIMEOUT(pipe_up_never_comes_without_its_pipe_down, 30)
     haul_session_free(cs);
     haul_engine_free(client);
 }
+
+/* A client frees its session while the pipe's first dial is still under
+ * way, to a server that never answers its HELLO: the ABORT the session
+ * owes waits for a connection, and the dial then fails for good. The
+ * failed pipe redials nothing, so the ABORT can never go: the session
+ * must not stay in the table (counted against max_sessions) nor keep the
+ * pipe. */
+TEST_TIMEOUT(frames_owed_on_a_pipe_that_failed_do_not_keep_its_session, 30)
+{
+    harness_strerror = haul_strerror;
+    char address[128];
+    int lfd = raw_listen(address, sizeof(address));
+    haul_engine_config c;
+    haul_engine_config_init(&c);
+    c.log_level = getenv("HAUL_TEST_LOG") ? atoi(getenv("HAUL_TEST_LOG")) : HAUL_LOG_ERROR;
+    c.handshake_timeout_ms = 200;
+    haul_engine *client = NULL;
+    CHECK_OK(haul_engine_new(&c, &client));
+    haul_session *cs = client_session(client, address, 1);
+    haul_session_free(cs);
+
+    int64_t until = now_ms() + 10000;
+    while (sessions_held(client) > 0 || holds_pipes(client)) {
+        CHECK_LT(now_ms(), until);
+        pause_ms(5);
+    }
+
+    close(lfd);
+    haul_engine_free(client);
+}

@@ -124,13 +124,20 @@ haul__pipe *haul__pipe_server(haul_engine *e, uint64_t id, const haul_listen_con
 
 /* ---- connections come and go ------------------------------------------------ */
 
+/* The pipe could not be opened, or has had no connection for the message
+ * timeout: its sessions fail, and the control frames that closed ones
+ * still owe the peer are given up, since no connection may carry them. */
 static void fail_sessions(haul__pipe *pipe, int error)
 {
     pipe->fail_error = error;
     haul__list *p, *tmp;
     haul__list_each_safe(p, tmp, &pipe->sessions)
     {
-        haul__session_fail(HAUL__CONTAINER(p, haul_session, pipe_link), error, 0);
+        haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
+        if (s->state == CE_SS_SESSION_CLOSED)
+            haul__session_give_up_ctl(s);
+        else
+            haul__session_fail(s, error, 0);
     }
 }
 
@@ -684,10 +691,6 @@ void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
         haul__log(e, HAUL_LOG_WARN, "pipe %s: no connection for %u ms; failing its sessions",
                   pipe->destination ? pipe->destination : "(server)", e->config.message_timeout_ms);
         fail_sessions(pipe, HAUL_ECONNRESET);
-        haul__list_each_safe(p, tmp, &pipe->sessions)
-        {
-            haul__session_give_up_ctl(HAUL__CONTAINER(p, haul_session, pipe_link));
-        }
         pipe->empty_since = 0;
     }
     if (haul__list_empty(&pipe->sessions)) {
