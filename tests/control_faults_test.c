@@ -1180,3 +1180,39 @@ TEST_TIMEOUT(frames_owed_on_a_pipe_that_failed_do_not_keep_its_session, 30)
     close(lfd);
     haul_engine_free(client);
 }
+
+/* The server went for good. The client's pipe, without connection for the
+ * message timeout, failed the session it had; a session made on it after
+ * that fails at its open deadline and owes the server an ABORT. Once it
+ * is freed too, neither it nor the pipe (which would redial for ever)
+ * may stay: the pipe's timer goes on after it first expired. */
+TEST_TIMEOUT(session_made_after_its_pipe_timed_out_does_not_keep_the_pipe, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    haul_engine *client = engine_with(300);
+    haul_session *first = client_session(client, address, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    CHECK_OK(haul_session_accept(ev.session));
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+    haul_engine_free(server);
+    ev = next_of(client, first, ANSWER_MS);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_CLOSED);
+
+    haul_session *second = client_session(client, address, 1);
+    ev = next_of(client, second, ANSWER_MS);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_REFUSED);
+    haul_session_free(second);
+    haul_session_free(first);
+
+    int64_t until = now_ms() + 10000;
+    while (sessions_held(client) > 0 || holds_pipes(client)) {
+        CHECK_LT(now_ms(), until);
+        pause_ms(5);
+    }
+    haul_engine_free(client);
+}

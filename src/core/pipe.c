@@ -686,12 +686,18 @@ void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
     {
         haul__session_sweep(HAUL__CONTAINER(p, haul_session, pipe_link), now);
     }
+    int expired = 0;
     if (pipe->ever_joined && pipe->joined == 0 && pipe->empty_since &&
         now - pipe->empty_since > (int64_t)e->config.message_timeout_ms) {
         haul__log(e, HAUL_LOG_WARN, "pipe %s: no connection for %u ms; failing its sessions",
                   pipe->destination ? pipe->destination : "(server)", e->config.message_timeout_ms);
         fail_sessions(pipe, HAUL_ECONNRESET);
-        pipe->empty_since = 0;
+        /* The timer goes on: a session made on the pipe meanwhile may owe
+         * the peer a frame by the time it expires again (the ABORT of its
+         * open deadline), and is failed and given up in its turn, rather
+         * than keeping a pipe that redials for ever. */
+        pipe->empty_since = now;
+        expired = 1;
     }
     if (haul__list_empty(&pipe->sessions)) {
         pipe->doomed = 1;
@@ -701,7 +707,8 @@ void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
          * timeout: a client whose connections broke dials again and
          * repeats its SYNCs and FINs, which must get the answers they
          * are owed, not a new request or an ABORT ENOSESSION. */
-        if (!pipe->server || (pipe->joined == 0 && (pipe->nended == 0 || pipe->empty_since == 0))) {
+        if (!pipe->server ||
+            (pipe->joined == 0 && (pipe->nended == 0 || pipe->empty_since == 0 || expired))) {
             haul__pipe_destroy(pipe);
             return;
         }
