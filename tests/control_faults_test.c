@@ -1216,3 +1216,69 @@ TEST_TIMEOUT(session_made_after_its_pipe_timed_out_does_not_keep_the_pipe, 30)
     }
     haul_engine_free(client);
 }
+
+/* ---- an acknowledgement lost while the acceptance is being written ---------- */
+
+/* The server accepted, and its SYNC_ACK went with a connection that broke
+ * (APP_CONFIRM_ACCEPT_ACK again). The client, which may send as soon as
+ * the server granted its window, sends a message on a new connection;
+ * the server delivers it, and the batch that carries the SYNC_ACK again
+ * and the message's ACK is lost with that connection too. Once the pipe
+ * is back, the ACK must go again with the SYNC_ACK: the client's message
+ * would otherwise wait for its timeout. */
+TEST_TIMEOUT(ack_lost_before_the_acceptance_was_written_is_sent_again, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    const uint64_t pipe_id = 0x5eed000e;
+    int fd = raw_client(address, pipe_id);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    haul__debug_fail_writes(server, 1);
+    CHECK_OK(haul_session_accept(ss));
+    header h;
+    while (read_frame(fd, &h, NULL, 0, ANSWER_MS))
+        CHECK_NE(h.type, T_SYNC_ACK);
+    close(fd);
+
+    /* A new connection: its HELLO and a message of one byte in one
+     * write, so that the server reads both before it writes. */
+    haul__debug_fail_writes(server, 1);
+    fd = raw_connect(address);
+    uint8_t b[2 * HDR + 5];
+    int fds[2];
+    CHECK_OK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds));
+    header hello = {.type = T_HELLO, .len = 4, .seq = pipe_id, .offset = 262144};
+    send_frame(fds[0], hello, "HAUL");
+    header chunk = {.type = T_CHUNK, .len = 1, .session = 1, .seq = 0, .total = 1};
+    send_frame(fds[0], chunk, "m");
+    CHECK(read_exact(fds[1], b, 2 * HDR + 5, ANSWER_MS));
+    close(fds[0]);
+    close(fds[1]);
+    send_all(fd, b, sizeof(b));
+    CHECK(wait_for(server, HAUL_EV_MESSAGE_RECEIVED, &ev, ANSWER_MS));
+    while (read_frame(fd, &h, NULL, 0, ANSWER_MS))
+        CHECK_NE(h.type, T_ACK);
+    close(fd);
+    pthread_mutex_lock(&server->mu);
+    int left = server->debug_fail_writes;
+    pthread_mutex_unlock(&server->mu);
+    CHECK_EQ(left, 0);
+
+    fd = raw_client(address, pipe_id);
+    expect_frame(fd, T_SYNC_ACK);
+    int acked = 0;
+    while (!acked) {
+        CHECK(read_frame(fd, &h, NULL, 0, ANSWER_MS));
+        acked = h.type == T_ACK && h.session == 1 && h.seq == 1;
+    }
+
+    close(fd);
+    haul_session_free(ss);
+    haul_engine_free(server);
+}

@@ -1340,7 +1340,13 @@ int haul__session_conn_lost(haul_session *s, uint32_t serial)
     default:
         break;
     }
-    if (s->state == CE_SS_SESSION_READY || s->state == CE_SS_APP_CLOSE_SESSION)
+    /* The last ACK may have been lost. A server that has not yet written
+     * its SYNC_ACK whole (back in APP_CONFIRM_ACCEPT_ACK) may have
+     * delivered messages already: the client sends as soon as it reads
+     * the SYNC_ACK, which may be while the rest of its batch is still
+     * being written. */
+    if (s->state == CE_SS_SESSION_READY || s->state == CE_SS_APP_CLOSE_SESSION ||
+        (s->state == CE_SS_APP_CONFIRM_ACCEPT_ACK && s->rcv_next > 0))
         haul__session_want(s, HAUL__PEND_ACK);
 
     int again = 0;
