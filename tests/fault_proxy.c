@@ -35,7 +35,8 @@
 #define SIDE_TARGET 1
 #define BUF_SIZE 65536
 #define MAX_PLAN 8
-#define MAX_BLIPS 8
+/* Blips and partitions: the faults of the whole proxy. */
+#define MAX_GLOBAL 16
 /* The record of applied faults keeps this many lines; later ones are
  * counted, not kept. */
 #define MAX_RECORD 256
@@ -57,8 +58,8 @@ static uint64_t below(uint64_t *state, uint64_t n)
     return splitmix64(state) % n;
 }
 
-static const char *const kind_names[FAULT_KIND_COUNT_] = {"reset", "fin", "blackhole",
-                                                          "delay", "cut", "blip"};
+static const char *const kind_names[FAULT_KIND_COUNT_] = {"reset", "fin",  "blackhole", "delay",
+                                                          "cut",   "blip", "partition"};
 
 const char *fault_kind_name(int kind)
 {
@@ -134,8 +135,9 @@ struct fault_proxy {
     unsigned applied_budget; /* disruptive faults applied */
     plan_record *plans;      /* of every connection accepted, by index */
     size_t nplans, plans_cap;
-    unsigned nblips;
-    planned blips[MAX_BLIPS];
+    unsigned nblips; /* blips, then partitions */
+    planned blips[MAX_GLOBAL];
+    int64_t partition_until; /* of the partition of the schedule under way */
     char (*record)[RECORD_LINE];
     unsigned nrecord, record_lost;
 
@@ -234,8 +236,8 @@ static unsigned make_plan(const fault_proxy_config *c, unsigned index, planned *
         p->by_time = below(&rng, 4) == 0;
         /* Offsets: half of them in the first 64 KiB, where every
          * connection has traffic, the others over the whole span. */
-        uint64_t span =
-            below(&rng, 2) ? c->span_bytes : (c->span_bytes < 65536 ? c->span_bytes : 65536);
+        uint64_t whole = p->dir == DIR_UP ? c->span_bytes : c->span_bytes_down;
+        uint64_t span = below(&rng, 2) || whole < 65536 ? whole : 65536;
         p->at_bytes = span ? below(&rng, span) + 1 : 1;
         p->at_ms = c->span_ms ? (unsigned)below(&rng, c->span_ms) : 0;
         if (p->kind == FAULT_BLACKHOLE)
@@ -256,7 +258,7 @@ static void make_blips(fault_proxy *px)
     px->nblips = 0;
     if (!c->faults || c->max_blips == 0 || !(c->kinds & (1u << FAULT_BLIP)))
         return;
-    unsigned max = c->max_blips < MAX_BLIPS ? c->max_blips : MAX_BLIPS;
+    unsigned max = c->max_blips < MAX_GLOBAL / 2 ? c->max_blips : MAX_GLOBAL / 2;
     /* Half of the schedules have none. */
     unsigned n = below(&rng, 2) ? (unsigned)below(&rng, (uint64_t)max + 1) : 0;
     for (unsigned i = 0; i < n; i++) {
@@ -269,10 +271,31 @@ static void make_blips(fault_proxy *px)
     px->nblips = n;
 }
 
+/* Partitions come from a stream of their own, so that adding them to a
+ * schedule changes nothing else in it. */
+static void make_partitions(fault_proxy *px)
+{
+    const fault_proxy_config *c = &px->config;
+    uint64_t rng = c->seed ^ 0x2545F4914F6CDD1Dull;
+    splitmix64(&rng);
+    if (!c->faults || c->max_partitions == 0 || !(c->kinds & (1u << FAULT_PARTITION)))
+        return;
+    unsigned max = c->max_partitions < MAX_GLOBAL / 2 ? c->max_partitions : MAX_GLOBAL / 2;
+    unsigned n = 1 + (unsigned)below(&rng, max);
+    for (unsigned i = 0; i < n; i++) {
+        planned *p = &px->blips[px->nblips++];
+        memset(p, 0, sizeof(*p));
+        p->kind = FAULT_PARTITION;
+        p->by_time = 1;
+        p->at_ms = c->span_ms ? (unsigned)below(&rng, c->span_ms) : 0;
+        p->ms = 1 + (unsigned)below(&rng, c->partition_max_ms ? c->partition_max_ms : 1);
+    }
+}
+
 static void describe(const planned *p, char *buf, size_t size)
 {
     char what[64] = "";
-    if (p->kind == FAULT_BLACKHOLE || p->kind == FAULT_DELAY)
+    if (p->kind == FAULT_BLACKHOLE || p->kind == FAULT_DELAY || p->kind == FAULT_PARTITION)
         snprintf(what, sizeof(what), " %u ms", p->ms);
     else if (p->kind == FAULT_CUT)
         snprintf(what, sizeof(what), " %u pieces", p->pieces);
@@ -435,6 +458,8 @@ static int apply(fault_proxy *px, size_t slot, unsigned i, int64_t now)
     if (disruptive(p->kind))
         px->applied_budget++;
     px->stats.applied[p->kind]++;
+    if (p->kind == FAULT_BLACKHOLE || p->kind == FAULT_DELAY)
+        px->stats.stalled_ms += p->ms;
     record(px, "conn %u: %s (up %llu, down %llu bytes forwarded)", c->index, what,
            (unsigned long long)c->d[DIR_UP].forwarded,
            (unsigned long long)c->d[DIR_DOWN].forwarded);
@@ -606,33 +631,49 @@ static void *proxy_main(void *arg)
             break;
         int64_t now = now_ms();
 
-        /* Blips, then resets asked for. */
+        /* Blips and partitions, then resets asked for. */
         for (unsigned i = 0; i < px->nblips; i++) {
             planned *b = &px->blips[i];
             if (b->done || now - px->started_at < (int64_t)b->at_ms)
                 continue;
+            char what[96];
+            describe(b, what, sizeof(what));
             pthread_mutex_lock(&px->mu);
             b->done = 1;
-            int over = px->applied_budget >= px->config.max_faults;
+            int over = disruptive(b->kind) && px->applied_budget >= px->config.max_faults;
             if (over) {
                 px->stats.skipped++;
-                record(px, "blip at %u ms: skipped, over the budget", b->at_ms);
+                record(px, "%s: skipped, over the budget", what);
             } else {
-                px->applied_budget++;
-                px->stats.applied[FAULT_BLIP]++;
-                record(px, "blip at %u ms: every connection (%zu) reset", b->at_ms, px->nconns);
+                px->applied_budget += disruptive(b->kind);
+                px->stats.applied[b->kind]++;
+                if (b->kind == FAULT_PARTITION)
+                    px->stats.stalled_ms += b->ms;
+                record(px, "%s: %zu connections", what, px->nconns);
             }
             pthread_mutex_unlock(&px->mu);
-            if (!over)
+            if (!over && b->kind == FAULT_BLIP)
                 reset_all = 1;
+            if (!over && b->kind == FAULT_PARTITION && now + b->ms > px->partition_until)
+                px->partition_until = now + b->ms;
         }
+        /* A partition of the schedule works as one asked for. */
+        if (px->partition_until > now)
+            partition = 1;
         if (reset_all) {
+            /* Every socket is made to reset first, then all are closed in
+             * a tight loop: the RSTs leave as close together as they can,
+             * as one fault's would. */
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            for (size_t i = 0; i < px->nconns; i++)
+                for (int side = 0; side < 2; side++)
+                    setsockopt(px->conns[i]->fd[side], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
             while (px->nconns > 0)
-                conn_end(px, px->nconns - 1, 1);
+                conn_end(px, px->nconns - 1, 0);
         }
 
         /* Faults that are due, FINs to pass on, and what to wait for. */
-        int64_t wake_at = INT64_MAX;
+        int64_t wake_at = px->partition_until > now ? px->partition_until : INT64_MAX;
         for (size_t i = 0; i < px->nblips; i++)
             if (!px->blips[i].done && px->started_at + px->blips[i].at_ms < wake_at)
                 wake_at = px->started_at + px->blips[i].at_ms;
@@ -763,7 +804,9 @@ void fault_proxy_config_init(fault_proxy_config *config)
     config->max_faults = 4;
     config->faults_per_conn = 3;
     config->max_blips = 1;
+    config->partition_max_ms = 1000;
     config->span_bytes = 1u << 20;
+    config->span_bytes_down = 1u << 20;
     config->span_ms = 1500;
     config->blackhole_max_ms = 1000;
     config->delay_max_ms = 200;
@@ -812,6 +855,7 @@ int fault_proxy_start(const fault_proxy_config *config, fault_proxy **proxyp)
         goto fail;
     px->started_at = now_ms();
     make_blips(px);
+    make_partitions(px);
     if (pthread_create(&px->thread, NULL, proxy_main, px) != 0)
         goto fail;
     *proxyp = px;
@@ -895,9 +939,9 @@ void fault_proxy_report(fault_proxy *px, FILE *out, const char *prefix)
     const fault_proxy_config *c = &px->config;
     fprintf(out,
             "%sschedule: seed=%llu, budget %u disruptive faults, up to %u per connection, "
-            "span %llu bytes / %u ms\n",
+            "span %llu bytes up, %llu down, %u ms\n",
             prefix, (unsigned long long)c->seed, c->max_faults, c->faults_per_conn,
-            (unsigned long long)c->span_bytes, c->span_ms);
+            (unsigned long long)c->span_bytes, (unsigned long long)c->span_bytes_down, c->span_ms);
     char what[96];
     for (unsigned i = 0; i < px->nblips; i++) {
         describe(&px->blips[i], what, sizeof(what));

@@ -19,14 +19,16 @@
  *              random sizes, from 1 byte up, with pauses of up to 1 ms
  *              between them, so that the receiver reads frames in pieces.
  *   blip       every connection of the proxy is reset at once.
+ *   partition  a blackhole of every connection at once, and nothing new
+ *              is accepted, for a while (see fault_proxy_partition()).
  *
  * The faults come from a schedule made from a seed: connection number i
  * (in the order of acceptance, from 0) gets a plan drawn from the seed and
  * i alone, of faults triggered at a byte offset of one direction (the
  * fault happens when exactly that many bytes of the direction were
  * forwarded, so a reset can fall in the middle of a frame) or at a time
- * after the connection was accepted. Blips are at times after the proxy
- * started. The schedule is deterministic; which bytes travel on which
+ * after the connection was accepted. Blips and partitions are at times
+ * after the proxy started. The schedule is deterministic; which bytes travel on which
  * connection is not (it depends on thread timing), so a replay of a seed
  * applies the same plan to traffic that may differ.
  *
@@ -57,6 +59,7 @@ typedef enum fault_kind {
     FAULT_DELAY,
     FAULT_CUT,
     FAULT_BLIP,
+    FAULT_PARTITION,
     FAULT_KIND_COUNT_
 } fault_kind;
 
@@ -74,7 +77,8 @@ typedef struct fault_proxy_config {
      * obeys partition and reset_all). Default 0. */
     int faults;
     /* Most disruptive faults (reset, fin, blackhole, blip) applied over
-     * the proxy's life. Default 4. */
+     * the proxy's life. Default 4. Partitions are not counted: a
+     * partition alone breaks no connection, and the schedule has few. */
     unsigned max_faults;
     /* The kinds of faults planned for connections, a mask of bits
      * 1 << FAULT_*; blips are planned when FAULT_BLIP's bit is set.
@@ -84,10 +88,16 @@ typedef struct fault_proxy_config {
     unsigned faults_per_conn;
     /* Most blips planned. Default 1. */
     unsigned max_blips;
-    /* Byte-offset triggers fall in [0, span_bytes) of a direction;
-     * time triggers (and blips) in [0, span_ms). Defaults 1 MiB and
+    /* Most partitions planned, and the longest. Defaults 0 and 1000 ms. */
+    unsigned max_partitions;
+    unsigned partition_max_ms;
+    /* Byte-offset triggers fall in [1, span_bytes] of the upward
+     * direction (client to target) and in [1, span_bytes_down] of the
+     * other, where a request-response protocol carries far fewer bytes;
+     * time triggers (and blips) in [0, span_ms). Defaults 1 MiB, 1 MiB and
      * 1500 ms. */
     uint64_t span_bytes;
+    uint64_t span_bytes_down;
     unsigned span_ms;
     /* Longest blackhole and delay. Defaults 1000 ms and 200 ms. */
     unsigned blackhole_max_ms;
@@ -103,6 +113,7 @@ typedef struct fault_proxy_stats {
     uint64_t accepted;                   /* connections accepted */
     uint64_t applied[FAULT_KIND_COUNT_]; /* faults applied, by kind */
     uint64_t skipped;                    /* planned, but over the budget */
+    uint64_t stalled_ms;                 /* sum of the blackholes, delays and partitions applied */
     uint64_t bytes[2];                   /* forwarded: to the target, back */
 } fault_proxy_stats;
 

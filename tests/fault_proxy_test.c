@@ -4,14 +4,17 @@
  * in order, cuts keep the bytes, a partition passes nothing until it
  * ends and loses nothing, a reset of every connection reaches the client
  * as ECONNRESET, a FIN reaches its receiver as the end of the stream,
- * and the schedule is a function of the seed.
+ * the schedule is a function of the seed, and the program fault-proxy
+ * obeys its signals.
  */
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdint.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fault_proxy.h"
@@ -124,6 +127,13 @@ static void pair_open(pair *p, fault_proxy_config *c)
     CHECK(readable(p->listener, 10000));
     p->server = accept(p->listener, NULL, NULL);
     CHECK(p->server >= 0);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void pair_close(pair *p)
@@ -258,6 +268,40 @@ TEST(fin_at_a_byte_offset)
     }
 }
 
+/* A partition of the schedule holds the bytes back until it ends, and
+ * loses none. */
+TEST(scheduled_partition_holds_bytes_until_it_ends)
+{
+    fault_proxy_config c;
+    fault_proxy_config_init(&c);
+    c.faults = 1;
+    c.kinds = 1u << FAULT_PARTITION;
+    c.max_partitions = 1;
+    c.partition_max_ms = 300;
+    c.span_ms = 1; /* at once */
+    c.seed = 3;
+    int64_t started = now_ms();
+    pair p;
+    pair_open(&p, &c);
+    char report[2048];
+    FILE *f = fmemopen(report, sizeof(report), "w");
+    fault_proxy_report(p.proxy, f, "");
+    fclose(f);
+    const char *at = strstr(report, "partition ");
+    CHECK(at != NULL);
+    long ms = strtol(at + strlen("partition "), NULL, 10);
+    CHECK_GE(ms, 50); /* long enough to tell */
+    CHECK_EQ(send(p.client, "late", 4, 0), 4);
+    uint8_t buf[4];
+    read_all(p.server, buf, 4);
+    CHECK(memcmp(buf, "late", 4) == 0);
+    CHECK_GE(now_ms() - started, ms);
+    fault_proxy_stats st;
+    fault_proxy_stats_get(p.proxy, &st);
+    CHECK_EQ(st.applied[FAULT_PARTITION], 1);
+    pair_close(&p);
+}
+
 /* The report of two proxies of one seed shows one schedule. */
 TEST(schedule_is_a_function_of_the_seed)
 {
@@ -291,4 +335,90 @@ TEST(schedule_is_a_function_of_the_seed)
     }
     CHECK(strstr(reports[0], "conn 3:") != NULL);
     CHECK_STR_EQ(reports[0], reports[1]);
+}
+
+/* ---- the program fault-proxy ------------------------------------------------ */
+
+/* Starts build/tests/fault-proxy (beside this test program) in front of
+ * target; returns its pid, its address in address. */
+static pid_t program_start(const char *target, char *address, size_t size)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 32);
+    CHECK_GT(n, 0);
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    CHECK(slash != NULL);
+    strcpy(slash + 1, "fault-proxy");
+    int out[2];
+    CHECK_OK(pipe(out));
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        dup2(out[1], 1);
+        close(out[0]);
+        close(out[1]);
+        execl(self, "fault-proxy", "--listen", "127.0.0.1:0", "--target", target, (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    char line[256];
+    size_t have = 0;
+    while (have < sizeof(line) - 1 && (have == 0 || line[have - 1] != '\n')) {
+        CHECK(readable(out[0], 10000));
+        ssize_t got = read(out[0], line + have, sizeof(line) - 1 - have);
+        CHECK_GT(got, 0);
+        have += (size_t)got;
+    }
+    line[have] = '\0';
+    close(out[0]);
+    CHECK(strncmp(line, "listening ", 10) == 0);
+    snprintf(address, size, "%.*s", (int)(strcspn(line + 10, "\n")), line + 10);
+    return pid;
+}
+
+/* The interface end-to-end tests rely on: the first line, forwarding,
+ * SIGUSR1 / SIGUSR2 for a partition, SIGHUP for resets, SIGTERM to end. */
+TEST(program_obeys_its_signals)
+{
+    char target[64], address[128];
+    int listener = listen_loopback(target, sizeof(target));
+    pid_t pid = program_start(target, address, sizeof(address));
+    int client = dial(address);
+    CHECK(readable(listener, 10000));
+    int server = accept(listener, NULL, NULL);
+    CHECK(server >= 0);
+    exchange(client, server, 100000, 9);
+
+    CHECK_OK(kill(pid, SIGUSR1));
+    /* A partition stops the bytes; whether the signal has been taken yet
+     * is not known, so the bytes are sent until one stays behind. */
+    int held = 0;
+    for (int i = 0; i < 100 && !held; i++) {
+        CHECK_EQ(send(client, "p", 1, 0), 1);
+        held = !readable(server, 100);
+        if (!held) {
+            char b;
+            CHECK_EQ(read(server, &b, 1), 1);
+        }
+    }
+    CHECK(held);
+    CHECK_OK(kill(pid, SIGUSR2));
+    char b;
+    read_all(server, (uint8_t *)&b, 1);
+    CHECK_EQ(b, 'p');
+
+    CHECK_OK(kill(pid, SIGHUP));
+    CHECK(readable(client, 10000));
+    CHECK_EQ(read(client, &b, 1), -1);
+    CHECK_EQ(errno, ECONNRESET);
+
+    CHECK_OK(kill(pid, SIGTERM));
+    int status;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ(WEXITSTATUS(status), 0);
+    close(client);
+    close(server);
+    close(listener);
 }

@@ -60,7 +60,9 @@ struct haul_message {
     uint64_t seq;
     uint64_t tag;
     uint64_t len;
-    int refs;
+    /* Atomic, since the application drops its reference (haul_message_free)
+     * without the engine's mutex, while a connection may still hold one. */
+    atomic_int refs;
 
     /* The body. */
     int kind;

@@ -81,10 +81,12 @@ uint64_t haul_message_seq(const haul_message *m)
 }
 
 /* A message the application took is no longer the engine's: its session
- * may be gone, so freeing touches nothing but the message. */
+ * may be gone, so freeing touches nothing but the message. It drops the
+ * application's reference only: a connection that was reading a copy of
+ * one of its chunks when it closed (from another thread, say at its idle
+ * deadline) holds one until its own thread frees it, and the bytes must
+ * live until then. */
 void haul_message_free(haul_message *m)
 {
-    if (m == NULL)
-        return;
-    message_destroy(m);
+    haul__message_unref(m);
 }

@@ -233,6 +233,12 @@ void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
 {
     haul_engine *e = pipe->engine;
     int was_joined = c->state == HAUL__CONN_JOINED;
+    /* A client connection lost in CONN_HELLO may have been joined by the
+     * server (its HELLO_ACK was on the way), which may then have put
+     * answers on it, a SYNC_ACK say, that are lost with it. The sessions
+     * that wait for one ask again, as after the loss of a joined
+     * connection; it carried none of their chunks. */
+    int half_joined = !pipe->server && c->state == HAUL__CONN_HELLO;
     haul__list_del(&c->idle_link);
     haul__list_del(&c->pipe_link);
     if (was_joined) {
@@ -261,7 +267,7 @@ void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
                 next > e->config.redial_max_ms ? e->config.redial_max_ms : next;
         }
     }
-    if (!was_joined)
+    if (!was_joined && !half_joined)
         return;
     haul__list *p, *tmp;
     haul__list_each_safe(p, tmp, &pipe->sessions)
@@ -310,6 +316,59 @@ unsigned haul__pipe_readers(haul__pipe *pipe, haul_message *m, uint32_t index, i
         if (reads_chunk(pipe->conns[i], m, index))
             n += reader_found(pipe->conns[i], drop);
     return n;
+}
+
+/* ---- sessions the pipe no longer holds -------------------------------------- */
+
+/* Records how a session that leaves the table ended; the oldest record
+ * makes room when the ring is full. */
+void haul__pipe_remember(haul__pipe *pipe, uint32_t id, int how, uint32_t code)
+{
+    haul__ended *x = &pipe->ended[pipe->ended_next];
+    x->id = id;
+    x->how = how;
+    x->code = code;
+    pipe->ended_next = (pipe->ended_next + 1) % HAUL__ENDED_MAX;
+    if (pipe->nended < HAUL__ENDED_MAX)
+        pipe->nended++;
+}
+
+const haul__ended *haul__pipe_ended(const haul__pipe *pipe, uint32_t id)
+{
+    for (unsigned i = 0; i < pipe->nended; i++)
+        if (pipe->ended[i].id == id)
+            return &pipe->ended[i];
+    return NULL;
+}
+
+/* Queues a control frame for a session the pipe does not hold. One per
+ * session and type is enough: a repeat says nothing new. */
+void haul__pipe_answer(haul__pipe *pipe, uint32_t id, int type, uint32_t aux)
+{
+    for (unsigned i = 0; i < pipe->nanswers; i++)
+        if (pipe->answers[i].session == id && pipe->answers[i].type == type)
+            return;
+    if (pipe->nanswers == HAUL__ANSWERS_MAX) {
+        haul__log(pipe->engine, HAUL_LOG_DEBUG, "session %u: no room to answer a late frame", id);
+        return;
+    }
+    pipe->answers[pipe->nanswers++] = (haul__answer){.session = id, .type = type, .aux = aux};
+    haul__pipe_kick(pipe, 1);
+}
+
+int haul__pipe_take_answer(haul__pipe *pipe, haul__frame *f)
+{
+    if (pipe->nanswers == 0)
+        return -1;
+    haul__answer a = pipe->answers[0];
+    pipe->nanswers--;
+    memmove(&pipe->answers[0], &pipe->answers[1], pipe->nanswers * sizeof(pipe->answers[0]));
+    memset(f, 0, sizeof(*f));
+    f->version = HAUL_PROTOCOL_VERSION;
+    f->type = (uint8_t)a.type;
+    f->session = a.session;
+    f->aux = a.aux;
+    return 0;
 }
 
 /* ---- the message timeout's watch on the send queues --------------------------- */
@@ -375,59 +434,6 @@ int64_t haul__pipe_queue_moved(haul__pipe *pipe, haul_session *s, int64_t now)
             watch(s, pipe->conns[i], now, &moved);
     }
     return moved;
-}
-
-/* ---- sessions the pipe no longer holds -------------------------------------- */
-
-/* Records how a session that leaves the table ended; the oldest record
- * makes room when the ring is full. */
-void haul__pipe_remember(haul__pipe *pipe, uint32_t id, int how, uint32_t code)
-{
-    haul__ended *x = &pipe->ended[pipe->ended_next];
-    x->id = id;
-    x->how = how;
-    x->code = code;
-    pipe->ended_next = (pipe->ended_next + 1) % HAUL__ENDED_MAX;
-    if (pipe->nended < HAUL__ENDED_MAX)
-        pipe->nended++;
-}
-
-const haul__ended *haul__pipe_ended(const haul__pipe *pipe, uint32_t id)
-{
-    for (unsigned i = 0; i < pipe->nended; i++)
-        if (pipe->ended[i].id == id)
-            return &pipe->ended[i];
-    return NULL;
-}
-
-/* Queues a control frame for a session the pipe does not hold. One per
- * session and type is enough: a repeat says nothing new. */
-void haul__pipe_answer(haul__pipe *pipe, uint32_t id, int type, uint32_t aux)
-{
-    for (unsigned i = 0; i < pipe->nanswers; i++)
-        if (pipe->answers[i].session == id && pipe->answers[i].type == type)
-            return;
-    if (pipe->nanswers == HAUL__ANSWERS_MAX) {
-        haul__log(pipe->engine, HAUL_LOG_DEBUG, "session %u: no room to answer a late frame", id);
-        return;
-    }
-    pipe->answers[pipe->nanswers++] = (haul__answer){.session = id, .type = type, .aux = aux};
-    haul__pipe_kick(pipe, 1);
-}
-
-int haul__pipe_take_answer(haul__pipe *pipe, haul__frame *f)
-{
-    if (pipe->nanswers == 0)
-        return -1;
-    haul__answer a = pipe->answers[0];
-    pipe->nanswers--;
-    memmove(&pipe->answers[0], &pipe->answers[1], pipe->nanswers * sizeof(pipe->answers[0]));
-    memset(f, 0, sizeof(*f));
-    f->version = HAUL_PROTOCOL_VERSION;
-    f->type = (uint8_t)a.type;
-    f->session = a.session;
-    f->aux = a.aux;
-    return 0;
 }
 
 /* ---- sessions in the pipe --------------------------------------------------- */
