@@ -1282,3 +1282,68 @@ TEST_TIMEOUT(ack_lost_before_the_acceptance_was_written_is_sent_again, 30)
     haul_session_free(ss);
     haul_engine_free(server);
 }
+
+/* ---- a FIN that overtakes the SYNC_ACK -------------------------------------- */
+
+/* The server accepted and closed at once: its SYNC_ACK went on one
+ * connection of the pipe, behind bytes that had yet to leave, and its FIN
+ * on another, idle one, so the FIN reaches the client first. The client
+ * must still open and then close in order (FIN_ACK), rather than ignore
+ * the FIN and leave the server to abort the session at its close
+ * deadline. */
+TEST_TIMEOUT(fin_that_overtakes_the_sync_ack_closes_the_session, 30)
+{
+    harness_strerror = haul_strerror;
+    char address[128];
+    int lfd = raw_listen(address, sizeof(address));
+    haul_engine *client = engine_with(60000);
+    haul_session *cs = client_session(client, address, 2);
+    int fds[2] = {raw_accept(lfd), raw_accept(lfd)};
+    /* The SYNC comes on either connection. */
+    int with_sync = -1;
+    header sync;
+    while (with_sync < 0) {
+        struct pollfd p[2] = {{.fd = fds[0], .events = POLLIN}, {.fd = fds[1], .events = POLLIN}};
+        CHECK_EQ(poll(p, 2, ANSWER_MS) > 0, 1);
+        for (int i = 0; i < 2 && with_sync < 0; i++) {
+            if (!(p[i].revents & POLLIN))
+                continue;
+            CHECK(read_frame(fds[i], &sync, NULL, 0, ANSWER_MS));
+            if (sync.type == T_SYNC)
+                with_sync = i;
+        }
+    }
+    int other = 1 - with_sync;
+    raw_ctl(fds[other], T_FIN, sync.session, 0, 0);
+    /* A frame for a session the client never had, behind the FIN on the
+     * same connection: its answer says that the FIN was read. */
+    raw_ctl(fds[other], T_ACK, 99, 1, 0);
+    int answered = 0;
+    while (!answered) {
+        struct pollfd p[2] = {{.fd = fds[0], .events = POLLIN}, {.fd = fds[1], .events = POLLIN}};
+        CHECK_EQ(poll(p, 2, ANSWER_MS) > 0, 1);
+        for (int i = 0; i < 2; i++) {
+            header h;
+            if ((p[i].revents & POLLIN) && read_frame(fds[i], &h, NULL, 0, ANSWER_MS))
+                answered |= h.type == T_ABORT && h.session == 99;
+        }
+    }
+    header ack = {.type = T_SYNC_ACK,
+                  .session = sync.session,
+                  .aux = 4,
+                  .offset = 1 << 20,
+                  .total = 64 << 20};
+    send_frame(fds[with_sync], ack, NULL);
+
+    haul_event ev = next_of(client, cs, ANSWER_MS);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_OPEN);
+    ev = next_of(client, cs, ANSWER_MS);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_CLOSED);
+    CHECK_EQ(ev.error, HAUL_OK);
+
+    close(fds[0]);
+    close(fds[1]);
+    close(lfd);
+    haul_session_free(cs);
+    haul_engine_free(client);
+}

@@ -170,6 +170,8 @@ struct haul_session {
     int peer_done;      /* the peer closed: nothing more will arrive */
     int fin_taken;      /* our FIN went out once: fin_seq is fixed */
     uint64_t fin_seq;   /* what our FIN says we delivered: messages below it */
+    int fin_early;      /* client: the server's FIN came before its SYNC_ACK */
+    uint64_t fin_early_seq;
     int close_error;
 };
 

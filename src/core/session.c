@@ -878,6 +878,23 @@ static void on_ack(haul_session *s, const haul__frame *f)
     haul__session_maybe_fin(s);
 }
 
+/* A FIN (section 4.7): the peer closed in order, having delivered every
+ * message of ours below `seq`, whatever acknowledgements are still on
+ * their way: those are sent, and only the others failed. */
+static void on_fin(haul_session *s, uint64_t seq)
+{
+    if (!can(s, SEV_FIN_RECEIVED))
+        return;
+    haul__session_enter(s, SEV_FIN_RECEIVED);
+    fin_delivered(s, seq);
+    s->out_bytes = 0;
+    drop_messages(s, &s->outq, HAUL_ECLOSED, 1);
+    leave_dispatch(s);
+    s->pending &= ~(unsigned)(HAUL__PEND_FIN | HAUL__PEND_ACK);
+    haul__session_want(s, HAUL__PEND_FIN_ACK);
+    closed_in_order(s, 0);
+}
+
 void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__frame *f,
                             const uint8_t *payload)
 {
@@ -912,6 +929,8 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         /* Our own window for the server's messages, now that we know
          * their size. */
         haul__session_want(s, HAUL__PEND_ACK);
+        if (s->fin_early)
+            on_fin(s, s->fin_early_seq);
         return;
     case HAUL__F_SYNC_NAK:
         if (s->server || !can(s, SEV_SYNC_NAK))
@@ -931,19 +950,15 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
             haul__session_want(s, HAUL__PEND_FIN_ACK);
             return;
         }
-        if (!can(s, SEV_FIN_RECEIVED))
+        if (!s->server && !can(s, SEV_FIN_RECEIVED) && can(s, SEV_SYNC_ACK)) {
+            /* The server accepted and closed, and its FIN overtook its
+             * SYNC_ACK on another connection of the pipe: it is taken
+             * when the SYNC_ACK comes. */
+            s->fin_early = 1;
+            s->fin_early_seq = f->seq;
             return;
-        haul__session_enter(s, SEV_FIN_RECEIVED);
-        /* The peer delivered every message below f->seq, whatever
-         * acknowledgements are still on their way: those are sent, and
-         * only the others failed. */
-        fin_delivered(s, f->seq);
-        s->out_bytes = 0;
-        drop_messages(s, &s->outq, HAUL_ECLOSED, 1);
-        leave_dispatch(s);
-        s->pending &= ~(unsigned)(HAUL__PEND_FIN | HAUL__PEND_ACK);
-        haul__session_want(s, HAUL__PEND_FIN_ACK);
-        closed_in_order(s, 0);
+        }
+        on_fin(s, f->seq);
         return;
     case HAUL__F_FIN_ACK:
         /* Only a FIN we sent can be confirmed. In APP_CLOSE_SESSION that is
