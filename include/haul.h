@@ -37,7 +37,10 @@
  *      HAUL_EV_PIPE_DOWN and HAUL_EV_PIPE_UP are informational: they
  *      come in pairs (DOWN, then UP when the pipe is back) at any time
  *      before a session's final event, and are never final themselves.
- *      An application may ignore them.
+ *      One for which the completion queue has no room (memory ran out)
+ *      comes late, once there is room, or not at all when the pipe
+ *      changed back meanwhile: the pairs hold. An application may
+ *      ignore them.
  *   3. Each event names its level. HAUL_EV_MESSAGE_SENT means that the
  *      receiving engine has the whole message in the session's input
  *      queue and acknowledged it; it does not mean "left the socket".

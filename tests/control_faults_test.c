@@ -973,3 +973,377 @@ TEST_TIMEOUT(request_refused_when_its_events_cannot_be_reserved, 30)
     haul_engine_free(client);
     haul_engine_free(server);
 }
+
+/* ---- a pipe whose client is gone ------------------------------------------- */
+
+/* The engine's count of sessions it holds, and whether it holds pipes. */
+static unsigned sessions_held(haul_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    unsigned n = e->nsessions;
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
+static int holds_pipes(haul_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    int any = !haul__list_empty(&e->pipes);
+    pthread_mutex_unlock(&e->mu);
+    return any;
+}
+
+static void pause_ms(long ms)
+{
+    struct timespec ts = {0, ms * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* The client's connection is gone for good when the server application
+ * frees its session (as hauld does with the push of a client that is
+ * gone): the ABORT owed to the client can never be written. Once the
+ * pipe has had no connection for the message timeout, the session leaves
+ * the table all the same, so that it no longer counts against
+ * max_sessions, and the pipe goes. */
+TEST_TIMEOUT(frames_owed_to_a_gone_client_do_not_keep_its_session, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(300);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed000c);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    expect_frame(fd, T_SYNC_ACK);
+    close(fd);
+    CHECK(wait_for(server, HAUL_EV_PIPE_DOWN, &ev, ANSWER_MS));
+    CHECK(ev.session == ss);
+    haul_session_free(ss);
+
+    int64_t until = now_ms() + 10000;
+    while (sessions_held(server) > 0 || holds_pipes(server)) {
+        CHECK_LT(now_ms(), until);
+        pause_ms(5);
+    }
+
+    haul_engine_free(server);
+}
+
+/* A client's connection breaks after the server wrote its SYNC_NAK or
+ * FIN_ACK, before the client read it: the client dials again and repeats
+ * its SYNC or FIN. Meanwhile the server's pipe had neither a session nor
+ * a connection; it must still remember how the sessions ended, and
+ * answer as it did (the same SYNC_NAK, FIN_ACK again) instead of making a
+ * new request of the SYNC or aborting the closed session as unknown. */
+TEST_TIMEOUT(repeats_after_the_pipe_had_no_connection_get_the_same_answers, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    int fd = raw_client(address, 0x5eed000d);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    CHECK_OK(haul_session_reject(ev.session, 42));
+    haul_session_free(ev.session);
+    expect_frame(fd, T_SYNC_NAK);
+    raw_sync(fd, 2);
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    CHECK_OK(haul_session_accept(ss));
+    expect_frame(fd, T_SYNC_ACK);
+    raw_ctl(fd, T_FIN, 2, 0, 0);
+    CHECK(wait_for(server, HAUL_EV_SESSION_CLOSED, &ev, ANSWER_MS));
+    haul_session_free(ss);
+    expect_frame(fd, T_FIN_ACK);
+    close(fd);
+
+    /* The server sees the connection go; a pipe it would free goes at
+     * one of the next sweeps of its deadlines. */
+    int64_t until = now_ms() + ANSWER_MS;
+    for (;;) {
+        pthread_mutex_lock(&server->mu);
+        unsigned conns = server->nconns;
+        pthread_mutex_unlock(&server->mu);
+        if (conns == 0)
+            break;
+        CHECK_LT(now_ms(), until);
+        pause_ms(5);
+    }
+    until = now_ms() + 200;
+    while (holds_pipes(server) && now_ms() < until)
+        pause_ms(5);
+
+    fd = raw_client(address, 0x5eed000d);
+    raw_sync(fd, 1);
+    header h = expect_frame(fd, T_SYNC_NAK);
+    CHECK_EQ(h.session, 1);
+    CHECK_EQ(h.aux, 42);
+    raw_ctl(fd, T_FIN, 2, 0, 0);
+    h = expect_frame(fd, T_FIN_ACK);
+    CHECK_EQ(h.session, 2);
+    CHECK_EQ(haul_engine_wait(server, &ev, 1, 0), 0);
+
+    close(fd);
+    haul_engine_free(server);
+}
+
+/* ---- pipe events when the completion queue is full ------------------------- */
+
+/* The completion queue has no room when the pipe goes down, so that its
+ * PIPE_DOWN is dropped; memory is back when it comes up again. The
+ * application must not get a PIPE_UP without the PIPE_DOWN before it:
+ * the events come in pairs (haul.h, rule 2). */
+TEST_TIMEOUT(pipe_up_never_comes_without_its_pipe_down, 30)
+{
+    harness_strerror = haul_strerror;
+    char address[128];
+    int lfd = raw_listen(address, sizeof(address));
+    haul_engine *client = engine_with(60000);
+    haul_session *cs = client_session(client, address, 1);
+    int fd = raw_accept(lfd);
+    raw_accept_session(fd, 4);
+    haul_event ev;
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+
+    /* Sends that the raw server never acknowledges take the room of the
+     * queue that cannot grow, slot by slot. */
+    haul__debug_cq_nomem(client, 1);
+    int accepted = 0;
+    while (haul_send(cs, "x", 1, (uint64_t)accepted) == 0)
+        accepted++;
+    CHECK_GT(accepted, 0);
+    close(fd);
+    int64_t until = now_ms() + ANSWER_MS;
+    for (;;) {
+        haul_engine_stats st;
+        haul_engine_stats_get(client, &st);
+        if (st.connections_lost > 0)
+            break;
+        CHECK_LT(now_ms(), until);
+        pause_ms(5);
+    }
+    haul__debug_cq_nomem(client, 0);
+
+    /* The client dials again and sends its chunks again: it joined. */
+    fd = raw_accept(lfd);
+    expect_frame(fd, T_CHUNK);
+    int down = 0;
+    while (haul_engine_wait(client, &ev, 1, 0) == 1) {
+        if (ev.type == HAUL_EV_PIPE_DOWN) {
+            CHECK(!down);
+            down = 1;
+        } else if (ev.type == HAUL_EV_PIPE_UP) {
+            CHECK(down);
+            down = 0;
+        }
+    }
+
+    close(fd);
+    close(lfd);
+    haul_session_free(cs);
+    haul_engine_free(client);
+}
+
+/* A client frees its session while the pipe's first dial is still under
+ * way, to a server that never answers its HELLO: the ABORT the session
+ * owes waits for a connection, and the dial then fails for good. The
+ * failed pipe redials nothing, so the ABORT can never go: the session
+ * must not stay in the table (counted against max_sessions) nor keep the
+ * pipe. */
+TEST_TIMEOUT(frames_owed_on_a_pipe_that_failed_do_not_keep_its_session, 30)
+{
+    harness_strerror = haul_strerror;
+    char address[128];
+    int lfd = raw_listen(address, sizeof(address));
+    haul_engine_config c;
+    haul_engine_config_init(&c);
+    c.log_level = getenv("HAUL_TEST_LOG") ? atoi(getenv("HAUL_TEST_LOG")) : HAUL_LOG_ERROR;
+    c.handshake_timeout_ms = 200;
+    haul_engine *client = NULL;
+    CHECK_OK(haul_engine_new(&c, &client));
+    haul_session *cs = client_session(client, address, 1);
+    haul_session_free(cs);
+
+    int64_t until = now_ms() + 10000;
+    while (sessions_held(client) > 0 || holds_pipes(client)) {
+        CHECK_LT(now_ms(), until);
+        pause_ms(5);
+    }
+
+    close(lfd);
+    haul_engine_free(client);
+}
+
+/* The server went for good. The client's pipe, without connection for the
+ * message timeout, failed the session it had; a session made on it after
+ * that fails at its open deadline and owes the server an ABORT. Once it
+ * is freed too, neither it nor the pipe (which would redial for ever)
+ * may stay: the pipe's timer goes on after it first expired. */
+TEST_TIMEOUT(session_made_after_its_pipe_timed_out_does_not_keep_the_pipe, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    haul_engine *client = engine_with(300);
+    haul_session *first = client_session(client, address, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    CHECK_OK(haul_session_accept(ev.session));
+    CHECK(wait_for(client, HAUL_EV_SESSION_OPEN, &ev, ANSWER_MS));
+    haul_engine_free(server);
+    ev = next_of(client, first, ANSWER_MS);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_CLOSED);
+
+    haul_session *second = client_session(client, address, 1);
+    ev = next_of(client, second, ANSWER_MS);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_REFUSED);
+    haul_session_free(second);
+    haul_session_free(first);
+
+    int64_t until = now_ms() + 10000;
+    while (sessions_held(client) > 0 || holds_pipes(client)) {
+        CHECK_LT(now_ms(), until);
+        pause_ms(5);
+    }
+    haul_engine_free(client);
+}
+
+/* ---- an acknowledgement lost while the acceptance is being written ---------- */
+
+/* The server accepted, and its SYNC_ACK went with a connection that broke
+ * (APP_CONFIRM_ACCEPT_ACK again). The client, which may send as soon as
+ * the server granted its window, sends a message on a new connection;
+ * the server delivers it, and the batch that carries the SYNC_ACK again
+ * and the message's ACK is lost with that connection too. Once the pipe
+ * is back, the ACK must go again with the SYNC_ACK: the client's message
+ * would otherwise wait for its timeout. */
+TEST_TIMEOUT(ack_lost_before_the_acceptance_was_written_is_sent_again, 30)
+{
+    harness_strerror = haul_strerror;
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    const uint64_t pipe_id = 0x5eed000e;
+    int fd = raw_client(address, pipe_id);
+    raw_sync(fd, 1);
+    haul_event ev;
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_session *ss = ev.session;
+    haul__debug_fail_writes(server, 1);
+    CHECK_OK(haul_session_accept(ss));
+    header h;
+    while (read_frame(fd, &h, NULL, 0, ANSWER_MS))
+        CHECK_NE(h.type, T_SYNC_ACK);
+    close(fd);
+
+    /* A new connection: its HELLO and a message of one byte in one
+     * write, so that the server reads both before it writes. */
+    haul__debug_fail_writes(server, 1);
+    fd = raw_connect(address);
+    uint8_t b[2 * HDR + 5];
+    int fds[2];
+    CHECK_OK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds));
+    header hello = {.type = T_HELLO, .len = 4, .seq = pipe_id, .offset = 262144};
+    send_frame(fds[0], hello, "HAUL");
+    header chunk = {.type = T_CHUNK, .len = 1, .session = 1, .seq = 0, .total = 1};
+    send_frame(fds[0], chunk, "m");
+    CHECK(read_exact(fds[1], b, 2 * HDR + 5, ANSWER_MS));
+    close(fds[0]);
+    close(fds[1]);
+    send_all(fd, b, sizeof(b));
+    CHECK(wait_for(server, HAUL_EV_MESSAGE_RECEIVED, &ev, ANSWER_MS));
+    while (read_frame(fd, &h, NULL, 0, ANSWER_MS))
+        CHECK_NE(h.type, T_ACK);
+    close(fd);
+    pthread_mutex_lock(&server->mu);
+    int left = server->debug_fail_writes;
+    pthread_mutex_unlock(&server->mu);
+    CHECK_EQ(left, 0);
+
+    fd = raw_client(address, pipe_id);
+    expect_frame(fd, T_SYNC_ACK);
+    int acked = 0;
+    while (!acked) {
+        CHECK(read_frame(fd, &h, NULL, 0, ANSWER_MS));
+        acked = h.type == T_ACK && h.session == 1 && h.seq == 1;
+    }
+
+    close(fd);
+    haul_session_free(ss);
+    haul_engine_free(server);
+}
+
+/* ---- a FIN that overtakes the SYNC_ACK -------------------------------------- */
+
+/* The server accepted and closed at once: its SYNC_ACK went on one
+ * connection of the pipe, behind bytes that had yet to leave, and its FIN
+ * on another, idle one, so the FIN reaches the client first. The client
+ * must still open and then close in order (FIN_ACK), rather than ignore
+ * the FIN and leave the server to abort the session at its close
+ * deadline. */
+TEST_TIMEOUT(fin_that_overtakes_the_sync_ack_closes_the_session, 30)
+{
+    harness_strerror = haul_strerror;
+    char address[128];
+    int lfd = raw_listen(address, sizeof(address));
+    haul_engine *client = engine_with(60000);
+    haul_session *cs = client_session(client, address, 2);
+    int fds[2] = {raw_accept(lfd), raw_accept(lfd)};
+    /* The SYNC comes on either connection. */
+    int with_sync = -1;
+    header sync;
+    while (with_sync < 0) {
+        struct pollfd p[2] = {{.fd = fds[0], .events = POLLIN}, {.fd = fds[1], .events = POLLIN}};
+        CHECK_EQ(poll(p, 2, ANSWER_MS) > 0, 1);
+        for (int i = 0; i < 2 && with_sync < 0; i++) {
+            if (!(p[i].revents & POLLIN))
+                continue;
+            CHECK(read_frame(fds[i], &sync, NULL, 0, ANSWER_MS));
+            if (sync.type == T_SYNC)
+                with_sync = i;
+        }
+    }
+    int other = 1 - with_sync;
+    raw_ctl(fds[other], T_FIN, sync.session, 0, 0);
+    /* A frame for a session the client never had, behind the FIN on the
+     * same connection: its answer says that the FIN was read. */
+    raw_ctl(fds[other], T_ACK, 99, 1, 0);
+    int answered = 0;
+    while (!answered) {
+        struct pollfd p[2] = {{.fd = fds[0], .events = POLLIN}, {.fd = fds[1], .events = POLLIN}};
+        CHECK_EQ(poll(p, 2, ANSWER_MS) > 0, 1);
+        for (int i = 0; i < 2; i++) {
+            header h;
+            if ((p[i].revents & POLLIN) && read_frame(fds[i], &h, NULL, 0, ANSWER_MS))
+                answered |= h.type == T_ABORT && h.session == 99;
+        }
+    }
+    header ack = {.type = T_SYNC_ACK,
+                  .session = sync.session,
+                  .aux = 4,
+                  .offset = 1 << 20,
+                  .total = 64 << 20};
+    send_frame(fds[with_sync], ack, NULL);
+
+    haul_event ev = next_of(client, cs, ANSWER_MS);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_OPEN);
+    ev = next_of(client, cs, ANSWER_MS);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_CLOSED);
+    CHECK_EQ(ev.error, HAUL_OK);
+
+    close(fds[0]);
+    close(fds[1]);
+    close(lfd);
+    haul_session_free(cs);
+    haul_engine_free(client);
+}

@@ -177,15 +177,16 @@ void haul__post_reserved(haul_engine *e, const haul_event *ev)
     cq_push(e, ev);
 }
 
-void haul__post(haul_engine *e, const haul_event *ev)
+int haul__post(haul_engine *e, const haul_event *ev)
 {
     /* Informational events take only what no final event was promised. */
     if (cq_grow(e, e->cq_len + e->cq_reserved + 1)) {
         haul__log(e, HAUL_LOG_ERROR, "out of memory for the completion queue: %s dropped",
                   haul_event_name(ev->type));
-        return;
+        return HAUL_ENOMEM;
     }
     cq_push(e, ev);
+    return 0;
 }
 
 void haul__debug_cq_nomem(haul_engine *e, int on)

@@ -170,6 +170,8 @@ struct haul_session {
     int peer_done;      /* the peer closed: nothing more will arrive */
     int fin_taken;      /* our FIN went out once: fin_seq is fixed */
     uint64_t fin_seq;   /* what our FIN says we delivered: messages below it */
+    int fin_early;      /* client: the server's FIN came before its SYNC_ACK */
+    uint64_t fin_early_seq;
     int close_error;
 };
 
@@ -328,6 +330,8 @@ struct haul__pipe {
     unsigned *backoff;
     int64_t empty_since; /* when the last connection went, or 0 */
     int down;            /* HAUL_EV_PIPE_DOWN posted, no connection joined since */
+    int down_error;      /* why the last joined connection went */
+    int events_owed;     /* a pipe event was dropped for want of memory: the sweep retries */
     int failed;          /* could not be opened: new sessions make a new pipe */
     int fail_error;      /* why */
     int doomed;          /* has no sessions: the sweep closes and frees it */
@@ -435,10 +439,10 @@ void haul__log(haul_engine *engine, int level, const char *fmt, ...)
 
 /* Completion queue. haul__post() posts an informational event when there
  * is room (growing the ring if it must), and drops it with a log line
- * when there is none. A final event goes through a slot reserved with
- * haul__cq_reserve() when its operation was accepted, and
- * haul__post_reserved() cannot fail. */
-void haul__post(haul_engine *engine, const haul_event *event);
+ * when there is none (returns 0, or HAUL_ENOMEM when dropped). A final
+ * event goes through a slot reserved with haul__cq_reserve() when its
+ * operation was accepted, and haul__post_reserved() cannot fail. */
+int haul__post(haul_engine *engine, const haul_event *event);
 int haul__cq_reserve(haul_engine *engine, size_t n); /* 0 or HAUL_ENOMEM */
 void haul__cq_release(haul_engine *engine, size_t n);
 void haul__post_reserved(haul_engine *engine, const haul_event *event);
@@ -469,6 +473,7 @@ void haul__session_ctl_lost(haul_session *s, int type);
  * hold (section 9.3). Returns 0 when there was one, -1 when none. */
 int haul__pipe_take_answer(haul__pipe *pipe, haul__frame *f);
 int haul__session_conn_lost(haul_session *s, uint32_t serial);
+void haul__session_give_up_ctl(haul_session *s);
 void haul__cq_forget(haul_engine *engine, haul_session *s);
 
 /* Messages. */

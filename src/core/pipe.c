@@ -159,13 +159,20 @@ haul__pipe *haul__pipe_server(haul_engine *e, uint64_t id, const haul_listen_con
 
 /* ---- connections come and go ------------------------------------------------ */
 
+/* The pipe could not be opened, or has had no connection for the message
+ * timeout: its sessions fail, and the control frames that closed ones
+ * still owe the peer are given up, since no connection may carry them. */
 static void fail_sessions(haul__pipe *pipe, int error)
 {
     pipe->fail_error = error;
     haul__list *p, *tmp;
     haul__list_each_safe(p, tmp, &pipe->sessions)
     {
-        haul__session_fail(HAUL__CONTAINER(p, haul_session, pipe_link), error, 0);
+        haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
+        if (s->state == CE_SS_SESSION_CLOSED)
+            haul__session_give_up_ctl(s);
+        else
+            haul__session_fail(s, error, 0);
     }
 }
 
@@ -201,24 +208,41 @@ static void pipe_dial(haul__pipe *pipe, unsigned index)
  * the pipe went down or came back (HAUL_EV_PIPE_DOWN, HAUL_EV_PIPE_UP):
  * informational events, which let an application (hauld) learn that its
  * peer is gone without polling statistics. They come in pairs: a session
- * made while the pipe was down hears of it only when it opens.
+ * made while the pipe was down hears of it only when it opens. An event
+ * the completion queue had no room for leaves the session where it was,
+ * and the sweep tries again (pipe_events_owed), so that the pairs hold
+ * and the application learns of the pipe's state late rather than never.
  */
 static void post_pipe_event(haul__pipe *pipe, haul_event_type type, int error)
 {
     if (pipe->engine->stopping)
         return;
+    int down = type == HAUL_EV_PIPE_DOWN;
     haul__list *p;
     haul__list_each(p, &pipe->sessions)
     {
         haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
-        if (s->app_freed || s->state == CE_SS_SESSION_CLOSED)
+        if (s->app_freed || s->state == CE_SS_SESSION_CLOSED || s->pipe_down == down)
             continue;
-        if (type == HAUL_EV_PIPE_UP && !s->pipe_down)
-            continue;
-        s->pipe_down = type == HAUL_EV_PIPE_DOWN;
         haul_event ev = {.type = type, .error = error, .session = s};
-        haul__post(pipe->engine, &ev);
+        if (haul__post(pipe->engine, &ev) == 0)
+            s->pipe_down = down;
+        else
+            pipe->events_owed = 1;
     }
+}
+
+/* The sweep: the pipe events that were dropped go now, as the pipe
+ * stands. */
+static void pipe_events_owed(haul__pipe *pipe)
+{
+    if (!pipe->events_owed)
+        return;
+    pipe->events_owed = 0;
+    if (pipe->down)
+        post_pipe_event(pipe, HAUL_EV_PIPE_DOWN, pipe->down_error);
+    else
+        post_pipe_event(pipe, HAUL_EV_PIPE_UP, 0);
 }
 
 void haul__pipe_conn_joined(haul__pipe *pipe, haul__conn *c)
@@ -257,6 +281,7 @@ void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
         if (pipe->joined == 0) {
             pipe->empty_since = haul__now_ms();
             pipe->down = 1;
+            pipe->down_error = error;
             post_pipe_event(pipe, HAUL_EV_PIPE_DOWN, error);
         }
     }
@@ -697,21 +722,34 @@ void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
 {
     haul_engine *e = pipe->engine;
     haul__list *p, *tmp;
+    pipe_events_owed(pipe);
     haul__list_each_safe(p, tmp, &pipe->sessions)
     {
         haul__session_sweep(HAUL__CONTAINER(p, haul_session, pipe_link), now);
     }
+    int expired = 0;
     if (pipe->ever_joined && pipe->joined == 0 && pipe->empty_since &&
         now - pipe->empty_since > (int64_t)e->config.message_timeout_ms) {
         haul__log(e, HAUL_LOG_WARN, "pipe %s: no connection for %u ms; failing its sessions",
                   pipe->destination ? pipe->destination : "(server)", e->config.message_timeout_ms);
         fail_sessions(pipe, HAUL_ECONNRESET);
-        pipe->empty_since = 0;
+        /* The timer goes on: a session made on the pipe meanwhile may owe
+         * the peer a frame by the time it expires again (the ABORT of its
+         * open deadline), and is failed and given up in its turn, rather
+         * than keeping a pipe that redials for ever. */
+        pipe->empty_since = now;
+        expired = 1;
     }
     if (haul__list_empty(&pipe->sessions)) {
         pipe->doomed = 1;
-        /* A server pipe lasts while its client keeps connections open. */
-        if (!pipe->server || pipe->joined == 0) {
+        /* A server pipe lasts while its client keeps connections open,
+         * and, when it remembers sessions that ended (section 6.4 of
+         * docs/protocol.md), until it has had none for the message
+         * timeout: a client whose connections broke dials again and
+         * repeats its SYNCs and FINs, which must get the answers they
+         * are owed, not a new request or an ABORT ENOSESSION. */
+        if (!pipe->server ||
+            (pipe->joined == 0 && (pipe->nended == 0 || pipe->empty_since == 0 || expired))) {
             haul__pipe_destroy(pipe);
             return;
         }

@@ -878,6 +878,23 @@ static void on_ack(haul_session *s, const haul__frame *f)
     haul__session_maybe_fin(s);
 }
 
+/* A FIN (section 4.7): the peer closed in order, having delivered every
+ * message of ours below `seq`, whatever acknowledgements are still on
+ * their way: those are sent, and only the others failed. */
+static void on_fin(haul_session *s, uint64_t seq)
+{
+    if (!can(s, SEV_FIN_RECEIVED))
+        return;
+    haul__session_enter(s, SEV_FIN_RECEIVED);
+    fin_delivered(s, seq);
+    s->out_bytes = 0;
+    drop_messages(s, &s->outq, HAUL_ECLOSED, 1);
+    leave_dispatch(s);
+    s->pending &= ~(unsigned)(HAUL__PEND_FIN | HAUL__PEND_ACK);
+    haul__session_want(s, HAUL__PEND_FIN_ACK);
+    closed_in_order(s, 0);
+}
+
 void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__frame *f,
                             const uint8_t *payload)
 {
@@ -912,6 +929,8 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         /* Our own window for the server's messages, now that we know
          * their size. */
         haul__session_want(s, HAUL__PEND_ACK);
+        if (s->fin_early)
+            on_fin(s, s->fin_early_seq);
         return;
     case HAUL__F_SYNC_NAK:
         if (s->server || !can(s, SEV_SYNC_NAK))
@@ -931,19 +950,15 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
             haul__session_want(s, HAUL__PEND_FIN_ACK);
             return;
         }
-        if (!can(s, SEV_FIN_RECEIVED))
+        if (!s->server && !can(s, SEV_FIN_RECEIVED) && can(s, SEV_SYNC_ACK)) {
+            /* The server accepted and closed, and its FIN overtook its
+             * SYNC_ACK on another connection of the pipe: it is taken
+             * when the SYNC_ACK comes. */
+            s->fin_early = 1;
+            s->fin_early_seq = f->seq;
             return;
-        haul__session_enter(s, SEV_FIN_RECEIVED);
-        /* The peer delivered every message below f->seq, whatever
-         * acknowledgements are still on their way: those are sent, and
-         * only the others failed. */
-        fin_delivered(s, f->seq);
-        s->out_bytes = 0;
-        drop_messages(s, &s->outq, HAUL_ECLOSED, 1);
-        leave_dispatch(s);
-        s->pending &= ~(unsigned)(HAUL__PEND_FIN | HAUL__PEND_ACK);
-        haul__session_want(s, HAUL__PEND_FIN_ACK);
-        closed_in_order(s, 0);
+        }
+        on_fin(s, f->seq);
         return;
     case HAUL__F_FIN_ACK:
         /* Only a FIN we sent can be confirmed. In APP_CLOSE_SESSION that is
@@ -1301,6 +1316,20 @@ void haul__session_ctl_lost(haul_session *s, int type)
     session_retire(s);
 }
 
+/* The pipe has had no connection for the message timeout (pipe.c): the
+ * control frames a closed session still owes (an ABORT, a SYNC_NAK, a
+ * FIN_ACK) can no longer reach a peer that is gone. The session stops
+ * waiting for them and leaves the table, so that such a peer holds
+ * neither a session, counted against max_sessions, nor its pipe. */
+void haul__session_give_up_ctl(haul_session *s)
+{
+    if (s->state != CE_SS_SESSION_CLOSED || s->abort_inflight != 0)
+        return;
+    s->pending = 0;
+    haul__list_del(&s->ctl_link);
+    session_retire(s);
+}
+
 /* A connection of the pipe broke: what it may have swallowed is sent
  * again; the peer answers repeats idempotently. Returns nonzero if the
  * session has chunks to send again. */
@@ -1326,7 +1355,13 @@ int haul__session_conn_lost(haul_session *s, uint32_t serial)
     default:
         break;
     }
-    if (s->state == CE_SS_SESSION_READY || s->state == CE_SS_APP_CLOSE_SESSION)
+    /* The last ACK may have been lost. A server that has not yet written
+     * its SYNC_ACK whole (back in APP_CONFIRM_ACCEPT_ACK) may have
+     * delivered messages already: the client sends as soon as it reads
+     * the SYNC_ACK, which may be while the rest of its batch is still
+     * being written. */
+    if (s->state == CE_SS_SESSION_READY || s->state == CE_SS_APP_CLOSE_SESSION ||
+        (s->state == CE_SS_APP_CONFIRM_ACCEPT_ACK && s->rcv_next > 0))
         haul__session_want(s, HAUL__PEND_ACK);
 
     int again = 0;
