@@ -88,6 +88,7 @@ struct haul_message {
      * then add no round. */
     unsigned attempts;
     int resending;
+    int64_t round_at; /* when the current round began (engine clock) */
     int64_t deadline; /* ms on the engine clock */
     int in_flight;    /* counted in the session's sendable set */
     int cq_slot;      /* a slot of the completion queue is reserved for its final event */
@@ -195,6 +196,11 @@ typedef struct haul__tx_item {
 } haul__tx_item;
 
 #define HAUL__TX_BATCH 32
+/* Connection losses of a message within this many ms of the beginning of
+ * its round of retransmission belong to that round (docs/protocol.md,
+ * section 9.2): the resets of one fault reach the engine a little apart,
+ * and resent chunks may go out in between. */
+#define HAUL__ROUND_COALESCE_MS 100
 #define HAUL__RXBUF 16384
 
 struct haul__conn {

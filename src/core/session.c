@@ -1365,6 +1365,7 @@ int haul__session_conn_lost(haul_session *s, uint32_t serial)
         haul__session_want(s, HAUL__PEND_ACK);
 
     int again = 0;
+    int64_t now = haul__now_ms();
     haul__list *p;
     haul__list_each(p, &s->outq)
     {
@@ -1383,12 +1384,15 @@ int haul__session_conn_lost(haul_session *s, uint32_t serial)
         /* A round of retransmission begins with the first loss that sends
          * chunks of the message back; connections that break before any
          * chunk of it was written again belong to the same round, as one
-         * fault often breaks several at once (section 9.2). */
-        if (lost && m->resending)
+         * fault often breaks several at once, and so do the losses that
+         * come within HAUL__ROUND_COALESCE_MS of the round's beginning
+         * (section 9.2). */
+        if (lost && (m->resending || now - m->round_at < HAUL__ROUND_COALESCE_MS))
             again = 1;
         else if (lost) {
             again = 1;
             m->resending = 1;
+            m->round_at = now;
             if (++m->attempts >= s->engine->config.max_attempts) {
                 haul__log(s->engine, HAUL_LOG_WARN,
                           "session %u: message %llu failed after %u attempts", s->id,
