@@ -18,6 +18,10 @@ int haul__sync_decode(const uint8_t *payload, size_t len, haul__sync_request *ou
     if (plen < 1 || plen > HAUL__PRINCIPAL_MAX || plen > len - 2 ||
         len - 2 - plen > HAUL__CONTEXT_MAX)
         return HAUL_EPROTO;
+    /* A NUL would cut the principal short: the session would answer to
+     * a shorter name than the one the request spelled out. */
+    if (memchr(payload + 2, '\0', plen) != NULL)
+        return HAUL_EPROTO;
     memcpy(out->principal, payload + 2, plen);
     out->principal[plen] = '\0';
     out->context_len = len - 2 - plen;

@@ -65,6 +65,21 @@ TEST(malformed_sync_is_refused)
     CHECK_EQ(r.principal[0], '\0');
 }
 
+/* Found by fuzz/payload_fuzz: "alice\0bob" decoded as "alice", which
+ * encodes to other bytes than it was read from. */
+TEST(sync_principal_with_nul_is_refused)
+{
+    static const uint8_t payload[] = {9, 0, 'a', 'l', 'i', 'c', 'e', 0, 'b', 'o', 'b'};
+    haul__sync_request r;
+    CHECK_EQ(haul__sync_decode(payload, sizeof(payload), &r), HAUL_EPROTO);
+    static const uint8_t leading[] = {1, 0, 0};
+    CHECK_EQ(haul__sync_decode(leading, sizeof(leading), &r), HAUL_EPROTO);
+    /* A NUL in the context is data like any other byte. */
+    static const uint8_t in_context[] = {1, 0, 'a', 0, 0};
+    CHECK_OK(haul__sync_decode(in_context, sizeof(in_context), &r));
+    CHECK_EQ(r.context_len, 2);
+}
+
 TEST(sync_limits_take_the_smaller_max_message)
 {
     haul__frame f = {.type = HAUL__F_SYNC_ACK, .offset = 1 << 20, .total = 123};
