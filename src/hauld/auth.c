@@ -277,12 +277,19 @@ static int roots_apart(const auth_table *t, const char *path, char *err, size_t 
 
 int auth_load(auth_table *t, const char *path, char *err, size_t errlen)
 {
-    parser p = {path, 0, err, errlen};
     FILE *f = fopen(path, "r");
     if (f == NULL) {
         snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
         return -1;
     }
+    int rc = auth_read(t, f, path, err, errlen);
+    fclose(f);
+    return rc;
+}
+
+int auth_read(auth_table *t, FILE *f, const char *path, char *err, size_t errlen)
+{
+    parser p = {path, 0, err, errlen};
     auth_table nt;
     auth_init(&nt);
     auth_principal *cur = NULL;
@@ -314,7 +321,6 @@ int auth_load(auth_table *t, const char *path, char *err, size_t errlen)
         rc = -1;
     }
     free(line);
-    fclose(f);
     if (rc == 0)
         rc = roots_apart(&nt, path, err, errlen);
     if (rc < 0) {
