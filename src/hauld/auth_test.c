@@ -39,3 +39,34 @@ TEST(sections_are_read_from_a_stream)
     CHECK_STR_EQ(a.root, "clients/web2");
     auth_free(&t);
 }
+
+/* Found by fuzz/config_fuzz: a root inside the namespace that
+ * [principal *] gives a principal without a section of its own was
+ * accepted, so that principal saw the other's datasets as its own. */
+TEST(root_inside_a_namespace_of_the_default_section_is_refused)
+{
+    auth_table t;
+    auth_init(&t);
+    char err[256];
+    CHECK_EQ(read_text(&t, "[principal *]\nroot = clients\n[principal b]\nroot = clients/web2/x\n",
+                       err, sizeof(err)),
+             -1);
+    CHECK(strstr(err, "clients/web2/x") != NULL);
+    CHECK(strstr(err, "principal web2") != NULL);
+    /* Without a root in [principal *], a principal's namespace is its
+     * name. */
+    CHECK_EQ(read_text(&t, "[principal b]\nroot = web2/x\n", err, sizeof(err)), -1);
+    CHECK(strstr(err, "principal web2") != NULL);
+    CHECK_EQ(t.n, 0);
+
+    /* Sharing the namespace itself stays allowed, and so does a root
+     * below the [principal *] directory of a principal that has a
+     * section (its namespace is elsewhere). */
+    CHECK_OK(read_text(&t, "[principal *]\nroot = clients\n[principal b]\nroot = clients/web2\n",
+                       err, sizeof(err)));
+    CHECK_OK(read_text(&t,
+                       "[principal *]\nroot = clients\n[principal web2]\nroot = hosts/web2\n"
+                       "[principal b]\nroot = clients/web2/x\n",
+                       err, sizeof(err)));
+    auth_free(&t);
+}
