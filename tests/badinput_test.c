@@ -800,3 +800,39 @@ TEST_TIMEOUT(sync_with_bad_principal_length, 60)
     pthread_mutex_unlock(&f.echo.mu);
     fixture_stop(&f);
 }
+
+/* A principal with a NUL inside would be read as the shorter name before
+ * it: the request is malformed, and the engine refuses it itself. */
+TEST_TIMEOUT(sync_with_nul_in_principal_is_refused, 60)
+{
+    fixture f;
+    fixture_start(&f);
+    pthread_mutex_lock(&f.echo.mu);
+    int requests = f.echo.requests;
+    pthread_mutex_unlock(&f.echo.mu);
+
+    int fd = raw_connect(f.address);
+    handshake(fd, 0xBAD0009);
+    static const uint8_t payload[] = {9, 0, 'a', 'l', 'i', 'c', 'e', 0, 'b', 'o', 'b'};
+    header h = {.version = HAUL_PROTOCOL_VERSION,
+                .type = T_SYNC,
+                .session = 9,
+                .len = sizeof(payload),
+                .offset = MIB,
+                .total = 64u * MIB};
+    send_header(fd, &h);
+    send_all(fd, payload, sizeof(payload));
+    header nak;
+    CHECK(read_frame(fd, &nak, NULL, 0, CLOSE_MS));
+    CHECK_EQ(nak.type, T_SYNC_NAK);
+    CHECK_EQ(nak.session, 9);
+    CHECK_EQ(nak.aux, HAUL_EPROTO);
+    close(fd);
+
+    fixture_check_serving(&f);
+    pthread_mutex_lock(&f.echo.mu);
+    /* The application saw only the request of the session opened after. */
+    CHECK_EQ(f.echo.requests, requests + 1);
+    pthread_mutex_unlock(&f.echo.mu);
+    fixture_stop(&f);
+}

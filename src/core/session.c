@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/engine.h"
+#include "net/payload.h"
 
 /* The most messages one window may grant, whatever the byte budget: it
  * bounds the per-message bookkeeping of tiny messages. */
@@ -744,7 +745,8 @@ static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *paylo
         answer_ended(pipe, f);
         return;
     }
-    size_t plen = (size_t)payload[0] | ((size_t)payload[1] << 8);
+    haul__sync_request req;
+    size_t plen = haul__sync_decode(payload, f->len, &req) == 0 ? strlen(req.principal) : 0;
     s = session_alloc(e);
     if (s == NULL)
         return;
@@ -752,27 +754,25 @@ static void on_sync(haul__pipe *pipe, const haul__frame *f, const uint8_t *paylo
     s->server = 1;
     s->id = f->session;
     s->refs = 1; /* the handle the application gets with the request */
-    if (plen >= 1 && plen <= HAUL__PRINCIPAL_MAX && 2 + plen <= f->len &&
-        f->len - 2 - plen <= HAUL__CONTEXT_MAX) {
-        memcpy(s->principal, payload + 2, plen);
-        s->principal[plen] = '\0';
-        s->context_len = f->len - 2 - plen;
+    if (plen) {  /* else malformed: refused below */
+        memcpy(s->principal, req.principal, plen + 1);
+        s->context_len = req.context_len;
         if (s->context_len) {
             s->context = malloc(s->context_len);
             if (s->context == NULL) {
                 free(s);
                 return;
             }
-            memcpy(s->context, payload + 2 + plen, s->context_len);
+            memcpy(s->context, req.context, s->context_len);
         }
-    } else {
-        plen = 0; /* malformed: refused below */
     }
     s->output_queue = pipe->lconf.output_queue;
     s->input_queue = pipe->lconf.input_queue;
     s->max_message = pipe->lconf.max_message;
-    s->peer_max_message = f->offset < e->config.max_message ? f->offset : e->config.max_message;
-    s->peer_input_queue = f->total;
+    haul__sync_limits lim;
+    haul__sync_limits_decode(f, e->config.max_message, &lim);
+    s->peer_max_message = lim.peer_max_message;
+    s->peer_input_queue = lim.peer_input_queue;
     s->timeout_ms = e->config.message_timeout_ms;
     /* Over TLS, the session's principal is the one the client's
      * certificate names (every connection of the pipe carries the same),
@@ -920,9 +920,10 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
             return;
         haul__session_enter(s, SEV_SYNC_ACK);
         s->pending &= ~(unsigned)HAUL__PEND_SYNC;
-        s->peer_max_message =
-            f->offset < s->engine->config.max_message ? f->offset : s->engine->config.max_message;
-        s->peer_input_queue = f->total;
+        haul__sync_limits lim;
+        haul__sync_limits_decode(f, s->engine->config.max_message, &lim);
+        s->peer_max_message = lim.peer_max_message;
+        s->peer_input_queue = lim.peer_input_queue;
         s->right = s->acked + f->aux;
         s->peer_wnd = f->aux;
         post_final(s, &s->cq_slots, HAUL_EV_SESSION_OPEN, 0, 0, 0, f->aux, 0);
@@ -1212,7 +1213,7 @@ int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payl
         f->type = HAUL__F_SYNC;
         f->offset = s->max_message;
         f->total = s->input_queue;
-        f->len = (uint32_t)(2 + strlen(s->principal) + s->context_len);
+        f->len = (uint32_t)haul__sync_size(s->principal, s->context_len);
         return 0;
     }
     if (s->pending & HAUL__PEND_SYNC_ACK) {
@@ -1276,12 +1277,7 @@ int haul__session_take_ctl(haul_session *s, haul__frame *f, const uint8_t **payl
 /* Writes the SYNC payload for the frame take_ctl prepared. */
 void haul__session_sync_payload(const haul_session *s, uint8_t *out)
 {
-    size_t plen = strlen(s->principal);
-    out[0] = (uint8_t)plen;
-    out[1] = (uint8_t)(plen >> 8);
-    memcpy(out + 2, s->principal, plen);
-    if (s->context_len)
-        memcpy(out + 2 + plen, s->context, s->context_len);
+    haul__sync_encode(s->principal, s->context, s->context_len, out);
 }
 
 /* The write carrying a control frame was issued, or completed. */

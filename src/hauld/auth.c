@@ -243,6 +243,14 @@ static int below(const char *a, const char *b)
     return strncmp(a, b, n) == 0 && b[n] == '/';
 }
 
+static int has_section(const auth_table *t, const char *name, size_t len)
+{
+    for (size_t i = 0; i < t->n; i++)
+        if (strlen(t->v[i].name) == len && memcmp(t->v[i].name, name, len) == 0)
+            return 1;
+    return 0;
+}
+
 /*
  * Namespaces must not nest: a principal whose root held another's
  * namespace would see that one's datasets as its own, and could push
@@ -261,6 +269,18 @@ static int roots_apart(const auth_table *t, const char *path, char *err, size_t 
                      path, ri, t->v[i].name, any);
             return -1;
         }
+        /* Nor may it lie inside ANY/P (or P, when [principal *] has no
+         * root): the namespace of every principal P without a section,
+         * whichever names the certificates carry. */
+        const char *rest = any[0] ? (below(any, ri) ? ri + strlen(any) + 1 : NULL) : ri;
+        const char *slash = rest ? strchr(rest, '/') : NULL;
+        if (slash != NULL && !has_section(t, rest, (size_t)(slash - rest))) {
+            snprintf(err, errlen,
+                     "%s: the root %s of principal %s lies inside the namespace of principal "
+                     "%.*s (%.*s, from [principal *])",
+                     path, ri, t->v[i].name, (int)(slash - rest), rest, (int)(slash - ri), ri);
+            return -1;
+        }
         for (size_t j = 0; j < t->n; j++) {
             const char *rj = t->v[j].root[0] ? t->v[j].root : t->v[j].name;
             if (i != j && below(ri, rj)) {
@@ -277,12 +297,19 @@ static int roots_apart(const auth_table *t, const char *path, char *err, size_t 
 
 int auth_load(auth_table *t, const char *path, char *err, size_t errlen)
 {
-    parser p = {path, 0, err, errlen};
     FILE *f = fopen(path, "r");
     if (f == NULL) {
         snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
         return -1;
     }
+    int rc = auth_read(t, f, path, err, errlen);
+    fclose(f);
+    return rc;
+}
+
+int auth_read(auth_table *t, FILE *f, const char *path, char *err, size_t errlen)
+{
+    parser p = {path, 0, err, errlen};
     auth_table nt;
     auth_init(&nt);
     auth_principal *cur = NULL;
@@ -314,7 +341,6 @@ int auth_load(auth_table *t, const char *path, char *err, size_t errlen)
         rc = -1;
     }
     free(line);
-    fclose(f);
     if (rc == 0)
         rc = roots_apart(&nt, path, err, errlen);
     if (rc < 0) {

@@ -30,6 +30,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "proto/store.h"
 
@@ -69,6 +70,10 @@ void auth_init(auth_table *t);
  * leaves t as it was; on success replaces t's contents.
  */
 int auth_load(auth_table *t, const char *path, char *err, size_t errlen);
+
+/* The same, from an open stream (left open), with path only naming it in
+ * messages. */
+int auth_read(auth_table *t, FILE *f, const char *path, char *err, size_t errlen);
 
 void auth_free(auth_table *t);
 

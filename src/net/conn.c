@@ -59,6 +59,7 @@
 #include <unistd.h>
 
 #include "core/engine.h"
+#include "net/payload.h"
 
 _Static_assert(HAUL__CONN_NULL == 0 && HAUL__RXS_HEADER == 0 && HAUL__SEC_NULL == 0,
                "a connection made with calloc() stands in the first state of each machine");
@@ -398,7 +399,7 @@ static void on_hello(haul__conn *c, const uint8_t *payload)
 {
     haul_engine *e = c->engine;
     const haul__frame *f = &c->cur;
-    if (memcmp(payload, HAUL__HELLO_MAGIC, HAUL__HELLO_MAGIC_LEN) != 0) {
+    if (haul__hello_decode(payload, f->len) != 0) {
         protocol_error(c, HAUL_EPROTO, "not a haul peer");
         return;
     }
@@ -476,14 +477,11 @@ static void on_ctl(haul__conn *c, const uint8_t *payload)
         return;
     case HAUL__F_ERROR: {
         char text[160];
-        size_t n = f->len < sizeof(text) - 1 ? f->len : sizeof(text) - 1;
-        for (size_t i = 0; i < n; i++)
-            text[i] = payload[i] >= 32 && payload[i] < 127 ? (char)payload[i] : '?';
-        text[n] = '\0';
+        int code = haul__error_decode(f, payload, f->len, text, sizeof(text));
         char why[200];
         snprintf(why, sizeof(why), "the peer reported: %s", text);
         haul__log(c->engine, HAUL_LOG_WARN, "connection %u: %s", c->serial, why);
-        haul__conn_close(c, (int)f->aux == HAUL_EVERSION ? HAUL_EVERSION : HAUL_EPROTO, why);
+        haul__conn_close(c, code, why);
         return;
     }
     default:

@@ -415,7 +415,7 @@ int hsp_next(hsp_reader *r, hsp_record *rec)
         rec->data_len = n - 12;
         return 1;
     case HSP_RESULT: {
-        if (n < 40 || p[4] > HSP_SNAPSHOT_MAX || 40u + p[4] > n)
+        if (n < 40 || p[4] > HSP_SNAPSHOT_MAX || 40u + p[4] > n || p[5] || p[6] || p[7])
             return -1;
         rec->status = (int32_t)haul__get32(p);
         rec->files = haul__get64(p + 8);

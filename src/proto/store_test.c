@@ -262,6 +262,26 @@ TEST(malformed_records_are_refused)
     CHECK_EQ(w.len, 0);
 }
 
+/* Found by fuzz/store_fuzz: a RESULT whose three zero bytes after the
+ * snapshot's length were not zero was accepted, against the format. */
+TEST(result_with_reserved_bytes_set_is_refused)
+{
+    uint8_t buf[256];
+    hsp_writer w;
+    hsp_record rec;
+    hsp_reader r;
+    hsp_writer_init(&w, buf, sizeof(buf));
+    CHECK_OK(hsp_put_result(&w, 0, "20261127T080000Z", 4, 5, 5, 0, "done"));
+    hsp_reader_init(&r, buf, w.len);
+    CHECK_EQ(hsp_next(&r, &rec), 1);
+    for (int i = 5; i < 8; i++) {
+        buf[HSP_RECORD_HDR + i] = 4;
+        hsp_reader_init(&r, buf, w.len);
+        CHECK_EQ(hsp_next(&r, &rec), -1);
+        buf[HSP_RECORD_HDR + i] = 0;
+    }
+}
+
 /* Random bytes never crash the decoder. */
 TEST(random_messages_decode_or_fail_cleanly)
 {
