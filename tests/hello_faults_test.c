@@ -20,36 +20,8 @@
 
 #include "core/engine.h"
 #include "harness.h"
+#include "raw_peer.h"
 #include "util.h"
-
-static int listen_loopback(char *buf, size_t size)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    CHECK(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    CHECK_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)));
-    CHECK_OK(listen(fd, 16));
-    socklen_t len = sizeof(sa);
-    CHECK_OK(getsockname(fd, (struct sockaddr *)&sa, &len));
-    snprintf(buf, size, "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
-    return fd;
-}
-
-static int read_exact(int fd, void *buf, size_t len, int ms)
-{
-    uint8_t *p = buf;
-    while (len > 0) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        if (poll(&pfd, 1, ms) != 1)
-            return 0;
-        ssize_t n = recv(fd, p, len, 0);
-        if (n <= 0)
-            return 0;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 1;
-}
 
 /* Reads one frame within ms; its payload (up to 8 KiB) is dropped. */
 static int read_frame(int fd, haul__frame *f, int ms)
@@ -57,18 +29,11 @@ static int read_frame(int fd, haul__frame *f, int ms)
     uint8_t hdr[HAUL__FRAME_HDR], payload[HAUL__CTL_PAYLOAD_MAX];
     haul__frame_limits limits = {.max_message = 1u << 20};
     const char *why = NULL;
-    if (!read_exact(fd, hdr, sizeof(hdr), ms))
+    if (!raw_read_exact(fd, hdr, sizeof(hdr), ms))
         return 0;
     CHECK_OK(haul__frame_decode(hdr, &limits, f, &why));
     CHECK_LE(f->len, sizeof(payload));
-    return read_exact(fd, payload, f->len, ms);
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return raw_read_exact(fd, payload, f->len, ms);
 }
 
 /* Reads frames until one of `type` comes within ms (keepalives and the
@@ -103,7 +68,7 @@ TEST(sync_repeated_when_a_half_joined_connection_breaks)
 {
     harness_strerror = haul_strerror;
     char address[64];
-    int listener = listen_loopback(address, sizeof(address));
+    int listener = raw_listen(address, sizeof(address));
     haul_engine_config ec;
     haul_engine_config_init(&ec);
     ec.message_timeout_ms = 60000; /* the open deadline: far away */
@@ -163,7 +128,7 @@ TEST(first_handshakes_reset_are_redialled)
 {
     harness_strerror = haul_strerror;
     char address[64];
-    int listener = listen_loopback(address, sizeof(address));
+    int listener = raw_listen(address, sizeof(address));
     haul_engine_config ec;
     haul_engine_config_init(&ec);
     ec.message_timeout_ms = 20000; /* the open deadline */
