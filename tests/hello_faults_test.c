@@ -62,6 +62,30 @@ static void send_hello_ack(int fd, uint32_t chunk)
     CHECK_EQ(send(fd, out, sizeof(out), MSG_NOSIGNAL), (ssize_t)sizeof(out));
 }
 
+/* The client's session of `connections` connections to address. */
+static haul_session *client_session(haul_engine *client, const char *address, unsigned connections)
+{
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = "HELLO_FAULTS";
+    sc.connections = connections;
+    haul_session *s = NULL;
+    CHECK_OK(haul_session_new(client, &sc, &s));
+    return s;
+}
+
+/* Accepts the client's next connection and reads its HELLO into *hello. */
+static int accept_hello(int listener, haul__frame *hello)
+{
+    struct pollfd p = {.fd = listener, .events = POLLIN};
+    CHECK_EQ(poll(&p, 1, 10000), 1);
+    int fd = accept(listener, NULL, NULL);
+    CHECK(fd >= 0);
+    CHECK(await_frame(fd, HAUL__F_HELLO, hello, 10000));
+    return fd;
+}
+
 /* The SYNC_ACK went on the connection that the client never joined and
  * was lost with it: the client sends its SYNC again at once. */
 TEST(sync_repeated_when_a_half_joined_connection_breaks)
@@ -77,24 +101,14 @@ TEST(sync_repeated_when_a_half_joined_connection_breaks)
     ec.log_level = -1;
     haul_engine *client = NULL;
     CHECK_OK(haul_engine_new(&ec, &client));
-    haul_session_config sc;
-    haul_session_config_init(&sc);
-    sc.destination = address;
-    sc.principal = "HELLO_FAULTS";
-    sc.connections = 2;
-    haul_session *s = NULL;
-    CHECK_OK(haul_session_new(client, &sc, &s));
+    haul_session *s = client_session(client, address, 2);
 
     /* Both connections say HELLO; the first in index order is answered. */
     int fds[2];
     uint32_t index[2];
     for (int i = 0; i < 2; i++) {
-        struct pollfd p = {.fd = listener, .events = POLLIN};
-        CHECK_EQ(poll(&p, 1, 10000), 1);
-        fds[i] = accept(listener, NULL, NULL);
-        CHECK(fds[i] >= 0);
         haul__frame f;
-        CHECK(await_frame(fds[i], HAUL__F_HELLO, &f, 10000));
+        fds[i] = accept_hello(listener, &f);
         index[i] = f.aux;
     }
     int joined = index[0] == 0 ? fds[0] : fds[1];
@@ -138,22 +152,12 @@ TEST(first_handshakes_reset_are_redialled)
     ec.log_level = -1;
     haul_engine *client = NULL;
     CHECK_OK(haul_engine_new(&ec, &client));
-    haul_session_config sc;
-    haul_session_config_init(&sc);
-    sc.destination = address;
-    sc.principal = "HELLO_FAULTS";
-    sc.connections = 4;
-    haul_session *s = NULL;
-    CHECK_OK(haul_session_new(client, &sc, &s));
+    haul_session *s = client_session(client, address, 4);
 
     /* Every slot's HELLO is answered with a reset. */
     for (int i = 0; i < 4; i++) {
-        struct pollfd p = {.fd = listener, .events = POLLIN};
-        CHECK_EQ(poll(&p, 1, 10000), 1);
-        int fd = accept(listener, NULL, NULL);
-        CHECK(fd >= 0);
         haul__frame f;
-        CHECK(await_frame(fd, HAUL__F_HELLO, &f, 10000));
+        int fd = accept_hello(listener, &f);
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
         CHECK_OK(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)));
         close(fd);
