@@ -149,6 +149,23 @@ static haul_session *client_session(haul_engine *e, const char *address, unsigne
     return s;
 }
 
+/*
+ * A server engine listening on a port of its own, and a raw client that
+ * joined it with a pipe `pipe_id` and asked for session 1: *fd is the
+ * client's connection, *request the server's SESSION_REQUEST for it.
+ */
+static haul_engine *server_with_raw_sync(uint64_t pipe_id, int *fd, haul_event *request)
+{
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    *fd = raw_client(address, pipe_id);
+    raw_sync(*fd, 1);
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, request, ANSWER_MS));
+    return server;
+}
+
 /* Waits for the next event of the session that is not informational. */
 static haul_event next_of(haul_engine *e, haul_session *s, int ms)
 {
@@ -270,14 +287,9 @@ TEST_TIMEOUT(aborted_session_answers_late_frames_with_abort, 30)
 TEST_TIMEOUT(late_frames_after_clean_close_are_not_aborted, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed0002);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed0002, &fd, &ev);
     haul_session *ss = ev.session;
     CHECK_OK(haul_session_accept(ss));
     expect_frame(fd, T_SYNC_ACK);
@@ -561,14 +573,9 @@ TEST_TIMEOUT(fin_reports_what_the_closer_delivered, 30)
 TEST_TIMEOUT(closer_delivers_nothing_after_its_fin, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed0007);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed0007, &fd, &ev);
     haul_session *ss = ev.session;
     CHECK_OK(haul_session_accept(ss));
     expect_frame(fd, T_SYNC_ACK);
@@ -624,14 +631,9 @@ TEST(table_answers_repeated_sync_in_closing_states)
 TEST_TIMEOUT(repeated_sync_of_refused_session_is_refused_again, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed0008);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed0008, &fd, &ev);
     CHECK_OK(haul_session_reject(ev.session, 42));
     haul_session_free(ev.session);
     raw_header h = expect_frame(fd, T_SYNC_NAK);
@@ -653,14 +655,9 @@ TEST_TIMEOUT(repeated_sync_of_refused_session_is_refused_again, 30)
 TEST_TIMEOUT(repeated_sync_of_freed_session_is_aborted_again, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed000b);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed000b, &fd, &ev);
     CHECK_OK(haul_session_accept(ev.session));
     expect_frame(fd, T_SYNC_ACK);
     haul_session_free(ev.session);
@@ -684,14 +681,9 @@ TEST_TIMEOUT(repeated_sync_of_freed_session_is_aborted_again, 30)
 TEST_TIMEOUT(sync_repeated_while_sending_fin_is_answered, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed0009);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed0009, &fd, &ev);
     haul_session *ss = ev.session;
     CHECK_OK(haul_session_accept(ss));
     CHECK_OK(haul_session_close(ss));
@@ -719,14 +711,9 @@ TEST_TIMEOUT(sync_repeated_while_sending_fin_is_answered, 30)
 TEST_TIMEOUT(sync_repeated_while_closing_is_answered, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed000a);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed000a, &fd, &ev);
     haul_session *ss = ev.session;
     CHECK_OK(haul_session_accept(ss));
     CHECK_OK(haul_send(ss, "z", 1, 9));
