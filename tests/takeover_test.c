@@ -40,24 +40,10 @@ static void parse_report(const e2e_proc *p, push_report *r)
     }
 }
 
-/* One big file, a nested directory with small files, and a hard link;
- * returns the bytes of file content. */
+/* The tree of every push here; returns the bytes of file content. */
 static uint64_t make_tree(const char *root)
 {
-    e2e_mkdir(root);
-    e2e_file(e2e_at(root, "big"), BIG_FILE, 7, 0644);
-    uint64_t total = BIG_FILE;
-    e2e_mkdir(e2e_at(root, "d"));
-    e2e_mkdir(e2e_at(root, "d/e"));
-    for (int i = 0; i < 20; i++) {
-        char name[32];
-        snprintf(name, sizeof(name), "d/e/s%02d", i);
-        e2e_file(e2e_at(root, name), 1000 + (uint64_t)i * 300, (uint64_t)i, 0644);
-        total += 1000 + (uint64_t)i * 300;
-    }
-    CHECK(link(e2e_at(root, "d/e/s00"), e2e_at(root, "d/s00.hl")) == 0);
-    e2e_stamp_tree(root);
-    return total;
+    return e2e_push_tree(root, BIG_FILE, 7, 1000, 300, 0);
 }
 
 /* Complete snapshots of a dataset whose namespace is ns. */
@@ -77,33 +63,6 @@ static int snapshot_count(e2e_env *env, const char *ns, const char *dataset)
     }
     closedir(d);
     return n;
-}
-
-/*
- * Starts `haul [--principal P] push SRC URL/DATASET --json` and returns
- * once the server has staged more than `bytes` of the big file, the push
- * still running.
- */
-static void start_push_until_staged(e2e_env *env, e2e_proc *p, const char *principal,
-                                    const char *ns, const char *src, const char *dataset,
-                                    uint64_t bytes)
-{
-    char url[512], staging[PATH_MAX];
-    e2e_pathf(staging, "%s/%s/%s/.staging", env->store, ns, dataset);
-    memset(p, 0, sizeof(*p));
-    if (principal)
-        e2e_haul_start(env, p, "--principal", principal, "push", src, e2e_url(env, url, dataset),
-                       "--json");
-    else
-        e2e_haul_start(env, p, "push", src, e2e_url(env, url, dataset), "--json");
-    int ok = 0;
-    E2E_WAIT_UNTIL(ok, e2e_largest_file(staging) > bytes || e2e_proc_exited(p), 30000);
-    if (e2e_proc_exited(p)) {
-        e2e_proc_wait(p, 1);
-        e2e_proc_show(p);
-        CHECK(!"the push ended before the test could hold it");
-    }
-    CHECK(ok);
 }
 
 static void pull_and_compare(e2e_env *env, const char *principal, const char *dataset,
@@ -133,7 +92,7 @@ TEST_TIMEOUT(takeover_ends_a_stopped_push_of_the_same_principal, 120)
     const uint64_t total = make_tree(src);
 
     e2e_proc held = {0};
-    start_push_until_staged(&env, &held, NULL, "default", src, "data", 8 * E2E_MIB);
+    e2e_push_until_staged(&env, &held, NULL, "default", src, "data", 8 * E2E_MIB);
     CHECK(kill(held.pid, SIGSTOP) == 0);
 
     /* Its client is stopped but connected: a plain push is refused, and
@@ -201,7 +160,7 @@ TEST_TIMEOUT(takeover_of_another_principals_push_is_refused, 120)
     make_tree(src);
 
     e2e_proc held = {0};
-    start_push_until_staged(&env, &held, "alice", "shared", src, "data", 8 * E2E_MIB);
+    e2e_push_until_staged(&env, &held, "alice", "shared", src, "data", 8 * E2E_MIB);
     CHECK(kill(held.pid, SIGSTOP) == 0);
 
     e2e_proc p = {0};
@@ -235,7 +194,7 @@ TEST_TIMEOUT(push_of_a_killed_client_is_taken_over_at_once, 120)
     const uint64_t total = make_tree(src);
 
     e2e_proc held = {0};
-    start_push_until_staged(&env, &held, NULL, "default", src, "data", 16 * E2E_MIB);
+    e2e_push_until_staged(&env, &held, NULL, "default", src, "data", 16 * E2E_MIB);
     CHECK(kill(held.pid, SIGKILL) == 0);
     e2e_proc_wait(&held, 10);
     CHECK_EQ(held.sig, SIGKILL);
