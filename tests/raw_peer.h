@@ -25,6 +25,7 @@
 
 #include "harness.h"
 #include "haul.h"
+#include "util.h"
 
 /* The size of a frame header on the wire. */
 #define RAW_HDR 40
@@ -36,13 +37,6 @@ typedef struct raw_header {
     uint32_t len, session, aux;
     uint64_t seq, offset, total;
 } raw_header;
-
-static inline int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- sockets ------------------------------------------------------------- */
 
