@@ -183,6 +183,17 @@ static void rig_start(raw_rig *r, uint64_t len)
     fill_pattern(r->body, len, 42);
 }
 
+/* Starts the rig for a message of len bytes, joins two connections of
+ * the raw pipe (fds[0] of index 0, fds[1] of index 1) and opens the
+ * session on fds[0] for messages up to len bytes. */
+static void rig_open(raw_rig *r, uint64_t len, int fds[2])
+{
+    rig_start(r, len);
+    fds[0] = raw_join(r->address, 0);
+    fds[1] = raw_join(r->address, 1);
+    raw_open(fds[0], fds, 2, len);
+}
+
 /* The sink has exactly the one message of the rig, whole, once. */
 static void rig_check_delivered(raw_rig *r)
 {
@@ -222,11 +233,9 @@ static void rig_stop(raw_rig *r)
 TEST_TIMEOUT(late_copy_ending_early_keeps_the_resent_copy, 30)
 {
     raw_rig r;
-    rig_start(&r, CHUNK);
-    int a = raw_join(r.address, 0);
-    int b = raw_join(r.address, 1);
-    int fds[2] = {a, b};
-    raw_open(a, fds, 2, CHUNK);
+    int fds[2];
+    rig_open(&r, CHUNK, fds);
+    int a = fds[0], b = fds[1];
 
     raw_header h = chunk_header(0, 0, CHUNK);
     raw_send_header(b, &h);
@@ -253,11 +262,9 @@ TEST_TIMEOUT(late_copy_ending_early_keeps_the_resent_copy, 30)
 TEST_TIMEOUT(late_copy_completing_wins_once, 30)
 {
     raw_rig r;
-    rig_start(&r, 2 * CHUNK);
-    int a = raw_join(r.address, 0);
-    int b = raw_join(r.address, 1);
-    int fds[2] = {a, b};
-    raw_open(a, fds, 2, 2 * CHUNK);
+    int fds[2];
+    rig_open(&r, 2 * CHUNK, fds);
+    int a = fds[0], b = fds[1];
 
     raw_header h0 = chunk_header(0, 0, 2 * CHUNK);
     raw_header h1 = chunk_header(0, CHUNK, 2 * CHUNK);
@@ -292,11 +299,9 @@ TEST_TIMEOUT(late_copy_completing_wins_once, 30)
 TEST_TIMEOUT(chunk_nobody_completed_is_taken_again, 30)
 {
     raw_rig r;
-    rig_start(&r, CHUNK);
-    int a = raw_join(r.address, 0);
-    int b = raw_join(r.address, 1);
-    int fds[2] = {a, b};
-    raw_open(a, fds, 2, CHUNK);
+    int fds[2];
+    rig_open(&r, CHUNK, fds);
+    int a = fds[0], b = fds[1];
 
     raw_header h = chunk_header(0, 0, CHUNK);
     raw_send_header(a, &h);
