@@ -65,6 +65,21 @@ static int snapshot_count(e2e_env *env, const char *ns, const char *dataset)
     return n;
 }
 
+/* Sets up the store and its server, makes the source tree in src (dst is
+ * where it is pulled back) and starts its push by the default principal,
+ * returning once `bytes` of it are staged; returns the bytes of file
+ * content of the tree. */
+static uint64_t start_held_push(e2e_env *env, char src[PATH_MAX], char dst[PATH_MAX],
+                                e2e_proc *held, uint64_t bytes)
+{
+    e2e_setup(env, 0);
+    e2e_path(env, src, "src");
+    e2e_path(env, dst, "dst");
+    const uint64_t total = make_tree(src);
+    e2e_push_until_staged(env, held, NULL, "default", src, "data", bytes);
+    return total;
+}
+
 static void pull_and_compare(e2e_env *env, const char *principal, const char *dataset,
                              const char *src, const char *dst)
 {
@@ -85,14 +100,9 @@ static void pull_and_compare(e2e_env *env, const char *principal, const char *da
 TEST_TIMEOUT(takeover_ends_a_stopped_push_of_the_same_principal, 120)
 {
     e2e_env env;
-    e2e_setup(&env, 0);
     char src[PATH_MAX], dst[PATH_MAX], url[512];
-    e2e_path(&env, src, "src");
-    e2e_path(&env, dst, "dst");
-    const uint64_t total = make_tree(src);
-
-    e2e_proc held = {0};
-    e2e_push_until_staged(&env, &held, NULL, "default", src, "data", 8 * E2E_MIB);
+    e2e_proc held;
+    const uint64_t total = start_held_push(&env, src, dst, &held, 8 * E2E_MIB);
     CHECK(kill(held.pid, SIGSTOP) == 0);
 
     /* Its client is stopped but connected: a plain push is refused, and
@@ -187,14 +197,9 @@ TEST_TIMEOUT(takeover_of_another_principals_push_is_refused, 120)
 TEST_TIMEOUT(push_of_a_killed_client_is_taken_over_at_once, 120)
 {
     e2e_env env;
-    e2e_setup(&env, 0);
     char src[PATH_MAX], dst[PATH_MAX], url[512];
-    e2e_path(&env, src, "src");
-    e2e_path(&env, dst, "dst");
-    const uint64_t total = make_tree(src);
-
-    e2e_proc held = {0};
-    e2e_push_until_staged(&env, &held, NULL, "default", src, "data", 16 * E2E_MIB);
+    e2e_proc held;
+    const uint64_t total = start_held_push(&env, src, dst, &held, 16 * E2E_MIB);
     CHECK(kill(held.pid, SIGKILL) == 0);
     e2e_proc_wait(&held, 10);
     CHECK_EQ(held.sig, SIGKILL);
