@@ -895,14 +895,11 @@ TEST_TIMEOUT(frames_owed_to_a_gone_client_do_not_keep_its_session, 30)
 TEST_TIMEOUT(repeats_after_the_pipe_had_no_connection_get_the_same_answers, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed000d);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed000d, &fd, &ev);
+    char address[128];
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
     CHECK_OK(haul_session_reject(ev.session, 42));
     haul_session_free(ev.session);
     expect_frame(fd, T_SYNC_NAK);
