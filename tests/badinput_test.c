@@ -36,18 +36,6 @@
 
 #define MIB (1u << 20)
 
-/* Frame types and numbers of the wire format, written out here rather
- * than taken from the codec. */
-enum {
-    T_HELLO = 1,
-    T_HELLO_ACK = 2,
-    T_SYNC = 3,
-    T_SYNC_NAK = 5,
-    T_CHUNK = 6,
-    T_ACK = 7,
-    T_ERROR = 11,
-};
-
 /* How long the server may take to close a connection it refused. */
 #define CLOSE_MS 5000
 /* The longest payload the server's frames may carry here. */

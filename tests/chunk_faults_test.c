@@ -39,8 +39,6 @@
 
 #define CHUNK 262144u /* the chunk size the raw sender announces */
 
-enum { T_HELLO = 1, T_HELLO_ACK = 2, T_SYNC = 3, T_SYNC_ACK = 4, T_CHUNK = 6, T_ACK = 7 };
-
 /* ---- frames by hand ------------------------------------------------------ */
 
 /* Reads frames from any of the n sockets (-1 entries are skipped) until

@@ -25,21 +25,6 @@
 #include "raw_peer.h"
 #include "util.h"
 
-/* Frame types of the wire format, written out rather than taken from the
- * codec. */
-enum {
-    T_HELLO = 1,
-    T_HELLO_ACK = 2,
-    T_SYNC = 3,
-    T_SYNC_ACK = 4,
-    T_SYNC_NAK = 5,
-    T_CHUNK = 6,
-    T_ACK = 7,
-    T_FIN = 8,
-    T_FIN_ACK = 9,
-    T_ABORT = 10,
-};
-
 /* How long a peer may take to answer a frame. */
 #define ANSWER_MS 5000
 /* The longest payload a peer's frames may carry here. */

@@ -30,6 +30,23 @@
 /* The size of a frame header on the wire. */
 #define RAW_HDR 40
 
+/* Frame types of the wire format, written out here rather than taken
+ * from the codec. */
+enum {
+    T_HELLO = 1,
+    T_HELLO_ACK = 2,
+    T_SYNC = 3,
+    T_SYNC_ACK = 4,
+    T_SYNC_NAK = 5,
+    T_CHUNK = 6,
+    T_ACK = 7,
+    T_FIN = 8,
+    T_FIN_ACK = 9,
+    T_ABORT = 10,
+    T_ERROR = 11,
+    T_KEEPALIVE = 12,
+};
+
 /* A frame header, field by field, as docs/protocol.md names them. */
 typedef struct raw_header {
     uint8_t version, type;
@@ -191,7 +208,7 @@ static inline int raw_read_frame(int fd, raw_header *h, uint8_t *payload, size_t
 static inline raw_header raw_hello(uint64_t pipe_id, uint32_t index, uint64_t chunk_size)
 {
     raw_header h = {.version = HAUL_PROTOCOL_VERSION,
-                    .type = 1, /* HELLO */
+                    .type = T_HELLO,
                     .len = 4,
                     .aux = index,
                     .seq = pipe_id,
