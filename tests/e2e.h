@@ -1253,6 +1253,29 @@ E2E_FN_ const char *e2e_snapshots_dir(e2e_env *env, char *out, const char *datas
 }
 
 /*
+ * The number of snapshots of a dataset whose namespace is ns that look
+ * complete (0 when none): entries of snapshots/ but those named *.tmp,
+ * the name of a snapshot whose commit did not finish.
+ */
+E2E_FN_ int e2e_snapshot_count(e2e_env *env, const char *ns, const char *dataset)
+{
+    char dir[PATH_MAX];
+    e2e_pathf(dir, "%s/%s/%s/snapshots", env->store, ns, dataset);
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return 0;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        if (de->d_name[0] != '.' && !(len > 4 && strcmp(de->d_name + len - 4, ".tmp") == 0))
+            n++;
+    }
+    closedir(d);
+    return n;
+}
+
+/*
  * The tree of a push long enough to be stopped in its middle: a file
  * "big" of big_size bytes (content from seed), twenty small files
  * d/e/s00..s19 of small + i * step bytes, and a hard link d/sNN.hl of

@@ -46,25 +46,6 @@ static uint64_t make_tree(const char *root)
     return e2e_push_tree(root, BIG_FILE, 7, 1000, 300, 0);
 }
 
-/* Complete snapshots of a dataset whose namespace is ns. */
-static int snapshot_count(e2e_env *env, const char *ns, const char *dataset)
-{
-    char dir[PATH_MAX];
-    e2e_pathf(dir, "%s/%s/%s/snapshots", env->store, ns, dataset);
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return 0;
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        size_t len = strlen(de->d_name);
-        if (de->d_name[0] != '.' && !(len > 4 && strcmp(de->d_name + len - 4, ".tmp") == 0))
-            n++;
-    }
-    closedir(d);
-    return n;
-}
-
 /* Sets up the store and its server, makes the source tree in src (dst is
  * where it is pulled back) and starts its push by the default principal,
  * returning once `bytes` of it are staged; returns the bytes of file
@@ -129,7 +110,7 @@ TEST_TIMEOUT(takeover_ends_a_stopped_push_of_the_same_principal, 120)
     CHECK_LT(r.bytes_sent, total - 8 * E2E_MIB);
     e2e_proc_free(&p);
     CHECK(e2e_log_wait(&env, "takes the dataset over from request 1 (--takeover)", 5));
-    CHECK_EQ(snapshot_count(&env, "default", "data"), 1);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "data"), 1);
 
     /* The client taken over learns it when it runs again, and ends. */
     CHECK(kill(held.pid, SIGCONT) == 0);
@@ -140,7 +121,7 @@ TEST_TIMEOUT(takeover_ends_a_stopped_push_of_the_same_principal, 120)
     CHECK_EXIT(&held, 3);
     CHECK(e2e_contains(held.err, "taken over by another push"));
     e2e_proc_free(&held);
-    CHECK_EQ(snapshot_count(&env, "default", "data"), 1);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "data"), 1);
 
     pull_and_compare(&env, NULL, "data", src, dst);
     e2e_teardown(&env);
@@ -189,7 +170,7 @@ TEST_TIMEOUT(takeover_of_another_principals_push_is_refused, 120)
     e2e_proc_wait(&held, CMD_TIMEOUT);
     CHECK_EXIT(&held, 0);
     e2e_proc_free(&held);
-    CHECK_EQ(snapshot_count(&env, "shared", "data"), 1);
+    CHECK_EQ(e2e_snapshot_count(&env, "shared", "data"), 1);
     pull_and_compare(&env, "bob", "data", src, dst);
     e2e_teardown(&env);
 }
@@ -219,7 +200,7 @@ TEST_TIMEOUT(push_of_a_killed_client_is_taken_over_at_once, 120)
     e2e_proc_free(&p);
     CHECK(e2e_log_wait(&env, "takes the dataset over from request 1 (its client has no connection",
                        5));
-    CHECK_EQ(snapshot_count(&env, "default", "data"), 1);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "data"), 1);
     pull_and_compare(&env, NULL, "data", src, dst);
     e2e_teardown(&env);
 }
@@ -375,7 +356,7 @@ TEST_TIMEOUT(retry_after_a_partition_is_accepted_at_once_and_resumes, 120)
      * timeout that the client was gone. */
     CHECK(e2e_log_wait(&env, "takes the dataset over from request 1 (its client has no connection",
                        5));
-    CHECK_EQ(snapshot_count(&env, "default", "data"), 1);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "data"), 1);
     proxy_stop(&px);
     pull_and_compare(&env, NULL, "data", src, dst);
     e2e_teardown(&env);
