@@ -572,7 +572,7 @@ TEST_TIMEOUT(chunk_over_announced_max_aborts_session, 60)
     raw_send_all(fd, sync, sizeof(sync));
     raw_header ack;
     CHECK(raw_read_frame(fd, &ack, NULL, 0, PAYLOAD_MAX, CLOSE_MS));
-    CHECK_EQ(ack.type, 4); /* SYNC_ACK */
+    CHECK_EQ(ack.type, T_SYNC_ACK);
     CHECK_EQ(ack.session, 9);
     CHECK_GT(ack.aux, 0);
 
@@ -590,7 +590,7 @@ TEST_TIMEOUT(chunk_over_announced_max_aborts_session, 60)
     free(payload);
     raw_header abort_frame;
     CHECK(raw_read_frame(fd, &abort_frame, NULL, 0, PAYLOAD_MAX, CLOSE_MS));
-    CHECK_EQ(abort_frame.type, 10); /* ABORT */
+    CHECK_EQ(abort_frame.type, T_ABORT);
     CHECK_EQ(abort_frame.session, 9);
     CHECK_EQ(abort_frame.aux, HAUL_EPROTO);
     CHECK_EQ(protocol_errors(f.server), errors);
