@@ -5,8 +5,9 @@
  * plain TCP socket: garbage, a truncated header, a frame of an unknown
  * version, a frame before the HELLO, a CHUNK whose sizes break the limits
  * after a valid HELLO, a SYNC whose principal length lies. Headers are
- * built here byte by byte, as src/net/frame.h lays them out (40 bytes,
- * little endian), so that the test does not share the codec it tests.
+ * built byte by byte by raw_peer.h, as src/net/frame.h lays them out (40
+ * bytes, little endian), so that the test does not share the codec it
+ * tests.
  *
  * What must hold each time: the server closes that connection within a
  * bounded time, telling why with an ERROR frame where it can; it counts a
@@ -30,159 +31,25 @@
 
 #include "core/engine.h"
 #include "harness.h"
+#include "raw_peer.h"
 #include "util.h"
 
-#define HDR 40
 #define MIB (1u << 20)
-
-/* Frame types and numbers of the wire format, written out here rather
- * than taken from the codec. */
-enum {
-    T_HELLO = 1,
-    T_HELLO_ACK = 2,
-    T_SYNC = 3,
-    T_SYNC_NAK = 5,
-    T_CHUNK = 6,
-    T_ACK = 7,
-    T_ERROR = 11,
-};
 
 /* How long the server may take to close a connection it refused. */
 #define CLOSE_MS 5000
+/* The longest payload the server's frames may carry here. */
+#define PAYLOAD_MAX 65536
 
 /* ---- frames by hand ------------------------------------------------------ */
 
-typedef struct header {
-    uint8_t version, type;
-    uint16_t flags;
-    uint32_t len, session, aux;
-    uint64_t seq, offset, total;
-} header;
-
-static void put_le(uint8_t *p, uint64_t v, int bytes)
-{
-    for (int i = 0; i < bytes; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_le(const uint8_t *p, int bytes)
-{
-    uint64_t v = 0;
-    for (int i = bytes - 1; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-static void encode(const header *h, uint8_t out[HDR])
-{
-    out[0] = h->version;
-    out[1] = h->type;
-    put_le(out + 2, h->flags, 2);
-    put_le(out + 4, h->len, 4);
-    put_le(out + 8, h->session, 4);
-    put_le(out + 12, h->aux, 4);
-    put_le(out + 16, h->seq, 8);
-    put_le(out + 24, h->offset, 8);
-    put_le(out + 32, h->total, 8);
-}
-
-static header decode(const uint8_t in[HDR])
-{
-    header h = {.version = in[0],
-                .type = in[1],
-                .flags = (uint16_t)get_le(in + 2, 2),
-                .len = (uint32_t)get_le(in + 4, 4),
-                .session = (uint32_t)get_le(in + 8, 4),
-                .aux = (uint32_t)get_le(in + 12, 4),
-                .seq = get_le(in + 16, 8),
-                .offset = get_le(in + 24, 8),
-                .total = get_le(in + 32, 8)};
-    return h;
-}
-
 /* A HELLO of connection 0 of the pipe `pipe_id`, with 256 KiB chunks. */
-static header hello(uint64_t pipe_id)
+static raw_header hello(uint64_t pipe_id)
 {
-    header h = {
-        .version = HAUL_PROTOCOL_VERSION, .type = T_HELLO, .len = 4, .aux = 0, .seq = pipe_id};
-    h.offset = 262144;
-    return h;
+    return raw_hello(pipe_id, 0, 262144);
 }
 
 /* ---- a raw socket ---------------------------------------------------------- */
-
-static int raw_connect(const char *address)
-{
-    const char *colon = strrchr(address, ':');
-    CHECK(colon != NULL);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
-    CHECK_EQ(inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr), 1);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0);
-    CHECK_OK(connect(fd, (struct sockaddr *)&sin, sizeof(sin)));
-    return fd;
-}
-
-static void send_all(int fd, const void *buf, size_t len)
-{
-    const uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        CHECK_GT(n, 0);
-        p += n;
-        len -= (size_t)n;
-    }
-}
-
-static void send_header(int fd, const header *h)
-{
-    uint8_t b[HDR];
-    encode(h, b);
-    send_all(fd, b, HDR);
-}
-
-/* Reads exactly len bytes within ms; returns 1, or 0 on EOF, error or
- * timeout. */
-static int read_exact(int fd, void *buf, size_t len, int ms)
-{
-    uint8_t *p = buf;
-    while (len > 0) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int r = poll(&pfd, 1, ms);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return 0;
-        ssize_t n = recv(fd, p, len, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return 0;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 1;
-}
-
-/* Reads one frame header, and its payload into payload[] (up to max
- * bytes, the rest dropped). Returns 1 when a whole frame came. */
-static int read_frame(int fd, header *h, uint8_t *payload, size_t max, int ms)
-{
-    uint8_t b[HDR];
-    if (!read_exact(fd, b, HDR, ms))
-        return 0;
-    *h = decode(b);
-    CHECK_LE(h->len, 65536);
-    uint8_t *body = malloc(h->len ? h->len : 1);
-    CHECK(body != NULL);
-    int ok = read_exact(fd, body, h->len, ms);
-    if (ok && payload)
-        memcpy(payload, body, h->len < max ? h->len : max);
-    free(body);
-    return ok;
-}
 
 /*
  * Waits until the server has closed the connection: recv() gives EOF or
@@ -230,15 +97,15 @@ static int wait_closed(int fd, uint8_t *got, size_t max, size_t *gotlen, int ms)
 /* Checks that got[] starts with an ERROR frame carrying `code`. */
 static void check_error_frame(const uint8_t *got, size_t len, int code)
 {
-    CHECK_GE(len, HDR);
-    header h = decode(got);
+    CHECK_GE(len, RAW_HDR);
+    raw_header h = raw_decode(got);
     CHECK_EQ(h.version, HAUL_PROTOCOL_VERSION);
     CHECK_EQ(h.type, T_ERROR);
     CHECK_EQ(h.aux, code);
-    CHECK_GE(len, HDR + (size_t)h.len);
+    CHECK_GE(len, RAW_HDR + (size_t)h.len);
     char text[160];
     size_t n = h.len < sizeof(text) - 1 ? h.len : sizeof(text) - 1;
-    memcpy(text, got + HDR, n);
+    memcpy(text, got + RAW_HDR, n);
     text[n] = '\0';
     harness_log("the server said: %s (%s)", text, haul_errname((int)h.aux));
 }
@@ -419,12 +286,12 @@ static unsigned connections(haul_engine *e)
 /* Sends HELLO for a pipe of its own and checks the HELLO_ACK. */
 static void handshake(int fd, uint64_t pipe_id)
 {
-    header h = hello(pipe_id);
-    send_header(fd, &h);
-    send_all(fd, "HAUL", 4);
-    header ack;
+    raw_header h = hello(pipe_id);
+    raw_send_header(fd, &h);
+    raw_send_all(fd, "HAUL", 4);
+    raw_header ack;
     uint8_t magic[4];
-    CHECK(read_frame(fd, &ack, magic, sizeof(magic), CLOSE_MS));
+    CHECK(raw_read_frame(fd, &ack, magic, sizeof(magic), PAYLOAD_MAX, CLOSE_MS));
     CHECK_EQ(ack.version, HAUL_PROTOCOL_VERSION);
     CHECK_EQ(ack.type, T_HELLO_ACK);
     CHECK_EQ(ack.len, 4);
@@ -468,7 +335,7 @@ TEST_TIMEOUT(random_garbage, 60)
      * its first field. */
     CHECK_NE(garbage[0], HAUL_PROTOCOL_VERSION);
     int fd = raw_connect(f.address);
-    send_all(fd, garbage, sizeof(garbage));
+    raw_send_all(fd, garbage, sizeof(garbage));
     /* The server closes with most of the garbage unread, so its kernel may
      * answer with a reset that overtakes the ERROR frame: not checked. */
     expect_refused(&f, fd, errors, conns, 0, 0);
@@ -485,11 +352,11 @@ TEST_TIMEOUT(truncated_header_then_eof, 60)
     fixture_start_with(&f, 10000);
     unsigned conns = connections(f.server);
 
-    uint8_t b[HDR];
-    header h = hello(0xBAD0002);
-    encode(&h, b);
+    uint8_t b[RAW_HDR];
+    raw_header h = hello(0xBAD0002);
+    raw_encode(&h, b);
     int fd = raw_connect(f.address);
-    send_all(fd, b, 20);
+    raw_send_all(fd, b, 20);
     /* Half of a header, then the end of the stream: the server must not
      * wait for the rest. */
     CHECK_OK(shutdown(fd, SHUT_WR));
@@ -522,12 +389,12 @@ TEST_TIMEOUT(truncated_header_with_eof_pending, 60)
     fixture_start_with(&f, 10000);
     unsigned conns = connections(f.server);
 
-    uint8_t b[HDR];
-    header h = hello(0xBAD0005);
-    encode(&h, b);
+    uint8_t b[RAW_HDR];
+    raw_header h = hello(0xBAD0005);
+    raw_encode(&h, b);
     pthread_mutex_lock(&f.server->mu);
     int fd = raw_connect(f.address);
-    send_all(fd, b, 20);
+    raw_send_all(fd, b, 20);
     CHECK_OK(shutdown(fd, SHUT_WR));
     /* FIN_WAIT2: the server's kernel has the FIN. */
     int fin_acked = 0;
@@ -559,13 +426,13 @@ TEST_TIMEOUT(truncated_header_then_stall, 60)
     fixture_start(&f);
     unsigned conns = connections(f.server);
 
-    uint8_t b[HDR];
-    header h = hello(0xBAD0003);
-    encode(&h, b);
+    uint8_t b[RAW_HDR];
+    raw_header h = hello(0xBAD0003);
+    raw_encode(&h, b);
     int fd = raw_connect(f.address);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    send_all(fd, b, 20);
+    raw_send_all(fd, b, 20);
     /* Half of a header, and then nothing: the handshake deadline (1 s
      * here) ends the connection. */
     CHECK(wait_closed(fd, NULL, 0, NULL, CLOSE_MS));
@@ -587,11 +454,11 @@ TEST_TIMEOUT(unknown_version, 60)
     uint64_t errors = protocol_errors(f.server);
     unsigned conns = connections(f.server);
 
-    header h = hello(0xBAD0004);
+    raw_header h = hello(0xBAD0004);
     h.version = 99;
     int fd = raw_connect(f.address);
-    send_header(fd, &h);
-    send_all(fd, "HAUL", 4);
+    raw_send_header(fd, &h);
+    raw_send_all(fd, "HAUL", 4);
     expect_refused(&f, fd, errors, conns, 1, HAUL_EVERSION);
 
     fixture_check_serving(&f);
@@ -606,9 +473,10 @@ TEST_TIMEOUT(frame_before_hello, 60)
     unsigned conns = connections(f.server);
 
     /* A well formed ACK of session 1, as the first frame. */
-    header h = {.version = HAUL_PROTOCOL_VERSION, .type = T_ACK, .session = 1, .seq = 0, .aux = 4};
+    raw_header h = {
+        .version = HAUL_PROTOCOL_VERSION, .type = T_ACK, .session = 1, .seq = 0, .aux = 4};
     int fd = raw_connect(f.address);
-    send_header(fd, &h);
+    raw_send_header(fd, &h);
     expect_refused(&f, fd, errors, conns, 1, HAUL_EPROTO);
 
     fixture_check_serving(&f);
@@ -626,19 +494,19 @@ TEST_TIMEOUT(chunk_longer_than_allowed, 60)
 
     int fd = raw_connect(f.address);
     handshake(fd, 0xBAD0006);
-    header h = {.version = HAUL_PROTOCOL_VERSION,
-                .type = T_CHUNK,
-                .session = 1,
-                .seq = 0,
-                .len = (16u << 20) + 1,
-                .offset = 0,
-                .total = 32u << 20};
-    send_header(fd, &h);
+    raw_header h = {.version = HAUL_PROTOCOL_VERSION,
+                    .type = T_CHUNK,
+                    .session = 1,
+                    .seq = 0,
+                    .len = (16u << 20) + 1,
+                    .offset = 0,
+                    .total = 32u << 20};
+    raw_send_header(fd, &h);
     /* Some of the claimed payload follows; the server must not wait for
      * (or allocate) the rest. */
     uint8_t payload[4096];
     fill_pattern(payload, sizeof(payload), 6);
-    send_all(fd, payload, sizeof(payload));
+    raw_send_all(fd, payload, sizeof(payload));
     expect_refused(&f, fd, errors, conns, 0, 0);
 
     fixture_check_serving(&f);
@@ -657,14 +525,14 @@ TEST_TIMEOUT(chunk_of_message_over_wire_limit, 60)
 
     int fd = raw_connect(f.address);
     handshake(fd, 0xBAD0007);
-    header h = {.version = HAUL_PROTOCOL_VERSION,
-                .type = T_CHUNK,
-                .session = 1,
-                .seq = 0,
-                .len = 262144,
-                .offset = 0,
-                .total = 1ull << 32};
-    send_header(fd, &h);
+    raw_header h = {.version = HAUL_PROTOCOL_VERSION,
+                    .type = T_CHUNK,
+                    .session = 1,
+                    .seq = 0,
+                    .len = 262144,
+                    .offset = 0,
+                    .total = 1ull << 32};
+    raw_send_header(fd, &h);
     expect_refused(&f, fd, errors, conns, 1, HAUL_EPROTO);
 
     fixture_check_serving(&f);
@@ -694,42 +562,42 @@ TEST_TIMEOUT(chunk_over_announced_max_aborts_session, 60)
     sync[0] = sizeof(principal) - 1;
     sync[1] = 0;
     memcpy(sync + 2, principal, sizeof(principal) - 1);
-    header h = {.version = HAUL_PROTOCOL_VERSION,
-                .type = T_SYNC,
-                .session = 9,
-                .len = sizeof(sync),
-                .offset = MIB,
-                .total = 64u * MIB};
-    send_header(fd, &h);
-    send_all(fd, sync, sizeof(sync));
-    header ack;
-    CHECK(read_frame(fd, &ack, NULL, 0, CLOSE_MS));
-    CHECK_EQ(ack.type, 4); /* SYNC_ACK */
+    raw_header h = {.version = HAUL_PROTOCOL_VERSION,
+                    .type = T_SYNC,
+                    .session = 9,
+                    .len = sizeof(sync),
+                    .offset = MIB,
+                    .total = 64u * MIB};
+    raw_send_header(fd, &h);
+    raw_send_all(fd, sync, sizeof(sync));
+    raw_header ack;
+    CHECK(raw_read_frame(fd, &ack, NULL, 0, PAYLOAD_MAX, CLOSE_MS));
+    CHECK_EQ(ack.type, T_SYNC_ACK);
     CHECK_EQ(ack.session, 9);
     CHECK_GT(ack.aux, 0);
 
-    header chunk = {.version = HAUL_PROTOCOL_VERSION,
-                    .type = T_CHUNK,
-                    .session = 9,
-                    .seq = 0,
-                    .len = 262144,
-                    .offset = 0,
-                    .total = 2 * MIB};
-    send_header(fd, &chunk);
+    raw_header chunk = {.version = HAUL_PROTOCOL_VERSION,
+                        .type = T_CHUNK,
+                        .session = 9,
+                        .seq = 0,
+                        .len = 262144,
+                        .offset = 0,
+                        .total = 2 * MIB};
+    raw_send_header(fd, &chunk);
     uint8_t *payload = calloc(1, chunk.len);
     CHECK(payload != NULL);
-    send_all(fd, payload, chunk.len);
+    raw_send_all(fd, payload, chunk.len);
     free(payload);
-    header abort_frame;
-    CHECK(read_frame(fd, &abort_frame, NULL, 0, CLOSE_MS));
-    CHECK_EQ(abort_frame.type, 10); /* ABORT */
+    raw_header abort_frame;
+    CHECK(raw_read_frame(fd, &abort_frame, NULL, 0, PAYLOAD_MAX, CLOSE_MS));
+    CHECK_EQ(abort_frame.type, T_ABORT);
     CHECK_EQ(abort_frame.session, 9);
     CHECK_EQ(abort_frame.aux, HAUL_EPROTO);
     CHECK_EQ(protocol_errors(f.server), errors);
 
-    header bad = hello(0);
+    raw_header bad = hello(0);
     bad.version = 99;
-    send_header(fd, &bad);
+    raw_send_header(fd, &bad);
     expect_refused(&f, fd, errors, conns, 1, HAUL_EVERSION);
 
     fixture_check_serving(&f);
@@ -761,26 +629,26 @@ TEST_TIMEOUT(sync_with_bad_principal_length, 60)
     payload[0] = 300 & 0xff;
     payload[1] = 300 >> 8;
     memset(payload + 2, 'P', 300);
-    header h = {.version = HAUL_PROTOCOL_VERSION,
-                .type = T_SYNC,
-                .session = 7,
-                .len = sizeof(payload),
-                .offset = MIB,
-                .total = 64u * MIB};
-    send_header(fd, &h);
-    send_all(fd, payload, sizeof(payload));
+    raw_header h = {.version = HAUL_PROTOCOL_VERSION,
+                    .type = T_SYNC,
+                    .session = 7,
+                    .len = sizeof(payload),
+                    .offset = MIB,
+                    .total = 64u * MIB};
+    raw_send_header(fd, &h);
+    raw_send_all(fd, payload, sizeof(payload));
     /* Principal length 200 in a payload of 6 bytes: reading it would run
      * past the payload. */
     h.session = 8;
     h.len = 6;
     payload[0] = 200;
     payload[1] = 0;
-    send_header(fd, &h);
-    send_all(fd, payload, 6);
+    raw_send_header(fd, &h);
+    raw_send_all(fd, payload, 6);
 
     for (uint32_t session = 7; session <= 8; session++) {
-        header nak;
-        CHECK(read_frame(fd, &nak, NULL, 0, CLOSE_MS));
+        raw_header nak;
+        CHECK(raw_read_frame(fd, &nak, NULL, 0, PAYLOAD_MAX, CLOSE_MS));
         CHECK_EQ(nak.type, T_SYNC_NAK);
         CHECK_EQ(nak.session, session);
         CHECK_EQ(nak.aux, HAUL_EPROTO);
@@ -788,9 +656,9 @@ TEST_TIMEOUT(sync_with_bad_principal_length, 60)
     CHECK_EQ(protocol_errors(f.server), errors);
 
     /* Still read: a frame of an unknown version is refused. */
-    header bad = hello(0);
+    raw_header bad = hello(0);
     bad.version = 99;
-    send_header(fd, &bad);
+    raw_send_header(fd, &bad);
     expect_refused(&f, fd, errors, conns, 1, HAUL_EVERSION);
 
     fixture_check_serving(&f);
@@ -814,16 +682,16 @@ TEST_TIMEOUT(sync_with_nul_in_principal_is_refused, 60)
     int fd = raw_connect(f.address);
     handshake(fd, 0xBAD0009);
     static const uint8_t payload[] = {9, 0, 'a', 'l', 'i', 'c', 'e', 0, 'b', 'o', 'b'};
-    header h = {.version = HAUL_PROTOCOL_VERSION,
-                .type = T_SYNC,
-                .session = 9,
-                .len = sizeof(payload),
-                .offset = MIB,
-                .total = 64u * MIB};
-    send_header(fd, &h);
-    send_all(fd, payload, sizeof(payload));
-    header nak;
-    CHECK(read_frame(fd, &nak, NULL, 0, CLOSE_MS));
+    raw_header h = {.version = HAUL_PROTOCOL_VERSION,
+                    .type = T_SYNC,
+                    .session = 9,
+                    .len = sizeof(payload),
+                    .offset = MIB,
+                    .total = 64u * MIB};
+    raw_send_header(fd, &h);
+    raw_send_all(fd, payload, sizeof(payload));
+    raw_header nak;
+    CHECK(raw_read_frame(fd, &nak, NULL, 0, PAYLOAD_MAX, CLOSE_MS));
     CHECK_EQ(nak.type, T_SYNC_NAK);
     CHECK_EQ(nak.session, 9);
     CHECK_EQ(nak.aux, HAUL_EPROTO);

@@ -8,7 +8,7 @@
  * sent again on another connection, and the two copies interleaved. The
  * receiver must take the chunk from whichever copy completes, whatever
  * the order in which their headers came, and a copy that ends early must
- * never undo another. Headers are built here byte by byte, as
+ * never undo another. Headers are built byte by byte by raw_peer.h, as
  * src/net/frame.h lays them out, so that the test does not share the
  * codec it tests.
  *
@@ -34,127 +34,21 @@
 #include "core/engine.h"
 #include "harness.h"
 #include "pki.h"
+#include "raw_peer.h"
 #include "util.h"
 
-#define HDR 40
 #define CHUNK 262144u /* the chunk size the raw sender announces */
 
-enum { T_HELLO = 1, T_HELLO_ACK = 2, T_SYNC = 3, T_SYNC_ACK = 4, T_CHUNK = 6, T_ACK = 7 };
-
 /* ---- frames by hand ------------------------------------------------------ */
-
-typedef struct header {
-    uint8_t version, type;
-    uint16_t flags;
-    uint32_t len, session, aux;
-    uint64_t seq, offset, total;
-} header;
-
-static void put_le(uint8_t *p, uint64_t v, int bytes)
-{
-    for (int i = 0; i < bytes; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_le(const uint8_t *p, int bytes)
-{
-    uint64_t v = 0;
-    for (int i = bytes - 1; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-static void encode(const header *h, uint8_t out[HDR])
-{
-    out[0] = h->version;
-    out[1] = h->type;
-    put_le(out + 2, h->flags, 2);
-    put_le(out + 4, h->len, 4);
-    put_le(out + 8, h->session, 4);
-    put_le(out + 12, h->aux, 4);
-    put_le(out + 16, h->seq, 8);
-    put_le(out + 24, h->offset, 8);
-    put_le(out + 32, h->total, 8);
-}
-
-static header decode(const uint8_t in[HDR])
-{
-    header h = {.version = in[0],
-                .type = in[1],
-                .flags = (uint16_t)get_le(in + 2, 2),
-                .len = (uint32_t)get_le(in + 4, 4),
-                .session = (uint32_t)get_le(in + 8, 4),
-                .aux = (uint32_t)get_le(in + 12, 4),
-                .seq = get_le(in + 16, 8),
-                .offset = get_le(in + 24, 8),
-                .total = get_le(in + 32, 8)};
-    return h;
-}
-
-static int raw_connect(const char *address)
-{
-    const char *colon = strrchr(address, ':');
-    CHECK(colon != NULL);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
-    CHECK_EQ(inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr), 1);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0);
-    CHECK_OK(connect(fd, (struct sockaddr *)&sin, sizeof(sin)));
-    return fd;
-}
-
-static void send_all(int fd, const void *buf, size_t len)
-{
-    const uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        CHECK_GT(n, 0);
-        p += n;
-        len -= (size_t)n;
-    }
-}
-
-static void send_header(int fd, const header *h)
-{
-    uint8_t b[HDR];
-    encode(h, b);
-    send_all(fd, b, HDR);
-}
-
-static int read_exact(int fd, void *buf, size_t len, int ms)
-{
-    uint8_t *p = buf;
-    while (len > 0) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int r = poll(&pfd, 1, ms);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return 0;
-        ssize_t n = recv(fd, p, len, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return 0;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 1;
-}
 
 /* Reads frames from any of the n sockets (-1 entries are skipped) until
  * one of `type` comes, for up to ms; its payload is dropped. Returns 1
  * with *out set when it came. */
-static int await_frame(const int *fds, int n, int type, header *out, int ms)
+static int await_frame(const int *fds, int n, int type, raw_header *out, int ms)
 {
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+    const int64_t deadline = now_ms() + ms;
     for (;;) {
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long left =
-            ms - ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000);
+        int64_t left = deadline - now_ms();
         if (left <= 0)
             return 0;
         struct pollfd pfd[4];
@@ -170,13 +64,8 @@ static int await_frame(const int *fds, int n, int type, header *out, int ms)
         for (int i = 0; i < np; i++) {
             if (!(pfd[i].revents & (POLLIN | POLLHUP | POLLERR)))
                 continue;
-            uint8_t b[HDR];
-            if (!read_exact(pfd[i].fd, b, HDR, 2000))
-                return 0;
-            header h = decode(b);
-            CHECK_LE(h.len, 65536);
-            uint8_t body[65536];
-            if (h.len && !read_exact(pfd[i].fd, body, h.len, 2000))
+            raw_header h;
+            if (!raw_read_frame(pfd[i].fd, &h, NULL, 0, 65536, 2000))
                 return 0;
             if (h.type == type) {
                 *out = h;
@@ -191,7 +80,7 @@ static int await_frame(const int *fds, int n, int type, header *out, int ms)
  * skipped. */
 static int await_ack(const int *fds, int n, uint64_t seq, int ms)
 {
-    header h;
+    raw_header h;
     while (await_frame(fds, n, T_ACK, &h, ms))
         if (h.seq >= seq) {
             CHECK_EQ(h.seq, seq);
@@ -209,12 +98,8 @@ static int await_ack(const int *fds, int n, uint64_t seq, int ms)
 static int raw_join(const char *address, unsigned index)
 {
     int fd = raw_connect(address);
-    header h = {
-        .version = HAUL_PROTOCOL_VERSION, .type = T_HELLO, .len = 4, .aux = index, .seq = PIPE_ID};
-    h.offset = CHUNK;
-    send_header(fd, &h);
-    send_all(fd, "HAUL", 4);
-    header got;
+    raw_send_hello(fd, PIPE_ID, index, CHUNK);
+    raw_header got;
     CHECK(await_frame(&fd, 1, T_HELLO_ACK, &got, 5000));
     return fd;
 }
@@ -225,34 +110,35 @@ static void raw_open(int fd, const int *fds, int n, uint64_t max_message)
 {
     const char *principal = "CHUNK_FAULTS";
     size_t plen = strlen(principal);
-    header h = {.version = HAUL_PROTOCOL_VERSION,
-                .type = T_SYNC,
-                .len = (uint32_t)(2 + plen),
-                .session = SESSION,
-                .offset = max_message,
-                .total = 64u << 20};
+    raw_header h = {.version = HAUL_PROTOCOL_VERSION,
+                    .type = T_SYNC,
+                    .len = (uint32_t)(2 + plen),
+                    .session = SESSION,
+                    .offset = max_message,
+                    .total = 64u << 20};
     uint8_t payload[64];
-    put_le(payload, plen, 2);
+    raw_put_le(payload, plen, 2);
     memcpy(payload + 2, principal, plen);
-    send_header(fd, &h);
-    send_all(fd, payload, 2 + plen);
-    header got;
+    raw_send_header(fd, &h);
+    raw_send_all(fd, payload, 2 + plen);
+    raw_header got;
     CHECK(await_frame(fds, n, T_SYNC_ACK, &got, 5000));
     CHECK_GE(got.aux, 1);
-    header ack = {.version = HAUL_PROTOCOL_VERSION, .type = T_ACK, .session = SESSION, .aux = 16};
-    send_header(fd, &ack);
+    raw_header ack = {
+        .version = HAUL_PROTOCOL_VERSION, .type = T_ACK, .session = SESSION, .aux = 16};
+    raw_send_header(fd, &ack);
 }
 
-static header chunk_header(uint64_t seq, uint64_t offset, uint64_t total)
+static raw_header chunk_header(uint64_t seq, uint64_t offset, uint64_t total)
 {
     uint64_t len = total - offset < CHUNK ? total - offset : CHUNK;
-    header h = {.version = HAUL_PROTOCOL_VERSION,
-                .type = T_CHUNK,
-                .len = (uint32_t)len,
-                .session = SESSION,
-                .seq = seq,
-                .offset = offset,
-                .total = total};
+    raw_header h = {.version = HAUL_PROTOCOL_VERSION,
+                    .type = T_CHUNK,
+                    .len = (uint32_t)len,
+                    .session = SESSION,
+                    .seq = seq,
+                    .offset = offset,
+                    .total = total};
     return h;
 }
 
@@ -295,6 +181,17 @@ static void rig_start(raw_rig *r, uint64_t len)
     fill_pattern(r->body, len, 42);
 }
 
+/* Starts the rig for a message of len bytes, joins two connections of
+ * the raw pipe (fds[0] of index 0, fds[1] of index 1) and opens the
+ * session on fds[0] for messages up to len bytes. */
+static void rig_open(raw_rig *r, uint64_t len, int fds[2])
+{
+    rig_start(r, len);
+    fds[0] = raw_join(r->address, 0);
+    fds[1] = raw_join(r->address, 1);
+    raw_open(fds[0], fds, 2, len);
+}
+
 /* The sink has exactly the one message of the rig, whole, once. */
 static void rig_check_delivered(raw_rig *r)
 {
@@ -334,24 +231,22 @@ static void rig_stop(raw_rig *r)
 TEST_TIMEOUT(late_copy_ending_early_keeps_the_resent_copy, 30)
 {
     raw_rig r;
-    rig_start(&r, CHUNK);
-    int a = raw_join(r.address, 0);
-    int b = raw_join(r.address, 1);
-    int fds[2] = {a, b};
-    raw_open(a, fds, 2, CHUNK);
+    int fds[2];
+    rig_open(&r, CHUNK, fds);
+    int a = fds[0], b = fds[1];
 
-    header h = chunk_header(0, 0, CHUNK);
-    send_header(b, &h);
-    send_all(b, r.body, CHUNK / 2);
+    raw_header h = chunk_header(0, 0, CHUNK);
+    raw_send_header(b, &h);
+    raw_send_all(b, r.body, CHUNK / 2);
     await_receiver(r.server, CHUNK, 0);
 
-    send_header(a, &h);
-    send_all(a, r.body, CHUNK / 4);
+    raw_send_header(a, &h);
+    raw_send_all(a, r.body, CHUNK / 4);
     CHECK_OK(shutdown(a, SHUT_WR));
     await_receiver(r.server, 2 * CHUNK, 1);
     close(a);
 
-    send_all(b, r.body + CHUNK / 2, CHUNK / 2);
+    raw_send_all(b, r.body + CHUNK / 2, CHUNK / 2);
     int live[1] = {b};
     CHECK(await_ack(live, 1, 1, 5000));
     rig_check_delivered(&r);
@@ -365,28 +260,26 @@ TEST_TIMEOUT(late_copy_ending_early_keeps_the_resent_copy, 30)
 TEST_TIMEOUT(late_copy_completing_wins_once, 30)
 {
     raw_rig r;
-    rig_start(&r, 2 * CHUNK);
-    int a = raw_join(r.address, 0);
-    int b = raw_join(r.address, 1);
-    int fds[2] = {a, b};
-    raw_open(a, fds, 2, 2 * CHUNK);
+    int fds[2];
+    rig_open(&r, 2 * CHUNK, fds);
+    int a = fds[0], b = fds[1];
 
-    header h0 = chunk_header(0, 0, 2 * CHUNK);
-    header h1 = chunk_header(0, CHUNK, 2 * CHUNK);
-    send_header(b, &h0);
-    send_all(b, r.body, CHUNK / 2);
+    raw_header h0 = chunk_header(0, 0, 2 * CHUNK);
+    raw_header h1 = chunk_header(0, CHUNK, 2 * CHUNK);
+    raw_send_header(b, &h0);
+    raw_send_all(b, r.body, CHUNK / 2);
     await_receiver(r.server, CHUNK, 0);
-    send_header(a, &h0);
-    send_all(a, r.body, CHUNK);
-    send_header(a, &h1);
-    send_all(a, r.body + CHUNK, CHUNK);
+    raw_send_header(a, &h0);
+    raw_send_all(a, r.body, CHUNK);
+    raw_send_header(a, &h1);
+    raw_send_all(a, r.body + CHUNK, CHUNK);
     CHECK(await_ack(fds, 2, 1, 5000));
     /* The rest of B's copy, then a frame after it that must be read as a
      * header: B stays in step. */
-    send_all(b, r.body + CHUNK / 2, CHUNK / 2);
-    header again = chunk_header(0, CHUNK, 2 * CHUNK);
-    send_header(b, &again);
-    send_all(b, r.body + CHUNK, CHUNK);
+    raw_send_all(b, r.body + CHUNK / 2, CHUNK / 2);
+    raw_header again = chunk_header(0, CHUNK, 2 * CHUNK);
+    raw_send_header(b, &again);
+    raw_send_all(b, r.body + CHUNK, CHUNK);
     /* A chunk of a delivered message is answered with the ACK again. */
     CHECK(await_ack(fds, 2, 1, 5000));
     rig_check_delivered(&r);
@@ -404,18 +297,16 @@ TEST_TIMEOUT(late_copy_completing_wins_once, 30)
 TEST_TIMEOUT(chunk_nobody_completed_is_taken_again, 30)
 {
     raw_rig r;
-    rig_start(&r, CHUNK);
-    int a = raw_join(r.address, 0);
-    int b = raw_join(r.address, 1);
-    int fds[2] = {a, b};
-    raw_open(a, fds, 2, CHUNK);
+    int fds[2];
+    rig_open(&r, CHUNK, fds);
+    int a = fds[0], b = fds[1];
 
-    header h = chunk_header(0, 0, CHUNK);
-    send_header(a, &h);
-    send_all(a, r.body, CHUNK / 3);
+    raw_header h = chunk_header(0, 0, CHUNK);
+    raw_send_header(a, &h);
+    raw_send_all(a, r.body, CHUNK / 3);
     await_receiver(r.server, CHUNK, 0);
-    send_header(b, &h);
-    send_all(b, r.body, CHUNK / 2);
+    raw_send_header(b, &h);
+    raw_send_all(b, r.body, CHUNK / 2);
     await_receiver(r.server, 2 * CHUNK, 0);
     CHECK_OK(shutdown(b, SHUT_WR));
     await_receiver(r.server, 2 * CHUNK, 1);
@@ -425,8 +316,8 @@ TEST_TIMEOUT(chunk_nobody_completed_is_taken_again, 30)
     close(b);
 
     int c = raw_join(r.address, 2);
-    send_header(c, &h);
-    send_all(c, r.body, CHUNK);
+    raw_send_header(c, &h);
+    raw_send_all(c, r.body, CHUNK);
     CHECK(await_ack(&c, 1, 1, 5000));
     rig_check_delivered(&r);
     close(c);

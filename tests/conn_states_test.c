@@ -18,6 +18,7 @@
 #include "core/engine.h"
 #include "core/le.h"
 #include "harness.h"
+#include "raw_peer.h"
 #include "util.h"
 
 /* ---- the documented tables --------------------------------------------------- */
@@ -285,13 +286,7 @@ static void stats_of(haul_engine *e, haul_engine_stats *st)
  * not know (its payload is read and dropped: RXS_DISCARD). */
 static void raw_hello_and_unknown_chunk(const char *address)
 {
-    const char *colon = strrchr(address, ':');
-    CHECK(colon != NULL);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
-    CHECK_EQ(inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr), 1);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0);
-    CHECK_OK(connect(fd, (struct sockaddr *)&sin, sizeof(sin)));
+    int fd = raw_connect(address);
     uint8_t buf[2 * HAUL__FRAME_HDR + HAUL__HELLO_MAGIC_LEN + 100];
     haul__frame hello = {.version = HAUL_PROTOCOL_VERSION,
                          .type = HAUL__F_HELLO,
@@ -312,12 +307,7 @@ static void raw_hello_and_unknown_chunk(const char *address)
     /* The server answers HELLO_ACK; waiting for it orders the check of
      * the counters after the CHUNK was handled (it came before). */
     uint8_t ack[HAUL__FRAME_HDR];
-    size_t have = 0;
-    while (have < sizeof(ack)) {
-        ssize_t n = recv(fd, ack + have, sizeof(ack) - have, 0);
-        CHECK_GT(n, 0);
-        have += (size_t)n;
-    }
+    CHECK(raw_read_exact(fd, ack, sizeof(ack), 10000));
     CHECK_EQ(ack[1], HAUL__F_HELLO_ACK);
     close(fd);
 }

@@ -4,8 +4,8 @@
  * messages against the window, and a completion queue that cannot grow.
  *
  * Some tests play one side of the protocol from a plain socket, with
- * headers built here byte by byte as docs/protocol.md lays them out (40
- * bytes, little endian), so that they can act as a peer that restarted,
+ * headers built byte by byte by raw_peer.h as docs/protocol.md lays them
+ * out (40 bytes, little endian), so that they can act as a peer that restarted,
  * lost a frame or ignores a rule; the other side is a real engine.
  */
 #include <arpa/inet.h>
@@ -22,137 +22,23 @@
 
 #include "core/engine.h"
 #include "harness.h"
+#include "raw_peer.h"
 #include "util.h"
-
-#define HDR 40
-
-/* Frame types of the wire format, written out rather than taken from the
- * codec. */
-enum {
-    T_HELLO = 1,
-    T_HELLO_ACK = 2,
-    T_SYNC = 3,
-    T_SYNC_ACK = 4,
-    T_SYNC_NAK = 5,
-    T_CHUNK = 6,
-    T_ACK = 7,
-    T_FIN = 8,
-    T_FIN_ACK = 9,
-    T_ABORT = 10,
-};
 
 /* How long a peer may take to answer a frame. */
 #define ANSWER_MS 5000
+/* The longest payload a peer's frames may carry here. */
+#define PAYLOAD_MAX (1u << 20)
 
 /* ---- frames by hand ------------------------------------------------------ */
 
-typedef struct header {
-    uint8_t version, type;
-    uint16_t flags;
-    uint32_t len, session, aux;
-    uint64_t seq, offset, total;
-} header;
-
-static void put_le(uint8_t *p, uint64_t v, int bytes)
-{
-    for (int i = 0; i < bytes; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_le(const uint8_t *p, int bytes)
-{
-    uint64_t v = 0;
-    for (int i = bytes - 1; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-static void send_all(int fd, const void *buf, size_t len)
-{
-    const uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        CHECK_GT(n, 0);
-        p += n;
-        len -= (size_t)n;
-    }
-}
-
-/* Sends one frame: the header and len bytes of payload. */
-static void send_frame(int fd, header h, const void *payload)
-{
-    uint8_t b[HDR];
-    h.version = HAUL_PROTOCOL_VERSION;
-    b[0] = h.version;
-    b[1] = h.type;
-    put_le(b + 2, h.flags, 2);
-    put_le(b + 4, h.len, 4);
-    put_le(b + 8, h.session, 4);
-    put_le(b + 12, h.aux, 4);
-    put_le(b + 16, h.seq, 8);
-    put_le(b + 24, h.offset, 8);
-    put_le(b + 32, h.total, 8);
-    send_all(fd, b, HDR);
-    if (h.len)
-        send_all(fd, payload, h.len);
-}
-
-static int read_exact(int fd, void *buf, size_t len, int ms)
-{
-    uint8_t *p = buf;
-    while (len > 0) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int r = poll(&pfd, 1, ms);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return 0;
-        ssize_t n = recv(fd, p, len, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return 0;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 1;
-}
-
-/* Reads one frame, its payload into payload[] (up to max bytes, the rest
- * dropped). Returns 1 when a whole frame came within ms. */
-static int read_frame(int fd, header *h, uint8_t *payload, size_t max, int ms)
-{
-    uint8_t b[HDR];
-    if (!read_exact(fd, b, HDR, ms))
-        return 0;
-    h->version = b[0];
-    h->type = b[1];
-    h->flags = (uint16_t)get_le(b + 2, 2);
-    h->len = (uint32_t)get_le(b + 4, 4);
-    h->session = (uint32_t)get_le(b + 8, 4);
-    h->aux = (uint32_t)get_le(b + 12, 4);
-    h->seq = get_le(b + 16, 8);
-    h->offset = get_le(b + 24, 8);
-    h->total = get_le(b + 32, 8);
-    CHECK_LE(h->len, 1u << 20);
-    uint8_t *body = malloc(h->len ? h->len : 1);
-    CHECK(body != NULL);
-    int ok = read_exact(fd, body, h->len, ms);
-    if (ok && payload)
-        memcpy(payload, body, h->len < max ? h->len : max);
-    free(body);
-    return ok;
-}
-
 /* Reads frames until one of `type` comes, skipping the ACKs (window
  * updates) that may come between. */
-static header expect_frame(int fd, int type)
+static raw_header expect_frame(int fd, int type)
 {
     for (;;) {
-        header h;
-        CHECK(read_frame(fd, &h, NULL, 0, ANSWER_MS));
+        raw_header h;
+        CHECK(raw_read_frame(fd, &h, NULL, 0, PAYLOAD_MAX, ANSWER_MS));
         if (h.type == type)
             return h;
         if (h.type != T_ACK)
@@ -160,26 +46,13 @@ static header expect_frame(int fd, int type)
     }
 }
 
-static int raw_connect(const char *address)
-{
-    const char *colon = strrchr(address, ':');
-    CHECK(colon != NULL);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
-    CHECK_EQ(inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr), 1);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0);
-    CHECK_OK(connect(fd, (struct sockaddr *)&sin, sizeof(sin)));
-    return fd;
-}
-
 /* A raw client: connects, joins a pipe of its own with HELLO. */
 static int raw_client(const char *address, uint64_t pipe_id)
 {
     int fd = raw_connect(address);
-    header h = {.type = T_HELLO, .len = 4, .seq = pipe_id, .offset = 262144};
-    send_frame(fd, h, "HAUL");
-    header ack;
-    CHECK(read_frame(fd, &ack, NULL, 0, ANSWER_MS));
+    raw_send_hello(fd, pipe_id, 0, 262144);
+    raw_header ack;
+    CHECK(raw_read_frame(fd, &ack, NULL, 0, PAYLOAD_MAX, ANSWER_MS));
     CHECK_EQ(ack.type, T_HELLO_ACK);
     return fd;
 }
@@ -188,36 +61,21 @@ static int raw_client(const char *address, uint64_t pipe_id)
 static void raw_sync(int fd, uint32_t id)
 {
     uint8_t payload[5] = {3, 0, 'R', 'A', 'W'};
-    header h = {.type = T_SYNC, .len = 5, .session = id, .offset = 1 << 20, .total = 64 << 20};
-    send_frame(fd, h, payload);
+    raw_header h = {.type = T_SYNC, .len = 5, .session = id, .offset = 1 << 20, .total = 64 << 20};
+    raw_send_frame(fd, h, payload);
 }
 
 static void raw_ctl(int fd, int type, uint32_t id, uint32_t aux, uint64_t seq)
 {
-    header h = {.type = (uint8_t)type, .session = id, .aux = aux, .seq = seq};
-    send_frame(fd, h, NULL);
+    raw_header h = {.type = (uint8_t)type, .session = id, .aux = aux, .seq = seq};
+    raw_send_frame(fd, h, NULL);
 }
 
 /* An empty message from a raw peer: one CHUNK without payload. */
 static void raw_empty_message(int fd, uint32_t id, uint64_t seq)
 {
-    header h = {.type = T_CHUNK, .session = id, .seq = seq};
-    send_frame(fd, h, NULL);
-}
-
-/* A listening socket on a port of its own, for a raw server. */
-static int raw_listen(char *address, size_t size)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET};
-    CHECK_EQ(inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr), 1);
-    CHECK_OK(bind(fd, (struct sockaddr *)&sin, sizeof(sin)));
-    CHECK_OK(listen(fd, 16));
-    socklen_t len = sizeof(sin);
-    CHECK_OK(getsockname(fd, (struct sockaddr *)&sin, &len));
-    snprintf(address, size, "127.0.0.1:%u", ntohs(sin.sin_port));
-    return fd;
+    raw_header h = {.type = T_CHUNK, .session = id, .seq = seq};
+    raw_send_frame(fd, h, NULL);
 }
 
 /* A raw server: accepts one connection of the engine's pipe, answers its
@@ -228,11 +86,11 @@ static int raw_accept(int lfd)
     CHECK_EQ(poll(&pfd, 1, ANSWER_MS), 1);
     int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
     CHECK(fd >= 0);
-    header h;
-    CHECK(read_frame(fd, &h, NULL, 0, ANSWER_MS));
+    raw_header h;
+    CHECK(raw_read_frame(fd, &h, NULL, 0, PAYLOAD_MAX, ANSWER_MS));
     CHECK_EQ(h.type, T_HELLO);
-    header ack = {.type = T_HELLO_ACK, .len = 4, .aux = h.aux, .seq = h.seq, .offset = 262144};
-    send_frame(fd, ack, "HAUL");
+    raw_header ack = {.type = T_HELLO_ACK, .len = 4, .aux = h.aux, .seq = h.seq, .offset = 262144};
+    raw_send_frame(fd, ack, "HAUL");
     return fd;
 }
 
@@ -240,13 +98,13 @@ static int raw_accept(int lfd)
  * `window` messages; returns the session id. */
 static uint32_t raw_accept_session(int fd, uint32_t window)
 {
-    header sync = expect_frame(fd, T_SYNC);
-    header ack = {.type = T_SYNC_ACK,
-                  .session = sync.session,
-                  .aux = window,
-                  .offset = 1 << 20,
-                  .total = 64 << 20};
-    send_frame(fd, ack, NULL);
+    raw_header sync = expect_frame(fd, T_SYNC);
+    raw_header ack = {.type = T_SYNC_ACK,
+                      .session = sync.session,
+                      .aux = window,
+                      .offset = 1 << 20,
+                      .total = 64 << 20};
+    raw_send_frame(fd, ack, NULL);
     return sync.session;
 }
 
@@ -276,6 +134,23 @@ static haul_session *client_session(haul_engine *e, const char *address, unsigne
     return s;
 }
 
+/*
+ * A server engine listening on a port of its own, and a raw client that
+ * joined it with a pipe `pipe_id` and asked for session 1: *fd is the
+ * client's connection, *request the server's SESSION_REQUEST for it.
+ */
+static haul_engine *server_with_raw_sync(uint64_t pipe_id, int *fd, haul_event *request)
+{
+    haul_engine *server = engine_with(60000);
+    char address[128];
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    *fd = raw_client(address, pipe_id);
+    raw_sync(*fd, 1);
+    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, request, ANSWER_MS));
+    return server;
+}
+
 /* Waits for the next event of the session that is not informational. */
 static haul_event next_of(haul_engine *e, haul_session *s, int ms)
 {
@@ -285,13 +160,6 @@ static haul_event next_of(haul_engine *e, haul_session *s, int ms)
         if (ev.session == s)
             return ev;
     }
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- unknown sessions -------------------------------------------------------- */
@@ -308,7 +176,7 @@ TEST_TIMEOUT(unknown_session_answered_with_enosession, 30)
     int fd = raw_client(address, 0x5eed0001);
 
     raw_ctl(fd, T_ACK, 77, 1, 0);
-    header h = expect_frame(fd, T_ABORT);
+    raw_header h = expect_frame(fd, T_ABORT);
     CHECK_EQ(h.session, 77);
     CHECK_EQ(h.aux, HAUL_ENOSESSION);
 
@@ -383,7 +251,7 @@ TEST_TIMEOUT(aborted_session_answers_late_frames_with_abort, 30)
     CHECK(ev.session == other);
 
     haul_session_free(cs);
-    header h = expect_frame(fd, T_ABORT);
+    raw_header h = expect_frame(fd, T_ABORT);
     CHECK_EQ(h.session, id);
     CHECK_EQ(h.aux, HAUL_EABORTED);
     /* As if that ABORT was lost: the raw server goes on with the session. */
@@ -404,14 +272,9 @@ TEST_TIMEOUT(aborted_session_answers_late_frames_with_abort, 30)
 TEST_TIMEOUT(late_frames_after_clean_close_are_not_aborted, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed0002);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed0002, &fd, &ev);
     haul_session *ss = ev.session;
     CHECK_OK(haul_session_accept(ss));
     expect_frame(fd, T_SYNC_ACK);
@@ -423,7 +286,7 @@ TEST_TIMEOUT(late_frames_after_clean_close_are_not_aborted, 30)
     haul_session_free(ss);
 
     raw_ctl(fd, T_FIN, 1, 0, 0);
-    header h = expect_frame(fd, T_FIN_ACK);
+    raw_header h = expect_frame(fd, T_FIN_ACK);
     CHECK_EQ(h.session, 1);
     raw_ctl(fd, T_ACK, 1, 1, 0);
     raw_ctl(fd, T_ACK, 99, 1, 0);
@@ -607,13 +470,13 @@ TEST_TIMEOUT(empty_messages_beyond_the_window_abort_the_session, 30)
     CHECK_OK(haul_listen_address(server, address, sizeof(address)));
     int fd = raw_client(address, 0x5eed0004);
     uint8_t payload[5] = {3, 0, 'R', 'A', 'W'};
-    header sync = {.type = T_SYNC, .len = 5, .session = 1, .offset = 1, .total = 1 << 20};
-    send_frame(fd, sync, payload);
+    raw_header sync = {.type = T_SYNC, .len = 5, .session = 1, .offset = 1, .total = 1 << 20};
+    raw_send_frame(fd, sync, payload);
     haul_event ev;
     CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
     haul_session *ss = ev.session;
     CHECK_OK(haul_session_accept(ss));
-    header ack = expect_frame(fd, T_SYNC_ACK);
+    raw_header ack = expect_frame(fd, T_SYNC_ACK);
     CHECK_EQ(ack.aux, 16);
 
     for (uint64_t seq = 0; seq < 16; seq++)
@@ -626,7 +489,7 @@ TEST_TIMEOUT(empty_messages_beyond_the_window_abort_the_session, 30)
     }
     CHECK_EQ(ack.aux, 0);
     raw_empty_message(fd, 1, 16);
-    header h = expect_frame(fd, T_ABORT);
+    raw_header h = expect_frame(fd, T_ABORT);
     CHECK_EQ(h.session, 1);
     CHECK_EQ(h.aux, HAUL_EPROTO);
     CHECK(wait_for(server, HAUL_EV_SESSION_CLOSED, &ev, ANSWER_MS));
@@ -657,7 +520,7 @@ TEST_TIMEOUT(fin_reports_what_the_closer_delivered, 30)
     for (int i = 0; i < 5; i++)
         CHECK_OK(haul_send(cs, "m", 1, (uint64_t)(100 + i)));
     for (int i = 0; i < 5; i++) {
-        header h = expect_frame(fd, T_CHUNK);
+        raw_header h = expect_frame(fd, T_CHUNK);
         CHECK_EQ(h.seq, (uint64_t)i);
     }
     raw_ctl(fd, T_FIN, id, 0, 3);
@@ -695,14 +558,9 @@ TEST_TIMEOUT(fin_reports_what_the_closer_delivered, 30)
 TEST_TIMEOUT(closer_delivers_nothing_after_its_fin, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed0007);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed0007, &fd, &ev);
     haul_session *ss = ev.session;
     CHECK_OK(haul_session_accept(ss));
     expect_frame(fd, T_SYNC_ACK);
@@ -711,7 +569,7 @@ TEST_TIMEOUT(closer_delivers_nothing_after_its_fin, 30)
     CHECK(wait_for(server, HAUL_EV_MESSAGE_RECEIVED, &ev, ANSWER_MS));
 
     CHECK_OK(haul_session_close(ss));
-    header fin = expect_frame(fd, T_FIN);
+    raw_header fin = expect_frame(fd, T_FIN);
     CHECK_EQ(fin.session, 1);
     CHECK_EQ(fin.seq, 1);
     /* A message that crossed the FIN. */
@@ -758,17 +616,12 @@ TEST(table_answers_repeated_sync_in_closing_states)
 TEST_TIMEOUT(repeated_sync_of_refused_session_is_refused_again, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed0008);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed0008, &fd, &ev);
     CHECK_OK(haul_session_reject(ev.session, 42));
     haul_session_free(ev.session);
-    header h = expect_frame(fd, T_SYNC_NAK);
+    raw_header h = expect_frame(fd, T_SYNC_NAK);
     CHECK_EQ(h.aux, 42);
 
     raw_sync(fd, 1);
@@ -787,18 +640,13 @@ TEST_TIMEOUT(repeated_sync_of_refused_session_is_refused_again, 30)
 TEST_TIMEOUT(repeated_sync_of_freed_session_is_aborted_again, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed000b);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed000b, &fd, &ev);
     CHECK_OK(haul_session_accept(ev.session));
     expect_frame(fd, T_SYNC_ACK);
     haul_session_free(ev.session);
-    header h = expect_frame(fd, T_ABORT);
+    raw_header h = expect_frame(fd, T_ABORT);
     CHECK_EQ(h.aux, HAUL_EABORTED);
 
     raw_sync(fd, 1);
@@ -818,14 +666,9 @@ TEST_TIMEOUT(repeated_sync_of_freed_session_is_aborted_again, 30)
 TEST_TIMEOUT(sync_repeated_while_sending_fin_is_answered, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed0009);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed0009, &fd, &ev);
     haul_session *ss = ev.session;
     CHECK_OK(haul_session_accept(ss));
     CHECK_OK(haul_session_close(ss));
@@ -834,7 +677,7 @@ TEST_TIMEOUT(sync_repeated_while_sending_fin_is_answered, 30)
     CHECK_STR_EQ(haul_session_state(ss), "CE_SS_SENDING_FIN");
 
     raw_sync(fd, 1);
-    header h = expect_frame(fd, T_SYNC_ACK);
+    raw_header h = expect_frame(fd, T_SYNC_ACK);
     CHECK_EQ(h.session, 1);
     h = expect_frame(fd, T_FIN);
     CHECK_EQ(h.session, 1);
@@ -853,14 +696,9 @@ TEST_TIMEOUT(sync_repeated_while_sending_fin_is_answered, 30)
 TEST_TIMEOUT(sync_repeated_while_closing_is_answered, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed000a);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed000a, &fd, &ev);
     haul_session *ss = ev.session;
     CHECK_OK(haul_session_accept(ss));
     CHECK_OK(haul_send(ss, "z", 1, 9));
@@ -869,7 +707,7 @@ TEST_TIMEOUT(sync_repeated_while_closing_is_answered, 30)
     CHECK_STR_EQ(haul_session_state(ss), "CE_SS_APP_CLOSE_SESSION");
 
     raw_sync(fd, 1);
-    header h = expect_frame(fd, T_SYNC_ACK);
+    raw_header h = expect_frame(fd, T_SYNC_ACK);
     CHECK_EQ(h.session, 1);
     raw_ctl(fd, T_ACK, 1, 8, 0);
     h = expect_frame(fd, T_CHUNK);
@@ -910,14 +748,14 @@ TEST_TIMEOUT(abort_lost_with_its_connection_is_sent_again, 30)
     /* The client's first ACK of B (A's came before B's SYNC, on the one
      * connection): then it has nothing more to write, and its next batch
      * is the ABORT. */
-    header h = expect_frame(fd, T_ACK);
+    raw_header h = expect_frame(fd, T_ACK);
     CHECK_EQ(h.session, b);
 
     haul__debug_fail_writes(client, 1);
     haul_session_free(ca);
     /* The connection broke: the raw server sees it end, and the pipe
      * dials again. */
-    while (read_frame(fd, &h, NULL, 0, ANSWER_MS))
+    while (raw_read_frame(fd, &h, NULL, 0, PAYLOAD_MAX, ANSWER_MS))
         CHECK_NE(h.type, T_ABORT);
     close(fd);
     fd = raw_accept(lfd);
@@ -1042,14 +880,11 @@ TEST_TIMEOUT(frames_owed_to_a_gone_client_do_not_keep_its_session, 30)
 TEST_TIMEOUT(repeats_after_the_pipe_had_no_connection_get_the_same_answers, 30)
 {
     harness_strerror = haul_strerror;
-    haul_engine *server = engine_with(60000);
-    char address[128];
-    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
-    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
-    int fd = raw_client(address, 0x5eed000d);
-    raw_sync(fd, 1);
+    int fd;
     haul_event ev;
-    CHECK(wait_for(server, HAUL_EV_SESSION_REQUEST, &ev, ANSWER_MS));
+    haul_engine *server = server_with_raw_sync(0x5eed000d, &fd, &ev);
+    char address[128];
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
     CHECK_OK(haul_session_reject(ev.session, 42));
     haul_session_free(ev.session);
     expect_frame(fd, T_SYNC_NAK);
@@ -1082,7 +917,7 @@ TEST_TIMEOUT(repeats_after_the_pipe_had_no_connection_get_the_same_answers, 30)
 
     fd = raw_client(address, 0x5eed000d);
     raw_sync(fd, 1);
-    header h = expect_frame(fd, T_SYNC_NAK);
+    raw_header h = expect_frame(fd, T_SYNC_NAK);
     CHECK_EQ(h.session, 1);
     CHECK_EQ(h.aux, 42);
     raw_ctl(fd, T_FIN, 2, 0, 0);
@@ -1241,8 +1076,8 @@ TEST_TIMEOUT(ack_lost_before_the_acceptance_was_written_is_sent_again, 30)
     haul_session *ss = ev.session;
     haul__debug_fail_writes(server, 1);
     CHECK_OK(haul_session_accept(ss));
-    header h;
-    while (read_frame(fd, &h, NULL, 0, ANSWER_MS))
+    raw_header h;
+    while (raw_read_frame(fd, &h, NULL, 0, PAYLOAD_MAX, ANSWER_MS))
         CHECK_NE(h.type, T_SYNC_ACK);
     close(fd);
 
@@ -1250,19 +1085,19 @@ TEST_TIMEOUT(ack_lost_before_the_acceptance_was_written_is_sent_again, 30)
      * write, so that the server reads both before it writes. */
     haul__debug_fail_writes(server, 1);
     fd = raw_connect(address);
-    uint8_t b[2 * HDR + 5];
+    uint8_t b[2 * RAW_HDR + 5];
     int fds[2];
     CHECK_OK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds));
-    header hello = {.type = T_HELLO, .len = 4, .seq = pipe_id, .offset = 262144};
-    send_frame(fds[0], hello, "HAUL");
-    header chunk = {.type = T_CHUNK, .len = 1, .session = 1, .seq = 0, .total = 1};
-    send_frame(fds[0], chunk, "m");
-    CHECK(read_exact(fds[1], b, 2 * HDR + 5, ANSWER_MS));
+    raw_header hello = {.type = T_HELLO, .len = 4, .seq = pipe_id, .offset = 262144};
+    raw_send_frame(fds[0], hello, "HAUL");
+    raw_header chunk = {.type = T_CHUNK, .len = 1, .session = 1, .seq = 0, .total = 1};
+    raw_send_frame(fds[0], chunk, "m");
+    CHECK(raw_read_exact(fds[1], b, 2 * RAW_HDR + 5, ANSWER_MS));
     close(fds[0]);
     close(fds[1]);
-    send_all(fd, b, sizeof(b));
+    raw_send_all(fd, b, sizeof(b));
     CHECK(wait_for(server, HAUL_EV_MESSAGE_RECEIVED, &ev, ANSWER_MS));
-    while (read_frame(fd, &h, NULL, 0, ANSWER_MS))
+    while (raw_read_frame(fd, &h, NULL, 0, PAYLOAD_MAX, ANSWER_MS))
         CHECK_NE(h.type, T_ACK);
     close(fd);
     pthread_mutex_lock(&server->mu);
@@ -1274,7 +1109,7 @@ TEST_TIMEOUT(ack_lost_before_the_acceptance_was_written_is_sent_again, 30)
     expect_frame(fd, T_SYNC_ACK);
     int acked = 0;
     while (!acked) {
-        CHECK(read_frame(fd, &h, NULL, 0, ANSWER_MS));
+        CHECK(raw_read_frame(fd, &h, NULL, 0, PAYLOAD_MAX, ANSWER_MS));
         acked = h.type == T_ACK && h.session == 1 && h.seq == 1;
     }
 
@@ -1301,14 +1136,14 @@ TEST_TIMEOUT(fin_that_overtakes_the_sync_ack_closes_the_session, 30)
     int fds[2] = {raw_accept(lfd), raw_accept(lfd)};
     /* The SYNC comes on either connection. */
     int with_sync = -1;
-    header sync;
+    raw_header sync;
     while (with_sync < 0) {
         struct pollfd p[2] = {{.fd = fds[0], .events = POLLIN}, {.fd = fds[1], .events = POLLIN}};
         CHECK_EQ(poll(p, 2, ANSWER_MS) > 0, 1);
         for (int i = 0; i < 2 && with_sync < 0; i++) {
             if (!(p[i].revents & POLLIN))
                 continue;
-            CHECK(read_frame(fds[i], &sync, NULL, 0, ANSWER_MS));
+            CHECK(raw_read_frame(fds[i], &sync, NULL, 0, PAYLOAD_MAX, ANSWER_MS));
             if (sync.type == T_SYNC)
                 with_sync = i;
         }
@@ -1323,17 +1158,18 @@ TEST_TIMEOUT(fin_that_overtakes_the_sync_ack_closes_the_session, 30)
         struct pollfd p[2] = {{.fd = fds[0], .events = POLLIN}, {.fd = fds[1], .events = POLLIN}};
         CHECK_EQ(poll(p, 2, ANSWER_MS) > 0, 1);
         for (int i = 0; i < 2; i++) {
-            header h;
-            if ((p[i].revents & POLLIN) && read_frame(fds[i], &h, NULL, 0, ANSWER_MS))
+            raw_header h;
+            if ((p[i].revents & POLLIN) &&
+                raw_read_frame(fds[i], &h, NULL, 0, PAYLOAD_MAX, ANSWER_MS))
                 answered |= h.type == T_ABORT && h.session == 99;
         }
     }
-    header ack = {.type = T_SYNC_ACK,
-                  .session = sync.session,
-                  .aux = 4,
-                  .offset = 1 << 20,
-                  .total = 64 << 20};
-    send_frame(fds[with_sync], ack, NULL);
+    raw_header ack = {.type = T_SYNC_ACK,
+                      .session = sync.session,
+                      .aux = 4,
+                      .offset = 1 << 20,
+                      .total = 64 << 20};
+    raw_send_frame(fds[with_sync], ack, NULL);
 
     haul_event ev = next_of(client, cs, ANSWER_MS);
     CHECK_EQ(ev.type, HAUL_EV_SESSION_OPEN);

@@ -1252,4 +1252,82 @@ E2E_FN_ const char *e2e_snapshots_dir(e2e_env *env, char *out, const char *datas
     return out;
 }
 
+/*
+ * The number of snapshots of a dataset whose namespace is ns that look
+ * complete (0 when none): entries of snapshots/ but those named *.tmp,
+ * the name of a snapshot whose commit did not finish.
+ */
+E2E_FN_ int e2e_snapshot_count(e2e_env *env, const char *ns, const char *dataset)
+{
+    char dir[PATH_MAX];
+    e2e_pathf(dir, "%s/%s/%s/snapshots", env->store, ns, dataset);
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return 0;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        if (de->d_name[0] != '.' && !(len > 4 && strcmp(de->d_name + len - 4, ".tmp") == 0))
+            n++;
+    }
+    closedir(d);
+    return n;
+}
+
+/*
+ * The tree of a push long enough to be stopped in its middle: a file
+ * "big" of big_size bytes (content from seed), twenty small files
+ * d/e/s00..s19 of small + i * step bytes, and a hard link d/sNN.hl of
+ * d/e/sNN for NN = linked. Returns the bytes of file content.
+ */
+E2E_FN_ uint64_t e2e_push_tree(const char *root, uint64_t big_size, uint64_t seed, uint64_t small,
+                               uint64_t step, int linked)
+{
+    e2e_mkdir(root);
+    e2e_file(e2e_at(root, "big"), big_size, seed, 0644);
+    uint64_t total = big_size;
+    e2e_mkdir(e2e_at(root, "d"));
+    e2e_mkdir(e2e_at(root, "d/e"));
+    for (int i = 0; i < 20; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "d/e/s%02d", i);
+        e2e_file(e2e_at(root, name), small + (uint64_t)i * step, (uint64_t)i, 0644);
+        total += small + (uint64_t)i * step;
+    }
+    char target[32], link_name[32];
+    snprintf(target, sizeof(target), "d/e/s%02d", linked);
+    snprintf(link_name, sizeof(link_name), "d/s%02d.hl", linked);
+    CHECK(link(e2e_at(root, target), e2e_at(root, link_name)) == 0);
+    e2e_stamp_tree(root);
+    return total;
+}
+
+/*
+ * Starts `haul [--principal P] push SRC URL/DATASET --json` (principal
+ * NULL: the default one, whose namespace is ns) and returns once the
+ * server has staged more than `bytes` of one file, the push still
+ * running, so that the test can stop, kill or take it over.
+ */
+E2E_FN_ void e2e_push_until_staged(e2e_env *env, e2e_proc *p, const char *principal, const char *ns,
+                                   const char *src, const char *dataset, uint64_t bytes)
+{
+    char url[512], staging[PATH_MAX];
+    e2e_pathf(staging, "%s/%s/%s/.staging", env->store, ns, dataset);
+    memset(p, 0, sizeof(*p));
+    if (principal)
+        e2e_haul_start(env, p, "--principal", principal, "push", src, e2e_url(env, url, dataset),
+                       "--json");
+    else
+        e2e_haul_start(env, p, "push", src, e2e_url(env, url, dataset), "--json");
+    int ok = 0;
+    E2E_WAIT_UNTIL(ok, e2e_largest_file(staging) > bytes || e2e_proc_exited(p), 30000);
+    if (e2e_proc_exited(p)) {
+        e2e_proc_wait(p, 1);
+        e2e_proc_show(p);
+        CHECK(!"the push ended before the test could stop it");
+    }
+    CHECK(ok);
+}
+
 #endif /* HAUL_TESTS_E2E_H */

@@ -19,34 +19,8 @@
 
 #include "fault_proxy.h"
 #include "harness.h"
+#include "raw_peer.h"
 #include "util.h"
-
-/* A listening socket on loopback; its address goes to buf. */
-static int listen_loopback(char *buf, size_t size)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    CHECK(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    CHECK_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)));
-    CHECK_OK(listen(fd, 16));
-    socklen_t len = sizeof(sa);
-    CHECK_OK(getsockname(fd, (struct sockaddr *)&sa, &len));
-    snprintf(buf, size, "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
-    return fd;
-}
-
-static int dial(const char *address)
-{
-    const char *colon = strrchr(address, ':');
-    CHECK(colon != NULL);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    CHECK(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET,
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                             .sin_port = htons((uint16_t)atoi(colon + 1))};
-    CHECK_OK(connect(fd, (struct sockaddr *)&sa, sizeof(sa)));
-    return fd;
-}
 
 /* Whether fd becomes readable within ms. */
 static int readable(int fd, int ms)
@@ -120,20 +94,13 @@ typedef struct pair {
 /* A target, a proxy in front of it and one connection through it. */
 static void pair_open(pair *p, fault_proxy_config *c)
 {
-    p->listener = listen_loopback(p->target, sizeof(p->target));
+    p->listener = raw_listen(p->target, sizeof(p->target));
     c->target = p->target;
     CHECK_OK(fault_proxy_start(c, &p->proxy));
-    p->client = dial(fault_proxy_address(p->proxy));
+    p->client = raw_connect(fault_proxy_address(p->proxy));
     CHECK(readable(p->listener, 10000));
     p->server = accept(p->listener, NULL, NULL);
     CHECK(p->server >= 0);
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void pair_close(pair *p)
@@ -194,7 +161,7 @@ TEST(partition_passes_nothing_until_it_ends)
     CHECK(!readable(p.server, 300));
     CHECK(!readable(p.client, 1));
     /* A new connection is not accepted, so not dialed either. */
-    int late = dial(fault_proxy_address(p.proxy));
+    int late = raw_connect(fault_proxy_address(p.proxy));
     CHECK(!readable(p.listener, 100));
     fault_proxy_partition(p.proxy, 0);
     uint8_t buf[4];
@@ -318,7 +285,7 @@ TEST(schedule_is_a_function_of_the_seed)
         pair_open(&p, &c);
         int more[3];
         for (int i = 0; i < 3; i++)
-            more[i] = dial(fault_proxy_address(p.proxy));
+            more[i] = raw_connect(fault_proxy_address(p.proxy));
         for (int waited = 0; waited < 10000; waited += 10) {
             fault_proxy_stats st;
             fault_proxy_stats_get(p.proxy, &st);
@@ -382,9 +349,9 @@ static pid_t program_start(const char *target, char *address, size_t size)
 TEST(program_obeys_its_signals)
 {
     char target[64], address[128];
-    int listener = listen_loopback(target, sizeof(target));
+    int listener = raw_listen(target, sizeof(target));
     pid_t pid = program_start(target, address, sizeof(address));
-    int client = dial(address);
+    int client = raw_connect(address);
     CHECK(readable(listener, 10000));
     int server = accept(listener, NULL, NULL);
     CHECK(server >= 0);

@@ -78,13 +78,6 @@
 /* Lines of problems a run keeps. */
 #define MAX_PROBLEMS 16
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static uint64_t env_u64(const char *name, uint64_t fallback)
 {
     const char *v = getenv(name);

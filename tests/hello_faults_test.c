@@ -20,36 +20,8 @@
 
 #include "core/engine.h"
 #include "harness.h"
+#include "raw_peer.h"
 #include "util.h"
-
-static int listen_loopback(char *buf, size_t size)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    CHECK(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    CHECK_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)));
-    CHECK_OK(listen(fd, 16));
-    socklen_t len = sizeof(sa);
-    CHECK_OK(getsockname(fd, (struct sockaddr *)&sa, &len));
-    snprintf(buf, size, "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
-    return fd;
-}
-
-static int read_exact(int fd, void *buf, size_t len, int ms)
-{
-    uint8_t *p = buf;
-    while (len > 0) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        if (poll(&pfd, 1, ms) != 1)
-            return 0;
-        ssize_t n = recv(fd, p, len, 0);
-        if (n <= 0)
-            return 0;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 1;
-}
 
 /* Reads one frame within ms; its payload (up to 8 KiB) is dropped. */
 static int read_frame(int fd, haul__frame *f, int ms)
@@ -57,18 +29,11 @@ static int read_frame(int fd, haul__frame *f, int ms)
     uint8_t hdr[HAUL__FRAME_HDR], payload[HAUL__CTL_PAYLOAD_MAX];
     haul__frame_limits limits = {.max_message = 1u << 20};
     const char *why = NULL;
-    if (!read_exact(fd, hdr, sizeof(hdr), ms))
+    if (!raw_read_exact(fd, hdr, sizeof(hdr), ms))
         return 0;
     CHECK_OK(haul__frame_decode(hdr, &limits, f, &why));
     CHECK_LE(f->len, sizeof(payload));
-    return read_exact(fd, payload, f->len, ms);
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return raw_read_exact(fd, payload, f->len, ms);
 }
 
 /* Reads frames until one of `type` comes within ms (keepalives and the
@@ -97,13 +62,37 @@ static void send_hello_ack(int fd, uint32_t chunk)
     CHECK_EQ(send(fd, out, sizeof(out), MSG_NOSIGNAL), (ssize_t)sizeof(out));
 }
 
+/* The client's session of `connections` connections to address. */
+static haul_session *client_session(haul_engine *client, const char *address, unsigned connections)
+{
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = "HELLO_FAULTS";
+    sc.connections = connections;
+    haul_session *s = NULL;
+    CHECK_OK(haul_session_new(client, &sc, &s));
+    return s;
+}
+
+/* Accepts the client's next connection and reads its HELLO into *hello. */
+static int accept_hello(int listener, haul__frame *hello)
+{
+    struct pollfd p = {.fd = listener, .events = POLLIN};
+    CHECK_EQ(poll(&p, 1, 10000), 1);
+    int fd = accept(listener, NULL, NULL);
+    CHECK(fd >= 0);
+    CHECK(await_frame(fd, HAUL__F_HELLO, hello, 10000));
+    return fd;
+}
+
 /* The SYNC_ACK went on the connection that the client never joined and
  * was lost with it: the client sends its SYNC again at once. */
 TEST(sync_repeated_when_a_half_joined_connection_breaks)
 {
     harness_strerror = haul_strerror;
     char address[64];
-    int listener = listen_loopback(address, sizeof(address));
+    int listener = raw_listen(address, sizeof(address));
     haul_engine_config ec;
     haul_engine_config_init(&ec);
     ec.message_timeout_ms = 60000; /* the open deadline: far away */
@@ -112,24 +101,14 @@ TEST(sync_repeated_when_a_half_joined_connection_breaks)
     ec.log_level = -1;
     haul_engine *client = NULL;
     CHECK_OK(haul_engine_new(&ec, &client));
-    haul_session_config sc;
-    haul_session_config_init(&sc);
-    sc.destination = address;
-    sc.principal = "HELLO_FAULTS";
-    sc.connections = 2;
-    haul_session *s = NULL;
-    CHECK_OK(haul_session_new(client, &sc, &s));
+    haul_session *s = client_session(client, address, 2);
 
     /* Both connections say HELLO; the first in index order is answered. */
     int fds[2];
     uint32_t index[2];
     for (int i = 0; i < 2; i++) {
-        struct pollfd p = {.fd = listener, .events = POLLIN};
-        CHECK_EQ(poll(&p, 1, 10000), 1);
-        fds[i] = accept(listener, NULL, NULL);
-        CHECK(fds[i] >= 0);
         haul__frame f;
-        CHECK(await_frame(fds[i], HAUL__F_HELLO, &f, 10000));
+        fds[i] = accept_hello(listener, &f);
         index[i] = f.aux;
     }
     int joined = index[0] == 0 ? fds[0] : fds[1];
@@ -163,7 +142,7 @@ TEST(first_handshakes_reset_are_redialled)
 {
     harness_strerror = haul_strerror;
     char address[64];
-    int listener = listen_loopback(address, sizeof(address));
+    int listener = raw_listen(address, sizeof(address));
     haul_engine_config ec;
     haul_engine_config_init(&ec);
     ec.message_timeout_ms = 20000; /* the open deadline */
@@ -173,22 +152,12 @@ TEST(first_handshakes_reset_are_redialled)
     ec.log_level = -1;
     haul_engine *client = NULL;
     CHECK_OK(haul_engine_new(&ec, &client));
-    haul_session_config sc;
-    haul_session_config_init(&sc);
-    sc.destination = address;
-    sc.principal = "HELLO_FAULTS";
-    sc.connections = 4;
-    haul_session *s = NULL;
-    CHECK_OK(haul_session_new(client, &sc, &s));
+    haul_session *s = client_session(client, address, 4);
 
     /* Every slot's HELLO is answered with a reset. */
     for (int i = 0; i < 4; i++) {
-        struct pollfd p = {.fd = listener, .events = POLLIN};
-        CHECK_EQ(poll(&p, 1, 10000), 1);
-        int fd = accept(listener, NULL, NULL);
-        CHECK(fd >= 0);
         haul__frame f;
-        CHECK(await_frame(fd, HAUL__F_HELLO, &f, 10000));
+        int fd = accept_hello(listener, &f);
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
         CHECK_OK(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)));
         close(fd);

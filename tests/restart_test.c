@@ -19,23 +19,13 @@
 
 #define CMD_TIMEOUT 30
 #define BIG_FILE (128u * E2E_MIB)
+/* How much of the big file is staged when a test interrupts its push. */
+#define STAGED (16u * E2E_MIB)
 
+/* The tree of every push here; returns the bytes of file content. */
 static uint64_t make_tree(const char *root)
 {
-    e2e_mkdir(root);
-    e2e_file(e2e_at(root, "big"), BIG_FILE, 11, 0644);
-    uint64_t total = BIG_FILE;
-    e2e_mkdir(e2e_at(root, "d"));
-    e2e_mkdir(e2e_at(root, "d/e"));
-    for (int i = 0; i < 20; i++) {
-        char name[32];
-        snprintf(name, sizeof(name), "d/e/s%02d", i);
-        e2e_file(e2e_at(root, name), 2000 + (uint64_t)i * 100, (uint64_t)i, 0644);
-        total += 2000 + (uint64_t)i * 100;
-    }
-    CHECK(link(e2e_at(root, "d/e/s01"), e2e_at(root, "d/s01.hl")) == 0);
-    e2e_stamp_tree(root);
-    return total;
+    return e2e_push_tree(root, BIG_FILE, 11, 2000, 100, 1);
 }
 
 static int snapshot_count(e2e_env *env, const char *dataset)
@@ -53,22 +43,16 @@ static int snapshot_count(e2e_env *env, const char *dataset)
     return n;
 }
 
-/* Starts a push (message timeout: haul's default, a minute) and returns
- * once more than `bytes` of the big file are staged. */
-static void start_push_until_staged(e2e_env *env, e2e_proc *p, const char *src, uint64_t bytes)
+/* Sets up the store and its server, makes the source tree in src and
+ * starts its push, returning once STAGED bytes of it are staged; returns
+ * the bytes of file content of the tree. */
+static uint64_t start_push(e2e_env *env, char src[PATH_MAX], e2e_proc *p)
 {
-    char url[512], staging[PATH_MAX];
-    e2e_pathf(staging, "%s/default/data/.staging", env->store);
-    memset(p, 0, sizeof(*p));
-    e2e_haul_start(env, p, "push", src, e2e_url(env, url, "data"), "--json");
-    int ok = 0;
-    E2E_WAIT_UNTIL(ok, e2e_largest_file(staging) > bytes || e2e_proc_exited(p), 30000);
-    if (e2e_proc_exited(p)) {
-        e2e_proc_wait(p, 1);
-        e2e_proc_show(p);
-        CHECK(!"the push ended before the test could interrupt it");
-    }
-    CHECK(ok);
+    e2e_setup(env, 0);
+    e2e_path(env, src, "src");
+    const uint64_t total = make_tree(src);
+    e2e_push_until_staged(env, p, NULL, "default", src, "data", STAGED);
+    return total;
 }
 
 /* The next push is accepted at once, resumes (sends less than all) and
@@ -109,13 +93,9 @@ static void restart_server(e2e_env *env)
 TEST_TIMEOUT(server_killed_and_restarted_the_client_learns_at_its_first_frame, 120)
 {
     e2e_env env;
-    e2e_setup(&env, 0);
     char src[PATH_MAX];
-    e2e_path(&env, src, "src");
-    const uint64_t total = make_tree(src);
-
-    e2e_proc p = {0};
-    start_push_until_staged(&env, &p, src, 16 * E2E_MIB);
+    e2e_proc p;
+    const uint64_t total = start_push(&env, src, &p);
     e2e_server_kill(&env.server);
     CHECK_EQ(snapshot_count(&env, "data"), 0);
     restart_server(&env);
@@ -133,40 +113,32 @@ TEST_TIMEOUT(server_killed_and_restarted_the_client_learns_at_its_first_frame, 1
     CHECK_LT(took, 10.0);
     e2e_proc_free(&p);
 
-    push_resumes(&env, src, total, 16 * E2E_MIB);
+    push_resumes(&env, src, total, STAGED);
     e2e_teardown(&env);
 }
 
 TEST_TIMEOUT(client_killed_the_next_push_resumes_at_once, 120)
 {
     e2e_env env;
-    e2e_setup(&env, 0);
     char src[PATH_MAX];
-    e2e_path(&env, src, "src");
-    const uint64_t total = make_tree(src);
-
-    e2e_proc p = {0};
-    start_push_until_staged(&env, &p, src, 16 * E2E_MIB);
+    e2e_proc p;
+    const uint64_t total = start_push(&env, src, &p);
     CHECK(kill(p.pid, SIGKILL) == 0);
     e2e_proc_wait(&p, 10);
     CHECK_EQ(p.sig, SIGKILL);
     e2e_proc_free(&p);
     CHECK_EQ(snapshot_count(&env, "data"), 0);
 
-    push_resumes(&env, src, total, 16 * E2E_MIB);
+    push_resumes(&env, src, total, STAGED);
     e2e_teardown(&env);
 }
 
 TEST_TIMEOUT(server_and_client_killed_the_next_push_resumes, 120)
 {
     e2e_env env;
-    e2e_setup(&env, 0);
     char src[PATH_MAX];
-    e2e_path(&env, src, "src");
-    const uint64_t total = make_tree(src);
-
-    e2e_proc p = {0};
-    start_push_until_staged(&env, &p, src, 16 * E2E_MIB);
+    e2e_proc p;
+    const uint64_t total = start_push(&env, src, &p);
     CHECK(kill(p.pid, SIGKILL) == 0);
     e2e_server_kill(&env.server);
     e2e_proc_wait(&p, 10);
@@ -175,6 +147,6 @@ TEST_TIMEOUT(server_and_client_killed_the_next_push_resumes, 120)
     CHECK_EQ(snapshot_count(&env, "data"), 0);
     restart_server(&env);
 
-    push_resumes(&env, src, total, 16 * E2E_MIB);
+    push_resumes(&env, src, total, STAGED);
     e2e_teardown(&env);
 }

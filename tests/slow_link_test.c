@@ -30,13 +30,6 @@
 #define MIB (1u << 20)
 #define TIMEOUT_MS 400
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- the throttling proxy ---------------------------------------------------- */
 
 typedef struct proxy {

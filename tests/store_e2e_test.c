@@ -70,28 +70,6 @@ static void pull(e2e_env *env, const char *what, const char *dest, int expected_
     e2e_proc_free(&p);
 }
 
-/*
- * The number of snapshots of a dataset that look complete (0 when none):
- * entries of snapshots/ but those named *.tmp, the name of a snapshot
- * whose commit did not finish.
- */
-static int snapshot_count(e2e_env *env, const char *dataset)
-{
-    char dir[PATH_MAX];
-    DIR *d = opendir(e2e_snapshots_dir(env, dir, dataset));
-    if (d == NULL)
-        return 0;
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        size_t len = strlen(de->d_name);
-        if (de->d_name[0] != '.' && !(len > 4 && strcmp(de->d_name + len - 4, ".tmp") == 0))
-            n++;
-    }
-    closedir(d);
-    return n;
-}
-
 /* What a push left staged: entries of .staging but its LOCK, which stays
  * (hauld flock()s it). */
 static int staged_entries(e2e_env *env, const char *dataset)
@@ -277,7 +255,7 @@ TEST_TIMEOUT(incremental_push_sends_only_changes, 120)
     CHECK_GE(second.bytes_sent, changed_bytes);
     CHECK_LT(second.bytes_sent, 2 * changed_bytes);
     CHECK_GE(second.bytes_linked, total - changed_bytes);
-    CHECK_EQ(snapshot_count(&env, "inc"), 2);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "inc"), 2);
 
     /* An unchanged file of the second snapshot is a hard link to the
      * first's; a changed one is not. */
@@ -461,7 +439,7 @@ TEST_TIMEOUT(missing_source_fails_clearly, 120)
      * error (haul --help). */
     CHECK_EXIT(&p, 1);
     CHECK(e2e_contains(p.err, "no-such-dir"));
-    CHECK_EQ(snapshot_count(&env, "missing"), 0);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "missing"), 0);
     e2e_proc_free(&p);
     e2e_teardown(&env);
 }
@@ -549,11 +527,11 @@ TEST_TIMEOUT(two_pushes_to_one_dataset, 120)
         if (!e2e_contains(second.err, "busy") && !e2e_contains(second.err, "running"))
             e2e_proc_show(&second);
         CHECK(e2e_contains(second.err, "busy") || e2e_contains(second.err, "running"));
-        CHECK_EQ(snapshot_count(&env, "busy"), 1);
+        CHECK_EQ(e2e_snapshot_count(&env, "default", "busy"), 1);
     } else {
         /* Or it waited for the first, and made a second snapshot. */
         CHECK_EXIT(&second, 0);
-        CHECK_EQ(snapshot_count(&env, "busy"), 2);
+        CHECK_EQ(e2e_snapshot_count(&env, "default", "busy"), 2);
     }
     e2e_proc_free(&first);
     e2e_proc_free(&second);
@@ -594,7 +572,7 @@ TEST_TIMEOUT(full_disk_fails_cleanly, 120)
         e2e_proc_show(&p);
     CHECK(e2e_contains(p.err, "space"));
     e2e_proc_free(&p);
-    CHECK_EQ(snapshot_count(&env, "big"), 0);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "big"), 0);
     /* The server goes on serving: a request that needs no room works. */
     CHECK(e2e_server_alive(&env.server));
     e2e_haul(&env, &p, CMD_TIMEOUT, "ls", env.url);
@@ -719,14 +697,14 @@ TEST_TIMEOUT(kill_client_mid_push_then_resume, 120)
         CHECK_EQ(p.sig, SIGKILL);
         e2e_proc_free(&p);
         /* Nothing looks complete. */
-        CHECK_EQ(snapshot_count(&env, "resume"), 0);
+        CHECK_EQ(e2e_snapshot_count(&env, "default", "resume"), 0);
     }
 
     push_report r;
     push_after_interruption(&env, src, "resume", &r);
     /* It resumed: what was staged was not sent again. */
     CHECK_LT(r.bytes_sent, total - 128 * E2E_MIB);
-    CHECK_EQ(snapshot_count(&env, "resume"), 1);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "resume"), 1);
     pull(&env, "resume", dst, 0);
     CHECK_EQ(e2e_tree_diff(src, dst, 0), 0);
     e2e_teardown(&env);
@@ -775,7 +753,7 @@ TEST_TIMEOUT(silent_client_push_ended_then_next_push_accepted, 120)
     CHECK(kill(p.pid, SIGKILL) == 0);
     e2e_proc_wait(&p, 10);
     e2e_proc_free(&p);
-    CHECK_EQ(snapshot_count(&env, "resume"), 1);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "resume"), 1);
     pull(&env, "resume", dst, 0);
     CHECK_EQ(e2e_tree_diff(src, dst, 0), 0);
     e2e_teardown(&env);
@@ -793,7 +771,7 @@ TEST_TIMEOUT(kill_server_mid_push_then_resume, 120)
     e2e_proc p = {0};
     start_push_and_wait_for_staging(&env, &p, src, "resume", 32 * E2E_MIB);
     e2e_server_kill(&env.server);
-    CHECK_EQ(snapshot_count(&env, "resume"), 0);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "resume"), 0);
 
     /* A new server on the same store and port. */
     const int port = env.server.port;
@@ -816,7 +794,7 @@ TEST_TIMEOUT(kill_server_mid_push_then_resume, 120)
     push_report r;
     push_after_interruption(&env, src, "resume", &r);
     CHECK_LT(r.bytes_sent, total - 16 * E2E_MIB);
-    CHECK_GE(snapshot_count(&env, "resume"), 1);
+    CHECK_GE(e2e_snapshot_count(&env, "default", "resume"), 1);
     pull(&env, "resume", dst, 0);
     CHECK_EQ(e2e_tree_diff(src, dst, 0), 0);
     e2e_teardown(&env);

@@ -40,70 +40,25 @@ static void parse_report(const e2e_proc *p, push_report *r)
     }
 }
 
-/* One big file, a nested directory with small files, and a hard link;
- * returns the bytes of file content. */
+/* The tree of every push here; returns the bytes of file content. */
 static uint64_t make_tree(const char *root)
 {
-    e2e_mkdir(root);
-    e2e_file(e2e_at(root, "big"), BIG_FILE, 7, 0644);
-    uint64_t total = BIG_FILE;
-    e2e_mkdir(e2e_at(root, "d"));
-    e2e_mkdir(e2e_at(root, "d/e"));
-    for (int i = 0; i < 20; i++) {
-        char name[32];
-        snprintf(name, sizeof(name), "d/e/s%02d", i);
-        e2e_file(e2e_at(root, name), 1000 + (uint64_t)i * 300, (uint64_t)i, 0644);
-        total += 1000 + (uint64_t)i * 300;
-    }
-    CHECK(link(e2e_at(root, "d/e/s00"), e2e_at(root, "d/s00.hl")) == 0);
-    e2e_stamp_tree(root);
+    return e2e_push_tree(root, BIG_FILE, 7, 1000, 300, 0);
+}
+
+/* Sets up the store and its server, makes the source tree in src (dst is
+ * where it is pulled back) and starts its push by the default principal,
+ * returning once `bytes` of it are staged; returns the bytes of file
+ * content of the tree. */
+static uint64_t start_held_push(e2e_env *env, char src[PATH_MAX], char dst[PATH_MAX],
+                                e2e_proc *held, uint64_t bytes)
+{
+    e2e_setup(env, 0);
+    e2e_path(env, src, "src");
+    e2e_path(env, dst, "dst");
+    const uint64_t total = make_tree(src);
+    e2e_push_until_staged(env, held, NULL, "default", src, "data", bytes);
     return total;
-}
-
-/* Complete snapshots of a dataset whose namespace is ns. */
-static int snapshot_count(e2e_env *env, const char *ns, const char *dataset)
-{
-    char dir[PATH_MAX];
-    e2e_pathf(dir, "%s/%s/%s/snapshots", env->store, ns, dataset);
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return 0;
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        size_t len = strlen(de->d_name);
-        if (de->d_name[0] != '.' && !(len > 4 && strcmp(de->d_name + len - 4, ".tmp") == 0))
-            n++;
-    }
-    closedir(d);
-    return n;
-}
-
-/*
- * Starts `haul [--principal P] push SRC URL/DATASET --json` and returns
- * once the server has staged more than `bytes` of the big file, the push
- * still running.
- */
-static void start_push_until_staged(e2e_env *env, e2e_proc *p, const char *principal,
-                                    const char *ns, const char *src, const char *dataset,
-                                    uint64_t bytes)
-{
-    char url[512], staging[PATH_MAX];
-    e2e_pathf(staging, "%s/%s/%s/.staging", env->store, ns, dataset);
-    memset(p, 0, sizeof(*p));
-    if (principal)
-        e2e_haul_start(env, p, "--principal", principal, "push", src, e2e_url(env, url, dataset),
-                       "--json");
-    else
-        e2e_haul_start(env, p, "push", src, e2e_url(env, url, dataset), "--json");
-    int ok = 0;
-    E2E_WAIT_UNTIL(ok, e2e_largest_file(staging) > bytes || e2e_proc_exited(p), 30000);
-    if (e2e_proc_exited(p)) {
-        e2e_proc_wait(p, 1);
-        e2e_proc_show(p);
-        CHECK(!"the push ended before the test could hold it");
-    }
-    CHECK(ok);
 }
 
 static void pull_and_compare(e2e_env *env, const char *principal, const char *dataset,
@@ -126,14 +81,9 @@ static void pull_and_compare(e2e_env *env, const char *principal, const char *da
 TEST_TIMEOUT(takeover_ends_a_stopped_push_of_the_same_principal, 120)
 {
     e2e_env env;
-    e2e_setup(&env, 0);
     char src[PATH_MAX], dst[PATH_MAX], url[512];
-    e2e_path(&env, src, "src");
-    e2e_path(&env, dst, "dst");
-    const uint64_t total = make_tree(src);
-
-    e2e_proc held = {0};
-    start_push_until_staged(&env, &held, NULL, "default", src, "data", 8 * E2E_MIB);
+    e2e_proc held;
+    const uint64_t total = start_held_push(&env, src, dst, &held, 8 * E2E_MIB);
     CHECK(kill(held.pid, SIGSTOP) == 0);
 
     /* Its client is stopped but connected: a plain push is refused, and
@@ -160,7 +110,7 @@ TEST_TIMEOUT(takeover_ends_a_stopped_push_of_the_same_principal, 120)
     CHECK_LT(r.bytes_sent, total - 8 * E2E_MIB);
     e2e_proc_free(&p);
     CHECK(e2e_log_wait(&env, "takes the dataset over from request 1 (--takeover)", 5));
-    CHECK_EQ(snapshot_count(&env, "default", "data"), 1);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "data"), 1);
 
     /* The client taken over learns it when it runs again, and ends. */
     CHECK(kill(held.pid, SIGCONT) == 0);
@@ -171,7 +121,7 @@ TEST_TIMEOUT(takeover_ends_a_stopped_push_of_the_same_principal, 120)
     CHECK_EXIT(&held, 3);
     CHECK(e2e_contains(held.err, "taken over by another push"));
     e2e_proc_free(&held);
-    CHECK_EQ(snapshot_count(&env, "default", "data"), 1);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "data"), 1);
 
     pull_and_compare(&env, NULL, "data", src, dst);
     e2e_teardown(&env);
@@ -201,7 +151,7 @@ TEST_TIMEOUT(takeover_of_another_principals_push_is_refused, 120)
     make_tree(src);
 
     e2e_proc held = {0};
-    start_push_until_staged(&env, &held, "alice", "shared", src, "data", 8 * E2E_MIB);
+    e2e_push_until_staged(&env, &held, "alice", "shared", src, "data", 8 * E2E_MIB);
     CHECK(kill(held.pid, SIGSTOP) == 0);
 
     e2e_proc p = {0};
@@ -220,7 +170,7 @@ TEST_TIMEOUT(takeover_of_another_principals_push_is_refused, 120)
     e2e_proc_wait(&held, CMD_TIMEOUT);
     CHECK_EXIT(&held, 0);
     e2e_proc_free(&held);
-    CHECK_EQ(snapshot_count(&env, "shared", "data"), 1);
+    CHECK_EQ(e2e_snapshot_count(&env, "shared", "data"), 1);
     pull_and_compare(&env, "bob", "data", src, dst);
     e2e_teardown(&env);
 }
@@ -228,14 +178,9 @@ TEST_TIMEOUT(takeover_of_another_principals_push_is_refused, 120)
 TEST_TIMEOUT(push_of_a_killed_client_is_taken_over_at_once, 120)
 {
     e2e_env env;
-    e2e_setup(&env, 0);
     char src[PATH_MAX], dst[PATH_MAX], url[512];
-    e2e_path(&env, src, "src");
-    e2e_path(&env, dst, "dst");
-    const uint64_t total = make_tree(src);
-
-    e2e_proc held = {0};
-    start_push_until_staged(&env, &held, NULL, "default", src, "data", 16 * E2E_MIB);
+    e2e_proc held;
+    const uint64_t total = start_held_push(&env, src, dst, &held, 16 * E2E_MIB);
     CHECK(kill(held.pid, SIGKILL) == 0);
     e2e_proc_wait(&held, 10);
     CHECK_EQ(held.sig, SIGKILL);
@@ -255,7 +200,7 @@ TEST_TIMEOUT(push_of_a_killed_client_is_taken_over_at_once, 120)
     e2e_proc_free(&p);
     CHECK(e2e_log_wait(&env, "takes the dataset over from request 1 (its client has no connection",
                        5));
-    CHECK_EQ(snapshot_count(&env, "default", "data"), 1);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "data"), 1);
     pull_and_compare(&env, NULL, "data", src, dst);
     e2e_teardown(&env);
 }
@@ -411,7 +356,7 @@ TEST_TIMEOUT(retry_after_a_partition_is_accepted_at_once_and_resumes, 120)
      * timeout that the client was gone. */
     CHECK(e2e_log_wait(&env, "takes the dataset over from request 1 (its client has no connection",
                        5));
-    CHECK_EQ(snapshot_count(&env, "default", "data"), 1);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "data"), 1);
     proxy_stop(&px);
     pull_and_compare(&env, NULL, "data", src, dst);
     e2e_teardown(&env);

@@ -14,6 +14,15 @@
 
 #include "haul.h"
 
+/* Milliseconds on CLOCK_MONOTONIC, truncated as the engine's clock is, so
+ * that "no earlier than the timeout" can be checked exactly. */
+static inline int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* Waits up to ms for the next event of `type` on the engine; events of
  * other types are counted in skipped[] (if given) and dropped. Returns 1
  * when found. */

@@ -22,15 +22,6 @@
 #define MIB (1u << 20)
 #define TIMEOUT_MS 400
 
-/* Milliseconds on CLOCK_MONOTONIC, truncated as the engine's clock is, so
- * that "no earlier than the timeout" can be checked exactly. */
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /*
  * The receiving application: it accepts the session and notes what
  * arrives, but never takes a message out of the input queue.
