@@ -277,8 +277,10 @@ static int roots_apart(const auth_table *t, const char *path, char *err, size_t 
         if (slash != NULL && !has_section(t, rest, (size_t)(slash - rest))) {
             snprintf(err, errlen,
                      "%s: the root %s of principal %s lies inside the namespace of principal "
-                     "%.*s (%.*s, from [principal *])",
-                     path, ri, t->v[i].name, (int)(slash - rest), rest, (int)(slash - ri), ri);
+                     "%.*s (%.*s, from [principal *]); give [principal *] a root of its own "
+                     "(e.g. root = clients) or %.*s a section",
+                     path, ri, t->v[i].name, (int)(slash - rest), rest, (int)(slash - ri), ri,
+                     (int)(slash - rest), rest);
             return -1;
         }
         for (size_t j = 0; j < t->n; j++) {
