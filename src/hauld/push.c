@@ -134,6 +134,20 @@ static void close_fd(int *fd)
     *fd = -1;
 }
 
+/* Closes the descriptors the push writes its staging area through (the
+ * lock aside: release_dataset() drops it). Once the dataset is released,
+ * the next push owns the staging area, so this comes first. Idempotent. */
+static void close_staging(push *p)
+{
+    close_fd(&p->cur.fd);
+    fs_rec_writer_fini(&p->manifest);
+    fs_rec_writer_fini(&p->links);
+    close_fd(&p->needs);
+    close_fd(&p->needidx);
+    close_fd(&p->tree);
+    close_fd(&p->old);
+}
+
 static void add_problem(push *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void add_problem(push *p, const char *fmt, ...)
@@ -207,13 +221,7 @@ static void push_fail(request *r, push *p, int err, const char *fmt, ...)
     /* Nothing of the staging area stays open: once the dataset is
      * released, the next push (perhaps already there, taking over) owns
      * it. */
-    close_fd(&p->cur.fd);
-    fs_rec_writer_fini(&p->manifest);
-    fs_rec_writer_fini(&p->links);
-    close_fd(&p->needs);
-    close_fd(&p->needidx);
-    close_fd(&p->tree);
-    close_fd(&p->old);
+    close_staging(p);
     release_dataset(r, p);
     request_log(r, HAUL_LOG_WARN, "push failed: %s (what is staged is kept for a later push)",
                 text);
@@ -1038,12 +1046,7 @@ static void push_commit(request *r, push *p)
     /* Committed. What is left of the staging area goes; an error here
      * only costs space, which the next push reclaims. */
     p->state = P_DONE;
-    close_fd(&p->tree);
-    close_fd(&p->old);
-    fs_rec_writer_fini(&p->manifest);
-    fs_rec_writer_fini(&p->links);
-    close_fd(&p->needs);
-    close_fd(&p->needidx);
+    close_staging(p);
     static const char *const leftovers[] = {"old", "NEEDS", "NEEDIDX", "LINKS"};
     for (size_t i = 0; i < sizeof(leftovers) / sizeof(leftovers[0]); i++)
         if (fs_remove_tree(p->staging, leftovers[i]) < 0)
@@ -1390,14 +1393,8 @@ static void push_fini(request *r)
     push *p = r->op;
     if (p == NULL)
         return;
-    close_fd(&p->cur.fd);
+    close_staging(p);
     release_dataset(r, p);
-    fs_rec_writer_fini(&p->manifest);
-    fs_rec_writer_fini(&p->links);
-    close_fd(&p->needs);
-    close_fd(&p->needidx);
-    close_fd(&p->tree);
-    close_fd(&p->old);
     close_fd(&p->prev);
     close_fd(&p->staging);
     close_fd(&p->ds);
