@@ -40,18 +40,24 @@ static int can(const haul_session *s, int event)
     return haul__session_next(s->state, event) >= 0;
 }
 
+static haul_event event_of(haul_session *s, haul_event_type type, int error, uint64_t tag,
+                           uint64_t seq, uint32_t window, uint32_t reason)
+{
+    return (haul_event){.type = type,
+                        .error = error,
+                        .session = s,
+                        .tag = tag,
+                        .seq = seq,
+                        .window = window,
+                        .reason = reason};
+}
+
 static void post(haul_session *s, haul_event_type type, int error, uint64_t tag, uint64_t seq,
                  uint32_t window, uint32_t reason)
 {
     if (s->app_freed)
         return;
-    haul_event ev = {.type = type,
-                     .error = error,
-                     .session = s,
-                     .tag = tag,
-                     .seq = seq,
-                     .window = window,
-                     .reason = reason};
+    haul_event ev = event_of(s, type, error, tag, seq, window, reason);
     haul__post(s->engine, &ev);
 }
 
@@ -74,13 +80,7 @@ static void post_final(haul_session *s, unsigned *slots, haul_event_type type, i
         haul__cq_release(s->engine, 1);
         return;
     }
-    haul_event ev = {.type = type,
-                     .error = error,
-                     .session = s,
-                     .tag = tag,
-                     .seq = seq,
-                     .window = window,
-                     .reason = reason};
+    haul_event ev = event_of(s, type, error, tag, seq, window, reason);
     haul__post_reserved(s->engine, &ev);
 }
 
