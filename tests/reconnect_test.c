@@ -75,7 +75,11 @@ static int break_due(haul_session *s, const plan *p, const fault *b, unsigned ac
         haul__list_each(it, &s->outq)
         {
             haul_message *m = HAUL__CONTAINER(it, haul_message, link);
-            if (m->seq != p->big_at || c == NULL || m->unsent == 0)
+            /* Due while the big message is unacknowledged and the
+             * connection carried a chunk of it: once every chunk is taken
+             * the message may still be on its way, and waiting for chunks
+             * not yet taken could miss it on a fast machine. */
+            if (m->seq != p->big_at || c == NULL)
                 continue;
             for (uint32_t i = 0; i < m->nchunks && !due; i++)
                 due = m->carrier[i] == c->serial;
