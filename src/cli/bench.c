@@ -106,11 +106,16 @@ int cli_bench(const cli_options *opt, int argc, char **argv)
     if (status == CLI_EXIT_OK) {
         double secs = (b.last_ack > start ? b.last_ack : cli_now()) - start;
         double mibs = secs > 0 ? (double)b.acked_bytes / (1 << 20) / secs : 0;
+        haul_engine_stats st;
+        haul_engine_stats_get(c.engine, &st);
         if (opt->json)
             printf("{\"connections\":%u,\"seconds\":%.3f,\"messages\":%llu,\"bytes\":%llu,"
-                   "\"gbit_per_s\":%.3f,\"mib_per_s\":%.1f}\n",
+                   "\"gbit_per_s\":%.3f,\"mib_per_s\":%.1f,\"bytes_written\":%llu,"
+                   "\"chunks_hedged\":%llu,\"chunks_resent\":%llu}\n",
                    opt->connections, secs, (unsigned long long)c.messages_acked,
-                   (unsigned long long)b.acked_bytes, gbits(b.acked_bytes, secs), mibs);
+                   (unsigned long long)b.acked_bytes, gbits(b.acked_bytes, secs), mibs,
+                   (unsigned long long)st.bytes_sent, (unsigned long long)st.chunks_hedged,
+                   (unsigned long long)st.chunks_resent);
         else
             printf("%s%.2f Gbit/s (%.1f MiB/s): %llu MiB acknowledged in %.2f s over %u "
                    "connections\n",
