@@ -674,14 +674,17 @@ static void on_pipe_event(request *r, const haul_event *ev)
                                             : haul_strerror(ev->error));
 }
 
-/* A push whose client hauld watches: one that runs, or one taken over
- * that waits for its client to read why; and whose pipe is down. */
+/* A request whose client hauld watches: one that runs, or a push taken
+ * over that waits for its client to read why; and whose pipe is down.
+ * Other requests than pushes hold no dataset, but a client gone for good
+ * (a bench stopped with data still on its way, a killed pull) would keep
+ * them, and a shutdown waiting for them, for the whole message timeout. */
 static int gone_watched(const request *r)
 {
-    return r->req.op == HSP_PUSH && (!r->finishing || r->abandoned) && r->pipe_down_since_ms != 0;
+    return (!r->finishing || r->abandoned) && r->pipe_down_since_ms != 0;
 }
 
-/* Ends the pushes whose client has been gone for the grace period. */
+/* Ends the requests whose client has been gone for the grace period. */
 static void end_gone_pushes(server *srv)
 {
     int64_t now = now_ms();
@@ -693,6 +696,9 @@ static void end_gone_pushes(server *srv)
         if (r->abandoned)
             request_abort(r, "the client of the push taken over has had no connection for %d s",
                           PUSH_GRACE_MS / 1000);
+        else if (r->req.op != HSP_PUSH)
+            request_abort(r, "its client has had no connection for %d s: it is gone",
+                          PUSH_GRACE_MS / 1000);
         else
             request_abort(r,
                           "its client has had no connection for %d s: it is gone (what it "
@@ -701,7 +707,7 @@ static void end_gone_pushes(server *srv)
     }
 }
 
-/* Milliseconds until the next push's grace ends, or -1 when none waits. */
+/* Milliseconds until the next request's grace ends, or -1 when none waits. */
 static int next_gone_ms(const server *srv)
 {
     int64_t now = now_ms(), best = -1;
