@@ -30,10 +30,10 @@
 #include "net/frame.h"
 #include "net/secure_fsm.h"
 
-/* OpenSSL's objects, by their struct names, so that this header does not
+/* OpenSSL's context, by its struct name, so that this header does not
  * pull in OpenSSL's. */
-struct ssl_st;
 struct ssl_ctx_st;
+struct haul__transport_ops;
 
 typedef struct haul__pipe haul__pipe;
 typedef struct haul__conn haul__conn;
@@ -267,20 +267,16 @@ struct haul__conn {
     uint32_t seen_sessions[8];       /* for stats.sessions_sent */
     const haul_listen_config *lconf; /* server: of the listener that took it */
 
-    /* Security (net/secure_fsm.h, net/tls.c), touched by the owning
-     * thread only. ssl is NULL on a plain connection. sec_state moves
-     * through haul__secure_enter() alone. */
+    /* The transport that carries the connection's bytes (net/transport.h)
+     * and its state, touched by the owning thread only: plain TCP, or TLS
+     * when tls_ctx is set at haul__conn_start(). */
+    const struct haul__transport_ops *ops;
+    void *transport;
+    /* Security (net/secure_fsm.h): sec_state moves through
+     * haul__secure_enter() alone, called by the transport. */
     struct ssl_ctx_st *tls_ctx; /* set before haul__conn_start: the listener's or pipe's */
-    struct ssl_st *ssl;
-    int sec_state; /* HAUL__SEC_* */
-    /* The retry conditions of the socket I/O state machine on TLS, which
-     * OpenSSL reports per call (WANT_WRITE, WANT_READ): not security
-     * states. */
-    int tls_write_pending;                   /* SSL_write must be retried with the same bytes */
-    int tls_read_wants_write;                /* SSL_read waits for the socket to be writable */
+    int sec_state;              /* HAUL__SEC_* */
     char principal[HAUL__PRINCIPAL_MAX + 1]; /* server: of the client's certificate */
-    uint8_t *tx_buf;                         /* the bounce buffer: small frames and file bodies */
-    size_t tx_buf_len, tx_buf_off;
 };
 
 /* ---- pipes --------------------------------------------------------------- */
@@ -551,7 +547,6 @@ int haul__tls_ctx_reload(haul_engine *engine, const char *tls_key, int server,
 /* The key of a client pipe's TLS identity (malloc'd), or NULL for plain;
  * *err is HAUL_ENOMEM when it could not be made. */
 char *haul__tls_key(const haul_tls_config *config, int *err);
-int haul__tls_conn_init(haul__conn *conn); /* creates conn->ssl; mu held */
 /* The one way the security state machine moves, on the connection's own
  * thread, with or without mu: takes the transition of the table for
  * `event`, counts the state entered and logs it, and keeps errno. A transition the table
@@ -559,20 +554,6 @@ int haul__tls_conn_init(haul__conn *conn); /* creates conn->ssl; mu held */
  * is refused (the state stays, an error is logged) otherwise. Returns 0,
  * or -1 when refused. */
 int haul__secure_enter(haul__conn *conn, int event);
-/* One step of the handshake, on the owning thread: 1 when done and the
- * peer accepted, 0 when it waits for the socket, -1 when it failed (why
- * says so). */
-int haul__tls_handshake(haul__conn *conn, char *why, size_t size);
-/* What SSL_read and SSL_write leave behind on the thread's error queue,
- * as one line for the log. */
-void haul__tls_error_text(haul__conn *conn, char *buf, size_t size);
-/* Hands the records SSL_write() left in the connection's write buffer to
- * the socket, on the owning thread: 0 when none is left, -1 with errno
- * EAGAIN when the socket is full (the next EPOLLOUT edge comes), or
- * another errno when it broke. */
-int haul__tls_flush(haul__conn *conn);
-void haul__tls_conn_fini(haul__conn *conn);
-
 /* Addresses. */
 int haul__addr_parse(const char *address, struct sockaddr_storage *ss, socklen_t *len);
 int haul__addr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_t size);
