@@ -96,6 +96,17 @@ struct haul_message {
     /* Receiving. */
     uint8_t *rx_state; /* per chunk: HAUL__RX_* */
     uint32_t rx_done;  /* chunks received */
+    /* Per chunk: 1 while a connection reads its payload straight into
+     * the body without the engine's mutex (a direct read). The
+     * connections of a pipe run on several threads, and two copies of a
+     * chunk may arrive on two of them at once: while one reads straight
+     * into the chunk's bytes, no other writes them, nor completes the
+     * chunk. A direct read begins only on a chunk that one connection
+     * reads alone (HAUL__RX_CLAIMED) and that no read is writing; a copy
+     * parsed through the buffer of its connection waits for the direct
+     * read to end (rx_waiters) before it copies its bytes in. */
+    uint8_t *rx_writing;
+    haul__list rx_waiters; /* connections waiting for a direct read to end */
 };
 
 /* ---- sessions ---------------------------------------------------------- */
@@ -208,7 +219,7 @@ struct haul__conn {
     haul_engine *engine;
     haul__loop *loop;
     haul__pipe *pipe;    /* client: from birth; server: once joined */
-    haul__loop *move_to; /* server: the loop of the pipe it joined */
+    haul__loop *move_to; /* server: the loop chosen for it when it joined its pipe */
     haul__list pipe_link;
     haul__list wake_link; /* in its loop's wake list */
     haul__list idle_link; /* in its pipe's idle list */
@@ -243,11 +254,19 @@ struct haul__conn {
     int item_pos;       /* the item being written */
     uint64_t item_done; /* bytes of it written, header included */
     int more_to_read;   /* stopped reading to give others a turn */
-    int handshaking;    /* accepted, counted in engine->handshaking */
-    int rx_hup;         /* the peer closed or reset: read until EOF */
-    int hello_pending;  /* a HELLO or HELLO_ACK to send */
-    int debug_frozen;   /* test hook: neither reads nor writes while set */
-    int tx_short;       /* 1 + the item whose file fell short, or 0 */
+    /* A direct read into chunk rx_index of rx_msg runs without mu (the
+     * message's rx_writing is set for it). */
+    int rx_writing;
+    /* Waiting, in rx_msg's rx_waiters, for another connection's direct
+     * read into the chunk to end before it copies its bytes in; it
+     * neither parses nor reads meanwhile. */
+    int rx_waiting;
+    haul__list wait_link;
+    int handshaking;   /* accepted, counted in engine->handshaking */
+    int rx_hup;        /* the peer closed or reset: read until EOF */
+    int hello_pending; /* a HELLO or HELLO_ACK to send */
+    int debug_frozen;  /* test hook: neither reads nor writes while set */
+    int tx_short;      /* 1 + the item whose file fell short, or 0 */
     /* The message timeout's watch on the socket's send queue (mu held):
      * its length and when it was last read, and when it was last seen to
      * change between two reads close together. */
@@ -319,7 +338,7 @@ struct haul__pipe {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     uint64_t id;      /* chosen by the client, names the pipe in every HELLO */
-    haul__loop *loop; /* every connection of the pipe lives on this thread */
+    haul__loop *loop; /* the first thread of its connections, which spread from it */
 
     haul__conn **conns; /* client: one slot per connection, NULL while down */
     unsigned nconns;
@@ -527,6 +546,9 @@ void haul__conn_close(haul__conn *conn, int error, const char *why);
 void haul__conn_io(haul__conn *conn, uint32_t events); /* mu NOT held */
 void haul__conn_handle_wake(haul__conn *conn);         /* mu NOT held */
 void haul__conn_free(haul__conn *conn);
+/* A connection waiting for another's direct read into its chunk
+ * (haul__conn.rx_waiting) no longer waits: it goes on with its buffer. */
+void haul__conn_stop_waiting(haul__conn *conn);
 void haul__conn_sweep(haul__conn *conn, int64_t now);
 /* The one way each of a connection's two machines moves (net/conn_fsm.h),
  * mu held: takes the transition of the table for `event`, counts the

@@ -43,7 +43,14 @@
  *
  * Threads: only the loop thread that owns the connection reads, writes or
  * frees it. Other threads may close it (mark it dead) under the engine's
- * mutex; the owner then tears it down.
+ * mutex; the owner then tears it down. The connections of one pipe spread
+ * over the engine's threads (connection i of a client pipe on the pipe's
+ * first thread + i; a server connection, when it joins, on the thread
+ * with the fewest of its pipe's), so that one pipe reads, writes and
+ * encrypts on several cores. What they share (sessions, messages, the
+ * pipe) is under the mutex; the one thing written without it is the body
+ * of a received message, by a direct read, and haul_message.rx_writing
+ * keeps the copies of a chunk on two threads from writing it at once.
  */
 #include <assert.h>
 #include <errno.h>
@@ -141,7 +148,10 @@ haul__conn *haul__conn_new(haul_engine *e, int fd, int server, haul__pipe *pipe,
      * every session of the pipe shares. */
     c->limits.max_message = 0xffffffffull;
     c->ops = &haul__tcp_ops;
-    c->loop = pipe ? pipe->loop : &e->loops[e->next_loop++ % e->nloops];
+    /* Connection i of a client pipe on the pipe's first thread + i; an
+     * accepted one on the threads in turn, until it joins its pipe. */
+    c->loop = pipe ? &e->loops[((unsigned)pipe->loop->index + index) % e->nloops]
+                   : &e->loops[e->next_loop++ % e->nloops];
     haul__list_add_tail(&e->conns, &c->all_link);
     e->nconns++;
     return c;
@@ -282,6 +292,7 @@ void haul__conn_free(haul__conn *c)
     handshake_over(c);
     haul__list_del(&c->all_link);
     haul__list_del(&c->wake_link);
+    haul__list_del(&c->wait_link);
     e->nconns--;
     if (c->registered)
         epoll_ctl(c->loop->epfd, EPOLL_CTL_DEL, c->fd, NULL);
@@ -334,6 +345,30 @@ void haul__conn_sweep(haul__conn *c, int64_t now)
 
 /* ---- receiving ------------------------------------------------------------ */
 
+void haul__conn_stop_waiting(haul__conn *c)
+{
+    if (!c->rx_waiting)
+        return;
+    haul__list_del(&c->wait_link);
+    c->rx_waiting = 0;
+    /* It read nothing while it waited, and the edges that came meanwhile
+     * are gone. */
+    c->more_to_read = 1;
+    haul__conn_wake(c);
+}
+
+/* A direct read into chunk rx_index of rx_msg ended (mu held): the
+ * connections that waited to copy their bytes into the chunk go on. */
+static void direct_read_ended(haul__conn *c)
+{
+    haul_message *m = c->rx_msg;
+    m->rx_writing[c->rx_index] = 0;
+    c->rx_writing = 0;
+    while (!haul__list_empty(&m->rx_waiters))
+        haul__conn_stop_waiting(
+            HAUL__CONTAINER(haul__list_first(&m->rx_waiters), haul__conn, wait_link));
+}
+
 static void chunk_complete(haul__conn *c)
 {
     haul_message *m = c->rx_msg;
@@ -342,6 +377,30 @@ static void chunk_complete(haul__conn *c)
     haul__rx_enter(c, HAUL__RXEV_PAYLOAD_DONE);
     haul__session_chunk_done(m->session, m, c->rx_index);
     haul__message_unref(m);
+}
+
+/* The thread of a server connection that joined its pipe (mu held): the
+ * one with the fewest of the pipe's connections, so that they spread over
+ * the threads as a client's do; the one it runs on when that is one of
+ * them, so that it need not move. */
+static haul__loop *join_loop(haul__pipe *pipe, haul__conn *c)
+{
+    haul_engine *e = c->engine;
+    unsigned count[64] = {0}; /* io_threads is at most 64 */
+    haul__list *p;
+    haul__list_each(p, &pipe->members)
+    {
+        haul__conn *m = HAUL__CONTAINER(p, haul__conn, pipe_link);
+        if (m != c && !m->dead)
+            count[(m->move_to ? m->move_to : m->loop)->index]++;
+    }
+    haul__loop *best = c->loop;
+    for (unsigned k = 0; k < e->nloops; k++) {
+        haul__loop *l = &e->loops[((unsigned)pipe->loop->index + k) % e->nloops];
+        if (count[l->index] < count[best->index])
+            best = l;
+    }
+    return best;
 }
 
 static void on_hello(haul__conn *c, const uint8_t *payload)
@@ -397,8 +456,9 @@ static void on_hello(haul__conn *c, const uint8_t *payload)
         handshake_over(c);
         haul__conn_enter(c, HAUL__CONNEV_JOIN);
         haul__pipe_conn_joined(pipe, c);
-        if (pipe->loop != c->loop)
-            c->move_to = pipe->loop;
+        haul__loop *to = join_loop(pipe, c);
+        if (to != c->loop)
+            c->move_to = to;
     } else {
         /* Every connection of a pipe must cut messages alike: the
          * reassembly state of a message is laid out by chunk. */
@@ -503,10 +563,10 @@ static void on_header(haul__conn *c, const uint8_t *hdr)
 /* Consumes what the buffer holds (mu held). */
 static void parse(haul__conn *c)
 {
-    /* A connection that joined a pipe of another thread stops here: the
-     * rest is parsed on that thread, where the pipe's other connections
-     * are. */
-    while (!c->dead && !c->move_to) {
+    /* A connection that joined its pipe on another thread stops here: the
+     * rest is parsed on that thread, which owns it from then on. One
+     * waiting for another's direct read into its chunk stops too. */
+    while (!c->dead && !c->move_to && !c->rx_waiting) {
         size_t avail = c->rx_have - c->rx_pos;
         const uint8_t *at = c->rxbuf + c->rx_pos;
         if (c->rx_state == HAUL__RXS_HEADER) {
@@ -519,6 +579,14 @@ static void parse(haul__conn *c)
         size_t take = avail < c->rx_left ? avail : (size_t)c->rx_left;
         if (take == 0)
             break;
+        if (c->rx_state == HAUL__RXS_CHUNK && c->rx_msg->rx_writing[c->rx_index]) {
+            /* Another connection reads a copy of the chunk straight into
+             * these bytes now, on its own thread: the bytes wait in the
+             * buffer until it has done (direct_read_ended). */
+            c->rx_waiting = 1;
+            haul__list_add_tail(&c->rx_msg->rx_waiters, &c->wait_link);
+            break;
+        }
         if (c->rx_state == HAUL__RXS_CHUNK)
             memcpy(c->rx_msg->data + c->rx_off, at, take);
         else if (c->rx_state == HAUL__RXS_CTL)
@@ -546,17 +614,36 @@ static void do_read(haul__conn *c)
     haul_engine *e = c->engine;
     for (unsigned turn = 0; turn < c->ops->read_turns; turn++) {
         pthread_mutex_lock(&e->mu);
-        if (c->dead || !haul__conn_carries_frames(c->state) || c->debug_frozen) {
+        if (c->dead || !haul__conn_carries_frames(c->state) || c->debug_frozen || c->rx_waiting) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
+        /* Bytes that wait in the buffer go first: those of a connection
+         * that waited for another's direct read (and may since have been
+         * told to discard its copy), or that a readiness event reached
+         * before the wake that would have parsed them. A full buffer
+         * would read as the end of the stream. */
+        if (c->rx_have > c->rx_pos) {
+            parse(c);
+            if (c->dead || c->rx_waiting || c->move_to) {
+                pthread_mutex_unlock(&e->mu);
+                return;
+            }
+        }
         uint8_t *dst;
         size_t want;
+        /* Straight into the message only while this connection reads the
+         * chunk alone and no direct read of another is still writing it
+         * (a connection closed from outside in the middle of one). */
         int direct = c->rx_state == HAUL__RXS_CHUNK && c->rx_pos == c->rx_have &&
-                     c->rx_left >= DIRECT_MIN && c->rx_msg != NULL;
+                     c->rx_left >= DIRECT_MIN && c->rx_msg != NULL &&
+                     c->rx_msg->rx_state[c->rx_index] == HAUL__RX_CLAIMED &&
+                     !c->rx_msg->rx_writing[c->rx_index];
         if (direct) {
             dst = c->rx_msg->data + c->rx_off;
             want = (size_t)c->rx_left;
+            c->rx_msg->rx_writing[c->rx_index] = 1;
+            c->rx_writing = 1;
         } else {
             if (c->rx_pos > 0) {
                 memmove(c->rxbuf, c->rxbuf + c->rx_pos, c->rx_have - c->rx_pos);
@@ -569,10 +656,17 @@ static void do_read(haul__conn *c)
         pthread_mutex_unlock(&e->mu);
 
         ssize_t n = c->ops->read(c, dst, want);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int again = errno == EINTR;
+            if (direct) {
+                pthread_mutex_lock(&e->mu);
+                direct_read_ended(c);
+                pthread_mutex_unlock(&e->mu);
+            }
+            if (again)
+                continue;
             return;
+        }
         char why[480];
         int code = HAUL_ECONNRESET;
         int own = 0;
@@ -586,6 +680,8 @@ static void do_read(haul__conn *c)
         if (n > 0)
             atomic_store_explicit(&c->last_rx, haul__now_ms(), memory_order_relaxed);
         pthread_mutex_lock(&e->mu);
+        if (direct)
+            direct_read_ended(c);
         if (n <= 0) {
             if (own)
                 haul__log(e, HAUL_LOG_WARN, "connection %u: %s", c->serial, why);
