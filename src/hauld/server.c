@@ -747,8 +747,15 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
 
     haul_engine_config ec;
     haul_engine_config_init(&ec);
-    if (cfg->io_threads)
+    /* One I/O thread per online core unless told otherwise: a client's
+     * connections spread over them, and TLS seals and opens records on
+     * as many cores as it has connections. The engine takes 64 at most. */
+    if (cfg->io_threads) {
         ec.io_threads = cfg->io_threads;
+    } else {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        ec.io_threads = cores < 1 ? 1 : cores > 64 ? 64 : (unsigned)cores;
+    }
     if (cfg->max_sessions)
         ec.max_sessions = cfg->max_sessions;
     if (cfg->max_connections)
