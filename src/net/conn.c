@@ -184,7 +184,7 @@ void haul__conn_start(haul__conn *c, int connecting)
     if (epoll_ctl(c->loop->epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
         c->registered = 1;
     if (init_rc) {
-        haul__conn_close(c, init_rc, "no memory for TLS");
+        haul__conn_close(c, init_rc, "no memory for the transport");
         return;
     }
     if (!connecting && conn_secure(c))
