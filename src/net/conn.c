@@ -614,7 +614,8 @@ static void do_read(haul__conn *c)
     haul_engine *e = c->engine;
     for (unsigned turn = 0; turn < c->ops->read_turns; turn++) {
         pthread_mutex_lock(&e->mu);
-        if (c->dead || !haul__conn_carries_frames(c->state) || c->debug_frozen || c->rx_waiting) {
+        if (c->dead || !haul__conn_carries_frames(c->state) || c->debug_frozen == 1 ||
+            c->rx_waiting) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
@@ -758,7 +759,7 @@ static int take_batch(haul__conn *c)
                          .len = HAUL__HELLO_MAGIC_LEN,
                          .aux = c->index,
                          .seq = c->pipe ? c->pipe->id : 0,
-                         .offset = c->engine->config.chunk_size};
+                         .offset = c->pipe ? c->pipe->chunk : c->engine->config.chunk_size};
         haul__frame_encode(&f, c->headers[0]);
         c->nitems = 1;
         c->hello_pending = 0;
@@ -778,11 +779,28 @@ static int take_batch(haul__conn *c)
     return c->nitems;
 }
 
+/* Counts what the socket took (owning thread), a write of the
+ * transport having taken n bytes since. */
+static void wire_moved(haul__conn *c, uint64_t n)
+{
+    uint64_t held;
+    atomic_store_explicit(&c->wire_sent, c->ops->wire(c, n, &held), memory_order_relaxed);
+}
+
+/* Where the stream stands once everything written so far reaches the
+ * socket (owning thread). */
+static uint64_t wire_end(haul__conn *c)
+{
+    uint64_t held = 0;
+    return c->ops->wire(c, 0, &held) + held;
+}
+
 /* The batch is all written (mu held): the frames reach their next state. */
 static void batch_written(haul__conn *c)
 {
     haul_engine *e = c->engine;
     int64_t now = 0;
+    uint64_t end = wire_end(c);
     for (int i = 0; i < c->nitems; i++) {
         haul__tx_item *it = &c->items[i];
         c->stats.bytes_sent += item_size(it);
@@ -796,6 +814,10 @@ static void batch_written(haul__conn *c)
             if (now == 0)
                 now = haul__now_ms();
             it->session->progress = now;
+            /* Where the chunk ends in the stream, for hedging, unless
+             * another copy of it has been taken since. */
+            if (it->msg->carrier[it->chunk_index] == c->serial)
+                it->msg->tx[it->chunk_index].pos = end;
             haul__message_unref(it->msg);
             it->msg = NULL;
         } else if (it->type == HAUL__F_KEEPALIVE) {
@@ -922,7 +944,11 @@ static void write_failed(haul__conn *c)
  * EPOLLOUT edge brings do_write() back, and with it the next flush. */
 static int pause_writing(haul__conn *c)
 {
-    if (c->ops->flush(c) == 0 || errno == EAGAIN)
+    int rc = c->ops->flush(c);
+    int err = errno;
+    wire_moved(c, 0);
+    errno = err;
+    if (rc == 0 || errno == EAGAIN)
         return 0;
     write_failed(c);
     return -1;
@@ -933,13 +959,19 @@ static void do_write(haul__conn *c)
     haul_engine *e = c->engine;
     for (int turn = 0; turn < WRITE_TURNS; turn++) {
         pthread_mutex_lock(&e->mu);
-        if (c->dead || !haul__conn_carries_frames(c->state) || c->debug_frozen) {
+        if (c->dead || !haul__conn_carries_frames(c->state) || c->debug_frozen == 1) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
         if (c->nitems == 0 && take_batch(c) == 0) {
-            if (c->state == HAUL__CONN_JOINED && c->pipe && !haul__list_linked(&c->idle_link))
-                haul__list_add_tail(&c->pipe->idle, &c->idle_link);
+            /* Most recently idle first: its congestion window is the
+             * freshest. One that declined chunks goes last. */
+            if (c->state == HAUL__CONN_JOINED && c->pipe && !haul__list_linked(&c->idle_link)) {
+                if (c->declined)
+                    haul__list_add_tail(&c->pipe->idle, &c->idle_link);
+                else
+                    haul__list_add_head(&c->pipe->idle, &c->idle_link);
+            }
             pthread_mutex_unlock(&e->mu);
             pause_writing(c);
             return;
@@ -956,6 +988,8 @@ static void do_write(haul__conn *c)
             return;
         }
 
+        if (c->debug_frozen == 2)
+            return; /* test hook: the batch stays, unwritten */
         while (c->item_pos < c->nitems) {
             ssize_t n = write_some(c);
             if (n < 0 && errno == EINTR)
@@ -971,8 +1005,10 @@ static void do_write(haul__conn *c)
                 write_failed(c);
                 return;
             }
-            if (n > 0)
+            if (n > 0) {
                 atomic_store_explicit(&c->last_tx, haul__now_ms(), memory_order_relaxed);
+                wire_moved(c, (uint64_t)n);
+            }
             uint64_t left = (uint64_t)n;
             while (left > 0) {
                 uint64_t rem = item_size(&c->items[c->item_pos]) - c->item_done;

@@ -87,6 +87,13 @@ static int tcp_flush(haul__conn *c)
     return 0;
 }
 
+/* The socket took what the writes took: the connection's count goes on. */
+static uint64_t tcp_wire(haul__conn *c, uint64_t taken, uint64_t *held)
+{
+    *held = 0;
+    return atomic_load_explicit(&c->wire_sent, memory_order_relaxed) + taken;
+}
+
 static int tcp_error(haul__conn *c, int err, char *why, size_t size)
 {
     return 0;
@@ -110,6 +117,7 @@ const haul__transport_ops haul__tcp_ops = {
     .writev = tcp_writev,
     .write_file = tcp_write_file,
     .flush = tcp_flush,
+    .wire = tcp_wire,
     .error = tcp_error,
     .shutdown = tcp_shutdown,
     .free = tcp_free,

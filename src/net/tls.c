@@ -690,6 +690,25 @@ static int tls_flush(haul__conn *c)
     return -1;
 }
 
+/* The record layer of TLS 1.3 adds a 5-byte header, a content type byte
+ * and a 16-byte tag to each record of up to 16 KiB. */
+#define TLS_RECORD_MAX 16384
+#define TLS_RECORD_OVERHEAD 22
+
+static uint64_t tls_wire(haul__conn *c, uint64_t taken, uint64_t *held)
+{
+    tls_conn *t = c->transport;
+    *held = 0;
+    if (t == NULL)
+        return 0;
+    BIO *wbio = SSL_get_wbio(t->ssl);
+    BIO *sock = wbio ? BIO_next(wbio) : NULL;
+    size_t plain = t->held - t->off;
+    *held = (wbio ? BIO_wpending(wbio) : 0) + plain +
+            (plain + TLS_RECORD_MAX - 1) / TLS_RECORD_MAX * TLS_RECORD_OVERHEAD;
+    return sock ? BIO_number_written(sock) : 0;
+}
+
 static int tls_error(haul__conn *c, int err, char *why, size_t size)
 {
     tls_conn *t = c->transport;
@@ -753,6 +772,7 @@ const haul__transport_ops haul__tls_ops = {
     .writev = tls_writev,
     .write_file = tls_write_file,
     .flush = tls_flush,
+    .wire = tls_wire,
     .error = tls_error,
     .shutdown = tls_shutdown,
     .free = tls_free,

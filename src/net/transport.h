@@ -99,6 +99,14 @@ typedef struct haul__transport_ops {
      * (the next EPOLLOUT edge brings the core back), another errno when
      * the connection broke. */
     int (*flush)(haul__conn *conn);
+    /* Bytes of the connection's stream the socket has taken so far, as
+     * they go on the wire (TLS: records), given that the core's writes
+     * took `taken` bytes since the last call; *held gets those the
+     * transport keeps in front of the socket, at their size on the wire
+     * (TLS: records in the write buffer, and the bounce buffer at the size
+     * it will have once sealed). For where a chunk ends in the stream
+     * (haul__chunk_tx.pos). */
+    uint64_t (*wire)(haul__conn *conn, uint64_t taken, uint64_t *held);
 
     /* Describes a failure of the transport's own after a read or write
      * failed with errno err: returns the haul error code to close the
