@@ -197,6 +197,11 @@ static void make_params(uint64_t seed, unsigned slow, run_params *p)
         p->proxy.max_partitions = 1;
         p->proxy.partition_max_ms = below(&rng, 2) ? p->timeout_ms / 4 : p->timeout_ms * 3 / 2;
     }
+    /* Half the runs on two threads have four: the connections of a pipe
+     * spread over the threads on each side, so that copies of a chunk
+     * and the losses of connections meet on different threads. */
+    if (p->io_threads == 2 && below(&rng, 2))
+        p->io_threads = 4;
 }
 
 /* The content of message i of session s. */
