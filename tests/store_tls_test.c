@@ -354,7 +354,10 @@ TEST_TIMEOUT(tls_handshake_deadline, 60)
 TEST_TIMEOUT(tls_sighup_reload, 90)
 {
     e2e_env env;
-    tls_setup(&env, 1, NULL);
+    /* Queues of 16 MiB, so that the pull stopped below cannot have all
+     * of the big file on its way (hauld's default queue is 256 MiB). */
+    const char *const args[] = {"--queue", "16M", NULL};
+    tls_setup(&env, 1, args);
     char src[PATH_MAX], big[PATH_MAX], dst[PATH_MAX], url[512];
     e2e_path(&env, src, "src");
     e2e_path(&env, big, "big");
