@@ -292,7 +292,7 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
         return HAUL_EINVAL;
     if (c->output_queue == 0 || c->input_queue == 0)
         return HAUL_EINVAL;
-    if (c->connections < 1 || c->connections > 65535)
+    if (c->connections > 65535 || c->max_connections > 65535)
         return HAUL_EINVAL;
     if (c->max_message > e->config.max_message)
         return HAUL_EINVAL;
@@ -832,6 +832,8 @@ static void fin_delivered(haul_session *s, uint64_t upto)
         haul__list_del(&m->link);
         s->out_bytes -= queue_cost(m->len);
         s->engine->stats.messages_sent++;
+        if (s->pipe)
+            s->pipe->goodput_bytes += m->len;
         post_message(s, m, HAUL_EV_MESSAGE_SENT, 0, 0);
         m->session = NULL;
         haul__message_unref(m);
@@ -853,6 +855,8 @@ static void on_ack(haul_session *s, const haul__frame *f)
         haul__list_del(&m->link);
         s->out_bytes -= queue_cost(m->len);
         s->engine->stats.messages_sent++;
+        if (s->pipe)
+            s->pipe->goodput_bytes += m->len;
         post_message(s, m, HAUL_EV_MESSAGE_SENT, 0, f->aux);
         m->session = NULL;
         haul__message_unref(m);
@@ -1151,6 +1155,10 @@ void haul__session_chunk_done(haul_session *s, haul_message *m, uint32_t index)
         haul__pipe_readers(s->pipe, m, index, 1);
     m->rx_state[index] = HAUL__RX_DONE;
     m->rx_done++;
+    if (s != NULL && s->pipe != NULL) {
+        uint64_t at = (uint64_t)index * m->chunk;
+        s->pipe->goodput_bytes += m->len - at < m->chunk ? m->len - at : m->chunk;
+    }
     if (s != NULL && m->rx_done == m->nchunks)
         deliver(s);
 }
