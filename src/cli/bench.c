@@ -59,7 +59,11 @@ int cli_bench(const cli_options *opt, int argc, char **argv)
     int status = cli_open(&c, opt, &url, HSP_BENCH);
     double start = cli_now(), stop = start + opt->seconds;
     uint64_t queued = 0;
-    if (status == CLI_EXIT_OK && !opt->quiet && !opt->json)
+    int automatic = opt->connections == HAUL_CONNECTIONS_AUTO;
+    if (status == CLI_EXIT_OK && !opt->quiet && !opt->json && automatic)
+        printf("bench %s: automatic connections, %.0f s, 1 MiB messages\n", url.destination,
+               opt->seconds);
+    else if (status == CLI_EXIT_OK && !opt->quiet && !opt->json)
         printf("bench %s: %u connections, %.0f s, 1 MiB messages\n", url.destination,
                opt->connections, opt->seconds);
     double next_report = start + 1;
@@ -82,15 +86,19 @@ int cli_bench(const cli_options *opt, int argc, char **argv)
         if (now >= next_report && now < stop) {
             if (!opt->quiet && !opt->json) {
                 double t = next_report - start;
-                printf("[%5.1f-%5.1f s] %10.1f MiB %8.2f Gbit/s\n", t - 1, t,
+                printf("[%5.1f-%5.1f s] %10.1f MiB %8.2f Gbit/s", t - 1, t,
                        (double)(b.acked_bytes - reported_bytes) / (1 << 20),
                        gbits(b.acked_bytes - reported_bytes, 1));
+                if (automatic)
+                    printf("  %u connections", cli_connections(&c, NULL));
+                printf("\n");
                 fflush(stdout);
             }
             reported_bytes = b.acked_bytes;
             next_report += 1;
         }
     }
+    unsigned stopped_conns = status == CLI_EXIT_OK ? cli_connections(&c, NULL) : 0;
     /* What was queued in time still counts once acknowledged: the time is
      * that of the last acknowledgement. */
     double deadline = cli_now() + opt->timeout_ms / 1000.0;
@@ -103,19 +111,26 @@ int cli_bench(const cli_options *opt, int argc, char **argv)
         cli_warn("the server ended the session: %s", haul_strerror(c.close_error));
         status = CLI_EXIT_TRANSFER;
     }
+    /* The count -P auto chose: the one it used as the sending ended. */
+    unsigned peak, conns = cli_connections(&c, &peak);
+    if (stopped_conns)
+        conns = stopped_conns;
     if (status == CLI_EXIT_OK) {
         double secs = (b.last_ack > start ? b.last_ack : cli_now()) - start;
         double mibs = secs > 0 ? (double)b.acked_bytes / (1 << 20) / secs : 0;
         if (opt->json)
-            printf("{\"connections\":%u,\"seconds\":%.3f,\"messages\":%llu,\"bytes\":%llu,"
+            printf("{\"connections\":%u,\"connections_peak\":%u,\"connections_auto\":%s,"
+                   "\"seconds\":%.3f,\"messages\":%llu,\"bytes\":%llu,"
                    "\"gbit_per_s\":%.3f,\"mib_per_s\":%.1f}\n",
-                   opt->connections, secs, (unsigned long long)c.messages_acked,
-                   (unsigned long long)b.acked_bytes, gbits(b.acked_bytes, secs), mibs);
+                   conns, peak, automatic ? "true" : "false", secs,
+                   (unsigned long long)c.messages_acked, (unsigned long long)b.acked_bytes,
+                   gbits(b.acked_bytes, secs), mibs);
         else
             printf("%s%.2f Gbit/s (%.1f MiB/s): %llu MiB acknowledged in %.2f s over %u "
-                   "connections\n",
+                   "connections%s\n",
                    opt->quiet ? "" : "total: ", gbits(b.acked_bytes, secs), mibs,
-                   (unsigned long long)(b.acked_bytes >> 20), secs, opt->connections);
+                   (unsigned long long)(b.acked_bytes >> 20), secs, conns,
+                   automatic ? " (chosen automatically)" : "");
         cli_close(&c);
     }
     cli_free(&c);
