@@ -459,26 +459,27 @@ typedef struct haul_session_config {
      * take, measures its goodput (bytes acknowledged by the peer plus
      * bytes received, per second) over intervals of several round trips
      * (5 x the smoothed RTT, 0.5 to 3 s, once new connections had 2
-     * round trips to find their pace). It grows (x4 at first and
-     * while goodput grows nearly as fast as the count, then x2) while
-     * each step raises goodput by 10% or more, keeps the
-     * count that measured best once a step does not, and tries one step
-     * up again every 10 s. It never grows while the application sets the
-     * pace (nothing waits to be sent, or the receiver's window is
-     * closed), and it shrinks (halves) when retransmissions rose to more
-     * than twice what they were at the chosen count (and over 1% of the
-     * segments sent) while goodput fell by 10%, keeping the smaller count
-     * if it does as well. Below 1 ms of RTT (loopback, a LAN) and over
-     * Unix sockets it uses at most 4. A connection the pipe stops using
-     * is parked: it stays joined (keepalives), finishes what it carries
-     * and is given no new chunks until the pipe grows again, so that no
-     * message is sent twice or lost by shrinking. A connection the server
-     * refuses for its limit (HAUL_ELIMIT), or one that cannot be made
-     * for want of memory, descriptors or the engine's max_connections,
-     * lowers the pipe's cap to what it has. Counts change on the engine
-     * timer's thread; each change is logged at HAUL_LOG_INFO, and
-     * haul_pipe_stats() shows the connections in use (up and not
-     * parked). docs/design.md describes the controller. */
+     * round trips to find their pace). It grows (x4 at first and while
+     * goodput grows nearly as fast as the count, then x2) while each
+     * step raises goodput by 10% or more, keeps the count that measured
+     * best once a step does not, and tries one step up again every 10 s.
+     * It never grows while the application sets the pace (nothing waits
+     * to be sent, or the receiver's window is closed). It shrinks
+     * (halves) when retransmissions rose to more than twice what they
+     * were at the chosen count (and over 1% of the segments sent) while
+     * goodput fell by 10%, keeping the smaller count (and trying fewer
+     * still) while it does 90% as well. Below 1 ms of RTT (loopback, a
+     * LAN) and over Unix sockets it uses at most 4. A connection the
+     * pipe stops using is parked: it stays joined (keepalives), finishes
+     * what it carries and is given no new chunks until the pipe grows
+     * again, so that no message is sent twice or lost by shrinking. A
+     * connection the server refuses for its limit (HAUL_ELIMIT), or one
+     * that cannot be made for want of memory, descriptors or the
+     * engine's max_connections, lowers the pipe's cap to what it has.
+     * Counts change on the engine timer's thread; each change is logged
+     * at HAUL_LOG_INFO, and haul_pipe_stats() shows the connections in
+     * use (up and not parked). docs/design.md ("The automatic connection
+     * count") gives the reasons. */
     unsigned connections;
     /* The most connections an automatic pipe (connections 0) may use,
      * 1 .. 65535, and never more than the engine's max_connections
