@@ -138,6 +138,10 @@ struct haul_session {
     uint64_t peer_input_queue;
     unsigned timeout_ms;
     int64_t open_deadline;
+    /* Client: when the SYNC was last written, and how long to wait for
+     * its answer before sending it again (HAUL__SYNC_REPEAT_MS, doubling). */
+    int64_t sync_written_at;
+    unsigned sync_repeat_ms;
     int64_t close_deadline;
 
     /* Control frames to send and the list of sessions that have some. */
@@ -203,6 +207,12 @@ typedef struct haul__tx_item {
  * and resent chunks may go out in between. */
 #define HAUL__ROUND_COALESCE_MS 100
 #define HAUL__RXBUF 16384
+/* A client that has no answer to its SYNC this long after writing it
+ * sends it again, waiting twice as long each time, up to the maximum:
+ * the answer may have been lost on a connection the network broke
+ * (docs/protocol.md, section 4.2). */
+#define HAUL__SYNC_REPEAT_MS 500
+#define HAUL__SYNC_REPEAT_MAX_MS 4000
 
 struct haul__conn {
     int kind; /* HAUL__POLL_CONN */

@@ -1297,9 +1297,12 @@ void haul__session_ctl_posted(haul_session *s, int type)
 
 void haul__session_ctl_written(haul_session *s, int type)
 {
-    if (type == HAUL__F_SYNC && s->state == CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE)
+    if (type == HAUL__F_SYNC && s->state == CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE) {
         haul__session_enter(s, SEV_SYNC_WRITTEN);
-    else if (type == HAUL__F_SYNC_ACK && s->state == CE_SS_SENDING_APP_SESSION_ACK)
+        s->sync_written_at = haul__now_ms();
+        if (s->sync_repeat_ms == 0)
+            s->sync_repeat_ms = HAUL__SYNC_REPEAT_MS;
+    } else if (type == HAUL__F_SYNC_ACK && s->state == CE_SS_SENDING_APP_SESSION_ACK)
         haul__session_enter(s, SEV_ACCEPT_WRITTEN);
     else if (type == HAUL__F_ABORT)
         s->abort_inflight--;
@@ -1444,6 +1447,21 @@ void haul__session_sweep(haul_session *s, int64_t now)
         s->state != CE_SS_SENDING_FIN) {
         haul__session_fail(s, HAUL_ETIMEDOUT, 1);
         return;
+    }
+    /* The SYNC went, and no answer came: the answer may be lost (the
+     * server wrote it on a connection whose way back the network cut
+     * after our end of it had closed). The server answers a repeated
+     * SYNC as it did the first, and ignores it while its application
+     * decides. */
+    if (!s->server && s->state == CE_SS_WAITING_ACK &&
+        now - s->sync_written_at >= (int64_t)s->sync_repeat_ms) {
+        haul__log(s->engine, HAUL_LOG_DEBUG, "session %u: no answer to its SYNC in %u ms; again",
+                  s->id, s->sync_repeat_ms);
+        s->sync_repeat_ms = s->sync_repeat_ms * 2 > HAUL__SYNC_REPEAT_MAX_MS
+                                ? HAUL__SYNC_REPEAT_MAX_MS
+                                : s->sync_repeat_ms * 2;
+        haul__session_enter(s, SEV_SYNC_UNANSWERED);
+        haul__session_want(s, HAUL__PEND_SYNC);
     }
     if ((s->state == CE_SS_APP_CLOSE_SESSION || s->state == CE_SS_SENDING_FIN) &&
         s->close_deadline <= now && haul__list_empty(&s->outq))
