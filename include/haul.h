@@ -456,15 +456,17 @@ typedef struct haul_session_config {
      *
      * An automatic pipe starts with 2 connections (1 over a Unix socket)
      * and, while its sessions have more to send than its connections
-     * take, measures its goodput (bytes acknowledged by the peer plus
-     * bytes received, per second) over intervals of several round trips
-     * (5 x the smoothed RTT, 0.5 to 3 s, once new connections had 2
-     * round trips to find their pace). It grows (x4 at first and while
-     * goodput grows nearly as fast as the count, then x2) while each
-     * step raises goodput by 10% or more, keeps the count that measured
-     * best once a step does not, and tries one step up again every 10 s.
-     * It never grows while the application sets the pace (nothing waits
-     * to be sent, or the receiver's window is closed). It shrinks
+     * take, measures its goodput (the bytes its connections' TCP
+     * delivered both ways, per second) over intervals of several round
+     * trips (5 x the smoothed RTT, 0.5 to 3 s, once new connections had
+     * 3 round trips to find their pace). It grows (x4 from the start
+     * count, then x2) while each step raises goodput by 10% or more
+     * (judged once it stops growing from one interval to the next, as
+     * new connections leave slow start), keeps the count that measured
+     * best once a step does not, and every 10 s tries one step up again
+     * (or down, while losses stay high). It never grows while the
+     * application sets the pace (nothing waits to be sent, or the
+     * receiver's window is closed with nothing in flight). It shrinks
      * (halves) when retransmissions rose to more than twice what they
      * were at the chosen count (and over 1% of the segments sent) while
      * goodput fell by 10%, keeping the smaller count (and trying fewer

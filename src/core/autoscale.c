@@ -14,11 +14,12 @@
  *     of it: otherwise a slow disk or a slow receiver would read as "more
  *     connections do not help".
  *   - Grow while a step raises goodput by HAUL__AUTO_GAIN_PCT or more
- *     without doubling the share of retransmitted segments: x4 at first
- *     and while goodput grows nearly as fast as the count (by
- *     HAUL__AUTO_LINEAR_PCT of it: the link is far from full), x2 once
- *     it grows less. When a step does not pay, go back to the best count
- *     measured and hold it.
+ *     (HAUL__AUTO_LOSSY_GAIN_PCT when it doubled the share of
+ *     retransmitted segments): x4 from the start count, x2 after. A step
+ *     is judged once its goodput stopped growing from one interval to
+ *     the next (new connections leave slow start), after at most
+ *     HAUL__AUTO_RAMP_MAX intervals. When a step does not pay, go back
+ *     to the best count measured and hold it.
  *   - Held, try one step up every HAUL__AUTO_REPROBE_MS, since links
  *     change; and when retransmissions grew beyond HAUL__AUTO_LOSS_FACTOR
  *     times those of the chosen count (and HAUL__AUTO_LOSS_MIN) while
@@ -31,6 +32,7 @@
  */
 #include "core/autoscale.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 /* struct tcp_info with tcpi_segs_out: the kernel's header, not glibc's
@@ -42,13 +44,20 @@
 #include "core/engine.h"
 #include "core/fsm.h"
 
+/* clang-format off */
 static const haul__transition table[] = {
-    {AUTO_JOINING, AEV_JOINED, AUTO_SETTLING},     {AUTO_SETTLING, AEV_SETTLED, AUTO_MEASURING},
-    {AUTO_MEASURING, AEV_LIMITED, AUTO_MEASURING}, {AUTO_MEASURING, AEV_GROW, AUTO_JOINING},
-    {AUTO_MEASURING, AEV_KEEP, AUTO_HOLDING},      {AUTO_MEASURING, AEV_SHRINK, AUTO_SETTLING},
-    {AUTO_HOLDING, AEV_LIMITED, AUTO_HOLDING},     {AUTO_HOLDING, AEV_PROBE, AUTO_JOINING},
+    {AUTO_JOINING, AEV_JOINED, AUTO_SETTLING},
+    {AUTO_SETTLING, AEV_SETTLED, AUTO_MEASURING},
+    {AUTO_MEASURING, AEV_LIMITED, AUTO_MEASURING},
+    {AUTO_MEASURING, AEV_RAMPING, AUTO_MEASURING},
+    {AUTO_MEASURING, AEV_GROW, AUTO_JOINING},
+    {AUTO_MEASURING, AEV_KEEP, AUTO_HOLDING},
+    {AUTO_MEASURING, AEV_SHRINK, AUTO_SETTLING},
+    {AUTO_HOLDING, AEV_LIMITED, AUTO_HOLDING},
+    {AUTO_HOLDING, AEV_PROBE, AUTO_JOINING},
     {AUTO_HOLDING, AEV_SHRINK, AUTO_SETTLING},
 };
+/* clang-format on */
 
 static const char *const state_names[] = {
 #define X(name) #name,
@@ -87,6 +96,7 @@ static void enter(haul__auto *a, int event, int64_t now)
 static void interval_begin(haul__auto *a, const haul__auto_input *in)
 {
     a->start = in->now;
+    a->start_bytes_at = in->bytes_at;
     a->start_bytes = in->bytes;
     a->start_retrans = in->retrans;
     a->start_segs = in->segs;
@@ -170,30 +180,42 @@ static unsigned step_up(const haul__auto *a, unsigned n, int fast)
     return next > a->cap ? a->cap : next;
 }
 
-/* A step paid when goodput grew by the margin, and losses did not grow
- * out of proportion with it: more connections that only fight over a
- * queue raise the share of segments sent twice. */
+/* A step paid when goodput grew by the margin; by a wider one when the
+ * share of segments sent twice grew too, since more connections that
+ * only fight over a queue raise losses more than goodput. New
+ * connections that overshoot in slow start raise losses for a while
+ * even where they pay well: a large gain is taken whatever the losses. */
 static int paid(const haul__auto_mark *now, const haul__auto_mark *before)
 {
-    if (now->goodput < before->goodput * (100 + HAUL__AUTO_GAIN_PCT) / 100)
-        return 0;
-    return !(now->loss > HAUL__AUTO_LOSS_MIN && now->loss > before->loss * HAUL__AUTO_LOSS_FACTOR);
+    int lossier =
+        now->loss > HAUL__AUTO_LOSS_MIN && now->loss > before->loss * HAUL__AUTO_LOSS_FACTOR;
+    int pct = lossier ? HAUL__AUTO_LOSSY_GAIN_PCT : HAUL__AUTO_GAIN_PCT;
+    return now->goodput >= before->goodput * (100 + pct) / 100;
+}
+
+/* The share of segments sent twice grew well beyond that of the count
+ * when it was chosen. */
+static int lossier(const haul__auto *a, const haul__auto_mark *m)
+{
+    double floor = a->best.loss * HAUL__AUTO_LOSS_FACTOR;
+    if (floor < HAUL__AUTO_LOSS_MIN)
+        floor = HAUL__AUTO_LOSS_MIN;
+    return m->count > 1 && m->loss > floor;
 }
 
 /* Losses grew while goodput fell: the count in use stopped paying. */
 static int losing(const haul__auto *a, const haul__auto_mark *m)
 {
-    double floor = a->best.loss * HAUL__AUTO_LOSS_FACTOR;
-    if (floor < HAUL__AUTO_LOSS_MIN)
-        floor = HAUL__AUTO_LOSS_MIN;
-    return m->count > 1 && m->loss > floor &&
-           m->goodput < a->best.goodput * HAUL__AUTO_DROP_PCT / 100;
+    return lossier(a, m) && m->goodput < a->best.goodput * HAUL__AUTO_DROP_PCT / 100;
 }
 
 static void hold(haul__auto *a, int64_t now)
 {
     enter(a, AEV_KEEP, now);
     a->reprobe_at = now + HAUL__AUTO_REPROBE_MS;
+    /* Connections just parked finish what they carry, and ones unparked
+     * find their pace: the first interval held begins after that. */
+    a->settle_until = now + settle_ms(a);
 }
 
 static void grow(haul__auto *a, unsigned to, const haul__auto_mark *m, int64_t now)
@@ -221,15 +243,12 @@ static void judge(haul__auto *a, const haul__auto_mark *m, int64_t now)
         snprintf(a->why, sizeof(a->why), "%u connections carry %.1f Mbit/s: trying more", m->count,
                  mbit(m->goodput));
     } else if (a->probe > 0 && paid(m, &a->base)) {
-        /* Near-linear: the connections, not the link, were the limit. */
-        double factor = (double)m->count / a->base.count;
-        int fast = m->goodput >= a->base.goodput * factor * HAUL__AUTO_LINEAR_PCT / 100;
         snprintf(a->why, sizeof(a->why), "%u -> %u connections paid (%.1f -> %.1f Mbit/s)%s",
                  a->base.count, m->count, mbit(a->base.goodput), mbit(m->goodput),
                  m->count < a->cap ? ": trying more" : ", the cap");
         a->best = *m;
         if (m->count < a->cap) {
-            grow(a, step_up(a, m->count, fast), m, now);
+            grow(a, step_up(a, m->count, 0), m, now);
             return;
         }
         hold(a, now);
@@ -262,8 +281,14 @@ static void judge(haul__auto *a, const haul__auto_mark *m, int64_t now)
         snprintf(a->why, sizeof(a->why), "%u connections do worse than %u (%.1f, %.1f Mbit/s)",
                  m->count, a->base.count, mbit(m->goodput), mbit(a->base.goodput));
         set_count(a, a->base.count);
+        /* The losses are the link's, not the count's: the reference
+         * stays the one from before, and the next step down waits as
+         * long as a step up would. */
+        double loss = a->best.loss;
         a->best = a->base;
+        a->best.loss = loss;
         hold(a, now);
+        a->shrink_at = a->reprobe_at;
         return;
     }
     if (m->count < a->cap)
@@ -275,9 +300,7 @@ static void judge(haul__auto *a, const haul__auto_mark *m, int64_t now)
 /* HOLDING: an interval of m is over and counted. */
 static void watch(haul__auto *a, const haul__auto_mark *m, int64_t now)
 {
-    if (m->goodput > a->best.goodput)
-        a->best.goodput = m->goodput;
-    if (losing(a, m)) {
+    if (losing(a, m) && now >= a->shrink_at) {
         snprintf(a->why, sizeof(a->why),
                  "losses grew (%.2f%% -> %.2f%% retransmitted, %.1f -> %.1f Mbit/s): trying %u",
                  a->best.loss * 100, m->loss * 100, mbit(a->best.goodput), mbit(m->goodput),
@@ -285,7 +308,19 @@ static void watch(haul__auto *a, const haul__auto_mark *m, int64_t now)
         shrink(a, m, now);
         return;
     }
-    if (now >= a->reprobe_at && m->count < a->cap) {
+    /* What the count carries, smoothed over the intervals held: one
+     * interval's goodput varies by a tenth or more. */
+    a->best.goodput = (a->best.goodput * 3 + m->goodput) / 4;
+    if (now < a->reprobe_at)
+        return;
+    /* Now and then, a step: down while losses stay high (fewer may do as
+     * well with fewer losses), else up (the link may carry more now). */
+    if (lossier(a, m)) {
+        snprintf(a->why, sizeof(a->why),
+                 "losses stay high (%.2f%% retransmitted at %u): trying %u connections",
+                 m->loss * 100, m->count, m->count / 2);
+        shrink(a, m, now);
+    } else if (m->count < a->cap) {
         snprintf(a->why, sizeof(a->why), "trying %u connections again (%.1f Mbit/s at %u)",
                  step_up(a, m->count, 0), mbit(m->goodput), m->count);
         grow(a, step_up(a, m->count, 0), m, now);
@@ -319,6 +354,15 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
             interval_begin(a, in);
         }
         return a->count;
+    case AUTO_HOLDING:
+        if (a->settle_until) {
+            if (now < a->settle_until)
+                return a->count;
+            a->settle_until = 0;
+            interval_begin(a, in);
+            return a->count;
+        }
+        break;
     default:
         break;
     }
@@ -327,7 +371,10 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
     a->demanded += in->demand != 0;
     if (now - a->start < interval_ms(a))
         return a->count;
-    double secs = (double)(now - a->start) / 1000;
+    /* The bytes over the time between their readings, which may lag the
+     * sweeps a little. */
+    int64_t span = in->bytes_at - a->start_bytes_at;
+    double secs = (double)(span > 0 ? span : now - a->start) / 1000;
     haul__auto_mark m = {.count = a->count, .goodput = (double)(in->bytes - a->start_bytes) / secs};
     uint64_t segs = in->segs - a->start_segs;
     m.loss = segs ? (double)(in->retrans - a->start_retrans) / (double)segs : 0;
@@ -343,6 +390,19 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
         return a->count;
     }
     a->last = m;
+    if (a->state == AUTO_MEASURING && a->probe > 0 &&
+        (a->ramps == 0 || (a->ramps < HAUL__AUTO_RAMP_MAX &&
+                           m.goodput >= a->ramp_goodput * (100 + HAUL__AUTO_GAIN_PCT) / 100))) {
+        /* New connections may still be in slow start, the more so the
+         * longer the round trip: a step up is judged once its goodput
+         * stopped growing from one interval to the next (or after
+         * HAUL__AUTO_RAMP_MAX intervals). */
+        a->ramps++;
+        a->ramp_goodput = m.goodput;
+        enter(a, AEV_RAMPING, now);
+        return a->count;
+    }
+    a->ramps = 0;
     if (a->state == AUTO_MEASURING)
         judge(a, &m, now);
     else
@@ -356,15 +416,16 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
  * interval, not per sweep. */
 #define INFO_EVERY_MS 100
 
-/* Adds what the connections in use retransmitted and sent since they were
- * last read, and finds their smallest RTT. */
+/* Adds what the joined connections (parked ones too: they finish what
+ * they carry) delivered, retransmitted and sent since they were last
+ * read, and finds the smallest RTT of those in use. */
 static void read_tcp_info(haul__pipe *pipe, int64_t now)
 {
     if (pipe->auto_info_at && now - pipe->auto_info_at < INFO_EVERY_MS)
         return;
     pipe->auto_info_at = now;
     unsigned rtt = 0, min_rtt = 0;
-    for (unsigned i = 0; i < pipe->active && i < pipe->nconns; i++) {
+    for (unsigned i = 0; i < pipe->nconns; i++) {
         haul__conn *c = pipe->conns[i];
         if (c == NULL || c->dead || c->state != HAUL__CONN_JOINED)
             continue;
@@ -381,6 +442,16 @@ static void read_tcp_info(haul__pipe *pipe, int64_t now)
             pipe->auto_segs += ti.tcpi_segs_out - c->auto_segs;
         c->auto_retrans = ti.tcpi_total_retrans;
         c->auto_segs = ti.tcpi_segs_out;
+        uint64_t bytes = ti.tcpi_bytes_acked + ti.tcpi_bytes_received;
+        if (len >=
+            offsetof(struct tcp_info, tcpi_bytes_received) + sizeof(ti.tcpi_bytes_received)) {
+            pipe->auto_tcp_info = 1;
+            if (bytes >= c->auto_bytes)
+                pipe->auto_tcp_bytes += bytes - c->auto_bytes;
+            c->auto_bytes = bytes;
+        }
+        if (i >= pipe->active)
+            continue;
         if (ti.tcpi_rtt && (rtt == 0 || ti.tcpi_rtt < rtt))
             rtt = ti.tcpi_rtt;
         if (ti.tcpi_min_rtt && (min_rtt == 0 || ti.tcpi_min_rtt < min_rtt))
@@ -398,9 +469,18 @@ void haul__auto_sweep(haul__pipe *pipe, int64_t now)
     haul__auto *a = &pipe->autoscale;
     if (pipe->addr.ss_family != AF_UNIX)
         read_tcp_info(pipe, now);
+    /* Goodput: what the connections' TCP delivered, both ways, read from
+     * the kernel. It is the pipe's own goodput but for the few bytes of
+     * headers and control frames, and it is smooth: acknowledgements of
+     * messages come in bursts, each when a message's last chunk arrives,
+     * so that their bytes over half a second vary more than the rate.
+     * Over a Unix socket (no TCP_INFO), the bytes of messages the peer
+     * acknowledged and of chunks received. */
     haul__auto_input in = {.now = now,
                            .demand = haul__pipe_demand(pipe),
-                           .bytes = pipe->goodput_bytes,
+                           .bytes =
+                               pipe->auto_tcp_info ? pipe->auto_tcp_bytes : pipe->goodput_bytes,
+                           .bytes_at = pipe->auto_tcp_info ? pipe->auto_info_at : now,
                            .retrans = pipe->auto_retrans,
                            .segs = pipe->auto_segs,
                            .rtt_us = pipe->auto_rtt_us,

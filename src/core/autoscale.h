@@ -20,6 +20,8 @@
  *                                                find their pace
  *   AUTO_MEASURING --limited-->  AUTO_MEASURING  the application set the
  *                                                pace: measure again
+ *   AUTO_MEASURING --ramping-->  AUTO_MEASURING  a step up still gains
+ *                                                interval over interval
  *   AUTO_MEASURING --grow-->     AUTO_JOINING    the step paid: one more
  *   AUTO_MEASURING --keep-->     AUTO_HOLDING    it did not (or the cap):
  *                                                the best count measured
@@ -53,6 +55,7 @@ typedef enum haul__auto_state {
     X(AEV_JOINED)  /* the connections of the count joined, or the wait ran out */                  \
     X(AEV_SETTLED) /* the ramp-up time passed */                                                   \
     X(AEV_LIMITED) /* an interval the application set the pace of: not counted */                  \
+    X(AEV_RAMPING) /* a step up still gains from one interval to the next: measure again */        \
     X(AEV_GROW)    /* the baseline, or a step that paid: one step up */                            \
     X(AEV_KEEP)    /* a step that did not pay, or the cap: the best count */                       \
     X(AEV_PROBE)   /* the time to try one step up again */                                         \
@@ -73,18 +76,18 @@ typedef enum haul__auto_event {
 #define HAUL__AUTO_INTERVAL_RTTS 5     /* a measuring interval, in round trips */
 #define HAUL__AUTO_INTERVAL_MIN_MS 500 /* ... and its bounds */
 #define HAUL__AUTO_INTERVAL_MAX_MS 3000
-#define HAUL__AUTO_SETTLE_RTTS 2 /* ramp-up after a change, in round trips */
+#define HAUL__AUTO_SETTLE_RTTS 3 /* ramp-up after a change, in round trips */
 #define HAUL__AUTO_SETTLE_MIN_MS 100
 #define HAUL__AUTO_JOIN_WAIT_MS 5000 /* longest wait for new connections to join */
 #define HAUL__AUTO_GAIN_PCT 10       /* a step pays when goodput grows this much */
-#define HAUL__AUTO_LINEAR_PCT 75 /* a step that gained this share of its growth in count: x4 next  \
-                                  */
-#define HAUL__AUTO_KEEP_PCT 90   /* a step down is kept when it does this well */
-#define HAUL__AUTO_DROP_PCT 90   /* goodput below this share of the best has fallen */
-#define HAUL__AUTO_DEMAND_PCT 80 /* sweeps with more to send, for an interval to count */
-#define HAUL__AUTO_LOSS_MIN 0.01 /* retransmitted segments per segment sent ... */
-#define HAUL__AUTO_LOSS_FACTOR 2 /* ... and growth of that ratio, that mean losses grew */
-#define HAUL__AUTO_REPROBE_MS 10000 /* a held count tries one step up this often */
+#define HAUL__AUTO_LOSSY_GAIN_PCT 25 /* ... or this much, when it also raised losses */
+#define HAUL__AUTO_RAMP_MAX 3        /* most intervals a step up is measured over */
+#define HAUL__AUTO_KEEP_PCT 90       /* a step down is kept when it does this well */
+#define HAUL__AUTO_DROP_PCT 90       /* goodput below this share of the best has fallen */
+#define HAUL__AUTO_DEMAND_PCT 80     /* sweeps with more to send, for an interval to count */
+#define HAUL__AUTO_LOSS_MIN 0.01     /* retransmitted segments per segment sent ... */
+#define HAUL__AUTO_LOSS_FACTOR 2     /* ... and growth of that ratio, that mean losses grew */
+#define HAUL__AUTO_REPROBE_MS 10000  /* a held count tries one step up this often */
 
 /* What the pipe measured, at one sweep. Counters are cumulative over the
  * pipe's life and never go back. */
@@ -93,6 +96,7 @@ typedef struct haul__auto_input {
     unsigned joined;     /* connections in use that are joined now */
     int demand;          /* the application has more to send than the connections take */
     uint64_t bytes;      /* goodput: bytes acknowledged by the peer plus bytes received */
+    int64_t bytes_at;    /* when they were read (ms; they may lag `now` a little) */
     uint64_t retrans;    /* segments retransmitted by the connections in use */
     uint64_t segs;       /* segments they sent */
     unsigned rtt_us;     /* the smallest smoothed RTT among them; 0 while unknown */
@@ -121,8 +125,12 @@ typedef struct haul__auto {
     unsigned rtt_us;       /* the last RTT known */
     /* The interval being measured: where the counters stood at its start,
      * and how many sweeps of it had demand. */
-    int64_t start;
+    int64_t start, start_bytes_at;
     uint64_t start_bytes, start_retrans, start_segs;
+    int64_t settle_until; /* HOLDING: counts nothing before (the count just changed) */
+    int64_t shrink_at;    /* HOLDING: no step down for losses before (one was undone) */
+    unsigned ramps;       /* MEASURING a step up: intervals measured so far */
+    double ramp_goodput;  /* ... and the goodput of the last */
     unsigned samples, demanded;
     haul__auto_mark last;     /* the last interval that counted */
     unsigned intervals;       /* intervals ended, counted or not */

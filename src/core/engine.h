@@ -269,6 +269,7 @@ struct haul__conn {
      * its counters when last read (core/autoscale.c). */
     uint32_t auto_retrans;
     uint32_t auto_segs;
+    uint64_t auto_bytes; /* tcpi_bytes_acked + tcpi_bytes_received */
 
     /* Liveness (haul_engine_config.keepalive_ms, idle_timeout_ms): when
      * a byte was last received and last written, on the engine clock.
@@ -374,7 +375,9 @@ struct haul__pipe {
     int automatic;
     haul__auto autoscale;
     uint64_t goodput_bytes;
-    uint64_t auto_retrans, auto_segs; /* summed over the connections in use */
+    uint64_t auto_retrans, auto_segs; /* summed over the joined connections */
+    uint64_t auto_tcp_bytes;          /* bytes their TCP delivered, both ways */
+    int auto_tcp_info;                /* TCP_INFO gave tcpi_bytes_acked */
     unsigned auto_rtt_us, auto_min_rtt_us;
     int64_t auto_info_at;
     int auto_pinned; /* test hook: haul__debug_auto_resize() set the count */
@@ -544,8 +547,9 @@ static inline int haul__conn_parked(const haul__conn *c)
     return c->pipe != NULL && !c->pipe->server && c->index >= c->pipe->active;
 }
 /* Whether the pipe's sessions have more to send than its connections take
- * now (for the automatic count): a chunk waits within a window, or an
- * output queue is full while the receiver's window admits all of it. */
+ * now (for the automatic count): a chunk waits within a window, or a
+ * sender is held back (its output queue full, or the receiver's window
+ * closed) while messages of the window are still in flight. */
 int haul__pipe_demand(haul__pipe *pipe);
 /* Makes an automatic pipe use n connections (at most its cap): dials the
  * slots it never had, parks or unparks the others. Returns the count it

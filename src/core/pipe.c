@@ -724,18 +724,23 @@ int haul__pipe_demand(haul__pipe *pipe)
         if (sendable(HAUL__CONTAINER(p, haul_session, dispatch_link)) != NULL)
             return 1;
     }
-    /* Every chunk taken, but the application could queue no more: the
-     * connections hold the output queue's worth in flight. Not so when
-     * the receiver's window holds messages back: the receiver (its
-     * application, or its input queue) sets the pace then, and more
-     * connections would not change it. */
+    /* Every chunk within the window taken, but the sender is held back
+     * (the application could queue no more, or the receiver's window is
+     * closed) while messages of the window are still unacknowledged: the
+     * network holds them, and the pace is its own. A window closed with
+     * nothing in flight is the receiver's application's pace (it does
+     * not take what it was given), and more connections would not
+     * change it. */
     haul__list_each(p, &pipe->sessions)
     {
         haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
         if (s->state != CE_SS_SESSION_READY || haul__list_empty(&s->outq))
             continue;
+        haul_message *oldest = HAUL__CONTAINER(s->outq.next, haul_message, link);
         haul_message *last = HAUL__CONTAINER(s->outq.prev, haul_message, link);
-        if (last->seq < s->right && s->out_bytes + s->max_message > s->output_queue)
+        int in_flight = oldest->seq < s->right;
+        int held = last->seq >= s->right || s->out_bytes + s->max_message > s->output_queue;
+        if (in_flight && held)
             return 1;
     }
     return 0;
