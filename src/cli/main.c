@@ -39,7 +39,10 @@
 
 /* -P auto: the pipe chooses its count (HAUL_CONNECTIONS_AUTO). */
 #define DEFAULT_CONNECTIONS HAUL_CONNECTIONS_AUTO
-#define DEFAULT_QUEUE (64ull << 20)
+/* 256 MiB: four times what 1 Gbit/s carries in a 200 ms round trip
+ * (docs/design.md, "Long links"). Buffers are taken only as messages
+ * wait for their acknowledgement. */
+#define DEFAULT_QUEUE (256ull << 20)
 #define DEFAULT_TIMEOUT_S 60
 #define DEFAULT_BENCH_S 5
 
@@ -53,7 +56,7 @@ static const char options_help[] =
     "                        default 1M): the server's window counts messages\n"
     "                        of this size, so smaller ones suit small queues\n"
     "      --queue BYTES     output queue: bytes sent and not yet acknowledged\n"
-    "                        (default 64M; K, M, G suffixes; at least 2M)\n"
+    "                        (default 256M; K, M, G suffixes; at least 2M)\n"
     "      --timeout SECONDS a message not acknowledged this long fails the run,\n"
     "                        and so does a server unreachable this long (default 60)\n"
     "      --keepalive MS    an idle connection says it is there this often\n"

@@ -35,6 +35,9 @@
 #define KEEPALIVE_MAX_MS 3600000u
 #define IDLE_TIMEOUT_MIN_MS 50u
 #define IDLE_TIMEOUT_MAX_MS 86400000u
+/* The range of conn_backlog (haul.h). */
+#define BACKLOG_MIN (16u << 10)
+#define BACKLOG_MAX (64u << 20)
 
 int64_t haul__now_ms(void)
 {
@@ -82,6 +85,8 @@ void haul_engine_config_init(haul_engine_config *c)
     c->redial_max_ms = 2000;
     c->keepalive_ms = 5000;
     c->idle_timeout_ms = 15000;
+    c->conn_backlog = 128u << 10;
+    c->backlog_min_rtt_us = 1000;
     c->log_level = HAUL_LOG_WARN;
 }
 
@@ -112,6 +117,8 @@ static int config_check(const haul_engine_config *c)
     /* An engine that times out before its own keepalive period would,
      * facing a peer configured alike, close every idle connection. */
     if (c->keepalive_ms && c->idle_timeout_ms && c->keepalive_ms >= c->idle_timeout_ms)
+        return HAUL_EINVAL;
+    if (c->conn_backlog && (c->conn_backlog < BACKLOG_MIN || c->conn_backlog > BACKLOG_MAX))
         return HAUL_EINVAL;
     return 0;
 }

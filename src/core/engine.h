@@ -55,6 +55,20 @@ enum { HAUL__BODY_OWNED, HAUL__BODY_BORROWED, HAUL__BODY_FILE };
  * that ends early takes only its own claim away. */
 enum { HAUL__RX_NONE = 0, HAUL__RX_CLAIMED = 1, HAUL__RX_DONE = 2, HAUL__RX_SHARED = 3 };
 
+/* Where a chunk stands on the connection that carries it, for the
+ * hedging of slow chunks (haul__pipe_hedge). */
+typedef struct haul__chunk_tx {
+    /* Where the chunk ends in its carrier's byte stream (bytes handed to
+     * the socket, or to a TLS write buffer in front of it, once the chunk
+     * was written whole), 0 until then: the peer's TCP has the chunk
+     * once the bytes the socket took, less those still unacknowledged,
+     * reach it. */
+    uint64_t pos;
+    /* The serial of a connection that was too slow with this chunk: the
+     * copy sent again goes on another. */
+    uint32_t avoid;
+} haul__chunk_tx;
+
 struct haul_message {
     haul__list link;       /* in the session's output, reassembly or input queue */
     haul_session *session; /* NULL once the session is gone */
@@ -79,6 +93,7 @@ struct haul_message {
     uint32_t chunk;
     uint32_t nchunks;
     uint32_t *carrier;
+    haul__chunk_tx *tx;  /* per chunk, beside carrier */
     uint32_t next_chunk; /* no chunk before it needs sending */
     uint32_t taken_end;  /* no chunk from it on was ever taken for sending */
     uint32_t unsent;     /* chunks with carrier 0 */
@@ -90,6 +105,11 @@ struct haul_message {
     unsigned attempts;
     int resending;
     int64_t round_at; /* when the current round began (engine clock) */
+    /* Copies of chunks sent again because their connection was slow to
+     * deliver them (haul__pipe_hedge): how many times, and when last, or
+     * when the message's last chunk went out whole. */
+    unsigned hedges;
+    int64_t hedge_at;
     int64_t deadline; /* ms on the engine clock */
     int in_flight;    /* counted in the session's sendable set */
     int cq_slot;      /* a slot of the completion queue is reserved for its final event */
@@ -257,7 +277,7 @@ struct haul__conn {
     int handshaking;    /* accepted, counted in engine->handshaking */
     int rx_hup;         /* the peer closed or reset: read until EOF */
     int hello_pending;  /* a HELLO or HELLO_ACK to send */
-    int debug_frozen;   /* test hook: neither reads nor writes while set */
+    int debug_frozen;   /* test hook: 1 neither reads nor writes; 2 takes frames, writes none */
     int tx_short;       /* 1 + the item whose file fell short, or 0 */
     /* The message timeout's watch on the socket's send queue (mu held):
      * its length and when it was last read, and when it was last seen to
@@ -270,6 +290,15 @@ struct haul__conn {
     uint32_t auto_retrans;
     uint32_t auto_segs;
     uint64_t auto_bytes; /* tcpi_bytes_acked + tcpi_bytes_received */
+    /* Bytes handed to the socket so far (plain TCP; a TLS connection
+     * counts what its BIO wrote), for where a chunk ends in the stream. */
+    atomic_uint_least64_t wire_sent;
+    uint32_t rtt_us;   /* the kernel's round-trip estimate when it joined */
+    int backlog_set;   /* TCP_NOTSENT_LOWAT was set (conn_backlog) */
+    uint32_t lowat;    /* ... to this value */
+    int declined;      /* the dispatcher gave it nothing: too much on its way */
+    int64_t last_take; /* when it last took a chunk (engine clock) */
+    int active;        /* in its pipe's active set */
 
     /* Liveness (haul_engine_config.keepalive_ms, idle_timeout_ms): when
      * a byte was last received and last written, on the engine clock.
@@ -352,6 +381,21 @@ struct haul__pipe {
     unsigned active;
     unsigned cap;
     unsigned joined;
+    uint32_t rtt_us; /* the longest round trip a connection joined with */
+    /* Bytes of the chunks this side cuts its messages into on this pipe,
+     * announced in every HELLO and HELLO_ACK (haul__pipe_chunk). */
+    uint32_t chunk;
+    /* The active set of a long link (haul__pipe_fill): connections that
+     * carry chunks now, at most active_max of them. active_wanted counts
+     * connections turned away by that bound while chunks waited, and
+     * blocked/sampled the sweeps that found a session's window full,
+     * since active_at, when active_max last changed. */
+    unsigned nactive;
+    unsigned active_max;
+    unsigned active_wanted;
+    unsigned blocked, sampled;
+    int64_t active_at;
+    unsigned declines; /* chunks declined since the last sweep */
     int ever_joined;
     unsigned dials_failed;    /* slots whose dial or handshake failed before any joined */
     uint8_t *slot_failed;     /* per slot: it failed before any joined */
@@ -568,6 +612,10 @@ void haul__pipe_maybe_free(haul__pipe *pipe);
  * carry chunks of the session's unacknowledged messages, as far as
  * watching them from now on tells (0: never seen). */
 int64_t haul__pipe_queue_moved(haul__pipe *pipe, haul_session *s, int64_t now);
+/* Sends again, on other connections, the chunks of the session's oldest
+ * unacknowledged message that its connections are slow to deliver while
+ * it holds up the window (mu held; from the sweep). */
+void haul__pipe_hedge(haul__pipe *pipe, haul_session *s, int64_t now);
 void haul__pipe_add_session(haul__pipe *pipe, haul_session *s);
 void haul__pipe_remove_session(haul__pipe *pipe, haul_session *s);
 void haul__pipe_destroy(haul__pipe *pipe);
@@ -609,6 +657,9 @@ int haul__tls_ctx_reload(haul_engine *engine, const char *tls_key, int server,
  * *err is HAUL_ENOMEM when it could not be made. */
 char *haul__tls_key(const haul_tls_config *config, int *err);
 int haul__tls_conn_init(haul__conn *conn); /* creates conn->ssl; mu held */
+/* Bytes of ciphertext the connection's socket took so far; *buffered gets
+ * those still in the write buffer in front of it. Owning thread. */
+uint64_t haul__tls_wire_written(haul__conn *conn, uint64_t *buffered);
 /* The one way the security state machine moves, on the connection's own
  * thread, with or without mu: takes the transition of the table for
  * `event`, counts the state entered and logs it, and keeps errno. A transition the table
@@ -638,6 +689,21 @@ int haul__sock_dial(const struct sockaddr_storage *ss, socklen_t len, int *fdp);
 /* TCP_USER_TIMEOUT on a TCP socket (0: the kernel's default); nothing on
  * others. */
 void haul__sock_user_timeout(int fd, unsigned ms);
+/* Sets TCP_NOTSENT_LOWAT to `bytes` on a TCP socket whose round trip is at
+ * least min_rtt_us. *rtt_us gets the kernel's estimate (0 when unknown or
+ * not TCP). Returns 1 when set. */
+int haul__sock_backlog(int fd, uint32_t bytes, uint32_t min_rtt_us, uint32_t *rtt_us);
+/* Bytes of the socket's send queue not yet acknowledged by the peer
+ * (SIOCOUTQ), or -1. */
+int haul__sock_unacked(int fd);
+/* Whether `bytes` more fit beside what the TCP socket holds
+ * unacknowledged within twice its congestion window; always when it
+ * holds nothing, or when the kernel cannot tell. */
+int haul__sock_room(int fd, uint32_t bytes);
+/* Sets TCP_NOTSENT_LOWAT of a TCP socket to half its congestion window,
+ * or to floor if more (*lowat: the value set last, updated). Returns the
+ * kernel's smoothed round-trip estimate in microseconds, 0 if unknown. */
+uint32_t haul__sock_pace(int fd, uint32_t floor, uint32_t *lowat);
 
 /* Test hook: breaks connection `index` of the session's (client) pipe. */
 int haul__debug_break_conn(haul_session *s, unsigned index);
@@ -648,6 +714,9 @@ int haul__debug_break_conn(haul_session *s, unsigned index);
  * fill. Thawing makes it read and write again. Returns 0, or HAUL_EINVAL
  * when there is no such connection. */
 int haul__debug_freeze(haul_session *s, int index, int frozen);
+/* Test hook: frozen 2 makes the connection take its next batch of frames
+ * from the dispatcher and write none of it, as a connection whose path
+ * stopped delivering would hold its chunks; 0 lets it write again. */
 
 /* Test hook: automatic pipes made from now on take a link for local
  * below `us` of RTT (0: the default, HAUL__AUTO_LOCAL_RTT_US), so that a

@@ -39,6 +39,12 @@ static inline void haul__list_add_tail(haul__list *head, haul__list *node)
     head->prev = node;
 }
 
+/* Inserts node first, before every other element. */
+static inline void haul__list_add_head(haul__list *head, haul__list *node)
+{
+    haul__list_add_tail(head->next, node);
+}
+
 static inline void haul__list_del(haul__list *node)
 {
     if (node->next == NULL)

@@ -55,6 +55,7 @@ static void message_destroy(haul_message *m)
         break;
     }
     free(m->carrier);
+    free(m->tx);
     free(m->rx_state);
     free(m);
 }

@@ -34,8 +34,32 @@ static haul__pipe *pipe_alloc(haul_engine *e)
     haul__list_init(&pipe->idle);
     haul__list_init(&pipe->members);
     pipe->loop = &e->loops[e->next_loop++ % e->nloops];
+    pipe->chunk = e->config.chunk_size;
     haul__list_add_tail(&e->pipes, &pipe->link);
     return pipe;
+}
+
+/* Smallest chunk a pipe of many connections is cut into: below it the
+ * cost of a frame per chunk would show. */
+#define PIPE_CHUNK_MIN (16u << 10)
+
+/*
+ * The chunk size of a client pipe. Every connection of the pipe may hold
+ * a chunk on its way while the others deliver theirs, and each moves at
+ * about 1/connections of the pipe's rate; a message is acknowledged once
+ * its last chunk arrives, and its session's window moves no sooner. So
+ * that the chunks in transit on every connection at once stay a fraction
+ * of the output queue (a quarter), a pipe of many connections cuts
+ * smaller chunks: 256 KiB up to 64 connections with the default queue of
+ * 64 MiB, 16 KiB at 1000.
+ */
+static uint32_t pipe_chunk(const haul_engine_config *cfg, uint64_t queue, unsigned conns)
+{
+    uint64_t fit = queue / 4 / (conns ? conns : 1);
+    uint32_t chunk = cfg->chunk_size;
+    while (chunk > PIPE_CHUNK_MIN && chunk > fit)
+        chunk /= 2;
+    return chunk < cfg->chunk_size ? chunk : cfg->chunk_size;
 }
 
 static int pipe_dial(haul__pipe *pipe, unsigned index);
@@ -146,6 +170,9 @@ haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c,
     pipe->cap = cap;
     pipe->nconns = first;
     pipe->active = first;
+    /* Chunks are cut for the most connections the pipe may have: its
+     * size is fixed when it is made. */
+    pipe->chunk = pipe_chunk(&e->config, c->output_queue, cap);
     if (automatic) {
         pipe->automatic = 1;
         pipe->autoscale = controller;
@@ -285,6 +312,14 @@ void haul__pipe_conn_joined(haul__pipe *pipe, haul__conn *c)
         haul__list_add_tail(&pipe->members, &c->pipe_link);
     else
         pipe->backoff[c->index] = pipe->engine->config.redial_min_ms;
+    /* Its round trip is known by now (the handshakes crossed it): long
+     * links get a short kernel queue of unsent bytes (conn_backlog). */
+    const haul_engine_config *cfg = &pipe->engine->config;
+    c->backlog_set =
+        haul__sock_backlog(c->fd, cfg->conn_backlog, cfg->backlog_min_rtt_us, &c->rtt_us);
+    c->lowat = c->backlog_set ? cfg->conn_backlog : 0;
+    if (c->rtt_us > pipe->rtt_us)
+        pipe->rtt_us = c->rtt_us;
     haul__conn_wake(c);
 }
 
@@ -561,7 +596,21 @@ void haul__pipe_kick(haul__pipe *pipe, unsigned n)
     }
 }
 
-static haul_message *sendable(haul_session *s)
+/* The first chunk of m that connection c may take: one still to send,
+ * other than a copy of a chunk that c itself was slow to deliver (c NULL:
+ * any). Returns its index, or -1. */
+static int64_t chunk_for(const haul_message *m, const haul__conn *c)
+{
+    for (uint32_t i = m->next_chunk; i < m->nchunks; i++)
+        if (m->carrier[i] == 0 && (c == NULL || m->hedges == 0 || m->tx[i].avoid != c->serial))
+            return i;
+    return -1;
+}
+
+/* The oldest message of the window with a chunk that c may take, and
+ * that chunk's index in *idx; NULL when there is none. *avoided is set
+ * when chunks wait that only other connections may take. */
+static haul_message *sendable(haul_session *s, const haul__conn *c, uint32_t *idx, int *avoided)
 {
     haul__list *p;
     haul__list_each(p, &s->outq)
@@ -569,10 +618,137 @@ static haul_message *sendable(haul_session *s)
         haul_message *m = HAUL__CONTAINER(p, haul_message, link);
         if (m->seq >= s->right)
             return NULL;
-        if (m->unsent > 0)
+        if (m->unsent == 0)
+            continue;
+        int64_t i = chunk_for(m, c);
+        if (i >= 0) {
+            *idx = (uint32_t)i;
             return m;
+        }
+        *avoided = 1;
     }
     return NULL;
+}
+
+/*
+ * The active set. Every connection of a long link that carries chunks
+ * gets about 1/n of the bottleneck, so with n connections busy a chunk
+ * takes n times as long to arrive as on one; a message is acknowledged
+ * once its slowest chunk arrives, and the window must hold all of them
+ * meanwhile. Past the number of connections that fills the link, each
+ * one more only slows every message down (and, as they overflow the
+ * bottleneck's queue together, adds losses). So a pipe of a long link
+ * sends on at most active_max of its connections at once, the ones most
+ * recently busy; the others wait, idle. active_max starts at ACTIVE_START
+ * and follows two signs, checked once per ACTIVE_PERIOD (or two round
+ * trips, if longer): it grows by a quarter when chunks waited while
+ * connections were turned away by the bound (the active ones are full:
+ * more of them may fill the link), and shrinks by an eighth when, in
+ * most sweeps, a session's whole window was on its way (the chunks in
+ * transit, spread over too many connections, arrive too slowly for the
+ * window). Connections of short links (below backlog_min_rtt_us) are
+ * not bounded: their queues drain in microseconds.
+ */
+#define ACTIVE_START 16u
+#define ACTIVE_MIN 4u
+#define ACTIVE_PERIOD_MS 200
+#define ACTIVE_QUEUEING_PCT 125
+
+/* How long a connection stays in the active set after its last chunk. */
+static int64_t active_span(const haul__pipe *pipe)
+{
+    return 2 * (int64_t)pipe->rtt_us / 1000 + 20;
+}
+
+/* Counts the active set anew (mu held): a connection stays in it while
+ * it took a chunk lately or still holds bytes unacknowledged. */
+static void active_count(haul__pipe *pipe, haul__conn *c, int64_t now, unsigned *n, uint64_t *rtt)
+{
+    if (c == NULL || c->dead || !c->active)
+        return;
+    if (now - c->last_take > active_span(pipe) && haul__sock_unacked(c->fd) <= 0) {
+        c->active = 0;
+        return;
+    }
+    (*n)++;
+    if (rtt)
+        *rtt += haul__sock_pace(c->fd, pipe->engine->config.conn_backlog, &c->lowat);
+}
+
+static void active_sweep(haul__pipe *pipe, int64_t now)
+{
+    if (pipe->active_max == 0) {
+        pipe->active_max = ACTIVE_START;
+        pipe->active_at = now;
+    }
+    int64_t period =
+        2 * active_span(pipe) > ACTIVE_PERIOD_MS ? 2 * active_span(pipe) : ACTIVE_PERIOD_MS;
+    int last = now - pipe->active_at >= period;
+    unsigned n = 0, total = 0;
+    uint64_t rtt = 0, *rttp = last ? &rtt : NULL;
+    if (pipe->server) {
+        haul__list *p;
+        haul__list_each(p, &pipe->members)
+        {
+            active_count(pipe, HAUL__CONTAINER(p, haul__conn, pipe_link), now, &n, rttp);
+            total++;
+        }
+    } else {
+        for (unsigned i = 0; i < pipe->nconns; i++)
+            active_count(pipe, pipe->conns[i], now, &n, rttp);
+        total = pipe->nconns;
+    }
+    pipe->nactive = n;
+    int blocked = 0;
+    haul__list *p;
+    haul__list_each(p, &pipe->sessions)
+    {
+        haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
+        uint32_t idx;
+        int avoided = 0;
+        if (!haul__list_empty(&s->outq) && sendable(s, NULL, &idx, &avoided) == NULL)
+            blocked = 1;
+    }
+    pipe->blocked += blocked;
+    pipe->sampled++;
+    if (!last)
+        return;
+    /* A queue building at the bottleneck lengthens the round trip of the
+     * active connections beyond the pipe's own: the link is full. */
+    int queueing = n > 0 && rtt / n > (uint64_t)pipe->rtt_us * ACTIVE_QUEUEING_PCT / 100;
+    unsigned max = pipe->active_max;
+    if (pipe->blocked * 2 > pipe->sampled && max > ACTIVE_MIN)
+        max -= max / 8 > 0 ? max / 8 : 1;
+    else if (pipe->active_wanted > 0 && pipe->blocked * 4 < pipe->sampled && !queueing &&
+             max < total)
+        max += max / 4 > 0 ? max / 4 : 1;
+    pipe->active_max = max < ACTIVE_MIN ? ACTIVE_MIN : max;
+    pipe->active_wanted = 0;
+    pipe->blocked = pipe->sampled = 0;
+    pipe->active_at = now;
+}
+
+/*
+ * Whether connection c should take another chunk now. Connections of a
+ * long link keep what they hold short (conn_backlog), so each asks for
+ * more as soon as its unsent bytes run low; but on a link shared by many
+ * connections, one that got little of the bottleneck, or whose window
+ * collapsed after a loss, would still take chunk after chunk and deliver
+ * them late, holding up the messages they belong to. So it takes one only
+ * while what it holds unacknowledged, with the new chunk, fits in twice
+ * its congestion window (about two round trips of its own rate), or when
+ * it holds nothing at all. Declined, it waits in the idle list behind the
+ * others until the next kick or sweep.
+ */
+static int may_take(haul__pipe *pipe, haul__conn *c, uint32_t chunk)
+{
+    if (!c->backlog_set)
+        return 1;
+    if (!c->active && pipe->nactive >= pipe->active_max) {
+        pipe->active_wanted++;
+        return 0;
+    }
+    return haul__sock_room(c->fd, chunk);
 }
 
 static void count_session(haul__conn *c, uint32_t id)
@@ -653,19 +829,26 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
     }
 
     /* A parked connection takes control frames, but no chunks. */
-    uint64_t budget =
-        pipe->engine->debug_hold || haul__conn_parked(c) ? 0 : pipe->engine->config.chunk_size;
+    uint64_t budget = pipe->engine->debug_hold || haul__conn_parked(c) ? 0 : pipe->chunk;
+    c->declined = 0;
+    if (budget > 0 && !haul__list_empty(&pipe->dispatch) && !may_take(pipe, c, pipe->chunk)) {
+        c->declined = 1;
+        pipe->declines++;
+        budget = 0;
+    }
     while (n < HAUL__TX_BATCH && budget > 0 && !haul__list_empty(&pipe->dispatch)) {
         haul_session *s =
             HAUL__CONTAINER(haul__list_first(&pipe->dispatch), haul_session, dispatch_link);
-        haul_message *m = sendable(s);
+        uint32_t idx = 0;
+        int avoided = 0;
+        /* A pipe down to one connection sends on it whatever it has. */
+        haul_message *m = sendable(s, pipe->joined > 1 ? c : NULL, &idx, &avoided);
+        if (m == NULL && avoided)
+            break; /* what is left goes on other connections */
         if (m == NULL) {
             haul__list_del(&s->dispatch_link);
             continue;
         }
-        uint32_t idx = m->next_chunk;
-        while (m->carrier[idx] != 0)
-            idx++;
         uint64_t offset = (uint64_t)idx * m->chunk;
         uint32_t len = (uint32_t)(m->len - offset < m->chunk ? m->len - offset : m->chunk);
         if (m->kind == HAUL__BODY_FILE && !file_holds(m, offset + len)) {
@@ -678,11 +861,20 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
             haul__session_fail(s, HAUL_EIO, 1);
             continue;
         }
+        if (!c->active) {
+            c->active = 1;
+            pipe->nactive++;
+        }
+        c->last_take = haul__now_ms();
         m->carrier[idx] = c->serial;
         if (idx >= m->taken_end)
             m->taken_end = idx + 1;
         m->unsent--;
-        m->next_chunk = idx + 1;
+        while (m->next_chunk < m->nchunks && m->carrier[m->next_chunk] != 0)
+            m->next_chunk++;
+        m->tx[idx].pos = 0;
+        if (m->unsent == 0)
+            m->hedge_at = haul__now_ms();
 
         haul__tx_item *it = &c->items[n];
         memset(it, 0, sizeof(*it));
@@ -721,7 +913,11 @@ int haul__pipe_demand(haul__pipe *pipe)
     haul__list *p;
     haul__list_each(p, &pipe->dispatch)
     {
-        if (sendable(HAUL__CONTAINER(p, haul_session, dispatch_link)) != NULL)
+        uint32_t idx;
+        int avoided = 0;
+        if (sendable(HAUL__CONTAINER(p, haul_session, dispatch_link), NULL, &idx, &avoided) !=
+                NULL ||
+            avoided)
             return 1;
     }
     /* Every chunk within the window taken, but the sender is held back
@@ -781,6 +977,87 @@ unsigned haul__pipe_resize(haul__pipe *pipe, unsigned n)
     if (n > before)
         haul__pipe_kick(pipe, n - before);
     return n;
+}
+
+/* ---- hedging: chunks stuck on slow connections ------------------------------- */
+
+/* A message whose last chunk was taken this long ago (beyond twice the
+ * pipe's round trip) while it holds up the window has its undelivered
+ * chunks sent again; at most HEDGE_MAX times, so that a receiver that is
+ * slow itself does not get the message over and over. */
+#define HEDGE_SLACK_MS 20
+#define HEDGE_MAX 4
+
+static haul__conn *conn_by_serial(haul__pipe *pipe, uint32_t serial)
+{
+    if (pipe->server) {
+        haul__list *p;
+        haul__list_each(p, &pipe->members)
+        {
+            haul__conn *c = HAUL__CONTAINER(p, haul__conn, pipe_link);
+            if (c->serial == serial)
+                return c;
+        }
+        return NULL;
+    }
+    for (unsigned i = 0; i < pipe->nconns; i++)
+        if (pipe->conns[i] && pipe->conns[i]->serial == serial)
+            return pipe->conns[i];
+    return NULL;
+}
+
+/* Whether the peer's TCP acknowledged every byte of the chunk: the socket
+ * took wire_sent bytes of the stream and still holds `unacked` of them.
+ * When the kernel cannot tell, the chunk is taken as delivered. */
+static int delivered(haul__conn *c, const haul__chunk_tx *tx)
+{
+    if (tx->pos == 0)
+        return 0; /* not even written whole */
+    int unacked = haul__sock_unacked(c->fd);
+    uint64_t took = atomic_load_explicit(&c->wire_sent, memory_order_relaxed);
+    return unacked < 0 || took - (uint64_t)unacked >= tx->pos;
+}
+
+void haul__pipe_hedge(haul__pipe *pipe, haul_session *s, int64_t now)
+{
+    haul__list *first = haul__list_first(&s->outq);
+    if (first == NULL || pipe->joined < 2)
+        return;
+    haul_message *m = HAUL__CONTAINER(first, haul_message, link);
+    if (m->seq >= s->right || m->unsent > 0 || m->hedges >= HEDGE_MAX || m->hedge_at == 0)
+        return;
+    /* Only a window held up by the message: while other chunks may go,
+     * the link has better use for its bytes. */
+    uint32_t idx;
+    int avoided = 0;
+    if (sendable(s, NULL, &idx, &avoided) != NULL)
+        return;
+    if (now - m->hedge_at < (int64_t)(2 * pipe->rtt_us / 1000) + HEDGE_SLACK_MS)
+        return;
+    m->hedge_at = now;
+    unsigned n = 0;
+    for (uint32_t i = 0; i < m->nchunks; i++) {
+        haul__conn *c = conn_by_serial(pipe, m->carrier[i]);
+        /* A chunk whose connection is gone is sent again anyway; one on
+         * a short link arrives or is resent by TCP sooner than a copy
+         * would be worth its bytes. */
+        if (c == NULL || c->dead || c->state != HAUL__CONN_JOINED || !c->backlog_set ||
+            delivered(c, &m->tx[i]))
+            continue;
+        m->carrier[i] = 0;
+        m->unsent++;
+        if (i < m->next_chunk)
+            m->next_chunk = i;
+        m->tx[i].avoid = c->serial;
+        n++;
+    }
+    if (n == 0)
+        return;
+    m->hedges++;
+    pipe->engine->stats.chunks_hedged += n;
+    if (!haul__list_linked(&s->dispatch_link))
+        haul__list_add_tail(&pipe->dispatch, &s->dispatch_link);
+    haul__pipe_kick(pipe, n);
 }
 
 /* ---- deadlines, redials and the end of a pipe --------------------------------- */
@@ -879,6 +1156,13 @@ void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
         if (pipe->automatic && !pipe->auto_pinned && pipe->ever_joined)
             haul__auto_sweep(pipe, now);
     }
+    active_sweep(pipe, now);
+    /* Connections that declined chunks (may_take) ask again: what they
+     * held may have arrived meanwhile without an event of ours. */
+    if (pipe->declines && !haul__list_empty(&pipe->dispatch)) {
+        pipe->declines = 0;
+        haul__pipe_kick(pipe, pipe->active_max < pipe->joined ? pipe->active_max : pipe->joined);
+    }
 }
 
 /* ---- statistics ------------------------------------------------------------------ */
@@ -899,6 +1183,9 @@ int haul_pipe_stats(haul_session *s, haul_conn_stats *out, int max)
                     out[n] = c->stats;
                     out[n].up = c->state == HAUL__CONN_JOINED;
                     out[n].parked = haul__conn_parked(c);
+                    out[n].rtt_us = c->rtt_us;
+                    out[n].unsent_limit = c->backlog_set ? c->lowat : 0;
+                    out[n].active = c->active;
                 } else {
                     memset(&out[n], 0, sizeof(out[n]));
                 }

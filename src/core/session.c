@@ -537,9 +537,10 @@ static int enqueue(haul_session *s, haul_message *m, uint64_t tag)
         return HAUL_EMSGSIZE;
     if (s->out_bytes + queue_cost(m->len) > s->output_queue)
         return HAUL_EQUEUEFULL;
-    haul__message_plan(m, e->config.chunk_size);
+    haul__message_plan(m, s->pipe ? s->pipe->chunk : e->config.chunk_size);
     m->carrier = calloc(m->nchunks, sizeof(*m->carrier));
-    if (m->carrier == NULL)
+    m->tx = calloc(m->nchunks, sizeof(*m->tx));
+    if (m->carrier == NULL || m->tx == NULL)
         return HAUL_ENOMEM;
     /* The slot of its MESSAGE_SENT or MESSAGE_FAILED, taken last: nothing
      * after it can fail. */
@@ -1430,7 +1431,10 @@ void haul__session_sweep(haul_session *s, int64_t now)
     if (first) {
         int64_t queued = HAUL__CONTAINER(first, haul_message, link)->deadline - s->timeout_ms;
         int64_t since = s->progress > queued ? s->progress : queued;
-        if (now > since && s->pipe) {
+        /* The send queues are read only once the session has been
+         * without other progress for a quarter of its timeout: on a busy
+         * pipe, never. */
+        if (now - since >= (int64_t)s->timeout_ms / 4 && s->pipe) {
             int64_t moved = haul__pipe_queue_moved(s->pipe, s, now);
             if (moved > since)
                 since = moved;
@@ -1441,6 +1445,8 @@ void haul__session_sweep(haul_session *s, int64_t now)
             haul__session_fail(s, HAUL_ETIMEDOUT, 1);
             return;
         }
+        if (s->pipe)
+            haul__pipe_hedge(s->pipe, s, now);
     }
     if (!s->server && s->open_deadline && s->open_deadline <= now &&
         s->state != CE_SS_SESSION_READY && s->state != CE_SS_APP_CLOSE_SESSION &&

@@ -108,6 +108,7 @@ enum {
     OPT_MAX_HANDSHAKES,
     OPT_KEEPALIVE,
     OPT_IDLE_TIMEOUT,
+    OPT_QUEUE,
     OPT_COUNT_,
     OPT_HELP = 'h',
 };
@@ -130,6 +131,7 @@ static const struct option long_options[] = {
     {"max-handshakes", required_argument, NULL, OPT_MAX_HANDSHAKES},
     {"keepalive", required_argument, NULL, OPT_KEEPALIVE},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+    {"queue", required_argument, NULL, OPT_QUEUE},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -172,6 +174,11 @@ static void usage(FILE *f)
                "  --max-sessions N        sessions at once (default 4096)\n"
                "  --max-connections N     connections at once (default 4096)\n"
                "  --io-threads N          transport I/O threads (default 1)\n"
+               "  --queue BYTES           per session: bytes received and not yet\n"
+               "                          stored, and bytes sent and not yet\n"
+               "                          acknowledged (default 256M; at least 2M):\n"
+               "                          the window a client may fill, enough for\n"
+               "                          a long link shared by many connections\n"
                "  --timeout SECONDS       message timeout, and how long a shutdown\n"
                "                          waits for running requests (default 60)\n"
                "  --log-level LEVEL       error, warn, info (default) or debug\n"
@@ -376,6 +383,7 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
     haul_engine_config defaults;
     haul_engine_config_init(&defaults);
     cfg->keepalive_ms = defaults.keepalive_ms;
+    cfg->queue = SERVER_QUEUE_DEFAULT;
     cfg->idle_timeout_ms = defaults.idle_timeout_ms;
     if (cfg->listen == NULL || cfg->store == NULL) {
         fprintf(stderr, "hauld: --listen and --store are required\n");
@@ -413,6 +421,13 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
     if (VALUE(o, OPT_IDLE_TIMEOUT) && parse_period("idle-timeout", VALUE(o, OPT_IDLE_TIMEOUT), 50,
                                                    86400000, &cfg->idle_timeout_ms) < 0)
         return -1;
+    if (VALUE(o, OPT_QUEUE) &&
+        (auth_parse_size(VALUE(o, OPT_QUEUE), &cfg->queue) < 0 || cfg->queue < (2u << 20))) {
+        fprintf(stderr,
+                "hauld: --queue: expected a size of at least 2M (e.g. 256M, 1G), not '%s'\n",
+                VALUE(o, OPT_QUEUE));
+        return -1;
+    }
     if (cfg->keepalive_ms && cfg->idle_timeout_ms && cfg->keepalive_ms >= cfg->idle_timeout_ms) {
         fprintf(stderr, "hauld: --keepalive (%u ms) must be below --idle-timeout (%u ms)\n",
                 cfg->keepalive_ms, cfg->idle_timeout_ms);

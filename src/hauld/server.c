@@ -777,8 +777,8 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
 
     haul_listen_config lc;
     haul_listen_config_init(&lc);
-    lc.output_queue = 64ull << 20;
-    lc.input_queue = 64ull << 20;
+    lc.output_queue = cfg->queue ? cfg->queue : SERVER_QUEUE_DEFAULT;
+    lc.input_queue = lc.output_queue;
     lc.max_message = HSP_MESSAGE_MAX;
     haul_tls_config tls = {cfg->tls_cert, cfg->tls_key, cfg->tls_ca, cfg->tls_crl};
     if (cfg->tls_cert)

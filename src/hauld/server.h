@@ -36,6 +36,12 @@ int hauld_log_enabled(int level);
 
 /* ---- the server -------------------------------------------------------------- */
 
+/* A session's queues by default: 256 MiB, four times what 1 Gbit/s
+ * carries in a 200 ms round trip, since on a long link shared by many
+ * connections a message waits for its slowest chunk. Memory is taken
+ * only as data waits (docs/design.md, "Long links"). */
+#define SERVER_QUEUE_DEFAULT (256ull << 20)
+
 typedef struct server_config {
     const char *listen;
     const char *store;
@@ -50,6 +56,8 @@ typedef struct server_config {
     /* The engine's liveness periods, as given (0: off). */
     unsigned keepalive_ms;
     unsigned idle_timeout_ms;
+    /* Each session's input and output queue (--queue). */
+    uint64_t queue;
     /* Mutual TLS (all NULL with --plaintext). */
     const char *tls_cert, *tls_key, *tls_ca, *tls_crl;
 } server_config;

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -129,6 +131,58 @@ void haul__sock_user_timeout(int fd, unsigned ms)
         (domain != AF_INET && domain != AF_INET6))
         return;
     setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
+}
+
+int haul__sock_backlog(int fd, uint32_t bytes, uint32_t min_rtt_us, uint32_t *rtt_us)
+{
+    *rtt_us = 0;
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    memset(&ti, 0, sizeof(ti));
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
+        return 0; /* not TCP: a unix socket has no such queue */
+    *rtt_us = ti.tcpi_rtt;
+    if (bytes == 0 || ti.tcpi_rtt < min_rtt_us)
+        return 0;
+    int v = (int)bytes;
+    return setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, sizeof(v)) == 0;
+}
+
+int haul__sock_unacked(int fd)
+{
+    int queued = 0;
+    return ioctl(fd, SIOCOUTQ, &queued) == 0 ? queued : -1;
+}
+
+int haul__sock_room(int fd, uint32_t bytes)
+{
+    int unacked = haul__sock_unacked(fd);
+    if (unacked <= 0)
+        return 1;
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
+        return 1;
+    uint64_t cwnd = (uint64_t)ti.tcpi_snd_cwnd * ti.tcpi_snd_mss;
+    return (uint64_t)unacked + bytes <= 2 * cwnd;
+}
+
+uint32_t haul__sock_pace(int fd, uint32_t floor, uint32_t *lowat)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
+        return 0;
+    uint64_t half = (uint64_t)ti.tcpi_snd_cwnd * ti.tcpi_snd_mss / 2;
+    uint32_t want = half > floor ? (half < (64u << 20) ? (uint32_t)half : 64u << 20) : floor;
+    /* Rewritten only when it moved by a quarter: it is read at every
+     * write the kernel wakes us for. */
+    if (want > *lowat + *lowat / 4 || want < *lowat - *lowat / 4) {
+        int v = (int)want;
+        if (setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, sizeof(v)) == 0)
+            *lowat = want;
+    }
+    return ti.tcpi_rtt;
 }
 
 int haul__sock_listen(const struct sockaddr_storage *ss, socklen_t len, int *fdp)

@@ -647,7 +647,7 @@ static void do_read(haul__conn *c)
     int turns = c->ssl ? TLS_READ_TURNS : READ_TURNS;
     for (int turn = 0; turn < turns; turn++) {
         pthread_mutex_lock(&e->mu);
-        if (c->dead || !haul__conn_carries_frames(c->state) || c->debug_frozen) {
+        if (c->dead || !haul__conn_carries_frames(c->state) || c->debug_frozen == 1) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
@@ -765,7 +765,7 @@ static int take_batch(haul__conn *c)
                          .len = HAUL__HELLO_MAGIC_LEN,
                          .aux = c->index,
                          .seq = c->pipe ? c->pipe->id : 0,
-                         .offset = c->engine->config.chunk_size};
+                         .offset = c->pipe ? c->pipe->chunk : c->engine->config.chunk_size};
         haul__frame_encode(&f, c->headers[0]);
         c->nitems = 1;
         c->hello_pending = 0;
@@ -785,11 +785,32 @@ static int take_batch(haul__conn *c)
     return c->nitems;
 }
 
+/* Counts what the socket took (owning thread): n bytes of plain frames,
+ * or on TLS whatever the socket BIO has written by now. */
+static void wire_moved(haul__conn *c, uint64_t n)
+{
+    uint64_t buffered;
+    uint64_t v = c->ssl ? haul__tls_wire_written(c, &buffered)
+                        : atomic_load_explicit(&c->wire_sent, memory_order_relaxed) + n;
+    atomic_store_explicit(&c->wire_sent, v, memory_order_relaxed);
+}
+
+/* Where the stream stands once everything written so far reaches the
+ * socket (owning thread). */
+static uint64_t wire_end(haul__conn *c)
+{
+    uint64_t buffered = 0;
+    if (c->ssl)
+        return haul__tls_wire_written(c, &buffered) + buffered;
+    return atomic_load_explicit(&c->wire_sent, memory_order_relaxed);
+}
+
 /* The batch is all written (mu held): the frames reach their next state. */
 static void batch_written(haul__conn *c)
 {
     haul_engine *e = c->engine;
     int64_t now = 0;
+    uint64_t end = wire_end(c);
     for (int i = 0; i < c->nitems; i++) {
         haul__tx_item *it = &c->items[i];
         c->stats.bytes_sent += item_size(it);
@@ -803,6 +824,10 @@ static void batch_written(haul__conn *c)
             if (now == 0)
                 now = haul__now_ms();
             it->session->progress = now;
+            /* Where the chunk ends in the stream, for hedging, unless
+             * another copy of it has been taken since. */
+            if (it->msg->carrier[it->chunk_index] == c->serial)
+                it->msg->tx[it->chunk_index].pos = end;
             haul__message_unref(it->msg);
             it->msg = NULL;
         } else if (it->type == HAUL__F_KEEPALIVE) {
@@ -1051,8 +1076,13 @@ static void write_failed(haul__conn *c)
  * EPOLLOUT edge brings do_write() back, and with it the next flush. */
 static int tls_pause(haul__conn *c)
 {
-    if (c->ssl == NULL || c->sec_state != HAUL__SEC_ESTABLISHED || haul__tls_flush(c) == 0 ||
-        errno == EAGAIN)
+    if (c->ssl == NULL || c->sec_state != HAUL__SEC_ESTABLISHED)
+        return 0;
+    int rc = haul__tls_flush(c);
+    int err = errno;
+    wire_moved(c, 0);
+    errno = err;
+    if (rc == 0 || errno == EAGAIN)
         return 0;
     consume_sigpipe();
     haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
@@ -1065,13 +1095,19 @@ static void do_write(haul__conn *c)
     haul_engine *e = c->engine;
     for (int turn = 0; turn < WRITE_TURNS; turn++) {
         pthread_mutex_lock(&e->mu);
-        if (c->dead || !haul__conn_carries_frames(c->state) || c->debug_frozen) {
+        if (c->dead || !haul__conn_carries_frames(c->state) || c->debug_frozen == 1) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
         if (c->nitems == 0 && take_batch(c) == 0) {
-            if (c->state == HAUL__CONN_JOINED && c->pipe && !haul__list_linked(&c->idle_link))
-                haul__list_add_tail(&c->pipe->idle, &c->idle_link);
+            /* Most recently idle first: its congestion window is the
+             * freshest. One that declined chunks goes last. */
+            if (c->state == HAUL__CONN_JOINED && c->pipe && !haul__list_linked(&c->idle_link)) {
+                if (c->declined)
+                    haul__list_add_tail(&c->pipe->idle, &c->idle_link);
+                else
+                    haul__list_add_head(&c->pipe->idle, &c->idle_link);
+            }
             pthread_mutex_unlock(&e->mu);
             tls_pause(c);
             return;
@@ -1088,6 +1124,8 @@ static void do_write(haul__conn *c)
             return;
         }
 
+        if (c->debug_frozen == 2)
+            return; /* test hook: the batch stays, unwritten */
         while (c->item_pos < c->nitems) {
             ssize_t n = write_some(c);
             if (n < 0 && errno == EINTR)
@@ -1103,8 +1141,10 @@ static void do_write(haul__conn *c)
                 write_failed(c);
                 return;
             }
-            if (n > 0)
+            if (n > 0) {
                 atomic_store_explicit(&c->last_tx, haul__now_ms(), memory_order_relaxed);
+                wire_moved(c, (uint64_t)n);
+            }
             uint64_t left = (uint64_t)n;
             while (left > 0) {
                 uint64_t rem = item_size(&c->items[c->item_pos]) - c->item_done;

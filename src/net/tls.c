@@ -326,6 +326,15 @@ int haul__tls_flush(haul__conn *c)
     return -1;
 }
 
+uint64_t haul__tls_wire_written(haul__conn *c, uint64_t *buffered)
+{
+    BIO *wbio = SSL_get_wbio(c->ssl);
+    BIO *sock = wbio ? BIO_next(wbio) : NULL;
+    size_t pending = wbio ? BIO_wpending(wbio) : 0;
+    *buffered = pending;
+    return sock ? BIO_number_written(sock) : 0;
+}
+
 void haul__tls_conn_fini(haul__conn *c)
 {
     SSL_free(c->ssl);
