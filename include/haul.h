@@ -468,34 +468,35 @@ typedef struct haul_session_config {
      * later sessions to the same destination share the pipe as it is.
      * Default 1.
      *
-     * An automatic pipe starts with 2 connections (1 over a Unix socket)
-     * and, while its sessions have more to send than its connections
-     * take, measures its goodput (the bytes its connections' TCP
-     * delivered both ways, per second) over intervals of several round
-     * trips (5 x the smoothed RTT, 0.5 to 3 s, once new connections had
-     * 3 round trips to find their pace). It grows (x4 from the start
-     * count, then x2) while each step raises goodput by 10% or more
-     * (judged once it stops growing from one interval to the next, as
-     * new connections leave slow start), keeps the count that measured
-     * best once a step does not, and every 10 s tries one step up again
-     * (or down, while losses stay high). It never grows while the
-     * application sets the pace (nothing waits to be sent, or the
-     * receiver's window is closed with nothing in flight). It shrinks
-     * (halves) when retransmissions rose to more than twice what they
-     * were at the chosen count (and over 1% of the segments sent) while
-     * goodput fell by 10%, keeping the smaller count (and trying fewer
-     * still) while it does 90% as well. Below 1 ms of RTT (loopback, a
-     * LAN) and over Unix sockets it uses at most 4. A connection the
-     * pipe stops using is parked: it stays joined (keepalives), finishes
-     * what it carries and is given no new chunks until the pipe grows
-     * again, so that no message is sent twice or lost by shrinking. A
-     * connection the server refuses for its limit (HAUL_ELIMIT), or one
-     * that cannot be made for want of memory, descriptors or the
-     * engine's max_connections, lowers the pipe's cap to what it has.
-     * Counts change on the engine timer's thread; each change is logged
-     * at HAUL_LOG_INFO, and haul_pipe_stats() shows the connections in
-     * use (up and not parked). docs/design.md ("The automatic connection
-     * count") gives the reasons. */
+     * An automatic pipe starts with 2 connections (1 over a Unix socket;
+     * 8 as soon as it finds a round trip of 10 ms or more, where the
+     * first intervals would be spent in slow start) and, while its
+     * sessions have more to send than its connections take, measures
+     * its goodput (the bytes its connections' TCP delivered both ways,
+     * per second) over intervals of several round trips (5 x the
+     * smoothed RTT, 0.5 to 3 s, once new connections had 3 round trips
+     * to find their pace). It grows (x4 from 2, then x2) while each step
+     * raises goodput by 10% or more (judged once it stops growing from
+     * one interval to the next, as new connections leave slow start),
+     * keeps the count that measured best once a step does not, and every
+     * 10 s tries one step up again (or down, while losses stay high). It
+     * never grows while the application sets the pace (nothing waits to
+     * be sent, or the receiver's window is closed with nothing in
+     * flight). It shrinks (halves) when retransmissions rose to more than
+     * twice what they were at the chosen count (and over 1% of the
+     * segments sent) while goodput fell by 10%, keeping the smaller count
+     * (and trying fewer still) while it does 90% as well. Below 1 ms of
+     * RTT (loopback, a LAN) and over Unix sockets it uses at most 4. A
+     * connection the pipe stops using is parked: it stays joined
+     * (keepalives), finishes what it carries and is given no new chunks
+     * until the pipe grows again, so that no message is sent twice or
+     * lost by shrinking. A connection the server refuses for its limit
+     * (HAUL_ELIMIT), or one that cannot be made for want of memory,
+     * descriptors or the engine's max_connections, lowers the pipe's cap
+     * to what it has. Counts change on the engine timer's thread; each
+     * change is logged at HAUL_LOG_INFO, and haul_pipe_stats() shows the
+     * connections in use (up and not parked). docs/design.md ("The
+     * automatic connection count") gives the reasons. */
     unsigned connections;
     /* The most connections an automatic pipe (connections 0) may use,
      * 1 .. 65535, and never more than the engine's max_connections

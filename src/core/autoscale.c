@@ -5,7 +5,10 @@
  *
  * The rules, in short (docs/design.md has the reasons):
  *
- *   - Start with 2 connections (1 over a Unix socket).
+ *   - Start with 2 connections (1 over a Unix socket); on a long link
+ *     (least RTT HAUL__AUTO_LONG_RTT_US or more), go to 8 as soon as the
+ *     RTT is known, since the first intervals would be spent in slow
+ *     start.
  *   - Measure goodput, the bytes the peer acknowledged plus the bytes
  *     received, over intervals of HAUL__AUTO_INTERVAL_RTTS round trips
  *     (0.5 to 3 s), after new connections had HAUL__AUTO_SETTLE_RTTS
@@ -47,6 +50,10 @@
 /* clang-format off */
 static const haul__transition table[] = {
     {AUTO_JOINING, AEV_JOINED, AUTO_SETTLING},
+    /* A long link takes its first step before the start count is
+     * measured. */
+    {AUTO_JOINING, AEV_GROW, AUTO_JOINING},
+    {AUTO_SETTLING, AEV_GROW, AUTO_JOINING},
     {AUTO_SETTLING, AEV_SETTLED, AUTO_MEASURING},
     {AUTO_MEASURING, AEV_LIMITED, AUTO_MEASURING},
     {AUTO_MEASURING, AEV_RAMPING, AUTO_MEASURING},
@@ -292,7 +299,7 @@ static void judge(haul__auto *a, const haul__auto_mark *m, int64_t now)
         return;
     }
     if (m->count < a->cap)
-        grow(a, step_up(a, m->count, 1), m, now);
+        grow(a, step_up(a, m->count, a->changes == 0), m, now);
     else
         hold(a, now);
 }
@@ -343,6 +350,19 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
         }
     }
     int64_t now = in->now;
+    if (a->changes == 0 && a->probe == 0 && !a->local && in->demand &&
+        in->min_rtt_us >= HAUL__AUTO_LONG_RTT_US && a->count < a->cap) {
+        /* A long link, and more to send than the connections take:
+         * the start count would spend the first intervals in slow
+         * start and say little. The first step is taken at once, and
+         * measured (once it stops ramping) as the start count would
+         * have been. */
+        snprintf(a->why, sizeof(a->why), "a long link (RTT %u us): starting with %u",
+                 in->min_rtt_us, step_up(a, a->count, 1));
+        set_count(a, step_up(a, a->count, 1));
+        enter(a, AEV_GROW, now);
+        return a->count;
+    }
     switch (a->state) {
     case AUTO_JOINING:
         if (in->joined >= a->count || now - a->since >= HAUL__AUTO_JOIN_WAIT_MS)
@@ -390,13 +410,14 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
         return a->count;
     }
     a->last = m;
-    if (a->state == AUTO_MEASURING && a->probe > 0 &&
+    if (a->state == AUTO_MEASURING && (a->probe > 0 || a->changes > 0) &&
         (a->ramps == 0 || (a->ramps < HAUL__AUTO_RAMP_MAX &&
                            m.goodput >= a->ramp_goodput * (100 + HAUL__AUTO_GAIN_PCT) / 100))) {
         /* New connections may still be in slow start, the more so the
-         * longer the round trip: a step up is judged once its goodput
-         * stopped growing from one interval to the next (or after
-         * HAUL__AUTO_RAMP_MAX intervals). */
+         * longer the round trip: a step up (or the first count of a
+         * long link) is judged once its goodput stopped growing from
+         * one interval to the next (or after HAUL__AUTO_RAMP_MAX
+         * intervals). */
         a->ramps++;
         a->ramp_goodput = m.goodput;
         enter(a, AEV_RAMPING, now);

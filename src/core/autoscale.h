@@ -15,6 +15,9 @@
  *
  *   AUTO_JOINING   --joined-->   AUTO_SETTLING   the count grew: its new
  *                                                connections are dialled
+ *   AUTO_JOINING,
+ *   AUTO_SETTLING  --grow-->     AUTO_JOINING    a long link: the first
+ *                                                step before any measure
  *   AUTO_SETTLING  --settled-->  AUTO_MEASURING  a few round trips for new
  *                                                (or fewer) connections to
  *                                                find their pace
@@ -73,6 +76,7 @@ typedef enum haul__auto_event {
 #define HAUL__AUTO_START_LOCAL 1       /* over a Unix socket */
 #define HAUL__AUTO_LOCAL_RTT_US 1000   /* below this path RTT (the least seen) the link is local */
 #define HAUL__AUTO_LOCAL_MAX 4         /* the most a local pipe uses */
+#define HAUL__AUTO_LONG_RTT_US 10000   /* from this path RTT on, the first step is taken at once */
 #define HAUL__AUTO_INTERVAL_RTTS 5     /* a measuring interval, in round trips */
 #define HAUL__AUTO_INTERVAL_MIN_MS 500 /* ... and its bounds */
 #define HAUL__AUTO_INTERVAL_MAX_MS 3000

@@ -1,9 +1,9 @@
 /*
  * autoscale_test.c - the rules of the automatic connection count, on a
- * simulated model.
+ * simulated link.
  *
  * The controller is pure: it is fed what a pipe measured at each sweep and
- * answers with a count. Here a model of a model stands in for the pipe: a
+ * answers with a count. Here a model of a link stands in for the pipe: a
  * function gives the goodput and the share of retransmitted segments of n
  * connections at a time, and the test feeds the controller 20 ms sweeps
  * of it, as the engine's timer would, for simulated minutes in
@@ -19,7 +19,7 @@
 #define SWEEP_MS 20
 #define MB 1000000.0
 
-/* A model: the goodput (bytes/s) and losses of n connections at time t. */
+/* A link: the goodput (bytes/s) and losses of n connections at time t. */
 typedef struct model {
     double (*goodput)(const struct model *l, unsigned n, int64_t t);
     double (*loss)(const struct model *l, unsigned n, int64_t t);
@@ -27,7 +27,7 @@ typedef struct model {
     int unix_socket;
     int demand;             /* the application has more to send */
     double per_conn, limit; /* what the simple models use */
-    int64_t change_at;      /* when the model changes, for the models that do */
+    int64_t change_at;      /* when the link changes, for the models that do */
     double per_conn_after, limit_after;
 } model;
 
@@ -39,7 +39,7 @@ typedef struct sim {
     unsigned lowest_after_start, highest;
 } sim;
 
-/* Each connection adds per_conn, up to the model's limit. */
+/* Each connection adds per_conn, up to the link's limit. */
 static double linear_capped(const model *l, unsigned n, int64_t t)
 {
     double per = t >= l->change_at ? l->per_conn_after : l->per_conn;
@@ -60,7 +60,7 @@ static void sim_start(sim *s, const model *l, unsigned cap)
     s->highest = s->count;
 }
 
-/* Runs the simulated model until `until` ms. */
+/* Runs the simulated link until `until` ms. */
 static void sim_run(sim *s, const model *l, int64_t until)
 {
     while (s->in.now < until) {
@@ -110,11 +110,11 @@ TEST(auto_grows_while_goodput_grows_and_keeps_what_pays)
 
 TEST(auto_stays_small_where_more_connections_do_not_pay)
 {
-    /* One connection fills the model (100 ms, 10 Mbit/s): a step up is
+    /* One connection fills the link (5 ms, 10 Mbit/s): a step up is
      * tried once, and given back. */
     model l = {.goodput = linear_capped,
                .loss = no_loss,
-               .rtt_us = 100000,
+               .rtt_us = 5000,
                .demand = 1,
                .per_conn = 1.25 * MB,
                .limit = 1.25 * MB,
@@ -130,6 +130,28 @@ TEST(auto_stays_small_where_more_connections_do_not_pay)
     sim_run(&s, &l, 30000);
     CHECK_EQ(s.count, HAUL__AUTO_START);
     CHECK_GE(s.a.changes, 4);
+}
+
+TEST(auto_takes_its_first_step_at_once_on_a_long_link)
+{
+    /* 100 ms, 10 Mbit/s: one connection would fill it, but the start
+     * count would spend its first intervals in slow start. The pipe goes
+     * to 8 once it knows the RTT, tries 16, finds it pays nothing, and
+     * keeps 8. */
+    model l = {.goodput = linear_capped,
+               .loss = no_loss,
+               .rtt_us = 100000,
+               .demand = 1,
+               .per_conn = 1.25 * MB,
+               .limit = 1.25 * MB,
+               .change_at = INT64_MAX};
+    sim s;
+    sim_start(&s, &l, 128);
+    sim_run(&s, &l, 40);
+    CHECK_EQ(s.count, 4 * HAUL__AUTO_START);
+    sim_run(&s, &l, 20000);
+    CHECK_EQ(s.count, 4 * HAUL__AUTO_START);
+    CHECK_EQ(s.highest, 8 * HAUL__AUTO_START);
 }
 
 TEST(auto_never_grows_while_the_application_sets_the_pace)
@@ -153,7 +175,7 @@ TEST(auto_never_grows_while_the_application_sets_the_pace)
 
 TEST(auto_uses_at_most_four_on_a_local_link)
 {
-    /* Loopback: 30 us of RTT. Even a model where every connection added
+    /* Loopback: 30 us of RTT. Even a link where every connection added
      * goodput gets no more than HAUL__AUTO_LOCAL_MAX. */
     model l = {.goodput = linear_capped,
                .loss = no_loss,
@@ -211,7 +233,7 @@ TEST(auto_respects_its_cap)
 }
 
 /* Losses: above 8 connections, a queue overflows: more retransmissions
- * and less goodput, from the time the model changes on. */
+ * and less goodput, from the time the link changes on. */
 static double overflow_goodput(const model *l, unsigned n, int64_t t)
 {
     double g = linear_capped(l, n, t);
@@ -275,7 +297,7 @@ TEST(auto_shrink_that_does_worse_is_undone)
 
 TEST(auto_tries_again_when_the_link_gets_better)
 {
-    /* 4 connections fill the model at first; after 20 s it carries 8
+    /* 4 connections fill the link at first; after 20 s it carries 8
      * times more, and the count follows at the next probe. */
     model l = {.goodput = linear_capped,
                .loss = no_loss,
