@@ -135,7 +135,8 @@ enum { HAUL_LOG_ERROR = 0, HAUL_LOG_WARN = 1, HAUL_LOG_INFO = 2, HAUL_LOG_DEBUG 
  * the engine enforces is here.
  */
 typedef struct haul_engine_config {
-    /* I/O threads, each owning a share of the connections. Default 1. */
+    /* I/O threads, each owning a share of the connections; the
+     * connections of one pipe spread over them. Default 1, range 1..64. */
     unsigned io_threads;
     /* Largest message any session may send or accept. Default 64 MiB,
      * range 0 .. 4 GiB - 1. */

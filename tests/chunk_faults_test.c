@@ -167,10 +167,15 @@ typedef struct raw_rig {
     uint64_t len;
 } raw_rig;
 
+/* The I/O threads of the receiving engine. With two, the connections of
+ * the raw pipe are spread over both, and the copies of a chunk are read
+ * on two threads at once. */
+static unsigned rig_threads = 1;
+
 static void rig_start(raw_rig *r, uint64_t len)
 {
     harness_strerror = haul_strerror;
-    r->server = engine_quiet(1, 0);
+    r->server = engine_quiet(rig_threads, 0);
     CHECK(r->server != NULL);
     CHECK_OK(haul_listen(r->server, "127.0.0.1:0", NULL));
     CHECK_OK(haul_listen_address(r->server, r->address, sizeof(r->address)));
@@ -228,7 +233,7 @@ static void rig_stop(raw_rig *r)
  * middle of the chunk) arrives, and A ends early. B's copy must still
  * complete the chunk: the message is delivered and acknowledged on B.
  */
-TEST_TIMEOUT(late_copy_ending_early_keeps_the_resent_copy, 30)
+static void late_copy_ending_early(void)
 {
     raw_rig r;
     int fds[2];
@@ -254,10 +259,21 @@ TEST_TIMEOUT(late_copy_ending_early_keeps_the_resent_copy, 30)
     rig_stop(&r);
 }
 
+TEST_TIMEOUT(late_copy_ending_early_keeps_the_resent_copy, 30)
+{
+    late_copy_ending_early();
+}
+
+TEST_TIMEOUT(late_copy_ending_early_keeps_the_resent_copy_on_two_threads, 30)
+{
+    rig_threads = 2;
+    late_copy_ending_early();
+}
+
 /* The other order: the late copy completes the chunk while the resent
  * copy is half read. The message is delivered once; the rest of the
  * resent copy is read and dropped as a duplicate. */
-TEST_TIMEOUT(late_copy_completing_wins_once, 30)
+static void late_copy_completing(void)
 {
     raw_rig r;
     int fds[2];
@@ -292,9 +308,20 @@ TEST_TIMEOUT(late_copy_completing_wins_once, 30)
     rig_stop(&r);
 }
 
+TEST_TIMEOUT(late_copy_completing_wins_once, 30)
+{
+    late_copy_completing();
+}
+
+TEST_TIMEOUT(late_copy_completing_wins_once_on_two_threads, 30)
+{
+    rig_threads = 2;
+    late_copy_completing();
+}
+
 /* Both copies end early: the chunk is free again, and the copy sent on a
  * third connection is taken. */
-TEST_TIMEOUT(chunk_nobody_completed_is_taken_again, 30)
+static void nobody_completed(void)
 {
     raw_rig r;
     int fds[2];
@@ -321,6 +348,105 @@ TEST_TIMEOUT(chunk_nobody_completed_is_taken_again, 30)
     CHECK(await_ack(&c, 1, 1, 5000));
     rig_check_delivered(&r);
     close(c);
+    rig_stop(&r);
+}
+
+TEST_TIMEOUT(chunk_nobody_completed_is_taken_again, 30)
+{
+    nobody_completed();
+}
+
+TEST_TIMEOUT(chunk_nobody_completed_is_taken_again_on_two_threads, 30)
+{
+    rig_threads = 2;
+    nobody_completed();
+}
+
+/* The connection of each copy: which thread of the receiving engine reads
+ * it, as the engine records it. */
+static int reader_loop(haul_engine *e, unsigned index)
+{
+    pthread_mutex_lock(&e->mu);
+    int loop = -1;
+    haul__list *p;
+    haul__list_each(p, &e->conns)
+    {
+        haul__conn *c = HAUL__CONTAINER(p, haul__conn, all_link);
+        if (c->pipe && c->state == HAUL__CONN_JOINED && c->index == index)
+            loop = (c->move_to ? c->move_to : c->loop)->index;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return loop;
+}
+
+typedef struct copy_writer {
+    int fd;
+    raw_header h;
+    const uint8_t *body;
+    size_t len;
+} copy_writer;
+
+static void *copy_write(void *arg)
+{
+    copy_writer *w = arg;
+    raw_send_header(w->fd, &w->h);
+    raw_send_all(w->fd, w->body, w->len);
+    return NULL;
+}
+
+/*
+ * Copies of every chunk arrive at the same moment on two connections of
+ * one pipe that two threads of the receiver read: each message is one
+ * chunk, written whole on both connections at once by two threads of the
+ * sender. Whichever copy completes first delivers the message, once, with
+ * its bytes intact; the other is dropped wherever its reader stands, and
+ * never writes into a message that was delivered (under ThreadSanitizer,
+ * such a write is a reported race with the application reading it).
+ */
+TEST_TIMEOUT(copies_read_on_two_threads_at_once_deliver_once, 60)
+{
+    enum { MESSAGES = 64 };
+    rig_threads = 2;
+    raw_rig r;
+    int fds[2];
+    rig_open(&r, CHUNK, fds);
+    CHECK_NE(reader_loop(r.server, 0), -1);
+    CHECK_NE(reader_loop(r.server, 0), reader_loop(r.server, 1));
+    for (uint64_t seq = 0; seq < MESSAGES; seq++) {
+        raw_header h = chunk_header(seq, 0, CHUNK);
+        copy_writer w[2] = {{fds[0], h, r.body, CHUNK}, {fds[1], h, r.body, CHUNK}};
+        pthread_t t[2];
+        for (int i = 0; i < 2; i++)
+            CHECK_EQ(pthread_create(&t[i], NULL, copy_write, &w[i]), 0);
+        for (int i = 0; i < 2; i++)
+            pthread_join(t[i], NULL);
+        CHECK(await_ack(fds, 2, seq + 1, 10000));
+    }
+    pthread_mutex_lock(&r.k.mu);
+    for (int waited = 0; r.k.nsessions == 0 || r.k.sessions[0].messages < MESSAGES; waited += 5) {
+        CHECK_LT(waited, 10000);
+        pthread_mutex_unlock(&r.k.mu);
+        poll(NULL, 0, 5);
+        pthread_mutex_lock(&r.k.mu);
+    }
+    sink_session *ss = &r.k.sessions[0];
+    CHECK_EQ(ss->messages, MESSAGES);
+    CHECK_EQ(ss->bytes, (uint64_t)MESSAGES * CHUNK);
+    CHECK(!ss->order_broken);
+    XXH3_state_t *want = XXH3_createState();
+    XXH3_64bits_reset(want);
+    for (int i = 0; i < MESSAGES; i++)
+        XXH3_64bits_update(want, r.body, CHUNK);
+    CHECK_EQ(XXH3_64bits_digest(ss->hash), XXH3_64bits_digest(want));
+    XXH3_freeState(want);
+    pthread_mutex_unlock(&r.k.mu);
+    haul_engine_stats st;
+    haul_engine_stats_get(r.server, &st);
+    CHECK_EQ(st.messages_received, MESSAGES);
+    CHECK_EQ(st.protocol_errors, 0);
+    CHECK_EQ(st.connections_lost, 0);
+    close(fds[0]);
+    close(fds[1]);
     rig_stop(&r);
 }
 
@@ -372,10 +498,15 @@ static void pair_tls_remove(pair_tls *t)
     rmdir(t->dir);
 }
 
+/* The I/O threads of both engines: with more than one, the connections of
+ * a pipe spread over them on each side. */
+static unsigned engine_threads = 1;
+
 static haul_engine *engine_with(unsigned max_attempts, uint32_t chunk_size)
 {
     haul_engine_config c;
     haul_engine_config_init(&c);
+    c.io_threads = engine_threads;
     if (max_attempts)
         c.max_attempts = max_attempts;
     if (chunk_size)
@@ -522,7 +653,7 @@ static void await_lost(pair *p, uint64_t lost)
  * That is one round of retransmission, whatever the number of
  * connections: with max_attempts 2 the message still goes through.
  */
-TEST_TIMEOUT(one_fault_on_every_connection_is_one_attempt, 60)
+static void one_fault_on_every_connection(void)
 {
     pair p;
     pair_open(&p, engine_with(2, 0), 8, 32 * MIB);
@@ -558,9 +689,20 @@ TEST_TIMEOUT(one_fault_on_every_connection_is_one_attempt, 60)
     pair_close(&p);
 }
 
+TEST_TIMEOUT(one_fault_on_every_connection_is_one_attempt, 60)
+{
+    one_fault_on_every_connection();
+}
+
+TEST_TIMEOUT(one_fault_on_every_connection_is_one_attempt_on_four_threads, 60)
+{
+    engine_threads = 4;
+    one_fault_on_every_connection();
+}
+
 /* Two faults, each after the message's chunks went out again, are two
  * rounds: with max_attempts 2 the second fails the message. */
-TEST_TIMEOUT(second_round_of_losses_fails_the_message, 60)
+static void second_round_of_losses(void)
 {
     pair p;
     pair_open(&p, engine_with(2, 0), 4, 32 * MIB);
@@ -592,6 +734,17 @@ TEST_TIMEOUT(second_round_of_losses_fails_the_message, 60)
     CHECK_EQ(ev.error, HAUL_EATTEMPTS);
     CHECK_OK(haul__debug_freeze(p.remote, -1, 0));
     pair_close(&p);
+}
+
+TEST_TIMEOUT(second_round_of_losses_fails_the_message, 60)
+{
+    second_round_of_losses();
+}
+
+TEST_TIMEOUT(second_round_of_losses_fails_the_message_on_four_threads, 60)
+{
+    engine_threads = 4;
+    second_round_of_losses();
 }
 
 /* ---- a file that shrinks while it is sent ------------------------------------ */
@@ -774,5 +927,62 @@ TEST_TIMEOUT(file_shrunk_inside_a_chunk_is_padded_over_tls, 60)
     pair_tls tls;
     pair_tls_make(&tls);
     shrink_inside_a_chunk(&tls);
+    pair_tls_remove(&tls);
+}
+
+/* The I/O threads that the joined connections of the engine's one pipe
+ * run on, as a bit mask; *n is how many connections there are. */
+static uint64_t pipe_threads(haul_engine *e, unsigned *n)
+{
+    uint64_t mask = 0;
+    *n = 0;
+    pthread_mutex_lock(&e->mu);
+    haul__list *p;
+    haul__list_each(p, &e->conns)
+    {
+        haul__conn *c = HAUL__CONTAINER(p, haul__conn, all_link);
+        if (c->pipe && !c->dead && c->state == HAUL__CONN_JOINED) {
+            mask |= 1ull << (c->move_to ? c->move_to : c->loop)->index;
+            (*n)++;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    return mask;
+}
+
+/* A TLS pipe of four connections between engines of four I/O threads has
+ * one connection on each thread on both sides, so that its records are
+ * sealed and opened on four cores; a large message crosses it whole. */
+TEST_TIMEOUT(pipe_connections_spread_over_the_threads_of_each_side, 60)
+{
+    engine_threads = 4;
+    pair_tls tls;
+    pair_tls_make(&tls);
+    pair p;
+    pair_open_tls(&p, engine_with(0, 0), 4, 16 * MIB, &tls);
+    unsigned n;
+    CHECK_EQ(pipe_threads(p.client, &n), 0xfu);
+    CHECK_EQ(n, 4);
+    CHECK_EQ(pipe_threads(p.server, &n), 0xfu);
+    CHECK_EQ(n, 4);
+    uint8_t *buf = malloc(16 * MIB);
+    CHECK(buf != NULL);
+    fill_pattern(buf, 16 * MIB, 9);
+    CHECK_OK(haul_send(p.s, buf, 16 * MIB, 1));
+    haul_event ev;
+    CHECK(next_event(p.client, &ev, 20000));
+    CHECK_EQ(ev.type, HAUL_EV_MESSAGE_SENT);
+    pthread_mutex_lock(&p.k.mu);
+    for (int waited = 0; p.k.sessions[0].messages == 0; waited += 5) {
+        CHECK_LT(waited, 5000);
+        pthread_mutex_unlock(&p.k.mu);
+        poll(NULL, 0, 5);
+        pthread_mutex_lock(&p.k.mu);
+    }
+    CHECK_EQ(p.k.sessions[0].messages, 1);
+    CHECK_EQ(XXH3_64bits_digest(p.k.sessions[0].hash), XXH3_64bits(buf, 16 * MIB));
+    pthread_mutex_unlock(&p.k.mu);
+    free(buf);
+    pair_close(&p);
     pair_tls_remove(&tls);
 }

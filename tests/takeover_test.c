@@ -205,6 +205,40 @@ TEST_TIMEOUT(push_of_a_killed_client_is_taken_over_at_once, 120)
     e2e_teardown(&env);
 }
 
+/* A push that finds the dataset held by a client that still looks
+ * connected waits a moment before it is refused: the server reads each
+ * connection on the I/O thread it runs on, and those of a client killed
+ * just before may not all have been seen closing yet. Here the client is
+ * stopped (connected) when the push comes, and killed while the push
+ * waits: the push takes the dataset over as soon as the old client's
+ * connections are seen gone. */
+TEST_TIMEOUT(push_waiting_for_a_held_dataset_takes_over_when_its_client_dies, 120)
+{
+    e2e_env env;
+    char src[PATH_MAX], dst[PATH_MAX], url[512];
+    e2e_proc held;
+    const uint64_t total = start_held_push(&env, src, dst, &held, 8 * E2E_MIB);
+    CHECK(kill(held.pid, SIGSTOP) == 0);
+    e2e_proc p = {0};
+    e2e_haul_start(&env, &p, "push", src, e2e_url(&env, url, "data"), "--json");
+    CHECK(e2e_log_wait(&env, "waits up to", 10));
+    CHECK(kill(held.pid, SIGKILL) == 0);
+    e2e_proc_wait(&held, 10);
+    CHECK_EQ(held.sig, SIGKILL);
+    e2e_proc_free(&held);
+    e2e_proc_wait(&p, CMD_TIMEOUT);
+    CHECK_EXIT(&p, 0);
+    push_report r;
+    parse_report(&p, &r);
+    CHECK_LT(r.bytes_sent, total - 8 * E2E_MIB);
+    e2e_proc_free(&p);
+    CHECK(e2e_log_wait(&env, "takes the dataset over from request 1 (its client has no connection",
+                       5));
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "data"), 1);
+    pull_and_compare(&env, NULL, "data", src, dst);
+    e2e_teardown(&env);
+}
+
 TEST_TIMEOUT(takeover_is_for_push_only, 30)
 {
     e2e_env env;

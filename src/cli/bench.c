@@ -15,6 +15,10 @@
 
 #include "cli/client.h"
 
+/* How long the messages still on their way at the end may take to be
+ * acknowledged before the session is aborted. */
+#define BENCH_DRAIN_S 2.0
+
 typedef struct bench {
     uint64_t message;
     uint64_t acked_bytes;
@@ -130,6 +134,14 @@ int cli_bench(const cli_options *opt, int argc, char **argv)
                    opt->quiet ? "" : "total: ", gbits(acked, secs), mibs,
                    (unsigned long long)(acked >> 20), secs, conns,
                    automatic ? " (chosen automatically)" : "");
+    }
+    /* What is still on its way goes on briefly, so that the server ends
+     * the request in order; a slow link's backlog is dropped instead
+     * (the server ends the request once the connections are gone). */
+    if (status == CLI_EXIT_OK && haul_session_close(c.session) == 0) {
+        double deadline = cli_now() + BENCH_DRAIN_S;
+        while (!c.closed && !c.failed && cli_now() < deadline)
+            cli_pump(&c, 100);
     }
     cli_free(&c);
     free(buf);

@@ -372,8 +372,9 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
     haul_engine_config ec;
     haul_engine_config_init(&ec);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    /* Every connection of a pipe runs on one I/O thread: more threads
-     * than connections, or than cores, would idle. */
+    /* A pipe's connections spread over the I/O threads: more threads
+     * than connections, or than cores, would idle. -P auto may grow to
+     * more connections than cores: one thread per core. */
     unsigned threads = opt->connections ? opt->connections : (unsigned)(cpus > 0 ? cpus : 1);
     if (cpus > 0 && threads > (unsigned)cpus)
         threads = (unsigned)cpus;

@@ -3,10 +3,10 @@
  * completion queue (the seed's completion port), listeners and the sweep
  * of deadlines.
  *
- * Each I/O thread runs an epoll loop over the connections it owns. Every
- * connection of a pipe lives on the pipe's thread, so that the chunks of
- * one message are never read or written by two threads at once; pipes are
- * spread over the threads.
+ * Each I/O thread runs an epoll loop over the connections it owns. The
+ * connections of a pipe spread over the threads from the pipe's first
+ * one (net/conn.c), so that one pipe moves and encrypts bytes on several
+ * cores; pipes take their first thread in turn.
  */
 #include "core/engine.h"
 

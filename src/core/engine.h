@@ -31,10 +31,10 @@
 #include "net/frame.h"
 #include "net/secure_fsm.h"
 
-/* OpenSSL's objects, by their struct names, so that this header does not
+/* OpenSSL's context, by its struct name, so that this header does not
  * pull in OpenSSL's. */
-struct ssl_st;
 struct ssl_ctx_st;
+struct haul__transport_ops;
 
 typedef struct haul__pipe haul__pipe;
 typedef struct haul__conn haul__conn;
@@ -117,6 +117,17 @@ struct haul_message {
     /* Receiving. */
     uint8_t *rx_state; /* per chunk: HAUL__RX_* */
     uint32_t rx_done;  /* chunks received */
+    /* Per chunk: 1 while a connection reads its payload straight into
+     * the body without the engine's mutex (a direct read). The
+     * connections of a pipe run on several threads, and two copies of a
+     * chunk may arrive on two of them at once: while one reads straight
+     * into the chunk's bytes, no other writes them, nor completes the
+     * chunk. A direct read begins only on a chunk that one connection
+     * reads alone (HAUL__RX_CLAIMED) and that no read is writing; a copy
+     * parsed through the buffer of its connection waits for the direct
+     * read to end (rx_waiters) before it copies its bytes in. */
+    uint8_t *rx_writing;
+    haul__list rx_waiters; /* connections waiting for a direct read to end */
 };
 
 /* ---- sessions ---------------------------------------------------------- */
@@ -239,7 +250,7 @@ struct haul__conn {
     haul_engine *engine;
     haul__loop *loop;
     haul__pipe *pipe;    /* client: from birth; server: once joined */
-    haul__loop *move_to; /* server: the loop of the pipe it joined */
+    haul__loop *move_to; /* server: the loop chosen for it when it joined its pipe */
     haul__list pipe_link;
     haul__list wake_link; /* in its loop's wake list */
     haul__list idle_link; /* in its pipe's idle list */
@@ -274,11 +285,19 @@ struct haul__conn {
     int item_pos;       /* the item being written */
     uint64_t item_done; /* bytes of it written, header included */
     int more_to_read;   /* stopped reading to give others a turn */
-    int handshaking;    /* accepted, counted in engine->handshaking */
-    int rx_hup;         /* the peer closed or reset: read until EOF */
-    int hello_pending;  /* a HELLO or HELLO_ACK to send */
-    int debug_frozen;   /* test hook: 1 neither reads nor writes; 2 takes frames, writes none */
-    int tx_short;       /* 1 + the item whose file fell short, or 0 */
+    /* A direct read into chunk rx_index of rx_msg runs without mu (the
+     * message's rx_writing is set for it). */
+    int rx_writing;
+    /* Waiting, in rx_msg's rx_waiters, for another connection's direct
+     * read into the chunk to end before it copies its bytes in; it
+     * neither parses nor reads meanwhile. */
+    int rx_waiting;
+    haul__list wait_link;
+    int handshaking;   /* accepted, counted in engine->handshaking */
+    int rx_hup;        /* the peer closed or reset: read until EOF */
+    int hello_pending; /* a HELLO or HELLO_ACK to send */
+    int debug_frozen;  /* test hook: 1 neither reads nor writes; 2 takes frames, writes none */
+    int tx_short;      /* 1 + the item whose file fell short, or 0 */
     /* The message timeout's watch on the socket's send queue (mu held):
      * its length and when it was last read, and when it was last seen to
      * change between two reads close together. */
@@ -312,20 +331,16 @@ struct haul__conn {
     uint32_t seen_sessions[8];       /* for stats.sessions_sent */
     const haul_listen_config *lconf; /* server: of the listener that took it */
 
-    /* Security (net/secure_fsm.h, net/tls.c), touched by the owning
-     * thread only. ssl is NULL on a plain connection. sec_state moves
-     * through haul__secure_enter() alone. */
+    /* The transport that carries the connection's bytes (net/transport.h)
+     * and its state, touched by the owning thread only: plain TCP, or TLS
+     * when tls_ctx is set at haul__conn_start(). */
+    const struct haul__transport_ops *ops;
+    void *transport;
+    /* Security (net/secure_fsm.h): sec_state moves through
+     * haul__secure_enter() alone, called by the transport. */
     struct ssl_ctx_st *tls_ctx; /* set before haul__conn_start: the listener's or pipe's */
-    struct ssl_st *ssl;
-    int sec_state; /* HAUL__SEC_* */
-    /* The retry conditions of the socket I/O state machine on TLS, which
-     * OpenSSL reports per call (WANT_WRITE, WANT_READ): not security
-     * states. */
-    int tls_write_pending;                   /* SSL_write must be retried with the same bytes */
-    int tls_read_wants_write;                /* SSL_read waits for the socket to be writable */
+    int sec_state;              /* HAUL__SEC_* */
     char principal[HAUL__PRINCIPAL_MAX + 1]; /* server: of the client's certificate */
-    uint8_t *tx_buf;                         /* the bounce buffer: small frames and file bodies */
-    size_t tx_buf_len, tx_buf_off;
 };
 
 /* ---- pipes --------------------------------------------------------------- */
@@ -368,7 +383,7 @@ struct haul__pipe {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     uint64_t id;      /* chosen by the client, names the pipe in every HELLO */
-    haul__loop *loop; /* every connection of the pipe lives on this thread */
+    haul__loop *loop; /* the first thread of its connections, which spread from it */
 
     /* Client: one slot per connection, NULL while down. Slots [0, nconns)
      * have been dialled; [0, active) are given chunks, the others are
@@ -636,6 +651,9 @@ void haul__conn_close(haul__conn *conn, int error, const char *why);
 void haul__conn_io(haul__conn *conn, uint32_t events); /* mu NOT held */
 void haul__conn_handle_wake(haul__conn *conn);         /* mu NOT held */
 void haul__conn_free(haul__conn *conn);
+/* A connection waiting for another's direct read into its chunk
+ * (haul__conn.rx_waiting) no longer waits: it goes on with its buffer. */
+void haul__conn_stop_waiting(haul__conn *conn);
 void haul__conn_sweep(haul__conn *conn, int64_t now);
 /* The one way each of a connection's two machines moves (net/conn_fsm.h),
  * mu held: takes the transition of the table for `event`, counts the
@@ -656,10 +674,6 @@ int haul__tls_ctx_reload(haul_engine *engine, const char *tls_key, int server,
 /* The key of a client pipe's TLS identity (malloc'd), or NULL for plain;
  * *err is HAUL_ENOMEM when it could not be made. */
 char *haul__tls_key(const haul_tls_config *config, int *err);
-int haul__tls_conn_init(haul__conn *conn); /* creates conn->ssl; mu held */
-/* Bytes of ciphertext the connection's socket took so far; *buffered gets
- * those still in the write buffer in front of it. Owning thread. */
-uint64_t haul__tls_wire_written(haul__conn *conn, uint64_t *buffered);
 /* The one way the security state machine moves, on the connection's own
  * thread, with or without mu: takes the transition of the table for
  * `event`, counts the state entered and logs it, and keeps errno. A transition the table
@@ -667,20 +681,6 @@ uint64_t haul__tls_wire_written(haul__conn *conn, uint64_t *buffered);
  * is refused (the state stays, an error is logged) otherwise. Returns 0,
  * or -1 when refused. */
 int haul__secure_enter(haul__conn *conn, int event);
-/* One step of the handshake, on the owning thread: 1 when done and the
- * peer accepted, 0 when it waits for the socket, -1 when it failed (why
- * says so). */
-int haul__tls_handshake(haul__conn *conn, char *why, size_t size);
-/* What SSL_read and SSL_write leave behind on the thread's error queue,
- * as one line for the log. */
-void haul__tls_error_text(haul__conn *conn, char *buf, size_t size);
-/* Hands the records SSL_write() left in the connection's write buffer to
- * the socket, on the owning thread: 0 when none is left, -1 with errno
- * EAGAIN when the socket is full (the next EPOLLOUT edge comes), or
- * another errno when it broke. */
-int haul__tls_flush(haul__conn *conn);
-void haul__tls_conn_fini(haul__conn *conn);
-
 /* Addresses. */
 int haul__addr_parse(const char *address, struct sockaddr_storage *ss, socklen_t *len);
 int haul__addr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_t size);

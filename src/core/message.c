@@ -19,6 +19,7 @@ haul_message *haul__message_new(uint64_t len, int allocate)
     m->fd = -1;
     m->refs = 1;
     m->kind = HAUL__BODY_OWNED;
+    haul__list_init(&m->rx_waiters);
     if (allocate && len > 0) {
         m->data = malloc(len);
         if (m->data == NULL) {
@@ -57,6 +58,7 @@ static void message_destroy(haul_message *m)
     free(m->carrier);
     free(m->tx);
     free(m->rx_state);
+    free(m->rx_writing);
     free(m);
 }
 

@@ -8,6 +8,7 @@
  * messages in turn - so that no connection that could carry data sits
  * idle while a session has something to send (Fig. 2).
  */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 #include <linux/sockios.h>
@@ -392,13 +393,20 @@ static int reads_chunk(const haul__conn *c, const haul_message *m, uint32_t inde
            c->rx_index == index;
 }
 
-/* Every connection of a pipe runs on one thread, so none of the readers
- * is in the middle of a read while this runs: a dropped reader finds its
- * state changed when it next reads, and discards the rest of its copy. */
+/* The readers of a copy are dropped when another copy completed the chunk.
+ * None of them is in the middle of a direct read into the chunk, though
+ * the connections of a pipe run on several threads: no copy completes a
+ * chunk while a direct read writes it (haul_message.rx_writing), and a
+ * chunk read by more than one copy is never read directly. A dropped
+ * reader finds its state changed when it next reads or parses, and
+ * discards the rest of its copy; one that waited to copy its bytes in
+ * goes on with that. */
 static unsigned reader_found(haul__conn *c, int drop)
 {
     if (drop) {
         haul_message *m = c->rx_msg;
+        assert(!c->rx_writing);
+        haul__conn_stop_waiting(c);
         haul__rx_enter(c, HAUL__RXEV_CHUNK_TAKEN);
         c->rx_msg = NULL;
         haul__message_unref(m);

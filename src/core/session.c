@@ -1088,7 +1088,8 @@ int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__fr
         m->session = s;
         haul__message_plan(m, chunk);
         m->rx_state = calloc(m->nchunks, 1);
-        if (m->rx_state == NULL) {
+        m->rx_writing = calloc(m->nchunks, 1);
+        if (m->rx_state == NULL || m->rx_writing == NULL) {
             haul__message_unref(m);
             haul__session_fail(s, HAUL_ENOMEM, 1);
             return 1;
@@ -1107,8 +1108,11 @@ int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__fr
      * one sent, on a connection that the sender saw break, while this is
      * the copy it sent again; or the other way round, when the first copy
      * was still in transit. Which of them will complete cannot be known
-     * here, so both are read (into the same bytes: every connection of a
-     * pipe runs on one thread) and the first to complete wins. */
+     * here, so both are read, into the same bytes, and the first to
+     * complete wins. The connections may run on different threads: the
+     * copies take turns at the bytes under the engine's mutex, and wait
+     * for a direct read that began before the chunk was shared
+     * (haul_message.rx_writing). */
     m->rx_state[index] = m->rx_state[index] == HAUL__RX_NONE ? HAUL__RX_CLAIMED : HAUL__RX_SHARED;
     m->refs++;
     *mp = m;

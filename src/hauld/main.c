@@ -163,9 +163,9 @@ static void usage(FILE *f)
                "                          (default 5000; 0: never)\n"
                "  --idle-timeout MS       a connection that hears nothing this long is\n"
                "                          closed as dead (default 15000; 0: never; above\n"
-               "                          the clients' --keepalive); a push whose client\n"
-               "                          has had no connection for 5 s more is ended,\n"
-               "                          and its staging kept for the next push\n"
+               "                          the clients' --keepalive); a request whose\n"
+               "                          client has had no connection for 5 s more is\n"
+               "                          ended (a push keeps its staging for the next)\n"
                "  --config FILE           `key = value` lines with the keys of these\n"
                "                          options (listen, store, ...); `#` comments;\n"
                "                          the command line wins; then [principal NAME]\n"
@@ -173,7 +173,9 @@ static void usage(FILE *f)
                "                          max-connections (hauld(8), PRINCIPALS)\n"
                "  --max-sessions N        sessions at once (default 4096)\n"
                "  --max-connections N     connections at once (default 4096)\n"
-               "  --io-threads N          transport I/O threads (default 1)\n"
+               "  --io-threads N          transport I/O threads, 1 to 64 (default: the\n"
+               "                          number of online cores); a client's\n"
+               "                          connections spread over them\n"
                "  --queue BYTES           per session: bytes received and not yet\n"
                "                          stored, and bytes sent and not yet\n"
                "                          acknowledged (default 256M; at least 2M):\n"
@@ -398,7 +400,7 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
                        &cfg->max_connections) < 0)
         return -1;
     if (VALUE(o, OPT_IO_THREADS) &&
-        parse_unsigned("io-threads", VALUE(o, OPT_IO_THREADS), 1, 256, &cfg->io_threads) < 0)
+        parse_unsigned("io-threads", VALUE(o, OPT_IO_THREADS), 1, 64, &cfg->io_threads) < 0)
         return -1;
     if (VALUE(o, OPT_TIMEOUT) &&
         parse_unsigned("timeout", VALUE(o, OPT_TIMEOUT), 1, 86400, &cfg->timeout_s) < 0)

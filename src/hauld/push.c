@@ -1187,6 +1187,7 @@ static uint32_t take_over(request *r)
     }
     const int gone = !request_connected(old);
     if (!gone && !asked) {
+        r->busy_connected = 1;
         request_log(r, HAUL_LOG_INFO,
                     "refused: request %u pushes the dataset and its client is connected",
                     old->serial);

@@ -399,7 +399,73 @@ static uint32_t authorize(server *srv, request *r)
     return 0;
 }
 
+/* ---- requests that wait ---------------------------------------------------------------
+ *
+ * A push whose dataset another push of the same principal holds, and whose
+ * client still looks connected, is not refused at once: a client that was
+ * killed and run again at once may be told so before hauld has seen its
+ * old connections close, since the engine reads each of them on the
+ * I/O thread it runs on, and the old ones may still be reading what they
+ * had in flight. The request waits, unanswered, until a pipe goes down or
+ * WAIT_MS have passed, and is then decided again: taken over when the old
+ * client is gone, refused when it still looks connected. At most
+ * SERVER_WAITING_MAX wait; more are decided at once.
+ */
+#define WAIT_MS 1000
+
+static void answer_request(server *srv, haul_session *s, int64_t until);
+
+static void forget_waiting(server *srv, haul_session *s)
+{
+    for (int i = 0; i < srv->nwaiting; i++)
+        if (srv->waiting[i].session == s) {
+            memmove(&srv->waiting[i], &srv->waiting[i + 1],
+                    (size_t)(srv->nwaiting - i - 1) * sizeof(srv->waiting[0]));
+            srv->nwaiting--;
+            return;
+        }
+}
+
+/* Decides the waiting requests again when a pipe went down, their time
+ * is up, or hauld stops. */
+static void retry_waiting(server *srv)
+{
+    int64_t now = now_ms();
+    int due = srv->pipe_went_down || srv->stopping;
+    for (int i = 0; i < srv->nwaiting && !due; i++)
+        due = now >= srv->waiting[i].until_ms;
+    srv->pipe_went_down = 0;
+    if (!due)
+        return;
+    waiting_request was[SERVER_WAITING_MAX];
+    int n = srv->nwaiting;
+    memcpy(was, srv->waiting, (size_t)n * sizeof(was[0]));
+    srv->nwaiting = 0;
+    for (int i = 0; i < n; i++)
+        answer_request(srv, was[i].session,
+                       now < was[i].until_ms && !srv->stopping ? was[i].until_ms : 0);
+}
+
+/* Milliseconds until the first waiting request's time is up, or -1. */
+static int next_waiting_ms(const server *srv)
+{
+    if (srv->nwaiting == 0)
+        return -1;
+    int64_t left = srv->waiting[0].until_ms - now_ms();
+    for (int i = 1; i < srv->nwaiting; i++)
+        if (srv->waiting[i].until_ms - now_ms() < left)
+            left = srv->waiting[i].until_ms - now_ms();
+    return left < 0 ? 0 : (int)left;
+}
+
 static void on_request(server *srv, haul_session *s)
+{
+    answer_request(srv, s, now_ms() + WAIT_MS);
+}
+
+/* Accepts or refuses a session request; one refused only because another
+ * push looks connected waits until `until` (0: it may not wait). */
+static void answer_request(server *srv, haul_session *s, int64_t until)
 {
     /* With TLS the namespace is the principal of the client's verified
      * certificate, never what the request says (the library refuses a
@@ -456,6 +522,15 @@ static void on_request(server *srv, haul_session *s)
         default:
             reason = HSP_R_BAD_REQUEST;
         }
+    }
+    if (reason == HSP_R_BUSY && r->busy_connected && until != 0 &&
+        srv->nwaiting < SERVER_WAITING_MAX) {
+        request_log(r, HAUL_LOG_INFO,
+                    "waits up to %d ms for the client of the running push to be seen gone",
+                    WAIT_MS);
+        srv->waiting[srv->nwaiting++] = (waiting_request){.session = s, .until_ms = until};
+        free(r);
+        return;
     }
     if (reason) {
         char who[HSP_NAME_MAX * 4 + 1];
@@ -517,6 +592,7 @@ static void handle_event(server *srv, const haul_event *ev)
         /* Not ours to handle (cannot happen: refused sessions are freed
          * at once); release the handle if it ended. */
         if (ev->type == HAUL_EV_SESSION_CLOSED) {
+            forget_waiting(srv, ev->session);
             haul_session_free(ev->session);
             forget_session(srv, ev->session);
         }
@@ -669,19 +745,23 @@ static void on_pipe_event(request *r, const haul_event *ev)
     }
     if (r->pipe_down_since_ms == 0)
         r->pipe_down_since_ms = now_ms();
+    r->srv->pipe_went_down = 1;
     request_log(r, HAUL_LOG_INFO, "its client has no connection left (%s)",
                 ev->error == HAUL_ETIMEDOUT ? "silent for the idle timeout"
                                             : haul_strerror(ev->error));
 }
 
-/* A push whose client hauld watches: one that runs, or one taken over
- * that waits for its client to read why; and whose pipe is down. */
+/* A request whose client hauld watches: one that runs, or a push taken
+ * over that waits for its client to read why; and whose pipe is down.
+ * Other requests than pushes hold no dataset, but a client gone for good
+ * (a bench stopped with data still on its way, a killed pull) would keep
+ * them, and a shutdown waiting for them, for the whole message timeout. */
 static int gone_watched(const request *r)
 {
-    return r->req.op == HSP_PUSH && (!r->finishing || r->abandoned) && r->pipe_down_since_ms != 0;
+    return (!r->finishing || r->abandoned) && r->pipe_down_since_ms != 0;
 }
 
-/* Ends the pushes whose client has been gone for the grace period. */
+/* Ends the requests whose client has been gone for the grace period. */
 static void end_gone_pushes(server *srv)
 {
     int64_t now = now_ms();
@@ -693,6 +773,9 @@ static void end_gone_pushes(server *srv)
         if (r->abandoned)
             request_abort(r, "the client of the push taken over has had no connection for %d s",
                           PUSH_GRACE_MS / 1000);
+        else if (r->req.op != HSP_PUSH)
+            request_abort(r, "its client has had no connection for %d s: it is gone",
+                          PUSH_GRACE_MS / 1000);
         else
             request_abort(r,
                           "its client has had no connection for %d s: it is gone (what it "
@@ -701,7 +784,7 @@ static void end_gone_pushes(server *srv)
     }
 }
 
-/* Milliseconds until the next push's grace ends, or -1 when none waits. */
+/* Milliseconds until the next request's grace ends, or -1 when none waits. */
 static int next_gone_ms(const server *srv)
 {
     int64_t now = now_ms(), best = -1;
@@ -747,8 +830,15 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
 
     haul_engine_config ec;
     haul_engine_config_init(&ec);
-    if (cfg->io_threads)
+    /* One I/O thread per online core unless told otherwise: a client's
+     * connections spread over them, and TLS seals and opens records on
+     * as many cores as it has connections. The engine takes 64 at most. */
+    if (cfg->io_threads) {
         ec.io_threads = cfg->io_threads;
+    } else {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        ec.io_threads = cores < 1 ? 1 : cores > 64 ? 64 : (unsigned)cores;
+    }
     if (cfg->max_sessions)
         ec.max_sessions = cfg->max_sessions;
     if (cfg->max_connections)
@@ -864,6 +954,9 @@ int server_run(server *srv)
         int gone = next_gone_ms(srv);
         if (gone >= 0 && (timeout < 0 || gone < timeout))
             timeout = gone;
+        int wait = next_waiting_ms(srv);
+        if (wait >= 0 && (timeout < 0 || wait < timeout))
+            timeout = wait;
         if (srv->stopping) {
             if (srv->nrequests == 0)
                 break;
@@ -902,6 +995,7 @@ int server_run(server *srv)
         }
 
         end_gone_pushes(srv);
+        retry_waiting(srv);
 
         /* Then a share of work for every request that has some. */
         request *next;

@@ -120,9 +120,22 @@ struct request {
      * without HAUL_EV_PIPE_UP since; 0: it is up): see server.c,
      * "clients that are gone". */
     int64_t pipe_down_since_ms;
+    /* Refused only because another push of the dataset, of the same
+     * principal, looks connected (take_over in push.c): the request may
+     * wait for that push's client to be seen gone (server.c, "requests
+     * that wait"). */
+    int busy_connected;
 
     char why[512]; /* the reason of an abort, for the log */
 };
+
+/* A session request that waits before it is answered (server.c). */
+typedef struct waiting_request {
+    haul_session *session;
+    int64_t until_ms;
+} waiting_request;
+
+#define SERVER_WAITING_MAX 16
 
 struct server {
     server_config cfg;
@@ -142,6 +155,10 @@ struct server {
      * not be touched by the ones after it. */
     haul_event *batch;
     int batch_n;
+    /* Session requests not answered yet, oldest first. */
+    waiting_request waiting[SERVER_WAITING_MAX];
+    int nwaiting;
+    int pipe_went_down; /* since the waiting requests were last decided */
 };
 
 /* Creates the engine, opens the store and listens. Prints why and returns

@@ -10,28 +10,30 @@
  *   CONN_HELLO --HELLO / HELLO_ACK exchanged--> CONN_JOINED
  *   any but CONN_NULL --error, EOF, deadline, shutdown--> CONN_CLOSED
  *
- * CONN_SECURING is the slot of the encryption and authentication state
- * machine (net/secure_fsm.h, net/tls.c), which starts on entering it: a
- * plain connection goes to SEC_PLAIN and passes through at once; a TLS
- * connection runs its handshake there (SEC_HANDSHAKING, SEC_VERIFYING),
- * driven by readiness events without the engine's mutex, and says HELLO
- * only in SEC_ESTABLISHED, when the peer is authenticated. The reads and
- * writes below end it: the end of the stream or a close_notify leads to
- * SEC_CLOSING, a record error to SEC_FAILED.
+ * Bytes move through the connection's transport (net/transport.h): plain
+ * TCP (net/tcp.c) or TLS (net/tls.c), one table of operations that this
+ * file calls without asking which it is. CONN_SECURING is the slot of the
+ * encryption and authentication state machine (net/secure_fsm.h), which
+ * the transport starts on entering it: plain TCP goes to SEC_PLAIN and
+ * passes through at once; TLS runs its handshake there (SEC_HANDSHAKING,
+ * SEC_VERIFYING), driven by readiness events without the engine's mutex,
+ * and says HELLO only in SEC_ESTABLISHED, when the peer is authenticated.
+ * The transport's reads and writes end it: the end of the stream or a
+ * close_notify leads to SEC_CLOSING, a record error to SEC_FAILED.
  *
  * Receiving (the socket I/O state machine, net/conn_fsm.c): RXS_HEADER ->
- * RXS_CHUNK | RXS_CTL | RXS_DISCARD -> RXS_HEADER. Payloads of large chunks are read straight into
- * the message with recv() (SSL_read() on TLS, which decrypts into it from OpenSSL's read-ahead
- * buffer); everything else goes through a 16 KiB buffer.
+ * RXS_CHUNK | RXS_CTL | RXS_DISCARD -> RXS_HEADER. Payloads of large
+ * chunks are read straight into the message; everything else goes
+ * through a 16 KiB buffer.
  *
- * Sending on TLS: SSL_write() of the payload of a large chunk in place,
- * and of everything else (headers, control frames, file bodies read with
- * pread()) through a per-connection bounce buffer. After SSL_write() asks
- * to be retried, the retry passes the same bytes, as OpenSSL requires: the
- * write position does not move until a write succeeds. The records gather
- * in a write buffer under OpenSSL (net/tls.c) that leaves for the socket
- * when full, and is flushed whenever the connection stops writing: it has
- * nothing more to send, or lets others have their turn.
+ * Sending: the batch is written from its write position on, as a gather
+ * list of headers and payloads in memory, and the bodies of files as file
+ * ranges. The position moves by what the transport reports taken; after
+ * a write that must wait for the socket, the next passes the same bytes
+ * again (which TLS requires of a retry). What the transport keeps of the
+ * bytes taken (TLS: records not yet on the socket) is flushed whenever
+ * the connection stops writing: it has nothing more to send, or lets
+ * others have their turn.
  *
  * Liveness: a joined connection that has written nothing for keepalive_ms
  * writes a KEEPALIVE, and one that has received nothing for
@@ -41,25 +43,28 @@
  *
  * Threads: only the loop thread that owns the connection reads, writes or
  * frees it. Other threads may close it (mark it dead) under the engine's
- * mutex; the owner then tears it down.
+ * mutex; the owner then tears it down. The connections of one pipe spread
+ * over the engine's threads (connection i of a client pipe on the pipe's
+ * first thread + i; a server connection, when it joins, on the thread
+ * with the fewest of its pipe's), so that one pipe reads, writes and
+ * encrypts on several cores. What they share (sessions, messages, the
+ * pipe) is under the mutex; the one thing written without it is the body
+ * of a received message, by a direct read, and haul_message.rx_writing
+ * keeps the copies of a chunk on two threads from writing it at once.
  */
 #include <assert.h>
 #include <errno.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "core/engine.h"
 #include "net/payload.h"
+#include "net/transport.h"
 
 _Static_assert(HAUL__CONN_NULL == 0 && HAUL__RXS_HEADER == 0 && HAUL__SEC_NULL == 0,
                "a connection made with calloc() stands in the first state of each machine");
@@ -70,39 +75,13 @@ _Static_assert(HAUL__RXS_COUNT_ <=
                    sizeof(((haul_engine_stats *)0)->rx_state_entered) / sizeof(uint64_t),
                "haul_engine_stats.rx_state_entered has room for every state");
 
-/* The most bytes one connection reads, or batches it writes, before it
- * lets the other connections of its thread have a turn. */
-#define READ_TURNS 16
+/* The batches one connection writes before it lets the other connections
+ * of its thread have a turn (its reads per turn are its transport's). */
 #define WRITE_TURNS 8
 
 /* Payload left of a chunk at or above which it is read straight into the
  * message rather than through the buffer. */
 #define DIRECT_MIN 8192
-
-/* TLS: SSL_read() returns one record (16 KiB) at most, so a TLS connection
- * takes more turns for the same bytes. The bounce buffer of a connection's
- * writes, and the payload left at or above which a chunk in memory is
- * written in place instead. */
-#define TLS_READ_TURNS (READ_TURNS * 8)
-#define TLS_BOUNCE (64 * 1024)
-#define TLS_DIRECT_MIN 16384
-
-/* sendfile() and OpenSSL's writes raise SIGPIPE on a broken connection; the I/O threads block
- * it, and a pending one is taken here so that it never reaches the
- * application. */
-static void consume_sigpipe(void)
-{
-    /* errno stays as the failed write left it: sigtimedwait() ends with
-     * EAGAIN, which would read as "try again later". */
-    int saved = errno;
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGPIPE);
-    struct timespec zero = {0, 0};
-    while (sigtimedwait(&set, NULL, &zero) > 0) {
-    }
-    errno = saved;
-}
 
 int haul__conn_enter(haul__conn *c, int event)
 {
@@ -168,7 +147,11 @@ haul__conn *haul__conn_new(haul_engine *e, int fd, int server, haul__pipe *pipe,
      * aborts that session alone instead of closing a connection that
      * every session of the pipe shares. */
     c->limits.max_message = 0xffffffffull;
-    c->loop = pipe ? pipe->loop : &e->loops[e->next_loop++ % e->nloops];
+    c->ops = &haul__tcp_ops;
+    /* Connection i of a client pipe on the pipe's first thread + i; an
+     * accepted one on the threads in turn, until it joins its pipe. */
+    c->loop = pipe ? &e->loops[((unsigned)pipe->loop->index + index) % e->nloops]
+                   : &e->loops[e->next_loop++ % e->nloops];
     haul__list_add_tail(&e->conns, &c->all_link);
     e->nconns++;
     return c;
@@ -179,8 +162,7 @@ haul__conn *haul__conn_new(haul_engine *e, int fd, int server, haul__pipe *pipe,
  * handshake, which readiness events drive (secure_step). */
 static int conn_secure(haul__conn *c)
 {
-    haul__secure_enter(c, c->ssl ? HAUL__SECEV_START : HAUL__SECEV_PLAIN);
-    return c->sec_state == HAUL__SEC_PLAIN;
+    return c->ops->start(c);
 }
 
 static void conn_secured(haul__conn *c)
@@ -196,12 +178,13 @@ void haul__conn_start(haul__conn *c, int connecting)
     haul__conn_enter(c, connecting ? HAUL__CONNEV_DIAL : HAUL__CONNEV_ACCEPT);
     if (c->engine->config.idle_timeout_ms)
         haul__sock_user_timeout(c->fd, c->engine->config.idle_timeout_ms);
-    int tls_rc = c->tls_ctx ? haul__tls_conn_init(c) : 0;
+    c->ops = haul__transport_for(c->tls_ctx);
+    int init_rc = c->ops->init(c);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
     if (epoll_ctl(c->loop->epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
         c->registered = 1;
-    if (tls_rc) {
-        haul__conn_close(c, tls_rc, "no memory for TLS");
+    if (init_rc) {
+        haul__conn_close(c, init_rc, "no memory for the transport");
         return;
     }
     if (!connecting && conn_secure(c))
@@ -270,23 +253,15 @@ static void refuse(haul__conn *c, int code, const char *why)
                      .len = (uint32_t)n};
     haul__frame_encode(&f, buf);
     memcpy(buf + HAUL__FRAME_HDR, why, n);
-    /* Only between frames: in the middle of one, it would be garbage. On
-     * TLS, only between records too: a write OpenSSL holds for a retry
-     * must not be followed by other bytes. */
+    /* Only between frames: in the middle of one, it would be garbage.
+     * Between frames no write of the batch waits to be retried, so the
+     * transport may take other bytes (TLS: a record OpenSSL holds for a
+     * retry must not be followed by others). The connection is going
+     * anyway: errors are of no interest. */
     int between = c->nitems == 0 || (c->item_pos == 0 && c->item_done == 0);
-    if (c->ssl) {
-        size_t written;
-        if (between && c->sec_state == HAUL__SEC_ESTABLISHED && !c->tls_write_pending &&
-            c->tx_buf_off == c->tx_buf_len) {
-            /* The connection is going anyway: errors are of no interest. */
-            if (SSL_write_ex(c->ssl, buf, HAUL__FRAME_HDR + n, &written) == 1)
-                haul__tls_flush(c);
-            ERR_clear_error();
-            consume_sigpipe();
-        }
-    } else if (between && send(c->fd, buf, HAUL__FRAME_HDR + n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
-        /* The connection is going anyway. */
-    }
+    struct iovec iov = {.iov_base = buf, .iov_len = HAUL__FRAME_HDR + n};
+    if (between && c->ops->writev(c, &iov, 1, 0) > 0)
+        c->ops->flush(c);
     haul__conn_close(c, code, why);
 }
 
@@ -317,27 +292,12 @@ void haul__conn_free(haul__conn *c)
     handshake_over(c);
     haul__list_del(&c->all_link);
     haul__list_del(&c->wake_link);
+    haul__list_del(&c->wait_link);
     e->nconns--;
     if (c->registered)
         epoll_ctl(c->loop->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    if (c->ssl) {
-        /* A close_notify, best effort, while the engine runs: the
-         * connection's own thread frees it then, and that thread blocks
-         * SIGPIPE; haul_engine_free() runs on the application's, which
-         * may not. In SEC_CLOSING it answers the peer's. Not in the
-         * middle of a record that OpenSSL holds for a retry, which the
-         * alert may not follow. */
-        int live = c->sec_state == HAUL__SEC_ESTABLISHED || c->sec_state == HAUL__SEC_CLOSING;
-        if (live && !c->tls_write_pending && !e->stopping) {
-            SSL_shutdown(c->ssl);
-            ERR_clear_error();
-            consume_sigpipe();
-            if (c->sec_state == HAUL__SEC_ESTABLISHED)
-                haul__secure_enter(c, HAUL__SECEV_CLOSE_SENT);
-        }
-        haul__tls_conn_fini(c);
-    }
-    free(c->tx_buf);
+    c->ops->shutdown(c);
+    c->ops->free(c);
     close(c->fd);
     if (c->rx_msg)
         haul__message_unref(c->rx_msg);
@@ -385,6 +345,30 @@ void haul__conn_sweep(haul__conn *c, int64_t now)
 
 /* ---- receiving ------------------------------------------------------------ */
 
+void haul__conn_stop_waiting(haul__conn *c)
+{
+    if (!c->rx_waiting)
+        return;
+    haul__list_del(&c->wait_link);
+    c->rx_waiting = 0;
+    /* It read nothing while it waited, and the edges that came meanwhile
+     * are gone. */
+    c->more_to_read = 1;
+    haul__conn_wake(c);
+}
+
+/* A direct read into chunk rx_index of rx_msg ended (mu held): the
+ * connections that waited to copy their bytes into the chunk go on. */
+static void direct_read_ended(haul__conn *c)
+{
+    haul_message *m = c->rx_msg;
+    m->rx_writing[c->rx_index] = 0;
+    c->rx_writing = 0;
+    while (!haul__list_empty(&m->rx_waiters))
+        haul__conn_stop_waiting(
+            HAUL__CONTAINER(haul__list_first(&m->rx_waiters), haul__conn, wait_link));
+}
+
 static void chunk_complete(haul__conn *c)
 {
     haul_message *m = c->rx_msg;
@@ -393,6 +377,30 @@ static void chunk_complete(haul__conn *c)
     haul__rx_enter(c, HAUL__RXEV_PAYLOAD_DONE);
     haul__session_chunk_done(m->session, m, c->rx_index);
     haul__message_unref(m);
+}
+
+/* The thread of a server connection that joined its pipe (mu held): the
+ * one with the fewest of the pipe's connections, so that they spread over
+ * the threads as a client's do; the one it runs on when that is one of
+ * them, so that it need not move. */
+static haul__loop *join_loop(haul__pipe *pipe, haul__conn *c)
+{
+    haul_engine *e = c->engine;
+    unsigned count[64] = {0}; /* io_threads is at most 64 */
+    haul__list *p;
+    haul__list_each(p, &pipe->members)
+    {
+        haul__conn *m = HAUL__CONTAINER(p, haul__conn, pipe_link);
+        if (m != c && !m->dead)
+            count[(m->move_to ? m->move_to : m->loop)->index]++;
+    }
+    haul__loop *best = c->loop;
+    for (unsigned k = 0; k < e->nloops; k++) {
+        haul__loop *l = &e->loops[((unsigned)pipe->loop->index + k) % e->nloops];
+        if (count[l->index] < count[best->index])
+            best = l;
+    }
+    return best;
 }
 
 static void on_hello(haul__conn *c, const uint8_t *payload)
@@ -448,8 +456,9 @@ static void on_hello(haul__conn *c, const uint8_t *payload)
         handshake_over(c);
         haul__conn_enter(c, HAUL__CONNEV_JOIN);
         haul__pipe_conn_joined(pipe, c);
-        if (pipe->loop != c->loop)
-            c->move_to = pipe->loop;
+        haul__loop *to = join_loop(pipe, c);
+        if (to != c->loop)
+            c->move_to = to;
     } else {
         /* Every connection of a pipe must cut messages alike: the
          * reassembly state of a message is laid out by chunk. */
@@ -554,10 +563,10 @@ static void on_header(haul__conn *c, const uint8_t *hdr)
 /* Consumes what the buffer holds (mu held). */
 static void parse(haul__conn *c)
 {
-    /* A connection that joined a pipe of another thread stops here: the
-     * rest is parsed on that thread, where the pipe's other connections
-     * are. */
-    while (!c->dead && !c->move_to) {
+    /* A connection that joined its pipe on another thread stops here: the
+     * rest is parsed on that thread, which owns it from then on. One
+     * waiting for another's direct read into its chunk stops too. */
+    while (!c->dead && !c->move_to && !c->rx_waiting) {
         size_t avail = c->rx_have - c->rx_pos;
         const uint8_t *at = c->rxbuf + c->rx_pos;
         if (c->rx_state == HAUL__RXS_HEADER) {
@@ -570,6 +579,14 @@ static void parse(haul__conn *c)
         size_t take = avail < c->rx_left ? avail : (size_t)c->rx_left;
         if (take == 0)
             break;
+        if (c->rx_state == HAUL__RXS_CHUNK && c->rx_msg->rx_writing[c->rx_index]) {
+            /* Another connection reads a copy of the chunk straight into
+             * these bytes now, on its own thread: the bytes wait in the
+             * buffer until it has done (direct_read_ended). */
+            c->rx_waiting = 1;
+            haul__list_add_tail(&c->rx_msg->rx_waiters, &c->wait_link);
+            break;
+        }
         if (c->rx_state == HAUL__RXS_CHUNK)
             memcpy(c->rx_msg->data + c->rx_off, at, take);
         else if (c->rx_state == HAUL__RXS_CTL)
@@ -592,72 +609,42 @@ static void parse(haul__conn *c)
         c->rx_pos = c->rx_have = 0;
 }
 
-/* recv(), or SSL_read() on TLS, with recv()'s results: bytes, 0 at the
- * end, or -1 with errno (EAGAIN to wait for the next edge; EPROTO for a
- * TLS error, whose text is then left on OpenSSL's queue). */
-static ssize_t conn_recv(haul__conn *c, void *dst, size_t want)
-{
-    if (c->ssl == NULL)
-        return recv(c->fd, dst, want, 0);
-    if (c->sec_state != HAUL__SEC_ESTABLISHED) {
-        errno = EPROTO;
-        return -1;
-    }
-    size_t n;
-    ERR_clear_error();
-    errno = 0;
-    c->tls_read_wants_write = 0;
-    if (SSL_read_ex(c->ssl, dst, want, &n) == 1)
-        return (ssize_t)n;
-    switch (SSL_get_error(c->ssl, 0)) {
-    case SSL_ERROR_WANT_READ:
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_WANT_WRITE:
-        /* TLS may have to answer (a key update) before it reads on. */
-        c->tls_read_wants_write = 1;
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_ZERO_RETURN:
-        /* The peer's close_notify, or (SSL_OP_IGNORE_UNEXPECTED_EOF) the
-         * end of the stream without one. */
-        haul__secure_enter(c, HAUL__SECEV_CLOSE_RECEIVED);
-        return 0;
-    case SSL_ERROR_SYSCALL:
-        haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
-        if (ERR_peek_error() != 0) {
-            errno = EPROTO;
-            return -1;
-        }
-        if (errno == 0)
-            return 0;
-        consume_sigpipe();
-        return -1;
-    default:
-        haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
-        consume_sigpipe();
-        errno = EPROTO;
-        return -1;
-    }
-}
-
 static void do_read(haul__conn *c)
 {
     haul_engine *e = c->engine;
-    int turns = c->ssl ? TLS_READ_TURNS : READ_TURNS;
-    for (int turn = 0; turn < turns; turn++) {
+    for (unsigned turn = 0; turn < c->ops->read_turns; turn++) {
         pthread_mutex_lock(&e->mu);
-        if (c->dead || !haul__conn_carries_frames(c->state) || c->debug_frozen == 1) {
+        if (c->dead || !haul__conn_carries_frames(c->state) || c->debug_frozen == 1 ||
+            c->rx_waiting) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
+        /* Bytes that wait in the buffer go first: those of a connection
+         * that waited for another's direct read (and may since have been
+         * told to discard its copy), or that a readiness event reached
+         * before the wake that would have parsed them. A full buffer
+         * would read as the end of the stream. */
+        if (c->rx_have > c->rx_pos) {
+            parse(c);
+            if (c->dead || c->rx_waiting || c->move_to) {
+                pthread_mutex_unlock(&e->mu);
+                return;
+            }
+        }
         uint8_t *dst;
         size_t want;
+        /* Straight into the message only while this connection reads the
+         * chunk alone and no direct read of another is still writing it
+         * (a connection closed from outside in the middle of one). */
         int direct = c->rx_state == HAUL__RXS_CHUNK && c->rx_pos == c->rx_have &&
-                     c->rx_left >= DIRECT_MIN && c->rx_msg != NULL;
+                     c->rx_left >= DIRECT_MIN && c->rx_msg != NULL &&
+                     c->rx_msg->rx_state[c->rx_index] == HAUL__RX_CLAIMED &&
+                     !c->rx_msg->rx_writing[c->rx_index];
         if (direct) {
             dst = c->rx_msg->data + c->rx_off;
             want = (size_t)c->rx_left;
+            c->rx_msg->rx_writing[c->rx_index] = 1;
+            c->rx_writing = 1;
         } else {
             if (c->rx_pos > 0) {
                 memmove(c->rxbuf, c->rxbuf + c->rx_pos, c->rx_have - c->rx_pos);
@@ -669,28 +656,35 @@ static void do_read(haul__conn *c)
         }
         pthread_mutex_unlock(&e->mu);
 
-        ssize_t n = conn_recv(c, dst, want);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        ssize_t n = c->ops->read(c, dst, want);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int again = errno == EINTR;
+            if (direct) {
+                pthread_mutex_lock(&e->mu);
+                direct_read_ended(c);
+                pthread_mutex_unlock(&e->mu);
+            }
+            if (again)
+                continue;
             return;
+        }
         char why[480];
         int code = HAUL_ECONNRESET;
+        int own = 0;
         if (n == 0) {
             snprintf(why, sizeof(why), "closed by the peer");
-        } else if (n < 0 && c->ssl && errno == EPROTO) {
-            /* An alert from the peer (say, our certificate refused) or a
-             * record that does not authenticate. */
-            haul__tls_error_text(c, why, sizeof(why));
-            code = HAUL_ETLS;
+        } else if (n < 0 && (own = c->ops->error(c, errno, why, sizeof(why))) != 0) {
+            code = own;
         } else if (n < 0) {
             snprintf(why, sizeof(why), "%s", strerror(errno));
         }
         if (n > 0)
             atomic_store_explicit(&c->last_rx, haul__now_ms(), memory_order_relaxed);
         pthread_mutex_lock(&e->mu);
+        if (direct)
+            direct_read_ended(c);
         if (n <= 0) {
-            if (code == HAUL_ETLS)
+            if (own)
                 haul__log(e, HAUL_LOG_WARN, "connection %u: %s", c->serial, why);
             haul__conn_close(c, code, why);
             pthread_mutex_unlock(&e->mu);
@@ -716,7 +710,7 @@ static void do_read(haul__conn *c)
          * TLS a short read says nothing (a read returns one record, and
          * OpenSSL may hold more): it is read until SSL_read() wants the
          * socket to be readable, which is the next edge. */
-        if (moving || (c->ssl == NULL && (size_t)n < want && !c->rx_hup))
+        if (moving || (c->ops->short_read_drains && (size_t)n < want && !c->rx_hup))
             return;
     }
     pthread_mutex_lock(&e->mu);
@@ -785,24 +779,20 @@ static int take_batch(haul__conn *c)
     return c->nitems;
 }
 
-/* Counts what the socket took (owning thread): n bytes of plain frames,
- * or on TLS whatever the socket BIO has written by now. */
+/* Counts what the socket took (owning thread), a write of the
+ * transport having taken n bytes since. */
 static void wire_moved(haul__conn *c, uint64_t n)
 {
-    uint64_t buffered;
-    uint64_t v = c->ssl ? haul__tls_wire_written(c, &buffered)
-                        : atomic_load_explicit(&c->wire_sent, memory_order_relaxed) + n;
-    atomic_store_explicit(&c->wire_sent, v, memory_order_relaxed);
+    uint64_t held;
+    atomic_store_explicit(&c->wire_sent, c->ops->wire(c, n, &held), memory_order_relaxed);
 }
 
 /* Where the stream stands once everything written so far reaches the
  * socket (owning thread). */
 static uint64_t wire_end(haul__conn *c)
 {
-    uint64_t buffered = 0;
-    if (c->ssl)
-        return haul__tls_wire_written(c, &buffered) + buffered;
-    return atomic_load_explicit(&c->wire_sent, memory_order_relaxed);
+    uint64_t held = 0;
+    return c->ops->wire(c, 0, &held) + held;
 }
 
 /* The batch is all written (mu held): the frames reach their next state. */
@@ -844,150 +834,24 @@ static void batch_written(haul__conn *c)
     c->nitems = 0;
 }
 
-/* TLS: copies what follows the write position into the bounce buffer,
- * up to a payload in memory large enough to be written in place: headers,
- * control frames, small payloads, and file bodies (read with pread(), as
- * sendfile() cannot encrypt). Returns 0, or -1 with errno. */
-static int tls_gather(haul__conn *c)
-{
-    if (c->tx_buf == NULL && (c->tx_buf = malloc(TLS_BOUNCE)) == NULL) {
-        errno = ENOMEM;
-        return -1;
-    }
-    size_t have = 0;
-    int i = c->item_pos;
-    uint64_t done = c->item_done;
-    while (i < c->nitems && have < TLS_BOUNCE) {
-        haul__tx_item *it = &c->items[i];
-        size_t room = TLS_BOUNCE - have;
-        if (done < HAUL__FRAME_HDR) {
-            size_t n = HAUL__FRAME_HDR - done < room ? HAUL__FRAME_HDR - done : room;
-            memcpy(c->tx_buf + have, c->headers[i] + done, n);
-            have += n;
-            done += n;
-            continue;
-        }
-        uint64_t pdone = done - HAUL__FRAME_HDR;
-        uint64_t rest = it->len - pdone;
-        if (rest == 0) {
-            i++;
-            done = 0;
-            continue;
-        }
-        size_t n = rest < room ? (size_t)rest : room;
-        if (is_file(it) && it->pad) {
-            memset(c->tx_buf + have, 0, n);
-            have += n;
-            done += n;
-        } else if (is_file(it)) {
-            off_t at = it->msg->file_offset + (off_t)(it->offset + pdone);
-            ssize_t r = pread(it->msg->fd, c->tx_buf + have, n, at);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0) {
-                /* The file shrank under us, or cannot be read: its
-                 * message fails, not the connection (file_fell_short). */
-                c->tx_short = i + 1;
-                errno = EIO;
-                return -1;
-            }
-            have += (size_t)r;
-            done += (uint64_t)r;
-            if ((size_t)r < n)
-                break;
-        } else {
-            if (rest >= TLS_DIRECT_MIN)
-                break;
-            memcpy(c->tx_buf + have, item_payload(c, it) + pdone, n);
-            have += n;
-            done += n;
-        }
-    }
-    c->tx_buf_len = have;
-    c->tx_buf_off = 0;
-    return 0;
-}
-
-/* TLS: writes from the current item on, as write_some(). */
-static ssize_t tls_write_some(haul__conn *c)
-{
-    if (c->sec_state != HAUL__SEC_ESTABLISHED) {
-        errno = EPROTO;
-        return -1;
-    }
-    const uint8_t *src;
-    size_t len;
-    int bounced = 1;
-    if (c->tx_buf_off < c->tx_buf_len) {
-        src = c->tx_buf + c->tx_buf_off;
-        len = c->tx_buf_len - c->tx_buf_off;
-    } else {
-        haul__tx_item *it = &c->items[c->item_pos];
-        uint64_t pdone = c->item_done >= HAUL__FRAME_HDR ? c->item_done - HAUL__FRAME_HDR : 0;
-        if (!is_file(it) && c->item_done >= HAUL__FRAME_HDR && it->len - pdone >= TLS_DIRECT_MIN) {
-            src = item_payload(c, it) + pdone;
-            len = (size_t)(it->len - pdone);
-            bounced = 0;
-        } else {
-            if (tls_gather(c) < 0)
-                return -1;
-            src = c->tx_buf;
-            len = c->tx_buf_len;
-        }
-    }
-    size_t written;
-    ERR_clear_error();
-    errno = 0;
-    if (SSL_write_ex(c->ssl, src, len, &written) == 1) {
-        c->tls_write_pending = 0;
-        if (bounced)
-            c->tx_buf_off += written;
-        return (ssize_t)written;
-    }
-    switch (SSL_get_error(c->ssl, 0)) {
-    case SSL_ERROR_WANT_WRITE:
-    case SSL_ERROR_WANT_READ:
-        /* The position stays: the retry passes the same bytes. */
-        c->tls_write_pending = 1;
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_SYSCALL:
-        haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
-        consume_sigpipe();
-        if (ERR_peek_error() != 0)
-            errno = EPROTO;
-        else if (errno == 0)
-            errno = ECONNRESET;
-        return -1;
-    default:
-        haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
-        consume_sigpipe();
-        errno = EPROTO;
-        return -1;
-    }
-}
-
-/* Writes from the current item on. Returns bytes written, or -1 with errno. */
+/* Writes from the current item on: a gather list of what lies in memory
+ * from the write position up to the body of a file, or that body. Returns
+ * bytes taken, or -1 with errno; tx_short is set when a file fell short. */
 static ssize_t write_some(haul__conn *c)
 {
-    if (c->ssl)
-        return tls_write_some(c);
     haul__tx_item *it = &c->items[c->item_pos];
-    if (is_file(it)) {
-        if (c->item_done < HAUL__FRAME_HDR)
-            return send(c->fd, c->headers[c->item_pos] + c->item_done,
-                        HAUL__FRAME_HDR - c->item_done, MSG_NOSIGNAL | MSG_MORE);
+    if (is_file(it) && c->item_done >= HAUL__FRAME_HDR) {
         uint64_t done = c->item_done - HAUL__FRAME_HDR;
         if (it->pad) {
             size_t n = it->len - done < sizeof(zeros) ? (size_t)(it->len - done) : sizeof(zeros);
-            return send(c->fd, zeros, n, MSG_NOSIGNAL);
+            struct iovec z = {.iov_base = (void *)zeros, .iov_len = n};
+            return c->ops->writev(c, &z, 1, 0);
         }
         off_t off = it->msg->file_offset + (off_t)(it->offset + done);
-        ssize_t n = sendfile(c->fd, it->msg->fd, &off, it->len - done);
-        if (n < 0 && errno == EPIPE)
-            consume_sigpipe();
-        if (n == 0 && it->len > done) {
-            /* The file shrank under us (file_fell_short). */
+        ssize_t n = c->ops->write_file(c, it->msg->fd, off, it->len - done);
+        if (n == 0) {
+            /* The file shrank under us, or cannot be read
+             * (file_fell_short). */
             c->tx_short = c->item_pos + 1;
             errno = EIO;
             return -1;
@@ -996,8 +860,9 @@ static ssize_t write_some(haul__conn *c)
     }
     struct iovec iov[2 * HAUL__TX_BATCH];
     int niov = 0;
+    int more = 0;
     uint64_t skip = c->item_done;
-    for (int i = c->item_pos; i < c->nitems && !is_file(&c->items[i]); i++) {
+    for (int i = c->item_pos; i < c->nitems; i++) {
         haul__tx_item *x = &c->items[i];
         const uint8_t *hdr = c->headers[i];
         if (skip < HAUL__FRAME_HDR) {
@@ -1008,6 +873,11 @@ static ssize_t write_some(haul__conn *c)
         } else {
             skip -= HAUL__FRAME_HDR;
         }
+        if (is_file(x)) {
+            /* Its body follows at once, from the file. */
+            more = 1;
+            break;
+        }
         if (x->len > skip) {
             iov[niov].iov_base = (void *)(item_payload(c, x) + skip);
             iov[niov].iov_len = x->len - skip;
@@ -1015,8 +885,7 @@ static ssize_t write_some(haul__conn *c)
         }
         skip = 0;
     }
-    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)niov};
-    return sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+    return c->ops->writev(c, iov, niov, more);
 }
 
 /*
@@ -1059,33 +928,28 @@ static void write_failed(haul__conn *c)
     haul_engine *e = c->engine;
     char why[480];
     int code = errno == EIO ? HAUL_EIO : HAUL_ECONNRESET;
-    if (c->ssl && errno == EPROTO) {
-        haul__tls_error_text(c, why, sizeof(why));
-        code = HAUL_ETLS;
-    } else {
+    int own = c->ops->error(c, errno, why, sizeof(why));
+    if (own)
+        code = own;
+    else
         snprintf(why, sizeof(why), "write failed: %s", strerror(errno));
-    }
     pthread_mutex_lock(&e->mu);
     haul__conn_close(c, code, why);
     pthread_mutex_unlock(&e->mu);
 }
 
-/* TLS: the connection stops writing for now, and what SSL_write() left in
- * the write buffer goes to the socket. Returns 0, or -1 when the
+/* The connection stops writing for now, and what its transport keeps of
+ * the bytes taken goes to the socket. Returns 0, or -1 when the
  * connection broke and was closed. A full socket is no failure: its next
  * EPOLLOUT edge brings do_write() back, and with it the next flush. */
-static int tls_pause(haul__conn *c)
+static int pause_writing(haul__conn *c)
 {
-    if (c->ssl == NULL || c->sec_state != HAUL__SEC_ESTABLISHED)
-        return 0;
-    int rc = haul__tls_flush(c);
+    int rc = c->ops->flush(c);
     int err = errno;
     wire_moved(c, 0);
     errno = err;
     if (rc == 0 || errno == EAGAIN)
         return 0;
-    consume_sigpipe();
-    haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
     write_failed(c);
     return -1;
 }
@@ -1109,7 +973,7 @@ static void do_write(haul__conn *c)
                     haul__list_add_head(&c->pipe->idle, &c->idle_link);
             }
             pthread_mutex_unlock(&e->mu);
-            tls_pause(c);
+            pause_writing(c);
             return;
         }
         /* Test hook: the batch is lost with its connection, as if the
@@ -1165,7 +1029,7 @@ static void do_write(haul__conn *c)
     }
     /* Others on this thread get their turn; we come back through the wake
      * list. */
-    if (tls_pause(c) < 0)
+    if (pause_writing(c) < 0)
         return;
     pthread_mutex_lock(&e->mu);
     haul__conn_wake(c);
@@ -1217,24 +1081,23 @@ static void dialled(haul__conn *c)
         conn_secured(c);
 }
 
-/* SECURING on TLS (SEC_HANDSHAKING): one step of the handshake, without
+/* SECURING with a handshake (SEC_HANDSHAKING): one step of it, without
  * the engine's mutex (it computes and verifies signatures); once the peer
  * is accepted (SEC_ESTABLISHED), the connection goes on to CONN_HELLO. */
 static void secure_step(haul__conn *c)
 {
     haul_engine *e = c->engine;
     char why[480];
-    int rc = haul__tls_handshake(c, why, sizeof(why));
+    int rc = c->ops->handshake(c, why, sizeof(why));
     if (rc == 0)
         return;
-    if (rc < 0)
-        consume_sigpipe();
     pthread_mutex_lock(&e->mu);
     if (!c->dead && c->state == HAUL__CONN_SECURING) {
         if (rc > 0) {
-            haul__log(e, HAUL_LOG_DEBUG, "connection %u: TLS established, %s%s%s", c->serial,
-                      SSL_get_cipher_name(c->ssl), c->server ? ", principal " : "",
-                      c->server ? c->principal : "");
+            char what[160];
+            c->ops->describe(c, what, sizeof(what));
+            haul__log(e, HAUL_LOG_DEBUG, "connection %u: %s%s%s", c->serial, what,
+                      c->server ? ", principal " : "", c->server ? c->principal : "");
             conn_secured(c);
         } else {
             e->stats.tls_refused++;
@@ -1260,15 +1123,16 @@ void haul__conn_io(haul__conn *c, uint32_t events)
     pthread_mutex_unlock(&e->mu);
     /* The handshake reads ahead: the step that completes it may take the
      * peer's first records (its HELLO) off the socket with the last
-     * handshake message. No edge announces bytes that OpenSSL holds, and
-     * this event may have been EPOLLOUT alone, so they are read now. */
+     * handshake message. No edge announces bytes that the transport
+     * holds, and this event may have been EPOLLOUT alone, so they are
+     * read now. */
     int held = 0;
     if (securing) {
         secure_step(c);
-        held = c->sec_state == HAUL__SEC_ESTABLISHED && SSL_has_pending(c->ssl);
+        held = c->ops->pending(c);
     }
-    /* A TLS read that had to write first goes on when the socket can. */
-    int read_for_write = c->tls_read_wants_write && (events & EPOLLOUT);
+    /* A read that had to write first goes on when the socket can. */
+    int read_for_write = (events & EPOLLOUT) && c->ops->read_waits_write(c);
     if (!dead &&
         (held || read_for_write || (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))))
         do_read(c);
@@ -1292,12 +1156,12 @@ void haul__conn_handle_wake(haul__conn *c)
         parse(c);
     int more = c->more_to_read;
     c->more_to_read = 0;
-    int tls_live =
-        c->sec_state == HAUL__SEC_ESTABLISHED && haul__conn_carries_frames(c->state) && !c->dead;
+    int live = haul__conn_carries_frames(c->state) && !c->dead;
     pthread_mutex_unlock(&e->mu);
-    /* OpenSSL may hold bytes it read already, which no edge announces:
-     * those a connection left when it moved here from another thread. */
-    if (tls_live && SSL_has_pending(c->ssl))
+    /* The transport may hold bytes it read already, which no edge
+     * announces: those a connection left when it moved here from another
+     * thread. */
+    if (live && c->ops->pending(c))
         more = 1;
     if (more)
         do_read(c);

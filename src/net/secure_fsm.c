@@ -1,17 +1,23 @@
 /*
  * secure_fsm.c - the transition table of the encryption and authentication
- * state machine (secure_fsm.h has the picture).
+ * state machine (secure_fsm.h has the picture), and the one call that
+ * moves it.
  *
- * Read it against conn.c and tls.c: conn.c starts the machine when a
- * connection enters CONN_SECURING and ends it with a close_notify when a
- * connection that stands in SEC_ESTABLISHED is freed; tls.c walks the
- * handshake and the checks of the peer; conn.c's reads and writes report
- * the end of the stream and fatal record errors.
+ * Read it against the transports (net/transport.h): conn.c has the
+ * connection's transport start the machine when the connection enters
+ * CONN_SECURING; tcp.c passes through SEC_PLAIN at once; tls.c walks the
+ * handshake and the checks of the peer, reports the end of the stream and
+ * fatal record errors from its reads and writes, and ends the machine
+ * with a close_notify when a connection that stands in SEC_ESTABLISHED is
+ * freed.
  */
 #include "net/secure_fsm.h"
 
+#include <assert.h>
+#include <errno.h>
 #include <stddef.h>
 
+#include "core/engine.h"
 #include "core/fsm.h"
 #include "haul.h"
 
@@ -68,4 +74,31 @@ const char *const *haul_secure_state_names(int *count)
     if (count)
         *count = HAUL__SEC_STATE_COUNT_;
     return state_names;
+}
+
+_Static_assert(HAUL__SEC_STATE_COUNT_ <=
+                   sizeof(((haul_engine_stats *)0)->secure_state_entered) / sizeof(uint64_t),
+               "haul_engine_stats.secure_state_entered has a slot for every security state");
+
+int haul__secure_enter(haul__conn *c, int event)
+{
+    haul_engine *e = c->engine;
+    /* Callers read errno after a failed read or write has moved the
+     * machine; the log may change it. */
+    int saved = errno;
+    int next = haul__secure_next(c->sec_state, event);
+    if (next < 0) {
+        haul__log(e, HAUL_LOG_ERROR, "connection %u: security: no transition from %s on %s",
+                  c->serial, haul__secure_state_name(c->sec_state), haul__secure_event_name(event));
+        assert(!"a transition the security table does not have");
+        errno = saved;
+        return -1;
+    }
+    haul__log(e, HAUL_LOG_DEBUG, "connection %u: %s -> %s on %s", c->serial,
+              haul__secure_state_name(c->sec_state), haul__secure_state_name(next),
+              haul__secure_event_name(event));
+    c->sec_state = next;
+    atomic_fetch_add_explicit(&e->secure_entered[next], 1, memory_order_relaxed);
+    errno = saved;
+    return 0;
 }

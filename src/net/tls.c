@@ -1,11 +1,12 @@
 /*
- * tls.c - the security step of a connection: mutual TLS 1.3 with OpenSSL,
- * run in CONN_SECURING (conn.c), and the principal taken from the client's
- * certificate.
+ * tls.c - the TLS transport of a connection (net/transport.h): mutual TLS
+ * 1.3 with OpenSSL, its handshake run in CONN_SECURING, the principal
+ * taken from the client's certificate, and every byte after sealed into
+ * records.
  *
  * The encryption and authentication state machine (secure_fsm.h) moves
- * here and only here, through haul__secure_enter(). Its authentication
- * half is the handshake of this file:
+ * here, through haul__secure_enter(). Its authentication half is the
+ * handshake of this file:
  *
  *   SEC_HANDSHAKING  SSL_do_handshake() on each readiness event until it
  *                    completes (or fails: an alert, a chain that does not
@@ -18,12 +19,22 @@
  *   SEC_ESTABLISHED  the peer is accepted: the connection goes on to
  *                    CONN_HELLO, and every byte after is a TLS record.
  *
- * Its encryption half is conn.c's reads and writes, which report the end
+ * Its encryption half is the reads and writes below, which report the end
  * of the stream (SEC_CLOSING) and fatal record errors (SEC_FAILED).
  *
  * A failure at any step closes the connection with HAUL_ETLS and a logged
  * reason. The handshake deadline of CONN_SECURING closes connections that
  * never finish.
+ *
+ * Reading: SSL_read() decrypts from OpenSSL's read-ahead buffer into the
+ * core's buffer, or straight into a message for the payload of a large
+ * chunk. Writing: SSL_write() of the payload of a large chunk in place,
+ * and of everything else (headers, control frames, small payloads, file
+ * bodies read with pread()) through the connection's bounce buffer. After
+ * SSL_write() asks to be retried, the retry passes the same bytes, as
+ * OpenSSL requires. The records gather in a write buffer under OpenSSL
+ * that leaves for the socket when full, and when the core flushes the
+ * connection because it stops writing for now.
  *
  * Contexts (SSL_CTX) are made once per listener and once per client pipe,
  * when the application calls; an SSL object holds a reference to its
@@ -39,8 +50,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/engine.h"
+#include "net/transport.h"
 
 /* The one subjectAltName URI form that names a principal. */
 #define PRINCIPAL_URI "haul:principal:"
@@ -59,13 +72,21 @@
  * write() per 16 KiB, and with TCP_NODELAY one TCP push per record. A
  * buffering BIO between the two gathers four records and hands them to
  * the socket in one write() when full, or when conn.c flushes it
- * (haul__tls_flush) because the connection stops writing for now. That
+ * (flush) because the connection stops writing for now. That
  * costs a copy of each record, which is cheaper than the system call and
  * the TCP push it saves: memory-to-memory throughput on loopback rose by
  * about a quarter.
  */
 #define TLS_READ_BUFFER (32 * 1024)
 #define TLS_WRITE_BUFFER (64 * 1024)
+
+/* SSL_read() returns one record (16 KiB) at most, so a TLS connection
+ * takes more reads per turn than a plain one for the same bytes. The
+ * bounce buffer of a connection's writes, and the size of a piece of a
+ * gather list at or above which it is sealed in place instead. */
+#define TLS_READ_TURNS (16 * 8)
+#define TLS_BOUNCE (64 * 1024)
+#define TLS_DIRECT_MIN 16384
 
 /* Appends OpenSSL's queued errors, oldest first, to buf. */
 static void queued_errors(char *buf, size_t size)
@@ -255,92 +276,6 @@ char *haul__tls_key(const haul_tls_config *c, int *err)
     return key;
 }
 
-_Static_assert(HAUL__SEC_STATE_COUNT_ <=
-                   sizeof(((haul_engine_stats *)0)->secure_state_entered) / sizeof(uint64_t),
-               "haul_engine_stats.secure_state_entered has a slot for every security state");
-
-int haul__secure_enter(haul__conn *c, int event)
-{
-    haul_engine *e = c->engine;
-    /* Callers read errno after a failed read or write has moved the
-     * machine; the log may change it. */
-    int saved = errno;
-    int next = haul__secure_next(c->sec_state, event);
-    if (next < 0) {
-        haul__log(e, HAUL_LOG_ERROR, "connection %u: security: no transition from %s on %s",
-                  c->serial, haul__secure_state_name(c->sec_state), haul__secure_event_name(event));
-        assert(!"a transition the security table does not have");
-        errno = saved;
-        return -1;
-    }
-    haul__log(e, HAUL_LOG_DEBUG, "connection %u: %s -> %s on %s", c->serial,
-              haul__secure_state_name(c->sec_state), haul__secure_state_name(next),
-              haul__secure_event_name(event));
-    c->sec_state = next;
-    atomic_fetch_add_explicit(&e->secure_entered[next], 1, memory_order_relaxed);
-    errno = saved;
-    return 0;
-}
-
-int haul__tls_conn_init(haul__conn *c)
-{
-    /* Reads straight from the socket; writes through the buffer of
-     * TLS_WRITE_BUFFER to a socket BIO of their own. The SSL object owns
-     * the BIOs; none closes the descriptor, which is the connection's. */
-    c->ssl = SSL_new(c->tls_ctx);
-    BIO *rbio = BIO_new_socket(c->fd, BIO_NOCLOSE);
-    BIO *sock = BIO_new_socket(c->fd, BIO_NOCLOSE);
-    BIO *wbio = BIO_new(BIO_f_buffer());
-    if (c->ssl == NULL || rbio == NULL || sock == NULL || wbio == NULL ||
-        BIO_set_write_buffer_size(wbio, TLS_WRITE_BUFFER) != 1) {
-        BIO_free(rbio);
-        BIO_free(sock);
-        BIO_free(wbio);
-        ERR_clear_error();
-        return HAUL_ENOMEM;
-    }
-    SSL_set_bio(c->ssl, rbio, BIO_push(wbio, sock));
-    if (c->server)
-        SSL_set_accept_state(c->ssl);
-    else
-        SSL_set_connect_state(c->ssl);
-    return 0;
-}
-
-int haul__tls_flush(haul__conn *c)
-{
-    BIO *wbio = SSL_get_wbio(c->ssl);
-    if (BIO_wpending(wbio) == 0)
-        return 0;
-    ERR_clear_error();
-    errno = 0;
-    if (BIO_flush(wbio) == 1)
-        return 0;
-    if (BIO_should_retry(wbio)) {
-        errno = EAGAIN;
-        return -1;
-    }
-    ERR_clear_error();
-    if (errno == 0)
-        errno = ECONNRESET;
-    return -1;
-}
-
-uint64_t haul__tls_wire_written(haul__conn *c, uint64_t *buffered)
-{
-    BIO *wbio = SSL_get_wbio(c->ssl);
-    BIO *sock = wbio ? BIO_next(wbio) : NULL;
-    size_t pending = wbio ? BIO_wpending(wbio) : 0;
-    *buffered = pending;
-    return sock ? BIO_number_written(sock) : 0;
-}
-
-void haul__tls_conn_fini(haul__conn *c)
-{
-    SSL_free(c->ssl);
-    c->ssl = NULL;
-}
-
 /* Takes the principal from the client's certificate: exactly one URI SAN
  * "haul:principal:NAME", NAME 1..255 bytes without NUL. */
 static int take_principal(haul__conn *c, X509 *cert, char *why, size_t size)
@@ -384,14 +319,14 @@ static int take_principal(haul__conn *c, X509 *cert, char *why, size_t size)
 }
 
 /* SEC_VERIFYING: haul's checks once OpenSSL has verified the chain. */
-static int check_peer(haul__conn *c, char *why, size_t size)
+static int check_peer(haul__conn *c, SSL *ssl, char *why, size_t size)
 {
-    X509 *cert = SSL_get0_peer_certificate(c->ssl);
+    X509 *cert = SSL_get0_peer_certificate(ssl);
     if (cert == NULL) {
         snprintf(why, size, "the peer showed no certificate");
         return -1;
     }
-    long verified = SSL_get_verify_result(c->ssl);
+    long verified = SSL_get_verify_result(ssl);
     if (verified != X509_V_OK) {
         snprintf(why, size, "certificate verification: %s",
                  X509_verify_cert_error_string(verified));
@@ -414,7 +349,7 @@ static int check_peer(haul__conn *c, char *why, size_t size)
 }
 
 /* Says why the handshake or an SSL call failed. */
-static void describe(haul__conn *c, int err, char *buf, size_t size)
+static void describe_failure(SSL *ssl, int err, char *buf, size_t size)
 {
     buf[0] = '\0';
     if (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
@@ -422,7 +357,7 @@ static void describe(haul__conn *c, int err, char *buf, size_t size)
         return;
     }
     queued_errors(buf, size);
-    long verified = SSL_get_verify_result(c->ssl);
+    long verified = SSL_get_verify_result(ssl);
     if (verified != X509_V_OK) {
         size_t used = strlen(buf);
         snprintf(buf + used, size - used, "%scertificate verification: %s", used ? "; " : "",
@@ -432,35 +367,418 @@ static void describe(haul__conn *c, int err, char *buf, size_t size)
         snprintf(buf, size, "no reason given");
 }
 
-int haul__tls_handshake(haul__conn *c, char *why, size_t size)
+/* ---- the TLS transport (net/transport.h) ------------------------------------ */
+
+/* What a TLS connection keeps besides the SSL object. */
+typedef struct tls_conn {
+    SSL *ssl;
+    /* The bounce buffer: bytes taken from the core's writes that are not
+     * sealed yet, [off, held). Headers, control frames, small payloads
+     * and file bodies (read with pread(), as sendfile() cannot encrypt)
+     * gather here, so that they go out in full records rather than one
+     * small record each. */
+    uint8_t *bounce;
+    size_t held, off;
+    /* SSL_write() asked to be retried: the retry passes the same bytes,
+     * as OpenSSL requires (the bounce buffer does not change until it is
+     * sealed, and the core passes a payload written in place again). Not
+     * a security state: a retry condition of the socket I/O. */
+    int write_retry;
+    /* SSL_read() waits for the socket to be writable (it has to answer a
+     * key update first). */
+    int read_wants_write;
+} tls_conn;
+
+static int tls_init(haul__conn *c)
 {
+    /* Reads straight from the socket; writes through the buffer of
+     * TLS_WRITE_BUFFER to a socket BIO of their own. The SSL object owns
+     * the BIOs; none closes the descriptor, which is the connection's. */
+    tls_conn *t = calloc(1, sizeof(*t));
+    SSL *ssl = SSL_new(c->tls_ctx);
+    BIO *rbio = BIO_new_socket(c->fd, BIO_NOCLOSE);
+    BIO *sock = BIO_new_socket(c->fd, BIO_NOCLOSE);
+    BIO *wbio = BIO_new(BIO_f_buffer());
+    if (t == NULL || ssl == NULL || rbio == NULL || sock == NULL || wbio == NULL ||
+        BIO_set_write_buffer_size(wbio, TLS_WRITE_BUFFER) != 1) {
+        free(t);
+        SSL_free(ssl);
+        BIO_free(rbio);
+        BIO_free(sock);
+        BIO_free(wbio);
+        ERR_clear_error();
+        return HAUL_ENOMEM;
+    }
+    SSL_set_bio(ssl, rbio, BIO_push(wbio, sock));
+    if (c->server)
+        SSL_set_accept_state(ssl);
+    else
+        SSL_set_connect_state(ssl);
+    t->ssl = ssl;
+    c->transport = t;
+    return 0;
+}
+
+static int tls_start(haul__conn *c)
+{
+    haul__secure_enter(c, HAUL__SECEV_START);
+    return 0;
+}
+
+/* SEC_HANDSHAKING: one step, then haul's checks of the peer. */
+static int tls_handshake(haul__conn *c, char *why, size_t size)
+{
+    tls_conn *t = c->transport;
     ERR_clear_error();
     errno = 0;
-    int rc = SSL_do_handshake(c->ssl);
+    int rc = SSL_do_handshake(t->ssl);
     if (rc != 1) {
-        int err = SSL_get_error(c->ssl, rc);
+        int err = SSL_get_error(t->ssl, rc);
         if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
             return 0;
         char text[400];
-        describe(c, err, text, sizeof(text));
+        describe_failure(t->ssl, err, text, sizeof(text));
         snprintf(why, size, "TLS handshake failed: %s", text);
         haul__secure_enter(c, HAUL__SECEV_HANDSHAKE_FAILED);
+        haul__consume_sigpipe();
         return -1;
     }
     haul__secure_enter(c, HAUL__SECEV_HANDSHAKE_DONE);
     char text[300];
-    if (check_peer(c, text, sizeof(text)) != 0) {
+    if (check_peer(c, t->ssl, text, sizeof(text)) != 0) {
         snprintf(why, size, "TLS peer refused: %s", text);
         haul__secure_enter(c, HAUL__SECEV_PEER_REFUSED);
+        haul__consume_sigpipe();
         return -1;
     }
     haul__secure_enter(c, HAUL__SECEV_PEER_ACCEPTED);
     return 1;
 }
 
-void haul__tls_error_text(haul__conn *c, char *buf, size_t size)
+static void tls_describe(haul__conn *c, char *buf, size_t size)
 {
+    tls_conn *t = c->transport;
+    snprintf(buf, size, "TLS established, %s", SSL_get_cipher_name(t->ssl));
+}
+
+/* SSL_read(), with recv()'s results: bytes, 0 at the end, or -1 with
+ * errno (EAGAIN to wait for the next edge; EPROTO for a TLS error, whose
+ * text is then left on OpenSSL's queue). */
+static ssize_t tls_read(haul__conn *c, void *dst, size_t want)
+{
+    tls_conn *t = c->transport;
+    if (c->sec_state != HAUL__SEC_ESTABLISHED) {
+        errno = EPROTO;
+        return -1;
+    }
+    size_t n;
+    ERR_clear_error();
+    errno = 0;
+    t->read_wants_write = 0;
+    if (SSL_read_ex(t->ssl, dst, want, &n) == 1)
+        return (ssize_t)n;
+    switch (SSL_get_error(t->ssl, 0)) {
+    case SSL_ERROR_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        /* TLS may have to answer (a key update) before it reads on. */
+        t->read_wants_write = 1;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        /* The peer's close_notify, or (SSL_OP_IGNORE_UNEXPECTED_EOF) the
+         * end of the stream without one. */
+        haul__secure_enter(c, HAUL__SECEV_CLOSE_RECEIVED);
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
+        if (ERR_peek_error() != 0) {
+            errno = EPROTO;
+            return -1;
+        }
+        if (errno == 0)
+            return 0;
+        haul__consume_sigpipe();
+        return -1;
+    default:
+        haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
+        haul__consume_sigpipe();
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+static int tls_pending(haul__conn *c)
+{
+    tls_conn *t = c->transport;
+    return t != NULL && c->sec_state == HAUL__SEC_ESTABLISHED && SSL_has_pending(t->ssl);
+}
+
+static int tls_read_waits_write(haul__conn *c)
+{
+    tls_conn *t = c->transport;
+    return t != NULL && t->read_wants_write;
+}
+
+/* Seals bytes with SSL_write(). Returns the bytes taken, or -1 with errno:
+ * EAGAIN when the socket is full (write_retry is set: the next call must
+ * pass the same bytes), EPROTO or the socket's error when the connection
+ * broke (SEC_FAILED). */
+static ssize_t seal(haul__conn *c, tls_conn *t, const void *src, size_t len)
+{
+    size_t written;
+    ERR_clear_error();
+    errno = 0;
+    if (SSL_write_ex(t->ssl, src, len, &written) == 1) {
+        t->write_retry = 0;
+        return (ssize_t)written;
+    }
+    switch (SSL_get_error(t->ssl, 0)) {
+    case SSL_ERROR_WANT_WRITE:
+    case SSL_ERROR_WANT_READ:
+        t->write_retry = 1;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_SYSCALL:
+        haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
+        haul__consume_sigpipe();
+        if (ERR_peek_error() != 0)
+            errno = EPROTO;
+        else if (errno == 0)
+            errno = ECONNRESET;
+        return -1;
+    default:
+        haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
+        haul__consume_sigpipe();
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+/* Seals what the bounce buffer holds. Returns 0 when it is empty, -1 with
+ * errno as seal() when it is not. */
+static int drain(haul__conn *c, tls_conn *t)
+{
+    while (t->off < t->held) {
+        ssize_t n = seal(c, t, t->bounce + t->off, t->held - t->off);
+        if (n < 0)
+            return -1;
+        t->off += (size_t)n;
+    }
+    t->off = t->held = 0;
+    return 0;
+}
+
+/* A write that took `taken` bytes before it stopped: those bytes count
+ * when the socket was merely full; a broken connection fails the call. */
+static ssize_t stopped(size_t taken)
+{
+    return taken > 0 && errno == EAGAIN ? (ssize_t)taken : -1;
+}
+
+static int established(haul__conn *c, tls_conn *t)
+{
+    if (t == NULL || c->sec_state != HAUL__SEC_ESTABLISHED) {
+        errno = EPROTO;
+        return 0;
+    }
+    return 1;
+}
+
+static int bounce_ready(tls_conn *t)
+{
+    if (t->bounce == NULL && (t->bounce = malloc(TLS_BOUNCE)) == NULL) {
+        errno = ENOMEM;
+        return 0;
+    }
+    return 1;
+}
+
+/*
+ * Writes a gather list: small pieces are copied into the bounce buffer,
+ * which is sealed when full; a piece of TLS_DIRECT_MIN bytes or more (the
+ * payload of a large chunk in memory) is sealed in place, once what the
+ * bounce buffer holds has gone before it.
+ */
+static ssize_t tls_writev(haul__conn *c, const struct iovec *iov, int n, int more)
+{
+    tls_conn *t = c->transport;
+    if (!established(c, t))
+        return -1;
+    /* A write to be retried goes first, with its bytes unchanged. */
+    if (t->write_retry && t->off < t->held && drain(c, t) < 0)
+        return -1;
+    size_t taken = 0;
+    for (int i = 0; i < n; i++) {
+        const uint8_t *p = iov[i].iov_base;
+        size_t len = iov[i].iov_len;
+        if (len >= TLS_DIRECT_MIN) {
+            if (drain(c, t) < 0)
+                return stopped(taken);
+            ssize_t w = seal(c, t, p, len);
+            if (w < 0)
+                return stopped(taken);
+            return (ssize_t)(taken + (size_t)w);
+        }
+        while (len > 0) {
+            if (t->held == TLS_BOUNCE && drain(c, t) < 0)
+                return stopped(taken);
+            if (!bounce_ready(t))
+                return -1;
+            size_t k = len < TLS_BOUNCE - t->held ? len : TLS_BOUNCE - t->held;
+            memcpy(t->bounce + t->held, p, k);
+            t->held += k;
+            p += k;
+            len -= k;
+            taken += k;
+        }
+    }
+    return (ssize_t)taken;
+}
+
+/* Writes part of a file: read with pread() into the bounce buffer, and
+ * sealed with what gathers there. */
+static ssize_t tls_write_file(haul__conn *c, int fd, off_t off, size_t len)
+{
+    tls_conn *t = c->transport;
+    if (!established(c, t))
+        return -1;
+    if (t->write_retry && t->off < t->held && drain(c, t) < 0)
+        return -1;
+    if (t->held == TLS_BOUNCE && drain(c, t) < 0)
+        return -1;
+    if (!bounce_ready(t))
+        return -1;
+    size_t room = TLS_BOUNCE - t->held;
+    size_t want = len < room ? len : room;
+    ssize_t r;
+    do
+        r = pread(fd, t->bounce + t->held, want, off);
+    while (r < 0 && errno == EINTR);
+    if (r <= 0)
+        return 0; /* the file shrank under us, or cannot be read */
+    t->held += (size_t)r;
+    return r;
+}
+
+/* The bounce buffer is sealed, and the records in the write buffer under
+ * OpenSSL leave for the socket. */
+static int tls_flush(haul__conn *c)
+{
+    tls_conn *t = c->transport;
+    if (t == NULL || c->sec_state != HAUL__SEC_ESTABLISHED)
+        return 0;
+    if (drain(c, t) < 0)
+        return -1;
+    BIO *wbio = SSL_get_wbio(t->ssl);
+    if (BIO_wpending(wbio) == 0)
+        return 0;
+    ERR_clear_error();
+    errno = 0;
+    if (BIO_flush(wbio) == 1)
+        return 0;
+    if (BIO_should_retry(wbio)) {
+        errno = EAGAIN;
+        return -1;
+    }
+    ERR_clear_error();
+    if (errno == 0)
+        errno = ECONNRESET;
+    haul__consume_sigpipe();
+    haul__secure_enter(c, HAUL__SECEV_RECORD_FAILED);
+    return -1;
+}
+
+/* The record layer of TLS 1.3 adds a 5-byte header, a content type byte
+ * and a 16-byte tag to each record of up to 16 KiB. */
+#define TLS_RECORD_MAX 16384
+#define TLS_RECORD_OVERHEAD 22
+
+static uint64_t tls_wire(haul__conn *c, uint64_t taken, uint64_t *held)
+{
+    tls_conn *t = c->transport;
+    *held = 0;
+    if (t == NULL)
+        return 0;
+    BIO *wbio = SSL_get_wbio(t->ssl);
+    BIO *sock = wbio ? BIO_next(wbio) : NULL;
+    size_t plain = t->held - t->off;
+    *held = (wbio ? BIO_wpending(wbio) : 0) + plain +
+            (plain + TLS_RECORD_MAX - 1) / TLS_RECORD_MAX * TLS_RECORD_OVERHEAD;
+    return sock ? BIO_number_written(sock) : 0;
+}
+
+static int tls_error(haul__conn *c, int err, char *why, size_t size)
+{
+    tls_conn *t = c->transport;
+    if (err != EPROTO || t == NULL)
+        return 0;
+    /* An alert from the peer (say, our certificate refused) or a record
+     * that does not authenticate. */
     char text[300];
-    describe(c, SSL_ERROR_SSL, text, sizeof(text));
-    snprintf(buf, size, "TLS: %s", text);
+    describe_failure(t->ssl, SSL_ERROR_SSL, text, sizeof(text));
+    snprintf(why, size, "TLS: %s", text);
+    return HAUL_ETLS;
+}
+
+/* A close_notify, best effort, while the engine runs: the connection's own
+ * thread frees it then, and that thread blocks SIGPIPE; haul_engine_free()
+ * runs on the application's, which may not. In SEC_CLOSING it answers the
+ * peer's. What the bounce buffer holds goes first; nothing goes in the
+ * middle of a record that OpenSSL holds for a retry, which the alert may
+ * not follow. */
+static void tls_shutdown(haul__conn *c)
+{
+    tls_conn *t = c->transport;
+    if (t == NULL || c->engine->stopping)
+        return;
+    if (c->sec_state == HAUL__SEC_ESTABLISHED && drain(c, t) < 0) {
+        ERR_clear_error();
+        return;
+    }
+    int live = c->sec_state == HAUL__SEC_ESTABLISHED || c->sec_state == HAUL__SEC_CLOSING;
+    if (!live || t->write_retry)
+        return;
+    SSL_shutdown(t->ssl);
+    ERR_clear_error();
+    haul__consume_sigpipe();
+    if (c->sec_state == HAUL__SEC_ESTABLISHED)
+        haul__secure_enter(c, HAUL__SECEV_CLOSE_SENT);
+}
+
+static void tls_free(haul__conn *c)
+{
+    tls_conn *t = c->transport;
+    if (t == NULL)
+        return;
+    SSL_free(t->ssl);
+    free(t->bounce);
+    free(t);
+    c->transport = NULL;
+}
+
+const haul__transport_ops haul__tls_ops = {
+    .name = "tls",
+    .read_turns = TLS_READ_TURNS,
+    .short_read_drains = 0,
+    .init = tls_init,
+    .start = tls_start,
+    .handshake = tls_handshake,
+    .describe = tls_describe,
+    .read = tls_read,
+    .pending = tls_pending,
+    .read_waits_write = tls_read_waits_write,
+    .writev = tls_writev,
+    .write_file = tls_write_file,
+    .flush = tls_flush,
+    .wire = tls_wire,
+    .error = tls_error,
+    .shutdown = tls_shutdown,
+    .free = tls_free,
+};
+
+const haul__transport_ops *haul__transport_for(SSL_CTX *tls_ctx)
+{
+    return tls_ctx ? &haul__tls_ops : &haul__tcp_ops;
 }
