@@ -435,6 +435,11 @@ HAUL_API int haul_engine_limit_principal(haul_engine *engine, const char *princi
 /* Sessions                                                                 */
 /* ------------------------------------------------------------------------ */
 
+/* haul_session_config.connections: the pipe chooses its count. */
+#define HAUL_CONNECTIONS_AUTO 0
+/* haul_session_config.max_connections when left 0. */
+#define HAUL_AUTO_MAX_CONNECTIONS 128
+
 typedef struct haul_session_config {
     /* Destination, as for haul_listen(): "host:port", "[v6]:port",
      * "unix:/path". Required. */
@@ -458,10 +463,48 @@ typedef struct haul_session_config {
      * (e.g. a replica GUID), at most 4096. Copied. */
     const void *context;
     size_t context_len;
-    /* Connections in the pipe to this destination, 1 .. 65535. Used when
-     * this session creates the pipe; later sessions to the same destination
-     * share the pipe as it is. Default 1. */
+    /* Connections in the pipe to this destination: 1 .. 65535, or
+     * HAUL_CONNECTIONS_AUTO (0) to let the pipe choose and change the
+     * count as it runs (below). Used when this session creates the pipe;
+     * later sessions to the same destination share the pipe as it is.
+     * Default 1.
+     *
+     * An automatic pipe starts with 2 connections (1 over a Unix socket;
+     * 8 as soon as it finds a round trip of 10 ms or more, where the
+     * first intervals would be spent in slow start) and, while its
+     * sessions have more to send than its connections take, measures
+     * its goodput (the bytes its connections' TCP delivered both ways,
+     * per second) over intervals of several round trips (5 x the
+     * smoothed RTT, 0.5 to 3 s, once new connections had 3 round trips
+     * to find their pace). It grows (x4 from 2, then x2) while each step
+     * raises goodput by 10% or more (judged once it stops growing from
+     * one interval to the next, as new connections leave slow start),
+     * keeps the count that measured best once a step does not, and every
+     * 10 s tries one step up again (or down, while losses stay high). It
+     * never grows while the application sets the pace (nothing waits to
+     * be sent, or the receiver's window is closed with nothing in
+     * flight). It shrinks (halves) when retransmissions rose to more than
+     * twice what they were at the chosen count (and over 1% of the
+     * segments sent) while goodput fell by 10%, keeping the smaller count
+     * (and trying fewer still) while it does 90% as well. Below 1 ms of
+     * RTT (loopback, a LAN) and over Unix sockets it uses at most 4. A
+     * connection the pipe stops using is parked: it stays joined
+     * (keepalives), finishes what it carries and is given no new chunks
+     * until the pipe grows again, so that no message is sent twice or
+     * lost by shrinking. A connection the server refuses for its limit
+     * (HAUL_ELIMIT), or one that cannot be made for want of memory,
+     * descriptors or the engine's max_connections, lowers the pipe's cap
+     * to what it has. Counts change on the engine timer's thread; each
+     * change is logged at HAUL_LOG_INFO, and haul_pipe_stats() shows the
+     * connections in use (up and not parked). docs/design.md ("The
+     * automatic connection count") gives the reasons. */
     unsigned connections;
+    /* The most connections an automatic pipe (connections 0) may use,
+     * 1 .. 65535, and never more than the engine's max_connections
+     * allows. 0 takes the default, 128: what a 1 Gbit/s link with 200 ms
+     * of RTT and some loss needs, with room to spare. Ignored for a
+     * fixed count. */
+    unsigned max_connections;
     /* Per-session message timeout (see haul_engine_config: it counts time
      * without progress, not a message's age); 0 takes the engine's. */
     unsigned message_timeout_ms;
@@ -611,6 +654,10 @@ typedef struct haul_conn_stats {
     /* How many distinct sessions sent chunks on this connection. */
     uint32_t sessions_sent;
     int up; /* 1 while the connection is joined to its pipe */
+    /* 1 while an automatic pipe keeps the connection joined but gives it
+     * no chunks to send (its count is lower now); 0 otherwise, and
+     * always on the server side. Connections in use: up && !parked. */
+    int parked;
     /* The kernel's round trip when it joined, in microseconds (0 for a
      * Unix socket), and the limit on its unsent bytes in force
      * (conn_backlog, grown to half the congestion window as it opens; 0
@@ -624,7 +671,11 @@ typedef struct haul_conn_stats {
 /*
  * Fills up to max entries of out[] with the counters of the connections of
  * the pipe that carries the session, in connection order, and returns how
- * many the pipe has (which may exceed max), or -HAUL_EINVAL.
+ * many the pipe has (which may exceed max), or -HAUL_EINVAL. A client
+ * pipe has the connections it dialled so far: a fixed count from the
+ * start, an automatic pipe as many as it has grown to (parked ones
+ * included; entries of connections being dialled again are zero). A
+ * server pipe has the connections joined now.
  */
 HAUL_API int haul_pipe_stats(haul_session *session, haul_conn_stats *out, int max);
 

@@ -1183,3 +1183,40 @@ TEST_TIMEOUT(fin_that_overtakes_the_sync_ack_closes_the_session, 30)
     haul_session_free(cs);
     haul_engine_free(client);
 }
+
+/*
+ * The server's answer to a SYNC is lost, and no connection of the
+ * client's pipe closes to tell it (the server wrote the answer on a
+ * connection whose way back the network cut after the client's end of
+ * it had closed): the client sends its SYNC again after a while, and
+ * opens with the answer to the repeat, well before its open deadline.
+ */
+TEST_TIMEOUT(sync_whose_answer_is_lost_is_sent_again, 30)
+{
+    harness_strerror = haul_strerror;
+    char address[128];
+    int lfd = raw_listen(address, sizeof(address));
+    haul_engine *client = engine_with(60000);
+    haul_session *cs = client_session(client, address, 1);
+    int fd = raw_accept(lfd);
+    raw_header first = expect_frame(fd, T_SYNC);
+    int64_t t0 = now_ms();
+    /* No answer: the repeat comes on its own. */
+    raw_header again = expect_frame(fd, T_SYNC);
+    int64_t waited = now_ms() - t0;
+    harness_log("the SYNC came again after %lld ms", (long long)waited);
+    CHECK_EQ(again.session, first.session);
+    CHECK_GE(waited, 400);
+    raw_header ack = {.type = T_SYNC_ACK,
+                      .session = again.session,
+                      .aux = 4,
+                      .offset = 1 << 20,
+                      .total = 64 << 20};
+    raw_send_frame(fd, ack, NULL);
+    haul_event ev = next_of(client, cs, ANSWER_MS);
+    CHECK_EQ(ev.type, HAUL_EV_SESSION_OPEN);
+    close(fd);
+    close(lfd);
+    haul_session_free(cs);
+    haul_engine_free(client);
+}

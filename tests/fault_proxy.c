@@ -94,6 +94,10 @@ typedef struct direction {
     int shut;           /* the FIN went to the destination */
     int dropping;       /* after a fin fault: read the source and drop */
     int64_t paused_until;
+    /* rate_up: the token bucket of the upward direction, in bytes, and
+     * when it was last filled. */
+    double tokens;
+    int64_t tokens_at;
     unsigned cut_pieces; /* writes left in pieces */
 } direction;
 
@@ -568,9 +572,31 @@ static int pump_write(fault_proxy *px, conn *c, int dir, int64_t now)
         if (piece < n)
             n = piece;
     }
+    uint64_t rate = dir == DIR_UP ? px->config.rate_up : 0;
+    if (rate) {
+        /* A bucket of 20 ms of the rate (16 KiB at least): the rate is
+         * kept over any stretch longer than that. */
+        double burst = (double)rate / 50 < 16384 ? 16384 : (double)rate / 50;
+        if (d->tokens_at == 0)
+            d->tokens = burst;
+        else
+            d->tokens += (double)(now - d->tokens_at) * (double)rate / 1000;
+        if (d->tokens > burst)
+            d->tokens = burst;
+        d->tokens_at = now;
+        if (d->tokens < 1) {
+            /* Back when a few KiB are allowed. */
+            d->paused_until = now + 1 + (int64_t)(4096 * 1000 / rate);
+            return 0;
+        }
+        if ((double)n > d->tokens)
+            n = (size_t)d->tokens;
+    }
     ssize_t w = send(dst, d->buf + d->off, n, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w < 0)
         return errno == EAGAIN || errno == EINTR ? 0 : -1;
+    if (rate)
+        d->tokens -= (double)w;
     d->off += (size_t)w;
     d->len -= (size_t)w;
     if (d->len == 0)
@@ -847,6 +873,12 @@ int fault_proxy_start(const fault_proxy_config *config, fault_proxy **proxyp)
         bind(px->listen_fd, (struct sockaddr *)&la, llen) < 0 || listen(px->listen_fd, 128) < 0) {
         fprintf(stderr, "fault-proxy: cannot listen on %s: %s\n", px->listen_spec, strerror(errno));
         goto fail;
+    }
+    if (config->rate_up) {
+        /* Inherited by the accepted sockets: a slow connection's bytes
+         * wait in the client's send queue, not in the proxy's kernel. */
+        int small = 64 * 1024;
+        setsockopt(px->listen_fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
     }
     llen = sizeof(la);
     getsockname(px->listen_fd, (struct sockaddr *)&la, &llen);

@@ -22,6 +22,9 @@
  *   partition  a blackhole of every connection at once, and nothing new
  *              is accepted, for a while (see fault_proxy_partition()).
  *
+ * Apart from faults, it can make each connection slow: rate_up bounds
+ * the bytes per second each one forwards towards the target.
+ *
  * The faults come from a schedule made from a seed: connection number i
  * (in the order of acceptance, from 0) gets a plan drawn from the seed and
  * i alone, of faults triggered at a byte offset of one direction (the
@@ -102,6 +105,13 @@ typedef struct fault_proxy_config {
     /* Longest blackhole and delay. Defaults 1000 ms and 200 ms. */
     unsigned blackhole_max_ms;
     unsigned delay_max_ms;
+    /* Bytes per second that each connection forwards from the client to
+     * the target, at most (0: no limit): a link whose connections are
+     * each slow, so that n connections carry n times as much as one.
+     * The proxy then also keeps a small receive buffer on the client's
+     * side, so that little of what the client sent waits in its kernel.
+     * Default 0. */
+    uint64_t rate_up;
     /* Where to write a line for every fault applied, as it happens
      * (e.g. stderr); NULL: nowhere. The record kept for
      * fault_proxy_report() does not depend on it. */

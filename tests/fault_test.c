@@ -62,6 +62,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "core/engine.h"
 #include "fault_proxy.h"
 #include "harness.h"
 #include "haul.h"
@@ -120,7 +121,14 @@ typedef struct run_params {
     uint32_t back_len[MAX_SESSIONS][MAX_BACK];
     uint64_t back_tag[MAX_SESSIONS][MAX_BACK];
     fault_proxy_config proxy;
+    /* The pipe's count: fixed (connections), automatic within
+     * connections (AUTO_FREE), or automatic and changed by the run at
+     * random moments (AUTO_RESIZED), so that connections are parked and
+     * unparked, and slots dialled, under the faults. */
+    int automatic;
 } run_params;
+
+enum { FIXED = 0, AUTO_FREE, AUTO_RESIZED };
 
 /* Sizes: empty, tiny, up to a few chunks, up to the maximum. */
 static uint32_t message_size(uint64_t *rng)
@@ -202,6 +210,10 @@ static void make_params(uint64_t seed, unsigned slow, run_params *p)
      * and the losses of connections meet on different threads. */
     if (p->io_threads == 2 && below(&rng, 2))
         p->io_threads = 4;
+    /* A quarter of the runs on an automatic pipe, another quarter on one
+     * whose count the run changes. */
+    uint64_t kind = below(&rng, 4);
+    p->automatic = kind == 0 ? AUTO_FREE : kind == 1 ? AUTO_RESIZED : FIXED;
 }
 
 /* The content of message i of session s. */
@@ -530,10 +542,12 @@ static void send_more(run *r, unsigned si, uint8_t *buf)
 static void print_params(const run_params *p, FILE *out)
 {
     fprintf(out,
-            "  %u session(s) on %u connection(s), %u I/O thread(s), chunks of %u bytes, "
+            "  %u session(s) on %s%u connection(s)%s, %u I/O thread(s), chunks of %u bytes, "
             "message timeout %u ms, keepalive %u ms, idle deadline %u ms%s\n",
-            p->sessions, p->connections, p->io_threads, p->chunk_size, p->timeout_ms,
-            p->keepalive_ms, p->idle_timeout_ms, p->long_link ? ", dispatched as a long link" : "");
+            p->sessions, p->automatic ? "an automatic pipe of up to " : "", p->connections,
+            p->automatic == AUTO_RESIZED ? " resized by the run" : "", p->io_threads, p->chunk_size,
+            p->timeout_ms, p->keepalive_ms, p->idle_timeout_ms,
+            p->long_link ? ", dispatched as a long link" : "");
     for (unsigned s = 0; s < p->sessions; s++) {
         uint64_t bytes = 0;
         unsigned empty = 0, files = 0;
@@ -819,7 +833,8 @@ static int run_seed(uint64_t seed, unsigned slow, int verbose)
         sc.destination = fault_proxy_address(r->proxy);
         snprintf(principals[s], sizeof(principals[s]), "fault-%u", s);
         sc.principal = principals[s];
-        sc.connections = p->connections;
+        sc.connections = p->automatic ? HAUL_CONNECTIONS_AUTO : p->connections;
+        sc.max_connections = p->connections;
         sc.max_message = MAX_MESSAGE_LEN;
         sc.output_queue = p->output_queue[s];
         CHECK_OK(haul_session_new(r->client, &sc, &r->cs[s].session));
@@ -828,7 +843,17 @@ static int run_seed(uint64_t seed, unsigned slow, int verbose)
 
     /* Send, take events, close each session once every message of it
      * has its final event, until every session has ended. */
+    uint64_t resize_rng = seed ^ 0xA5A5A5A5A5A5A5A5ull;
+    int64_t resize_at = now_ms() + 50;
     for (;;) {
+        if (p->automatic == AUTO_RESIZED && now_ms() >= resize_at) {
+            /* Any session still in the pipe names it. */
+            unsigned count = 1 + (unsigned)below(&resize_rng, p->connections);
+            for (unsigned s = 0; s < p->sessions; s++)
+                if (haul__debug_auto_resize(r->cs[s].session, count) == 0)
+                    break;
+            resize_at = now_ms() + 20 + (int64_t)below(&resize_rng, 200);
+        }
         unsigned ended = 0;
         for (unsigned s = 0; s < p->sessions; s++) {
             client_session *c = &r->cs[s];

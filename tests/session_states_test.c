@@ -191,7 +191,11 @@ TEST(bad_configuration_is_refused)
     sc.context = longname;
     CHECK_EQ(haul_session_new(e, &sc, &s), HAUL_EINVAL);
     sc.context_len = 0;
-    sc.connections = 0;
+    /* 0 is HAUL_CONNECTIONS_AUTO; the bounds are 65535 for either. */
+    sc.connections = 65536;
+    CHECK_EQ(haul_session_new(e, &sc, &s), HAUL_EINVAL);
+    sc.connections = HAUL_CONNECTIONS_AUTO;
+    sc.max_connections = 65536;
     CHECK_EQ(haul_session_new(e, &sc, &s), HAUL_EINVAL);
     haul_engine_free(e);
 }

@@ -62,7 +62,11 @@ int cli_bench(const cli_options *opt, int argc, char **argv)
     int status = cli_open(&c, opt, &url, HSP_BENCH);
     double start = cli_now(), stop = start + opt->seconds;
     uint64_t queued = 0;
-    if (status == CLI_EXIT_OK && !opt->quiet && !opt->json)
+    int automatic = opt->connections == HAUL_CONNECTIONS_AUTO;
+    if (status == CLI_EXIT_OK && !opt->quiet && !opt->json && automatic)
+        printf("bench %s: automatic connections, %.0f s, 1 MiB messages\n", url.destination,
+               opt->seconds);
+    else if (status == CLI_EXIT_OK && !opt->quiet && !opt->json)
         printf("bench %s: %u connections, %.0f s, 1 MiB messages\n", url.destination,
                opt->connections, opt->seconds);
     double next_report = start + 1;
@@ -85,15 +89,20 @@ int cli_bench(const cli_options *opt, int argc, char **argv)
         if (now >= next_report && now < stop) {
             if (!opt->quiet && !opt->json) {
                 double t = next_report - start;
-                printf("[%5.1f-%5.1f s] %10.1f MiB %8.2f Gbit/s\n", t - 1, t,
+                printf("[%5.1f-%5.1f s] %10.1f MiB %8.2f Gbit/s", t - 1, t,
                        (double)(b.acked_bytes - reported_bytes) / (1 << 20),
                        gbits(b.acked_bytes - reported_bytes, 1));
+                if (automatic)
+                    printf("  %u connections", cli_connections(&c, NULL));
+                printf("\n");
                 fflush(stdout);
             }
             reported_bytes = b.acked_bytes;
             next_report += 1;
         }
     }
+    /* The count -P auto chose: the one it used as the sending ended. */
+    unsigned peak, conns = cli_connections(&c, &peak);
     /* As iperf3 counts what arrived within the time, this counts what was
      * acknowledged within it; what is still on its way is dropped with
      * the session (a queue sized for a long link may hold minutes of a
@@ -111,17 +120,20 @@ int cli_bench(const cli_options *opt, int argc, char **argv)
         haul_engine_stats st;
         haul_engine_stats_get(c.engine, &st);
         if (opt->json)
-            printf("{\"connections\":%u,\"seconds\":%.3f,\"messages\":%llu,\"bytes\":%llu,"
+            printf("{\"connections\":%u,\"connections_peak\":%u,\"connections_auto\":%s,"
+                   "\"seconds\":%.3f,\"messages\":%llu,\"bytes\":%llu,"
                    "\"gbit_per_s\":%.3f,\"mib_per_s\":%.1f,\"bytes_written\":%llu,"
                    "\"chunks_hedged\":%llu,\"chunks_resent\":%llu}\n",
-                   opt->connections, secs, (unsigned long long)messages, (unsigned long long)acked,
-                   gbits(acked, secs), mibs, (unsigned long long)st.bytes_sent,
-                   (unsigned long long)st.chunks_hedged, (unsigned long long)st.chunks_resent);
+                   conns, peak, automatic ? "true" : "false", secs, (unsigned long long)messages,
+                   (unsigned long long)acked, gbits(acked, secs), mibs,
+                   (unsigned long long)st.bytes_sent, (unsigned long long)st.chunks_hedged,
+                   (unsigned long long)st.chunks_resent);
         else
             printf("%s%.2f Gbit/s (%.1f MiB/s): %llu MiB acknowledged in %.2f s over %u "
-                   "connections\n",
+                   "connections%s\n",
                    opt->quiet ? "" : "total: ", gbits(acked, secs), mibs,
-                   (unsigned long long)(acked >> 20), secs, opt->connections);
+                   (unsigned long long)(acked >> 20), secs, conns,
+                   automatic ? " (chosen automatically)" : "");
     }
     /* What is still on its way goes on briefly, so that the server ends
      * the request in order; a slow link's backlog is dropped instead

@@ -372,7 +372,10 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
     haul_engine_config ec;
     haul_engine_config_init(&ec);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    unsigned threads = opt->connections;
+    /* A pipe's connections spread over the I/O threads: more threads
+     * than connections, or than cores, would idle. -P auto may grow to
+     * more connections than cores: one thread per core. */
+    unsigned threads = opt->connections ? opt->connections : (unsigned)(cpus > 0 ? cpus : 1);
     if (cpus > 0 && threads > (unsigned)cpus)
         threads = (unsigned)cpus;
     ec.io_threads = threads < 1 ? 1 : threads > 8 ? 8 : threads;
@@ -383,8 +386,11 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
     ec.message_timeout_ms = opt->timeout_ms;
     ec.keepalive_ms = opt->keepalive_ms;
     ec.idle_timeout_ms = opt->idle_timeout_ms;
-    if (opt->connections + 64 > ec.max_connections)
-        ec.max_connections = opt->connections + 64;
+    unsigned most = opt->connections;
+    if (most == HAUL_CONNECTIONS_AUTO)
+        most = opt->max_connections ? opt->max_connections : HAUL_AUTO_MAX_CONNECTIONS;
+    if (most + 64 > ec.max_connections)
+        ec.max_connections = most + 64;
     ec.log = engine_log;
     /* The engine's warnings repeat what haul reports in its own words
      * (a timeout, a lost server): shown with -v. */
@@ -418,6 +424,7 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
     sc.context = context;
     sc.context_len = context_len;
     sc.connections = opt->connections;
+    sc.max_connections = opt->max_connections;
     sc.message_timeout_ms = opt->timeout_ms;
     haul_tls_config tls = {opt->tls_cert, opt->tls_key, opt->tls_ca, NULL};
     if (!opt->plaintext)
@@ -531,8 +538,46 @@ static void drain(cli_client *c)
     }
 }
 
+/* Counts the connections in use now, and the most so far. */
+static void sample_connections(cli_client *c)
+{
+    if (c->session == NULL)
+        return;
+    /* A session that left its pipe (closed) shows none: the last count
+     * seen stands. */
+    int n = haul_pipe_stats(c->session, NULL, 0);
+    haul_conn_stats *st = n > 0 ? calloc((size_t)n, sizeof(*st)) : NULL;
+    if (st == NULL)
+        return;
+    n = haul_pipe_stats(c->session, st, n);
+    unsigned used = 0;
+    for (int i = 0; i < n; i++)
+        used += st[i].up && !st[i].parked;
+    free(st);
+    c->conns_now = used;
+    if (used > c->conns_peak)
+        c->conns_peak = used;
+    c->conns_at = cli_now();
+}
+
+unsigned cli_connections(cli_client *c, unsigned *peak)
+{
+    sample_connections(c);
+    if (c->opt->connections != HAUL_CONNECTIONS_AUTO) {
+        if (peak)
+            *peak = c->opt->connections;
+        return c->opt->connections;
+    }
+    if (peak)
+        *peak = c->conns_peak;
+    return c->conns_now;
+}
+
 int cli_pump(cli_client *c, int timeout_ms)
 {
+    /* The peak of -P auto, seen often enough to catch a step up. */
+    if (c->opt->connections == HAUL_CONNECTIONS_AUTO && cli_now() - c->conns_at >= 0.2)
+        sample_connections(c);
     if (c->failed)
         return -1;
     haul_event evs[64];

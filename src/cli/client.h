@@ -32,10 +32,11 @@ enum {
 
 /* Options shared by every subcommand (main.c parses them). */
 typedef struct cli_options {
-    unsigned connections; /* -P: connections in the pipe */
-    uint64_t queue;       /* --queue: output queue bytes */
-    uint32_t message;     /* --message-size: file data per message */
-    unsigned timeout_ms;  /* --timeout: message timeout */
+    unsigned connections;     /* -P: connections in the pipe; 0 (HAUL_CONNECTIONS_AUTO): auto */
+    unsigned max_connections; /* --max-connections: the cap of -P auto (0: the library's) */
+    uint64_t queue;           /* --queue: output queue bytes */
+    uint32_t message;         /* --message-size: file data per message */
+    unsigned timeout_ms;      /* --timeout: message timeout */
     /* --keepalive, --idle-timeout: the engine's liveness periods (0: off). */
     unsigned keepalive_ms;
     unsigned idle_timeout_ms;
@@ -85,6 +86,10 @@ typedef struct cli_client {
     hsp_record result; /* it (data points to result_text) */
     char result_text[1024];
     uint64_t messages_sent, messages_acked;
+    /* Connections of the pipe in use (joined, not parked), as last seen
+     * and at most, sampled by cli_pump(). */
+    unsigned conns_now, conns_peak;
+    double conns_at;
 
     /* Called for every record of every message the server sends, in
      * order. RESULT is stored above first. Returns 0, or an exit status
@@ -110,6 +115,13 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op);
  * (c->failed says how; the reason was printed).
  */
 int cli_pump(cli_client *c, int timeout_ms);
+
+/*
+ * The connections the run reports: -P N itself, or for -P auto the count
+ * the pipe uses now (joined, not parked), which is the one it chose once
+ * the transfer ran; *peak (may be NULL) gets the most in use at once.
+ */
+unsigned cli_connections(cli_client *c, unsigned *peak);
 
 /*
  * Queues a copy of a message (haul_send). Returns 0, HAUL_EQUEUEFULL (try

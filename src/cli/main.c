@@ -37,7 +37,8 @@
 #include "cli/cert.h"
 #include "cli/client.h"
 
-#define DEFAULT_CONNECTIONS 4
+/* -P auto: the pipe chooses its count (HAUL_CONNECTIONS_AUTO). */
+#define DEFAULT_CONNECTIONS HAUL_CONNECTIONS_AUTO
 /* 256 MiB: four times what 1 Gbit/s carries in a 200 ms round trip
  * (docs/design.md, "Long links"). Buffers are taken only as messages
  * wait for their acknowledgement. */
@@ -47,7 +48,10 @@
 
 static const char options_help[] =
     "Options (every subcommand):\n"
-    "  -P, --connections N   connections in the pipe to the server (default 4)\n"
+    "  -P, --connections N|auto  connections in the pipe to the server (default\n"
+    "                        auto: the pipe grows while more connections carry\n"
+    "                        more, up to --max-connections; -v shows each change)\n"
+    "      --max-connections N  the most -P auto uses (default 128)\n"
     "      --message-size BYTES  file data per message (push, bench; 4K..1M,\n"
     "                        default 1M): the server's window counts messages\n"
     "                        of this size, so smaller ones suit small queues\n"
@@ -267,6 +271,7 @@ int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"connections", required_argument, NULL, 'P'},
+        {"max-connections", required_argument, NULL, 'm'},
         {"queue", required_argument, NULL, 'Q'},
         {"message-size", required_argument, NULL, 'M'},
         {"timeout", required_argument, NULL, 'T'},
@@ -311,12 +316,25 @@ int main(int argc, char **argv)
         char *end;
         switch (ch) {
         case 'P': {
+            if (strcmp(optarg, "auto") == 0) {
+                opt.connections = HAUL_CONNECTIONS_AUTO;
+                break;
+            }
             unsigned long n = strtoul(optarg, &end, 10);
             if (*optarg == '\0' || *end != '\0' || n < 1 || n > 65535) {
-                cli_warn("-P: expected a number of connections, 1..65535");
+                cli_warn("-P: expected auto or a number of connections, 1..65535");
                 return CLI_EXIT_USAGE;
             }
             opt.connections = (unsigned)n;
+            break;
+        }
+        case 'm': {
+            unsigned long n = strtoul(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || n < 1 || n > 65535) {
+                cli_warn("--max-connections: expected a number of connections, 1..65535");
+                return CLI_EXIT_USAGE;
+            }
+            opt.max_connections = (unsigned)n;
             break;
         }
         case 'M': {

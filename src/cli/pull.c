@@ -580,14 +580,19 @@ int cli_pull(const cli_options *opt, int argc, char **argv)
         else if (status == CLI_EXIT_OK && p->skipped)
             status = CLI_EXIT_SKIPPED;
         double mibs = secs > 0 ? (double)p->bytes / (1 << 20) / secs : 0;
+        unsigned peak, conns = cli_connections(c, &peak);
+        if (opt->verbose && !opt->json && opt->connections == HAUL_CONNECTIONS_AUTO)
+            cli_warn("%u connections at the end, %u at most (chosen automatically)", conns, peak);
         if (opt->json) {
             printf("{\"snapshot\":\"%s\",\"files\":%llu,\"directories\":%llu,\"symlinks\":%llu,"
                    "\"hardlinks\":%llu,\"bytes\":%llu,\"skipped\":%llu,\"mismatches\":%llu,"
-                   "\"seconds\":%.3f,\"mib_per_s\":%.1f}\n",
+                   "\"seconds\":%.3f,\"mib_per_s\":%.1f,\"connections\":%u,"
+                   "\"connections_peak\":%u}\n",
                    c->result.snapshot, (unsigned long long)p->files,
                    (unsigned long long)p->directories, (unsigned long long)p->symlinks,
                    (unsigned long long)p->hardlinks, (unsigned long long)p->bytes,
-                   (unsigned long long)p->skipped, (unsigned long long)p->mismatches, secs, mibs);
+                   (unsigned long long)p->skipped, (unsigned long long)p->mismatches, secs, mibs,
+                   conns, peak);
         } else if (!opt->quiet) {
             char total[32];
             cli_human_bytes(p->bytes, total, sizeof(total));

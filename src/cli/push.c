@@ -1221,17 +1221,21 @@ static void print_summary(push *p, double secs)
 {
     const hsp_record *r = &p->c.result;
     double mibs = secs > 0 ? (double)r->bytes_sent / (1 << 20) / secs : 0;
+    unsigned peak, conns = cli_connections(&p->c, &peak);
     if (p->opt->json) {
         printf("{\"snapshot\":\"%s\",\"files\":%llu,\"bytes\":%llu,\"bytes_sent\":%llu,"
                "\"bytes_linked\":%llu,\"skipped\":%llu,\"seconds\":%.3f,\"mib_per_s\":%.1f,"
-               "\"entries\":%llu,\"files_sent\":%llu,\"specials\":%llu,\"problems\":%llu}\n",
+               "\"entries\":%llu,\"files_sent\":%llu,\"specials\":%llu,\"problems\":%llu,"
+               "\"connections\":%u,\"connections_peak\":%u}\n",
                r->snapshot, (unsigned long long)r->files, (unsigned long long)r->bytes,
                (unsigned long long)r->bytes_sent, (unsigned long long)r->bytes_linked,
                (unsigned long long)p->skipped, secs, mibs, (unsigned long long)p->entries,
                (unsigned long long)p->files_sent, (unsigned long long)p->specials,
-               (unsigned long long)p->problems);
+               (unsigned long long)p->problems, conns, peak);
         return;
     }
+    if (p->opt->verbose && p->opt->connections == HAUL_CONNECTIONS_AUTO)
+        cli_warn("%u connections at the end, %u at most (chosen automatically)", conns, peak);
     printf("snapshot %s\n", r->snapshot);
     if (p->opt->quiet)
         return;

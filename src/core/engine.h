@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include "core/autoscale.h"
 #include "core/list.h"
 #include "core/session_fsm.h"
 #include "haul.h"
@@ -168,6 +169,10 @@ struct haul_session {
     uint64_t peer_input_queue;
     unsigned timeout_ms;
     int64_t open_deadline;
+    /* Client: when the SYNC was last written, and how long to wait for
+     * its answer before sending it again (HAUL__SYNC_REPEAT_MS, doubling). */
+    int64_t sync_written_at;
+    unsigned sync_repeat_ms;
     int64_t close_deadline;
 
     /* Control frames to send and the list of sessions that have some. */
@@ -233,6 +238,12 @@ typedef struct haul__tx_item {
  * and resent chunks may go out in between. */
 #define HAUL__ROUND_COALESCE_MS 100
 #define HAUL__RXBUF 16384
+/* A client that has no answer to its SYNC this long after writing it
+ * sends it again, waiting twice as long each time, up to the maximum:
+ * the answer may have been lost on a connection the network broke
+ * (docs/protocol.md, section 4.2). */
+#define HAUL__SYNC_REPEAT_MS 500
+#define HAUL__SYNC_REPEAT_MAX_MS 4000
 
 struct haul__conn {
     int kind; /* HAUL__POLL_CONN */
@@ -293,6 +304,11 @@ struct haul__conn {
     int outq_seen;
     int64_t outq_at;
     int64_t outq_moved;
+    /* An automatic pipe's reading of the socket's TCP_INFO (mu held):
+     * its counters when last read (core/autoscale.c). */
+    uint32_t auto_retrans;
+    uint32_t auto_segs;
+    uint64_t auto_bytes; /* tcpi_bytes_acked + tcpi_bytes_received */
     /* Bytes handed to the socket so far (plain TCP; a TLS connection
      * counts what its BIO wrote), for where a chunk ends in the stream. */
     atomic_uint_least64_t wire_sent;
@@ -369,8 +385,16 @@ struct haul__pipe {
     uint64_t id;      /* chosen by the client, names the pipe in every HELLO */
     haul__loop *loop; /* the first thread of its connections, which spread from it */
 
-    haul__conn **conns; /* client: one slot per connection, NULL while down */
+    /* Client: one slot per connection, NULL while down. Slots [0, nconns)
+     * have been dialled; [0, active) are given chunks, the others are
+     * parked (joined, given control frames only). A fixed pipe has
+     * active = nconns = cap from the start; an automatic one grows and
+     * shrinks within cap (core/autoscale.c). Every array of slots has cap
+     * entries. */
+    haul__conn **conns;
     unsigned nconns;
+    unsigned active;
+    unsigned cap;
     unsigned joined;
     uint32_t rtt_us; /* the longest round trip a connection joined with */
     /* Bytes of the chunks this side cuts its messages into on this pipe,
@@ -402,6 +426,20 @@ struct haul__pipe {
     int doomed;          /* has no sessions: the sweep closes and frees it */
 
     uint32_t peer_chunk; /* the peer's chunk size, from HELLO */
+
+    /* Client, connections HAUL_CONNECTIONS_AUTO: the controller of the
+     * count and what it is fed (mu held). goodput_bytes counts the bytes
+     * of messages the peer acknowledged and of chunks received, on every
+     * pipe: it is cheap, and tells the controller what got through. */
+    int automatic;
+    haul__auto autoscale;
+    uint64_t goodput_bytes;
+    uint64_t auto_retrans, auto_segs; /* summed over the joined connections */
+    uint64_t auto_tcp_bytes;          /* bytes their TCP delivered, both ways */
+    int auto_tcp_info;                /* TCP_INFO gave tcpi_bytes_acked */
+    unsigned auto_rtt_us, auto_min_rtt_us;
+    int64_t auto_info_at;
+    int auto_pinned; /* test hook: haul__debug_auto_resize() set the count */
 
     /* Client: the TLS context of every connection, and the key that
      * tells pipes to one destination apart (NULL: plain TCP). */
@@ -494,6 +532,9 @@ struct haul_engine {
      * haul_engine_stats_get() copies them in. */
     atomic_uint_least64_t secure_entered[HAUL__SEC_STATE_COUNT_];
     int debug_hold; /* test hook: dispatchers send no chunks while set */
+    /* Test hook: the RTT under which automatic pipes made from now on take
+     * their link for local (0: HAUL__AUTO_LOCAL_RTT_US). */
+    unsigned debug_auto_local_us;
 };
 
 /* ---- shared internal calls (mu held unless said otherwise) ------------- */
@@ -558,6 +599,22 @@ haul__pipe *haul__pipe_client(haul_engine *engine, const haul_session_config *co
 haul__pipe *haul__pipe_find(haul_engine *engine, const char *destination, const char *tls_key);
 haul__pipe *haul__pipe_server(haul_engine *engine, uint64_t id, const haul_listen_config *lconf);
 void haul__pipe_kick(haul__pipe *pipe, unsigned n);
+/* Whether a client connection is parked: its automatic pipe uses fewer
+ * connections now, and gives it no chunks. */
+static inline int haul__conn_parked(const haul__conn *c)
+{
+    return c->pipe != NULL && !c->pipe->server && c->index >= c->pipe->active;
+}
+/* Whether the pipe's sessions have more to send than its connections take
+ * now (for the automatic count): a chunk waits within a window, or a
+ * sender is held back (its output queue full, or the receiver's window
+ * closed) while messages of the window are still in flight. */
+int haul__pipe_demand(haul__pipe *pipe);
+/* Makes an automatic pipe use n connections (at most its cap): dials the
+ * slots it never had, parks or unparks the others. Returns the count it
+ * could reach: lower when a dial failed for want of memory or
+ * descriptors, or the engine's max_connections was reached. */
+unsigned haul__pipe_resize(haul__pipe *pipe, unsigned n);
 int haul__pipe_fill(haul__pipe *pipe, haul__conn *conn);
 void haul__pipe_conn_joined(haul__pipe *pipe, haul__conn *conn);
 void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *conn, int error);
@@ -660,6 +717,17 @@ int haul__debug_freeze(haul_session *s, int index, int frozen);
 /* Test hook: frozen 2 makes the connection take its next batch of frames
  * from the dispatcher and write none of it, as a connection whose path
  * stopped delivering would hold its chunks; 0 lets it write again. */
+
+/* Test hook: automatic pipes made from now on take a link for local
+ * below `us` of RTT (0: the default, HAUL__AUTO_LOCAL_RTT_US), so that a
+ * test on loopback can see them grow. */
+void haul__debug_auto_local(haul_engine *engine, unsigned us);
+
+/* Test hook: makes the session's automatic pipe use n connections now,
+ * and its controller leave the count alone from then on (for tests of
+ * shrinking and growing).
+ * Returns 0, or HAUL_EINVAL when the pipe is not automatic. */
+int haul__debug_auto_resize(haul_session *s, unsigned n);
 
 /* Test hook: while held, no dispatcher of the engine sends chunks, so that
  * a test can fill queues before anything moves. */

@@ -63,7 +63,7 @@ static uint32_t pipe_chunk(const haul_engine_config *cfg, uint64_t queue, unsign
     return chunk < cfg->chunk_size ? chunk : cfg->chunk_size;
 }
 
-static void pipe_dial(haul__pipe *pipe, unsigned index);
+static int pipe_dial(haul__pipe *pipe, unsigned index);
 
 /*
  * Slot `index` of a client pipe that has never had a joined connection
@@ -118,13 +118,27 @@ haul__pipe *haul__pipe_find(haul_engine *e, const char *destination, const char 
     return NULL;
 }
 
-/* Makes a client pipe and starts dialling all its connections at once.
- * It takes tls_ctx (NULL: plain TCP) in every case, and copies tls_key. */
+/* Makes a client pipe and starts dialling all its connections at once
+ * (an automatic pipe: those it starts with). It takes tls_ctx (NULL:
+ * plain TCP) in every case, and copies tls_key. */
 haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c,
                               const struct sockaddr_storage *ss, socklen_t len,
                               struct ssl_ctx_st *tls_ctx, const char *tls_key, int *err)
 {
-    if (e->nconns + c->connections > e->config.max_connections) {
+    int automatic = c->connections == HAUL_CONNECTIONS_AUTO;
+    unsigned cap = c->connections;
+    if (automatic) {
+        /* The slots are sized by the cap, which the engine's own limit
+         * bounds: an automatic pipe never asks for more than it allows. */
+        cap = c->max_connections ? c->max_connections : HAUL_AUTO_MAX_CONNECTIONS;
+        if (cap > e->config.max_connections)
+            cap = e->config.max_connections;
+    }
+    haul__auto controller;
+    unsigned first = cap;
+    if (automatic)
+        first = haul__auto_init(&controller, cap, ss->ss_family == AF_UNIX, haul__now_ms());
+    if (e->nconns + first > e->config.max_connections) {
         haul__tls_ctx_free(tls_ctx);
         *err = HAUL_ELIMIT;
         return NULL;
@@ -142,10 +156,10 @@ haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c,
         return NULL;
     }
     pipe->destination = strdup(c->destination);
-    pipe->conns = calloc(c->connections, sizeof(*pipe->conns));
-    pipe->redial_at = calloc(c->connections, sizeof(*pipe->redial_at));
-    pipe->backoff = calloc(c->connections, sizeof(*pipe->backoff));
-    pipe->slot_failed = calloc(c->connections, sizeof(*pipe->slot_failed));
+    pipe->conns = calloc(cap, sizeof(*pipe->conns));
+    pipe->redial_at = calloc(cap, sizeof(*pipe->redial_at));
+    pipe->backoff = calloc(cap, sizeof(*pipe->backoff));
+    pipe->slot_failed = calloc(cap, sizeof(*pipe->slot_failed));
     if (pipe->destination == NULL || pipe->conns == NULL || pipe->redial_at == NULL ||
         pipe->backoff == NULL || pipe->slot_failed == NULL) {
         haul__pipe_destroy(pipe);
@@ -154,8 +168,20 @@ haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c,
     }
     pipe->addr = *ss;
     pipe->addrlen = len;
-    pipe->nconns = c->connections;
-    pipe->chunk = pipe_chunk(&e->config, c->output_queue, c->connections);
+    pipe->cap = cap;
+    pipe->nconns = first;
+    pipe->active = first;
+    /* Chunks are cut for the most connections the pipe may have: its
+     * size is fixed when it is made. */
+    pipe->chunk = pipe_chunk(&e->config, c->output_queue, cap);
+    if (automatic) {
+        pipe->automatic = 1;
+        pipe->autoscale = controller;
+        if (e->debug_auto_local_us)
+            pipe->autoscale.local_rtt_us = e->debug_auto_local_us;
+        haul__log(e, HAUL_LOG_INFO, "pipe %s: %u connections: %s (at most %u)", pipe->destination,
+                  first, controller.why, cap);
+    }
     if (getrandom(&pipe->id, sizeof(pipe->id), 0) != sizeof(pipe->id))
         pipe->id = (uint64_t)haul__now_ms() ^ ((uint64_t)getpid() << 32);
     for (unsigned i = 0; i < pipe->nconns; i++) {
@@ -202,7 +228,9 @@ static void fail_sessions(haul__pipe *pipe, int error)
     }
 }
 
-static void pipe_dial(haul__pipe *pipe, unsigned index)
+/* Dials slot `index`. Returns 0, or the error of a dial that failed at
+ * once (the slot is then due to be dialled again after its backoff). */
+static int pipe_dial(haul__pipe *pipe, unsigned index)
 {
     haul_engine *e = pipe->engine;
     int fd;
@@ -221,12 +249,13 @@ static void pipe_dial(haul__pipe *pipe, unsigned index)
             pipe->failed = 1;
             fail_sessions(pipe, error);
         }
-        return;
+        return error;
     }
     pipe->conns[index] = c;
     pipe->redial_at[index] = 0;
     c->tls_ctx = pipe->tls_ctx;
     haul__conn_start(c, 1);
+    return 0;
 }
 
 /*
@@ -328,7 +357,18 @@ void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *c, int error)
             fail_sessions(pipe, error);
             return;
         }
-        if (!e->stopping && !pipe->failed && !pipe->doomed) {
+        if (pipe->automatic && error == HAUL_ELIMIT && !pipe->auto_pinned) {
+            /* The server refused a connection for its limit: the pipe
+             * uses what it has, and gives up the slots beyond it. */
+            unsigned have = pipe->joined - (was_joined ? 1 : 0);
+            haul__auto_cap(&pipe->autoscale, have);
+            haul__log(e, HAUL_LOG_INFO, "pipe %s: %u connections: %s", pipe->destination,
+                      pipe->autoscale.count, "the server refused more");
+            haul__pipe_resize(pipe, pipe->autoscale.count);
+        }
+        /* Slots an automatic pipe gave up (beyond its cap) stay empty. */
+        int given_up = pipe->automatic && c->index >= pipe->autoscale.cap;
+        if (!e->stopping && !pipe->failed && !pipe->doomed && !given_up) {
             pipe->redial_at[c->index] = haul__now_ms() + pipe->backoff[c->index];
             unsigned next = pipe->backoff[c->index] * 2;
             pipe->backoff[c->index] =
@@ -543,15 +583,24 @@ void haul__pipe_maybe_free(haul__pipe *pipe)
 
 /* ---- the dispatcher ------------------------------------------------------------ */
 
-/* Wakes up to n idle connections of the pipe: there is work for them. */
+/* Wakes up to n idle connections of the pipe: there is work for them.
+ * Parked ones are passed over, since they take no chunks: waking one
+ * instead of a connection in use would leave the work waiting. */
 void haul__pipe_kick(haul__pipe *pipe, unsigned n)
 {
     if (n == 0)
         n = 1;
-    while (n-- > 0 && !haul__list_empty(&pipe->idle)) {
-        haul__conn *c = HAUL__CONTAINER(haul__list_first(&pipe->idle), haul__conn, idle_link);
+    haul__list *p, *tmp;
+    haul__list_each_safe(p, tmp, &pipe->idle)
+    {
+        if (n == 0)
+            break;
+        haul__conn *c = HAUL__CONTAINER(p, haul__conn, idle_link);
+        if (haul__conn_parked(c))
+            continue;
         haul__list_del(&c->idle_link);
         haul__conn_wake(c);
+        n--;
     }
 }
 
@@ -787,7 +836,8 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
         n++;
     }
 
-    uint64_t budget = pipe->engine->debug_hold ? 0 : pipe->chunk;
+    /* A parked connection takes control frames, but no chunks. */
+    uint64_t budget = pipe->engine->debug_hold || haul__conn_parked(c) ? 0 : pipe->chunk;
     c->declined = 0;
     if (budget > 0 && !haul__list_empty(&pipe->dispatch) && !may_take(pipe, c, pipe->chunk)) {
         c->declined = 1;
@@ -861,6 +911,79 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
         haul__list_add_tail(&pipe->dispatch, &s->dispatch_link);
     }
     c->nitems = n;
+    return n;
+}
+
+/* ---- the automatic count ------------------------------------------------------- */
+
+int haul__pipe_demand(haul__pipe *pipe)
+{
+    haul__list *p;
+    haul__list_each(p, &pipe->dispatch)
+    {
+        uint32_t idx;
+        int avoided = 0;
+        if (sendable(HAUL__CONTAINER(p, haul_session, dispatch_link), NULL, &idx, &avoided) !=
+                NULL ||
+            avoided)
+            return 1;
+    }
+    /* Every chunk within the window taken, but the sender is held back
+     * (the application could queue no more, or the receiver's window is
+     * closed) while messages of the window are still unacknowledged: the
+     * network holds them, and the pace is its own. A window closed with
+     * nothing in flight is the receiver's application's pace (it does
+     * not take what it was given), and more connections would not
+     * change it. */
+    haul__list_each(p, &pipe->sessions)
+    {
+        haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
+        if (s->state != CE_SS_SESSION_READY || haul__list_empty(&s->outq))
+            continue;
+        haul_message *oldest = HAUL__CONTAINER(s->outq.next, haul_message, link);
+        haul_message *last = HAUL__CONTAINER(s->outq.prev, haul_message, link);
+        int in_flight = oldest->seq < s->right;
+        int held = last->seq >= s->right || s->out_bytes + s->max_message > s->output_queue;
+        if (in_flight && held)
+            return 1;
+    }
+    return 0;
+}
+
+unsigned haul__pipe_resize(haul__pipe *pipe, unsigned n)
+{
+    haul_engine *e = pipe->engine;
+    if (n > pipe->cap)
+        n = pipe->cap;
+    if (n < 1)
+        n = 1;
+    if (n > pipe->nconns) {
+        unsigned room =
+            e->config.max_connections > e->nconns ? e->config.max_connections - e->nconns : 0;
+        if (n - pipe->nconns > room)
+            n = pipe->nconns + room;
+        while (pipe->nconns < n) {
+            unsigned i = pipe->nconns;
+            pipe->backoff[i] = e->config.redial_min_ms;
+            pipe->slot_failed[i] = 0;
+            int rc = pipe_dial(pipe, i);
+            if (rc == HAUL_ENOMEM || rc == HAUL_ELIMIT) {
+                /* No memory or no descriptor: this slot is as far as the
+                 * pipe can grow now. */
+                pipe->redial_at[i] = 0;
+                n = i;
+                break;
+            }
+            pipe->nconns++;
+        }
+        if (n < 1)
+            n = 1;
+    }
+    unsigned before = pipe->active;
+    pipe->active = n;
+    /* Unparked connections that sit idle get work at once. */
+    if (n > before)
+        haul__pipe_kick(pipe, n - before);
     return n;
 }
 
@@ -1038,6 +1161,8 @@ void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
         for (unsigned i = 0; i < pipe->nconns; i++)
             if (pipe->conns[i] == NULL && pipe->redial_at[i] && pipe->redial_at[i] <= now)
                 pipe_dial(pipe, i);
+        if (pipe->automatic && !pipe->auto_pinned && pipe->ever_joined)
+            haul__auto_sweep(pipe, now);
     }
     active_sweep(pipe, now);
     /* Connections that declined chunks (may_take) ask again: what they
@@ -1065,9 +1190,7 @@ int haul_pipe_stats(haul_session *s, haul_conn_stats *out, int max)
                 if (c) {
                     out[n] = c->stats;
                     out[n].up = c->state == HAUL__CONN_JOINED;
-                    out[n].rtt_us = c->rtt_us;
-                    out[n].unsent_limit = c->backlog_set ? c->lowat : 0;
-                    out[n].active = c->active;
+                    out[n].parked = haul__conn_parked(c);
                     out[n].rtt_us = c->rtt_us;
                     out[n].unsent_limit = c->backlog_set ? c->lowat : 0;
                     out[n].active = c->active;
@@ -1146,6 +1269,28 @@ int haul__debug_freeze(haul_session *s, int index, int frozen)
     }
     pthread_mutex_unlock(&e->mu);
     return found ? 0 : HAUL_EINVAL;
+}
+
+void haul__debug_auto_local(haul_engine *e, unsigned us)
+{
+    pthread_mutex_lock(&e->mu);
+    e->debug_auto_local_us = us;
+    pthread_mutex_unlock(&e->mu);
+}
+
+int haul__debug_auto_resize(haul_session *s, unsigned n)
+{
+    haul_engine *e = s->engine;
+    pthread_mutex_lock(&e->mu);
+    int rc = HAUL_EINVAL;
+    haul__pipe *pipe = s->in_table ? s->pipe : NULL;
+    if (pipe && !pipe->server && pipe->automatic) {
+        pipe->auto_pinned = 1;
+        haul__pipe_resize(pipe, n);
+        rc = 0;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return rc;
 }
 
 void haul__debug_fail_writes(haul_engine *e, int n)

@@ -292,7 +292,7 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
         return HAUL_EINVAL;
     if (c->output_queue == 0 || c->input_queue == 0)
         return HAUL_EINVAL;
-    if (c->connections < 1 || c->connections > 65535)
+    if (c->connections > 65535 || c->max_connections > 65535)
         return HAUL_EINVAL;
     if (c->max_message > e->config.max_message)
         return HAUL_EINVAL;
@@ -833,6 +833,8 @@ static void fin_delivered(haul_session *s, uint64_t upto)
         haul__list_del(&m->link);
         s->out_bytes -= queue_cost(m->len);
         s->engine->stats.messages_sent++;
+        if (s->pipe)
+            s->pipe->goodput_bytes += m->len;
         post_message(s, m, HAUL_EV_MESSAGE_SENT, 0, 0);
         m->session = NULL;
         haul__message_unref(m);
@@ -854,6 +856,8 @@ static void on_ack(haul_session *s, const haul__frame *f)
         haul__list_del(&m->link);
         s->out_bytes -= queue_cost(m->len);
         s->engine->stats.messages_sent++;
+        if (s->pipe)
+            s->pipe->goodput_bytes += m->len;
         post_message(s, m, HAUL_EV_MESSAGE_SENT, 0, f->aux);
         m->session = NULL;
         haul__message_unref(m);
@@ -1156,6 +1160,10 @@ void haul__session_chunk_done(haul_session *s, haul_message *m, uint32_t index)
         haul__pipe_readers(s->pipe, m, index, 1);
     m->rx_state[index] = HAUL__RX_DONE;
     m->rx_done++;
+    if (s != NULL && s->pipe != NULL) {
+        uint64_t at = (uint64_t)index * m->chunk;
+        s->pipe->goodput_bytes += m->len - at < m->chunk ? m->len - at : m->chunk;
+    }
     if (s != NULL && m->rx_done == m->nchunks)
         deliver(s);
 }
@@ -1294,9 +1302,12 @@ void haul__session_ctl_posted(haul_session *s, int type)
 
 void haul__session_ctl_written(haul_session *s, int type)
 {
-    if (type == HAUL__F_SYNC && s->state == CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE)
+    if (type == HAUL__F_SYNC && s->state == CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE) {
         haul__session_enter(s, SEV_SYNC_WRITTEN);
-    else if (type == HAUL__F_SYNC_ACK && s->state == CE_SS_SENDING_APP_SESSION_ACK)
+        s->sync_written_at = haul__now_ms();
+        if (s->sync_repeat_ms == 0)
+            s->sync_repeat_ms = HAUL__SYNC_REPEAT_MS;
+    } else if (type == HAUL__F_SYNC_ACK && s->state == CE_SS_SENDING_APP_SESSION_ACK)
         haul__session_enter(s, SEV_ACCEPT_WRITTEN);
     else if (type == HAUL__F_ABORT)
         s->abort_inflight--;
@@ -1446,6 +1457,21 @@ void haul__session_sweep(haul_session *s, int64_t now)
         s->state != CE_SS_SENDING_FIN) {
         haul__session_fail(s, HAUL_ETIMEDOUT, 1);
         return;
+    }
+    /* The SYNC went, and no answer came: the answer may be lost (the
+     * server wrote it on a connection whose way back the network cut
+     * after our end of it had closed). The server answers a repeated
+     * SYNC as it did the first, and ignores it while its application
+     * decides. */
+    if (!s->server && s->state == CE_SS_WAITING_ACK &&
+        now - s->sync_written_at >= (int64_t)s->sync_repeat_ms) {
+        haul__log(s->engine, HAUL_LOG_DEBUG, "session %u: no answer to its SYNC in %u ms; again",
+                  s->id, s->sync_repeat_ms);
+        s->sync_repeat_ms = s->sync_repeat_ms * 2 > HAUL__SYNC_REPEAT_MAX_MS
+                                ? HAUL__SYNC_REPEAT_MAX_MS
+                                : s->sync_repeat_ms * 2;
+        haul__session_enter(s, SEV_SYNC_UNANSWERED);
+        haul__session_want(s, HAUL__PEND_SYNC);
     }
     if ((s->state == CE_SS_APP_CLOSE_SESSION || s->state == CE_SS_SENDING_FIN) &&
         s->close_deadline <= now && haul__list_empty(&s->outq))

@@ -38,6 +38,10 @@ static const haul__transition table[] = {
     {CE_SS_SENDING_SYNC, SEV_SYNC_LOST, CE_SS_SEND_SYNC},
     {CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE, SEV_SYNC_LOST, CE_SS_SEND_SYNC},
     {CE_SS_WAITING_ACK, SEV_SYNC_LOST, CE_SS_SEND_SYNC},
+    /* The answer may have gone on a connection that the network broke
+     * after the client's own had closed, with nothing left to tell the
+     * client: it asks again after a while. */
+    {CE_SS_WAITING_ACK, SEV_SYNC_UNANSWERED, CE_SS_SEND_SYNC},
 
     /* Server: accepting (406-410). */
     {CE_SS_NULL, SEV_SYNC_RECEIVED, CE_SS_WAITING_FOR_ACCEPT_ACK},

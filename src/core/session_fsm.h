@@ -34,26 +34,27 @@ typedef enum haul__session_state {
 
 /* What happens to a session. Each transition of the table names one. */
 #define HAUL__FOREACH_SESSION_EVENT(X)                                                             \
-    X(SEV_CREATE)         /* client application created the session (402) */                       \
-    X(SEV_SYNC_TAKEN)     /* a connection took the SYNC into its batch */                          \
-    X(SEV_SYNC_POSTED)    /* the write carrying the SYNC was issued (404) */                       \
-    X(SEV_SYNC_WRITTEN)   /* the write completed */                                                \
-    X(SEV_SYNC_LOST)      /* the connection broke before the SYNC-ACK came */                      \
-    X(SEV_SYNC_ACK)       /* SYNC-ACK received (410, 412) */                                       \
-    X(SEV_SYNC_NAK)       /* the server refused */                                                 \
-    X(SEV_SYNC_RECEIVED)  /* server: a SYNC arrived (406) */                                       \
-    X(SEV_APP_ACCEPT)     /* server application accepted (408) */                                  \
-    X(SEV_APP_REJECT)     /* server application refused */                                         \
-    X(SEV_ACCEPT_TAKEN)   /* a connection took the SYNC-ACK */                                     \
-    X(SEV_ACCEPT_WRITTEN) /* the SYNC-ACK was written */                                           \
-    X(SEV_ACCEPT_LOST)    /* the connection broke before the SYNC-ACK was written */               \
-    X(SEV_APP_CLOSE)      /* the application closed the session */                                 \
-    X(SEV_FIN_TAKEN)      /* a connection took the FIN */                                          \
-    X(SEV_FIN_LOST)       /* the connection broke before the FIN-ACK came */                       \
-    X(SEV_FIN_RECEIVED)   /* the peer closed */                                                    \
-    X(SEV_FIN_ACK)        /* the peer confirmed our FIN */                                         \
-    X(SEV_FAIL)           /* timeout, abort, pipe lost or handle freed */                          \
-    X(SEV_SYNC_REPEATED)  /* server: a SYNC for a session it holds (answered, state kept) */
+    X(SEV_CREATE)          /* client application created the session (402) */                      \
+    X(SEV_SYNC_TAKEN)      /* a connection took the SYNC into its batch */                         \
+    X(SEV_SYNC_POSTED)     /* the write carrying the SYNC was issued (404) */                      \
+    X(SEV_SYNC_WRITTEN)    /* the write completed */                                               \
+    X(SEV_SYNC_LOST)       /* the connection broke before the SYNC-ACK came */                     \
+    X(SEV_SYNC_ACK)        /* SYNC-ACK received (410, 412) */                                      \
+    X(SEV_SYNC_NAK)        /* the server refused */                                                \
+    X(SEV_SYNC_RECEIVED)   /* server: a SYNC arrived (406) */                                      \
+    X(SEV_APP_ACCEPT)      /* server application accepted (408) */                                 \
+    X(SEV_APP_REJECT)      /* server application refused */                                        \
+    X(SEV_ACCEPT_TAKEN)    /* a connection took the SYNC-ACK */                                    \
+    X(SEV_ACCEPT_WRITTEN)  /* the SYNC-ACK was written */                                          \
+    X(SEV_ACCEPT_LOST)     /* the connection broke before the SYNC-ACK was written */              \
+    X(SEV_APP_CLOSE)       /* the application closed the session */                                \
+    X(SEV_FIN_TAKEN)       /* a connection took the FIN */                                         \
+    X(SEV_FIN_LOST)        /* the connection broke before the FIN-ACK came */                      \
+    X(SEV_FIN_RECEIVED)    /* the peer closed */                                                   \
+    X(SEV_FIN_ACK)         /* the peer confirmed our FIN */                                        \
+    X(SEV_FAIL)            /* timeout, abort, pipe lost or handle freed */                         \
+    X(SEV_SYNC_REPEATED)   /* server: a SYNC for a session it holds (answered, state kept) */      \
+    X(SEV_SYNC_UNANSWERED) /* client: no answer to the SYNC for a while: it may have been lost */
 
 typedef enum haul__session_event {
 #define X(name) name,
