@@ -38,7 +38,7 @@ static void link_open(wan *l, unsigned conns, int long_link, uint64_t queue)
     haul_session_config_init(&sc);
     sc.destination = l->sv.address;
     sc.connections = conns;
-    sc.max_message = 4 * MIB;
+    sc.max_message = 16 * MIB;
     sc.output_queue = queue;
     stream_open(&l->st, l->client, &sc, "LONG");
     streams_wait_open(l->client, &l->st, 1);
@@ -90,7 +90,8 @@ TEST(unsent_bytes_are_limited_on_long_links_only)
 }
 
 /*
- * One connection of two takes its share of a 4 MiB message and writes
+ * One connection of two takes its share of a 16 MiB message (64 chunks:
+ * more than the other can take before it has its turn) and writes
  * none of it. The other connection delivers its own chunks; then, the
  * message holding up the window, the stuck chunks go again on it, and
  * the message is acknowledged while the first connection still holds
@@ -101,14 +102,14 @@ TEST(chunks_stuck_on_a_connection_go_again_on_another)
 {
     haul_conn_stats cs[2];
     wan l;
-    link_open(&l, 2, 1, 16 * MIB);
+    link_open(&l, 2, 1, 64 * MIB);
     CHECK_EQ(pipe_up(&l, cs, 2), 2);
     CHECK_OK(haul__debug_freeze(l.st.session, 0, 2));
 
-    uint8_t *buf = malloc(4 * MIB);
+    uint8_t *buf = malloc(16 * MIB);
     CHECK(buf != NULL);
-    fill_pattern(buf, 4 * MIB, 1);
-    CHECK_OK(stream_send(&l.st, buf, 4 * MIB));
+    fill_pattern(buf, 16 * MIB, 1);
+    CHECK_OK(stream_send(&l.st, buf, 16 * MIB));
     int64_t deadline = now_ms() + TRANSFER_WAIT_MS;
     while (l.st.acked < 1) {
         CHECK_LT(now_ms(), deadline);
@@ -125,8 +126,8 @@ TEST(chunks_stuck_on_a_connection_go_again_on_another)
     CHECK_OK(haul__debug_freeze(l.st.session, 0, 0));
     /* More after it, on both connections again. */
     for (uint64_t k = 2; k < 6; k++) {
-        fill_pattern(buf, 4 * MIB, k);
-        stream_send_wait(l.client, &l.st, buf, 4 * MIB);
+        fill_pattern(buf, 16 * MIB, k);
+        stream_send_wait(l.client, &l.st, buf, 16 * MIB);
     }
     streams_wait_acked(l.client, &l.st, 1);
     /* The copy held back arrives after all, and is dropped. */
