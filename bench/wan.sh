@@ -147,6 +147,8 @@ ns_a=$name-a
 ns_b=$name-b
 addr=10.77.0.2
 pids=()
+hauld_plain=
+hauld_tls=
 made_run_sshd=0
 cleanup() {
   set +e
@@ -352,17 +354,10 @@ start_servers() { # max_n
     start_b "$tmp/iperf3.log" iperf3 -s -p $((iperf_base + i))
     wait_port $((iperf_base + i)) "${pids[-1]}" || die "iperf3 -s did not start ($tmp/iperf3.log)"
   done
-  rm -rf "$tmp/store" "$tmp/store-tls" "$tmp/dst"
-  mkdir -p "$tmp/store" "$tmp/store-tls" "$tmp/dst"
-  start_b "$tmp/hauld.log" "$build/hauld" --listen "$addr:$plain_port" --store "$tmp/store" \
-    --plaintext --log-level warn
-  hauld_plain=${pids[-1]}
-  wait_port "$plain_port" "$hauld_plain" || die "hauld did not start: $(tail -n 3 "$tmp/hauld.log")"
-  [[ $(cat "/proc/$hauld_plain/comm") == hauld ]] || die "PID $hauld_plain is not hauld's"
-  start_b "$tmp/hauld-tls.log" "$build/hauld" --listen "$addr:$tls_port" --store "$tmp/store-tls" \
-    --tls-cert "$pki/server.crt" --tls-key "$pki/server.key" --tls-ca "$pki/ca.crt" --log-level warn
-  hauld_tls=${pids[-1]}
-  wait_port "$tls_port" "$hauld_tls" || die "hauld (TLS) did not start: $(tail -n 3 "$tmp/hauld-tls.log")"
+  rm -rf "$tmp/store-plain" "$tmp/store-tls" "$tmp/dst"
+  mkdir -p "$tmp/store-plain" "$tmp/store-tls" "$tmp/dst"
+  start_hauld plain
+  start_hauld tls
   if [[ " $pushers " == *" rsync "* ]]; then
     start_b "$tmp/rsync.log" rsync --daemon --no-detach --address "$addr" --port 873 \
       --config "$tmp/rsyncd.conf"
@@ -372,6 +367,33 @@ start_servers() { # max_n
     start_b "$tmp/ssh/sshd.log" /usr/sbin/sshd -D -e -f "$tmp/ssh/sshd_config"
     wait_port 22 "${pids[-1]}" || die "sshd did not start: $(tail -n 3 "$tmp/ssh/sshd.log")"
   fi
+}
+# hauld in side B, plaintext or over mutual TLS; its PID goes to
+# hauld_plain or hauld_tls.
+start_hauld() { # plain|tls
+  local log=$tmp/hauld-$1.log port=$plain_port sec=(--plaintext) pid
+  if [[ $1 == tls ]]; then
+    port=$tls_port
+    sec=(--tls-cert "$pki/server.crt" --tls-key "$pki/server.key" --tls-ca "$pki/ca.crt")
+  fi
+  start_b "$log" "$build/hauld" --listen "$addr:$port" --store "$tmp/store-$1" "${sec[@]}" \
+    --log-level warn
+  pid=${pids[-1]}
+  wait_port "$port" "$pid" || die "hauld ($1) did not start: $(tail -n 3 "$log")"
+  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == hauld ]] || die "PID $pid is not hauld's"
+  printf -v "hauld_$1" %s "$pid"
+}
+# On a shared machine something outside the run may end a hauld (a broad
+# pkill): before each row the hauld it needs is checked, and started again
+# when it has gone, which the notes under the table tell.
+check_hauld() { # plain|tls row
+  local var=hauld_$1 st=0
+  local pid=${!var}
+  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == hauld ]] && return 0
+  wait "$pid" 2>/dev/null || st=$?
+  notes+=("hauld ($1, PID $pid) had gone, exit status $st, before $2: started again")
+  say "  hauld ($1) had gone (exit status $st): starting it again"
+  start_hauld "$1"
 }
 stop_servers() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -505,6 +527,7 @@ run_profile() { # id
     row_stats_end
     ist="$rdq $rkd"
     say "  haul bench -P $n"
+    check_hauld plain "haul bench -P $n"
     hauld_peak_reset "$hauld_plain"
     row_stats_begin
     hb=$(haul_bench "$plain_port" "$secs" "$n" --plaintext)
@@ -514,12 +537,12 @@ run_profile() { # id
     hrss=$(hauld_peak "$hauld_plain")
     local ipv=- hbv=- rss=-
     if [[ $ip == fail* ]]; then
-      notes+=("iperf3 -P $n: ${ip#fail: }")
+      notes+=("failed: iperf3 -P $n: ${ip#fail: }")
     else
       ipv=$(calc %.3f "$ip * 1e9 / $div")
     fi
     if [[ $hb == fail* ]]; then
-      notes+=("haul bench -P $n: ${hb#fail: }")
+      notes+=("failed: haul bench -P $n: ${hb#fail: }")
     else
       read -r hb _ rss <<<"$hb"
       hbv=$(calc %.3f "$hb * 1e9 / $div")
@@ -533,6 +556,7 @@ run_profile() { # id
   done
   if ((auto)); then
     say "  haul bench -P auto"
+    check_hauld plain "haul bench -P auto"
     hauld_peak_reset "$hauld_plain"
     row_stats_begin
     hb=$(haul_bench "$plain_port" "$secs" auto --plaintext)
@@ -540,7 +564,7 @@ run_profile() { # id
     hst="$rdq $rkd"
     hrss=$(hauld_peak "$hauld_plain")
     if [[ $hb == fail* ]]; then
-      notes+=("haul bench -P auto: ${hb#fail: }")
+      notes+=("failed: haul bench -P auto: ${hb#fail: }")
       emit "| haul -P auto | | failed | | | | |"
     else
       local chose
@@ -552,13 +576,15 @@ run_profile() { # id
   fi
   if [[ -z $plain8 ]]; then
     say "  haul bench -P 8 (plaintext, for the TLS row)"
+    check_hauld plain "haul bench -P 8"
     hb=$(haul_bench "$plain_port" "$secs" 8 --plaintext)
-    if [[ $hb == fail* ]]; then notes+=("haul bench -P 8: ${hb#fail: }"); else
+    if [[ $hb == fail* ]]; then notes+=("failed: haul bench -P 8: ${hb#fail: }"); else
       plain8=${hb%% *}
       emit "| haul -P 8 | | $(calc %.3f "$plain8 * 1e9 / $div") | | | | |"
     fi
   fi
   say "  haul bench -P 8 over TLS"
+  check_hauld tls "haul bench -P 8 over TLS"
   hauld_peak_reset "$hauld_tls"
   row_stats_begin
   hb=$(haul_bench "$tls_port" "$secs" 8 "${tls_client[@]}")
@@ -566,7 +592,7 @@ run_profile() { # id
   hst="$rdq $rkd"
   hrss=$(hauld_peak "$hauld_tls")
   if [[ $hb == fail* ]]; then
-    notes+=("haul bench -P 8 over TLS: ${hb#fail: }")
+    notes+=("failed: haul bench -P 8 over TLS: ${hb#fail: }")
     emit "| haul -P 8, TLS 1.3 | | failed | | | | |"
   else
     read -r hb _ rss <<<"$hb"
@@ -590,7 +616,10 @@ run_profile() { # id
       say "  push: $p"
       row_stats_begin
       case $p in
-      haul) res=$(push_haul "$file" "$dir") ;;
+      haul)
+        check_hauld plain "haul push"
+        res=$(push_haul "$file" "$dir")
+        ;;
       socat) res=$(push_socat "$file") ;;
       rsync) res=$(push_rsync "$file") ;;
       scp) res=$(push_scp "$file") ;;
@@ -604,7 +633,7 @@ run_profile() { # id
       scp) label_p="scp (OpenSSH defaults)" ;;
       esac
       if [[ $res == fail* ]]; then
-        notes+=("$p push: ${res#fail: }")
+        notes+=("failed: $p push: ${res#fail: }")
         emit "| $label_p | failed | | ${res#fail: } | ${st% *} | $(flag "${st#* }") |"
       else
         read -r secs_taken check <<<"$res"
@@ -621,15 +650,15 @@ run_profile() { # id
   fi
   ((emulator_bound)) && emit "(!) kernel_drop > 0: the emulator could not keep up in these rows; they measured it, not the transport."
   local note
-  for note in "${notes[@]}"; do emit "- failed: $note"; done
+  for note in "${notes[@]}"; do emit "- $note"; done
   local errs
-  errs=$(grep -ahiE 'error|warn|refus|fail' "$tmp/hauld.log" "$tmp/hauld-tls.log" 2>/dev/null | grep -v 'listening on' | sort | uniq -c | sort -rn | head -n 5 || true)
+  errs=$(grep -ahiE 'error|warn|refus|fail' "$tmp/hauld-plain.log" "$tmp/hauld-tls.log" 2>/dev/null | grep -v 'listening on' | sort | uniq -c | sort -rn | head -n 5 || true)
   if [[ -n $errs ]]; then
     emit "- hauld said (count, line):"
     while IFS= read -r line; do emit "  - \`${line#"${line%%[![:space:]]*}"}\`"; done <<<"$errs"
   fi
   emit ""
-  : >"$tmp/hauld.log"
+  : >"$tmp/hauld-plain.log"
   : >"$tmp/hauld-tls.log"
   stop_servers
   "$wanem_dir/wanem-down" --kill "$name" >/dev/null 2>&1 || true
