@@ -14,7 +14,7 @@
 #   - memory to memory, iperf3 -P N beside haul bench -P N for each N, the
 #     same seconds each, neither omitting its warm-up; iperf3 takes at most
 #     128 streams, so above that several iperf3 clients run at once against
-#     as many servers and their received rates are added up;
+#     as many servers (see iperf_run for how their figures add up);
 #   - haul bench -P auto when the built haul accepts it, and -P 8 over
 #     mutual TLS 1.3 beside -P 8 in plaintext;
 #   - one file of SIZE (random) pushed with haul push (its default -P),
@@ -33,9 +33,9 @@
 # Knobs (environment):
 #   PROFILES="1 2 3 4"   which profiles
 #   NS="1 8 32 64 256 1000"   the connection counts N
-#   SECONDS=S            seconds per memory row (default 10, 20 at 200 ms)
+#   SECONDS=S            seconds per memory row (default 10, 15 at 200 ms)
 #   SIZE=1G              the pushed file (K, M, G); on a slow link capped
-#                        at 45 s of its line rate
+#                        at about 30 s of its line rate
 #   PUSHERS="haul socat rsync scp"   which pushes ("" for none)
 #   TCP_BUF=64MB         raise the namespaces' TCP buffers (default: no)
 #   QUEUE=8MB            wanem's bottleneck queue per direction
@@ -72,7 +72,7 @@ build=$(realpath "${1:-build}")
 
 # ---- the tools: installed when missing -------------------------------------
 deps=(iperf3:iperf3 socat:socat rsync:rsync /usr/sbin/sshd:openssh-server scp:openssh-client
-  ssh-keygen:openssh-client python3:python3 ip:iproute2 ss:iproute2 chrt:util-linux
+  ssh-keygen:openssh-client openssl:openssl python3:python3 ip:iproute2 ss:iproute2 chrt:util-linux
   cmp:diffutils timeout:coreutils /usr/bin/time:time cc:gcc)
 missing=()
 for d in "${deps[@]}"; do
@@ -124,7 +124,7 @@ profile() { # id
   case $1 in
   1) echo "50ms 1gbit 1000000000 0 9000 10" ;;
   2) echo "50ms 1gbit 1000000000 0.5% 9000 10" ;;
-  3) echo "200ms 1gbit 1000000000 0 9000 20" ;;
+  3) echo "200ms 1gbit 1000000000 0 9000 15" ;;
   4) echo "100ms 10mbit 10000000 0 1500 10" ;;
   *) die "PROFILES: unknown profile '$1' (1 2 3 4)" ;;
   esac
@@ -145,7 +145,11 @@ tmp=$(mktemp -d "${TMPDIR:-/dev/shm}/haul-wan.XXXXXX")
 name=hw$$
 ns_a=$name-a
 ns_b=$name-b
-addr=10.77.0.2
+# Addresses and ports of the run's own, not wanem's defaults, so that a
+# kill aimed at another emulated link's daemons by their command line
+# spares these.
+addr_a=10.79.0.1
+addr=10.79.0.2
 pids=()
 hauld_plain=
 hauld_tls=
@@ -225,34 +229,49 @@ hauld_peak() { awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$1/status" 2>/dev
 # ---- the runs ----------------------------------------------------------------
 iperf_base=5201
 iperf_max=128
-# iperf3 -P N as ceil(N/128) clients at once; prints the sum of what the
-# servers received in Gbit/s, or "fail: why".
+# iperf3 -P N as ceil(N/128) clients at once; prints what the servers
+# received in Gbit/s, or "fail: why". One client's figure is its own. The
+# clients of one row do not start together (each connects its streams one
+# after the other, and a lost SYN costs a second), so adding up their rates
+# would count the link twice while some run alone: their bytes are added
+# up and divided by the time from the first one's start to the last one's
+# end instead, each one's end taken from the clock when it exits.
 iperf_run() { # n secs
   local n=$1 secs=$2 k i s cpids=()
   k=$(((n + iperf_max - 1) / iperf_max))
   for ((i = 0; i < k; i++)); do
     s=$((n / k + (i < n % k ? 1 : 0)))
-    in_a timeout --foreground -k 5 $((secs * 3 + 120)) iperf3 -c "$addr" -p $((iperf_base + i)) -P "$s" \
-      -t "$secs" -i 0 -J >"$tmp/iperf.$i.json" 2>&1 &
+    (
+      in_a timeout --foreground -k 5 $((secs * 3 + 120)) iperf3 -c "$addr" \
+        -p $((iperf_base + i)) -P "$s" -t "$secs" -i 0 -J >"$tmp/iperf.$i.json" 2>&1 || true
+      now >"$tmp/iperf.$i.end"
+    ) &
     cpids+=($!)
   done
   for p in "${cpids[@]}"; do wait "$p" || true; done
   python3 - "$tmp" "$k" <<'PY'
 import json, sys
 tmp, k = sys.argv[1], int(sys.argv[2])
-total = 0.0
+total, starts, ends = 0, [], []
 for i in range(k):
     try:
         with open("%s/iperf.%d.json" % (tmp, i)) as f:
             j = json.load(f)
-    except Exception as e:
+        end = float(open("%s/iperf.%d.end" % (tmp, i)).read())
+    except Exception:
         print("fail: client %d: no report" % i)
         sys.exit()
     if "error" in j:
         print("fail: " + j["error"])
         sys.exit()
-    total += j["end"]["sum_received"]["bits_per_second"]
-print("%.4f" % (total / 1e9))
+    r = j["end"]["sum_received"]
+    if k == 1:
+        print("%.6f" % (r["bits_per_second"] / 1e9))
+        sys.exit()
+    total += r["bytes"]
+    starts.append(end - r["seconds"])
+    ends.append(end)
+print("%.6f" % (total * 8 / (max(ends) - min(starts)) / 1e9))
 PY
 }
 
@@ -271,7 +290,8 @@ haul_bench() { # port secs conns [client args...]
 import json, sys
 j = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 rss = open(sys.argv[2]).read().split()[-1]
-print("%.4f %s %d" % (j["gbit_per_s"], j.get("connections", "?"), int(rss) // 1024))
+gbit = j["bytes"] * 8 / j["seconds"] / 1e9 if j["seconds"] > 0 else 0
+print("%.6f %s %d" % (gbit, j.get("connections", "?"), int(rss) // 1024))
 PY
 }
 
@@ -402,8 +422,8 @@ stop_servers() {
 }
 
 # ---- what every profile shares ----------------------------------------------
-plain_port=7000
-tls_port=7001
+plain_port=7900
+tls_port=7901
 pki=$tmp/pki
 {
   "$build/haul" cert ca "$pki"
@@ -452,7 +472,11 @@ make_file() { # bytes -> dir holding big.bin
   if [[ ! -f $d/big.bin ]]; then
     mkdir -p "$d"
     say "making a random file of $(($1 >> 20)) MiB"
-    head -c "$1" /dev/urandom >"$d/big.bin"
+    # AES-CTR of zeros under a random key: as incompressible as
+    # /dev/urandom, many times faster on a loaded machine.
+    openssl enc -aes-128-ctr -nosalt -pbkdf2 -pass "pass:$RANDOM$RANDOM$RANDOM" </dev/zero 2>/dev/null |
+      head -c "$1" >"$d/big.bin" || true
+    (($(stat -c %s "$d/big.bin") == $1)) || die "could not make a file of $1 bytes in $d"
   fi
   echo "$d"
 }
@@ -477,7 +501,7 @@ else
   emit "- TCP buffers: the host's defaults, untuned (tcp_wmem max $((wmem >> 20)) MiB, tcp_rmem max $((rmem >> 20)) MiB): haul has to fill the link without tuning"
 fi
 emit "- link: wanem (userspace, $wanem_dir) between namespaces A (senders) and B (servers), --rt-prio 10, queue $queue per direction, congestion control $(sysctl -n net.ipv4.tcp_congestion_control)"
-emit "- iperf3 -P N above $iperf_max: ceil(N/$iperf_max) iperf3 clients at once, each against its own server, streams split evenly, received rates added"
+emit "- iperf3 -P N above $iperf_max: ceil(N/$iperf_max) iperf3 clients at once, each against its own server, streams split evenly; the bytes their servers received, over the time from the first client's start to the last one's end (they do not start together)"
 emit "- memory rows: iperf3 \`-c B -P N -t S -i 0 -J\` (received rate) beside \`haul bench --plaintext -P N -t S --json haul://B:$plain_port\` (acknowledged bytes / time to the last acknowledgement), no warm-up omitted by either"
 emit "- pushes: wall clock of the whole command to a fresh destination; haul push --plaintext DIR haul://B:$plain_port/wan then haul verify; socat -u FILE:F TCP:B:6000 into socat -u TCP-LISTEN:6000 CREATE:F; rsync F rsync://B/bench/ (rsync --daemon); scp -q F root@B:F (sshd of the run's own, OpenSSH defaults); each but haul checked with cmp"
 emit "- drop_queue: packets the bottleneck queue dropped (TCP's congestion signal); kernel_drop: packets the emulator was too slow to read: a row with kernel_drop > 0 measured the emulator, not the transport (marked (!))"
@@ -492,15 +516,16 @@ run_profile() { # id
   if ((rate_bps >= 1000000000)); then unit=Gbit/s div=1e9; else unit=Mbit/s div=1e6; fi
   label="${rtt%ms} ms RTT, $(calc %g "$rate_bps / $div") $unit, MTU $mtu"
   [[ $loss == 0 ]] || label="$label, $loss loss each way"
-  # The file: SIZE, at most 45 s of line rate.
-  local psize=$size_bytes cap=$((rate_bps * 45 / 8 >> 20 << 20))
+  # The file: SIZE, at most about 30 s of line rate.
+  local psize=$size_bytes cap=$((rate_bps * 32 / 8 >> 20 << 20))
   ((psize <= cap)) || psize=$cap
   # A push gets ten times its line-rate time and two minutes.
   push_limit=$((psize * 80 / rate_bps + 120))
   emulator_bound=0
 
   say "profile $id: $label"
-  local up=(--rtt "$rtt" --rate "$rate" --loss "$loss" --mtu "$mtu" --queue "$queue" --rt-prio 10)
+  local up=(--rtt "$rtt" --rate "$rate" --loss "$loss" --mtu "$mtu" --queue "$queue" --rt-prio 10
+    --addr-a "$addr_a" --addr-b "$addr")
   [[ $loss != 0 ]] && up+=(--seed 1)
   [[ -n $tcp_buf ]] && up+=(--tcp-buf "$tcp_buf")
   "$wanem_dir/wanem-up" "$name" "${up[@]}" >"$tmp/wanem-up.log" 2>&1 ||
@@ -652,7 +677,7 @@ run_profile() { # id
   local note
   for note in "${notes[@]}"; do emit "- $note"; done
   local errs
-  errs=$(grep -ahiE 'error|warn|refus|fail' "$tmp/hauld-plain.log" "$tmp/hauld-tls.log" 2>/dev/null | grep -v 'listening on' | sort | uniq -c | sort -rn | head -n 5 || true)
+  errs=$(grep -ahiE 'error|warn|refus|fail' "$tmp/hauld-plain.log" "$tmp/hauld-tls.log" 2>/dev/null | grep -v 'listening on' | sed 's/^[0-9T:.-]*Z //' | sort | uniq -c | sort -rn | head -n 5 || true)
   if [[ -n $errs ]]; then
     emit "- hauld said (count, line):"
     while IFS= read -r line; do emit "  - \`${line#"${line%%[![:space:]]*}"}\`"; done <<<"$errs"
