@@ -33,7 +33,7 @@
 # Knobs (environment):
 #   PROFILES="1 2 3 4"   which profiles
 #   NS="1 8 32 64 256 1000"   the connection counts N
-#   SECONDS=S            seconds per memory row (default 10, 15 at 200 ms)
+#   SECONDS=S            seconds per memory row (default 10, 12 at 200 ms)
 #   SIZE=1G              the pushed file (K, M, G); on a slow link capped
 #                        at about 30 s of its line rate
 #   PUSHERS="haul socat rsync scp"   which pushes ("" for none)
@@ -124,7 +124,7 @@ profile() { # id
   case $1 in
   1) echo "50ms 1gbit 1000000000 0 9000 10" ;;
   2) echo "50ms 1gbit 1000000000 0.5% 9000 10" ;;
-  3) echo "200ms 1gbit 1000000000 0 9000 15" ;;
+  3) echo "200ms 1gbit 1000000000 0 9000 12" ;;
   4) echo "100ms 10mbit 10000000 0 1500 10" ;;
   *) die "PROFILES: unknown profile '$1' (1 2 3 4)" ;;
   esac
@@ -137,7 +137,9 @@ auto=0
 rc=0
 timeout 20 "$build/haul" bench -P auto --timeout 1 haul://127.0.0.1:1 >/dev/null 2>&1 || rc=$?
 ((rc != 1)) && auto=1
-push_default=$("$build/haul" --help 2>&1 | sed -n 's/.*--connections.*(default \([^)]*\)).*/\1/p' | head -1)
+# haul push's default -P, as its help says it (the text may wrap).
+push_default=$("$build/haul" --help 2>&1 | tr -s ' \n' ' ' |
+  sed -n 's/.*-P, --connections[^(]*(default \([A-Za-z0-9]*\).*/\1/p')
 
 # ---- state and teardown -----------------------------------------------------
 ulimit -n "$(ulimit -Hn)"
@@ -151,6 +153,7 @@ ns_b=$name-b
 addr_a=10.79.0.1
 addr=10.79.0.2
 pids=()
+iperf_pids=()
 hauld_plain=
 hauld_tls=
 made_run_sshd=0
@@ -275,7 +278,9 @@ print("%.6f" % (total * 8 / (max(ends) - min(starts)) / 1e9))
 PY
 }
 
-# haul bench; prints "Gbit/s connections rss_mib" or "fail: why".
+# haul bench; prints "Gbit/s connections peak rss_mib" or "fail: why";
+# connections is what the client used as the sending ended, peak the most
+# it had at once (the same as connections for a build without -P auto).
 haul_bench() { # port secs conns [client args...]
   local port=$1 secs=$2 conns=$3 rc=0
   shift 3
@@ -291,7 +296,8 @@ import json, sys
 j = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 rss = open(sys.argv[2]).read().split()[-1]
 gbit = j["bytes"] * 8 / j["seconds"] / 1e9 if j["seconds"] > 0 else 0
-print("%.6f %s %d" % (gbit, j.get("connections", "?"), int(rss) // 1024))
+conns = j.get("connections", "?")
+print("%.6f %s %s %d" % (gbit, conns, j.get("connections_peak", conns), int(rss) // 1024))
 PY
 }
 
@@ -317,6 +323,8 @@ try:
 except Exception:
     ver = {}
 conns = push.get("connections")
+if conns and push.get("connections_peak", conns) != conns:
+    conns = "%s,peak:%s" % (conns, push["connections_peak"])
 if push.get("bytes") != size or push.get("files") != 1:
     print("fail: pushed %s bytes in %s files, not %d in 1" % (push.get("bytes"), push.get("files"), size))
 elif rc or not ver.get("ok") or ver.get("bytes") != size:
@@ -370,10 +378,8 @@ push_check() { # file t0 t1 rc log
 start_servers() { # max_n
   local i k
   k=$((($1 + iperf_max - 1) / iperf_max))
-  for ((i = 0; i < k; i++)); do
-    start_b "$tmp/iperf3.log" iperf3 -s -p $((iperf_base + i))
-    wait_port $((iperf_base + i)) "${pids[-1]}" || die "iperf3 -s did not start ($tmp/iperf3.log)"
-  done
+  iperf_pids=()
+  for ((i = 0; i < k; i++)); do start_iperf_server "$i"; done
   rm -rf "$tmp/store-plain" "$tmp/store-tls" "$tmp/dst"
   mkdir -p "$tmp/store-plain" "$tmp/store-tls" "$tmp/dst"
   start_hauld plain
@@ -387,6 +393,25 @@ start_servers() { # max_n
     start_b "$tmp/ssh/sshd.log" /usr/sbin/sshd -D -e -f "$tmp/ssh/sshd_config"
     wait_port 22 "${pids[-1]}" || die "sshd did not start: $(tail -n 3 "$tmp/ssh/sshd.log")"
   fi
+}
+start_iperf_server() { # index
+  start_b "$tmp/iperf3.log" iperf3 -s -p $((iperf_base + $1))
+  iperf_pids[$1]=${pids[-1]}
+  wait_port $((iperf_base + $1)) "${iperf_pids[$1]}" || die "iperf3 -s did not start ($tmp/iperf3.log)"
+}
+# On a shared machine something outside the run may end a server (a broad
+# pkill): before each row the servers it needs are checked, and started
+# again when gone, which the notes under the table tell.
+check_iperf_servers() { # row
+  local i st
+  for i in "${!iperf_pids[@]}"; do
+    [[ $(cat "/proc/${iperf_pids[$i]}/comm" 2>/dev/null) == iperf3 ]] && continue
+    st=0
+    wait "${iperf_pids[$i]}" 2>/dev/null || st=$?
+    notes+=("iperf3 -s -p $((iperf_base + i)) (PID ${iperf_pids[$i]}) had gone, exit status $st, before $1: started again")
+    say "  iperf3 -s -p $((iperf_base + i)) had gone (exit status $st): starting it again"
+    start_iperf_server "$i"
+  done
 }
 # hauld in side B, plaintext or over mutual TLS; its PID goes to
 # hauld_plain or hauld_tls.
@@ -403,9 +428,7 @@ start_hauld() { # plain|tls
   [[ $(cat "/proc/$pid/comm" 2>/dev/null) == hauld ]] || die "PID $pid is not hauld's"
   printf -v "hauld_$1" %s "$pid"
 }
-# On a shared machine something outside the run may end a hauld (a broad
-# pkill): before each row the hauld it needs is checked, and started again
-# when it has gone, which the notes under the table tell.
+# The same for hauld.
 check_hauld() { # plain|tls row
   local var=hauld_$1 st=0
   local pid=${!var}
@@ -486,8 +509,13 @@ human_size() { # bytes
 
 # ---- the header ----------------------------------------------------------------
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo "?")
-git -C "$repo" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+# The commit haul was built from: the build directory's source tree.
+src=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$build/CMakeCache.txt" 2>/dev/null || true)
+if commit=$(git -C "${src:-$repo}" rev-parse --short HEAD 2>/dev/null); then
+  git -C "${src:-$repo}" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+else
+  commit="from ${src:-an unknown source tree} (not a git tree)"
+fi
 wmem=$(sysctl -n net.ipv4.tcp_wmem | awk '{print $3}')
 rmem=$(sysctl -n net.ipv4.tcp_rmem | awk '{print $3}')
 emit "# haul across emulated long links (bench/wan.sh)"
@@ -547,6 +575,7 @@ run_profile() { # id
   local n ip hb ist hst ratio best=0 bestn='' plain8='' notes=()
   for n in $ns_list; do
     say "  iperf3 -P $n"
+    check_iperf_servers "iperf3 -P $n"
     row_stats_begin
     ip=$(iperf_run "$n" "$secs")
     row_stats_end
@@ -569,7 +598,7 @@ run_profile() { # id
     if [[ $hb == fail* ]]; then
       notes+=("failed: haul bench -P $n: ${hb#fail: }")
     else
-      read -r hb _ rss <<<"$hb"
+      read -r hb _ _ rss <<<"$hb"
       hbv=$(calc %.3f "$hb * 1e9 / $div")
       [[ $n == 8 ]] && plain8=$hb
       if awk -v a="$hb" -v b="$best" 'BEGIN { exit !(a > b) }'; then best=$hb bestn=$n; fi
@@ -592,11 +621,11 @@ run_profile() { # id
       notes+=("failed: haul bench -P auto: ${hb#fail: }")
       emit "| haul -P auto | | failed | | | | |"
     else
-      local chose
-      read -r hb chose rss <<<"$hb"
+      local chose peak
+      read -r hb chose peak rss <<<"$hb"
       ratio=-
       [[ -n $bestn ]] && ratio="$(calc %.2fx "$hb / $best") of the best fixed (-P $bestn)"
-      emit "| haul -P auto (chose $chose) | | $(calc %.3f "$hb * 1e9 / $div") | $ratio | ${hst% *} | $(flag "${hst#* }") | $rss / $hrss |"
+      emit "| haul -P auto (ended with $chose, at most $peak) | | $(calc %.3f "$hb * 1e9 / $div") | $ratio | ${hst% *} | $(flag "${hst#* }") | $rss / $hrss |"
     fi
   fi
   if [[ -z $plain8 ]]; then
@@ -620,7 +649,7 @@ run_profile() { # id
     notes+=("failed: haul bench -P 8 over TLS: ${hb#fail: }")
     emit "| haul -P 8, TLS 1.3 | | failed | | | | |"
   else
-    read -r hb _ rss <<<"$hb"
+    read -r hb _ _ rss <<<"$hb"
     ratio=-
     [[ -n $plain8 ]] && ratio="$(calc %.2fx "$hb / $plain8") of plaintext -P 8"
     emit "| haul -P 8, TLS 1.3 | | $(calc %.3f "$hb * 1e9 / $div") | $ratio | ${hst% *} | $(flag "${hst#* }") | $rss / $hrss |"
@@ -663,7 +692,8 @@ run_profile() { # id
       else
         read -r secs_taken check <<<"$res"
         if [[ $check == *chose:* ]]; then
-          label_p="haul push (default -P ${push_default:-?}: chose ${check##*chose:})"
+          label_p="haul push (default -P ${push_default:-?}: ended with ${check##*chose:})"
+          label_p=${label_p/,peak:/, at most }
           check=${check%%,chose:*}
         fi
         emit "| $label_p | $(calc %.3f "$psize * 8 / $secs_taken / $div") | $(calc %.0f%% "$psize * 8 / $secs_taken / $rate_bps * 100") | $check | ${st% *} | $(flag "${st#* }") |"
