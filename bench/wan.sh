@@ -135,7 +135,7 @@ for p in $profiles; do profile "$p" >/dev/null; done
 # comes at once, an accepted count fails later to reach a closed port.
 auto=0
 rc=0
-timeout 20 "$build/haul" bench -P auto --timeout 1 haul://127.0.0.1:1 >/dev/null 2>&1 || rc=$?
+timeout 20 "$build/haul" bench -P auto --plaintext --timeout 1 haul://127.0.0.1:1 >/dev/null 2>&1 || rc=$?
 ((rc != 1)) && auto=1
 # haul push's default -P, as its help says it (the text may wrap).
 push_default=$("$build/haul" --help 2>&1 | tr -s ' \n' ' ' |
