@@ -28,7 +28,7 @@
 # fill them without tuning. TCP_BUF=64MB raises tcp_rmem/tcp_wmem inside
 # the namespaces instead (wanem-up --tcp-buf), and the table says so.
 #
-#   bench/wan.sh [BUILD_DIR]             (root; about 20 minutes)
+#   bench/wan.sh [BUILD_DIR]      (root; about 30 minutes, see bench/README.md)
 #
 # Knobs (environment):
 #   PROFILES="1 2 3 4"   which profiles
@@ -278,9 +278,12 @@ print("%.6f" % (total * 8 / (max(ends) - min(starts)) / 1e9))
 PY
 }
 
-# haul bench; prints "Gbit/s connections peak rss_mib" or "fail: why";
-# connections is what the client used as the sending ended, peak the most
-# it had at once (the same as connections for a build without -P auto).
+# haul bench; prints "Gbit/s connections peak rss_mib seconds" or "fail:
+# why"; connections is what the client used as the sending ended, peak the
+# most it had at once (the same as connections for a build without -P
+# auto), seconds the time to the last acknowledgement: haul bench sends
+# for -t seconds and then waits for what it queued, which on a slow link
+# takes as long as its output queue holds.
 haul_bench() { # port secs conns [client args...]
   local port=$1 secs=$2 conns=$3 rc=0
   shift 3
@@ -297,7 +300,8 @@ j = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 rss = open(sys.argv[2]).read().split()[-1]
 gbit = j["bytes"] * 8 / j["seconds"] / 1e9 if j["seconds"] > 0 else 0
 conns = j.get("connections", "?")
-print("%.6f %s %s %d" % (gbit, conns, j.get("connections_peak", conns), int(rss) // 1024))
+print("%.6f %s %s %d %.1f" % (gbit, conns, j.get("connections_peak", conns), int(rss) // 1024,
+                            j["seconds"]))
 PY
 }
 
@@ -530,7 +534,7 @@ else
 fi
 emit "- link: wanem (userspace, $wanem_dir) between namespaces A (senders) and B (servers), --rt-prio 10, queue $queue per direction, congestion control $(sysctl -n net.ipv4.tcp_congestion_control)"
 emit "- iperf3 -P N above $iperf_max: ceil(N/$iperf_max) iperf3 clients at once, each against its own server, streams split evenly; the bytes their servers received, over the time from the first client's start to the last one's end (they do not start together)"
-emit "- memory rows: iperf3 \`-c B -P N -t S -i 0 -J\` (received rate) beside \`haul bench --plaintext -P N -t S --json haul://B:$plain_port\` (acknowledged bytes / time to the last acknowledgement), no warm-up omitted by either"
+emit "- memory rows: iperf3 \`-c B -P N -t S -i 0 -J\` (received rate) beside \`haul bench --plaintext -P N -t S --json haul://B:$plain_port\` (acknowledged bytes / time to the last acknowledgement), no warm-up omitted by either; haul bench waits after its S seconds for what it queued, so on a slow link its rate covers longer, shown as (over T s)"
 emit "- pushes: wall clock of the whole command to a fresh destination; haul push --plaintext DIR haul://B:$plain_port/wan then haul verify; socat -u FILE:F TCP:B:6000 into socat -u TCP-LISTEN:6000 CREATE:F; rsync F rsync://B/bench/ (rsync --daemon); scp -q F root@B:F (sshd of the run's own, OpenSSH defaults); each but haul checked with cmp"
 emit "- drop_queue: packets the bottleneck queue dropped (TCP's congestion signal); kernel_drop: packets the emulator was too slow to read: a row with kernel_drop > 0 measured the emulator, not the transport (marked (!))"
 emit "- RSS: peak resident memory of the haul client (GNU time) and of hauld during the row (VmHWM after clear_refs)"
@@ -572,7 +576,7 @@ run_profile() { # id
   emit ""
   emit "| memory to memory | iperf3 $unit | haul $unit | haul/iperf3 | drop_queue iperf3/haul | kernel_drop iperf3/haul | RSS haul/hauld MiB |"
   emit "|---|---:|---:|---:|---:|---:|---:|"
-  local n ip hb ist hst ratio best=0 bestn='' plain8='' notes=()
+  local n ip hb hs ist hst ratio best=0 bestn='' plain8='' notes=()
   for n in $ns_list; do
     say "  iperf3 -P $n"
     check_iperf_servers "iperf3 -P $n"
@@ -598,8 +602,8 @@ run_profile() { # id
     if [[ $hb == fail* ]]; then
       notes+=("failed: haul bench -P $n: ${hb#fail: }")
     else
-      read -r hb _ _ rss <<<"$hb"
-      hbv=$(calc %.3f "$hb * 1e9 / $div")
+      read -r hb _ _ rss hs <<<"$hb"
+      hbv=$(haul_cell "$hb" "$hs")
       [[ $n == 8 ]] && plain8=$hb
       if awk -v a="$hb" -v b="$best" 'BEGIN { exit !(a > b) }'; then best=$hb bestn=$n; fi
     fi
@@ -622,10 +626,10 @@ run_profile() { # id
       emit "| haul -P auto | | failed | | | | |"
     else
       local chose peak
-      read -r hb chose peak rss <<<"$hb"
+      read -r hb chose peak rss hs <<<"$hb"
       ratio=-
       [[ -n $bestn ]] && ratio="$(calc %.2fx "$hb / $best") of the best fixed (-P $bestn)"
-      emit "| haul -P auto (ended with $chose, at most $peak) | | $(calc %.3f "$hb * 1e9 / $div") | $ratio | ${hst% *} | $(flag "${hst#* }") | $rss / $hrss |"
+      emit "| haul -P auto (ended with $chose, at most $peak) | | $(haul_cell "$hb" "$hs") | $ratio | ${hst% *} | $(flag "${hst#* }") | $rss / $hrss |"
     fi
   fi
   if [[ -z $plain8 ]]; then
@@ -649,10 +653,10 @@ run_profile() { # id
     notes+=("failed: haul bench -P 8 over TLS: ${hb#fail: }")
     emit "| haul -P 8, TLS 1.3 | | failed | | | | |"
   else
-    read -r hb _ _ rss <<<"$hb"
+    read -r hb _ _ rss hs <<<"$hb"
     ratio=-
     [[ -n $plain8 ]] && ratio="$(calc %.2fx "$hb / $plain8") of plaintext -P 8"
-    emit "| haul -P 8, TLS 1.3 | | $(calc %.3f "$hb * 1e9 / $div") | $ratio | ${hst% *} | $(flag "${hst#* }") | $rss / $hrss |"
+    emit "| haul -P 8, TLS 1.3 | | $(haul_cell "$hb" "$hs") | $ratio | ${hst% *} | $(flag "${hst#* }") | $rss / $hrss |"
   fi
   emit ""
 
@@ -719,6 +723,14 @@ run_profile() { # id
   "$wanem_dir/wanem-down" --kill "$name" >/dev/null 2>&1 || true
 }
 flag() { (($1 > 0)) && echo "$1 (!)" || echo "$1"; }
+# haul's rate in the profile's unit, and its time to the last
+# acknowledgement when that is well past the row's seconds.
+haul_cell() { # gbit seconds
+  local v
+  v=$(calc %.3f "$1 * 1e9 / $div")
+  if awk -v t="$2" -v s="$secs" 'BEGIN { exit !(t > 1.2 * s) }'; then v="$v (over $(calc %.0f "$2") s)"; fi
+  echo "$v"
+}
 
 start=$(now)
 for id in $profiles; do run_profile "$id"; done
