@@ -90,8 +90,7 @@ TEST(unsent_bytes_are_limited_on_long_links_only)
 }
 
 /*
- * One connection of two takes its share of a 16 MiB message (64 chunks:
- * more than the other can take before it has its turn) and writes
+ * One connection of two takes a chunk of a 16 MiB message and writes
  * none of it. The other connection delivers its own chunks; then, the
  * message holding up the window, the stuck chunks go again on it, and
  * the message is acknowledged while the first connection still holds
@@ -104,13 +103,24 @@ TEST(chunks_stuck_on_a_connection_go_again_on_another)
     wan l;
     link_open(&l, 2, 1, 64 * MIB);
     CHECK_EQ(pipe_up(&l, cs, 2), 2);
+    /* Connection 1 waits, frozen, until connection 0 has taken a chunk
+     * (it joins the active set as it takes one). */
     CHECK_OK(haul__debug_freeze(l.st.session, 0, 2));
+    CHECK_OK(haul__debug_freeze(l.st.session, 1, 1));
 
     uint8_t *buf = malloc(16 * MIB);
     CHECK(buf != NULL);
     fill_pattern(buf, 16 * MIB, 1);
     CHECK_OK(stream_send(&l.st, buf, 16 * MIB));
     int64_t deadline = now_ms() + TRANSFER_WAIT_MS;
+    for (;;) {
+        CHECK_EQ(haul_pipe_stats(l.st.session, cs, 2), 2);
+        if (cs[0].active)
+            break;
+        CHECK_LT(now_ms(), deadline);
+        stream_pump(l.client, 5);
+    }
+    CHECK_OK(haul__debug_freeze(l.st.session, 1, 0));
     while (l.st.acked < 1) {
         CHECK_LT(now_ms(), deadline);
         stream_pump(l.client, 50);
