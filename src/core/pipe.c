@@ -1133,8 +1133,12 @@ void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
     int expired = 0;
     if (pipe->ever_joined && pipe->joined == 0 && pipe->empty_since &&
         now - pipe->empty_since > (int64_t)e->config.message_timeout_ms) {
-        haul__log(e, HAUL_LOG_WARN, "pipe %s: no connection for %u ms; failing its sessions",
-                  pipe->destination ? pipe->destination : "(server)", e->config.message_timeout_ms);
+        /* A server pipe whose sessions all ended in order only waited
+         * for late frames of them: nothing failed, nothing to say. */
+        if (!haul__list_empty(&pipe->sessions))
+            haul__log(e, HAUL_LOG_WARN, "pipe %s: no connection for %u ms; failing its sessions",
+                      pipe->destination ? pipe->destination : "(server)",
+                      e->config.message_timeout_ms);
         fail_sessions(pipe, HAUL_ECONNRESET);
         /* The timer goes on: a session made on the pipe meanwhile may owe
          * the peer a frame by the time it expires again (the ABORT of its
