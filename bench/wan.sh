@@ -281,9 +281,8 @@ PY
 # haul bench; prints "Gbit/s connections peak rss_mib seconds" or "fail:
 # why"; connections is what the client used as the sending ended, peak the
 # most it had at once (the same as connections for a build without -P
-# auto), seconds the time to the last acknowledgement: haul bench sends
-# for -t seconds and then waits for what it queued, which on a slow link
-# takes as long as its output queue holds.
+# auto), seconds the time its rate covers: haul bench counts what was
+# acknowledged within -t seconds, as iperf3 counts what arrived.
 haul_bench() { # port secs conns [client args...]
   local port=$1 secs=$2 conns=$3 rc=0
   shift 3
@@ -534,7 +533,7 @@ else
 fi
 emit "- link: wanem (userspace, $wanem_dir) between namespaces A (senders) and B (servers), --rt-prio 10, queue $queue per direction, congestion control $(sysctl -n net.ipv4.tcp_congestion_control)"
 emit "- iperf3 -P N above $iperf_max: ceil(N/$iperf_max) iperf3 clients at once, each against its own server, streams split evenly; the bytes their servers received, over the time from the first client's start to the last one's end (they do not start together)"
-emit "- memory rows: iperf3 \`-c B -P N -t S -i 0 -J\` (received rate) beside \`haul bench --plaintext -P N -t S --json haul://B:$plain_port\` (acknowledged bytes / time to the last acknowledgement), no warm-up omitted by either; haul bench waits after its S seconds for what it queued, so on a slow link its rate covers longer, shown as (over T s)"
+emit "- memory rows: iperf3 \`-c B -P N -t S -i 0 -J\` (received rate) beside \`haul bench --plaintext -P N -t S --json haul://B:$plain_port\` (bytes acknowledged within the S seconds / S), no warm-up omitted by either"
 emit "- pushes: wall clock of the whole command to a fresh destination; haul push --plaintext DIR haul://B:$plain_port/wan then haul verify; socat -u FILE:F TCP:B:6000 into socat -u TCP-LISTEN:6000 CREATE:F; rsync F rsync://B/bench/ (rsync --daemon); scp -q F root@B:F (sshd of the run's own, OpenSSH defaults); each but haul checked with cmp"
 emit "- drop_queue: packets the bottleneck queue dropped (TCP's congestion signal); kernel_drop: packets the emulator was too slow to read: a row with kernel_drop > 0 measured the emulator, not the transport (marked (!))"
 emit "- RSS: peak resident memory of the haul client (GNU time) and of hauld during the row (VmHWM after clear_refs)"

@@ -751,14 +751,14 @@ static void on_pipe_event(request *r, const haul_event *ev)
                                             : haul_strerror(ev->error));
 }
 
-/* A request whose client hauld watches: one that runs, or a push taken
- * over that waits for its client to read why; and whose pipe is down.
- * Other requests than pushes hold no dataset, but a client gone for good
- * (a bench stopped with data still on its way, a killed pull) would keep
- * them, and a shutdown waiting for them, for the whole message timeout. */
+/* A request whose pipe is down. A push holds its dataset, but any
+ * request whose client is gone for good (a bench stopped with data still
+ * on its way, a killed pull, a client that left before it read the
+ * result it was sent) would be kept, and a shutdown would wait for it,
+ * for the whole message timeout. */
 static int gone_watched(const request *r)
 {
-    return (!r->finishing || r->abandoned) && r->pipe_down_since_ms != 0;
+    return r->pipe_down_since_ms != 0;
 }
 
 /* Ends the requests whose client has been gone for the grace period. */
@@ -773,7 +773,7 @@ static void end_gone_pushes(server *srv)
         if (r->abandoned)
             request_abort(r, "the client of the push taken over has had no connection for %d s",
                           PUSH_GRACE_MS / 1000);
-        else if (r->req.op != HSP_PUSH)
+        else if (r->req.op != HSP_PUSH || r->finishing)
             request_abort(r, "its client has had no connection for %d s: it is gone",
                           PUSH_GRACE_MS / 1000);
         else
