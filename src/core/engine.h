@@ -173,6 +173,9 @@ struct haul_session {
      * its answer before sending it again (HAUL__SYNC_REPEAT_MS, doubling). */
     int64_t sync_written_at;
     unsigned sync_repeat_ms;
+    /* The same for a FIN without its FIN_ACK (SENDING_FIN). */
+    int64_t fin_written_at;
+    unsigned fin_repeat_ms;
     int64_t close_deadline;
 
     /* Control frames to send and the list of sessions that have some. */

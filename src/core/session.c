@@ -1307,6 +1307,10 @@ void haul__session_ctl_written(haul_session *s, int type)
         s->sync_written_at = haul__now_ms();
         if (s->sync_repeat_ms == 0)
             s->sync_repeat_ms = HAUL__SYNC_REPEAT_MS;
+    } else if (type == HAUL__F_FIN && s->state == CE_SS_SENDING_FIN) {
+        s->fin_written_at = haul__now_ms();
+        if (s->fin_repeat_ms == 0)
+            s->fin_repeat_ms = HAUL__SYNC_REPEAT_MS;
     } else if (type == HAUL__F_SYNC_ACK && s->state == CE_SS_SENDING_APP_SESSION_ACK)
         haul__session_enter(s, SEV_ACCEPT_WRITTEN);
     else if (type == HAUL__F_ABORT)
@@ -1472,6 +1476,19 @@ void haul__session_sweep(haul_session *s, int64_t now)
                                 : s->sync_repeat_ms * 2;
         haul__session_enter(s, SEV_SYNC_UNANSWERED);
         haul__session_want(s, HAUL__PEND_SYNC);
+    }
+    /* Likewise a FIN whose FIN_ACK does not come: the peer answers a
+     * repeated FIN, also once the session has left its table (section
+     * 9.3). */
+    if (s->state == CE_SS_SENDING_FIN && s->fin_written_at &&
+        now - s->fin_written_at >= (int64_t)s->fin_repeat_ms) {
+        haul__log(s->engine, HAUL_LOG_DEBUG, "session %u: no answer to its FIN in %u ms; again",
+                  s->id, s->fin_repeat_ms);
+        s->fin_repeat_ms = s->fin_repeat_ms * 2 > HAUL__SYNC_REPEAT_MAX_MS
+                               ? HAUL__SYNC_REPEAT_MAX_MS
+                               : s->fin_repeat_ms * 2;
+        s->fin_written_at = 0;
+        haul__session_want(s, HAUL__PEND_FIN);
     }
     if ((s->state == CE_SS_APP_CLOSE_SESSION || s->state == CE_SS_SENDING_FIN) &&
         s->close_deadline <= now && haul__list_empty(&s->outq))
