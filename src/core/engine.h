@@ -717,9 +717,10 @@ int haul__debug_break_conn(haul_session *s, unsigned index);
  * fill. Thawing makes it read and write again. Returns 0, or HAUL_EINVAL
  * when there is no such connection. */
 int haul__debug_freeze(haul_session *s, int index, int frozen);
-/* Test hook: frozen 2 makes the connection take its next batch of frames
- * from the dispatcher and write none of it, as a connection whose path
- * stopped delivering would hold its chunks; 0 lets it write again. */
+/* Test hook: frozen 2 makes the connection write none of the first batch
+ * it takes that carries a chunk (control frames before it go), as a
+ * connection whose path stopped delivering would hold its chunks; 0
+ * lets it write again. */
 
 /* Test hook: automatic pipes made from now on take a link for local
  * below `us` of RTT (0: the default, HAUL__AUTO_LOCAL_RTT_US), so that a

@@ -954,6 +954,15 @@ static int pause_writing(haul__conn *c)
     return -1;
 }
 
+/* Whether the batch carries a chunk (test hook of haul__debug_freeze). */
+static int batch_has_chunk(const haul__conn *c)
+{
+    for (int i = 0; i < c->nitems; i++)
+        if (c->items[i].type == HAUL__F_CHUNK)
+            return 1;
+    return 0;
+}
+
 static void do_write(haul__conn *c)
 {
     haul_engine *e = c->engine;
@@ -988,8 +997,8 @@ static void do_write(haul__conn *c)
             return;
         }
 
-        if (c->debug_frozen == 2)
-            return; /* test hook: the batch stays, unwritten */
+        if (c->debug_frozen == 2 && batch_has_chunk(c))
+            return; /* test hook: a batch with a chunk stays, unwritten */
         while (c->item_pos < c->nitems) {
             ssize_t n = write_some(c);
             if (n < 0 && errno == EINTR)
