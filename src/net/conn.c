@@ -990,15 +990,16 @@ static void do_write(haul__conn *c)
         int inject = e->debug_fail_writes > 0 && c->state == HAUL__CONN_JOINED;
         if (inject)
             e->debug_fail_writes--;
+        /* Test hook: a batch with a chunk stays, unwritten. */
+        int stall = c->debug_frozen == 2 && batch_has_chunk(c);
         pthread_mutex_unlock(&e->mu);
         if (inject) {
             errno = EPIPE;
             write_failed(c);
             return;
         }
-
-        if (c->debug_frozen == 2 && batch_has_chunk(c))
-            return; /* test hook: a batch with a chunk stays, unwritten */
+        if (stall)
+            return;
         while (c->item_pos < c->nitems) {
             ssize_t n = write_some(c);
             if (n < 0 && errno == EINTR)
