@@ -321,6 +321,7 @@ struct haul__conn {
     int declined;      /* the dispatcher gave it nothing: too much on its way */
     int64_t last_take; /* when it last took a chunk (engine clock) */
     int active;        /* in its pipe's active set */
+    int draining;      /* in it beyond its bound: takes nothing more */
 
     /* Liveness (haul_engine_config.keepalive_ms, idle_timeout_ms): when
      * a byte was last received and last written, on the engine clock.
@@ -407,8 +408,14 @@ struct haul__pipe {
      * carry chunks now, at most active_max of them. active_wanted counts
      * connections turned away by that bound while chunks waited, and
      * blocked/sampled the sweeps that found a session's window full,
-     * since active_at, when active_max last changed. */
+     * since active_at, when active_max last changed; rtt_low and rtt_high
+     * are the lowest and highest mean round trip of the active set in a
+     * sweep since then, and rtt_base_us the least round trip any of its
+     * connections ever saw (the path's own, without queues). */
     unsigned nactive;
+    uint32_t rtt_low, rtt_high, rtt_base_us;
+    int64_t active_hold; /* no growth before this time: a queue stood */
+    int active_watch;    /* the set grew (or began): the next period watches */
     unsigned active_max;
     unsigned active_wanted;
     unsigned blocked, sampled;
@@ -705,8 +712,9 @@ int haul__sock_unacked(int fd);
 int haul__sock_room(int fd, uint32_t bytes);
 /* Sets TCP_NOTSENT_LOWAT of a TCP socket to half its congestion window,
  * or to floor if more (*lowat: the value set last, updated). Returns the
- * kernel's smoothed round-trip estimate in microseconds, 0 if unknown. */
-uint32_t haul__sock_pace(int fd, uint32_t floor, uint32_t *lowat);
+ * kernel's smoothed round-trip estimate in microseconds, 0 if unknown,
+ * and sets *min_rtt to the least it saw (the path without queues). */
+uint32_t haul__sock_pace(int fd, uint32_t floor, uint32_t *lowat, uint32_t *min_rtt);
 
 /* Test hook: breaks connection `index` of the session's (client) pipe. */
 int haul__debug_break_conn(haul_session *s, unsigned index);

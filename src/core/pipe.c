@@ -647,20 +647,39 @@ static haul_message *sendable(haul_session *s, const haul__conn *c, uint32_t *id
  * one more only slows every message down (and, as they overflow the
  * bottleneck's queue together, adds losses). So a pipe of a long link
  * sends on at most active_max of its connections at once, the ones most
- * recently busy; the others wait, idle. active_max starts at ACTIVE_START
- * and follows two signs, checked once per ACTIVE_PERIOD (or two round
- * trips, if longer): it grows by a quarter when chunks waited while
- * connections were turned away by the bound (the active ones are full:
- * more of them may fill the link), and shrinks by an eighth when, in
- * most sweeps, a session's whole window was on its way (the chunks in
- * transit, spread over too many connections, arrive too slowly for the
- * window). Connections of short links (below backlog_min_rtt_us) are
- * not bounded: their queues drain in microseconds.
+ * recently busy; the others wait, idle. Once per period (ACTIVE_PERIOD_MS,
+ * or a connection's span if longer) active_max follows what the round
+ * trips of the active connections say, against the least round trip any
+ * of them saw (the path without queues):
+ *
+ *   - A standing queue (all period long, ACTIVE_STANDING_PCT of the path
+ *     and ACTIVE_STANDING_MIN_US more): more connections send than the
+ *     link needs, and on a slow link with a deep buffer what waits there
+ *     is seconds of data that every message waits behind. The set is cut
+ *     at once in the proportion of the path to the round trip (the part
+ *     of what is in flight that moves), its extra connections drain, and
+ *     it does not grow for ACTIVE_HOLD_PERIODS periods.
+ *   - A session's whole window on its way in most sweeps: the chunks in
+ *     transit, spread over too many connections, arrive too slowly for
+ *     the window; the set shrinks by an eighth.
+ *   - Chunks waited while connections were turned away, and no queue at
+ *     all (ACTIVE_QUEUEING_PCT at the period's worst): the active ones
+ *     are full and the link is not; the set doubles, and the period
+ *     after a step only watches, since the queue that more connections
+ *     build shows a round trip or more later.
+ *
+ * It starts small (ACTIVE_START): connections that all leave slow start
+ * at once overflow a slow link's buffer before any of this can see it.
+ * Connections of short links (below backlog_min_rtt_us) are not bounded:
+ * their queues drain in microseconds.
  */
-#define ACTIVE_START 16u
-#define ACTIVE_MIN 4u
+#define ACTIVE_START 4u
+#define ACTIVE_MIN 1u
 #define ACTIVE_PERIOD_MS 200
 #define ACTIVE_QUEUEING_PCT 125
+#define ACTIVE_STANDING_PCT 200
+#define ACTIVE_STANDING_MIN_US 100000
+#define ACTIVE_HOLD_PERIODS 8
 
 /* How long a connection stays in the active set after its last chunk. */
 static int64_t active_span(const haul__pipe *pipe)
@@ -670,17 +689,24 @@ static int64_t active_span(const haul__pipe *pipe)
 
 /* Counts the active set anew (mu held): a connection stays in it while
  * it took a chunk lately or still holds bytes unacknowledged. */
-static void active_count(haul__pipe *pipe, haul__conn *c, int64_t now, unsigned *n, uint64_t *rtt)
+static void active_count(haul__pipe *pipe, haul__conn *c, int64_t now, unsigned *n, uint64_t *rtt,
+                         uint32_t *base)
 {
     if (c == NULL || c->dead || !c->active)
         return;
     if (now - c->last_take > active_span(pipe) && haul__sock_unacked(c->fd) <= 0) {
         c->active = 0;
+        c->draining = 0;
         return;
     }
     (*n)++;
-    if (rtt)
-        *rtt += haul__sock_pace(c->fd, pipe->engine->config.conn_backlog, &c->lowat);
+    /* A set cut below its size keeps its first connections; the others
+     * finish what they hold and leave it. */
+    c->draining = *n > pipe->active_max;
+    uint32_t least;
+    *rtt += haul__sock_pace(c->fd, pipe->engine->config.conn_backlog, &c->lowat, &least);
+    if (least > 0 && (*base == 0 || least < *base))
+        *base = least;
 }
 
 static void active_sweep(haul__pipe *pipe, int64_t now)
@@ -688,22 +714,23 @@ static void active_sweep(haul__pipe *pipe, int64_t now)
     if (pipe->active_max == 0) {
         pipe->active_max = ACTIVE_START;
         pipe->active_at = now;
+        pipe->active_watch = 1;
     }
-    int64_t period =
-        2 * active_span(pipe) > ACTIVE_PERIOD_MS ? 2 * active_span(pipe) : ACTIVE_PERIOD_MS;
+    int64_t period = active_span(pipe) > ACTIVE_PERIOD_MS ? active_span(pipe) : ACTIVE_PERIOD_MS;
     int last = now - pipe->active_at >= period;
     unsigned n = 0, total = 0;
-    uint64_t rtt = 0, *rttp = last ? &rtt : NULL;
+    uint64_t rtt = 0;
+    uint32_t least = 0;
     if (pipe->server) {
         haul__list *p;
         haul__list_each(p, &pipe->members)
         {
-            active_count(pipe, HAUL__CONTAINER(p, haul__conn, pipe_link), now, &n, rttp);
+            active_count(pipe, HAUL__CONTAINER(p, haul__conn, pipe_link), now, &n, &rtt, &least);
             total++;
         }
     } else {
         for (unsigned i = 0; i < pipe->nconns; i++)
-            active_count(pipe, pipe->conns[i], now, &n, rttp);
+            active_count(pipe, pipe->conns[i], now, &n, &rtt, &least);
         total = pipe->nconns;
     }
     pipe->nactive = n;
@@ -719,19 +746,42 @@ static void active_sweep(haul__pipe *pipe, int64_t now)
     }
     pipe->blocked += blocked;
     pipe->sampled++;
+    if (n > 0 && (pipe->rtt_low == 0 || rtt / n < pipe->rtt_low))
+        pipe->rtt_low = (uint32_t)(rtt / n);
+    if (n > 0 && rtt / n > pipe->rtt_high)
+        pipe->rtt_high = (uint32_t)(rtt / n);
+    if (least > 0 && (pipe->rtt_base_us == 0 || least < pipe->rtt_base_us))
+        pipe->rtt_base_us = least;
     if (!last)
         return;
-    /* A queue building at the bottleneck lengthens the round trip of the
-     * active connections beyond the pipe's own: the link is full. */
-    int queueing = n > 0 && rtt / n > (uint64_t)pipe->rtt_us * ACTIVE_QUEUEING_PCT / 100;
+    /* The period's lowest round trip says whether a queue stood (a
+     * congestion control probing for bandwidth lengthens it for a
+     * moment); its highest whether there was any. */
+    uint64_t low = pipe->rtt_low, high = pipe->rtt_high, base = pipe->rtt_base_us;
+    int queueing = n > 0 && high > base * ACTIVE_QUEUEING_PCT / 100;
+    int standing =
+        n > 0 && low > base * ACTIVE_STANDING_PCT / 100 && low > base + ACTIVE_STANDING_MIN_US;
     unsigned max = pipe->active_max;
-    if (pipe->blocked * 2 > pipe->sampled && max > ACTIVE_MIN)
+    if (standing) {
+        /* Of what the active connections hold in flight, only the part
+         * that a round trip without the queue would carry moves the
+         * messages on. */
+        uint64_t keep = n * base / low;
+        if (keep < max)
+            max = (unsigned)keep;
+        pipe->active_hold = now + ACTIVE_HOLD_PERIODS * period;
+    } else if (pipe->blocked * 2 > pipe->sampled && max > ACTIVE_MIN) {
         max -= max / 8 > 0 ? max / 8 : 1;
-    else if (pipe->active_wanted > 0 && pipe->blocked * 4 < pipe->sampled && !queueing &&
-             max < total)
-        max += max / 4 > 0 ? max / 4 : 1;
+    } else if (pipe->active_watch) {
+        pipe->active_watch = 0;
+    } else if (pipe->active_wanted > 0 && pipe->blocked * 4 < pipe->sampled && !queueing &&
+               now >= pipe->active_hold && max < total) {
+        max = 2 * max < total ? 2 * max : total;
+        pipe->active_watch = 1;
+    }
     pipe->active_max = max < ACTIVE_MIN ? ACTIVE_MIN : max;
     pipe->active_wanted = 0;
+    pipe->rtt_low = pipe->rtt_high = pipe->rtt_base_us = 0;
     pipe->blocked = pipe->sampled = 0;
     pipe->active_at = now;
 }
@@ -756,6 +806,10 @@ static int may_take(haul__pipe *pipe, haul__conn *c, uint32_t chunk)
         pipe->active_wanted++;
         return 0;
     }
+    /* A set larger than its bound (it was just cut) shrinks as its
+     * extra connections drain (active_count). */
+    if (c->active && c->draining)
+        return 0;
     return haul__sock_room(c->fd, chunk);
 }
 
@@ -871,6 +925,7 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
         }
         if (!c->active) {
             c->active = 1;
+            c->draining = 0;
             pipe->nactive++;
         }
         c->last_take = haul__now_ms();

@@ -7,7 +7,9 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
+/* struct tcp_info with tcpi_min_rtt: the kernel's header, not glibc's
+ * older copy. */
+#include <linux/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,12 +169,14 @@ int haul__sock_room(int fd, uint32_t bytes)
     return (uint64_t)unacked + bytes <= 2 * cwnd;
 }
 
-uint32_t haul__sock_pace(int fd, uint32_t floor, uint32_t *lowat)
+uint32_t haul__sock_pace(int fd, uint32_t floor, uint32_t *lowat, uint32_t *min_rtt)
 {
     struct tcp_info ti;
     socklen_t len = sizeof(ti);
+    *min_rtt = 0;
     if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
         return 0;
+    *min_rtt = ti.tcpi_min_rtt;
     uint64_t half = (uint64_t)ti.tcpi_snd_cwnd * ti.tcpi_snd_mss / 2;
     uint32_t want = half > floor ? (half < (64u << 20) ? (uint32_t)half : 64u << 20) : floor;
     /* Rewritten only when it moved by a quarter: it is read at every
