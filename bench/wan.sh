@@ -38,6 +38,8 @@
 #                        at about 30 s of its line rate
 #   PUSHERS="haul socat rsync scp"   which pushes ("" for none)
 #   TCP_BUF=64MB         raise the namespaces' TCP buffers (default: no)
+#   CC=cubic             the congestion control in both namespaces (default:
+#                        the host's, which they inherit; the table says which)
 #   QUEUE=8MB            wanem's bottleneck queue per direction
 #   OUT=FILE             also write the tables to FILE
 #   WANEM_DIR=DIR        where wanem-up is (default: shared/tools/wanem
@@ -50,7 +52,7 @@ set -euo pipefail
 # the knob.
 seconds_knob=$(printenv SECONDS || true)
 command_line=$(
-  for k in PROFILES NS SECONDS SIZE PUSHERS TCP_BUF QUEUE OUT WANEM_DIR; do
+  for k in PROFILES NS SECONDS SIZE PUSHERS TCP_BUF CC QUEUE OUT WANEM_DIR; do
     v=$(printenv "$k" || true)
     [[ -n $v ]] && printf '%s=%q ' "$k" "$v"
   done
@@ -102,6 +104,7 @@ profiles=${PROFILES:-1 2 3 4}
 ns_list=${NS:-1 8 32 64 256 1000}
 pushers=${PUSHERS-haul socat rsync scp}
 tcp_buf=${TCP_BUF:-}
+cc=${CC:-}
 queue=${QUEUE:-8MB}
 out=${OUT:-}
 to_bytes() {
@@ -565,6 +568,11 @@ run_profile() { # id
   [[ -n $tcp_buf ]] && up+=(--tcp-buf "$tcp_buf")
   "$wanem_dir/wanem-up" "$name" "${up[@]}" >"$tmp/wanem-up.log" 2>&1 ||
     die "wanem-up failed: $(tail -n 3 "$tmp/wanem-up.log")"
+  if [[ -n $cc ]]; then
+    in_a sysctl -qw net.ipv4.tcp_congestion_control="$cc" &&
+      in_b sysctl -qw net.ipv4.tcp_congestion_control="$cc" ||
+      die "CC: the namespaces do not take '$cc' (they have: $(in_a sysctl -n net.ipv4.tcp_available_congestion_control))"
+  fi
   local state=/run/wanem
   [[ -f $state/$name.pid ]] || state=/tmp/wanem
   wan_pid=$(cat "$state/$name.pid")
