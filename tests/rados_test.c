@@ -594,10 +594,10 @@ int main(int argc, char **argv)
                  getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
         own = 1;
         if (run_script("start") != 0)
-            snprintf(ceph.skip, sizeof(ceph.skip), "%s start failed", ceph.script);
+            snprintf(ceph.skip, sizeof(ceph.skip), "tests/ceph/cluster.sh start failed");
     }
     if (!listing && read_state(ceph.state) != 0 && ceph.skip[0] == '\0')
-        snprintf(ceph.skip, sizeof(ceph.skip), "no cluster state in %s", ceph.state);
+        snprintf(ceph.skip, sizeof(ceph.skip), "no cluster state in %.400s", ceph.state);
     int rc = harness_main(argc, argv);
     if (own)
         run_script("stop");

@@ -1,7 +1,8 @@
 /*
  * hauld - the storage server of haul.
  *
- *   hauld --listen HOST:PORT --store DIR
+ *   hauld --listen HOST:PORT --store DIR|fs:DIR|rados:POOL
+ *         [--ceph-conf FILE] [--ceph-id NAME]
  *         (--tls-cert FILE --tls-key FILE --tls-ca FILE [--tls-crl FILE] | --plaintext)
  *         [--config FILE] [--max-sessions N] [--max-connections N] [--io-threads N]
  *         [--timeout SECONDS] [--handshake-timeout SECONDS] [--max-handshakes N]
@@ -109,6 +110,8 @@ enum {
     OPT_KEEPALIVE,
     OPT_IDLE_TIMEOUT,
     OPT_QUEUE,
+    OPT_CEPH_CONF,
+    OPT_CEPH_ID,
     OPT_COUNT_,
     OPT_HELP = 'h',
 };
@@ -132,13 +135,15 @@ static const struct option long_options[] = {
     {"keepalive", required_argument, NULL, OPT_KEEPALIVE},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"queue", required_argument, NULL, OPT_QUEUE},
+    {"ceph-conf", required_argument, NULL, OPT_CEPH_CONF},
+    {"ceph-id", required_argument, NULL, OPT_CEPH_ID},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: hauld --listen HOST:PORT --store DIR\n"
+    fprintf(f, "usage: hauld --listen HOST:PORT --store DIR|fs:DIR|rados:POOL\n"
                "             (--tls-cert FILE --tls-key FILE --tls-ca FILE | --plaintext)\n"
                "             [options]\n"
                "\n"
@@ -146,7 +151,12 @@ static void usage(FILE *f)
                "one namespace per principal under DIR.\n"
                "\n"
                "  --listen ADDRESS        HOST:PORT, [V6]:PORT, :PORT or unix:/PATH\n"
-               "  --store DIR             the store's root directory (made if missing)\n"
+               "  --store SPEC            where snapshots are kept: DIR or fs:DIR, a\n"
+               "                          directory (made if missing); rados:POOL, a\n"
+               "                          Ceph RADOS pool (when built with librados)\n"
+               "  --ceph-conf FILE        rados: the Ceph configuration file (default\n"
+               "                          /etc/ceph/ceph.conf)\n"
+               "  --ceph-id NAME          rados: the Ceph client id (default admin)\n"
                "  --tls-cert FILE         the server's certificate (haul cert server)\n"
                "  --tls-key FILE          its private key\n"
                "  --tls-ca FILE           the CA that signs the clients' certificates;\n"
@@ -379,6 +389,8 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
     cfg->listen = VALUE(o, OPT_LISTEN);
     cfg->store = VALUE(o, OPT_STORE);
+    cfg->ceph_conf = VALUE(o, OPT_CEPH_CONF);
+    cfg->ceph_id = VALUE(o, OPT_CEPH_ID);
     cfg->config = VALUE(o, OPT_CONFIG);
     cfg->timeout_s = 60;
     cfg->log_level = HAUL_LOG_INFO;
@@ -390,6 +402,10 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
     if (cfg->listen == NULL || cfg->store == NULL) {
         fprintf(stderr, "hauld: --listen and --store are required\n");
         usage(stderr);
+        return -1;
+    }
+    if ((cfg->ceph_conf || cfg->ceph_id) && strncmp(cfg->store, "rados:", 6) != 0) {
+        fprintf(stderr, "hauld: --ceph-conf and --ceph-id apply to a rados:POOL store only\n");
         return -1;
     }
     if (VALUE(o, OPT_MAX_SESSIONS) && parse_unsigned("max-sessions", VALUE(o, OPT_MAX_SESSIONS), 1,

@@ -5,19 +5,17 @@
  * Each produces its records as the session's output queue allows: it
  * fills messages until one cannot go out for want of room, and goes on
  * when an acknowledgement makes some. A manifest is read sequentially
- * through a fixed buffer, and a file in pieces of at most HSP_BLOCK, so
- * memory stays within the output queue plus a fixed overhead.
+ * (the store reads it in bounded memory), and a file in pieces of at most
+ * HSP_BLOCK, so memory stays within the output queue plus a fixed
+ * overhead. The store is reached through store/store.h only.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "hauld/server.h"
-#include "store/fs.h"
+#include "store/store.h"
 
 /* Work per step: bytes of files read, and records of a listing. */
 #define STEP_BYTES (8u << 20)
@@ -38,11 +36,10 @@ typedef struct wanted_path {
 
 typedef struct reader {
     int mode;
-    int ns, ds, snap, tree;
+    store_dataset ds;
+    store_snapshot *snap;
     char snapshot[HSP_SNAPSHOT_MAX + 1];
-    fs_rec_reader mf;
-    int mf_open;
-    fs_names names; /* LIST of datasets or snapshots */
+    store_names names; /* LIST of datasets or snapshots */
     size_t next_name;
 
     /* PULL: the paths asked for (sorted), and whether all arrived. */
@@ -52,11 +49,10 @@ typedef struct reader {
 
     /* The file being sent (PULL) or checked (VERIFY). */
     struct {
-        int fd;
+        store_file *f;
         uint64_t id, pos, size, data_end;
-        hsp_hash hash;  /* the manifest's */
-        int computed;   /* PULL of a hard link turned file: hash computed */
-        int seek_holes; /* SEEK_DATA works here */
+        hsp_hash hash; /* the manifest's */
+        int computed;  /* PULL of a hard link turned file: hash computed */
         char path[HSP_PATH_MAX + 1];
         size_t path_len;
     } cur;
@@ -85,17 +81,18 @@ static reader *reader_new(request *r, int mode, const request_ops *ops)
     if (rd == NULL)
         return NULL;
     rd->mode = mode;
-    rd->ns = rd->ds = rd->snap = rd->tree = rd->cur.fd = -1;
+    rd->ds.ns = r->who.root;
+    rd->ds.name = r->req.dataset;
     r->op = rd;
     r->ops = ops;
     return rd;
 }
 
-static void close_fd(int *fd)
+static void close_file(reader *rd)
 {
-    if (*fd >= 0)
-        close(*fd);
-    *fd = -1;
+    if (rd->cur.f)
+        store_file_close_read(rd->cur.f);
+    rd->cur.f = NULL;
 }
 
 static void reader_fini(request *r)
@@ -106,20 +103,16 @@ static void reader_fini(request *r)
     if (rd->mode == R_BENCH)
         request_log(r, HAUL_LOG_INFO, "received %llu messages, %llu bytes",
                     (unsigned long long)rd->entries, (unsigned long long)rd->bytes);
-    close_fd(&rd->cur.fd);
-    if (rd->mf_open)
-        fs_rec_reader_fini(&rd->mf);
-    fs_names_free(&rd->names);
+    close_file(rd);
+    if (rd->snap)
+        store_snapshot_close(rd->snap);
+    store_names_free(&rd->names);
     for (size_t i = 0; i < rd->npaths; i++)
         free(rd->paths[i].path);
     free(rd->paths);
     if (rd->hash)
         XXH3_freeState(rd->hash);
     free(rd->buf);
-    close_fd(&rd->tree);
-    close_fd(&rd->snap);
-    close_fd(&rd->ds);
-    close_fd(&rd->ns);
     free(rd);
     r->op = NULL;
 }
@@ -131,56 +124,35 @@ static uint32_t refuse(request *r, uint32_t reason)
     return reason;
 }
 
-/* Opens the principal's namespace and the request's dataset. */
+/* Checks that the request's dataset exists. */
 static uint32_t open_dataset(request *r, reader *rd)
 {
-    if ((rd->ns = server_ns_open(r, 0)) < 0 ||
-        (rd->ds = fs_dir_open(rd->ns, r->req.dataset, 0)) < 0) {
-        if (errno == ENOENT)
-            return HSP_R_NO_DATASET;
-        request_log(r, HAUL_LOG_ERROR, "cannot open the dataset: %s", store_strerror(errno));
-        return HSP_R_SERVER_ERROR;
-    }
-    return 0;
+    store_err why;
+    int rc = store_dataset_exists(r->srv->store, &rd->ds, &why);
+    if (rc > 0)
+        return 0;
+    if (rc == 0)
+        return HSP_R_NO_DATASET;
+    request_log(r, HAUL_LOG_ERROR, "cannot open the dataset: %s", why.text);
+    return HSP_R_SERVER_ERROR;
 }
 
-/* Opens the request's snapshot (the latest when it names none): its tree
- * and its manifest. */
+/* Opens the request's snapshot (the latest when it names none). */
 static uint32_t open_snapshot(request *r, reader *rd)
 {
     uint32_t reason = open_dataset(r, rd);
     if (reason)
         return reason;
-    if (r->req.snapshot[0]) {
-        snprintf(rd->snapshot, sizeof(rd->snapshot), "%s", r->req.snapshot);
-    } else {
-        int found = fs_snapshot_latest(rd->ds, rd->snapshot);
-        if (found < 0) {
-            request_log(r, HAUL_LOG_ERROR, "cannot read the snapshots: %s", store_strerror(errno));
-            return HSP_R_SERVER_ERROR;
-        }
-        if (!found)
-            return HSP_R_NO_SNAPSHOT;
-    }
-    if ((rd->snap = fs_snapshot_open(rd->ds, rd->snapshot)) < 0) {
-        if (errno == ENOENT)
-            return HSP_R_NO_SNAPSHOT;
-        request_log(r, HAUL_LOG_ERROR, "cannot open snapshot %s: %s", rd->snapshot,
-                    store_strerror(errno));
+    store_err why;
+    store_info info;
+    int rc = store_snapshot_open(r->srv->store, &rd->ds, r->req.snapshot, &rd->snap, &info, &why);
+    if (rc == -ENOENT)
+        return HSP_R_NO_SNAPSHOT;
+    if (rc < 0) {
+        request_log(r, HAUL_LOG_ERROR, "cannot open the snapshot: %s", why.text);
         return HSP_R_SERVER_ERROR;
     }
-    int fd = -1;
-    if ((rd->tree = fs_open(rd->snap, "tree", O_PATH | O_DIRECTORY, 0)) < 0 ||
-        (fd = fs_open(rd->snap, "MANIFEST", O_RDONLY, 0)) < 0) {
-        request_log(r, HAUL_LOG_ERROR, "snapshot %s is damaged: %s", rd->snapshot,
-                    store_strerror(errno));
-        return HSP_R_SERVER_ERROR;
-    }
-    if (fs_rec_reader_init(&rd->mf, fd) < 0) {
-        close(fd);
-        return HSP_R_SERVER_ERROR;
-    }
-    rd->mf_open = 1;
+    snprintf(rd->snapshot, sizeof(rd->snapshot), "%s", info.id);
     return 0;
 }
 
@@ -218,31 +190,19 @@ uint32_t list_open(request *r)
     if (rd == NULL)
         return HSP_R_SERVER_ERROR;
     uint32_t reason = 0;
+    store_err why;
     if (mode == R_LIST_DATASETS) {
         /* A principal that never pushed has no namespace yet: an empty
          * list. */
-        rd->ns = server_ns_open(r, 0);
-        if (rd->ns < 0 && errno != ENOENT) {
-            request_log(r, HAUL_LOG_ERROR, "cannot open the namespace: %s", store_strerror(errno));
-            reason = HSP_R_SERVER_ERROR;
-        } else if (rd->ns >= 0 && fs_names_read(rd->ns, &rd->names, fs_dataset_name_ok, NULL) < 0) {
-            request_log(r, HAUL_LOG_ERROR, "cannot read the namespace: %s", store_strerror(errno));
+        if (store_list_datasets(r->srv->store, r->who.root, &rd->names, &why) < 0) {
+            request_log(r, HAUL_LOG_ERROR, "cannot list the datasets: %s", why.text);
             reason = HSP_R_SERVER_ERROR;
         }
     } else if (mode == R_LIST_SNAPSHOTS) {
         reason = open_dataset(r, rd);
-        if (reason == 0) {
-            int snaps = fs_open(rd->ds, "snapshots", O_PATH | O_DIRECTORY, 0);
-            if (snaps >= 0) {
-                if (fs_names_read(snaps, &rd->names, fs_snapshot_id_ok, fs_snapshot_cmp) < 0)
-                    reason = HSP_R_SERVER_ERROR;
-                close(snaps);
-            } else if (errno != ENOENT) {
-                reason = HSP_R_SERVER_ERROR;
-            }
-            if (reason)
-                request_log(r, HAUL_LOG_ERROR, "cannot read the snapshots: %s",
-                            store_strerror(errno));
+        if (reason == 0 && store_list_snapshots(r->srv->store, &rd->ds, &rd->names, &why) < 0) {
+            request_log(r, HAUL_LOG_ERROR, "cannot read the snapshots: %s", why.text);
+            reason = HSP_R_SERVER_ERROR;
         }
     } else {
         reason = open_snapshot(r, rd);
@@ -284,22 +244,20 @@ static void read_fail(request *r, reader *rd, int err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-    close_fd(&rd->cur.fd);
+    close_file(rd);
     request_log(r, HAUL_LOG_WARN, "failed: %s", text);
     request_result(r, err ? err : EIO, rd->snapshot, rd->files, rd->bytes, rd->bytes_sent, 0, "%s",
                    text);
 }
 
-static void manifest_fail(request *r, reader *rd)
+static void manifest_fail(request *r, reader *rd, int rc, const store_err *why)
 {
-    int err = errno;
-    read_fail(r, rd, err == EBADMSG ? EIO : err, "the manifest of snapshot %s is %s: %s",
-              rd->snapshot, err == EBADMSG ? "damaged" : "unreadable", store_strerror(err));
+    read_fail(r, rd, -rc, "snapshot %s: %s", rd->snapshot, why->text);
 }
 
 static void entry_text(const hsp_entry *e, char *out, size_t size)
 {
-    fs_path_text(e->path, e->path_len, out, size);
+    hsp_path_text(e->path, e->path_len, out, size);
 }
 
 /* ---- PULL ---------------------------------------------------------------------------- */
@@ -404,39 +362,33 @@ static int pull_paths(request *r, reader *rd)
 static int pull_piece(request *r, reader *rd, uint64_t *budget)
 {
     char t[1024];
+    store_err why;
     if (rd->cur.pos == rd->cur.size) {
         hsp_hash h = rd->cur.hash;
         if (rd->cur.computed)
-            fs_hash_digest(rd->hash, &h);
+            hsp_hash_digest(rd->hash, &h);
         if (out_room(r, 24) < 0)
             goto nomem;
         hsp_put_done(&r->w, rd->cur.id, &h);
-        close_fd(&rd->cur.fd);
+        close_file(rd);
         return 0;
     }
     if (rd->cur.pos >= rd->cur.data_end) {
         /* Where the next data is: a sparse file's holes go as HOLE
          * records, without reading or sending their zeros. */
-        uint64_t data = rd->cur.pos, end = rd->cur.size;
-        if (rd->cur.seek_holes) {
-            off_t d = lseek(rd->cur.fd, (off_t)rd->cur.pos, SEEK_DATA);
-            if (d < 0 && errno == ENXIO) {
-                data = rd->cur.size; /* a hole up to the end */
-            } else if (d < 0) {
-                rd->cur.seek_holes = 0; /* not supported here: all data */
-            } else {
-                data = (uint64_t)d < rd->cur.size ? (uint64_t)d : rd->cur.size;
-                off_t h = lseek(rd->cur.fd, d, SEEK_HOLE);
-                if (h >= 0 && (uint64_t)h < end)
-                    end = (uint64_t)h;
-            }
+        uint64_t data, end;
+        int rc = store_file_data(rd->cur.f, rd->cur.pos, &data, &end, &why);
+        if (rc < 0) {
+            hsp_path_text(rd->cur.path, rd->cur.path_len, t, sizeof(t));
+            read_fail(r, rd, -rc, "reading %s from the store: %s", t, why.text);
+            return -1;
         }
         if (data > rd->cur.pos) {
             if (out_room(r, 24) < 0)
                 goto nomem;
             hsp_put_hole(&r->w, rd->cur.id, rd->cur.pos, data - rd->cur.pos);
             if (rd->cur.computed)
-                fs_hash_zeros(rd->hash, data - rd->cur.pos);
+                hsp_hash_zeros(rd->hash, data - rd->cur.pos);
             rd->cur.pos = data;
             rd->cur.data_end = data;
             return 0;
@@ -458,13 +410,13 @@ static int pull_piece(request *r, reader *rd, uint64_t *budget)
     if (want > room - HSP_RECORD_HDR - 16)
         want = room - HSP_RECORD_HDR - 16;
     uint8_t *p = hsp_put_data(&r->w, rd->cur.id, rd->cur.pos, (uint32_t)want);
-    ssize_t n = fs_pread_all(rd->cur.fd, p, (size_t)want, (off_t)rd->cur.pos);
+    ssize_t n = store_file_pread(rd->cur.f, rd->cur.pos, p, (size_t)want, &why);
     if (n != (ssize_t)want) {
-        int err = n < 0 ? errno : EIO;
+        int err = n < 0 ? (int)-n : EIO;
         r->w.len -= HSP_RECORD_HDR + 16 + (size_t)want; /* take the record back */
-        fs_path_text(rd->cur.path, rd->cur.path_len, t, sizeof(t));
+        hsp_path_text(rd->cur.path, rd->cur.path_len, t, sizeof(t));
         read_fail(r, rd, err, "reading %s from the store: %s", t,
-                  n < 0 ? store_strerror(err) : "the file is shorter than its manifest says");
+                  n < 0 ? why.text : "the file is shorter than its manifest says");
         return -1;
     }
     if (rd->cur.computed)
@@ -483,58 +435,59 @@ static int pull_entry(request *r, reader *rd, const hsp_entry *src)
 {
     hsp_entry e = *src;
     char t[1024];
+    store_err why;
     e.id = rd->next_id++;
-    int fd = -1;
+    store_file *f = NULL;
+    uint64_t size = 0;
     memcpy(rd->cur.path, e.path, e.path_len);
     rd->cur.path[e.path_len] = '\0';
     rd->cur.path_len = e.path_len;
     rd->cur.computed = 0;
     if (e.kind == HSP_HARDLINK && !wanted(rd, e.target, e.target_len)) {
         /* The link's target is not restored: send the file itself, whose
-         * content the link shares on disk. */
-        fd = fs_open(rd->tree, rd->cur.path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0);
-        struct stat st;
-        if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-            int err = fd < 0 ? errno : EIO;
-            close_fd(&fd);
+         * content the link shares in the store. */
+        int rc = store_file_open_read(rd->snap, src, &f, &size, &why);
+        if (rc < 0) {
             entry_text(&e, t, sizeof(t));
-            read_fail(r, rd, err, "%s is missing from the store: %s", t, store_strerror(err));
+            read_fail(r, rd, -rc, "%s: %s", t, why.text);
             return -1;
         }
         e.kind = HSP_FILE;
         e.target_len = 0;
-        e.size = (uint64_t)st.st_size;
+        e.size = size;
         memset(&e.hash, 0, sizeof(e.hash));
         rd->cur.computed = 1;
         XXH3_128bits_reset(rd->hash);
     } else if (e.kind == HSP_FILE) {
-        fd = fs_open(rd->tree, rd->cur.path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0);
-        struct stat st;
-        if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-            (uint64_t)st.st_size != e.size) {
-            int err = fd < 0 ? errno : EIO;
-            close_fd(&fd);
+        int rc = store_file_open_read(rd->snap, src, &f, &size, &why);
+        if (rc == 0 && size != e.size) {
+            store_file_close_read(f);
+            f = NULL;
+            rc = store_fail(&why, EIO, "%llu bytes in the store, %llu in the manifest",
+                            (unsigned long long)size, (unsigned long long)e.size);
+        }
+        if (rc < 0) {
             entry_text(&e, t, sizeof(t));
-            read_fail(r, rd, err,
+            read_fail(r, rd, -rc,
                       "%s is missing from the store or damaged (%s); verify the snapshot", t,
-                      store_strerror(err));
+                      why.text);
             return -1;
         }
     }
     if (out_room(r, 64 + (size_t)e.path_len + e.target_len) < 0) {
-        close_fd(&fd);
+        if (f)
+            store_file_close_read(f);
         read_fail(r, rd, ENOMEM, "out of memory");
         return -1;
     }
     hsp_put_entry(&r->w, &e);
     rd->entries++;
     if (e.kind == HSP_FILE) {
-        rd->cur.fd = fd;
+        rd->cur.f = f;
         rd->cur.id = e.id;
         rd->cur.pos = rd->cur.data_end = 0;
         rd->cur.size = e.size;
         rd->cur.hash = e.hash;
-        rd->cur.seek_holes = 1;
         rd->files++;
         rd->bytes += e.size;
     }
@@ -564,15 +517,16 @@ static int pull_step(request *r)
     while (!out_blocked(r) && !r->dead) {
         if (budget == 0 || records++ >= STEP_RECORDS)
             return 1;
-        if (rd->cur.fd >= 0) {
+        if (rd->cur.f) {
             if (pull_piece(r, rd, &budget) < 0)
                 return 0;
             continue;
         }
         hsp_record rec;
-        int rc = fs_rec_next(&rd->mf, &rec);
+        store_err why;
+        int rc = store_manifest_next(rd->snap, &rec, &why);
         if (rc < 0) {
-            manifest_fail(r, rd);
+            manifest_fail(r, rd, rc, &why);
             return 0;
         }
         if (rc == 0) {
@@ -585,11 +539,6 @@ static int pull_step(request *r)
                            "snapshot %s: %llu entries, %llu files, %llu bytes", rd->snapshot,
                            (unsigned long long)rd->entries, (unsigned long long)rd->files,
                            (unsigned long long)rd->bytes);
-            return 0;
-        }
-        if (rec.type != HSP_ENTRY) {
-            errno = EBADMSG;
-            manifest_fail(r, rd);
             return 0;
         }
         if (!wanted(rd, rec.entry.path, rec.entry.path_len))
@@ -616,15 +565,14 @@ static int list_step(request *r)
             return 1;
         if (rd->mode == R_LIST_ENTRIES) {
             hsp_record rec;
-            int rc = fs_rec_next(&rd->mf, &rec);
+            store_err why;
+            int rc = store_manifest_next(rd->snap, &rec, &why);
             if (rc < 0) {
-                manifest_fail(r, rd);
+                manifest_fail(r, rd, rc, &why);
                 return 0;
             }
             if (rc == 0)
                 break;
-            if (rec.type != HSP_ENTRY)
-                continue;
             const hsp_entry *e = &rec.entry;
             if (out_room(r, 64 + (size_t)e->path_len + e->target_len) < 0) {
                 read_fail(r, rd, ENOMEM, "out of memory");
@@ -641,27 +589,21 @@ static int list_step(request *r)
         if (rd->next_name >= rd->names.n)
             break;
         const char *name = rd->names.v[rd->next_name++];
-        int64_t time = 0;
-        uint64_t files = 0, bytes = 0;
+        store_info info;
+        store_err why;
+        store_dataset ds = rd->ds;
+        const char *id = name;
         if (rd->mode == R_LIST_DATASETS) {
             /* A dataset, described by its latest snapshot. */
-            int ds = fs_dir_open(rd->ns, name, 0);
-            char id[HSP_SNAPSHOT_MAX + 1];
-            if (ds >= 0 && fs_snapshot_latest(ds, id) == 1) {
-                int snap = fs_snapshot_open(ds, id);
-                if (snap >= 0) {
-                    fs_snapshot_info(snap, &time, &files, &bytes);
-                    close(snap);
-                }
-            }
-            close_fd(&ds);
-        } else {
-            int snap = fs_snapshot_open(rd->ds, name);
-            if (snap >= 0) {
-                fs_snapshot_info(snap, &time, &files, &bytes);
-                close(snap);
-            }
+            ds.name = name;
+            id = "";
         }
+        /* A snapshot that cannot be read (or a dataset without one) is
+         * listed with zeros. */
+        if (store_snapshot_info(r->srv->store, &ds, id, &info, &why) < 0)
+            memset(&info, 0, sizeof(info));
+        int64_t time = info.time;
+        uint64_t files = info.files, bytes = info.bytes;
         if (out_room(r, 24 + strlen(name)) < 0) {
             read_fail(r, rd, ENOMEM, "out of memory");
             return 0;
@@ -691,52 +633,11 @@ static int list_step(request *r)
  * manifest says. */
 static void verify_other(request *r, reader *rd, const hsp_entry *e)
 {
-    char t[1024];
-    entry_text(e, t, sizeof(t));
-    char *path = rd->cur.path;
-    memcpy(path, e->path, e->path_len);
-    path[e->path_len] = '\0';
-    struct stat st;
-    if (e->kind == HSP_DIR) {
-        int fd = fs_open(rd->tree, path, O_PATH | O_DIRECTORY, 0);
-        if (fd < 0)
-            problem(r, rd, "%s: the directory is missing from the store (%s)", t,
-                    store_strerror(errno));
-        close_fd(&fd);
-        return;
+    char t[1024], why[1024];
+    if (store_check_entry(rd->snap, e, why, sizeof(why)) != 0) {
+        entry_text(e, t, sizeof(t));
+        problem(r, rd, "%s: %s", t, why);
     }
-    fs_at at;
-    if (fs_at_open(&at, rd->tree, path) < 0) {
-        problem(r, rd, "%s: missing from the store (%s)", t, store_strerror(errno));
-        return;
-    }
-    if (e->kind == HSP_SYMLINK) {
-        char target[65536];
-        ssize_t n = readlinkat(at.fd, at.name, target, sizeof(target));
-        if (n < 0)
-            problem(r, rd, "%s: the symlink is missing from the store (%s)", t,
-                    store_strerror(errno));
-        else if ((size_t)n != e->target_len || memcmp(target, e->target, e->target_len) != 0)
-            problem(r, rd, "%s: the symlink's target differs from the manifest", t);
-    } else if (e->kind == HSP_HARDLINK) {
-        struct stat target;
-        char *tpath = malloc((size_t)e->target_len + 1);
-        int tfd = -1;
-        if (tpath) {
-            memcpy(tpath, e->target, e->target_len);
-            tpath[e->target_len] = '\0';
-            tfd = fs_open(rd->tree, tpath, O_PATH | O_NOFOLLOW, 0);
-        }
-        if (fstatat(at.fd, at.name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-            problem(r, rd, "%s: the hard link is missing from the store (%s)", t,
-                    store_strerror(errno));
-        else if (tfd < 0 || fstat(tfd, &target) < 0 || target.st_ino != st.st_ino ||
-                 target.st_dev != st.st_dev)
-            problem(r, rd, "%s: not linked to its target as the manifest says", t);
-        close_fd(&tfd);
-        free(tpath);
-    }
-    fs_at_close(&at);
 }
 
 static int verify_step(request *r)
@@ -751,20 +652,21 @@ static int verify_step(request *r)
     while (!out_blocked(r) && !r->dead) {
         if (budget == 0 || records++ >= STEP_RECORDS)
             return 1;
-        if (rd->cur.fd >= 0) {
+        if (rd->cur.f) {
             /* Hash the next piece of the file being checked. */
             uint64_t want = rd->cur.size - rd->cur.pos;
             if (want > HSP_BLOCK)
                 want = HSP_BLOCK;
+            store_err why;
             ssize_t n =
-                want ? fs_pread_all(rd->cur.fd, rd->buf, (size_t)want, (off_t)rd->cur.pos) : 0;
-            fs_path_text(rd->cur.path, rd->cur.path_len, t, sizeof(t));
+                want ? store_file_pread(rd->cur.f, rd->cur.pos, rd->buf, (size_t)want, &why) : 0;
+            hsp_path_text(rd->cur.path, rd->cur.path_len, t, sizeof(t));
             if (n != (ssize_t)want) {
                 if (n < 0)
-                    problem(r, rd, "%s: cannot be read (%s)", t, store_strerror(errno));
+                    problem(r, rd, "%s: %s", t, why.text);
                 else
                     problem(r, rd, "%s: shorter than the manifest says", t);
-                close_fd(&rd->cur.fd);
+                close_file(rd);
                 continue;
             }
             XXH3_128bits_update(rd->hash, rd->buf, (size_t)want);
@@ -772,7 +674,7 @@ static int verify_step(request *r)
             budget = budget > want ? budget - want : 0;
             if (rd->cur.pos == rd->cur.size) {
                 hsp_hash h;
-                fs_hash_digest(rd->hash, &h);
+                hsp_hash_digest(rd->hash, &h);
                 if (!hsp_hash_equal(&h, &rd->cur.hash)) {
                     char a[33], b[33];
                     hsp_hash_hex(&h, a);
@@ -782,20 +684,19 @@ static int verify_step(request *r)
                             "manifest %s)",
                             t, a, b);
                 }
-                close_fd(&rd->cur.fd);
+                close_file(rd);
             }
             continue;
         }
         hsp_record rec;
-        int rc = fs_rec_next(&rd->mf, &rec);
+        store_err why;
+        int rc = store_manifest_next(rd->snap, &rec, &why);
         if (rc < 0) {
-            manifest_fail(r, rd);
+            manifest_fail(r, rd, rc, &why);
             return 0;
         }
         if (rc == 0)
             break;
-        if (rec.type != HSP_ENTRY)
-            continue;
         const hsp_entry *e = &rec.entry;
         rd->entries++;
         if (e->kind != HSP_FILE) {
@@ -808,24 +709,19 @@ static int verify_step(request *r)
         entry_text(e, t, sizeof(t));
         rd->files++;
         rd->bytes += e->size;
-        int fd = fs_open(rd->tree, rd->cur.path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0);
-        struct stat st;
-        if (fd < 0) {
-            problem(r, rd, "%s: missing from the store (%s)", t, store_strerror(errno));
+        store_file *f;
+        uint64_t size;
+        if (store_file_open_read(rd->snap, e, &f, &size, &why) < 0) {
+            problem(r, rd, "%s: %s", t, why.text);
             continue;
         }
-        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-            problem(r, rd, "%s: not a regular file in the store", t);
-            close(fd);
-            continue;
-        }
-        if ((uint64_t)st.st_size != e->size) {
+        if (size != e->size) {
             problem(r, rd, "%s: %llu bytes in the store, %llu in the manifest", t,
-                    (unsigned long long)st.st_size, (unsigned long long)e->size);
-            close(fd);
+                    (unsigned long long)size, (unsigned long long)e->size);
+            store_file_close_read(f);
             continue;
         }
-        rd->cur.fd = fd;
+        rd->cur.f = f;
         rd->cur.pos = 0;
         rd->cur.size = e->size;
         rd->cur.hash = e->hash;

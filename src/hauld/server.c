@@ -20,8 +20,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "store/fs.h"
-
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -46,22 +44,6 @@ static const char *op_name(int op)
         return "delete";
     }
     return "request";
-}
-
-const char *store_strerror(int err)
-{
-    switch (err) {
-    case ENOSPC:
-        return "no space left on the store";
-    case EDQUOT:
-        return "the store's disk quota is exhausted";
-    case EROFS:
-        return "the store is read-only";
-    case EIO:
-        return "input/output error on the store";
-    default:
-        return strerror(err);
-    }
 }
 
 /* ---- requests ---------------------------------------------------------------- */
@@ -344,29 +326,6 @@ void server_busy_remove(request *r)
     }
 }
 
-int server_ns_open(request *r, int create)
-{
-    /* One component at a time, each below the last: fs_dir_open() takes
-     * a single name, and a root was checked to hold plain names only. */
-    char root[HSP_PATH_MAX + 1];
-    snprintf(root, sizeof(root), "%s", r->who.root);
-    int dir = -1;
-    for (char *save = NULL, *c = strtok_r(root, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
-        int next = fs_dir_open(dir < 0 ? r->srv->store : dir, c, create);
-        int err = errno;
-        if (dir >= 0)
-            close(dir);
-        if (next < 0) {
-            errno = err;
-            return -1;
-        }
-        dir = next;
-    }
-    if (dir < 0)
-        errno = EINVAL;
-    return dir;
-}
-
 /* ---- events ------------------------------------------------------------------------ */
 
 /* The request's principal may make it: it has the right, and a session
@@ -534,7 +493,7 @@ static void answer_request(server *srv, haul_session *s, int64_t until)
     }
     if (reason) {
         char who[HSP_NAME_MAX * 4 + 1];
-        fs_path_text(principal, strlen(principal), who, sizeof(who));
+        hsp_path_text(principal, strlen(principal), who, sizeof(who));
         hauld_log(HAUL_LOG_INFO, "request %u from %s (%s %s): refused: %s", r->serial, who,
                   op_name(r->req.op), r->req.dataset[0] ? r->req.dataset : "-",
                   hsp_refusal_text(reason));
@@ -808,12 +767,18 @@ static void engine_log(void *arg, int level, const char *line)
     hauld_log(level, "%s", line);
 }
 
+/* What the store logs goes to hauld's log. */
+static void store_log(void *arg, int level, const char *text)
+{
+    hauld_log(level, "store: %s", text);
+}
+
 int server_init(server *srv, const server_config *cfg, int sigfd)
 {
     memset(srv, 0, sizeof(*srv));
     srv->cfg = *cfg;
     srv->sigfd = sigfd;
-    srv->store = -1;
+    srv->store = NULL;
 
     char err[512];
     auth_init(&srv->auth);
@@ -821,9 +786,14 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
         fprintf(stderr, "hauld: %s\n", err);
         return -1;
     }
-    srv->store = fs_store_open(cfg->store, err, sizeof(err));
-    if (srv->store < 0) {
-        fprintf(stderr, "hauld: %s\n", err);
+    store_options so = {
+        .ceph_conf = cfg->ceph_conf,
+        .ceph_id = cfg->ceph_id,
+        .log = store_log,
+    };
+    store_err store_why;
+    if (store_open(cfg->store, &so, &srv->store, &store_why) < 0) {
+        fprintf(stderr, "hauld: %s\n", store_why.text);
         auth_free(&srv->auth);
         return -1;
     }
@@ -860,8 +830,8 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
     int rc = haul_engine_new(&ec, &srv->engine);
     if (rc) {
         fprintf(stderr, "hauld: cannot start the transport engine: %s\n", haul_strerror(rc));
-        close(srv->store);
-        srv->store = -1;
+        store_close(srv->store);
+        srv->store = NULL;
         return -1;
     }
 
@@ -884,8 +854,8 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
                 cfg->tls_crl ? cfg->tls_crl : "");
         haul_engine_free(srv->engine);
         srv->engine = NULL;
-        close(srv->store);
-        srv->store = -1;
+        store_close(srv->store);
+        srv->store = NULL;
         return -1;
     }
     if (rc) {
@@ -906,8 +876,8 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
         fprintf(stderr, "hauld: cannot listen on %s: %s\n", cfg->listen, why);
         haul_engine_free(srv->engine);
         srv->engine = NULL;
-        close(srv->store);
-        srv->store = -1;
+        store_close(srv->store);
+        srv->store = NULL;
         return -1;
     }
     char address[512];
@@ -1023,8 +993,7 @@ void server_fini(server *srv)
         srv->busy = b->next;
         free(b);
     }
-    if (srv->store >= 0)
-        close(srv->store);
-    srv->store = -1;
+    store_close(srv->store);
+    srv->store = NULL;
     auth_free(&srv->auth);
 }

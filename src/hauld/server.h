@@ -25,6 +25,7 @@
 #include "haul.h"
 #include "hauld/auth.h"
 #include "proto/store.h"
+#include "store/store.h"
 
 /* ---- logging (main.c) ------------------------------------------------------ */
 
@@ -44,7 +45,10 @@ int hauld_log_enabled(int level);
 
 typedef struct server_config {
     const char *listen;
+    /* The store's spec (store_open): DIR, fs:DIR or rados:POOL, and the
+     * options of a RADOS store. */
     const char *store;
+    const char *ceph_conf, *ceph_id;
     const char *config; /* the file of the [principal] sections, or NULL */
     unsigned max_sessions;
     unsigned max_connections;
@@ -140,7 +144,7 @@ typedef struct waiting_request {
 struct server {
     server_config cfg;
     haul_engine *engine;
-    int store; /* the store's root directory */
+    store *store; /* where the snapshots are kept (store/store.h) */
     int sigfd;
     int stopping; /* a signal came: refuse new requests */
     int64_t stop_deadline_ms;
@@ -212,15 +216,6 @@ request *server_find_push(request *r);
  * network went away and the connections timed out). */
 int request_connected(request *r);
 
-/* Opens the request's namespace (O_PATH), made with its parents when
- * create is set. Returns the descriptor, or -1 with errno set (ENOENT: it
- * does not exist). */
-int server_ns_open(request *r, int create);
-
-/* The text of an errno value for a RESULT: "no space left on the store"
- * for ENOSPC, strerror() otherwise. */
-const char *store_strerror(int err);
-
 /* ---- the requests (push.c, read.c) ---------------------------------------------- */
 
 /* Each checks the request before the session is accepted: 0 to accept
@@ -231,10 +226,6 @@ uint32_t list_open(request *r);
 uint32_t verify_open(request *r);
 uint32_t bench_open(request *r);
 uint32_t delete_open(request *r);
-/* Removes what deletions of a dataset left in its snapshots directory
- * when hauld stopped in their middle, adding the bytes freed to *freed
- * (when not NULL). Returns 0 or -1. */
-int delete_leftovers(int snaps, uint64_t *freed);
 /* Called once the session is accepted. */
 void push_start(request *r);
 

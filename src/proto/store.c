@@ -466,3 +466,44 @@ int hsp_hash_equal(const hsp_hash *a, const hsp_hash *b)
 {
     return memcmp(a->b, b->b, 16) == 0;
 }
+
+void hsp_hash_zeros(XXH3_state_t *st, uint64_t len)
+{
+    static const uint8_t zeros[64 << 10];
+    while (len > 0) {
+        size_t n = len < sizeof(zeros) ? (size_t)len : sizeof(zeros);
+        XXH3_128bits_update(st, zeros, n);
+        len -= n;
+    }
+}
+
+void hsp_hash_digest(XXH3_state_t *st, hsp_hash *out)
+{
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
+    memcpy(out->b, c.digest, sizeof(out->b));
+}
+
+void hsp_path_text(const char *path, size_t len, char *out, size_t size)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (size == 0)
+        return;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)path[i];
+        if (c >= 0x20 && c < 0x7f && c != '\\') {
+            if (o + 1 >= size)
+                break;
+            out[o++] = (char)c;
+        } else {
+            if (o + 4 >= size)
+                break;
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    out[o] = '\0';
+}

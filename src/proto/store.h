@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <xxhash.h>
 
 #define HSP_MAGIC "HSP1"
 #define HSP_MAGIC_LEN 4
@@ -202,5 +203,15 @@ int hsp_next(hsp_reader *r, hsp_record *rec);
 
 void hsp_hash_hex(const hsp_hash *h, char out[33]);
 int hsp_hash_equal(const hsp_hash *a, const hsp_hash *b);
+/* The canonical form of st's digest. */
+void hsp_hash_digest(XXH3_state_t *st, hsp_hash *out);
+/* Feeds len zero bytes into st (a hole). */
+void hsp_hash_zeros(XXH3_state_t *st, uint64_t len);
+
+/* ---- text ---------------------------------------------------------------------- */
+
+/* Writes a path (bytes) as printable text for logs and messages: bytes
+ * outside printable ASCII and the backslash as \xNN. Truncated to fit. */
+void hsp_path_text(const char *path, size_t len, char *out, size_t size);
 
 #endif

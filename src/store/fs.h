@@ -108,12 +108,6 @@ int fs_hash_set(int fd, const hsp_hash *hash);
  * the file ends early. */
 int fs_hash_feed(int fd, uint64_t offset, uint64_t len, XXH3_state_t *st);
 
-/* Feeds len zero bytes into st. */
-void fs_hash_zeros(XXH3_state_t *st, uint64_t len);
-
-/* The canonical form of st's digest. */
-void fs_hash_digest(XXH3_state_t *st, hsp_hash *out);
-
 /* The XXH3-128 of bytes [0, len) of fd (st is scratch). */
 int fs_hash_file(int fd, uint64_t len, XXH3_state_t *st, hsp_hash *out);
 
@@ -221,11 +215,5 @@ int fs_rec_reader_init(fs_rec_reader *rd, int fd);
  * damaged). What the record points to lives until the next call. */
 int fs_rec_next(fs_rec_reader *rd, hsp_record *rec);
 void fs_rec_reader_fini(fs_rec_reader *rd);
-
-/* ---- text --------------------------------------------------------------------- */
-
-/* Writes a path (bytes) as printable text for logs and messages: bytes
- * outside printable ASCII and the backslash as \xNN. Truncated to fit. */
-void fs_path_text(const char *path, size_t len, char *out, size_t size);
 
 #endif

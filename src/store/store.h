@@ -288,9 +288,10 @@ struct store_ops {
      * what was written stays staged (the caller asks for it again). */
     void (*file_close)(store_push *p);
     /* Leaves an awaited file out of the snapshot (the client could not
-     * read it): what was staged of it goes; closed first if it is open.
+     * read it): what was staged of it goes; closed first if it is open
+     * (another open file stays open). path gets its path, for the report.
      * STORE_NOT_AWAITED as store_file_open(). */
-    int (*file_drop)(store_push *p, uint64_t id, store_err *err);
+    int (*file_drop)(store_push *p, uint64_t id, char path[HSP_PATH_MAX + 1], store_err *err);
 
     /*
      * Makes the snapshot, atomically: every file put is complete or
@@ -477,9 +478,10 @@ static inline void store_file_close(store_push *p)
 {
     p->ops->file_close(p);
 }
-static inline int store_file_drop(store_push *p, uint64_t id, store_err *err)
+static inline int store_file_drop(store_push *p, uint64_t id, char path[HSP_PATH_MAX + 1],
+                                  store_err *err)
 {
-    return p->ops->file_drop(p, id, err);
+    return p->ops->file_drop(p, id, path, err);
 }
 static inline int store_push_commit(store_push *p, uint64_t files, uint64_t bytes,
                                     char id[HSP_SNAPSHOT_MAX + 1], store_problem_fn *problem,
