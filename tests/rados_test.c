@@ -131,12 +131,16 @@ static void start_second(e2e_env *env, e2e_server *s, char url[200])
     snprintf(url, 200, "haul://127.0.0.1:%d", s->port);
 }
 
+/* BASE/DATASET, the dataset's name made this run's own (-PID), so that
+ * runs on one cluster do not meet; DATASET@ID keeps its snapshot. */
 static const char *url_of(const char *base, const char *rest)
 {
     static char bufs[4][512];
     static int next;
     char *out = bufs[next++ % 4];
-    snprintf(out, 512, "%s/%s", base, rest);
+    const char *at = strchr(rest, '@');
+    int n = at ? (int)(at - rest) : (int)strlen(rest);
+    snprintf(out, 512, "%s/%.*s-%d%s", base, n, rest, (int)getppid(), at ? at : "");
     return out;
 }
 
@@ -202,7 +206,7 @@ static void pull(e2e_env *env, const char *base, const char *what, const char *d
 }
 
 /* A tree of every kind of entry, small enough for the in-memory OSD. */
-static uint64_t make_tree(const char *root, uint64_t seed)
+static void make_tree(const char *root, uint64_t seed)
 {
     e2e_mkdir(root);
     e2e_mkdir(e2e_at(root, "a"));
@@ -215,7 +219,10 @@ static uint64_t make_tree(const char *root, uint64_t seed)
     for (int i = 0; i < 30; i++) {
         char name[32];
         snprintf(name, sizeof(name), "a/b/s%02d", i);
-        e2e_file(e2e_at(root, name), 1000 + (uint64_t)i * 997, seed + 10 + (uint64_t)i, 0644);
+        /* Sizes differ from one seed to another, so that no file of one
+         * tree passes for the other's unchanged file. */
+        e2e_file(e2e_at(root, name), 1000 + (uint64_t)i * 997 + seed, seed + 10 + (uint64_t)i,
+                 0644);
     }
     const uint64_t extents[] = {E2E_MIB, 64 << 10, 3 * E2E_MIB, 64 << 10};
     e2e_sparse_file(e2e_at(root, "sparse"), 6 * E2E_MIB, extents, 2, seed + 4);
@@ -223,7 +230,6 @@ static uint64_t make_tree(const char *root, uint64_t seed)
     CHECK(symlink("../nowhere", e2e_at(root, "a/dangling")) == 0);
     CHECK(link(e2e_at(root, "a/b/s03"), e2e_at(root, "a/s03.hl")) == 0);
     e2e_stamp_tree(root);
-    return 5 * E2E_MIB + 12345 + E2E_MIB + 1;
 }
 
 #ifdef HAUL_HAVE_RADOS
@@ -279,7 +285,7 @@ static uint64_t object_bytes(const char *prefix, char *largest, size_t size)
 static const char *data_prefix(const char *dataset)
 {
     static char out[256];
-    snprintf(out, sizeof(out), "haul/default/%s/d.", dataset);
+    snprintf(out, sizeof(out), "haul/default/%s-%d/d.", dataset, (int)getppid());
     return out;
 }
 
@@ -388,9 +394,9 @@ TEST_TIMEOUT(server_killed_mid_push_resumes_through_another, 120)
     e2e_proc p = {0};
     e2e_haul_start(&env, &p, "push", src, url_of(slow, "resume"), "--json");
     int ok = 0;
-    E2E_WAIT_UNTIL(ok, object_bytes(data_prefix("resume"), NULL, 0) > 12 * E2E_MIB ||
-                           e2e_proc_exited(&p),
-                   60000);
+    E2E_WAIT_UNTIL(
+        ok, object_bytes(data_prefix("resume"), NULL, 0) > 12 * E2E_MIB || e2e_proc_exited(&p),
+        60000);
     CHECK(ok);
     CHECK(!e2e_proc_exited(&p));
     e2e_server_kill(&env.server);
@@ -547,9 +553,8 @@ TEST_TIMEOUT(osd_stopped_mid_push_fails_clearly, 120)
     e2e_proc p = {0};
     e2e_haul_start(&env, &p, "push", src, url_of(slow, "osd"), "--json");
     int ok = 0;
-    E2E_WAIT_UNTIL(ok, object_bytes(data_prefix("osd"), NULL, 0) > 2 * E2E_MIB ||
-                           e2e_proc_exited(&p),
-                   60000);
+    E2E_WAIT_UNTIL(
+        ok, object_bytes(data_prefix("osd"), NULL, 0) > 2 * E2E_MIB || e2e_proc_exited(&p), 60000);
     CHECK(ok);
     CHECK(!e2e_proc_exited(&p));
     CHECK_EQ(run_script("osd-stop"), 0);

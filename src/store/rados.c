@@ -441,8 +441,8 @@ typedef struct rlock {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stop;
-    int lost;                  /* under mu */
-    struct timespec renewed;   /* CLOCK_MONOTONIC of the last renewal */
+    int lost;                /* under mu */
+    struct timespec renewed; /* CLOCK_MONOTONIC of the last renewal */
 } rlock;
 
 static double mono_since(const struct timespec *t)
@@ -666,8 +666,8 @@ static void r_unlock(store_lock *base)
 /*
  * A log record: type u8, 0 u8, ref length u16, entry length u32, stripe
  * u64, content size u64 (a hard link's is its target's), the ENTRY record
- * (proto/store.h's encoding, header included), the REF. ENTRY records are the manifest; an AWAIT says that content of a
- * file began under that REF (so that a resumed push finds its prefix).
+ * (proto/store.h's encoding, header included), the REF. ENTRY records are the manifest; an AWAIT
+ * says that content of a file began under that REF (so that a resumed push finds its prefix).
  */
 enum { LOG_ENTRY = 1, LOG_AWAIT = 2 };
 #define LOG_HDR 24
@@ -824,17 +824,17 @@ static int logreader_next(logreader *lr, logrec *out, store_err *err)
 
 /* What a push knows of a path (or, in the id table, of an awaited file). */
 typedef struct rnode {
-    struct rnode *next;   /* in its table's chain */
-    struct rnode *order;  /* hard links: in put order */
+    struct rnode *next;  /* in its table's chain */
+    struct rnode *order; /* hard links: in put order */
     uint64_t hash_key;
     int kind;
-    int state;            /* NODE_* */
-    int reused;           /* old staging: taken by this push */
-    hsp_entry e;          /* e.path and e.target point into text */
+    int state;   /* NODE_* */
+    int reused;  /* old staging: taken by this push */
+    hsp_entry e; /* e.path and e.target point into text */
     rref ref;
-    uint64_t held;        /* awaited: bytes of content staged */
+    uint64_t held; /* awaited: bytes of content staged */
     uint16_t key_len;
-    char *text;           /* path, then target */
+    char *text; /* path, then target */
 } rnode;
 
 enum { NODE_PUT = 0, NODE_COMPLETE = 1, NODE_PARTIAL = 2, NODE_AWAITED = 3 };
@@ -1074,7 +1074,8 @@ static int aio_write(rpush *p, const char *oid, void *buf, size_t len, uint64_t 
     return 0;
 }
 
-/* ---- writing the log -------------------------------------------------------------------------- */
+/* ---- writing the log --------------------------------------------------------------------------
+ */
 
 static int log_flush(rpush *p, store_err *err)
 {
@@ -1201,8 +1202,8 @@ static int content_hash(rstore *s, const char *prefix, const rref *r, uint64_t s
 
 /* How much of a staged file is there: its stripes, in order, up to the
  * first that is not full. */
-static int content_held(rstore *s, const char *prefix, const rref *r, uint64_t max,
-                        uint64_t *held, store_err *err)
+static int content_held(rstore *s, const char *prefix, const rref *r, uint64_t max, uint64_t *held,
+                        store_err *err)
 {
     *held = 0;
     for (uint64_t k = 0; *held < max; k++) {
@@ -1225,7 +1226,8 @@ static int content_held(rstore *s, const char *prefix, const rref *r, uint64_t m
     return 0;
 }
 
-/* ---- loading manifests ------------------------------------------------------------------------ */
+/* ---- loading manifests ------------------------------------------------------------------------
+ */
 
 /*
  * Loads the FILE entries of a log into t by path (complete files; with
@@ -1534,8 +1536,8 @@ static int r_push_begin(store_lock *base, store_push **out, store_push_info *inf
         const char *vals[2] = {p->token, p->old_token};
         size_t lens[2] = {TOKEN_LEN, TOKEN_LEN};
         const char *rm = "stage.prev";
-        rc = head_write(l, keys, vals, lens, p->old_token[0] ? 2 : 1, &rm,
-                        p->old_token[0] ? 0 : 1, "beginning the push", err);
+        rc = head_write(l, keys, vals, lens, p->old_token[0] ? 2 : 1, &rm, p->old_token[0] ? 0 : 1,
+                        "beginning the push", err);
     }
     if (rc != 0) {
         table_free(&p->prev);
@@ -1703,7 +1705,8 @@ static int r_file_link_previous(store_push *base, const hsp_entry *e, hsp_hash *
     /* The on-disk mode of the file-system store decides there; here the
      * same bits do, so that both stores resend the same files. */
     if (o == NULL || o->e.size != e->size || o->e.mtime_sec != e->mtime_sec ||
-        o->e.mtime_nsec != e->mtime_nsec || ((o->e.mode & 0777) | 0600) != ((e->mode & 0777) | 0600))
+        o->e.mtime_nsec != e->mtime_nsec ||
+        ((o->e.mode & 0777) | 0600) != ((e->mode & 0777) | 0600))
         return 0;
     rc = file_complete(p, e, &o->e.hash, &o->ref, err);
     if (rc != 0)
@@ -1798,8 +1801,7 @@ static int r_file_open(store_push *base, uint64_t id, hsp_entry *e, char path[HS
     return 0;
 }
 
-static ssize_t r_file_read(store_push *base, uint64_t offset, void *buf, size_t len,
-                           store_err *err)
+static ssize_t r_file_read(store_push *base, uint64_t offset, void *buf, size_t len, store_err *err)
 {
     rpush *p = (rpush *)base;
     if (p->open == NULL)
@@ -1939,8 +1941,7 @@ static void r_file_close(store_push *base)
     p->open = NULL;
 }
 
-static int r_file_drop(store_push *base, uint64_t id, char path[HSP_PATH_MAX + 1],
-                       store_err *err)
+static int r_file_drop(store_push *base, uint64_t id, char path[HSP_PATH_MAX + 1], store_err *err)
 {
     rpush *p = (rpush *)base;
     rnode *n = awaited_get(p, id);
@@ -2058,9 +2059,11 @@ static void r_push_end(store_push *base)
 {
     rpush *p = (rpush *)base;
     store_err ignored;
-    if (!p->committed) {
+    if (!p->committed && !p->failed && !lock_lost(p->l)) {
         /* An abort: everything written is waited for and the log made
-         * complete, so that the next push (here or elsewhere) finds it. */
+         * complete, so that the next push (here or elsewhere) finds it.
+         * After a failed write the cluster is not answering: what was
+         * written stays, without another wait for a timeout. */
         if (p->open != NULL)
             buf_flush(p, &ignored);
         log_flush(p, &ignored);
@@ -2079,7 +2082,8 @@ static void r_push_end(store_push *base)
     free(p);
 }
 
-/* ---- reading snapshots ------------------------------------------------------------------------ */
+/* ---- reading snapshots ------------------------------------------------------------------------
+ */
 
 typedef struct rsnap {
     store_snapshot base;
@@ -2102,8 +2106,8 @@ typedef struct rfile {
 static int r_snapshot_info(store *st, const store_dataset *ds, const char *id, store_info *info,
                            store_err *err);
 
-static int r_snapshot_open(store *st, const store_dataset *ds, const char *id,
-                           store_snapshot **out, store_info *info, store_err *err)
+static int r_snapshot_open(store *st, const store_dataset *ds, const char *id, store_snapshot **out,
+                           store_info *info, store_err *err)
 {
     rstore *s = (rstore *)st;
     rnames n;
@@ -2228,11 +2232,37 @@ static ssize_t r_file_pread(store_file *base, uint64_t offset, void *buf, size_t
     return content_read(f->snap->s, f->snap->prefix, &f->ref, f->size, offset, buf, len, err);
 }
 
+/*
+ * Holes are where no object is, and after an object's end within its
+ * stripe: a sparse file pushed with holes comes back sparse. Holes inside
+ * an object's data read as data (zeros). One stat per object looked at.
+ */
 static int r_file_data(store_file *base, uint64_t offset, uint64_t *data, uint64_t *end,
                        store_err *err)
 {
     rfile *f = (rfile *)base;
-    *data = offset < f->size ? offset : f->size;
+    const uint64_t stripe = f->ref.stripe;
+    for (uint64_t at = offset; at < f->size;) {
+        uint64_t k = at / stripe, start = k * stripe;
+        char oid[OID_MAX];
+        if (data_oid(oid, f->snap->prefix, f->ref.ref, k) != 0)
+            return store_fail(err, ENAMETOOLONG, "a content object's name is too long");
+        uint64_t osize = 0;
+        time_t mtime;
+        int rc = rados_stat(f->snap->s->io, oid, &osize, &mtime);
+        if (rc < 0 && rc != -ENOENT) {
+            char what[OID_MAX + 32];
+            snprintf(what, sizeof(what), "looking at %s", oid);
+            return rfail(f->snap->s, err, rc, what);
+        }
+        if (rc == 0 && at < start + osize) {
+            *data = at;
+            *end = start + osize < f->size ? start + osize : f->size;
+            return 0;
+        }
+        at = start + stripe;
+    }
+    *data = f->size;
     *end = f->size;
     return 0;
 }
@@ -2449,7 +2479,8 @@ static int r_usage(store *st, const char *ns, uint64_t *bytes, store_err *err)
     return rc;
 }
 
-/* ---- opening ---------------------------------------------------------------------------------- */
+/* ---- opening ----------------------------------------------------------------------------------
+ */
 
 /* Reads "POOL[,stripe=BYTES][,inflight=N][,lease=S][,timeout=S]"; lease
  * and timeout override store_options. */
