@@ -921,3 +921,77 @@ TEST_TIMEOUT(unix_socket_round_trip, 120)
     CHECK_EQ(e2e_tree_diff(src, dst, 0), 0);
     e2e_teardown(&env);
 }
+
+/* --store fs:DIR is the same store as --store DIR, laid out as before:
+ * what one hauld stored, a hauld on the other spelling serves. */
+TEST_TIMEOUT(store_spec_fs_prefix_is_the_same_store, 120)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char src[PATH_MAX], dst[PATH_MAX], url[512], dir[PATH_MAX];
+    e2e_path(&env, src, "src");
+    e2e_path(&env, dst, "dst");
+    e2e_mkdir(src);
+    e2e_file(e2e_at(src, "one"), 100000, 1, 0640);
+    e2e_mkdir(e2e_at(src, "d"));
+    e2e_file(e2e_at(src, "d/two"), 2, 2, 0644);
+    e2e_stamp_tree(src);
+    e2e_proc p = {0};
+    e2e_haul(&env, &p, CMD_TIMEOUT, "push", src, e2e_url(&env, url, "spec"));
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "spec"), 1);
+    e2e_server_stop(&env.server);
+
+    snprintf(dir, sizeof(dir), "%s", env.store);
+    e2e_pathf(env.store, "fs:%s", dir);
+    e2e_start_server(&env);
+    e2e_haul(&env, &p, CMD_TIMEOUT, "pull", e2e_url(&env, url, "spec"), dst);
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+    CHECK_EQ(e2e_tree_diff(src, dst, 0), 0);
+    snprintf(env.store, sizeof(env.store), "%s", dir);
+    e2e_teardown(&env);
+}
+
+/* A store spec hauld cannot use stops it at the start with a sentence
+ * that says why: RADOS in a hauld built without it, or the RADOS options
+ * with a file-system store. */
+TEST_TIMEOUT(store_spec_refused_at_start, 30)
+{
+    static const struct {
+        const char *args, *says;
+    } bad[] = {
+#ifndef HAUL_HAVE_RADOS
+        {"--store rados:haul", "this hauld was built without RADOS"},
+#endif
+        {"--store fs:", "names nothing after fs:"},
+        {"--store STORE --ceph-conf /etc/ceph/ceph.conf", "apply to a rados:POOL store only"},
+        {"--store STORE --ceph-id admin", "apply to a rados:POOL store only"},
+    };
+    e2e_env env;
+    e2e_setup(&env, E2E_NO_SERVER);
+    char out[PATH_MAX];
+    e2e_path(&env, out, "out");
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char args[PATH_MAX + 200];
+        const char *at = strstr(bad[i].args, "STORE");
+        if (at)
+            snprintf(args, sizeof(args), "%.*s'%s'%s", (int)(at - bad[i].args), bad[i].args,
+                     env.store, at + 5);
+        else
+            snprintf(args, sizeof(args), "%s", bad[i].args);
+        char cmd[4 * PATH_MAX + 400];
+        snprintf(cmd, sizeof(cmd), "'%s' --listen 127.0.0.1:0 --plaintext %s >'%s' 2>&1", env.hauld,
+                 args, out);
+        int status = system(cmd);
+        CHECK(WIFEXITED(status));
+        CHECK_EQ(WEXITSTATUS(status), 1);
+        char *text = e2e_slurp(out);
+        if (!e2e_contains(text, bad[i].says))
+            harness_log("hauld %s said: %s", args, text ? text : "(nothing)");
+        CHECK(e2e_contains(text, bad[i].says));
+        free(text);
+    }
+    e2e_teardown(&env);
+}

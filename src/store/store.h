@@ -363,15 +363,17 @@ struct store_ops {
                          store_err *err);
     /* Deletes a committed snapshot of the locked dataset: from the moment
      * it returns 0 no reader finds it, even after a crash. Content it
-     * shares with other snapshots stays theirs; *freed gets the bytes of
-     * content no snapshot holds any more (what the store could free now;
-     * what a crash left is freed by a later delete or push). *info gets
+     * shares with other snapshots stays theirs; *freed gets the bytes
+     * that no snapshot holds any more, counted as usage counts them (what
+     * the store could free now; what a crash left is freed by a later
+     * delete or push). *info gets
      * what the snapshot was. -ENOENT: no such snapshot. */
     int (*snapshot_delete)(store_lock *l, const char *id, store_info *info, uint64_t *freed,
                            store_err *err);
-    /* The bytes of file content a namespace holds, content shared between
-     * snapshots (or files) counted once; for the quota. May cost a walk
-     * of every file. */
+    /* The bytes a namespace holds, for the quota: file content, content
+     * shared between snapshots (or files) counted once, plus what the
+     * store's own records of the snapshots take (manifests, their info).
+     * May cost a walk of every file. */
     int (*usage)(store *s, const char *ns, uint64_t *bytes, store_err *err);
 };
 
