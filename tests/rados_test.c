@@ -27,6 +27,7 @@
 #include "harness.h"
 #include "e2e.h"
 #include "fault_proxy.h"
+#include "store_api.h"
 
 #ifdef HAUL_HAVE_RADOS
 #include <rados/librados.h>
@@ -305,6 +306,66 @@ static fault_proxy *slow_proxy(const e2e_server *s, uint64_t rate, char url[200]
     return px;
 }
 
+/* ------------------------------------------------------------------------ */
+/* The sequences every store passes (store_api.h), on the cluster's pool.  */
+/* ------------------------------------------------------------------------ */
+
+/* The store of these sequences: small stripes, so that a file of a few
+ * hundred KiB spans several objects; a namespace per run. */
+static const char *api_spec(store_options *opt, char tag[32])
+{
+    need_cluster();
+    static char spec[256];
+    snprintf(spec, sizeof(spec), "rados:%s,stripe=64K,lease=%d,timeout=%d", ceph.pool, LEASE_S,
+             OP_TIMEOUT_S);
+    memset(opt, 0, sizeof(*opt));
+    opt->ceph_conf = ceph.conf;
+    snprintf(tag, 32, "rados-%d", (int)getppid());
+    return spec;
+}
+
+TEST_TIMEOUT(store_api_push_and_read, 60)
+{
+    store_options opt;
+    char tag[32];
+    const char *spec = api_spec(&opt, tag);
+    store_api_push_and_read(spec, &opt, tag);
+}
+
+TEST_TIMEOUT(store_api_share_and_delete, 60)
+{
+    store_options opt;
+    char tag[32];
+    const char *spec = api_spec(&opt, tag);
+    store_api_share_and_delete(spec, &opt, tag);
+}
+
+TEST_TIMEOUT(store_api_abort_and_resume, 60)
+{
+    store_options opt;
+    char tag[32];
+    const char *spec = api_spec(&opt, tag);
+    store_api_abort_and_resume(spec, &opt, tag);
+}
+
+TEST_TIMEOUT(store_api_lock, 60)
+{
+    store_options opt;
+    char tag[32];
+    const char *spec = api_spec(&opt, tag);
+    store_api_lock(spec, &opt, tag);
+}
+
+TEST_TIMEOUT(store_api_errors, 60)
+{
+    store_options opt;
+    char tag[32];
+    const char *spec = api_spec(&opt, tag);
+    store_api_errors(spec, &opt, tag);
+}
+
+/* ------------------------------------------------------------------------ */
+/* hauld on the cluster                                                     */
 /* ------------------------------------------------------------------------ */
 
 /*

@@ -1313,16 +1313,24 @@ static void remove_content(rstore *s, const char *prefix, const rref *r, uint64_
     }
 }
 
-static void remove_log(rstore *s, const char *prefix, const char *token, uint32_t parts)
+/* Removes a log's parts (parts = 0: until one is missing); returns the
+ * bytes they held. */
+static uint64_t remove_log(rstore *s, const char *prefix, const char *token, uint32_t parts)
 {
+    uint64_t bytes = 0;
     for (uint32_t k = 0; parts == 0 || k < parts; k++) {
         char oid[OID_MAX];
         if (log_oid(oid, prefix, token, k) != 0)
             break;
+        uint64_t size = 0;
+        time_t mtime;
+        if (rados_stat(s->io, oid, &size, &mtime) == 0)
+            bytes += size;
         int rc = rados_remove(s->io, oid);
         if (rc == -ENOENT && parts == 0)
             break;
     }
+    return bytes;
 }
 
 /* ---- the head: writes guarded by the lock ---------------------------------------------------- */
@@ -1397,7 +1405,8 @@ static int free_snapshot(rstore *s, const char *prefix, const rhead *h, const ch
                 if (n->state == LOG_ENTRY)
                     *freed += n->e.size;
             }
-        remove_log(s, prefix, token, parts);
+        /* The manifest counts in usage as content does. */
+        *freed += remove_log(s, prefix, token, parts);
     }
     table_free(&mine);
     table_free(&keep);
@@ -2028,7 +2037,8 @@ static int r_push_commit(store_push *base, uint64_t files, uint64_t bytes,
     memcpy(r.token, p->token, TOKEN_LEN + 1);
     uint8_t rec[SNAPREC_LEN], usage[8];
     snaprec_encode(&r, rec);
-    haul__put64(usage, p->head.usage + p->new_bytes);
+    /* usage: the content this snapshot added, and its manifest. */
+    haul__put64(usage, p->head.usage + p->new_bytes + p->log_total);
     char key[2 + HSP_SNAPSHOT_MAX + 1];
     snprintf(key, sizeof(key), "s.%s", r.id);
     const char *keys[2] = {key, "usage"};
