@@ -2343,7 +2343,8 @@ static int r_list_datasets(store *st, const char *ns, store_names *out, store_er
         store_names_free(out);
         return rc;
     }
-    qsort(out->v, out->n, sizeof(*out->v), name_cmp_p);
+    if (out->n > 1)
+        qsort(out->v, out->n, sizeof(*out->v), name_cmp_p);
     return 0;
 }
 
@@ -2367,7 +2368,7 @@ static int r_list_snapshots(store *st, const store_dataset *ds, store_names *out
     head_free(&h);
     if (rc != 0)
         store_names_free(out);
-    else
+    else if (out->n > 1)
         qsort(out->v, out->n, sizeof(*out->v), id_cmp_p);
     return rc;
 }
