@@ -60,9 +60,10 @@
 #define STRIPE_DEFAULT (4u << 20)
 #define STRIPE_MIN (64u << 10)
 #define STRIPE_MAX (64u << 20)
-/* Writes in flight per push (rados:POOL,inflight=N), and the bytes they may
- * hold (inflight times the stripe). */
-#define INFLIGHT_DEFAULT 16
+/* Writes in flight per push (rados:POOL,inflight=N): many, for small
+ * files; the bytes they hold are bounded apart (rados:POOL,inflight_mib=M,
+ * default 16 stripes), for large ones. */
+#define INFLIGHT_DEFAULT 64
 #define INFLIGHT_MAX 256
 /* A dataset lock's lease, and how long one RADOS operation may take. */
 #define LEASE_DEFAULT 30
@@ -87,6 +88,7 @@ typedef struct rstore {
     char pool[256];
     uint64_t stripe;
     unsigned inflight;
+    uint64_t inflight_bytes; /* 0: 16 stripes */
     unsigned lease_s, op_timeout_s;
     void (*log)(void *arg, int level, const char *text);
     void *log_arg;
@@ -978,7 +980,8 @@ typedef struct rpush {
     /* Writes in flight, oldest first, in a ring. */
     aio_slot *q;
     size_t qhead, qn;
-    int failed; /* a write failed: err_async says how */
+    uint64_t qbytes; /* bytes the writes in flight hold */
+    int failed;      /* a write failed: err_async says how */
     store_err err_async;
 
     /* The log. */
@@ -1015,6 +1018,7 @@ static void aio_reap_one(rpush *p)
     int rc = rados_aio_get_return_value(a->c);
     rados_aio_release(a->c);
     free(a->buf);
+    p->qbytes -= a->len;
     if (rc < 0 && !p->failed) {
         p->failed = rc;
         rfail(p->s, &p->err_async, rc, a->what);
@@ -1036,10 +1040,11 @@ static int aio_drain(rpush *p, store_err *err)
     return 0;
 }
 
-/* A slot for one more write, waiting for the oldest when all are taken. */
-static aio_slot *aio_slot_get(rpush *p)
+/* A slot for one more write of len bytes, waiting for the oldest while
+ * all slots are taken or the bytes in flight would pass their bound. */
+static aio_slot *aio_slot_get(rpush *p, size_t len)
 {
-    while (p->qn >= p->s->inflight)
+    while (p->qn >= p->s->inflight || (p->qn > 0 && p->qbytes + len > p->s->inflight_bytes))
         aio_reap_one(p);
     aio_slot *a = &p->q[(p->qhead + p->qn) % p->s->inflight];
     memset(a, 0, sizeof(*a));
@@ -1056,7 +1061,7 @@ static int aio_write(rpush *p, const char *oid, void *buf, size_t len, uint64_t 
         *err = p->err_async;
         return p->failed;
     }
-    aio_slot *a = aio_slot_get(p);
+    aio_slot *a = aio_slot_get(p, len);
     if (rados_aio_create_completion2(NULL, NULL, &a->c) != 0) {
         free(buf);
         return store_fail(err, ENOMEM, "%s: out of memory", what);
@@ -1069,6 +1074,7 @@ static int aio_write(rpush *p, const char *oid, void *buf, size_t len, uint64_t 
     }
     a->buf = buf;
     a->len = len;
+    p->qbytes += len;
     snprintf(a->what, sizeof(a->what), "%s", what);
     p->qn++;
     return 0;
@@ -2111,6 +2117,11 @@ typedef struct rfile {
     rsnap *snap;
     rref ref;
     uint64_t size;
+    /* A file of one object is read whole when opened: one operation for
+     * a small file instead of one per question. whole_len < size: the
+     * rest is a hole. */
+    uint8_t *whole;
+    size_t whole_len;
 } rfile;
 
 static int r_snapshot_info(store *st, const store_dataset *ds, const char *id, store_info *info,
@@ -2230,6 +2241,27 @@ static int r_file_open_read(store_snapshot *base, const hsp_entry *e, store_file
     f->base.ops = base->ops;
     f->snap = snap;
     f->size = manifest_size;
+    if (f->size > 0 && f->size <= f->ref.stripe) {
+        f->whole = malloc((size_t)f->size);
+        if (f->whole == NULL) {
+            free(f);
+            return store_fail(err, ENOMEM, "out of memory");
+        }
+        char oid[OID_MAX];
+        ssize_t n = -ENAMETOOLONG;
+        if (data_oid(oid, snap->prefix, f->ref.ref, 0) == 0)
+            n = read_whole(snap->s, oid, f->whole, (size_t)f->size);
+        if (n == -ENOENT)
+            n = 0;
+        if (n < 0) {
+            free(f->whole);
+            free(f);
+            char what[OID_MAX + 32];
+            snprintf(what, sizeof(what), "reading %s", oid);
+            return rfail(snap->s, err, (int)n, what);
+        }
+        f->whole_len = (size_t)n;
+    }
     *size = f->size;
     *out = &f->base;
     return 0;
@@ -2239,6 +2271,18 @@ static ssize_t r_file_pread(store_file *base, uint64_t offset, void *buf, size_t
                             store_err *err)
 {
     rfile *f = (rfile *)base;
+    if (f->whole != NULL) {
+        if (offset >= f->size)
+            return 0;
+        if (len > f->size - offset)
+            len = (size_t)(f->size - offset);
+        size_t have = offset < f->whole_len ? f->whole_len - (size_t)offset : 0;
+        if (have > len)
+            have = len;
+        memcpy(buf, f->whole + offset, have);
+        memset((uint8_t *)buf + have, 0, len - have);
+        return (ssize_t)len;
+    }
     return content_read(f->snap->s, f->snap->prefix, &f->ref, f->size, offset, buf, len, err);
 }
 
@@ -2251,6 +2295,11 @@ static int r_file_data(store_file *base, uint64_t offset, uint64_t *data, uint64
                        store_err *err)
 {
     rfile *f = (rfile *)base;
+    if (f->whole != NULL || f->size == 0) {
+        *data = offset < f->whole_len ? offset : f->size;
+        *end = offset < f->whole_len ? f->whole_len : f->size;
+        return 0;
+    }
     const uint64_t stripe = f->ref.stripe;
     for (uint64_t at = offset; at < f->size;) {
         uint64_t k = at / stripe, start = k * stripe;
@@ -2279,7 +2328,9 @@ static int r_file_data(store_file *base, uint64_t offset, uint64_t *data, uint64
 
 static void r_file_close_read(store_file *base)
 {
-    free(base);
+    rfile *f = (rfile *)base;
+    free(f->whole);
+    free(f);
 }
 
 static int r_check_entry(store_snapshot *base, const hsp_entry *e, char *why, size_t size)
@@ -2493,7 +2544,7 @@ static int r_usage(store *st, const char *ns, uint64_t *bytes, store_err *err)
 /* ---- opening ----------------------------------------------------------------------------------
  */
 
-/* Reads "POOL[,stripe=BYTES][,inflight=N][,lease=S][,timeout=S]"; lease
+/* Reads "POOL[,stripe=BYTES][,inflight=N][,inflight_mib=M][,lease=S][,timeout=S]"; lease
  * and timeout override store_options. */
 static int parse_spec(rstore *s, const char *spec, store_err *err)
 {
@@ -2529,6 +2580,11 @@ static int parse_spec(rstore *s, const char *spec, store_err *err)
                 return store_fail(err, EINVAL, "rados: inflight=%s: from 1 to %d", text + 9,
                                   INFLIGHT_MAX);
             s->inflight = (unsigned)v;
+        } else if (strncmp(text, "inflight_mib=", 13) == 0) {
+            v = strtoull(text + 13, &end, 10);
+            if (end == text + 13 || *end != '\0' || v < 1 || v > 4096)
+                return store_fail(err, EINVAL, "rados: inflight_mib=%s: from 1 to 4096", text + 13);
+            s->inflight_bytes = v << 20;
         } else if (strncmp(text, "lease=", 6) == 0 || strncmp(text, "timeout=", 8) == 0) {
             const char *num = strchr(text, '=') + 1;
             v = strtoull(num, &end, 10);
@@ -2540,7 +2596,8 @@ static int parse_spec(rstore *s, const char *spec, store_err *err)
                 s->op_timeout_s = (unsigned)v;
         } else {
             return store_fail(err, EINVAL,
-                              "rados: unknown option %s (stripe=, inflight=, lease=, timeout=)",
+                              "rados: unknown option %s (stripe=, inflight=, inflight_mib=, "
+                              "lease=, timeout=)",
                               text);
         }
     }
@@ -2564,6 +2621,8 @@ static int r_open(const char *spec, const store_options *opt, store **out, store
         free(s);
         return rc;
     }
+    if (s->inflight_bytes == 0)
+        s->inflight_bytes = 16 * s->stripe;
     const char *conf = opt && opt->ceph_conf ? opt->ceph_conf : "/etc/ceph/ceph.conf";
     const char *id = opt && opt->ceph_id ? opt->ceph_id : "admin";
     char user[256];
