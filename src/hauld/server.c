@@ -884,9 +884,9 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
     if (haul_listen_address(srv->engine, address, sizeof(address)) != 0)
         snprintf(address, sizeof(address), "%s", cfg->listen);
     hauld_log(HAUL_LOG_INFO,
-              "storing into %s, %u I/O thread%s, message timeout %u s, keepalive %u ms, idle "
-              "timeout %u ms (0: off)",
-              cfg->store, ec.io_threads, ec.io_threads == 1 ? "" : "s",
+              "storing into %s (%s store), %u I/O thread%s, message timeout %u s, keepalive %u "
+              "ms, idle timeout %u ms (0: off)",
+              cfg->store, srv->store->ops->name, ec.io_threads, ec.io_threads == 1 ? "" : "s",
               ec.message_timeout_ms / 1000, ec.keepalive_ms, ec.idle_timeout_ms);
     if (cfg->tls_cert)
         hauld_log(HAUL_LOG_INFO, "listening on %s with mutual TLS 1.3 (CA %s%s%s)", address,

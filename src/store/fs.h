@@ -1,6 +1,8 @@
 /*
  * fs.h - the file-system store of hauld: one directory tree per principal
- * under the store's root, and safe path operations inside it.
+ * under the store's root, and safe path operations inside it. These are
+ * the store's own tools: fs_store.c puts the store behind store/store.h,
+ * and hauld's requests never call them.
  *
  * The layout (docs/store-protocol.md, "The store"):
  *
