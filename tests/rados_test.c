@@ -490,6 +490,65 @@ TEST_TIMEOUT(server_killed_mid_push_resumes_through_another, 120)
 }
 
 /*
+ * The lock of a server killed in a push, with a lease far longer than the
+ * test: another server refuses the dataset (busy), and takes it over at
+ * once when the client asks (haul push --takeover), resuming the push.
+ */
+TEST_TIMEOUT(takeover_breaks_a_dead_servers_lock, 120)
+{
+    e2e_env env;
+    need_cluster();
+    e2e_setup(&env, E2E_NO_SERVER);
+    snprintf(env.store, sizeof(env.store), "rados:%s,stripe=1M,lease=600,timeout=%d", ceph.pool,
+             OP_TIMEOUT_S);
+    env.server_args[0] = "--ceph-conf";
+    env.server_args[1] = ceph.conf;
+    e2e_start_server(&env);
+    e2e_server second;
+    char url2[200], slow[200];
+    start_second(&env, &second, url2);
+    char src[PATH_MAX], dst[PATH_MAX];
+    e2e_path(&env, src, "src");
+    e2e_path(&env, dst, "dst");
+    e2e_mkdir(src);
+    e2e_file(e2e_at(src, "big"), 24 * E2E_MIB, 8, 0644);
+    e2e_stamp_tree(src);
+
+    fault_proxy *px = slow_proxy(&env.server, 4 * E2E_MIB, slow);
+    e2e_proc p = {0};
+    e2e_haul_start(&env, &p, "push", src, url_of(slow, "takeover"), "--json");
+    int ok = 0;
+    E2E_WAIT_UNTIL(
+        ok, object_bytes(data_prefix("takeover"), NULL, 0) > 4 * E2E_MIB || e2e_proc_exited(&p),
+        60000);
+    CHECK(ok);
+    CHECK(!e2e_proc_exited(&p));
+    e2e_server_kill(&env.server);
+    kill(p.pid, SIGKILL);
+    e2e_proc_wait(&p, 10);
+    e2e_proc_free(&p);
+    fault_proxy_stop(px);
+
+    e2e_haul(&env, &p, CMD_TIMEOUT, "push", src, url_of(url2, "takeover"), "--json");
+    CHECK_EXIT(&p, 4);
+    e2e_proc_free(&p);
+    const double start = e2e_now();
+    e2e_haul(&env, &p, CMD_TIMEOUT, "push", "--takeover", src, url_of(url2, "takeover"), "--json");
+    CHECK_EXIT(&p, 0);
+    push_report r;
+    parse_report(&p, &r);
+    e2e_proc_free(&p);
+    harness_log("taken over in %.1f s: %llu sent", e2e_now() - start,
+                (unsigned long long)r.bytes_sent);
+    CHECK_LT(e2e_now() - start, 30.0);
+    CHECK_LT(r.bytes_sent, 24 * E2E_MIB - 2 * E2E_MIB);
+    pull(&env, url2, "takeover", dst);
+    CHECK_EQ(e2e_tree_diff(src, dst, 0), 0);
+    e2e_server_stop(&second);
+    e2e_teardown(&env);
+}
+
+/*
  * Two pushes of one dataset at once, through two servers: one is refused
  * (busy) while the other holds the dataset, or they follow each other;
  * every snapshot is one of the two trees, whole.
