@@ -92,6 +92,11 @@ typedef struct rstore {
     unsigned lease_s, op_timeout_s;
     void (*log)(void *arg, int level, const char *text);
     void *log_arg;
+    /* Lock renewal threads still running (they may outlive their lock by
+     * one renewal); close waits for them. */
+    pthread_mutex_t mu;
+    pthread_cond_t idle;
+    unsigned renewers;
 } rstore;
 
 static void slog(rstore *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -444,8 +449,23 @@ typedef struct rlock {
     pthread_cond_t cv;
     int stop;
     int lost;                /* under mu */
+    int troubled;            /* under mu: an operation timed out */
+    int refs;                /* under mu: the holder and the renewal thread */
     struct timespec renewed; /* CLOCK_MONOTONIC of the last renewal */
 } rlock;
+
+/* Drops a reference to a lock; the last one frees it. */
+static void lock_put(rlock *l)
+{
+    pthread_mutex_lock(&l->mu);
+    int last = --l->refs == 0;
+    pthread_mutex_unlock(&l->mu);
+    if (last) {
+        pthread_cond_destroy(&l->cv);
+        pthread_mutex_destroy(&l->mu);
+        free(l);
+    }
+}
 
 static double mono_since(const struct timespec *t)
 {
@@ -484,6 +504,8 @@ static void *lock_renew(void *arg)
         int rc = rados_lock_exclusive(s->io, l->names.head, LOCK_NAME, l->cookie, "hauld push",
                                       &lease, LIBRADOS_LOCK_FLAG_MUST_RENEW);
         pthread_mutex_lock(&l->mu);
+        if (rc == -ETIMEDOUT)
+            l->troubled = 1;
         if (rc == 0) {
             clock_gettime(CLOCK_MONOTONIC, &l->renewed);
         } else if (rc == -ENOENT || rc == -EBUSY) {
@@ -501,6 +523,11 @@ static void *lock_renew(void *arg)
         }
     }
     pthread_mutex_unlock(&l->mu);
+    lock_put(l);
+    pthread_mutex_lock(&s->mu);
+    if (--s->renewers == 0)
+        pthread_cond_broadcast(&s->idle);
+    pthread_mutex_unlock(&s->mu);
     return NULL;
 }
 
@@ -633,8 +660,22 @@ static int r_lock(store *st, const store_dataset *ds, unsigned flags, store_lock
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&l->cv, &ca);
     pthread_condattr_destroy(&ca);
-    rc = pthread_create(&l->renewer, NULL, lock_renew, l);
+    /* The renewal thread holds a reference of its own: a renewal that
+     * waits on a cluster that does not answer ends on its own time, after
+     * the lock was released, and nobody waits for it but store_close(). */
+    l->refs = 2;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_mutex_lock(&s->mu);
+    s->renewers++;
+    pthread_mutex_unlock(&s->mu);
+    rc = pthread_create(&l->renewer, &attr, lock_renew, l);
+    pthread_attr_destroy(&attr);
     if (rc != 0) {
+        pthread_mutex_lock(&s->mu);
+        s->renewers--;
+        pthread_mutex_unlock(&s->mu);
         rados_unlock(s->io, l->names.head, LOCK_NAME, l->cookie);
         pthread_cond_destroy(&l->cv);
         pthread_mutex_destroy(&l->mu);
@@ -646,21 +687,47 @@ static int r_lock(store *st, const store_dataset *ds, unsigned flags, store_lock
     return 0;
 }
 
+/*
+ * Releases the lock: at once, so that the next push of the dataset finds
+ * it free. A lock that was lost is not ours to release; one whose
+ * operations timed out (an OSD or the network gone) is released in the
+ * background, since waiting for another timeout would only delay the
+ * request's answer, and the lease frees it if the release never lands.
+ */
 static void r_unlock(store_lock *base)
 {
     rlock *l = (rlock *)base;
+    rstore *s = l->s;
     pthread_mutex_lock(&l->mu);
     l->stop = 1;
     pthread_cond_signal(&l->cv);
+    int lost = l->lost, troubled = l->troubled;
     pthread_mutex_unlock(&l->mu);
-    pthread_join(l->renewer, NULL);
-    int rc = rados_unlock(l->s->io, l->names.head, LOCK_NAME, l->cookie);
-    if (rc < 0 && rc != -ENOENT)
-        slog(l->s, HAUL_LOG_WARN, "rados: unlocking dataset %s: %s (the lease frees it)",
-             l->names.name, strerror(-rc));
-    pthread_cond_destroy(&l->cv);
-    pthread_mutex_destroy(&l->mu);
-    free(l);
+    if (troubled && !lost) {
+        rados_completion_t c;
+        if (rados_aio_create_completion2(NULL, NULL, &c) == 0) {
+            if (rados_aio_unlock(s->io, l->names.head, LOCK_NAME, l->cookie, c) < 0)
+                slog(s, HAUL_LOG_WARN, "rados: unlocking dataset %s failed (the lease frees it)",
+                     l->names.name);
+            rados_aio_release(c);
+        }
+    } else if (!lost) {
+        int rc = rados_unlock(s->io, l->names.head, LOCK_NAME, l->cookie);
+        if (rc < 0 && rc != -ENOENT)
+            slog(s, HAUL_LOG_WARN, "rados: unlocking dataset %s: %s (the lease frees it)",
+                 l->names.name, strerror(-rc));
+    }
+    lock_put(l);
+}
+
+/* Notes that an operation under the lock timed out (see r_unlock). */
+static void lock_troubled(rlock *l, int rc)
+{
+    if (rc != -ETIMEDOUT)
+        return;
+    pthread_mutex_lock(&l->mu);
+    l->troubled = 1;
+    pthread_mutex_unlock(&l->mu);
 }
 
 /* ---- the log: records of a push ------------------------------------------------------------ */
@@ -1021,6 +1088,7 @@ static void aio_reap_one(rpush *p)
     p->qbytes -= a->len;
     if (rc < 0 && !p->failed) {
         p->failed = rc;
+        lock_troubled(p->l, rc);
         rfail(p->s, &p->err_async, rc, a->what);
     }
     memset(a, 0, sizeof(*a));
@@ -1366,8 +1434,10 @@ static int head_write(rlock *l, const char *const *keys, const char *const *vals
         pthread_mutex_unlock(&l->mu);
         return lost_fail(l, err);
     }
-    if (rc < 0)
+    if (rc < 0) {
+        lock_troubled(l, rc);
         return rfail(l->s, err, rc, what);
+    }
     return 0;
 }
 
@@ -2084,6 +2154,11 @@ static void r_push_end(store_push *base)
             buf_flush(p, &ignored);
         log_flush(p, &ignored);
     }
+    /* After a failure the writes still in flight wait on a cluster that
+     * did not answer: they are cancelled rather than waited out. */
+    if (p->failed)
+        for (size_t i = 0; i < p->qn; i++)
+            rados_aio_cancel(p->s->io, p->q[(p->qhead + i) % p->s->inflight].c);
     while (p->qn > 0)
         aio_reap_one(p);
     free(p->buf);
@@ -2616,6 +2691,8 @@ static int r_open(const char *spec, const store_options *opt, store **out, store
     s->op_timeout_s = opt && opt->op_timeout_s ? opt->op_timeout_s : OP_TIMEOUT_DEFAULT;
     s->log = opt ? opt->log : NULL;
     s->log_arg = opt ? opt->log_arg : NULL;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->idle, NULL);
     int rc = parse_spec(s, spec, err);
     if (rc != 0) {
         free(s);
@@ -2674,6 +2751,12 @@ static int r_open(const char *spec, const store_options *opt, store **out, store
 static void r_close(store *st)
 {
     rstore *s = (rstore *)st;
+    pthread_mutex_lock(&s->mu);
+    while (s->renewers > 0)
+        pthread_cond_wait(&s->idle, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    pthread_cond_destroy(&s->idle);
+    pthread_mutex_destroy(&s->mu);
     rados_ioctx_destroy(s->io);
     rados_shutdown(s->cluster);
     free(s);
