@@ -364,6 +364,127 @@ TEST_TIMEOUT(store_api_errors, 60)
     store_api_errors(spec, &opt, tag);
 }
 
+/* The content objects whose names start with prefix. */
+static int object_count(const char *prefix)
+{
+#ifdef HAUL_HAVE_RADOS
+    connect_cluster();
+    rados_list_ctx_t ctx;
+    CHECK_OK(rados_nobjects_list_open(io, &ctx));
+    const char *oid;
+    int n = 0;
+    while (rados_nobjects_list_next(ctx, &oid, NULL, NULL) == 0)
+        if (strncmp(oid, prefix, strlen(prefix)) == 0)
+            n++;
+    rados_nobjects_list_close(ctx);
+    return n;
+#else
+    return 0;
+#endif
+}
+
+/* One push of small files (each packed with the others), through the
+ * interface: files[i] of sizes[i] bytes from seeds[i]; a file whose
+ * seed is 0 is linked from the previous snapshot. */
+static void push_small(store_api_env *env, const char **files, const size_t *sizes,
+                       const unsigned *seeds, int n, char id[HSP_SNAPSHOT_MAX + 1])
+{
+    store_lock *lock;
+    store_push *p;
+    store_push_info info;
+    STORE_API_OK(env, store_lock_dataset(env->s, &env->ds, STORE_LOCK_CREATE, &lock, &env->err));
+    STORE_API_OK(env, store_push_begin(lock, &p, &info, &env->err));
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        hsp_entry e = store_api_entry((uint64_t)i, HSP_FILE, files[i], sizes[i], NULL);
+        e.mtime_sec += (int64_t)sizes[i];
+        if (seeds[i] == 0) {
+            hsp_hash h;
+            CHECK_EQ(store_file_link_previous(p, &e, &h, &env->err), 1);
+        } else {
+            static uint8_t data[60000];
+            CHECK_LE(sizes[i], sizeof(data));
+            store_api_fill(data, sizes[i], seeds[i]);
+            store_api_put_file(env, p, &e, data, 0, 0);
+        }
+        total += sizes[i];
+    }
+    STORE_API_OK(env, store_push_commit(p, (uint64_t)n, total, id, NULL, NULL, &env->err));
+    store_push_end(p);
+    store_unlock(lock);
+}
+
+static void check_small(store_api_env *env, const char *id, const char *file, size_t size,
+                        unsigned seed)
+{
+    static uint8_t data[60000];
+    store_api_fill(data, size, seed);
+    store_snapshot *snap;
+    store_info si;
+    STORE_API_OK(env, store_snapshot_open(env->s, &env->ds, id, &snap, &si, &env->err));
+    hsp_entry e = store_api_entry(0, HSP_FILE, file, size, NULL);
+    store_api_check_file(env, snap, &e, data, size);
+    store_snapshot_close(snap);
+}
+
+/*
+ * Small files share pack objects: a pack stays while a snapshot holds any
+ * of its files, and goes with the delete of the last snapshot that does.
+ */
+TEST_TIMEOUT(packs_are_freed_with_their_last_file, 60)
+{
+    store_options opt;
+    char tag[32];
+    need_cluster();
+    char spec[256];
+    snprintf(spec, sizeof(spec), "rados:%s,stripe=1M,lease=%d,timeout=%d", ceph.pool, LEASE_S,
+             OP_TIMEOUT_S);
+    memset(&opt, 0, sizeof(opt));
+    opt.ceph_conf = ceph.conf;
+    snprintf(tag, sizeof(tag), "rados-%d", (int)getppid());
+    store_api_env env;
+    store_api_open(&env, spec, &opt, "packs", tag);
+    char prefix[256];
+    snprintf(prefix, sizeof(prefix), "haul/%s/%s/d.", env.ns, env.ds.name);
+
+    char id1[HSP_SNAPSHOT_MAX + 1], id2[HSP_SNAPSHOT_MAX + 1], id3[HSP_SNAPSHOT_MAX + 1];
+    const char *files[] = {"x", "y"};
+    const size_t s1[] = {1000, 2000}, s2[] = {1000, 3000}, s3[] = {4000, 3000};
+    const unsigned k1[] = {1, 2}, k2[] = {0, 3}, k3[] = {4, 0};
+    push_small(&env, files, s1, k1, 2, id1);
+    CHECK_EQ(object_count(prefix), 1); /* x and y in one pack */
+    push_small(&env, files, s2, k2, 2, id2);
+    CHECK_EQ(object_count(prefix), 2); /* x shared, y' in a new pack */
+
+    /* The first snapshot's pack holds x, which the second holds too. */
+    store_lock *lock;
+    store_info si;
+    uint64_t freed = 0;
+    STORE_API_OK(&env, store_lock_dataset(env.s, &env.ds, 0, &lock, &env.err));
+    STORE_API_OK(&env, store_snapshot_delete(lock, id1, &si, &freed, &env.err));
+    store_unlock(lock);
+    CHECK_EQ(object_count(prefix), 2);
+    CHECK_LT(freed, STORE_API_OVERHEAD);
+    check_small(&env, id2, "x", 1000, 1);
+    check_small(&env, id2, "y", 3000, 3);
+
+    /* x changes: its old pack is the second snapshot's alone, and goes
+     * with it; y' stays, shared with the third. */
+    push_small(&env, files, s3, k3, 2, id3);
+    CHECK_EQ(object_count(prefix), 3);
+    STORE_API_OK(&env, store_lock_dataset(env.s, &env.ds, 0, &lock, &env.err));
+    STORE_API_OK(&env, store_snapshot_delete(lock, id2, &si, &freed, &env.err));
+    store_unlock(lock);
+    CHECK_EQ(object_count(prefix), 2);
+    CHECK_GE(freed, 3000); /* the pack of x and the first y */
+    check_small(&env, id3, "x", 4000, 4);
+    check_small(&env, id3, "y", 3000, 3);
+    uint64_t usage;
+    STORE_API_OK(&env, store_usage(env.s, env.ns, &usage, &env.err));
+    STORE_API_CHECK_ABOUT(usage, 4000 + 3000);
+    store_api_close(&env);
+}
+
 /* ------------------------------------------------------------------------ */
 /* hauld on the cluster                                                     */
 /* ------------------------------------------------------------------------ */
@@ -647,6 +768,37 @@ TEST_TIMEOUT(verify_detects_a_corrupted_object, 120)
     e2e_proc_free(&p);
     e2e_haul(&env, &p, CMD_TIMEOUT, "verify", url_of(env.url, "intact"));
     CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+
+    /* Small files share a pack object: a damaged pack names its files. */
+    char small[PATH_MAX];
+    e2e_path(&env, small, "small");
+    e2e_mkdir(small);
+    for (int i = 0; i < 10; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "packed-%d", i);
+        e2e_file(e2e_at(small, name), 1000 + (uint64_t)i * 500, 50 + (uint64_t)i, 0644);
+    }
+    e2e_stamp_tree(small);
+    push(&env, env.url, small, "damaged-pack", &r);
+    oid[0] = '\0';
+    object_bytes(data_prefix("damaged-pack"), oid, sizeof(oid));
+    CHECK(oid[0] != '\0');
+    CHECK_EQ(object_count(data_prefix("damaged-pack")), 1);
+    e2e_file(junk, 4096, 1234, 0644);
+    pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        execlp("rados", "rados", "-c", ceph.conf, "-p", ceph.pool, "put", oid, junk, (char *)NULL);
+        _exit(127);
+    }
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    e2e_haul(&env, &p, CMD_TIMEOUT, "verify", url_of(env.url, "damaged-pack"));
+    CHECK_EXIT(&p, 5);
+    if (!e2e_contains(p.out, "packed-") && !e2e_contains(p.err, "packed-"))
+        e2e_proc_show(&p);
+    CHECK(e2e_contains(p.out, "packed-") || e2e_contains(p.err, "packed-"));
     e2e_proc_free(&p);
     e2e_teardown(&env);
 }

@@ -733,19 +733,27 @@ static void lock_troubled(rlock *l, int rc)
 /* ---- the log: records of a push ------------------------------------------------------------ */
 
 /*
- * A log record: type u8, 0 u8, ref length u16, entry length u32, stripe
- * u64, content size u64 (a hard link's is its target's), the ENTRY record
- * (proto/store.h's encoding, header included), the REF. ENTRY records are the manifest; an AWAIT
- * says that content of a file began under that REF (so that a resumed push finds its prefix).
+ * A log record: type u8, flags u8 (bit 0: the content is packed), ref
+ * length u16, entry length u32, stripe u64, content size u64 (a hard
+ * link's is its target's), offset in the pack u64, the ENTRY record
+ * (proto/store.h's encoding, header included), the REF. ENTRY records are
+ * the manifest; an AWAIT says that content of a file began under that REF
+ * (so that a resumed push finds its prefix); a PACK that a pack of small
+ * files was written, and its length (its entry is a placeholder).
  */
-enum { LOG_ENTRY = 1, LOG_AWAIT = 2 };
-#define LOG_HDR 24
+enum { LOG_ENTRY = 1, LOG_AWAIT = 2, LOG_PACK = 3 };
+#define LOG_HDR 32
+#define LOG_PACKED 1
 
-/* A file's content: where it is. */
+/* A file's content: where it is. Content of its own is in stripes
+ * (d.REF.K); packed content is [offset, offset + size) of d.REF.0, a pack
+ * of small files of one push. */
 typedef struct rref {
     char ref[REF_MAX];
     uint64_t stripe;
     uint64_t size; /* the content's size */
+    uint64_t offset;
+    int packed;
 } rref;
 
 /* Appends a record to buf (cap bytes); returns its length or 0 when it
@@ -760,11 +768,12 @@ static size_t log_record(uint8_t *buf, size_t cap, int type, const hsp_entry *e,
     if (hsp_put_entry(&w, e) != 0)
         return 0;
     buf[0] = (uint8_t)type;
-    buf[1] = 0;
+    buf[1] = r && r->packed ? LOG_PACKED : 0;
     haul__put16(buf + 2, (uint16_t)rl);
     haul__put32(buf + 4, (uint32_t)w.len);
     haul__put64(buf + 8, r ? r->stripe : 0);
     haul__put64(buf + 16, r ? r->size : 0);
+    haul__put64(buf + 24, r ? r->offset : 0);
     if (rl)
         memcpy(buf + LOG_HDR + w.len, r->ref, rl);
     return LOG_HDR + w.len + rl;
@@ -787,11 +796,13 @@ static int log_next(const uint8_t *buf, size_t len, size_t *pos, logrec *out)
     size_t rl = haul__get16(p + 2), el = haul__get32(p + 4);
     if (len - *pos - LOG_HDR < el + rl)
         return 0;
-    if ((p[0] != LOG_ENTRY && p[0] != LOG_AWAIT) || p[1] != 0 || rl >= REF_MAX)
+    if (p[0] < LOG_ENTRY || p[0] > LOG_PACK || (p[1] & ~LOG_PACKED) != 0 || rl >= REF_MAX)
         return -1;
     out->type = p[0];
+    out->ref.packed = p[1] & LOG_PACKED;
     out->ref.stripe = haul__get64(p + 8);
     out->ref.size = haul__get64(p + 16);
+    out->ref.offset = haul__get64(p + 24);
     memcpy(out->ref.ref, p + LOG_HDR + el, rl);
     out->ref.ref[rl] = '\0';
     hsp_reader r;
@@ -835,12 +846,13 @@ static void logreader_fini(logreader *lr)
     lr->buf = NULL;
 }
 
-/* Reads an object of at most cap bytes whole; returns its length. */
-static ssize_t read_whole(rstore *s, const char *oid, uint8_t *buf, size_t cap)
+/* Reads up to cap bytes of an object from offset; returns how many there
+ * were. */
+static ssize_t read_at(rstore *s, const char *oid, uint8_t *buf, size_t cap, uint64_t offset)
 {
     size_t got = 0;
     while (got < cap) {
-        int n = rados_read(s->io, oid, (char *)buf + got, cap - got, got);
+        int n = rados_read(s->io, oid, (char *)buf + got, cap - got, offset + got);
         if (n < 0)
             return n;
         if (n == 0)
@@ -876,7 +888,7 @@ static int logreader_next(logreader *lr, logrec *out, store_err *err)
         char oid[OID_MAX];
         if (log_oid(oid, lr->prefix, lr->token, lr->part) != 0)
             return store_fail(err, ENAMETOOLONG, "the manifest's name is too long");
-        ssize_t n = read_whole(lr->s, oid, lr->buf, LOG_PART_MAX);
+        ssize_t n = read_at(lr->s, oid, lr->buf, LOG_PART_MAX, 0);
         if (n == -ENOENT && lr->parts == 0) {
             lr->done = 1;
             return 0;
@@ -1073,6 +1085,11 @@ typedef struct rpush {
     uint64_t buf_start;
     size_t buf_len;
 
+    /* The pack of small files being filled: [0, pack_len) of packbuf. */
+    rref pack;
+    uint8_t *packbuf;
+    size_t pack_len;
+
     uint64_t new_bytes; /* content this snapshot adds (not shared) */
     int committed;
 } rpush;
@@ -1209,6 +1226,21 @@ static ssize_t content_read(rstore *s, const char *prefix, const rref *r, uint64
         return 0;
     if (len > size - offset)
         len = (size_t)(size - offset);
+    if (r->packed) {
+        char oid[OID_MAX];
+        if (data_oid(oid, prefix, r->ref, 0) != 0)
+            return store_fail(err, ENAMETOOLONG, "a content object's name is too long");
+        ssize_t got = read_at(s, oid, buf, len, r->offset + offset);
+        if (got == -ENOENT)
+            got = 0;
+        if (got < 0) {
+            char what[OID_MAX + 32];
+            snprintf(what, sizeof(what), "reading %s", oid);
+            return rfail(s, err, (int)got, what);
+        }
+        memset((char *)buf + got, 0, len - (size_t)got);
+        return (ssize_t)len;
+    }
     size_t done = 0;
     while (done < len) {
         uint64_t at = offset + done;
@@ -1280,6 +1312,8 @@ static int content_held(rstore *s, const char *prefix, const rref *r, uint64_t m
                         store_err *err)
 {
     *held = 0;
+    if (r->packed)
+        return 0; /* a small file is sent again whole */
     for (uint64_t k = 0; *held < max; k++) {
         char oid[OID_MAX];
         if (data_oid(oid, prefix, r->ref, k) != 0)
@@ -1318,7 +1352,7 @@ static int load_log(rstore *s, const char *prefix, const char *token, uint32_t p
     int rc;
     while ((rc = logreader_next(&lr, &r, err)) == 1) {
         const hsp_entry *e = &r.rec.entry;
-        if (e->kind != HSP_FILE)
+        if (e->kind != HSP_FILE || r.type == LOG_PACK)
             continue;
         if (r.type == LOG_AWAIT && !awaits)
             continue;
@@ -1352,9 +1386,12 @@ static int load_refs(rstore *s, const char *prefix, const char *token, uint32_t 
             continue;
         rnode *had = table_get(t, r.ref.ref, strlen(r.ref.ref));
         if (had != NULL) {
-            /* A file begun (AWAIT) and then completed. */
-            if (r.type == LOG_ENTRY)
+            /* A file begun (AWAIT) and then completed; a pack written,
+             * which holds its length. */
+            if (r.type != LOG_AWAIT)
                 had->state = LOG_ENTRY;
+            if (r.type == LOG_PACK)
+                had->e.size = r.ref.size;
             continue;
         }
         hsp_entry k = {.path = r.ref.ref, .path_len = (uint16_t)strlen(r.ref.ref)};
@@ -1365,26 +1402,33 @@ static int load_refs(rstore *s, const char *prefix, const char *token, uint32_t 
             break;
         }
         n->ref = r.ref;
-        n->e.size = r.ref.size;
-        n->state = r.type;
+        /* A pack counts with its length, once it is written. */
+        n->e.size = r.ref.packed && r.type != LOG_PACK ? 0 : r.ref.size;
+        n->state = r.type == LOG_AWAIT ? LOG_AWAIT : LOG_ENTRY;
     }
     logreader_fini(&lr);
     return rc < 0 ? rc : 0;
 }
 
 /* Removes the objects of a REF of `size` bytes; missing ones (holes) are
- * no failure. */
-static void remove_content(rstore *s, const char *prefix, const rref *r, uint64_t size)
+ * no failure. Returns the bytes the objects held. */
+static uint64_t remove_content(rstore *s, const char *prefix, const rref *r, uint64_t size)
 {
-    uint64_t stripes = size == 0 ? 1 : (size + r->stripe - 1) / r->stripe;
+    uint64_t stripes = size == 0 || r->packed ? 1 : (size + r->stripe - 1) / r->stripe;
+    uint64_t bytes = 0;
     for (uint64_t k = 0; k < stripes; k++) {
         char oid[OID_MAX];
         if (data_oid(oid, prefix, r->ref, k) != 0)
             break;
+        uint64_t osize = 0;
+        time_t mtime;
+        if (rados_stat(s->io, oid, &osize, &mtime) == 0)
+            bytes += osize;
         int rc = rados_remove(s->io, oid);
         if (rc < 0 && rc != -ENOENT)
             slog(s, HAUL_LOG_WARN, "rados: removing %s: %s", oid, strerror(-rc));
     }
+    return bytes;
 }
 
 /* Removes a log's parts (parts = 0: until one is missing); returns the
@@ -1475,11 +1519,13 @@ static int free_snapshot(rstore *s, const char *prefix, const rhead *h, const ch
             for (rnode *n = mine.v[i]; n != NULL; n = n->next) {
                 if (table_get(&keep, n->text, n->key_len) != NULL)
                     continue;
-                remove_content(s, prefix, &n->ref, n->e.size);
+                uint64_t held = remove_content(s, prefix, &n->ref, n->e.size);
                 /* A REF only begun (a file dropped or started over) held
-                 * no content of the snapshot's. */
+                 * no content of the snapshot's; a file's counts with its
+                 * size (holes included, as usage counted it), a pack with
+                 * what it holds. */
                 if (n->state == LOG_ENTRY)
-                    *freed += n->e.size;
+                    *freed += n->ref.packed ? held : n->e.size;
             }
         /* The manifest counts in usage as content does. */
         *freed += remove_log(s, prefix, token, parts);
@@ -1833,10 +1879,85 @@ static rnode *awaited_get(rpush *p, uint64_t id)
     return table_get(&p->awaited, key, 8);
 }
 
+/*
+ * Small files share objects: a file of at most a sixteenth of a stripe is
+ * written into the push's current pack, one object of up to a stripe,
+ * written when full. One object per small file would cost the OSD one
+ * operation per file; a pack costs one per stripe of them. A pack is
+ * kept while any snapshot holds one of its files.
+ */
+static int packable(const rpush *p, const rnode *n)
+{
+    return n->e.size > 0 && n->e.size <= p->s->stripe / 16;
+}
+
+/* Writes the current pack and logs its length. */
+static int pack_flush(rpush *p, store_err *err)
+{
+    if (p->packbuf == NULL)
+        return 0;
+    uint8_t *buf = p->packbuf;
+    size_t len = p->pack_len;
+    rref r = p->pack;
+    p->packbuf = NULL;
+    p->pack_len = 0;
+    p->pack.ref[0] = '\0';
+    if (len == 0) {
+        free(buf);
+        return 0;
+    }
+    char oid[OID_MAX];
+    if (data_oid(oid, p->l->names.prefix, r.ref, 0) != 0) {
+        free(buf);
+        return store_fail(err, ENAMETOOLONG, "a content object's name is too long");
+    }
+    int rc = aio_write(p, oid, buf, len, 0, "writing a pack of small files", err);
+    if (rc != 0)
+        return rc;
+    r.size = len;
+    r.offset = 0;
+    hsp_entry e = {.kind = HSP_FILE, .mode = 0600, .size = len, .path = "pack", .path_len = 4};
+    return log_put(p, LOG_PACK, &e, &r, err);
+}
+
+/* Gives the open file n its place at the end of the current pack. */
+static int pack_place(rpush *p, rnode *n, store_err *err)
+{
+    if (p->packbuf != NULL && p->pack_len + n->e.size > p->s->stripe) {
+        int rc = pack_flush(p, err);
+        if (rc != 0)
+            return rc;
+    }
+    if (p->packbuf == NULL) {
+        p->packbuf = malloc((size_t)p->s->stripe);
+        if (p->packbuf == NULL)
+            return store_fail(err, ENOMEM, "out of memory");
+        new_ref(p, &p->pack, 0);
+        p->pack.packed = 1;
+    }
+    n->ref = p->pack;
+    n->ref.offset = p->pack_len;
+    n->ref.size = n->e.size;
+    n->held = 0;
+    p->pack_len += (size_t)n->e.size;
+    return 0;
+}
+
+/* The open packed file n leaves the pack unfinished: its place is given
+ * back (it is the pack's last), and its content will come again whole. */
+static void pack_unplace(rpush *p, rnode *n)
+{
+    if (p->packbuf != NULL && n->ref.offset + n->e.size == p->pack_len &&
+        strcmp(n->ref.ref, p->pack.ref) == 0)
+        p->pack_len = (size_t)n->ref.offset;
+    memset(&n->ref, 0, sizeof(n->ref));
+    n->held = 0;
+}
+
 /* Writes what the open file buffers (up to the end of a stripe). */
 static int buf_flush(rpush *p, store_err *err)
 {
-    if (p->buf_len == 0)
+    if (p->buf_len == 0 || p->open == NULL || p->open->ref.packed)
         return 0;
     rnode *n = p->open;
     uint64_t k = p->buf_start / n->ref.stripe, in = p->buf_start % n->ref.stripe;
@@ -1863,7 +1984,11 @@ static int r_file_open(store_push *base, uint64_t id, hsp_entry *e, char path[HS
     rnode *n = awaited_get(p, id);
     if (n == NULL)
         return STORE_NOT_AWAITED;
-    if (n->ref.ref[0] == '\0') {
+    if (n->ref.ref[0] == '\0' && packable(p, n)) {
+        rc = pack_place(p, n, err);
+        if (rc != 0)
+            return rc;
+    } else if (n->ref.ref[0] == '\0') {
         new_ref(p, &n->ref, n->e.size);
         rc = log_put(p, LOG_AWAIT, &n->e, &n->ref, err);
         /* A large file's REF goes to the cluster before its content, so
@@ -1891,6 +2016,15 @@ static ssize_t r_file_read(store_push *base, uint64_t offset, void *buf, size_t 
     rpush *p = (rpush *)base;
     if (p->open == NULL)
         return store_fail(err, EBADF, "no file is open");
+    rnode *n = p->open;
+    if (n->ref.packed) {
+        if (offset >= n->held)
+            return 0;
+        if (len > n->held - offset)
+            len = (size_t)(n->held - offset);
+        memcpy(buf, p->packbuf + n->ref.offset + offset, len);
+        return (ssize_t)len;
+    }
     /* What is still buffered or in flight is written first, so that the
      * read sees it. */
     int rc = buf_flush(p, err);
@@ -1914,6 +2048,11 @@ static int r_file_write(store_push *base, uint64_t offset, const void *data, siz
         return rc;
     if (offset != n->held || len > n->e.size - n->held)
         return store_fail(err, EINVAL, "%s: content out of order", n->e.path);
+    if (n->ref.packed) {
+        memcpy(p->packbuf + n->ref.offset + n->held, data, len);
+        n->held += len;
+        return 0;
+    }
     const uint8_t *src = data;
     while (len > 0) {
         uint64_t stripe = n->ref.stripe;
@@ -1951,6 +2090,11 @@ static int r_file_hole(store_push *base, uint64_t offset, uint64_t len, store_er
         return store_fail(err, EBADF, "no file is open");
     if (offset != n->held || len > n->e.size - n->held)
         return store_fail(err, EINVAL, "%s: content out of order", n->e.path);
+    if (n->ref.packed) {
+        memset(p->packbuf + n->ref.offset + n->held, 0, (size_t)len);
+        n->held += len;
+        return 0;
+    }
     int rc = buf_flush(p, err);
     if (rc != 0)
         return rc;
@@ -1971,6 +2115,11 @@ static int r_file_truncate(store_push *base, uint64_t size, store_err *err)
         return 0;
     if (size != 0)
         return store_fail(err, EINVAL, "%s: only a truncation to 0 is supported", n->e.path);
+    if (n->ref.packed) {
+        /* Its place in the pack is written over. */
+        n->held = 0;
+        return 0;
+    }
     /* Starting over: the content goes under a new REF, so that nothing of
      * the old one can be taken for it; the old objects go. */
     free(p->buf);
@@ -2018,7 +2167,9 @@ static void r_file_close(store_push *base)
 {
     rpush *p = (rpush *)base;
     store_err ignored;
-    if (p->open != NULL)
+    if (p->open != NULL && p->open->ref.packed)
+        pack_unplace(p, p->open);
+    else if (p->open != NULL)
         buf_flush(p, &ignored);
     free(p->buf);
     p->buf = NULL;
@@ -2035,13 +2186,15 @@ static int r_file_drop(store_push *base, uint64_t id, char path[HSP_PATH_MAX + 1
     memcpy(path, n->e.path, n->e.path_len);
     path[n->e.path_len] = '\0';
     if (p->open == n) {
+        if (n->ref.packed)
+            pack_unplace(p, n);
         free(p->buf);
         p->buf = NULL;
         p->buf_len = 0;
         p->open = NULL;
     }
     n = table_remove(&p->awaited, n->text, 8);
-    if (n->ref.ref[0] != '\0') {
+    if (n->ref.ref[0] != '\0' && !n->ref.packed) {
         store_err ignored;
         aio_drain(p, &ignored);
         remove_content(p->s, p->l->names.prefix, &n->ref, n->e.size);
@@ -2099,6 +2252,8 @@ static int r_push_commit(store_push *base, uint64_t files, uint64_t bytes,
         rc = log_put(p, LOG_ENTRY, &e, &t->ref, err);
     }
     if (rc == 0)
+        rc = pack_flush(p, err);
+    if (rc == 0)
         rc = log_flush(p, err);
     /* Every object written and acknowledged before the snapshot appears. */
     if (rc == 0)
@@ -2130,13 +2285,25 @@ static int r_push_commit(store_push *base, uint64_t files, uint64_t bytes,
      * take is nobody's now. */
     if (p->old_token[0] != '\0') {
         const char *prefix = p->l->names.prefix;
-        for (size_t i = 0; i < p->old.cap; i++)
-            for (rnode *n = p->old.v[i]; n != NULL; n = n->next) {
-                if (n->reused || ref_in_prev(p, &n->e, &n->ref))
-                    continue;
-                remove_content(p->s, prefix, &n->ref, n->ref.size);
-            }
-        remove_log(p->s, prefix, p->old_token, 0);
+        store_err ignored;
+        rtable keep = {0}, gone = {0};
+        /* A REF stays while the new snapshot or the previous one names it
+         * (a pack, while they name any of its files). */
+        int ok = load_refs(p->s, prefix, p->token, r.parts, &keep, &ignored) == 0;
+        if (ok && p->head.n > 0) {
+            const snaprec *prev = &p->head.snaps[p->head.n - 1];
+            ok = load_refs(p->s, prefix, prev->token, prev->parts, &keep, &ignored) == 0;
+        }
+        if (ok)
+            ok = load_refs(p->s, prefix, p->old_token, 0, &gone, &ignored) == 0;
+        for (size_t i = 0; ok && i < gone.cap; i++)
+            for (rnode *n = gone.v[i]; n != NULL; n = n->next)
+                if (table_get(&keep, n->text, n->key_len) == NULL)
+                    remove_content(p->s, prefix, &n->ref, n->ref.size);
+        if (ok)
+            remove_log(p->s, prefix, p->old_token, 0);
+        table_free(&keep);
+        table_free(&gone);
     }
     return 0;
 }
@@ -2150,8 +2317,11 @@ static void r_push_end(store_push *base)
          * complete, so that the next push (here or elsewhere) finds it.
          * After a failed write the cluster is not answering: what was
          * written stays, without another wait for a timeout. */
-        if (p->open != NULL)
+        if (p->open != NULL && p->open->ref.packed)
+            pack_unplace(p, p->open);
+        else if (p->open != NULL)
             buf_flush(p, &ignored);
+        pack_flush(p, &ignored);
         log_flush(p, &ignored);
     }
     /* After a failure the writes still in flight wait on a cluster that
@@ -2162,6 +2332,7 @@ static void r_push_end(store_push *base)
     while (p->qn > 0)
         aio_reap_one(p);
     free(p->buf);
+    free(p->packbuf);
     table_free(&p->cur);
     table_free(&p->awaited);
     table_free(&p->prev);
@@ -2185,6 +2356,11 @@ typedef struct rsnap {
     /* The entry manifest_next returned last, and where its content is. */
     char last_path[HSP_PATH_MAX + 1];
     rref last_ref;
+    /* The pack read last: files are read in the order they were packed,
+     * so one read serves the files of a pack. */
+    char pack_ref[REF_MAX];
+    uint8_t *pack;
+    size_t pack_len, pack_cap;
 } rsnap;
 
 typedef struct rfile {
@@ -2245,6 +2421,7 @@ static void r_snapshot_close(store_snapshot *base)
 {
     rsnap *snap = (rsnap *)base;
     logreader_fini(&snap->lr);
+    free(snap->pack);
     free(snap);
 }
 
@@ -2297,6 +2474,61 @@ static int find_ref(rsnap *snap, const hsp_entry *e, rref *out, uint64_t *size, 
     return rc < 0 ? rc : 0;
 }
 
+/* Reads the one object of a small file of its own into f->whole. */
+static int whole_read(rsnap *snap, rfile *f, store_err *err)
+{
+    char oid[OID_MAX];
+    if (data_oid(oid, snap->prefix, f->ref.ref, 0) != 0)
+        return store_fail(err, ENAMETOOLONG, "a content object's name is too long");
+    ssize_t n = read_at(snap->s, oid, f->whole, (size_t)f->size, 0);
+    if (n == -ENOENT)
+        n = 0;
+    if (n < 0) {
+        char what[OID_MAX + 32];
+        snprintf(what, sizeof(what), "reading %s", oid);
+        return rfail(snap->s, err, (int)n, what);
+    }
+    f->whole_len = (size_t)n;
+    return 0;
+}
+
+/* Copies a packed file out of its pack, which is read whole unless it is
+ * the one read last. */
+static int pack_read(rsnap *snap, rfile *f, store_err *err)
+{
+    if (snap->pack == NULL || strcmp(snap->pack_ref, f->ref.ref) != 0) {
+        char oid[OID_MAX];
+        if (data_oid(oid, snap->prefix, f->ref.ref, 0) != 0)
+            return store_fail(err, ENAMETOOLONG, "a content object's name is too long");
+        if (snap->pack_cap < f->ref.stripe) {
+            uint8_t *bigger = realloc(snap->pack, (size_t)f->ref.stripe);
+            if (bigger == NULL)
+                return store_fail(err, ENOMEM, "out of memory");
+            snap->pack = bigger;
+            snap->pack_cap = (size_t)f->ref.stripe;
+        }
+        snap->pack_ref[0] = '\0';
+        ssize_t n = read_at(snap->s, oid, snap->pack, (size_t)f->ref.stripe, 0);
+        if (n == -ENOENT)
+            n = 0;
+        if (n < 0) {
+            char what[OID_MAX + 32];
+            snprintf(what, sizeof(what), "reading %s", oid);
+            return rfail(snap->s, err, (int)n, what);
+        }
+        snap->pack_len = (size_t)n;
+        snprintf(snap->pack_ref, sizeof(snap->pack_ref), "%s", f->ref.ref);
+    }
+    /* What the pack lacks (a damaged pack) reads as zeros: the hash says so. */
+    size_t have = f->ref.offset < snap->pack_len ? snap->pack_len - (size_t)f->ref.offset : 0;
+    if (have > f->size)
+        have = (size_t)f->size;
+    memcpy(f->whole, snap->pack + f->ref.offset, have);
+    memset(f->whole + have, 0, (size_t)f->size - have);
+    f->whole_len = (size_t)f->size;
+    return 0;
+}
+
 static int r_file_open_read(store_snapshot *base, const hsp_entry *e, store_file **out,
                             uint64_t *size, store_err *err)
 {
@@ -2316,26 +2548,18 @@ static int r_file_open_read(store_snapshot *base, const hsp_entry *e, store_file
     f->base.ops = base->ops;
     f->snap = snap;
     f->size = manifest_size;
-    if (f->size > 0 && f->size <= f->ref.stripe) {
+    if (f->size > 0 && (f->ref.packed || f->size <= f->ref.stripe)) {
         f->whole = malloc((size_t)f->size);
         if (f->whole == NULL) {
             free(f);
             return store_fail(err, ENOMEM, "out of memory");
         }
-        char oid[OID_MAX];
-        ssize_t n = -ENAMETOOLONG;
-        if (data_oid(oid, snap->prefix, f->ref.ref, 0) == 0)
-            n = read_whole(snap->s, oid, f->whole, (size_t)f->size);
-        if (n == -ENOENT)
-            n = 0;
-        if (n < 0) {
+        rc = f->ref.packed ? pack_read(snap, f, err) : whole_read(snap, f, err);
+        if (rc != 0) {
             free(f->whole);
             free(f);
-            char what[OID_MAX + 32];
-            snprintf(what, sizeof(what), "reading %s", oid);
-            return rfail(snap->s, err, (int)n, what);
+            return rc;
         }
-        f->whole_len = (size_t)n;
     }
     *size = f->size;
     *out = &f->base;
