@@ -21,7 +21,9 @@
  *                              committed it is the snapshot's manifest.
  *   haul/NS/DATASET/d.REF.K    stripe K of the file content named REF
  *                              (TOKEN.SEQ of the push that wrote it):
- *                              bytes [K * stripe, (K + 1) * stripe)
+ *                              bytes [K * stripe, (K + 1) * stripe); or,
+ *                              for a pack, small files one after the
+ *                              other in d.REF.0 (a file names its offset)
  *
  * A snapshot is visible once one write operation on the head sets its
  * index key; that operation also asserts the push's lock (cls_lock's
