@@ -125,7 +125,7 @@ static int rfail(rstore *s, store_err *err, int rc, const char *what)
     if (code == ETIMEDOUT)
         return store_fail(err, ETIMEDOUT,
                           "%s: the Ceph cluster did not answer within %u s "
-                          "(rados_osd_op_timeout; is an OSD down?)",
+                          "(rados_osd_op_timeout; is an OSD down, or the cluster full?)",
                           what, s->op_timeout_s);
     if (code == ENOSPC || code == EDQUOT)
         return store_fail(err, code, "%s: the pool %s is full", what, s->pool);
