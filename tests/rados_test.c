@@ -670,6 +670,67 @@ TEST_TIMEOUT(takeover_breaks_a_dead_servers_lock, 120)
 }
 
 /*
+ * A server paused in a push (SIGSTOP) past its lease: another server
+ * takes the dataset and commits; the paused one, once it runs again,
+ * finds its lock lost and fails its push without committing anything.
+ */
+TEST_TIMEOUT(paused_server_loses_its_lock_and_never_commits, 120)
+{
+    e2e_env env;
+    setup(&env);
+    e2e_server second;
+    char url2[200], slow[200];
+    start_second(&env, &second, url2);
+    char src1[PATH_MAX], src2[PATH_MAX], dst[PATH_MAX];
+    e2e_path(&env, src1, "src1");
+    e2e_path(&env, src2, "src2");
+    e2e_path(&env, dst, "dst");
+    e2e_mkdir(src1);
+    e2e_file(e2e_at(src1, "big"), 24 * E2E_MIB, 9, 0644);
+    e2e_stamp_tree(src1);
+    make_tree(src2, 300);
+
+    fault_proxy *px = slow_proxy(&env.server, 4 * E2E_MIB, slow);
+    e2e_proc p = {0};
+    e2e_haul_start(&env, &p, "push", src1, url_of(slow, "paused"), "--json");
+    int ok = 0;
+    E2E_WAIT_UNTIL(
+        ok, object_bytes(data_prefix("paused"), NULL, 0) > 4 * E2E_MIB || e2e_proc_exited(&p),
+        60000);
+    CHECK(ok);
+    CHECK(!e2e_proc_exited(&p));
+    CHECK(kill(env.server.pid, SIGSTOP) == 0);
+
+    push_report r;
+    double took = push_when_free(&env, url2, src2, "paused", 3 * LEASE_S + 10, &r);
+    harness_log("the other server took the dataset after %.1f s", took);
+    CHECK(kill(env.server.pid, SIGCONT) == 0);
+    e2e_proc_wait(&p, CMD_TIMEOUT);
+    if (p.code != 3 || !e2e_contains(p.err, "lock"))
+        e2e_proc_show(&p);
+    CHECK_EXIT(&p, 3);
+    CHECK(e2e_contains(p.err, "lock"));
+    e2e_proc_free(&p);
+    fault_proxy_stop(px);
+
+    /* One snapshot, the other server's, whole. */
+    e2e_haul(&env, &p, CMD_TIMEOUT, "ls", url_of(env.url, "paused"));
+    CHECK_EXIT(&p, 0);
+    CHECK(e2e_contains(p.out, r.snapshot));
+    int lines = 0;
+    for (const char *c = p.out; *c; c++)
+        lines += *c == '\n';
+    if (lines != 2)
+        e2e_proc_show(&p);
+    CHECK_EQ(lines, 2); /* the header and one snapshot */
+    e2e_proc_free(&p);
+    pull(&env, url2, "paused", dst);
+    CHECK_EQ(e2e_tree_diff(src2, dst, 0), 0);
+    e2e_server_stop(&second);
+    e2e_teardown(&env);
+}
+
+/*
  * Two pushes of one dataset at once, through two servers: one is refused
  * (busy) while the other holds the dataset, or they follow each other;
  * every snapshot is one of the two trees, whole.
