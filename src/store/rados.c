@@ -1919,7 +1919,12 @@ static int pack_flush(rpush *p, store_err *err)
     r.size = len;
     r.offset = 0;
     hsp_entry e = {.kind = HSP_FILE, .mode = 0600, .size = len, .path = "pack", .path_len = 4};
-    return log_put(p, LOG_PACK, &e, &r, err);
+    /* The pack's record goes with it, and so do those of the files in
+     * it: a crash leaves no pack that no log names. */
+    rc = log_put(p, LOG_PACK, &e, &r, err);
+    if (rc == 0)
+        rc = log_flush(p, err);
+    return rc;
 }
 
 /* Gives the open file n its place at the end of the current pack. */
@@ -1993,9 +1998,10 @@ static int r_file_open(store_push *base, uint64_t id, hsp_entry *e, char path[HS
     } else if (n->ref.ref[0] == '\0') {
         new_ref(p, &n->ref, n->e.size);
         rc = log_put(p, LOG_AWAIT, &n->e, &n->ref, err);
-        /* A large file's REF goes to the cluster before its content, so
-         * that a push resumed after a crash finds what it staged. */
-        if (rc == 0 && n->e.size >= HSP_BLOCK)
+        /* The REF of a file of its own goes to the cluster with its
+         * first content, so that a push resumed after a crash finds what
+         * it staged, and nothing it wrote is left unnamed. */
+        if (rc == 0)
             rc = log_flush(p, err);
         if (rc != 0)
             return rc;
