@@ -1777,9 +1777,10 @@ static int r_file_resumed(store_push *base, const hsp_entry *e, hsp_hash *hash, 
         /* The content is read back and hashed: what was staged is used
          * only when it is what was stored. */
         hsp_hash h;
-        store_err ignored;
-        if (content_hash(p->s, prefix, &o->ref, o->e.size, o->e.size, &h, &ignored) != 0 ||
-            !hsp_hash_equal(&h, &o->e.hash))
+        rc = content_hash(p->s, prefix, &o->ref, o->e.size, o->e.size, &h, err);
+        if (rc != 0)
+            return rc; /* the cluster failed: missing objects read as zeros */
+        if (!hsp_hash_equal(&h, &o->e.hash))
             return STORE_NOTHING;
         rc = file_complete(p, e, &h, &o->ref, err);
         if (rc != 0)
@@ -1792,12 +1793,15 @@ static int r_file_resumed(store_push *base, const hsp_entry *e, hsp_hash *hash, 
         return STORE_COMPLETE;
     }
     uint64_t have = 0;
-    store_err ignored;
-    if (content_held(p->s, prefix, &o->ref, e->size, &have, &ignored) != 0 || have == 0)
+    rc = content_held(p->s, prefix, &o->ref, e->size, &have, err);
+    if (rc != 0)
+        return rc;
+    if (have == 0)
         return STORE_NOTHING;
     hsp_hash h;
-    if (content_hash(p->s, prefix, &o->ref, have, have, &h, &ignored) != 0)
-        return STORE_NOTHING;
+    rc = content_hash(p->s, prefix, &o->ref, have, have, &h, err);
+    if (rc != 0)
+        return rc;
     rnode *n = node_new(e, 1);
     if (n == NULL)
         return store_fail(err, ENOMEM, "out of memory");
