@@ -489,6 +489,40 @@ TEST_TIMEOUT(packs_are_freed_with_their_last_file, 60)
 /* hauld on the cluster                                                     */
 /* ------------------------------------------------------------------------ */
 
+/* A pool that does not exist, or a Ceph configuration that cannot be
+ * read: hauld does not start, and says why. */
+TEST_TIMEOUT(bad_pool_or_conf_stops_hauld_at_start, 60)
+{
+    e2e_env env;
+    need_cluster();
+    e2e_setup(&env, E2E_NO_SERVER);
+    snprintf(env.store, sizeof(env.store), "rados:no-such-pool-%d,timeout=%d", (int)getppid(),
+             OP_TIMEOUT_S);
+    env.server_args[0] = "--ceph-conf";
+    env.server_args[1] = ceph.conf;
+    CHECK(e2e_server_start_at(&env, &env.server, "127.0.0.1:0") != 0);
+    int status = e2e_server_reap_(&env.server);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    char *log = e2e_slurp(env.server.log_path);
+    if (!e2e_contains(log, "no pool no-such-pool"))
+        harness_log("hauld said:\n%s", log ? log : "");
+    CHECK(e2e_contains(log, "no pool no-such-pool"));
+    free(log);
+
+    snprintf(env.store, sizeof(env.store), "rados:%s", ceph.pool);
+    char conf[PATH_MAX];
+    env.server_args[1] = e2e_path(&env, conf, "missing.conf");
+    CHECK(e2e_server_start_at(&env, &env.server, "127.0.0.1:0") != 0);
+    status = e2e_server_reap_(&env.server);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    log = e2e_slurp(env.server.log_path);
+    if (!e2e_contains(log, "missing.conf"))
+        harness_log("hauld said:\n%s", log ? log : "");
+    CHECK(e2e_contains(log, "missing.conf"));
+    free(log);
+    e2e_teardown(&env);
+}
+
 /*
  * Two servers, one pool: what one stored, the other lists, pulls and
  * verifies, and a push through the second shares the unchanged files of
