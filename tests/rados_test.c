@@ -238,10 +238,23 @@ static void make_tree(const char *root, uint64_t seed)
 static rados_t cluster;
 static rados_ioctx_t io;
 
+/* Ends the client before the process exits: librados's threads must not
+ * run while its static objects are destroyed. */
+static void disconnect_cluster(void)
+{
+    if (io != NULL)
+        rados_ioctx_destroy(io);
+    if (cluster != NULL)
+        rados_shutdown(cluster);
+    io = NULL;
+    cluster = NULL;
+}
+
 static void connect_cluster(void)
 {
     if (io != NULL)
         return;
+    atexit(disconnect_cluster);
     CHECK_OK(rados_create2(&cluster, "ceph", "client.admin", 0));
     CHECK_OK(rados_conf_read_file(cluster, ceph.conf));
     CHECK_OK(rados_conf_set(cluster, "rados_osd_op_timeout", "10"));
