@@ -414,8 +414,9 @@ struct haul__pipe {
      * connections ever saw (the path's own, without queues). */
     unsigned nactive;
     uint32_t rtt_low, rtt_high, rtt_base_us;
-    int64_t active_hold; /* no growth before this time: a queue stood */
-    int active_watch;    /* the set grew (or began): the next period watches */
+    int64_t active_hold;  /* no growth before this time: a queue stood */
+    unsigned active_cuts; /* cuts for a standing queue, in a row */
+    int active_watch;     /* the set grew (or began): the next period watches */
     unsigned active_max;
     unsigned active_wanted;
     unsigned blocked, sampled;

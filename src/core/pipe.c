@@ -657,8 +657,11 @@ static haul_message *sendable(haul_session *s, const haul__conn *c, uint32_t *id
  *     link needs, and on a slow link with a deep buffer what waits there
  *     is seconds of data that every message waits behind. The set is cut
  *     at once in the proportion of the path to the round trip (the part
- *     of what is in flight that moves), its extra connections drain, and
- *     it does not grow for ACTIVE_HOLD_PERIODS periods.
+ *     of what is in flight that moves), by half at most; its extra
+ *     connections drain, and it does not grow for ACTIVE_HOLD_PERIODS
+ *     periods, twice as long after each cut in a row (up to
+ *     ACTIVE_HOLD_DOUBLINGS times), since on a link that one connection
+ *     fills every probe for more builds the queue again.
  *   - A session's whole window on its way in most sweeps: the chunks in
  *     transit, spread over too many connections, arrive too slowly for
  *     the window; the set shrinks by an eighth.
@@ -673,13 +676,15 @@ static haul_message *sendable(haul_session *s, const haul__conn *c, uint32_t *id
  * Connections of short links (below backlog_min_rtt_us) are not bounded:
  * their queues drain in microseconds.
  */
-#define ACTIVE_START 4u
+#define ACTIVE_START 2u
 #define ACTIVE_MIN 1u
 #define ACTIVE_PERIOD_MS 200
 #define ACTIVE_QUEUEING_PCT 125
 #define ACTIVE_STANDING_PCT 200
 #define ACTIVE_STANDING_MIN_US 100000
 #define ACTIVE_HOLD_PERIODS 8
+#define ACTIVE_HOLD_DOUBLINGS 4
+#define ACTIVE_CALM_PERIODS 64
 
 /* How long a connection stays in the active set after its last chunk. */
 static int64_t active_span(const haul__pipe *pipe)
@@ -767,9 +772,21 @@ static void active_sweep(haul__pipe *pipe, int64_t now)
          * that a round trip without the queue would carry moves the
          * messages on. */
         uint64_t keep = n * base / low;
+        /* But by half at most: the connections that stay have a
+         * congestion window of their share, and the bandwidth the others
+         * leave takes their congestion control a few round trips to
+         * claim. */
+        if (keep < n / 2)
+            keep = n / 2;
         if (keep < max)
             max = (unsigned)keep;
-        pipe->active_hold = now + ACTIVE_HOLD_PERIODS * period;
+        /* Each cut in a row holds twice as long: a link that one
+         * connection fills would otherwise see every probe for more
+         * build a queue of seconds again. */
+        unsigned cuts =
+            pipe->active_cuts < ACTIVE_HOLD_DOUBLINGS ? pipe->active_cuts : ACTIVE_HOLD_DOUBLINGS;
+        pipe->active_hold = now + ((int64_t)ACTIVE_HOLD_PERIODS << cuts) * period;
+        pipe->active_cuts++;
     } else if (pipe->blocked * 2 > pipe->sampled && max > ACTIVE_MIN) {
         max -= max / 8 > 0 ? max / 8 : 1;
     } else if (pipe->active_watch) {
@@ -778,6 +795,11 @@ static void active_sweep(haul__pipe *pipe, int64_t now)
                now >= pipe->active_hold && max < total) {
         max = 2 * max < total ? 2 * max : total;
         pipe->active_watch = 1;
+    } else if (!queueing && pipe->active_hold &&
+               now >= pipe->active_hold + ACTIVE_CALM_PERIODS * period) {
+        /* Calm for long after the last hold: the next cut starts over. */
+        pipe->active_cuts = 0;
+        pipe->active_hold = 0;
     }
     pipe->active_max = max < ACTIVE_MIN ? ACTIVE_MIN : max;
     pipe->active_wanted = 0;
