@@ -206,7 +206,8 @@ wait_port() { # port pid
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 
-# wanem's counters, both directions added: "drop_queue kernel_drop".
+# wanem's counters, both directions added: "drop_queue kernel_drop
+# queued_bytes".
 wan_pid=
 wan_log=
 wan_stats() {
@@ -218,13 +219,23 @@ wan_stats() {
     sleep 0.01
   done
   tail -n 1 "$wan_log" | tr ' ' '\n' | awk -F= '
-    $1 == "drop_queue" { q += $2 } $1 == "kernel_drop" { k += $2 }
-    END { print q + 0, k + 0 }'
+    $1 == "drop_queue" { q += $2 } $1 == "kernel_drop" { k += $2 } $1 == "queued_bytes" { b += $2 }
+    END { print q + 0, k + 0, b + 0 }'
 }
-row_stats_begin() { read -r dq0 kd0 < <(wan_stats); }
+# A row starts on an empty link: what the last row left in the
+# bottleneck queue (seconds of it on a slow link with a deep buffer)
+# would delay this row's first round trips, whichever tool it is.
+row_stats_begin() {
+  local qb
+  for _ in $(seq 300); do
+    read -r dq0 kd0 qb < <(wan_stats)
+    ((qb == 0)) && return
+    sleep 0.1
+  done
+}
 row_stats_end() { # -> rdq rkd: the row's drop_queue and kernel_drop
   local dq kd
-  read -r dq kd < <(wan_stats)
+  read -r dq kd _ < <(wan_stats)
   rdq=$((dq - dq0)) rkd=$((kd - kd0))
   ((rkd == 0)) || emulator_bound=1
 }
