@@ -160,12 +160,14 @@ iperf_pids=()
 hauld_plain=
 hauld_tls=
 made_run_sshd=0
+allowed_cc=
 cleanup() {
   set +e
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   wait 2>/dev/null
   "$wanem_dir/wanem-down" --kill "$name" >/dev/null 2>&1
   ((made_run_sshd)) && rmdir /run/sshd 2>/dev/null
+  [[ -n $allowed_cc ]] && sysctl -qw net.ipv4.tcp_allowed_congestion_control="$allowed_cc"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -579,6 +581,13 @@ run_profile() { # id
   [[ -n $tcp_buf ]] && up+=(--tcp-buf "$tcp_buf")
   "$wanem_dir/wanem-up" "$name" "${up[@]}" >"$tmp/wanem-up.log" 2>&1 ||
     die "wanem-up failed: $(tail -n 3 "$tmp/wanem-up.log")"
+  if [[ -n $cc && -z $allowed_cc ]]; then
+    # A namespace may choose only among the host's allowed algorithms;
+    # the host's list is put back on exit.
+    allowed_cc=$(sysctl -n net.ipv4.tcp_allowed_congestion_control)
+    [[ " $allowed_cc " == *" $cc "* ]] ||
+      sysctl -qw net.ipv4.tcp_allowed_congestion_control="$allowed_cc $cc" || true
+  fi
   if [[ -n $cc ]]; then
     in_a sysctl -qw net.ipv4.tcp_congestion_control="$cc" &&
       in_b sysctl -qw net.ipv4.tcp_congestion_control="$cc" ||
