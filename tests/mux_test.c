@@ -73,8 +73,13 @@ TEST_TIMEOUT(three_sessions_share_two_connections, 120)
             most_sessions = cs[c].sessions_sent;
     }
     CHECK_GE(most_sessions, 2);
-    /* 48 MiB in 256 KiB chunks, none of them sent twice. */
-    CHECK_EQ(chunks, 3ull * per_session * (MIB / (256u << 10)));
+    /* 48 MiB in 256 KiB chunks, none of them sent twice but for the
+     * copies the long-link dispatcher may make of a late chunk: a
+     * loopback slowed down enough (valgrind) has the round trip of a
+     * long link. */
+    haul_engine_stats st;
+    haul_engine_stats_get(client, &st);
+    CHECK_EQ(chunks, 3ull * per_session * (MIB / (256u << 10)) + st.chunks_hedged);
 
     streams_close(client, sts, 3, &sv);
     for (int i = 0; i < 3; i++) {
@@ -82,7 +87,6 @@ TEST_TIMEOUT(three_sessions_share_two_connections, 120)
         stream_verify(&sv, &sts[i]);
     }
 
-    haul_engine_stats st;
     haul_engine_stats_get(client, &st);
     CHECK_EQ(st.chunks_resent, 0);
     CHECK_EQ(st.connections_lost, 0);
