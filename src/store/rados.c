@@ -409,6 +409,38 @@ static const snaprec *head_find(const rhead *h, const char *id)
     return NULL;
 }
 
+/* Reads the head of dataset ds and finds snapshot id in it: 0 with *h
+ * read (the caller frees it) and *r pointing into it, or -errno with
+ * nothing to free. */
+static int snapshot_find(rstore *s, const store_dataset *ds, const char *id, rnames *n, rhead *h,
+                         const snaprec **r, store_err *err)
+{
+    int rc = names_of(ds, n, err);
+    if (rc != 0)
+        return rc;
+    rc = head_read(s, n->head, h, err);
+    if (rc == -ENOENT)
+        return store_fail(err, ENOENT, "no dataset %s", ds->name);
+    if (rc != 0)
+        return rc;
+    *r = head_find(h, id);
+    if (*r == NULL) {
+        head_free(h);
+        return store_fail(err, ENOENT, "no snapshot %s", id[0] ? id : "(none yet)");
+    }
+    return 0;
+}
+
+/* What store_info says of a snapshot of the index. */
+static void snapshot_info_of(const snaprec *r, store_info *info)
+{
+    memset(info, 0, sizeof(*info));
+    snprintf(info->id, sizeof(info->id), "%s", r->id);
+    info->time = r->time;
+    info->files = r->files;
+    info->bytes = r->bytes;
+}
+
 /* ---- the lock's fence ---------------------------------------------------------------------- */
 
 /* The input of cls_lock's assert_locked: ENCODE_START(1, 1) (version,
@@ -2395,20 +2427,11 @@ static int r_snapshot_open(store *st, const store_dataset *ds, const char *id, s
 {
     rstore *s = (rstore *)st;
     rnames n;
-    int rc = names_of(ds, &n, err);
-    if (rc != 0)
-        return rc;
     rhead h;
-    rc = head_read(s, n.head, &h, err);
-    if (rc == -ENOENT)
-        return store_fail(err, ENOENT, "no dataset %s", ds->name);
+    const snaprec *r;
+    int rc = snapshot_find(s, ds, id, &n, &h, &r, err);
     if (rc != 0)
         return rc;
-    const snaprec *r = head_find(&h, id);
-    if (r == NULL) {
-        head_free(&h);
-        return store_fail(err, ENOENT, "no snapshot %s", id[0] ? id : "(none yet)");
-    }
     rsnap *snap = calloc(1, sizeof(*snap));
     if (snap == NULL || logreader_init(&snap->lr, s, n.prefix, r->token, r->parts) != 0) {
         free(snap);
@@ -2420,11 +2443,7 @@ static int r_snapshot_open(store *st, const store_dataset *ds, const char *id, s
     snprintf(snap->prefix, sizeof(snap->prefix), "%s", n.prefix);
     snap->rec = *r;
     head_free(&h);
-    memset(info, 0, sizeof(*info));
-    snprintf(info->id, sizeof(info->id), "%s", snap->rec.id);
-    info->time = snap->rec.time;
-    info->files = snap->rec.files;
-    info->bytes = snap->rec.bytes;
+    snapshot_info_of(&snap->rec, info);
     *out = &snap->base;
     return 0;
 }
@@ -2740,25 +2759,12 @@ static int r_snapshot_info(store *st, const store_dataset *ds, const char *id, s
 {
     rstore *s = (rstore *)st;
     rnames n;
-    int rc = names_of(ds, &n, err);
-    if (rc != 0)
-        return rc;
     rhead h;
-    rc = head_read(s, n.head, &h, err);
-    if (rc == -ENOENT)
-        return store_fail(err, ENOENT, "no dataset %s", ds->name);
+    const snaprec *r;
+    int rc = snapshot_find(s, ds, id, &n, &h, &r, err);
     if (rc != 0)
         return rc;
-    const snaprec *r = head_find(&h, id);
-    if (r == NULL) {
-        head_free(&h);
-        return store_fail(err, ENOENT, "no snapshot %s", id[0] ? id : "(none yet)");
-    }
-    memset(info, 0, sizeof(*info));
-    snprintf(info->id, sizeof(info->id), "%s", r->id);
-    info->time = r->time;
-    info->files = r->files;
-    info->bytes = r->bytes;
+    snapshot_info_of(r, info);
     head_free(&h);
     return 0;
 }
