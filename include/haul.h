@@ -215,6 +215,56 @@ typedef struct haul_engine_config {
      * backlog to every TCP connection. */
     uint32_t conn_backlog;
     uint32_t backlog_min_rtt_us;
+    /* Engine-wide memory budget: the most bytes of message bodies that the
+     * engine holds for all its sessions together, both ways. 0, the
+     * default, sets none: each session is bounded by its own queues
+     * alone. Otherwise it must be at least max_message (HAUL_EINVAL from
+     * haul_engine_new() if not), so that every message this engine
+     * sends or accepts fits in the budget on its own and no session can
+     * wait for memory that can never be had.
+     *
+     * What counts:
+     *   - received: each window slot granted to a peer is reserved at the
+     *     peer's max_message (the unit of the window; an empty unit
+     *     counts 1) until its message's first chunk arrives; the message
+     *     then counts its length (an empty one 1) until the
+     *     application's haul_message_free(), from whatever thread, so
+     *     that data taken with haul_recv() but not yet written still
+     *     counts. Messages the engine drops (duplicates, a session that
+     *     fails) count no more, and slots granted but never used are
+     *     given back when their session ends.
+     *   - sent: a message counts its length (an empty one 1) from
+     *     haul_send(), haul_send_buffer() or haul_send_file() until it is
+     *     acknowledged or fails and its body is released. (A file
+     *     message counts too, though its body stays in the file: it
+     *     bounds what the engine takes on.)
+     *
+     * When it is full: a send that would pass the budget fails with
+     * HAUL_EQUEUEFULL, as a full output queue does, and the session then
+     * gets one HAUL_EV_WINDOW_OPENED (window: the peer's WndSize) once
+     * memory frees, so that an application that retries on
+     * HAUL_EV_WINDOW_OPENED or HAUL_EV_MESSAGE_SENT never hangs. A
+     * receiving session whose window would open gets no new slots
+     * until memory frees; its peer's sends wait in its own output queue
+     * as for a closed window. No grant ever moves a right edge back:
+     * what was granted stays reserved until used or the session ends.
+     *
+     * Fairness: new slots are shared between principals first, then
+     * between the sessions of each principal: a session is granted
+     * slots while it holds less than about memory / (principals with
+     * sessions that hold or want memory) / (such sessions of its
+     * principal), and never less than one unit when the budget has it.
+     * Sessions that wait for memory (a closed window with nothing held,
+     * or a refused send) are served in the order they began to wait,
+     * so that none starves. A session's own input_queue and output_queue
+     * still bound it, so a single session may take the whole budget up
+     * to its queues.
+     *
+     * Receive bodies freed while the budget is set are kept in a small
+     * pool for reuse and given back to the system after about a second
+     * without use, so that an idle engine returns its memory.
+     * haul_engine_stats reports memory_used and memory_peak. */
+    uint64_t memory;
     /* Optional log sink; called from engine threads with a full sentence.
      * Without it, errors and warnings go to stderr when log_level allows. */
     void (*log)(void *arg, int level, const char *line);
@@ -728,6 +778,12 @@ typedef struct haul_engine_stats {
      * carried them was slow to deliver them while their message held up
      * the window (hedging, docs/protocol.md section 9.6). */
     uint64_t chunks_hedged;
+    /* Bytes counted against the engine's memory budget now (reserved
+     * window slots, received and sent messages: haul_engine_config
+     * .memory), and the most ever counted at once. Both stay 0 when the
+     * budget is 0. */
+    uint64_t memory_used;
+    uint64_t memory_peak;
 } haul_engine_stats;
 
 HAUL_API void haul_engine_stats_get(haul_engine *engine, haul_engine_stats *out);

@@ -120,6 +120,10 @@ static int config_check(const haul_engine_config *c)
         return HAUL_EINVAL;
     if (c->conn_backlog && (c->conn_backlog < BACKLOG_MIN || c->conn_backlog > BACKLOG_MAX))
         return HAUL_EINVAL;
+    /* A budget below the largest message could never hold one such
+     * message: the session that needs it would wait for ever. */
+    if (c->memory != 0 && c->memory < c->max_message)
+        return HAUL_EINVAL;
     return 0;
 }
 
