@@ -6,7 +6,7 @@
  *         (--tls-cert FILE --tls-key FILE --tls-ca FILE [--tls-crl FILE] | --plaintext)
  *         [--config FILE] [--max-sessions N] [--max-connections N] [--io-threads N]
  *         [--timeout SECONDS] [--handshake-timeout SECONDS] [--max-handshakes N]
- *         [--keepalive MS] [--idle-timeout MS]
+ *         [--keepalive MS] [--idle-timeout MS] [--workers N] [--memory BYTES]
  *         [--log-level error|warn|info|debug]
  *
  * Every connection is mutual TLS 1.3 and a client's namespace is the
@@ -112,6 +112,8 @@ enum {
     OPT_QUEUE,
     OPT_CEPH_CONF,
     OPT_CEPH_ID,
+    OPT_WORKERS,
+    OPT_MEMORY,
     OPT_COUNT_,
     OPT_HELP = 'h',
 };
@@ -137,6 +139,8 @@ static const struct option long_options[] = {
     {"queue", required_argument, NULL, OPT_QUEUE},
     {"ceph-conf", required_argument, NULL, OPT_CEPH_CONF},
     {"ceph-id", required_argument, NULL, OPT_CEPH_ID},
+    {"workers", required_argument, NULL, OPT_WORKERS},
+    {"memory", required_argument, NULL, OPT_MEMORY},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -191,6 +195,13 @@ static void usage(FILE *f)
                "                          acknowledged (default 256M; at least 2M):\n"
                "                          the window a client may fill, enough for\n"
                "                          a long link shared by many connections\n"
+               "  --workers N             threads that do the requests' disk work, 1 to\n"
+               "                          1024 (default: 4 per online core, at least 8):\n"
+               "                          a store call that stalls holds one of them\n"
+               "  --memory BYTES          message data the transport holds for all\n"
+               "                          sessions together, received and not yet\n"
+               "                          stored or sent and not yet acknowledged\n"
+               "                          (default 256M; at least 16M)\n"
                "  --timeout SECONDS       message timeout, and how long a shutdown\n"
                "                          waits for running requests (default 60)\n"
                "  --log-level LEVEL       error, warn, info (default) or debug\n"
@@ -398,6 +409,7 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
     haul_engine_config_init(&defaults);
     cfg->keepalive_ms = defaults.keepalive_ms;
     cfg->queue = SERVER_QUEUE_DEFAULT;
+    cfg->memory = SERVER_MEMORY_DEFAULT;
     cfg->idle_timeout_ms = defaults.idle_timeout_ms;
     if (cfg->listen == NULL || cfg->store == NULL) {
         fprintf(stderr, "hauld: --listen and --store are required\n");
@@ -444,6 +456,16 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
         fprintf(stderr,
                 "hauld: --queue: expected a size of at least 2M (e.g. 256M, 1G), not '%s'\n",
                 VALUE(o, OPT_QUEUE));
+        return -1;
+    }
+    if (VALUE(o, OPT_WORKERS) &&
+        parse_unsigned("workers", VALUE(o, OPT_WORKERS), 1, SERVER_WORKERS_MAX, &cfg->workers) < 0)
+        return -1;
+    if (VALUE(o, OPT_MEMORY) &&
+        (auth_parse_size(VALUE(o, OPT_MEMORY), &cfg->memory) < 0 || cfg->memory < (16u << 20))) {
+        fprintf(stderr,
+                "hauld: --memory: expected a size of at least 16M (e.g. 256M, 1G), not '%s'\n",
+                VALUE(o, OPT_MEMORY));
         return -1;
     }
     if (cfg->keepalive_ms && cfg->idle_timeout_ms && cfg->keepalive_ms >= cfg->idle_timeout_ms) {

@@ -728,37 +728,58 @@ static int push_step(request *r)
  * (HSP_F_TAKEOVER: a client that hangs, or one behind a link that fails
  * silently, still looks connected). One that shares the namespace may
  * never end another principal's push. The push taken over gets a RESULT
- * that says so, and its session closes in order, so that its client,
- * should it still be there, fails with that reason rather than a bare
- * abort. Returns 0 when the dataset is free, else a refusal reason.
+ * that says so (push_taken_over, on its own turn, since its state is its
+ * worker's), and its session closes in order, so that its client, should
+ * it still be there, fails with that reason rather than a bare abort.
+ * Returns REQUEST_WAIT_TAKEOVER (this request waits for the dataset to be
+ * let go), 0 when the dataset is free already, or a refusal reason.
  */
 static uint32_t take_over(request *r)
 {
-    request *old = server_find_push(r);
-    if (old == NULL || old->req.op != HSP_PUSH || old->op == NULL)
-        return HSP_R_BUSY; /* a deletion, which ends soon by itself */
+    server *srv = r->srv;
     const int asked = (r->req.flags & HSP_F_TAKEOVER) != 0;
-    if (strcmp(old->principal, r->principal) != 0) {
+    uint32_t reason = REQUEST_WAIT_TAKEOVER;
+    server_lock(srv);
+    request *old = server_find_push_locked(r);
+    if (old == NULL) {
+        reason = 0; /* let go meanwhile */
+    } else if (old->req.op != HSP_PUSH) {
+        reason = HSP_R_BUSY; /* a deletion, which ends soon by itself */
+    } else if (strcmp(old->principal, r->principal) != 0) {
         request_log(r, HAUL_LOG_WARN, "refused: request %u of principal %s pushes the dataset%s",
                     old->serial, old->principal,
                     asked ? ", and a take-over may end only a push of the same principal" : "");
-        return asked ? HSP_R_TAKEOVER_DENIED : HSP_R_BUSY;
+        reason = asked ? HSP_R_TAKEOVER_DENIED : HSP_R_BUSY;
+    } else {
+        const int gone = !request_connected_locked(old);
+        if (!gone && !asked) {
+            r->busy_connected = 1;
+            request_log(r, HAUL_LOG_INFO,
+                        "refused: request %u pushes the dataset and its client is connected",
+                        old->serial);
+            reason = HSP_R_BUSY;
+        } else {
+            const char *why = gone ? "its client has no connection left" : "--takeover";
+            request_log(r, HAUL_LOG_INFO, "takes the dataset over from request %u (%s)",
+                        old->serial, why);
+            char text[512];
+            snprintf(text, sizeof(text),
+                     "taken over by another push (request %u of principal %s: %s)", r->serial,
+                     r->principal, why);
+            request_take_over_locked(old, text);
+        }
     }
-    const int gone = !request_connected(old);
-    if (!gone && !asked) {
-        r->busy_connected = 1;
-        request_log(r, HAUL_LOG_INFO,
-                    "refused: request %u pushes the dataset and its client is connected",
-                    old->serial);
-        return HSP_R_BUSY;
-    }
-    const char *why = gone ? "its client has no connection left" : "--takeover";
-    request_log(r, HAUL_LOG_INFO, "takes the dataset over from request %u (%s)", old->serial, why);
-    push_fail(old, old->op, ECANCELED,
-              "taken over by another push (request %u of principal %s: %s)", r->serial,
-              r->principal, why);
-    old->abandoned = 1;
-    return server_find_push(r) == NULL ? 0 : HSP_R_BUSY;
+    server_unlock(srv);
+    return reason;
+}
+
+int push_taken_over(request *r, const char *why)
+{
+    push *p = r->op;
+    if (p == NULL || p->state != P_RUNNING)
+        return 0; /* it let the dataset go already */
+    push_fail(r, p, ECANCELED, "%s", why);
+    return 1;
 }
 
 uint32_t push_open(request *r)
@@ -783,7 +804,7 @@ uint32_t push_open(request *r)
     if (server_busy_add(r) < 0) {
         reason = take_over(r);
         if (reason == 0 && server_busy_add(r) < 0)
-            reason = HSP_R_SERVER_ERROR; /* no memory for the entry */
+            reason = REQUEST_WAIT_TAKEOVER; /* taken again meanwhile, or no memory */
         if (reason)
             goto refuse;
     }

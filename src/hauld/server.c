@@ -1,11 +1,55 @@
 /*
- * server.c - hauld's event loop: sessions asked for, accepted or refused,
- * events handed to the requests they concern, every request's work done a
- * bounded share at a time, and an orderly shutdown on SIGTERM or SIGINT.
+ * server.c - hauld's event loop and its workers: sessions asked for,
+ * accepted or refused, events handed to the requests they concern, every
+ * request's work done a bounded share at a time on a worker, and an
+ * orderly shutdown on SIGTERM or SIGINT.
  *
- * The loop is single-threaded: every request handler runs on it, and the
- * only code that runs elsewhere is the release callback of sent buffers
- * (free() on an engine thread).
+ * ---- Threads ----------------------------------------------------------------
+ *
+ * The loop thread (server_run) polls the engine's completion queue, the
+ * signal descriptor and the workers' wake-up descriptor. It takes events
+ * and signals and turns them into notes posted to requests (below); it
+ * never calls the store and never runs a request's code.
+ *
+ * The worker threads (workers.h, --workers) run requests' turns
+ * (request_turn): a request's first turn answers its session (decodes the
+ * request, authorizes it, opens it in the store, accepts or refuses); the
+ * later ones send what waited for room and run its step(). The pool runs
+ * one turn of a request at a time, so its order is kept, and a request's
+ * own state (its operation, its output, its store objects: the fields
+ * server.h marks "the request's own") belongs to whichever worker runs its
+ * turn, and to no other thread.
+ *
+ * Everything else the loop and the workers share is under srv->lock:
+ *   - the list of requests and their count, and each request's life: a
+ *     request is freed only by its own turn (request_end), which unlinks
+ *     it and frees its session under the lock;
+ *   - the busy-dataset table (server_busy_*), the auth table (swapped
+ *     whole on SIGHUP), `stopping`, the waiting requests and every field
+ *     server.h marks "under srv->lock" (a pipe's state, a take-over);
+ *   - posting a note: whoever posts holds the lock, so that the request it
+ *     posts to cannot be freed meanwhile.
+ * The loop holds the lock from haul_engine_wait() until it has handled
+ * the events it took: an event names its session, and a worker that frees
+ * that session meanwhile would leave the event pointing at freed memory.
+ * haul_session_free() withdraws the events not yet taken.
+ *
+ * Lock order: srv->lock, then the pool's lock (workers_post), then the
+ * engine's (any haul_ call). Neither the pool nor the engine calls hauld
+ * back under their locks, but for release_buffer (free() only) and the
+ * log. The store is never called under srv->lock.
+ *
+ * Notes (NOTE_*) are bits: several posts before a turn make one turn. A
+ * SESSION_CLOSED event, a kill (the shutdown timeout, a client gone for
+ * the grace) and a take-over carry a value, kept in the request under the
+ * lock (closed_error, kill_why, takeover_why), each posted once.
+ *
+ * Shutdown: SIGTERM makes new requests refused and lets the running ones
+ * end (the loop waits for the list to empty); at the timeout every
+ * request gets a kill note, and the loop waits for their turns, which may
+ * be inside a store call that does not return soon: a store call cannot
+ * be interrupted, and hauld does not exit from under it. Then the pool
+ * stops (server_fini).
  */
 #include "hauld/server.h"
 
@@ -13,12 +57,24 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
+
+/* The notes of a request (see "Threads" above). */
+enum {
+    NOTE_ANSWER = 1u << 0,     /* answer the session request (again) */
+    NOTE_WORK = 1u << 1,       /* a message came, or room for output */
+    NOTE_CLOSED = 1u << 2,     /* the session ended: closed_error */
+    NOTE_KILL = 1u << 3,       /* end the request now: kill_why */
+    NOTE_GONE = 1u << 4,       /* its client has been gone for the grace */
+    NOTE_TAKEN_OVER = 1u << 5, /* another push takes the dataset: takeover_why */
+};
 
 static int64_t now_ms(void)
 {
@@ -46,6 +102,31 @@ static const char *op_name(int op)
     return "request";
 }
 
+void server_lock(server *srv)
+{
+    pthread_mutex_lock(&srv->lock);
+}
+
+void server_unlock(server *srv)
+{
+    pthread_mutex_unlock(&srv->lock);
+}
+
+/* Tells the loop that it has something to look at (a worker's news). */
+static void wake_loop(server *srv)
+{
+    uint64_t one = 1;
+    if (write(srv->wakefd, &one, sizeof(one)) < 0) {
+        /* The counter is full: the loop has a wake-up waiting anyway. */
+    }
+}
+
+/* Under srv->lock. */
+static void post(request *r, unsigned notes)
+{
+    workers_post(r->srv->pool, &r->job, notes);
+}
+
 /* ---- requests ---------------------------------------------------------------- */
 
 void request_log(request *r, int level, const char *fmt, ...)
@@ -66,24 +147,17 @@ void request_log(request *r, int level, const char *fmt, ...)
                   ds, text);
 }
 
-/* Events of this batch about a session that is gone are not handled. */
-static void forget_session(server *srv, haul_session *s)
-{
-    for (int i = 0; i < srv->batch_n; i++)
-        if (srv->batch[i].session == s)
-            srv->batch[i].type = HAUL_EV_NONE;
-}
-
-static void request_free(request *r)
+/*
+ * Ends a request, on its own turn: its operation lets go of what it holds
+ * in the store (without the lock: that may block), then, under the lock,
+ * it leaves the list and its session is freed (a refused session after
+ * its refusal; one not closed is aborted, and the peer sees its end
+ * either way), so that no event of it is taken after. The loop hears of
+ * it when the server stops, and when the last request ends.
+ */
+static void request_end(request *r)
 {
     server *srv = r->srv;
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        srv->requests = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    srv->nrequests--;
     if (r->ops && r->ops->fini)
         r->ops->fini(r);
     while (r->pending) {
@@ -93,12 +167,25 @@ static void request_free(request *r)
         free(m);
     }
     free(r->w.buf);
-    if (r->session) {
-        /* Frees a closed session, aborts one that is not: the peer sees
-         * its end either way. */
-        haul_session_free(r->session);
-        forget_session(srv, r->session);
-    }
+
+    server_lock(srv);
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        srv->requests = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    srv->nrequests--;
+    if (r->waiting)
+        srv->nwaiting--;
+    haul_session_free(r->session);
+    int last = srv->nrequests == 0;
+    if (last)
+        pthread_cond_broadcast(&srv->idle);
+    int stopping = srv->stopping;
+    server_unlock(srv);
+    if (last && stopping)
+        wake_loop(srv);
     free(r);
 }
 
@@ -111,7 +198,7 @@ void request_abort(request *r, const char *fmt, ...)
         va_end(ap);
     }
     request_log(r, HAUL_LOG_WARN, "ending the session: %s", r->why[0] ? r->why : "aborted");
-    request_free(r);
+    r->ended = 1;
 }
 
 int request_recv(request *r, haul_message **m)
@@ -273,7 +360,7 @@ void request_result(request *r, int status, const char *snapshot, uint64_t files
 
 struct busy {
     struct busy *next;
-    request *holder; /* the push that holds the dataset */
+    request *holder; /* the push or delete that holds the dataset */
     char key[HSP_PATH_MAX + HSP_NAME_MAX + 2];
 };
 
@@ -287,22 +374,27 @@ static void busy_key(char *key, const request *r)
 
 int server_busy_add(request *r)
 {
+    server *srv = r->srv;
     char key[HSP_PATH_MAX + HSP_NAME_MAX + 2];
     busy_key(key, r);
-    for (struct busy *b = r->srv->busy; b; b = b->next)
-        if (strcmp(b->key, key) == 0)
+    server_lock(srv);
+    for (struct busy *b = srv->busy; b; b = b->next)
+        if (strcmp(b->key, key) == 0) {
+            server_unlock(srv);
             return -1;
+        }
     struct busy *b = malloc(sizeof(*b));
-    if (b == NULL)
-        return -1;
-    memcpy(b->key, key, sizeof(key));
-    b->holder = r;
-    b->next = r->srv->busy;
-    r->srv->busy = b;
-    return 0;
+    if (b) {
+        memcpy(b->key, key, sizeof(key));
+        b->holder = r;
+        b->next = srv->busy;
+        srv->busy = b;
+    }
+    server_unlock(srv);
+    return b ? 0 : -1;
 }
 
-request *server_find_push(request *r)
+request *server_find_push_locked(request *r)
 {
     char key[HSP_PATH_MAX + HSP_NAME_MAX + 2];
     busy_key(key, r);
@@ -314,23 +406,42 @@ request *server_find_push(request *r)
 
 void server_busy_remove(request *r)
 {
+    server *srv = r->srv;
     char key[HSP_PATH_MAX + HSP_NAME_MAX + 2];
     busy_key(key, r);
-    for (struct busy **p = &r->srv->busy; *p; p = &(*p)->next) {
+    server_lock(srv);
+    for (struct busy **p = &srv->busy; *p; p = &(*p)->next) {
         if (strcmp((*p)->key, key) == 0) {
             struct busy *b = *p;
             *p = b->next;
             free(b);
-            return;
+            break;
         }
     }
+    /* A request may wait for this dataset (a take-over). */
+    int wake = srv->nwaiting > 0;
+    if (wake)
+        srv->recheck_waiting = 1;
+    server_unlock(srv);
+    if (wake)
+        wake_loop(srv);
 }
 
-/* ---- events ------------------------------------------------------------------------ */
+void request_take_over_locked(request *old, const char *why)
+{
+    if (old->taken_over)
+        return;
+    old->taken_over = 1;
+    snprintf(old->takeover_why, sizeof(old->takeover_why), "%s", why);
+    post(old, NOTE_TAKEN_OVER);
+}
+
+/* ---- answering a session request ----------------------------------------------------- */
 
 /* The request's principal may make it: it has the right, and a session
- * more than it has. */
-static uint32_t authorize(server *srv, request *r)
+ * more than it has. Under srv->lock, so that two requests answered at once
+ * on two workers count each other. */
+static uint32_t authorize_locked(server *srv, request *r)
 {
     auth_lookup(&srv->auth, r->principal, &r->who);
     unsigned need = auth_right_of(r->req.op);
@@ -345,7 +456,7 @@ static uint32_t authorize(server *srv, request *r)
          * ends that one: it does not count. */
         unsigned n = 0;
         for (request *o = srv->requests; o; o = o->next)
-            if (strcmp(o->principal, r->principal) == 0 &&
+            if (o->counted && strcmp(o->principal, r->principal) == 0 &&
                 !(r->req.op == HSP_PUSH && o->req.op == HSP_PUSH &&
                   strcmp(o->req.dataset, r->req.dataset) == 0))
                 n++;
@@ -355,6 +466,7 @@ static uint32_t authorize(server *srv, request *r)
             return HSP_R_LIMIT;
         }
     }
+    r->counted = 1;
     return 0;
 }
 
@@ -367,76 +479,168 @@ static uint32_t authorize(server *srv, request *r)
  * I/O thread it runs on, and the old ones may still be reading what they
  * had in flight. The request waits, unanswered, until a pipe goes down or
  * WAIT_MS have passed, and is then decided again: taken over when the old
- * client is gone, refused when it still looks connected. At most
- * SERVER_WAITING_MAX wait; more are decided at once.
+ * client is gone, refused when it still looks connected.
+ *
+ * A push that takes another over waits the same way, up to TAKEOVER_WAIT_MS,
+ * for the push taken over to let the dataset go: that happens on the
+ * other push's own turn, which may be inside a store call.
+ *
+ * At most SERVER_WAITING_MAX wait; more are decided at once. A waiting
+ * request stays in the list, unanswered and not counted; the loop posts it
+ * NOTE_ANSWER when it is due.
  */
 #define WAIT_MS 1000
+#define TAKEOVER_WAIT_MS 10000
 
-static void answer_request(server *srv, haul_session *s, int64_t until);
-
-static void forget_waiting(server *srv, haul_session *s)
+/* Under srv->lock: makes the request wait until `until` (capped by its
+ * limit); 0 when it may not wait. */
+static int wait_locked(server *srv, request *r, int64_t until)
 {
-    for (int i = 0; i < srv->nwaiting; i++)
-        if (srv->waiting[i].session == s) {
-            memmove(&srv->waiting[i], &srv->waiting[i + 1],
-                    (size_t)(srv->nwaiting - i - 1) * sizeof(srv->waiting[0]));
-            srv->nwaiting--;
-            return;
-        }
+    if (srv->stopping || now_ms() >= r->wait_limit_ms || srv->nwaiting >= SERVER_WAITING_MAX)
+        return 0;
+    r->waiting = 1;
+    r->wait_until_ms = until < r->wait_limit_ms ? until : r->wait_limit_ms;
+    srv->nwaiting++;
+    return 1;
 }
 
-/* Decides the waiting requests again when a pipe went down, their time
- * is up, or hauld stops. */
-static void retry_waiting(server *srv)
+/* The loop: posts NOTE_ANSWER to the waiting requests when a pipe went
+ * down, a dataset was let go, their time is up, or hauld stops. Under
+ * srv->lock. */
+static void retry_waiting_locked(server *srv)
 {
-    int64_t now = now_ms();
-    int due = srv->pipe_went_down || srv->stopping;
-    for (int i = 0; i < srv->nwaiting && !due; i++)
-        due = now >= srv->waiting[i].until_ms;
-    srv->pipe_went_down = 0;
-    if (!due)
+    if (srv->nwaiting == 0)
         return;
-    waiting_request was[SERVER_WAITING_MAX];
-    int n = srv->nwaiting;
-    memcpy(was, srv->waiting, (size_t)n * sizeof(was[0]));
-    srv->nwaiting = 0;
-    for (int i = 0; i < n; i++)
-        answer_request(srv, was[i].session,
-                       now < was[i].until_ms && !srv->stopping ? was[i].until_ms : 0);
+    int64_t now = now_ms();
+    int all = srv->recheck_waiting || srv->stopping;
+    srv->recheck_waiting = 0;
+    for (request *r = srv->requests; r; r = r->next) {
+        if (!r->waiting || (!all && now < r->wait_until_ms))
+            continue;
+        r->waiting = 0;
+        srv->nwaiting--;
+        post(r, NOTE_ANSWER);
+    }
 }
 
-/* Milliseconds until the first waiting request's time is up, or -1. */
-static int next_waiting_ms(const server *srv)
+/* Milliseconds until the first waiting request's time is up, or -1.
+ * Under srv->lock. */
+static int next_waiting_ms_locked(const server *srv)
 {
     if (srv->nwaiting == 0)
         return -1;
-    int64_t left = srv->waiting[0].until_ms - now_ms();
-    for (int i = 1; i < srv->nwaiting; i++)
-        if (srv->waiting[i].until_ms - now_ms() < left)
-            left = srv->waiting[i].until_ms - now_ms();
-    return left < 0 ? 0 : (int)left;
+    int64_t now = now_ms(), best = -1;
+    for (const request *r = srv->requests; r; r = r->next)
+        if (r->waiting && (best < 0 || r->wait_until_ms - now < best))
+            best = r->wait_until_ms - now;
+    return best < 0 ? 0 : (int)best;
 }
 
-static void on_request(server *srv, haul_session *s)
+/* The *_open function of the request's operation. */
+static uint32_t open_request(request *r)
 {
-    answer_request(srv, s, now_ms() + WAIT_MS);
-}
-
-/* Accepts or refuses a session request; one refused only because another
- * push looks connected waits until `until` (0: it may not wait). */
-static void answer_request(server *srv, haul_session *s, int64_t until)
-{
-    /* With TLS the namespace is the principal of the client's verified
-     * certificate, never what the request says (the library refuses a
-     * request whose principal is not the certificate's anyway). */
-    const char *principal = haul_session_principal(s);
-    if (srv->cfg.tls_cert) {
-        const char *cert_principal = haul_session_peer_principal(s);
-        principal = cert_principal ? cert_principal : "";
+    switch (r->req.op) {
+    case HSP_PUSH:
+        return push_open(r);
+    case HSP_PULL:
+        return pull_open(r);
+    case HSP_LIST:
+        return list_open(r);
+    case HSP_VERIFY:
+        return verify_open(r);
+    case HSP_BENCH:
+        return bench_open(r);
+    case HSP_DELETE:
+        return delete_open(r);
     }
+    return HSP_R_BAD_REQUEST;
+}
+
+/*
+ * The first turn of a request (and the first after it waited): accepts
+ * or refuses its session. The store is reached here (opening a snapshot,
+ * locking a dataset, listing), which is why this runs on a worker.
+ */
+static void answer(request *r)
+{
+    server *srv = r->srv;
+    haul_session *s = r->session;
     size_t clen = 0;
     const void *ctx = haul_session_context(s, &clen);
     uint32_t reason = 0;
+    r->busy_connected = 0;
+    r->wcap = HSP_MESSAGE_MAX;
+
+    if (!hsp_name_ok(r->principal, strlen(r->principal), HSP_NAME_MAX))
+        reason = HSP_R_DENIED;
+    else if (hsp_request_decode(ctx, clen, &r->req) < 0)
+        reason = HSP_R_BAD_REQUEST;
+    if (reason == 0) {
+        server_lock(srv);
+        reason = srv->stopping ? HSP_R_SHUTTING_DOWN : authorize_locked(srv, r);
+        server_unlock(srv);
+    }
+    if (reason == 0)
+        reason = open_request(r);
+    if ((reason == HSP_R_BUSY && r->busy_connected) || reason == REQUEST_WAIT_TAKEOVER) {
+        int64_t now = now_ms();
+        if (reason == REQUEST_WAIT_TAKEOVER && !r->takeover_waits) {
+            /* Its own bound: the push taken over may be inside a store call. */
+            r->takeover_waits = 1;
+            r->wait_limit_ms = now + TAKEOVER_WAIT_MS;
+        }
+        server_lock(srv);
+        r->counted = 0;
+        int waits = wait_locked(srv, r, reason == HSP_R_BUSY ? now + WAIT_MS : r->wait_limit_ms);
+        server_unlock(srv);
+        if (waits) {
+            /* The loop sets its timer by the waiting requests. */
+            wake_loop(srv);
+            if (reason == HSP_R_BUSY)
+                request_log(r, HAUL_LOG_INFO,
+                            "waits up to %d ms for the client of the running push to be seen gone",
+                            WAIT_MS);
+            else
+                request_log(r, HAUL_LOG_INFO,
+                            "waits up to %d ms for the push it takes over to let the dataset go",
+                            TAKEOVER_WAIT_MS);
+            return;
+        }
+        reason = HSP_R_BUSY;
+    }
+    if (reason) {
+        char who[HSP_NAME_MAX * 4 + 1];
+        hsp_path_text(r->principal, strlen(r->principal), who, sizeof(who));
+        hauld_log(HAUL_LOG_INFO, "request %u from %s (%s %s): refused: %s", r->serial, who,
+                  op_name(r->req.op), r->req.dataset[0] ? r->req.dataset : "-",
+                  hsp_refusal_text(reason));
+        /* The engine still sends the refusal once the session is freed,
+         * and no event about it comes to us. */
+        haul_session_reject(s, reason);
+        server_lock(srv);
+        r->counted = 0;
+        server_unlock(srv);
+        r->ended = 1;
+        return;
+    }
+    int rc = haul_session_accept(s);
+    if (rc) {
+        request_log(r, HAUL_LOG_INFO, "the client went away before it was accepted (%s)",
+                    haul_strerror(rc));
+        r->ended = 1;
+        return;
+    }
+    request_log(r, HAUL_LOG_INFO, "accepted");
+    r->accepted = 1;
+    r->wants = 1;
+    if (r->req.op == HSP_PUSH)
+        push_start(r);
+}
+
+/* The loop: a client asks for a session. The request is made and
+ * listed here, and answered on a worker. Under srv->lock. */
+static void on_request_locked(server *srv, haul_session *s)
+{
     request *r = calloc(1, sizeof(*r));
     if (r == NULL) {
         hauld_log(HAUL_LOG_ERROR, "out of memory for a new request; refusing it");
@@ -447,133 +651,247 @@ static void answer_request(server *srv, haul_session *s, int64_t until)
     r->srv = srv;
     r->session = s;
     r->serial = ++srv->next_serial;
-    r->wcap = HSP_MESSAGE_MAX;
+    /* With TLS the namespace is the principal of the client's verified
+     * certificate, never what the request says (the library refuses a
+     * request whose principal is not the certificate's anyway). */
+    const char *principal = haul_session_principal(s);
+    if (srv->cfg.tls_cert) {
+        const char *cert_principal = haul_session_peer_principal(s);
+        principal = cert_principal ? cert_principal : "";
+    }
     snprintf(r->principal, sizeof(r->principal), "%s", principal);
-
-    if (srv->stopping)
-        reason = HSP_R_SHUTTING_DOWN;
-    else if (!hsp_name_ok(principal, strlen(principal), HSP_NAME_MAX))
-        reason = HSP_R_DENIED;
-    else if (hsp_request_decode(ctx, clen, &r->req) < 0)
-        reason = HSP_R_BAD_REQUEST;
-    else
-        reason = authorize(srv, r);
-    if (reason == 0) {
-        switch (r->req.op) {
-        case HSP_PUSH:
-            reason = push_open(r);
-            break;
-        case HSP_PULL:
-            reason = pull_open(r);
-            break;
-        case HSP_LIST:
-            reason = list_open(r);
-            break;
-        case HSP_VERIFY:
-            reason = verify_open(r);
-            break;
-        case HSP_BENCH:
-            reason = bench_open(r);
-            break;
-        case HSP_DELETE:
-            reason = delete_open(r);
-            break;
-        default:
-            reason = HSP_R_BAD_REQUEST;
-        }
-    }
-    if (reason == HSP_R_BUSY && r->busy_connected && until != 0 &&
-        srv->nwaiting < SERVER_WAITING_MAX) {
-        request_log(r, HAUL_LOG_INFO,
-                    "waits up to %d ms for the client of the running push to be seen gone",
-                    WAIT_MS);
-        srv->waiting[srv->nwaiting++] = (waiting_request){.session = s, .until_ms = until};
-        free(r);
-        return;
-    }
-    if (reason) {
-        char who[HSP_NAME_MAX * 4 + 1];
-        hsp_path_text(principal, strlen(principal), who, sizeof(who));
-        hauld_log(HAUL_LOG_INFO, "request %u from %s (%s %s): refused: %s", r->serial, who,
-                  op_name(r->req.op), r->req.dataset[0] ? r->req.dataset : "-",
-                  hsp_refusal_text(reason));
-        /* A refused session is freed at once: the engine still sends the
-         * refusal, and no event about it comes to us. */
-        haul_session_reject(s, reason);
-        haul_session_free(s);
-        free(r);
-        return;
-    }
+    r->wait_limit_ms = now_ms() + WAIT_MS;
     r->next = srv->requests;
     if (srv->requests)
         srv->requests->prev = r;
     srv->requests = r;
     srv->nrequests++;
     haul_session_set_data(s, r);
-    int rc = haul_session_accept(s);
-    if (rc) {
-        request_log(r, HAUL_LOG_INFO, "the client went away before it was accepted (%s)",
-                    haul_strerror(rc));
-        request_free(r);
+    post(r, NOTE_ANSWER);
+}
+
+/* ---- clients that are gone ------------------------------------------------------------ */
+
+int request_connected_locked(const request *r)
+{
+    return r->pipe_down_since_ms == 0;
+}
+
+/*
+ * A push holds its dataset: another push to it is refused until it ends.
+ * When its client dies or its network goes, the engine ends the session
+ * only once the pipe has had no connection for the whole message timeout
+ * (a minute by default), and until then the user who simply runs the push
+ * again is refused. The engine tells sooner that the client is gone: a
+ * pipe goes down (HAUL_EV_PIPE_DOWN) when its last connection breaks, or
+ * when the client has been silent for the idle timeout (--idle-timeout),
+ * and comes back up (HAUL_EV_PIPE_UP) when the client dials again. A push
+ * whose pipe has been down for PUSH_GRACE_MS is ended, and what it staged
+ * waits for the next push. The grace is well above the client's longest
+ * redial backoff (2 s by default), so that a short network cut, after
+ * which the client dials again, does not end a push. A new push of the
+ * dataset of the same principal does not wait for the grace: a push
+ * whose pipe is down is taken over at once (take_over() in push.c).
+ */
+#define PUSH_GRACE_MS 5000
+
+/* The loop, under srv->lock. Logs name the request by its serial only:
+ * the rest of it may be its worker's still. */
+static void on_pipe_event_locked(server *srv, request *r, const haul_event *ev)
+{
+    if (ev->type == HAUL_EV_PIPE_UP) {
+        if (r->pipe_down_since_ms)
+            hauld_log(HAUL_LOG_INFO, "request %u (%s): its client is connected again", r->serial,
+                      r->principal);
+        r->pipe_down_since_ms = 0;
         return;
     }
-    request_log(r, HAUL_LOG_INFO, "accepted");
-    r->wants = 1;
-    if (r->req.op == HSP_PUSH)
-        push_start(r);
+    if (r->pipe_down_since_ms == 0)
+        r->pipe_down_since_ms = now_ms();
+    srv->recheck_waiting = 1;
+    hauld_log(HAUL_LOG_INFO, "request %u (%s): its client has no connection left (%s)", r->serial,
+              r->principal,
+              ev->error == HAUL_ETIMEDOUT ? "silent for the idle timeout"
+                                          : haul_strerror(ev->error));
 }
 
-static void on_closed(request *r, const haul_event *ev)
+/* A request whose pipe is down, and not told to end yet. A push holds its
+ * dataset, but any request whose client is gone for good (a bench stopped
+ * with data still on its way, a killed pull, a client that left before it
+ * read the result it was sent) would be kept, and a shutdown would wait
+ * for it, for the whole message timeout. */
+static int gone_watched(const request *r)
 {
-    if (ev->error == HAUL_OK && (r->finishing || r->req.op == HSP_BENCH))
+    return r->pipe_down_since_ms != 0 && !r->gone_posted;
+}
+
+/* Has the requests whose client has been gone for the grace ended. Under
+ * srv->lock. */
+static void end_gone_locked(server *srv)
+{
+    int64_t now = now_ms();
+    for (request *r = srv->requests; r; r = r->next) {
+        if (!gone_watched(r) || now - r->pipe_down_since_ms < PUSH_GRACE_MS)
+            continue;
+        r->gone_posted = 1;
+        post(r, NOTE_GONE);
+    }
+}
+
+/* Milliseconds until the next request's grace ends, or -1 when none
+ * waits. Under srv->lock. */
+static int next_gone_ms_locked(const server *srv)
+{
+    int64_t now = now_ms(), best = -1;
+    for (const request *r = srv->requests; r; r = r->next) {
+        if (!gone_watched(r))
+            continue;
+        int64_t left = r->pipe_down_since_ms + PUSH_GRACE_MS - now;
+        if (left < 0)
+            left = 0;
+        if (best < 0 || left < best)
+            best = left;
+    }
+    return (int)best;
+}
+
+/* ---- a request's turn ---------------------------------------------------------------- */
+
+/* Logs how the session of a request ended (NOTE_CLOSED). */
+static void log_closed(request *r, int error)
+{
+    if (error == HAUL_OK && (r->finishing || r->req.op == HSP_BENCH))
         request_log(r, HAUL_LOG_DEBUG, "the session ended (%llu messages sent)",
                     (unsigned long long)r->messages_out);
-    else if (ev->error == HAUL_OK)
+    else if (error == HAUL_OK)
         request_log(r, HAUL_LOG_INFO, "the client closed the session before the request ended");
     else
-        request_log(r, HAUL_LOG_INFO, "the session ended: %s", haul_strerror(ev->error));
-    request_free(r);
+        request_log(r, HAUL_LOG_INFO, "the session ended: %s", haul_strerror(error));
 }
 
-/* See "clients that are gone", below. */
-static void on_pipe_event(request *r, const haul_event *ev);
-
-static void handle_event(server *srv, const haul_event *ev)
+/* Ends a request whose client has been gone for the grace (NOTE_GONE). */
+static void end_gone(request *r, int abandoned)
 {
-    if (ev->type == HAUL_EV_NONE)
+    int s = PUSH_GRACE_MS / 1000;
+    if (abandoned)
+        request_abort(r, "the client of the push taken over has had no connection for %d s", s);
+    else if (r->req.op != HSP_PUSH || r->finishing || !r->accepted)
+        request_abort(r, "its client has had no connection for %d s: it is gone", s);
+    else
+        request_abort(r,
+                      "its client has had no connection for %d s: it is gone (what it "
+                      "staged is kept for the next push)",
+                      s);
+}
+
+/*
+ * One turn of a request, on a worker (worker_fn): what its notes say
+ * first, then a share of its work. Returns WORKER_GONE once it ended it.
+ */
+static int request_turn(worker_job *job, unsigned notes, void *arg)
+{
+    server *srv = arg;
+    request *r = (request *)((char *)job - offsetof(request, job));
+    int closed_error = 0, abandoned = 0;
+    char kill_why[sizeof(r->kill_why)], takeover_why[sizeof(r->takeover_why)];
+    if (notes & (NOTE_CLOSED | NOTE_KILL | NOTE_GONE | NOTE_TAKEN_OVER)) {
+        server_lock(srv);
+        closed_error = r->closed_error;
+        abandoned = r->abandoned;
+        memcpy(kill_why, r->kill_why, sizeof(kill_why));
+        memcpy(takeover_why, r->takeover_why, sizeof(takeover_why));
+        server_unlock(srv);
+    }
+    if (notes & NOTE_ANSWER)
+        answer(r);
+    if (r->ended)
+        goto end;
+    if (notes & NOTE_CLOSED) {
+        log_closed(r, closed_error);
+        goto end;
+    }
+    if (notes & NOTE_KILL) {
+        request_abort(r, "%s", kill_why);
+        goto end;
+    }
+    if (notes & NOTE_GONE) {
+        end_gone(r, abandoned);
+        goto end;
+    }
+    if (!r->accepted)
+        return WORKER_IDLE; /* it waits to be answered again */
+    if ((notes & NOTE_TAKEN_OVER) && push_taken_over(r, takeover_why)) {
+        server_lock(srv);
+        r->abandoned = 1;
+        server_unlock(srv);
+    }
+    if (notes & NOTE_WORK) {
+        out_retry(r);
+        r->wants = 1;
+    }
+    if (!r->wants)
+        return WORKER_IDLE;
+    r->wants = 0;
+    int rc = r->ops->step(r);
+    if (r->ended)
+        goto end;
+    if (rc > 0) {
+        r->wants = 1;
+        return WORKER_AGAIN;
+    }
+    return WORKER_IDLE;
+end:
+    request_end(r);
+    return WORKER_GONE;
+}
+
+/* ---- events (the loop) ------------------------------------------------------------------ */
+
+/* Under srv->lock: has the request ended now, with why, once. */
+static void kill_locked(request *r, const char *why)
+{
+    if (r->kill_posted)
         return;
+    r->kill_posted = 1;
+    snprintf(r->kill_why, sizeof(r->kill_why), "%s", why);
+    post(r, NOTE_KILL);
+}
+
+static void handle_event_locked(server *srv, const haul_event *ev)
+{
     if (ev->type == HAUL_EV_SESSION_REQUEST) {
-        on_request(srv, ev->session);
+        on_request_locked(srv, ev->session);
         return;
     }
     request *r = haul_session_data(ev->session);
     if (r == NULL) {
-        /* Not ours to handle (cannot happen: refused sessions are freed
-         * at once); release the handle if it ended. */
-        if (ev->type == HAUL_EV_SESSION_CLOSED) {
-            forget_waiting(srv, ev->session);
+        /* Not ours to handle (cannot happen: every session gets its
+         * request when it is asked for); release the handle if it ended. */
+        if (ev->type == HAUL_EV_SESSION_CLOSED)
             haul_session_free(ev->session);
-            forget_session(srv, ev->session);
-        }
         return;
     }
     switch (ev->type) {
     case HAUL_EV_MESSAGE_RECEIVED:
-        r->wants = 1;
-        break;
     case HAUL_EV_MESSAGE_SENT:
-        out_retry(r);
-        r->wants = 1;
+    case HAUL_EV_WINDOW_OPENED:
+        /* A message to take, or room for output: in the session's queue,
+         * or in the engine's memory, which a send may have found full
+         * (HAUL_EQUEUEFULL either way). */
+        post(r, NOTE_WORK);
         break;
     case HAUL_EV_MESSAGE_FAILED:
-        request_log(r, HAUL_LOG_DEBUG, "a message failed: %s", haul_strerror(ev->error));
+        if (hauld_log_enabled(HAUL_LOG_DEBUG))
+            hauld_log(HAUL_LOG_DEBUG, "request %u (%s): a message failed: %s", r->serial,
+                      r->principal, haul_strerror(ev->error));
         break;
     case HAUL_EV_SESSION_CLOSED:
-        on_closed(r, ev);
+        r->closed_error = ev->error;
+        post(r, NOTE_CLOSED);
         break;
     case HAUL_EV_PIPE_DOWN:
     case HAUL_EV_PIPE_UP:
-        on_pipe_event(r, ev);
+        on_pipe_event_locked(srv, r, ev);
         break;
     default:
         break;
@@ -582,7 +900,7 @@ static void handle_event(server *srv, const haul_event *ev)
 
 /* Gives the engine the limits of connections of the principals. Those
  * that lost their section (old: the table before a reload) fall back to
- * the "*" section's. */
+ * the "*" section's. The loop only (it alone changes srv->auth). */
 static void apply_limits(server *srv, const auth_table *old)
 {
     haul_engine *e = srv->engine;
@@ -594,19 +912,23 @@ static void apply_limits(server *srv, const auth_table *old)
         haul_engine_limit_principal(e, t->v[i].name, t->v[i].max_connections);
 }
 
-/* SIGHUP: the principals' sections again, for the requests to come. */
+/* SIGHUP: the principals' sections again, for the requests to come. The
+ * file is read without the lock; the tables are swapped under it. */
 static void reload_auth(server *srv)
 {
     if (srv->cfg.config == NULL)
         return;
     char err[512];
-    auth_table old = srv->auth, fresh;
+    auth_table fresh;
     auth_init(&fresh);
     if (auth_load(&fresh, srv->cfg.config, err, sizeof(err)) < 0) {
         hauld_log(HAUL_LOG_ERROR, "SIGHUP received: %s; keeping the principals as they were", err);
         return;
     }
+    server_lock(srv);
+    auth_table old = srv->auth;
     srv->auth = fresh;
+    server_unlock(srv);
     apply_limits(srv, &old);
     auth_free(&old);
     hauld_log(HAUL_LOG_INFO, "SIGHUP received: %zu principal section%s reloaded", srv->auth.n,
@@ -639,127 +961,65 @@ static void on_signal(server *srv)
         return;
     }
     const char *name = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
-    if (!srv->stopping) {
+    server_lock(srv);
+    int first = !srv->stopping;
+    unsigned running = srv->nrequests;
+    if (first) {
         srv->stopping = 1;
         /* Pushes taken over have ended; only their clients may not know
          * yet, and a shutdown does not wait for them. */
-        request *next;
-        for (request *r = srv->requests; r; r = next) {
-            next = r->next;
+        for (request *r = srv->requests; r; r = r->next)
             if (r->abandoned)
-                request_abort(r, "the server is shutting down");
-        }
+                kill_locked(r, "the server is shutting down");
+    }
+    server_unlock(srv);
+    if (first) {
         srv->stop_deadline_ms = now_ms() + (int64_t)srv->cfg.timeout_s * 1000;
         hauld_log(HAUL_LOG_INFO,
                   "%s received: refusing new requests and waiting up to %u s for %u running "
                   "ones to end",
-                  name, srv->cfg.timeout_s, srv->nrequests);
+                  name, srv->cfg.timeout_s, running);
     } else {
         srv->stop_deadline_ms = now_ms();
         hauld_log(HAUL_LOG_INFO, "%s received again: ending the running requests now", name);
     }
 }
 
-static void abort_all(server *srv, const char *why)
-{
-    while (srv->requests) {
-        request *r = srv->requests;
-        snprintf(r->why, sizeof(r->why), "%s", why);
-        request_abort(r, NULL);
-    }
-}
-
-/* ---- clients that are gone ------------------------------------------------------------ */
-
-int request_connected(request *r)
-{
-    return r->pipe_down_since_ms == 0;
-}
-
 /*
- * A push holds its dataset: another push to it is refused until it ends.
- * When its client dies or its network goes, the engine ends the session
- * only once the pipe has had no connection for the whole message timeout
- * (a minute by default), and until then the user who simply runs the push
- * again is refused. The engine tells sooner that the client is gone: a
- * pipe goes down (HAUL_EV_PIPE_DOWN) when its last connection breaks, or
- * when the client has been silent for the idle timeout (--idle-timeout),
- * and comes back up (HAUL_EV_PIPE_UP) when the client dials again. A push
- * whose pipe has been down for PUSH_GRACE_MS is ended, and what it staged
- * waits for the next push. The grace is well above the client's longest
- * redial backoff (2 s by default), so that a short network cut, after
- * which the client dials again, does not end a push. A new push of the
- * dataset of the same principal does not wait for the grace: a push
- * whose pipe is down is taken over at once (take_over() in push.c).
+ * Ends every request and waits until their turns have: a turn inside a
+ * store call ends when the call returns. The loop does not take events
+ * meanwhile; the turns need none.
  */
-#define PUSH_GRACE_MS 5000
-
-static void on_pipe_event(request *r, const haul_event *ev)
+static void end_all(server *srv, const char *why)
 {
-    if (ev->type == HAUL_EV_PIPE_UP) {
-        if (r->pipe_down_since_ms)
-            request_log(r, HAUL_LOG_INFO, "its client is connected again");
-        r->pipe_down_since_ms = 0;
-        return;
+    server_lock(srv);
+    for (request *r = srv->requests; r; r = r->next)
+        kill_locked(r, why);
+    int64_t since = now_ms();
+    while (srv->nrequests > 0) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 10;
+        if (pthread_cond_timedwait(&srv->idle, &srv->lock, &until) == ETIMEDOUT)
+            hauld_log(HAUL_LOG_WARN,
+                      "%u request%s still ending after %lld s: a store call has not returned",
+                      srv->nrequests, srv->nrequests == 1 ? "" : "s",
+                      (long long)((now_ms() - since) / 1000));
     }
-    if (r->pipe_down_since_ms == 0)
-        r->pipe_down_since_ms = now_ms();
-    r->srv->pipe_went_down = 1;
-    request_log(r, HAUL_LOG_INFO, "its client has no connection left (%s)",
-                ev->error == HAUL_ETIMEDOUT ? "silent for the idle timeout"
-                                            : haul_strerror(ev->error));
-}
-
-/* A request whose pipe is down. A push holds its dataset, but any
- * request whose client is gone for good (a bench stopped with data still
- * on its way, a killed pull, a client that left before it read the
- * result it was sent) would be kept, and a shutdown would wait for it,
- * for the whole message timeout. */
-static int gone_watched(const request *r)
-{
-    return r->pipe_down_since_ms != 0;
-}
-
-/* Ends the requests whose client has been gone for the grace period. */
-static void end_gone_pushes(server *srv)
-{
-    int64_t now = now_ms();
-    request *next;
-    for (request *r = srv->requests; r; r = next) {
-        next = r->next;
-        if (!gone_watched(r) || now - r->pipe_down_since_ms < PUSH_GRACE_MS)
-            continue;
-        if (r->abandoned)
-            request_abort(r, "the client of the push taken over has had no connection for %d s",
-                          PUSH_GRACE_MS / 1000);
-        else if (r->req.op != HSP_PUSH || r->finishing)
-            request_abort(r, "its client has had no connection for %d s: it is gone",
-                          PUSH_GRACE_MS / 1000);
-        else
-            request_abort(r,
-                          "its client has had no connection for %d s: it is gone (what it "
-                          "staged is kept for the next push)",
-                          PUSH_GRACE_MS / 1000);
-    }
-}
-
-/* Milliseconds until the next request's grace ends, or -1 when none waits. */
-static int next_gone_ms(const server *srv)
-{
-    int64_t now = now_ms(), best = -1;
-    for (const request *r = srv->requests; r; r = r->next) {
-        if (!gone_watched(r))
-            continue;
-        int64_t left = r->pipe_down_since_ms + PUSH_GRACE_MS - now;
-        if (left < 0)
-            left = 0;
-        if (best < 0 || left < best)
-            best = left;
-    }
-    return (int)best;
+    server_unlock(srv);
 }
 
 /* ---- the server ---------------------------------------------------------------------- */
+
+/* --workers by default (server.h). */
+static unsigned default_workers(void)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned n = cores < 1 ? 1 : (unsigned)cores;
+    n = n > SERVER_WORKERS_MAX / SERVER_WORKERS_PER_CORE ? SERVER_WORKERS_MAX
+                                                         : n * SERVER_WORKERS_PER_CORE;
+    return n < SERVER_WORKERS_MIN ? SERVER_WORKERS_MIN : n;
+}
 
 static void engine_log(void *arg, int level, const char *line)
 {
@@ -779,6 +1039,13 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
     srv->cfg = *cfg;
     srv->sigfd = sigfd;
     srv->store = NULL;
+    pthread_mutex_init(&srv->lock, NULL);
+    pthread_cond_init(&srv->idle, NULL);
+    srv->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (srv->wakefd < 0) {
+        fprintf(stderr, "hauld: cannot make an event descriptor: %s\n", strerror(errno));
+        return -1;
+    }
 
     char err[512];
     auth_init(&srv->auth);
@@ -827,7 +1094,15 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
         ec.max_message = HSP_MESSAGE_MAX;
     ec.log = engine_log;
     ec.log_level = cfg->log_level;
-    int rc = haul_engine_new(&ec, &srv->engine);
+    unsigned nworkers = cfg->workers ? cfg->workers : default_workers();
+    int rc = workers_start(&srv->pool, nworkers, request_turn, srv);
+    if (rc) {
+        fprintf(stderr, "hauld: cannot start %u worker threads: %s\n", nworkers, strerror(rc));
+        store_close(srv->store);
+        srv->store = NULL;
+        return -1;
+    }
+    rc = haul_engine_new(&ec, &srv->engine);
     if (rc) {
         fprintf(stderr, "hauld: cannot start the transport engine: %s\n", haul_strerror(rc));
         store_close(srv->store);
@@ -884,10 +1159,11 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
     if (haul_listen_address(srv->engine, address, sizeof(address)) != 0)
         snprintf(address, sizeof(address), "%s", cfg->listen);
     hauld_log(HAUL_LOG_INFO,
-              "storing into %s (%s store), %u I/O thread%s, message timeout %u s, keepalive %u "
-              "ms, idle timeout %u ms (0: off)",
+              "storing into %s (%s store), %u I/O thread%s, %u worker%s, message timeout %u s, "
+              "keepalive %u ms, idle timeout %u ms (0: off)",
               cfg->store, srv->store->ops->name, ec.io_threads, ec.io_threads == 1 ? "" : "s",
-              ec.message_timeout_ms / 1000, ec.keepalive_ms, ec.idle_timeout_ms);
+              nworkers, nworkers == 1 ? "" : "s", ec.message_timeout_ms / 1000, ec.keepalive_ms,
+              ec.idle_timeout_ms);
     if (cfg->tls_cert)
         hauld_log(HAUL_LOG_INFO, "listening on %s with mutual TLS 1.3 (CA %s%s%s)", address,
                   cfg->tls_ca, cfg->tls_crl ? ", CRL " : "", cfg->tls_crl ? cfg->tls_crl : "");
@@ -909,82 +1185,78 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
 int server_run(server *srv)
 {
     haul_event events[64];
-    struct pollfd pfd[2] = {
+    struct pollfd pfd[3] = {
         {.fd = haul_engine_fd(srv->engine), .events = POLLIN},
+        {.fd = srv->wakefd, .events = POLLIN},
         {.fd = srv->sigfd, .events = POLLIN},
     };
     for (;;) {
-        int timeout = -1;
-        for (request *r = srv->requests; r; r = r->next)
-            if (r->wants) {
-                timeout = 0;
+        /* Events, a bounded number of rounds at a time so that signals
+         * and timers are not starved by a flood of acknowledgements; then
+         * the timers. The lock is held throughout ("Threads"). */
+        server_lock(srv);
+        int more = 0;
+        for (int round = 0; round < 16; round++) {
+            int n = haul_engine_wait(srv->engine, events, 64, 0);
+            if (n <= 0)
                 break;
-            }
+            for (int i = 0; i < n; i++)
+                handle_event_locked(srv, &events[i]);
+            more = round == 15;
+        }
+        end_gone_locked(srv);
+        retry_waiting_locked(srv);
+        int timeout = more ? 0 : -1;
         /* Wake up when the grace of a push whose client went ends. */
-        int gone = next_gone_ms(srv);
+        int gone = next_gone_ms_locked(srv);
         if (gone >= 0 && (timeout < 0 || gone < timeout))
             timeout = gone;
-        int wait = next_waiting_ms(srv);
+        int wait = next_waiting_ms_locked(srv);
         if (wait >= 0 && (timeout < 0 || wait < timeout))
             timeout = wait;
-        if (srv->stopping) {
-            if (srv->nrequests == 0)
+        int stopping = srv->stopping;
+        unsigned running = srv->nrequests;
+        server_unlock(srv);
+
+        if (stopping) {
+            if (running == 0)
                 break;
             int64_t left = srv->stop_deadline_ms - now_ms();
             if (left <= 0) {
                 hauld_log(HAUL_LOG_WARN,
                           "%u request%s still running at the end of the shutdown timeout; "
                           "ending them (a push keeps its staging for a later resume)",
-                          srv->nrequests, srv->nrequests == 1 ? "" : "s");
-                abort_all(srv, "the server is shutting down");
+                          running, running == 1 ? "" : "s");
+                end_all(srv, "the server is shutting down");
                 break;
             }
             if (timeout < 0 || timeout > left)
                 timeout = left > 60000 ? 60000 : (int)left;
         }
-        if (poll(pfd, srv->sigfd >= 0 ? 2 : 1, timeout) < 0 && errno != EINTR) {
+        if (poll(pfd, srv->sigfd >= 0 ? 3 : 2, timeout) < 0 && errno != EINTR) {
             hauld_log(HAUL_LOG_ERROR, "poll failed: %s", strerror(errno));
-            abort_all(srv, "the server failed");
+            end_all(srv, "the server failed");
             break;
         }
-        if (srv->sigfd >= 0 && (pfd[1].revents & POLLIN))
+        if (pfd[1].revents & POLLIN) {
+            uint64_t count;
+            if (read(srv->wakefd, &count, sizeof(count)) < 0) {
+                /* Nothing to read: another wake-up took it. */
+            }
+        }
+        if (srv->sigfd >= 0 && (pfd[2].revents & POLLIN))
             on_signal(srv);
-
-        /* Events first, a bounded number of rounds so that the requests'
-         * work is not starved by a flood of acknowledgements. */
-        for (int round = 0; round < 16; round++) {
-            int n = haul_engine_wait(srv->engine, events, 64, 0);
-            if (n <= 0)
-                break;
-            srv->batch = events;
-            srv->batch_n = n;
-            for (int i = 0; i < n; i++)
-                handle_event(srv, &events[i]);
-            srv->batch_n = 0;
-            srv->batch = NULL;
-        }
-
-        end_gone_pushes(srv);
-        retry_waiting(srv);
-
-        /* Then a share of work for every request that has some. */
-        request *next;
-        for (request *r = srv->requests; r; r = next) {
-            next = r->next;
-            if (!r->wants)
-                continue;
-            r->wants = 0;
-            int rc = r->ops->step(r);
-            if (rc > 0)
-                r->wants = 1;
-        }
     }
     return 0;
 }
 
 void server_fini(server *srv)
 {
-    abort_all(srv, "the server is stopping");
+    if (srv->pool) {
+        end_all(srv, "the server is stopping");
+        workers_stop(srv->pool);
+        srv->pool = NULL;
+    }
     if (srv->engine)
         haul_engine_free(srv->engine);
     srv->engine = NULL;
@@ -996,4 +1268,9 @@ void server_fini(server *srv)
     store_close(srv->store);
     srv->store = NULL;
     auth_free(&srv->auth);
+    if (srv->wakefd >= 0)
+        close(srv->wakefd);
+    srv->wakefd = -1;
+    pthread_cond_destroy(&srv->idle);
+    pthread_mutex_destroy(&srv->lock);
 }

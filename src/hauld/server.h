@@ -1,19 +1,24 @@
 /*
- * server.h - hauld's event loop and the requests it serves.
+ * server.h - hauld's event loop, its worker threads, and the requests
+ * they serve.
  *
- * hauld runs one thread of its own (libhaul has its I/O threads). The
- * loop polls the engine's completion queue and a signal descriptor,
- * takes events, and gives every request that has work a bounded share of
- * it in turn ("step"), so that one large push or pull never stalls the
- * others for long.
+ * hauld's loop thread takes the engine's events and the signals, and
+ * nothing else: every request's work (its step, and with it every call of
+ * the store: writes, hashing, commits, verifies, quota walks, listings,
+ * deletions) runs on a pool of worker threads (workers.h), one turn at a
+ * time per request, so that a request's work keeps its order, a store
+ * call that takes long holds one worker and not the server, and the disk
+ * work of many clients uses every core. server.c, "Threads", says who
+ * owns what.
  *
  * One session carries one request (docs/store-protocol.md). A request's
  * output is built into messages of at most HSP_MESSAGE_MAX bytes that go
- * out with haul_send_buffer(); when the session's output queue is full,
- * the message waits in a short list of the request's own, and the
- * request produces nothing more until an acknowledgement makes room.
- * Memory therefore stays within the queue sizes plus a fixed overhead
- * per request, whatever the number of files.
+ * out with haul_send_buffer(); when the session's output queue (or the
+ * engine's memory) is full, the message waits in a short list of the
+ * request's own, and the request produces nothing more until an
+ * acknowledgement, or memory freed, makes room. Memory therefore stays
+ * within the queue sizes plus a fixed overhead per request, whatever the
+ * number of files.
  */
 #ifndef HAUL_HAULD_SERVER_H
 #define HAUL_HAULD_SERVER_H
@@ -22,8 +27,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <pthread.h>
+
 #include "haul.h"
 #include "hauld/auth.h"
+#include "hauld/workers.h"
 #include "proto/store.h"
 #include "store/store.h"
 
@@ -42,6 +50,17 @@ int hauld_log_enabled(int level);
  * connections a message waits for its slowest chunk. Memory is taken
  * only as data waits (docs/design.md, "Long links"). */
 #define SERVER_QUEUE_DEFAULT (256ull << 20)
+
+/* The engine's memory budget by default (--memory). */
+#define SERVER_MEMORY_DEFAULT (256ull << 20)
+
+/* Worker threads by default: this many per online core, and at least
+ * SERVER_WORKERS_MIN, so that a store call that stalls (a disk that hangs,
+ * an OSD that does not answer) holds one worker while the others serve
+ * the other requests; at most SERVER_WORKERS_MAX (--workers too). */
+#define SERVER_WORKERS_PER_CORE 4
+#define SERVER_WORKERS_MIN 8
+#define SERVER_WORKERS_MAX 1024
 
 typedef struct server_config {
     const char *listen;
@@ -62,6 +81,12 @@ typedef struct server_config {
     unsigned idle_timeout_ms;
     /* Each session's input and output queue (--queue). */
     uint64_t queue;
+    /* Worker threads (--workers; 0: SERVER_WORKERS_PER_CORE per core, at
+     * least SERVER_WORKERS_MIN). */
+    unsigned workers;
+    /* The engine's memory for message bodies, all sessions together
+     * (--memory; haul_engine_config.memory). */
+    uint64_t memory;
     /* Mutual TLS (all NULL with --plaintext). */
     const char *tls_cert, *tls_key, *tls_ca, *tls_crl;
 } server_config;
@@ -90,27 +115,38 @@ typedef struct request_ops {
 } request_ops;
 
 struct request {
+    /* Set when the session is asked for, on the loop, and never changed
+     * after: any thread may read them. */
     server *srv;
     haul_session *session;
     unsigned serial; /* for the log */
-    hsp_request req;
     char principal[HSP_NAME_MAX + 1];
+    request *prev, *next; /* the server's list: under srv->lock */
+
+    /* The request's place in the worker pool (workers.h). */
+    worker_job job;
+
+    /* Decoded by the request's first turn, and read by other threads
+     * (under srv->lock) only once `counted` is set, which happens after. */
+    hsp_request req;
     /* What the principal may do, as configured when the request came:
      * its namespace root, rights, quota. */
     auth_principal who;
-    const request_ops *ops;
-    void *op; /* the operation's state */
-    request *prev, *next;
 
+    /* ---- the request's own: its worker's while a turn runs ---- */
+    const request_ops *ops;
+    void *op;      /* the operation's state */
     int wants;     /* step() asked to run again, or an event came */
+    int accepted;  /* the session was accepted */
+    int ended;     /* request_abort() or a refusal: its turn ends it */
     int finishing; /* the last record is written: close once sent */
     int closing;   /* haul_session_close() was called */
     int dead;      /* the session cannot carry more (closed by the peer) */
-    /* A push taken over by another (push.c): its RESULT says so, and the
-     * request ends once its client has read it, once the client has been
-     * gone for the grace of server.c, or when hauld stops. */
-    int abandoned;
-
+    /* Refused only because another push of the dataset, of the same
+     * principal, looks connected (take_over in push.c): the request may
+     * wait for that push's client to be seen gone (server.c, "requests
+     * that wait"). */
+    int busy_connected;
     /* The message under construction, and messages refused for want of
      * room (oldest first). */
     hsp_writer w;
@@ -119,50 +155,70 @@ struct request {
     unsigned npending;
     uint64_t tag;
     uint64_t messages_out;
+    char why[512]; /* the reason of an abort, for the log */
+    /* It may wait to be answered until then (server.c, "requests that
+     * wait"); takeover_waits: the bound is a take-over's. */
+    int64_t wait_limit_ms;
+    int takeover_waits;
 
+    /* ---- shared: under srv->lock ---- */
+    /* Counted among the principal's sessions (authorize in server.c). */
+    int counted;
     /* Since when the session's pipe has been down (HAUL_EV_PIPE_DOWN
      * without HAUL_EV_PIPE_UP since; 0: it is up): see server.c,
-     * "clients that are gone". */
+     * "clients that are gone". Written by the loop. */
     int64_t pipe_down_since_ms;
-    /* Refused only because another push of the dataset, of the same
-     * principal, looks connected (take_over in push.c): the request may
-     * wait for that push's client to be seen gone (server.c, "requests
-     * that wait"). */
-    int busy_connected;
-
-    char why[512]; /* the reason of an abort, for the log */
+    /* A push taken over by another (push.c): its RESULT says so, and the
+     * request ends once its client has read it, once the client has been
+     * gone for the grace of server.c, or when hauld stops. */
+    int abandoned;
+    /* Waits, unanswered, to be answered again (server.c, "requests that
+     * wait"), until wait_until_ms. */
+    int waiting;
+    int64_t wait_until_ms;
+    /* Notes posted that must not be posted twice. */
+    int taken_over, gone_posted, kill_posted;
+    /* What the notes carry (server.c, "notes"). */
+    int closed_error;
+    char kill_why[256];
+    char takeover_why[512];
 };
 
-/* A session request that waits before it is answered (server.c). */
-typedef struct waiting_request {
-    haul_session *session;
-    int64_t until_ms;
-} waiting_request;
+/* An answer of an *_open function that is no refusal: the dataset is
+ * being let go by the push this one takes over; the request waits for it
+ * (server.c, "requests that wait"). */
+#define REQUEST_WAIT_TAKEOVER 0xffffffffu
 
+/* Requests that wait to be answered again, at most. */
 #define SERVER_WAITING_MAX 16
 
 struct server {
     server_config cfg;
     haul_engine *engine;
     store *store; /* where the snapshots are kept (store/store.h) */
+    workers *pool;
     int sigfd;
-    int stopping; /* a signal came: refuse new requests */
-    int64_t stop_deadline_ms;
-    auth_table auth;   /* the principals (reloaded on SIGHUP) */
-    request *requests; /* a list */
+    /* Readable when a worker has news for the loop: a request ended, a
+     * dataset was let go (eventfd). */
+    int wakefd;
+    int64_t stop_deadline_ms; /* the loop's */
+
+    /* What the loop and the workers share (server.c, "Threads"). */
+    pthread_mutex_t lock;
+    pthread_cond_t idle; /* the last request ended */
+    int stopping;        /* a signal came: refuse new requests */
+    auth_table auth;     /* the principals (reloaded on SIGHUP) */
+    request *requests;   /* a list, of every request not yet ended */
     unsigned nrequests;
     unsigned next_serial;
-    /* Datasets with a push running in this process ("root/dataset"),
-     * besides the lock file that excludes other processes too. */
+    /* Datasets with a push or a delete running in this process
+     * ("root/dataset"), besides the store's lock that excludes other
+     * processes too. */
     struct busy *busy;
-    /* The events being handled: a session freed while handling one must
-     * not be touched by the ones after it. */
-    haul_event *batch;
-    int batch_n;
-    /* Session requests not answered yet, oldest first. */
-    waiting_request waiting[SERVER_WAITING_MAX];
-    int nwaiting;
-    int pipe_went_down; /* since the waiting requests were last decided */
+    unsigned nwaiting;
+    /* A pipe went down, or a dataset was let go, since the waiting
+     * requests were last decided. */
+    int recheck_waiting;
 };
 
 /* Creates the engine, opens the store and listens. Prints why and returns
@@ -194,7 +250,9 @@ void request_result(request *r, int status, const char *snapshot, uint64_t files
     __attribute__((format(printf, 8, 9)));
 
 /* Ends a request whose peer broke the protocol: logs r->why (set it
- * first, or pass a format), aborts the session and frees the request. */
+ * first, or pass a format); once step() returns, its turn aborts the
+ * session and frees the request. The caller returns from step() at once
+ * and touches the request no more. */
 void request_abort(request *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Logs about a request: "request N (principal op dataset): ...". */
@@ -205,16 +263,28 @@ void request_log(request *r, int level, const char *fmt, ...) __attribute__((for
 int request_recv(request *r, haul_message **m);
 
 /* Marks the request's dataset (in its namespace) busy in this process; 0,
- * or -1 when it already is. */
+ * or -1 when it already is. Takes srv->lock. */
 int server_busy_add(request *r);
+/* Lets the dataset go, and has the requests that wait for it decided
+ * again. Takes srv->lock. */
 void server_busy_remove(request *r);
-/* The push that holds the request's dataset in this process (of any
- * principal that shares the namespace), or NULL. */
-request *server_find_push(request *r);
-/* Whether the request's client still has a connection that is up: 0 once
- * every connection of its pipe has gone (the client was killed, or its
- * network went away and the connections timed out). */
-int request_connected(request *r);
+
+/* srv->lock, for what the requests' own code shares (take_over in
+ * push.c). */
+void server_lock(server *srv);
+void server_unlock(server *srv);
+/* Under srv->lock: the push or delete that holds the request's dataset
+ * in this process (of any principal that shares the namespace), or NULL.
+ * Only the fields that the lock guards, and those set when the session
+ * was asked for, may be read of it. */
+request *server_find_push_locked(request *r);
+/* Under srv->lock: whether the request's client still has a connection
+ * that is up: 0 once every connection of its pipe has gone (the client
+ * was killed, or its network went away and the connections timed out). */
+int request_connected_locked(const request *r);
+/* Under srv->lock: has another request's turn end it as a push taken
+ * over (push_taken_over), with why for its RESULT; once only. */
+void request_take_over_locked(request *old, const char *why);
 
 /* ---- the requests (push.c, read.c) ---------------------------------------------- */
 
@@ -228,5 +298,9 @@ uint32_t bench_open(request *r);
 uint32_t delete_open(request *r);
 /* Called once the session is accepted. */
 void push_start(request *r);
+/* Ends a push that another one takes over (request_take_over_locked), on
+ * the taken push's own turn: its RESULT says why, and it lets the dataset
+ * go. Returns 1, or 0 when it had ended already. */
+int push_taken_over(request *r, const char *why);
 
 #endif
