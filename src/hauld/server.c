@@ -1092,6 +1092,10 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
      * choose larger ones, up to the engine's default. */
     if (ec.max_message < HSP_MESSAGE_MAX)
         ec.max_message = HSP_MESSAGE_MAX;
+    /* One budget for the message data of every session (--memory): the
+     * windows granted to clients come out of it, so memory stays bounded
+     * however many connect. */
+    ec.memory = cfg->memory;
     ec.log = engine_log;
     ec.log_level = cfg->log_level;
     unsigned nworkers = cfg->workers ? cfg->workers : default_workers();
@@ -1159,11 +1163,11 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
     if (haul_listen_address(srv->engine, address, sizeof(address)) != 0)
         snprintf(address, sizeof(address), "%s", cfg->listen);
     hauld_log(HAUL_LOG_INFO,
-              "storing into %s (%s store), %u I/O thread%s, %u worker%s, message timeout %u s, "
-              "keepalive %u ms, idle timeout %u ms (0: off)",
+              "storing into %s (%s store), %u I/O thread%s, %u worker%s, memory %llu MiB, "
+              "message timeout %u s, keepalive %u ms, idle timeout %u ms (0: off)",
               cfg->store, srv->store->ops->name, ec.io_threads, ec.io_threads == 1 ? "" : "s",
-              nworkers, nworkers == 1 ? "" : "s", ec.message_timeout_ms / 1000, ec.keepalive_ms,
-              ec.idle_timeout_ms);
+              nworkers, nworkers == 1 ? "" : "s", (unsigned long long)(ec.memory >> 20),
+              ec.message_timeout_ms / 1000, ec.keepalive_ms, ec.idle_timeout_ms);
     if (cfg->tls_cert)
         hauld_log(HAUL_LOG_INFO, "listening on %s with mutual TLS 1.3 (CA %s%s%s)", address,
                   cfg->tls_ca, cfg->tls_crl ? ", CRL " : "", cfg->tls_crl ? cfg->tls_crl : "");

@@ -51,8 +51,11 @@ int hauld_log_enabled(int level);
  * only as data waits (docs/design.md, "Long links"). */
 #define SERVER_QUEUE_DEFAULT (256ull << 20)
 
-/* The engine's memory budget by default (--memory). */
+/* The engine's memory budget by default (--memory), and the least it may
+ * be: the engine's max_message, the largest message a client (haul bench)
+ * may send, which must fit in the budget on its own. */
 #define SERVER_MEMORY_DEFAULT (256ull << 20)
+#define SERVER_MEMORY_MIN (64ull << 20)
 
 /* Worker threads by default: this many per online core, and at least
  * SERVER_WORKERS_MIN, so that a store call that stalls (a disk that hangs,
