@@ -27,6 +27,19 @@
  *
  * A run without HAUL_IOFAULT measures how many calls of each kind a
  * workload makes; runs with K = 1 .. N then fail each one in turn.
+ *
+ * Stalling instead of failing, for the tests of a store call that hangs
+ * (tests/workers_test.c):
+ *   HAUL_IOFAULT_STALL=KIND:TEXT  the first call of KIND (write as above,
+ *                             or read: pread, pread64) on a file of the
+ *                             store whose path contains TEXT blocks
+ *   HAUL_IOFAULT_STALL_DIR=DIR    until the test releases it: the call
+ *                             opens the FIFO DIR/stalled and writes a byte
+ *                             to it (the test learns that it stalls), then
+ *                             opens the FIFO DIR/release and reads it to
+ *                             its end (the test opens it and closes it),
+ *                             and then goes on as if nothing happened.
+ * Only one call ever stalls, on whichever thread makes it.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -55,6 +68,8 @@ static int fault_errno;
 static char prefix[PATH_MAX];
 static size_t prefix_len;
 static int count_fd = -1;
+static char stall_kind[16], stall_text[256], stall_dir[PATH_MAX];
+static atomic_int stalled;
 /* Before main(): hauld reads no environment of ours, and nothing counts
  * before the library knows the prefix. */
 __attribute__((constructor)) static void setup(void)
@@ -89,6 +104,15 @@ __attribute__((constructor)) static void setup(void)
             fault_kind = -1;
         }
     }
+    const char *st = getenv("HAUL_IOFAULT_STALL"), *sd = getenv("HAUL_IOFAULT_STALL_DIR");
+    if (st && *st && sd && *sd && strlen(sd) < sizeof(stall_dir) &&
+        sscanf(st, "%15[a-z]:%255s", stall_kind, stall_text) == 2)
+        snprintf(stall_dir, sizeof(stall_dir), "%s", sd);
+    else if (st && *st)
+        fprintf(stderr,
+                "iofault_preload: HAUL_IOFAULT_STALL=%s is not KIND:TEXT, or no "
+                "HAUL_IOFAULT_STALL_DIR\n",
+                st);
     const char *c = getenv("HAUL_IOFAULT_COUNT");
     if (c && *c)
         count_fd = (int)syscall(SYS_openat, AT_FDCWD, c, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
@@ -138,6 +162,51 @@ static void publish(void)
         syscall(SYS_pwrite64, count_fd, text, (size_t)n, (off_t)0);
 }
 
+/* Opens a FIFO of the stall directory, blocking until its other end is
+ * opened; raw system calls, which this library does not interpose. */
+static int stall_fifo(const char *name, int flags)
+{
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof(path), "%s/%s", stall_dir, name);
+    int fd;
+    do
+        fd = (int)syscall(SYS_openat, AT_FDCWD, path, flags | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+/* The stall of HAUL_IOFAULT_STALL: blocks the first call of `kind` on a
+ * file of the store whose path holds the text, until the test releases
+ * it. errno is kept. */
+static void stall(const char *kind, int fd)
+{
+    if (stall_dir[0] == '\0' || strcmp(kind, stall_kind) != 0 || atomic_load(&stalled))
+        return;
+    char link[64], path[PATH_MAX];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof(path) - 1);
+    if (n <= 0)
+        return;
+    path[n] = '\0';
+    if (!in_store(path) || strstr(path, stall_text) == NULL || atomic_exchange(&stalled, 1))
+        return;
+    int saved = errno;
+    int out = stall_fifo("stalled", O_WRONLY);
+    if (out >= 0) {
+        char one = '1';
+        syscall(SYS_write, out, &one, (size_t)1);
+        syscall(SYS_close, out);
+    }
+    int in = stall_fifo("release", O_RDONLY);
+    if (in >= 0) {
+        char buf[64];
+        while (syscall(SYS_read, in, buf, sizeof(buf)) != 0 && errno == EINTR) {
+        }
+        syscall(SYS_close, in);
+    }
+    errno = saved;
+}
+
 /*
  * Counts a call of a kind on the store; returns nonzero (errno set) when
  * this is the one to fail.
@@ -164,6 +233,8 @@ static int fault(int kind, int on_store)
 ssize_t write(int fd, const void *buf, size_t len)
 {
     REAL(ssize_t, write, int, const void *, size_t);
+    if (fd > 2)
+        stall("write", fd);
     if (fault(K_WRITE, fd > 2 && fd_in_store(fd)))
         return -1;
     return real_write(fd, buf, len);
@@ -172,6 +243,8 @@ ssize_t write(int fd, const void *buf, size_t len)
 ssize_t pwrite(int fd, const void *buf, size_t len, off_t offset)
 {
     REAL(ssize_t, pwrite, int, const void *, size_t, off_t);
+    if (fd > 2)
+        stall("write", fd);
     if (fault(K_WRITE, fd_in_store(fd)))
         return -1;
     return real_pwrite(fd, buf, len, offset);
@@ -180,6 +253,8 @@ ssize_t pwrite(int fd, const void *buf, size_t len, off_t offset)
 ssize_t pwrite64(int fd, const void *buf, size_t len, off_t offset)
 {
     REAL(ssize_t, pwrite64, int, const void *, size_t, off_t);
+    if (fd > 2)
+        stall("write", fd);
     if (fault(K_WRITE, fd_in_store(fd)))
         return -1;
     return real_pwrite64(fd, buf, len, offset);
@@ -188,6 +263,8 @@ ssize_t pwrite64(int fd, const void *buf, size_t len, off_t offset)
 ssize_t writev(int fd, const struct iovec *iov, int n)
 {
     REAL(ssize_t, writev, int, const struct iovec *, int);
+    if (fd > 2)
+        stall("write", fd);
     if (fault(K_WRITE, fd > 2 && fd_in_store(fd)))
         return -1;
     return real_writev(fd, iov, n);
@@ -196,6 +273,8 @@ ssize_t writev(int fd, const struct iovec *iov, int n)
 ssize_t pwritev(int fd, const struct iovec *iov, int n, off_t offset)
 {
     REAL(ssize_t, pwritev, int, const struct iovec *, int, off_t);
+    if (fd > 2)
+        stall("write", fd);
     if (fault(K_WRITE, fd_in_store(fd)))
         return -1;
     return real_pwritev(fd, iov, n, offset);
@@ -319,4 +398,18 @@ int symlinkat(const char *target, int dirfd, const char *name)
     if (fault(K_META, at_in_store(dirfd, name)))
         return -1;
     return real_symlinkat(target, dirfd, name);
+}
+
+ssize_t pread(int fd, void *buf, size_t len, off_t offset)
+{
+    REAL(ssize_t, pread, int, void *, size_t, off_t);
+    stall("read", fd);
+    return real_pread(fd, buf, len, offset);
+}
+
+ssize_t pread64(int fd, void *buf, size_t len, off_t offset)
+{
+    REAL(ssize_t, pread64, int, void *, size_t, off_t);
+    stall("read", fd);
+    return real_pread64(fd, buf, len, offset);
 }

@@ -1,0 +1,273 @@
+/*
+ * workers_test.c - hauld's disk work on its worker threads, with real
+ * hauld and haul processes (see e2e.h): a store call that stalls holds
+ * its own request and no other.
+ *
+ * The stall is made by build/tests/iofault_preload.so (LD_PRELOAD;
+ * tests/iofault_preload.c, HAUL_IOFAULT_STALL): the first write (or read)
+ * of a file of the store whose path holds "stall-here" blocks until the
+ * test releases it, and tells the test through a FIFO that it blocks.
+ * While it is held:
+ *
+ *   - pushes to other datasets, listings, pulls and verifies complete,
+ *     and the stalled push completes, intact, once released;
+ *   - a verify held inside its re-read of a snapshot delays no push;
+ *   - SIGTERM waits for the stalled request, which then completes, and
+ *     hauld exits 0; a second SIGTERM ends the requests as soon as the
+ *     stalled call returns, and hauld exits 0; what the request had done
+ *     is kept.
+ *
+ * On a hauld whose requests run on its event loop (or with --workers 1),
+ * the requests made while the stall holds time out: the tests fail.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "e2e.h"
+
+/* Seconds a command may take: the requests made while the stall holds
+ * must end well within it. */
+#define CMD_TIMEOUT 30
+/* Seconds the test waits for the stall to happen. */
+#define STALL_TIMEOUT 30
+
+/*
+ * Starts hauld with the stall of `spec` ("write:stall-here" or
+ * "read:stall-here") armed; the FIFOs are in the test's directory.
+ */
+static void start_stalling_server(e2e_env *env, const char *spec, const char *const *args)
+{
+    e2e_setup(env, E2E_NO_SERVER);
+    char stalled[PATH_MAX], release[PATH_MAX], preload[PATH_MAX];
+    CHECK(mkfifo(e2e_path(env, stalled, "stalled"), 0600) == 0);
+    CHECK(mkfifo(e2e_path(env, release, "release"), 0600) == 0);
+    e2e_find_program(preload, "tests/iofault_preload.so");
+    for (int i = 0; args && args[i]; i++)
+        env->server_args[i] = args[i];
+
+    char asan[1024];
+    const char *old_asan = getenv("ASAN_OPTIONS");
+    /* The library comes before the sanitizer's runtime. */
+    snprintf(asan, sizeof(asan), "%s%sverify_asan_link_order=0", old_asan ? old_asan : "",
+             old_asan && *old_asan ? ":" : "");
+    char *saved = old_asan ? strdup(old_asan) : NULL;
+    setenv("LD_PRELOAD", preload, 1);
+    setenv("ASAN_OPTIONS", asan, 1);
+    setenv("HAUL_IOFAULT_PREFIX", env->store, 1);
+    setenv("HAUL_IOFAULT_STALL", spec, 1);
+    setenv("HAUL_IOFAULT_STALL_DIR", env->dir, 1);
+    e2e_start_server(env);
+    unsetenv("LD_PRELOAD");
+    unsetenv("HAUL_IOFAULT_PREFIX");
+    unsetenv("HAUL_IOFAULT_STALL");
+    unsetenv("HAUL_IOFAULT_STALL_DIR");
+    if (saved) {
+        setenv("ASAN_OPTIONS", saved, 1);
+        free(saved);
+    } else {
+        unsetenv("ASAN_OPTIONS");
+    }
+}
+
+/* Waits until a store call of hauld stalls; 1 when it did in time. */
+static int stall_wait(e2e_env *env)
+{
+    char path[PATH_MAX];
+    int fd = open(e2e_path(env, path, "stalled"), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    CHECK(fd >= 0);
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    int rc = poll(&pf, 1, STALL_TIMEOUT * 1000);
+    char one = 0;
+    int ok = rc == 1 && read(fd, &one, 1) == 1;
+    close(fd);
+    return ok;
+}
+
+/* Lets the stalled call go on. */
+static void stall_release(e2e_env *env)
+{
+    char path[PATH_MAX];
+    int fd = open(e2e_path(env, path, "release"), O_WRONLY | O_CLOEXEC);
+    CHECK(fd >= 0);
+    close(fd);
+}
+
+/* A tree of a few files, one of them named to stall when `stall` is set. */
+static void make_tree(const char *root, uint64_t seed, int stall, uint64_t big)
+{
+    e2e_mkdir(root);
+    e2e_file(e2e_at(root, "a"), big, seed, 0644);
+    e2e_mkdir(e2e_at(root, "d"));
+    e2e_file(e2e_at(root, "d/b"), 70000, seed + 1, 0644);
+    if (stall)
+        e2e_file(e2e_at(root, "d/stall-here"), big, seed + 2, 0644);
+    e2e_file(e2e_at(root, "z"), big, seed + 3, 0600);
+    e2e_stamp_tree(root);
+}
+
+static void push_ok(e2e_env *env, const char *src, const char *dataset)
+{
+    char url[512];
+    e2e_proc p = {0};
+    double t0 = e2e_now();
+    e2e_haul(env, &p, CMD_TIMEOUT, "push", src, e2e_url(env, url, dataset));
+    CHECK_EXIT(&p, 0);
+    harness_log("push to %s took %.2f s", dataset, e2e_now() - t0);
+    e2e_proc_free(&p);
+}
+
+static void pull_and_compare(e2e_env *env, const char *dataset, const char *src, const char *dst)
+{
+    char url[512];
+    e2e_proc p = {0};
+    e2e_haul(env, &p, CMD_TIMEOUT, "pull", e2e_url(env, url, dataset), dst);
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+    CHECK_EQ(e2e_tree_diff(src, dst, 0), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+
+TEST_TIMEOUT(stalled_write_holds_only_its_own_push, 180)
+{
+    e2e_env env;
+    start_stalling_server(&env, "write:stall-here", NULL);
+    char slow[PATH_MAX], fast[PATH_MAX], first[PATH_MAX], dst[PATH_MAX], url[512];
+    make_tree(e2e_path(&env, slow, "slow"), 10, 1, 2 * E2E_MIB);
+    make_tree(e2e_path(&env, fast, "fast"), 20, 0, 300000);
+    make_tree(e2e_path(&env, first, "first"), 30, 0, 300000);
+    push_ok(&env, first, "first");
+
+    e2e_proc held = {0};
+    e2e_haul_start(&env, &held, "push", slow, e2e_url(&env, url, "slow"));
+    CHECK(stall_wait(&env));
+
+    /* The stall holds one worker: the others serve everything else. */
+    push_ok(&env, fast, "fast");
+    e2e_proc p = {0};
+    e2e_haul(&env, &p, CMD_TIMEOUT, "ls", env.url);
+    CHECK_EXIT(&p, 0);
+    CHECK(e2e_contains(p.out, "first"));
+    CHECK(e2e_contains(p.out, "fast"));
+    e2e_proc_free(&p);
+    pull_and_compare(&env, "first", first, e2e_path(&env, dst, "dst-first"));
+    e2e_haul(&env, &p, CMD_TIMEOUT, "verify", e2e_url(&env, url, "fast"));
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+    CHECK(!e2e_proc_exited(&held));
+
+    /* Released, the stalled push goes on and ends intact. */
+    stall_release(&env);
+    e2e_proc_wait(&held, CMD_TIMEOUT);
+    CHECK_EXIT(&held, 0);
+    e2e_proc_free(&held);
+    pull_and_compare(&env, "slow", slow, e2e_path(&env, dst, "dst-slow"));
+    e2e_teardown(&env);
+}
+
+TEST_TIMEOUT(verify_inside_a_stalled_read_delays_no_push, 180)
+{
+    e2e_env env;
+    start_stalling_server(&env, "read:stall-here", NULL);
+    char big[PATH_MAX], small[PATH_MAX], url[512];
+    make_tree(e2e_path(&env, big, "big"), 40, 1, 8 * E2E_MIB);
+    make_tree(e2e_path(&env, small, "small"), 50, 0, 100000);
+    push_ok(&env, big, "big");
+
+    /* The verify re-reads the snapshot and stalls inside it. */
+    e2e_proc verify = {0};
+    e2e_haul_start(&env, &verify, "verify", e2e_url(&env, url, "big"));
+    CHECK(stall_wait(&env));
+    for (int i = 0; i < 4; i++) {
+        char dataset[32];
+        snprintf(dataset, sizeof(dataset), "small%d", i);
+        push_ok(&env, small, dataset);
+    }
+    CHECK(!e2e_proc_exited(&verify));
+
+    stall_release(&env);
+    e2e_proc_wait(&verify, CMD_TIMEOUT);
+    CHECK_EXIT(&verify, 0);
+    CHECK(e2e_contains(verify.out, "match") || e2e_contains(verify.err, "match"));
+    e2e_proc_free(&verify);
+    e2e_teardown(&env);
+}
+
+/* Waits for hauld to exit on its own; returns its exit status, or -1. */
+static int server_exit_status(e2e_env *env)
+{
+    if (!e2e_wait_exit(env->server.pidfd, CMD_TIMEOUT))
+        return -1;
+    int status = e2e_server_reap_(&env->server);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+TEST_TIMEOUT(sigterm_waits_for_a_request_inside_a_stalled_call, 180)
+{
+    e2e_env env;
+    start_stalling_server(&env, "write:stall-here", NULL);
+    char slow[PATH_MAX], url[512];
+    make_tree(e2e_path(&env, slow, "slow"), 60, 1, 2 * E2E_MIB);
+    e2e_proc held = {0};
+    e2e_haul_start(&env, &held, "push", slow, e2e_url(&env, url, "slow"));
+    CHECK(stall_wait(&env));
+
+    CHECK(kill(env.server.pid, SIGTERM) == 0);
+    CHECK(e2e_log_wait(&env, "SIGTERM received", 10));
+    /* New requests are refused meanwhile, at once. */
+    e2e_proc p = {0};
+    e2e_haul(&env, &p, CMD_TIMEOUT, "ls", env.url);
+    CHECK(p.code != 0 && !p.timed_out);
+    e2e_proc_free(&p);
+    CHECK(e2e_server_alive(&env.server));
+    CHECK(!e2e_proc_exited(&held));
+
+    /* The request ends as it would have, then hauld. */
+    stall_release(&env);
+    e2e_proc_wait(&held, CMD_TIMEOUT);
+    CHECK_EXIT(&held, 0);
+    e2e_proc_free(&held);
+    CHECK_EQ(server_exit_status(&env), 0);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "slow"), 1);
+    e2e_teardown(&env);
+}
+
+TEST_TIMEOUT(second_sigterm_ends_a_stalled_request_once_its_call_returns, 180)
+{
+    e2e_env env;
+    start_stalling_server(&env, "write:stall-here", NULL);
+    char slow[PATH_MAX], url[512];
+    make_tree(e2e_path(&env, slow, "slow"), 70, 1, 2 * E2E_MIB);
+    e2e_proc held = {0};
+    e2e_haul_start(&env, &held, "push", slow, e2e_url(&env, url, "slow"));
+    CHECK(stall_wait(&env));
+
+    CHECK(kill(env.server.pid, SIGTERM) == 0);
+    CHECK(e2e_log_wait(&env, "SIGTERM received", 10));
+    CHECK(kill(env.server.pid, SIGTERM) == 0);
+    CHECK(e2e_log_wait(&env, "received again", 10));
+    /* The call cannot be interrupted: hauld waits for it. */
+    CHECK(e2e_server_alive(&env.server));
+
+    stall_release(&env);
+    CHECK_EQ(server_exit_status(&env), 0);
+    e2e_proc_wait(&held, CMD_TIMEOUT);
+    CHECK(!held.timed_out);
+    /* The turn that was held may have committed before it saw the end (all
+     * the content had arrived); the client then has its snapshot, or
+     * learns that its session ended. Either way nothing is lost: the next
+     * push completes it and restores it intact. */
+    if (held.code == 0)
+        CHECK_EQ(e2e_snapshot_count(&env, "default", "slow"), 1);
+    e2e_proc_free(&held);
+    e2e_start_server(&env);
+    push_ok(&env, slow, "slow");
+    char dst[PATH_MAX];
+    pull_and_compare(&env, "slow", slow, e2e_path(&env, dst, "dst"));
+    e2e_teardown(&env);
+}
