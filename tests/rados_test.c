@@ -377,6 +377,15 @@ TEST_TIMEOUT(store_api_errors, 60)
     store_api_errors(spec, &opt, tag);
 }
 
+/* Several threads on one store at once, as hauld's workers use it. */
+TEST_TIMEOUT(store_api_threads, 120)
+{
+    store_options opt;
+    char tag[32];
+    const char *spec = api_spec(&opt, tag);
+    store_api_threads(spec, &opt, tag);
+}
+
 /* The content objects whose names start with prefix. */
 static int object_count(const char *prefix)
 {

@@ -68,6 +68,12 @@ TEST(fs_errors)
     store_api_errors(fs_spec(), NULL, "t");
 }
 
+/* Several threads on one store at once, as hauld's workers use it. */
+TEST(fs_threads)
+{
+    store_api_threads(fs_spec(), NULL, "t");
+}
+
 /* A spec without a prefix is a directory, the same store as with fs:. */
 TEST(spec_plain_directory_is_fs)
 {
