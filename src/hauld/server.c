@@ -418,10 +418,11 @@ void server_busy_remove(request *r)
             break;
         }
     }
-    /* A request may wait for this dataset (a take-over). */
+    /* A request may wait for this dataset (a take-over), or be about to:
+     * the flag stays until the loop has decided the waiting ones again,
+     * so that one that begins to wait after this is decided at once. */
+    srv->recheck_waiting = 1;
     int wake = srv->nwaiting > 0;
-    if (wake)
-        srv->recheck_waiting = 1;
     server_unlock(srv);
     if (wake)
         wake_loop(srv);
