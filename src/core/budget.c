@@ -367,8 +367,13 @@ static int may_grant(const haul_session *s)
 uint64_t haul__mem_grant(haul_session *s, uint64_t right)
 {
     haul_engine *e = s->engine;
-    if (right <= s->rcv_right || !may_grant(s))
+    if (right <= s->rcv_right || !may_grant(s)) {
+        /* Its own input queue holds it back, or it receives no more: it
+         * needs no memory now. */
+        if (s->mem_wait & HAUL__MEM_WAIT_RX)
+            wait_leave(s, HAUL__MEM_WAIT_RX);
         return s->rcv_right;
+    }
     if (e->mem_serving != s && !(s->mem_wait & HAUL__MEM_WAIT_RX) && e->mem_rx_waiting) {
         wait_join(s, HAUL__MEM_WAIT_RX);
         haul__budget_kick(e->budget);

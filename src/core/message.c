@@ -44,6 +44,8 @@ void haul__message_plan(haul_message *m, uint32_t chunk)
 static void message_destroy(haul_message *m)
 {
     haul__budget *b = m->budget;
+    uint64_t charge = m->charge;
+    int rx = m->charge_rx;
     switch (m->kind) {
     case HAUL__BODY_OWNED:
         /* A mapped body goes back to the budget's pool when the message
@@ -73,7 +75,7 @@ static void message_destroy(haul_message *m)
      * last reference: the application's haul_message_free(), or an engine
      * thread), and waiting sessions may be served. */
     if (b != NULL) {
-        haul__budget_give(b, m->charge, m->charge_rx);
+        haul__budget_give(b, charge, rx);
         haul__budget_unref(b);
     }
 }
