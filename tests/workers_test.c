@@ -12,6 +12,9 @@
  *   - pushes to other datasets, listings, pulls and verifies complete,
  *     and the stalled push completes, intact, once released;
  *   - a verify held inside its re-read of a snapshot delays no push;
+ *   - a listing whose output the engine refused because stopped clients
+ *     hold all of hauld's --memory goes on when that memory frees
+ *     (HAUL_EV_WINDOW_OPENED), though none of its messages is in flight;
  *   - SIGTERM waits for the stalled request, which then completes, and
  *     hauld exits 0; a second SIGTERM ends the requests as soon as the
  *     stalled call returns, and hauld exits 0; what the request had done
@@ -195,6 +198,62 @@ TEST_TIMEOUT(verify_inside_a_stalled_read_delays_no_push, 180)
     CHECK_EXIT(&verify, 0);
     CHECK(e2e_contains(verify.out, "match") || e2e_contains(verify.err, "match"));
     e2e_proc_free(&verify);
+    e2e_teardown(&env);
+}
+
+/*
+ * hauld's --memory full: two pulls of a 97 MiB snapshot whose clients are
+ * stopped once they have asked for it hold it (128 MiB) with output their clients do
+ * not acknowledge: the first queued nearly all of its snapshot, the
+ * second what was left, and its output waits. A listing's one message is
+ * refused for want of memory, with none of its own in flight, so no
+ * MESSAGE_SENT will come for it: only HAUL_EV_WINDOW_OPENED, once the
+ * first client goes on and memory frees, tells it to try again.
+ */
+TEST_TIMEOUT(output_refused_memory_goes_on_when_memory_frees, 180)
+{
+    e2e_env env;
+    e2e_setup(&env, E2E_NO_SERVER);
+    env.server_args[0] = "--memory";
+    env.server_args[1] = "128M";
+    env.server_args[2] = "--log-level";
+    env.server_args[3] = "debug";
+    e2e_start_server(&env);
+    char other[PATH_MAX], dst[2][PATH_MAX], url[512];
+    make_tree(e2e_path(&env, other, "other"), 80, 0, 48 * E2E_MIB);
+    push_ok(&env, other, "other");
+
+    /* Requests 2 and 3, stopped once they asked for their paths: hauld
+     * then sends. */
+    e2e_proc stopped[2];
+    for (int i = 0; i < 2; i++) {
+        char name[16], accepted[80];
+        snprintf(name, sizeof(name), "dst%d", i);
+        memset(&stopped[i], 0, sizeof(stopped[i]));
+        e2e_haul_start(&env, &stopped[i], "pull", e2e_url(&env, url, "other"),
+                       e2e_path(&env, dst[i], name));
+        snprintf(accepted, sizeof(accepted), "request %d (default, pull other): 0 paths asked for",
+                 i + 2);
+        CHECK(e2e_log_wait(&env, accepted, 30));
+        CHECK(kill(stopped[i].pid, SIGSTOP) == 0);
+    }
+    CHECK(e2e_log_wait(&env, "request 3 (default, pull other): output waits", 30));
+
+    /* Request 4, a listing, sends one message, which finds no memory. */
+    e2e_proc ls = {0};
+    e2e_haul_start(&env, &ls, "ls", e2e_url(&env, url, "other"));
+    CHECK(e2e_log_wait(&env, "request 4 (default, list other): output waits", 30));
+    CHECK(kill(stopped[0].pid, SIGCONT) == 0);
+    e2e_proc_wait(&ls, CMD_TIMEOUT);
+    CHECK_EXIT(&ls, 0);
+    e2e_proc_free(&ls);
+    for (int i = 0; i < 2; i++) {
+        CHECK(kill(stopped[i].pid, SIGCONT) == 0);
+        e2e_proc_wait(&stopped[i], CMD_TIMEOUT);
+        CHECK_EXIT(&stopped[i], 0);
+        e2e_proc_free(&stopped[i]);
+        CHECK_EQ(e2e_tree_diff(other, dst[i], 0), 0);
+    }
     e2e_teardown(&env);
 }
 

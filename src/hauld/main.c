@@ -201,7 +201,7 @@ static void usage(FILE *f)
                "  --memory BYTES          message data the transport holds for all\n"
                "                          sessions together, received and not yet\n"
                "                          stored or sent and not yet acknowledged\n"
-               "                          (default 256M; at least 64M)\n"
+               "                          (default 256M; at least 128M)\n"
                "  --timeout SECONDS       message timeout, and how long a shutdown\n"
                "                          waits for running requests (default 60)\n"
                "  --log-level LEVEL       error, warn, info (default) or debug\n"
@@ -464,7 +464,7 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
     if (VALUE(o, OPT_MEMORY) && (auth_parse_size(VALUE(o, OPT_MEMORY), &cfg->memory) < 0 ||
                                  cfg->memory < SERVER_MEMORY_MIN)) {
         fprintf(stderr,
-                "hauld: --memory: expected a size of at least 64M (e.g. 256M, 1G), not '%s'\n",
+                "hauld: --memory: expected a size of at least 128M (e.g. 256M, 1G), not '%s'\n",
                 VALUE(o, OPT_MEMORY));
         return -1;
     }

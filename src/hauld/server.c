@@ -294,6 +294,9 @@ void out_flush(request *r)
             out_drop(r, rc);
             return;
         }
+        /* Until MESSAGE_SENT or WINDOW_OPENED says there is room. */
+        request_log(r, HAUL_LOG_DEBUG,
+                    "output waits for room in the session's queue or the engine's memory");
     }
     outmsg *m = malloc(sizeof(*m));
     if (m == NULL) {

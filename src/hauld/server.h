@@ -52,10 +52,11 @@ int hauld_log_enabled(int level);
 #define SERVER_QUEUE_DEFAULT (256ull << 20)
 
 /* The engine's memory budget by default (--memory), and the least it may
- * be: the engine's max_message, the largest message a client (haul bench)
- * may send, which must fit in the budget on its own. */
+ * be: twice the engine's max_message (64 MiB, the largest message a
+ * client may send), since the engine keeps one largest message of it for
+ * sends and the rest must hold one such message received. */
 #define SERVER_MEMORY_DEFAULT (256ull << 20)
-#define SERVER_MEMORY_MIN (64ull << 20)
+#define SERVER_MEMORY_MIN (128ull << 20)
 
 /* Worker threads by default: this many per online core, and at least
  * SERVER_WORKERS_MIN, so that a store call that stalls (a disk that hangs,
