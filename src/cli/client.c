@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -20,6 +21,9 @@
 /* Received messages wait here until taken: enough for the server's window
  * to hold about 64 of its largest messages. */
 #define CLI_INPUT_QUEUE (64ull << 20)
+/* Descriptors beside the connections: the engine's own, the files a push
+ * or pull has open at once, the standard streams. */
+#define CLI_DESCRIPTORS_SPARE 256
 
 /* ---- output helpers ------------------------------------------------------- */
 
@@ -418,6 +422,16 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
         most = opt->max_connections ? opt->max_connections : HAUL_AUTO_MAX_CONNECTIONS;
     if (most + 64 > ec.max_connections)
         ec.max_connections = most + 64;
+    /* Each connection takes a descriptor, and a push or pull opens files
+     * beside them: a pipe of many connections needs more than the usual
+     * soft limit of 1024, which the hard limit may allow. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max &&
+        (rlim_t)most + CLI_DESCRIPTORS_SPARE > rl.rlim_cur) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0 && opt->verbose)
+            cli_warn("cannot raise the limit of descriptors: %s", strerror(errno));
+    }
     ec.log = engine_log;
     /* The engine's warnings repeat what haul reports in its own words
      * (a timeout, a lost server): shown with -v. They are asked for
