@@ -10,7 +10,8 @@
  * started by one timer do.
  *
  *   - at hauld's --max-connections (every connection held by joined
- *     connections of another client), each is told the server is busy;
+ *     connections of another client), each is told the server is busy,
+ *     over plain TCP and over mutual TLS;
  *   - with a small --max-handshakes, the connections beyond it wait in
  *     the kernel's accept queue rather than evict honest clients that are
  *     in their handshake, and every push succeeds;
@@ -37,22 +38,26 @@
 /* A burst of `haul push` processes, forked and waiting for the gate. */
 typedef struct burst {
     e2e_proc procs[BURST];
+    int n;    /* clients in it, at most BURST */
     int gate; /* write end: closing it starts every client */
 } burst;
 
-/* Forks BURST clients, each pushing `src` to its own dataset of the env's
- * server with 2 connections; they block until burst_go(). */
-static void burst_prepare(e2e_env *env, burst *b, const char *src)
+/* Forks n clients, each pushing `src` to its own dataset of the env's
+ * server with 2 connections (plain TCP, or mutual TLS as principal
+ * "alice" when env->tls); they block until burst_go(). */
+static void burst_prepare(e2e_env *env, burst *b, int n, const char *src)
 {
     int fds[2];
     CHECK(pipe2(fds, O_CLOEXEC) == 0);
-    for (int i = 0; i < BURST; i++) {
+    b->n = n;
+    for (int i = 0; i < n; i++) {
         e2e_proc *p = &b->procs[i];
         memset(p, 0, sizeof(*p));
         char url[512], dataset[32];
         snprintf(dataset, sizeof(dataset), "burst%d", i);
         e2e_url(env, url, dataset);
-        snprintf(p->line, sizeof(p->line), "haul push --plaintext -P 2 %s %s", src, url);
+        const char *security = env->tls ? "--principal=alice" : "--plaintext";
+        snprintf(p->line, sizeof(p->line), "haul push %s -P 2 %s %s", security, src, url);
         e2e_pathf(p->out_path, "%s/burst-%d.out", env->dir, i);
         e2e_pathf(p->err_path, "%s/burst-%d.err", env->dir, i);
         int out = open(p->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -69,8 +74,9 @@ static void burst_prepare(e2e_env *env, burst *b, const char *src)
             close(fds[1]);
             while (read(fds[0], &c, 1) > 0)
                 ;
-            const char *argv[] = {env->haul, "push", "--plaintext", "-P", "2",
-                                  "-q",      src,    url,           NULL};
+            if (env->tls)
+                setenv("HAUL_TLS_DIR", env->tls_dir, 1);
+            const char *argv[] = {env->haul, "push", security, "-P", "2", "-q", src, url, NULL};
             execv(argv[0], (char *const *)argv);
             _exit(127);
         }
@@ -102,7 +108,7 @@ typedef struct burst_outcome {
 static void burst_wait(burst *b, burst_outcome *o)
 {
     memset(o, 0, sizeof(*o));
-    for (int i = 0; i < BURST; i++) {
+    for (int i = 0; i < b->n; i++) {
         e2e_proc *p = &b->procs[i];
         e2e_proc_wait(p, CLIENT_TIMEOUT);
         int lost = e2e_contains(p->err, "connection lost");
@@ -121,7 +127,7 @@ static void burst_wait(burst *b, burst_outcome *o)
         e2e_proc_free(p);
     }
     harness_log("%d clients: %d pushed, %d refused as busy, %d lost their connection, %d other",
-                BURST, o->ok, o->busy, o->lost, o->other);
+                b->n, o->ok, o->busy, o->lost, o->other);
 }
 
 /* A small tree to push: a few files of a few KiB. */
@@ -184,7 +190,7 @@ TEST_TIMEOUT(burst_at_the_connection_limit_is_told_the_server_is_busy, 120)
     }
 
     burst b;
-    burst_prepare(&env, &b, src);
+    burst_prepare(&env, &b, BURST, src);
     burst_go(&b);
     burst_outcome o;
     burst_wait(&b, &o);
@@ -195,6 +201,46 @@ TEST_TIMEOUT(burst_at_the_connection_limit_is_told_the_server_is_busy, 120)
 
     for (int i = 0; i < 16; i++)
         close(held[i]);
+    e2e_teardown(&env);
+}
+
+/*
+ * The same over mutual TLS: the refusal comes after the TLS handshake,
+ * when the client can read it, and says the server is busy. The
+ * connections are held by a `haul bench` of 4 connections.
+ */
+TEST_TIMEOUT(burst_at_the_connection_limit_over_tls_is_told_the_server_is_busy, 120)
+{
+    raise_nofile();
+    e2e_env env;
+    e2e_setup(&env, E2E_NO_SERVER);
+    env.tls = 1;
+    e2e_join(env.tls_dir, env.dir, "pki");
+    e2e_cert(&env, "ca", env.tls_dir);
+    e2e_cert(&env, "server", env.tls_dir, "server");
+    e2e_cert(&env, "client", env.tls_dir, "alice");
+    env.server_args[0] = "--max-connections";
+    env.server_args[1] = "4";
+    e2e_start_server(&env);
+    char src[PATH_MAX];
+    small_tree(&env, src);
+
+    e2e_proc holder = {0};
+    e2e_haul_start(&env, &holder, "bench", "--principal=alice", "-P", "4", "-t", "60", env.url);
+    CHECK(e2e_log_wait(&env, "bench -): accepted", 20));
+
+    burst b;
+    burst_prepare(&env, &b, 50, src);
+    burst_go(&b);
+    burst_outcome o;
+    burst_wait(&b, &o);
+    CHECK_EQ(o.lost, 0);
+    CHECK_EQ(o.other, 0);
+    CHECK_EQ(o.busy, 50);
+
+    kill(holder.pid, SIGKILL);
+    e2e_proc_wait(&holder, 10);
+    e2e_proc_free(&holder);
     e2e_teardown(&env);
 }
 
@@ -218,7 +264,7 @@ TEST_TIMEOUT(burst_beyond_max_handshakes_waits_and_is_served, 120)
     small_tree(&env, src);
 
     burst b;
-    burst_prepare(&env, &b, src);
+    burst_prepare(&env, &b, BURST, src);
     burst_go(&b);
     burst_outcome o;
     burst_wait(&b, &o);
@@ -245,7 +291,7 @@ TEST_TIMEOUT(burst_beyond_max_sessions_is_served_or_told_busy, 120)
     small_tree(&env, src);
 
     burst b;
-    burst_prepare(&env, &b, src);
+    burst_prepare(&env, &b, BURST, src);
     burst_go(&b);
     burst_outcome o;
     burst_wait(&b, &o);

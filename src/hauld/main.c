@@ -487,8 +487,10 @@ static long read_sysctl(const char *path)
  * how many the descriptors, --max-connections and --max-sessions admit,
  * and how large a burst the kernel's accept queue holds. A warning where
  * one of them is smaller than the others expect, with what to change.
+ * Without --max-connections, the connections are kept to half the
+ * descriptors.
  */
-static void report_capacity(const server_config *cfg)
+static void report_capacity(server_config *cfg)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
@@ -506,12 +508,25 @@ static void report_capacity(const server_config *cfg)
     }
     haul_engine_config defaults;
     haul_engine_config_init(&defaults);
-    unsigned max_connections =
-        cfg->max_connections ? cfg->max_connections : defaults.max_connections;
-    unsigned max_sessions = cfg->max_sessions ? cfg->max_sessions : defaults.max_sessions;
     unsigned long long fds = rl.rlim_cur == RLIM_INFINITY ? 1ull << 30 : rl.rlim_cur;
     unsigned long long fd_clients =
         fds > DESCRIPTORS_RESERVED ? (fds - DESCRIPTORS_RESERVED) / DESCRIPTORS_PER_CLIENT : 0;
+    /* Connections beyond what the descriptors hold would leave none for
+     * the store, and the requests they carry would fail on their first
+     * file: unless the operator chose a limit, the connections get half
+     * of what is left, and a client beyond is told the server is busy. */
+    unsigned long long fd_connections = fd_clients * DESCRIPTORS_PER_CLIENT / 2;
+    if (cfg->max_connections == 0 && fd_connections < defaults.max_connections) {
+        cfg->max_connections = fd_connections > 8 ? (unsigned)fd_connections : 8;
+        hauld_log(HAUL_LOG_WARN,
+                  "%llu descriptors: --max-connections lowered from %u to %u, to leave the "
+                  "other half to the store; raise the hard limit (ulimit -Hn, systemd "
+                  "LimitNOFILE=) to serve more",
+                  fds, defaults.max_connections, cfg->max_connections);
+    }
+    unsigned max_connections =
+        cfg->max_connections ? cfg->max_connections : defaults.max_connections;
+    unsigned max_sessions = cfg->max_sessions ? cfg->max_sessions : defaults.max_sessions;
     unsigned long long clients = max_connections / 2;
     if (max_sessions < clients)
         clients = max_sessions;
