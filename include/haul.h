@@ -122,6 +122,11 @@ HAUL_API const char *haul_errname(int code);
 /* Engine                                                                   */
 /* ------------------------------------------------------------------------ */
 
+/* The backlog haul_listen() asks of the kernel: connections that wait to
+ * be accepted (the kernel caps it at net.core.somaxconn). A burst of
+ * clients beyond max_handshakes waits there (haul_engine_config). */
+#define HAUL_LISTEN_BACKLOG 4096
+
 typedef struct haul_engine haul_engine;
 typedef struct haul_session haul_session;
 typedef struct haul_message haul_message;
@@ -148,15 +153,24 @@ typedef struct haul_engine_config {
     /* Most sessions this engine holds at once. Default 4096. */
     unsigned max_sessions;
     /* Most connections this engine holds at once, all pipes and accepted
-     * connections together. Default 4096. */
+     * connections together. Default 4096. A server accepts a connection
+     * beyond it only to refuse it at its HELLO with an ERROR frame
+     * (HAUL_ELIMIT, "server busy: N connections is its limit"), which a
+     * client whose every first connection was so refused reports as
+     * HAUL_EV_SESSION_REFUSED with HAUL_ELIMIT. */
     unsigned max_connections;
     /* Connections that have not yet finished their handshake may live this
      * long. Default 10000 ms. */
     unsigned handshake_timeout_ms;
     /* Most accepted connections that have not yet finished their handshake
-     * (TLS and HELLO) at once. A new one beyond it closes the one that has
-     * been handshaking longest, so that silent or slow peers can neither
-     * take every connection nor keep an honest client out. Default 256. */
+     * (TLS and HELLO) at once. A new one beyond it waits in the kernel's
+     * accept queue (HAUL_LISTEN_BACKLOG) until a handshake ends, or until
+     * the one that has been handshaking longest has been at it for a
+     * quarter of handshake_timeout_ms, which it then closes: silent or
+     * slow peers can neither take every connection nor keep an honest
+     * client out for longer than that, and the honest clients of a burst,
+     * young handshakes all, are never closed to make room for each
+     * other. Default 256. */
     unsigned max_handshakes;
     /* A message fails, and so does its session, with HAUL_ETIMEDOUT, when
      * it is still not acknowledged and the session has made no progress

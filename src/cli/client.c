@@ -7,10 +7,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <linux/openat2.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -19,6 +21,9 @@
 /* Received messages wait here until taken: enough for the server's window
  * to hold about 64 of its largest messages. */
 #define CLI_INPUT_QUEUE (64ull << 20)
+/* Descriptors beside the connections: the engine's own, the files a push
+ * or pull has open at once, the standard streams. */
+#define CLI_DESCRIPTORS_SPARE 256
 
 /* ---- output helpers ------------------------------------------------------- */
 
@@ -336,11 +341,37 @@ static void abort_session(cli_client *c)
     }
 }
 
+/* The engine's log lines up to this level are shown (-v, -vv). */
+static int engine_log_shown = HAUL_LOG_ERROR;
+
+/* What the server last said when it refused a connection (its ERROR
+ * frame, "server busy: 4096 connections is its limit" say), which the
+ * engine logs as "connection N: the peer reported: TEXT": the reason to
+ * give when the session cannot open for HAUL_ELIMIT. The engine's threads
+ * log; the main thread reads it after the event that follows. */
+static pthread_mutex_t peer_said_mu = PTHREAD_MUTEX_INITIALIZER;
+static char peer_said[200];
+
 static void engine_log(void *arg, int level, const char *line)
 {
     (void)arg;
-    (void)level;
-    fprintf(stderr, "haul: engine: %s\n", line);
+    static const char marker[] = "the peer reported: ";
+    const char *said = strstr(line, marker);
+    if (said) {
+        pthread_mutex_lock(&peer_said_mu);
+        snprintf(peer_said, sizeof(peer_said), "%s", said + strlen(marker));
+        pthread_mutex_unlock(&peer_said_mu);
+    }
+    if (level <= engine_log_shown)
+        fprintf(stderr, "haul: engine: %s\n", line);
+}
+
+/* The server's words for its last refusal of a connection, or "". */
+static void peer_refusal(char *out, size_t size)
+{
+    pthread_mutex_lock(&peer_said_mu);
+    snprintf(out, size, "%s", peer_said);
+    pthread_mutex_unlock(&peer_said_mu);
 }
 
 /* Why a session that was open ended, in words. */
@@ -391,12 +422,25 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
         most = opt->max_connections ? opt->max_connections : HAUL_AUTO_MAX_CONNECTIONS;
     if (most + 64 > ec.max_connections)
         ec.max_connections = most + 64;
+    /* Each connection takes a descriptor, and a push or pull opens files
+     * beside them: a pipe of many connections needs more than the usual
+     * soft limit of 1024, which the hard limit may allow. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max &&
+        (rlim_t)most + CLI_DESCRIPTORS_SPARE > rl.rlim_cur) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0 && opt->verbose)
+            cli_warn("cannot raise the limit of descriptors: %s", strerror(errno));
+    }
     ec.log = engine_log;
     /* The engine's warnings repeat what haul reports in its own words
-     * (a timeout, a lost server): shown with -v. */
-    ec.log_level = opt->verbose >= 2 ? HAUL_LOG_DEBUG
-                   : opt->verbose    ? HAUL_LOG_INFO
-                                     : HAUL_LOG_ERROR;
+     * (a timeout, a lost server): shown with -v. They are asked for
+     * always, since one of them carries the server's reason for refusing
+     * a connection (engine_log). */
+    engine_log_shown = opt->verbose >= 2 ? HAUL_LOG_DEBUG
+                       : opt->verbose    ? HAUL_LOG_INFO
+                                         : HAUL_LOG_ERROR;
+    ec.log_level = engine_log_shown > HAUL_LOG_WARN ? engine_log_shown : HAUL_LOG_WARN;
     int rc = haul_engine_new(&ec, &c->engine);
     if (rc) {
         cli_fail(c, CLI_EXIT_TRANSFER, "cannot start the engine: %s", haul_strerror(rc));
@@ -463,9 +507,16 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
                      "the server refused: principal %s does not match the certificate%s%s",
                      opt->principal, opt->tls_cert ? " " : "", opt->tls_cert ? opt->tls_cert : "");
             return c->failed;
+        } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED &&
+                   ev.reason == HAUL_ELIMIT) {
+            /* The server's engine holds as many sessions as it may. */
+            cli_fail(c, CLI_EXIT_REFUSED,
+                     "the server refused the request: server busy: it holds as many sessions "
+                     "as its limit allows (hauld --max-sessions); try again later");
+            return c->failed;
         } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED) {
             /* hauld's reasons are enum hsp_refusal; the server's engine may
-             * refuse by itself with a haul error code (too many sessions). */
+             * refuse by itself with a haul error code. */
             int known = hsp_refusal_known(ev.reason);
             /* A push refused because another runs may be one whose
              * client is stuck or gone unnoticed: say how to end it. */
@@ -482,6 +533,19 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
                      "our certificate one of its CA and not revoked, does the server use "
                      "TLS? (-v says more)",
                      url->destination, opt->plaintext ? "we are --plaintext" : "mutual TLS 1.3");
+            return c->failed;
+        } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_ELIMIT) {
+            /* Every connection was refused for a limit: the server's (it
+             * said which) or, without its words, this process's. */
+            char said[sizeof(peer_said)];
+            peer_refusal(said, sizeof(said));
+            if (said[0])
+                cli_fail(c, CLI_EXIT_REFUSED,
+                         "the server refused the connection: %s; try again later", said);
+            else
+                cli_fail(c, CLI_EXIT_TRANSFER,
+                         "cannot reach %s: %s (the server's, or this process's descriptors)",
+                         url->destination, haul_strerror(ev.error));
             return c->failed;
         } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED) {
             cli_fail(c, CLI_EXIT_TRANSFER, "cannot reach %s: %s", url->destination,

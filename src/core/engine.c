@@ -451,11 +451,65 @@ int haul_listen_address(haul_engine *e, char *buf, size_t size)
 }
 
 /*
- * Too many accepted connections are in their handshake: the one that has
- * been at it longest goes, so that a flood of silent peers cannot keep an
- * honest client out until their deadlines (mu held).
+ * Admission. A burst of clients (a thousand backup jobs started by one
+ * timer) reaches the listener at once, and each of them must be served
+ * or told why not; none may be cut off as if the server had gone away.
+ *
+ * - At most max_handshakes accepted connections are in their handshake
+ *   (TLS and HELLO). A connection beyond waits in the kernel's accept
+ *   queue, the listener paused, until a handshake ends. Only a handshake
+ *   that has gone on for EVICT_AGE_DIVISOR-th of handshake_timeout_ms
+ *   is closed to make room: such a peer is slow or silent, while an
+ *   honest client of a burst, whose HELLO merely waits to be read, is
+ *   young. A flood of silent peers therefore delays an honest client by
+ *   that much at most, and never keeps it out.
+ * - A connection beyond max_connections is accepted all the same, as a
+ *   handshake (so it is bounded by max_handshakes), and refused at its
+ *   HELLO with an ERROR frame that says the server is busy and why: by
+ *   then its client can read it, over TLS too, and reports the reason
+ *   instead of a reset.
+ * - accept() out of descriptors (or kernel memory) pauses the listener
+ *   for ACCEPT_RETRY_MS, or until a connection is freed, rather than spin
+ *   on a listener that stays readable; the clients wait in the queue.
  */
-static void evict_oldest_handshake(haul_engine *e)
+#define EVICT_AGE_DIVISOR 4
+#define ACCEPT_RETRY_MS 100
+
+/* Leaves the listener's new connections in the kernel's queue until
+ * haul__listeners_resume(), or the sweep at resume_at (mu held). */
+static void listener_pause(haul_engine *e, haul__listener *l, int64_t resume_at)
+{
+    if (!l->paused) {
+        struct epoll_event ev = {.events = 0, .data.ptr = l};
+        epoll_ctl(e->loops[0].epfd, EPOLL_CTL_MOD, l->fd, &ev);
+        l->paused = 1;
+        e->listeners_paused++;
+    }
+    if (e->listeners_resume_at == 0 || resume_at < e->listeners_resume_at)
+        e->listeners_resume_at = resume_at;
+}
+
+void haul__listeners_resume(haul_engine *e)
+{
+    if (e->listeners_paused == 0)
+        return;
+    haul__list *p;
+    haul__list_each(p, &e->listeners)
+    {
+        haul__listener *l = HAUL__CONTAINER(p, haul__listener, link);
+        if (!l->paused)
+            continue;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = l};
+        epoll_ctl(e->loops[0].epfd, EPOLL_CTL_MOD, l->fd, &ev);
+        l->paused = 0;
+    }
+    e->listeners_paused = 0;
+    e->listeners_resume_at = 0;
+}
+
+/* The accepted connection that has been in its handshake longest, or
+ * NULL (mu held). */
+static haul__conn *oldest_handshake(haul_engine *e)
 {
     haul__conn *oldest = NULL;
     haul__list *p;
@@ -465,39 +519,99 @@ static void evict_oldest_handshake(haul_engine *e)
         if (c->handshaking && !c->dead && (oldest == NULL || c->deadline < oldest->deadline))
             oldest = c;
     }
+    return oldest;
+}
+
+/*
+ * Whether the listener may accept one more connection now (mu held):
+ * a handshake slot is free, or the oldest handshake is old enough to be
+ * a slow or silent peer and may be closed for the new one (once it is
+ * accepted: there may be none waiting). Otherwise the listener pauses
+ * until it would be, or until a slot frees.
+ */
+static int admit(haul_engine *e, haul__listener *l)
+{
+    if (e->handshaking < e->config.max_handshakes)
+        return 1;
+    haul__conn *oldest = oldest_handshake(e);
+    if (oldest == NULL)
+        return 1;
+    unsigned timeout = e->config.handshake_timeout_ms;
+    int64_t evictable_at = oldest->deadline - timeout + timeout / EVICT_AGE_DIVISOR;
+    if (haul__now_ms() >= evictable_at)
+        return 1;
+    listener_pause(e, l, evictable_at);
+    return 0;
+}
+
+/* Closes the oldest handshake to make room for a connection just
+ * accepted (mu held). Handshakes only ended since admit() said it was
+ * old enough, none began: while every slot is still taken, the oldest is
+ * the same one. */
+static void evict_oldest_handshake(haul_engine *e)
+{
+    haul__conn *oldest = oldest_handshake(e);
     if (oldest == NULL)
         return;
+    int64_t age = haul__now_ms() - (oldest->deadline - e->config.handshake_timeout_ms);
     e->stats.handshakes_refused++;
-    haul__log(e, HAUL_LOG_INFO, "connection %u closed: %u connections are in their handshake",
-              oldest->serial, e->config.max_handshakes);
+    haul__log(e, HAUL_LOG_INFO,
+              "connection %u closed: %u connections are in their handshake, and it has been "
+              "in its own for %lld ms",
+              oldest->serial, e->config.max_handshakes, (long long)age);
     haul__conn_close(oldest, HAUL_ELIMIT, "evicted: too many connections in their handshake");
 }
 
-/* Accepts what waits on a listener. New connections start on the threads
- * in turn and move to their pipe's thread when they join it. */
+/* accept() failed for want of descriptors or memory (mu held). */
+static void accept_starved(haul_engine *e, haul__listener *l, int err)
+{
+    int64_t now = haul__now_ms();
+    listener_pause(e, l, now + ACCEPT_RETRY_MS);
+    if (now - e->accept_warned_at >= 1000) {
+        e->accept_warned_at = now;
+        haul__log(e, HAUL_LOG_WARN,
+                  "accept failed: %s (%u connections open); new connections wait in the accept "
+                  "queue until one closes",
+                  strerror(err), e->nconns);
+    }
+}
+
+/* Accepts what waits on a listener, as admission allows. New connections
+ * start on the threads in turn and move to their pipe's thread when they
+ * join it. */
 static void listener_ready(haul_engine *e, haul__listener *l)
 {
     for (;;) {
+        pthread_mutex_lock(&e->mu);
+        int room = !l->paused && admit(e, l);
+        pthread_mutex_unlock(&e->mu);
+        if (!room)
+            return;
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EINTR)
+            int err = errno;
+            if (err == EINTR)
                 continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                haul__log(e, HAUL_LOG_WARN, "accept failed: %s", strerror(errno));
+            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+                pthread_mutex_lock(&e->mu);
+                accept_starved(e, l, err);
+                pthread_mutex_unlock(&e->mu);
+            } else if (err != EAGAIN && err != EWOULDBLOCK) {
+                haul__log(e, HAUL_LOG_WARN, "accept failed: %s", strerror(err));
+            }
             return;
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         pthread_mutex_lock(&e->mu);
-        if (e->nconns >= e->config.max_connections || e->stopping) {
+        if (e->stopping) {
             pthread_mutex_unlock(&e->mu);
-            haul__log(e, HAUL_LOG_WARN, "connection refused: %u connections is the limit",
-                      e->config.max_connections);
             close(fd);
             continue;
         }
         if (e->handshaking >= e->config.max_handshakes)
             evict_oldest_handshake(e);
+        int over_limit = e->nconns >= e->config.max_connections;
         haul__conn *c = haul__conn_new(e, fd, 1, NULL, 0);
         if (c == NULL) {
             pthread_mutex_unlock(&e->mu);
@@ -506,6 +620,7 @@ static void listener_ready(haul_engine *e, haul__listener *l)
         }
         c->lconf = &l->config;
         c->handshaking = 1;
+        c->over_limit = over_limit;
         e->handshaking++;
         c->tls_ctx = l->tls_ctx;
         haul__conn_start(c, 0);
@@ -536,6 +651,10 @@ static void sweep(haul_engine *e)
     {
         haul__pipe_sweep(HAUL__CONTAINER(pos, haul__pipe, link), now);
     }
+    /* A paused listener looks again: the oldest handshake may be old
+     * enough to give way by now, or descriptors may have been freed. */
+    if (e->listeners_paused && now >= e->listeners_resume_at)
+        haul__listeners_resume(e);
     pthread_mutex_unlock(&e->mu);
 }
 

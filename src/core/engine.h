@@ -329,7 +329,10 @@ struct haul__conn {
      * neither parses nor reads meanwhile. */
     int rx_waiting;
     haul__list wait_link;
-    int handshaking;   /* accepted, counted in engine->handshaking */
+    int handshaking; /* accepted, counted in engine->handshaking */
+    /* Accepted beyond max_connections: it is refused at its HELLO with
+     * the reason, once its peer can read an ERROR frame. */
+    int over_limit;
     int rx_hup;        /* the peer closed or reset: read until EOF */
     int hello_pending; /* a HELLO or HELLO_ACK to send */
     int debug_frozen;  /* test hook: 1 neither reads nor writes; 2 takes frames, writes none */
@@ -531,6 +534,10 @@ struct haul__listener {
     haul_listen_config config;
     struct ssl_ctx_st *tls_ctx; /* NULL: plain TCP; swapped under mu by a reload */
     char *tls_files;            /* its files, as haul__tls_key() makes them, for reloads */
+    /* 1 while new connections wait in the kernel's accept queue: every
+     * handshake slot is taken, or accept() ran out of descriptors
+     * (engine.c, "Admission"). */
+    int paused;
 };
 
 struct haul_engine {
@@ -561,6 +568,12 @@ struct haul_engine {
     unsigned nconns;
     unsigned nsessions;
     unsigned handshaking; /* accepted connections not yet joined */
+    /* Listeners paused (mu held): when the sweep takes them up again
+     * even if no handshake slot frees, and when accept() last warned of
+     * running out of descriptors. */
+    unsigned listeners_paused;
+    int64_t listeners_resume_at;
+    int64_t accept_warned_at;
     uint32_t next_serial;
     unsigned next_loop;
 
@@ -719,6 +732,9 @@ haul__conn *haul__conn_new(haul_engine *engine, int fd, int server, haul__pipe *
                            unsigned index);
 void haul__conn_start(haul__conn *conn, int connecting);
 void haul__conn_wake(haul__conn *conn);
+/* Takes paused listeners up again: a handshake slot or a descriptor was
+ * freed (mu held; engine.c, "Admission"). */
+void haul__listeners_resume(haul_engine *engine);
 void haul__conn_close(haul__conn *conn, int error, const char *why);
 void haul__conn_io(haul__conn *conn, uint32_t events); /* mu NOT held */
 void haul__conn_handle_wake(haul__conn *conn);         /* mu NOT held */

@@ -476,6 +476,116 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
     return tls_config(o, cfg);
 }
 
+/* ---- capacity ---------------------------------------------------------------------------- */
+
+/* Descriptors a client of `haul push -P 2` takes: its two connections,
+ * and the directory and file of the store its request has open. */
+#define DESCRIPTORS_PER_CLIENT 4
+/* Descriptors hauld keeps for itself: the listener, the engine's epoll,
+ * event and timer descriptors, the log, the store's root. */
+#define DESCRIPTORS_RESERVED 64
+/* Below this, the kernel's accept queue is small for a burst of clients:
+ * the connections beyond it wait for their SYN to be sent again (after
+ * 1 s, then 3 s, ...). */
+#define SOMAXCONN_SMALL 1024
+
+/* A number from a /proc/sys file, or -1. */
+static long read_sysctl(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    long v = -1;
+    if (fscanf(f, "%ld", &v) != 1)
+        v = -1;
+    fclose(f);
+    return v;
+}
+
+/*
+ * Raises the soft limit of descriptors to the hard one (a deep tree is
+ * removed, an old staging area say, with one descriptor per level, and
+ * every connection takes one), and says what the limits mean in clients:
+ * how many the descriptors, --max-connections and --max-sessions admit,
+ * and how large a burst the kernel's accept queue holds. A warning where
+ * one of them is smaller than the others expect, with what to change.
+ * Without --max-connections, the connections are kept to half the
+ * descriptors.
+ */
+static void report_capacity(server_config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        hauld_log(HAUL_LOG_WARN, "cannot read the limit of descriptors: %s", strerror(errno));
+        return;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit raised = {rl.rlim_max, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
+            rl = raised;
+        else
+            hauld_log(HAUL_LOG_WARN, "cannot raise the limit of descriptors from %llu to %llu: %s",
+                      (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
+                      strerror(errno));
+    }
+    haul_engine_config defaults;
+    haul_engine_config_init(&defaults);
+    unsigned long long fds = rl.rlim_cur == RLIM_INFINITY ? 1ull << 30 : rl.rlim_cur;
+    unsigned long long fd_clients =
+        fds > DESCRIPTORS_RESERVED ? (fds - DESCRIPTORS_RESERVED) / DESCRIPTORS_PER_CLIENT : 0;
+    /* Connections beyond what the descriptors hold would leave none for
+     * the store, and the requests they carry would fail on their first
+     * file: unless the operator chose a limit, the connections get half
+     * of what is left, and a client beyond is told the server is busy. */
+    unsigned long long fd_connections = fd_clients * DESCRIPTORS_PER_CLIENT / 2;
+    if (cfg->max_connections == 0 && fd_connections < defaults.max_connections) {
+        cfg->max_connections = fd_connections > 8 ? (unsigned)fd_connections : 8;
+        hauld_log(HAUL_LOG_WARN,
+                  "%llu descriptors: --max-connections lowered from %u to %u, to leave the "
+                  "other half to the store; raise the hard limit (ulimit -Hn, systemd "
+                  "LimitNOFILE=) to serve more",
+                  fds, defaults.max_connections, cfg->max_connections);
+    }
+    unsigned max_connections =
+        cfg->max_connections ? cfg->max_connections : defaults.max_connections;
+    unsigned max_sessions = cfg->max_sessions ? cfg->max_sessions : defaults.max_sessions;
+    unsigned long long clients = max_connections / 2;
+    if (max_sessions < clients)
+        clients = max_sessions;
+    /* What --max-connections and --max-sessions admit, in descriptors. */
+    unsigned long long need =
+        (unsigned long long)max_connections + 2ull * max_sessions + DESCRIPTORS_RESERVED;
+    if (fd_clients < clients)
+        hauld_log(HAUL_LOG_WARN,
+                  "%llu descriptors: room for about %llu clients of 2 connections, fewer than "
+                  "the %llu that --max-connections %u and --max-sessions %u admit (they need "
+                  "about %llu); raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower "
+                  "them",
+                  fds, fd_clients, clients, max_connections, max_sessions, need);
+    else
+        hauld_log(HAUL_LOG_INFO,
+                  "%llu descriptors: room for about %llu clients of 2 connections; "
+                  "--max-connections %u and --max-sessions %u admit %llu at once",
+                  fds, fd_clients, max_connections, max_sessions, clients);
+
+    long somaxconn = read_sysctl("/proc/sys/net/core/somaxconn");
+    if (somaxconn < 0 || strncmp(cfg->listen, "unix:", 5) == 0)
+        return;
+    long queue = somaxconn < HAUL_LISTEN_BACKLOG ? somaxconn : HAUL_LISTEN_BACKLOG;
+    unsigned handshakes = cfg->max_handshakes ? cfg->max_handshakes : defaults.max_handshakes;
+    if (somaxconn < SOMAXCONN_SMALL)
+        hauld_log(HAUL_LOG_WARN,
+                  "the accept queue holds %ld connections (net.core.somaxconn): a burst of more "
+                  "than about %ld clients of 2 connections waits for the kernel to resend their "
+                  "SYN, 1 s and more; raise it (sysctl -w net.core.somaxconn=%d)",
+                  queue, (queue + handshakes) / 2, HAUL_LISTEN_BACKLOG);
+    else
+        hauld_log(HAUL_LOG_INFO,
+                  "the accept queue holds %ld connections (net.core.somaxconn %ld): a burst of "
+                  "about %ld clients of 2 connections waits there while %u handshakes run",
+                  queue, somaxconn, (queue + handshakes) / 2, handshakes);
+}
+
 /* ---- main ---------------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -507,13 +617,7 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
 
-    /* A deep tree is removed (an old staging area) with one descriptor
-     * per level, and every connection takes one: use all we may. */
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    report_capacity(&cfg);
 
     server srv;
     if (server_init(&srv, &cfg, sigfd) < 0) {

@@ -200,7 +200,7 @@ int haul__sock_listen(const struct sockaddr_storage *ss, socklen_t len, int *fdp
         int zero = 0;
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
     }
-    if (bind(fd, (const struct sockaddr *)ss, len) != 0 || listen(fd, 4096) != 0) {
+    if (bind(fd, (const struct sockaddr *)ss, len) != 0 || listen(fd, HAUL_LISTEN_BACKLOG) != 0) {
         int e = errno;
         close(fd);
         errno = e;

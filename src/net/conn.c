@@ -191,12 +191,16 @@ void haul__conn_start(haul__conn *c, int connecting)
         conn_secured(c);
 }
 
-/* An accepted connection leaves the count of handshakes in progress. */
+/* An accepted connection leaves the count of handshakes in progress: a
+ * listener that waited for a slot may accept again. */
 static void handshake_over(haul__conn *c)
 {
+    haul_engine *e = c->engine;
     if (c->handshaking) {
         c->handshaking = 0;
-        c->engine->handshaking--;
+        e->handshaking--;
+        if (e->listeners_paused && e->handshaking < e->config.max_handshakes)
+            haul__listeners_resume(e);
     }
 }
 
@@ -299,6 +303,9 @@ void haul__conn_free(haul__conn *c)
     c->ops->shutdown(c);
     c->ops->free(c);
     close(c->fd);
+    /* A listener paused for want of descriptors may have one now. */
+    if (e->listeners_paused && e->handshaking < e->config.max_handshakes)
+        haul__listeners_resume(e);
     if (c->rx_msg)
         haul__message_unref(c->rx_msg);
     release_items(c);
@@ -409,6 +416,15 @@ static void on_hello(haul__conn *c, const uint8_t *payload)
     const haul__frame *f = &c->cur;
     if (haul__hello_decode(payload, f->len) != 0) {
         protocol_error(c, HAUL_EPROTO, "not a haul peer");
+        return;
+    }
+    if (c->server && c->over_limit) {
+        /* Accepted beyond max_connections only to be told so (engine.c,
+         * "Admission"): its client reports the server busy. */
+        char why[96];
+        snprintf(why, sizeof(why), "server busy: %u connections is its limit",
+                 e->config.max_connections);
+        refuse(c, HAUL_ELIMIT, why);
         return;
     }
     if (c->server) {

@@ -64,5 +64,10 @@ int haul__error_decode(const haul__frame *f, const uint8_t *payload, size_t len,
     for (size_t i = 0; i < n; i++)
         text[i] = payload[i] >= 32 && payload[i] < 127 ? (char)payload[i] : '?';
     text[n] = '\0';
-    return (int)f->aux == HAUL_EVERSION ? HAUL_EVERSION : HAUL_EPROTO;
+    /* A refusal for a limit (the server's connections, a principal's)
+     * stays one, so that the client can say so and an automatic pipe
+     * keeps to the connections it has. */
+    if ((int)f->aux == HAUL_EVERSION || (int)f->aux == HAUL_ELIMIT)
+        return (int)f->aux;
+    return HAUL_EPROTO;
 }

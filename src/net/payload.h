@@ -62,7 +62,8 @@ int haul__hello_decode(const uint8_t *payload, size_t len);
  * Decodes an ERROR: writes its text into text (size > 0 bytes), at most
  * size - 1 bytes of it, NUL-terminated, every byte outside printable
  * ASCII replaced by '?', and returns the error the connection closes
- * with: HAUL_EVERSION when aux says so, HAUL_EPROTO otherwise. payload
+ * with: HAUL_EVERSION or HAUL_ELIMIT when aux says so, HAUL_EPROTO
+ * otherwise. payload
  * may be NULL when len is 0.
  */
 int haul__error_decode(const haul__frame *f, const uint8_t *payload, size_t len, char *text,

@@ -113,5 +113,8 @@ TEST(error_text_is_printable_and_bounded)
     CHECK_STR_EQ(big, "bad?????"
                       "!"); /* not a trigraph */
     CHECK_EQ(haul__error_decode(&f, NULL, 0, big, sizeof(big)), HAUL_EPROTO);
+    /* A refusal for a limit ("server busy") stays one. */
+    f.aux = HAUL_ELIMIT;
+    CHECK_EQ(haul__error_decode(&f, NULL, 0, big, sizeof(big)), HAUL_ELIMIT);
     CHECK_STR_EQ(big, "");
 }
