@@ -12,6 +12,8 @@
  *   - pushes to other datasets, listings, pulls and verifies complete,
  *     and the stalled push completes, intact, once released;
  *   - a verify held inside its re-read of a snapshot delays no push;
+ *   - a take-over of a push held inside a call waits for the call, then
+ *     ends that push and proceeds;
  *   - a listing whose output the engine refused because stopped clients
  *     hold all of hauld's --memory goes on when that memory frees
  *     (HAUL_EV_WINDOW_OPENED), though none of its messages is in flight;
@@ -198,6 +200,43 @@ TEST_TIMEOUT(verify_inside_a_stalled_read_delays_no_push, 180)
     CHECK_EXIT(&verify, 0);
     CHECK(e2e_contains(verify.out, "match") || e2e_contains(verify.err, "match"));
     e2e_proc_free(&verify);
+    e2e_teardown(&env);
+}
+
+TEST_TIMEOUT(takeover_of_a_push_inside_a_stalled_call_waits_for_it, 180)
+{
+    e2e_env env;
+    start_stalling_server(&env, "write:stall-here", NULL);
+    char slow[PATH_MAX], dst[PATH_MAX], url[512];
+    /* The stalled file comes first; more than one turn's worth of content
+     * follows it, so that the push cannot commit in the turn the stall
+     * holds. */
+    e2e_mkdir(e2e_path(&env, slow, "slow"));
+    e2e_file(e2e_at(slow, "a-stall-here"), 2 * E2E_MIB, 90, 0644);
+    e2e_file(e2e_at(slow, "z"), 64 * E2E_MIB, 91, 0644);
+    e2e_stamp_tree(slow);
+    e2e_proc held = {0};
+    e2e_haul_start(&env, &held, "push", slow, e2e_url(&env, url, "slow"));
+    CHECK(stall_wait(&env));
+
+    /* The take-over cannot end the push inside its call: it waits. */
+    e2e_proc p = {0};
+    e2e_haul_start(&env, &p, "push", "--takeover", slow, e2e_url(&env, url, "slow"));
+    CHECK(e2e_log_wait(&env, "waits up to 10000 ms for the push it takes over", 30));
+    CHECK(!e2e_proc_exited(&p));
+
+    stall_release(&env);
+    e2e_proc_wait(&p, CMD_TIMEOUT);
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+    e2e_proc_wait(&held, CMD_TIMEOUT);
+    if (held.code != 3 || !e2e_contains(held.err, "taken over by another push"))
+        e2e_proc_show(&held);
+    CHECK_EXIT(&held, 3);
+    CHECK(e2e_contains(held.err, "taken over by another push"));
+    e2e_proc_free(&held);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "slow"), 1);
+    pull_and_compare(&env, "slow", slow, e2e_path(&env, dst, "dst"));
     e2e_teardown(&env);
 }
 
