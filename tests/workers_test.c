@@ -14,6 +14,8 @@
  *   - a verify held inside its re-read of a snapshot delays no push;
  *   - a take-over of a push held inside a call waits for the call, then
  *     ends that push and proceeds;
+ *   - a push held inside a call cannot take all of hauld's --memory with
+ *     what it received: another push completes meanwhile;
  *   - a listing whose output the engine refused because stopped clients
  *     hold all of hauld's --memory goes on when that memory frees
  *     (HAUL_EV_WINDOW_OPENED), though none of its messages is in flight;
@@ -237,6 +239,56 @@ TEST_TIMEOUT(takeover_of_a_push_inside_a_stalled_call_waits_for_it, 180)
     e2e_proc_free(&held);
     CHECK_EQ(e2e_snapshot_count(&env, "default", "slow"), 1);
     pull_and_compare(&env, "slow", slow, e2e_path(&env, dst, "dst"));
+    e2e_teardown(&env);
+}
+
+/* Bytes a process has read through system calls (its files, for haul
+ * push): /proc/PID/io's rchar. */
+static uint64_t bytes_read(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/io", (int)pid);
+    char *text = e2e_slurp(path);
+    const char *p = strstr(text, "rchar: ");
+    uint64_t n = p ? strtoull(p + 7, NULL, 10) : 0;
+    free(text);
+    return n;
+}
+
+/*
+ * A push held inside a store call keeps what it received, and its client
+ * sends as long as hauld grants it room: it must not be able to take all
+ * of hauld's --memory. With --memory 128M (64 MiB of it for received
+ * messages), a session may hold half of that, 32 MiB: once the held
+ * push's client has read 28 MiB (it queues 2 MiB at most ahead of what
+ * hauld took), another push must still complete.
+ */
+TEST_TIMEOUT(push_held_in_a_stalled_call_leaves_memory_to_others, 180)
+{
+    e2e_env env;
+    static const char *const args[] = {"--memory", "128M", NULL};
+    start_stalling_server(&env, "write:stall-here", args);
+    char slow[PATH_MAX], fast[PATH_MAX], url[512];
+    e2e_mkdir(e2e_path(&env, slow, "slow"));
+    e2e_file(e2e_at(slow, "a-stall-here"), 2 * E2E_MIB, 92, 0644);
+    e2e_file(e2e_at(slow, "z"), 200 * E2E_MIB, 93, 0644);
+    e2e_stamp_tree(slow);
+    make_tree(e2e_path(&env, fast, "fast"), 94, 0, 4 * E2E_MIB);
+
+    e2e_proc held = {0};
+    e2e_haul_start(&env, &held, "push", "--queue", "2M", slow, e2e_url(&env, url, "slow"));
+    CHECK(stall_wait(&env));
+    int ok = 0;
+    E2E_WAIT_UNTIL(ok, bytes_read(held.pid) >= 28 * E2E_MIB || e2e_proc_exited(&held), 30000);
+    CHECK(ok);
+    CHECK(!e2e_proc_exited(&held));
+    push_ok(&env, fast, "fast");
+    CHECK(!e2e_proc_exited(&held));
+
+    stall_release(&env);
+    e2e_proc_wait(&held, CMD_TIMEOUT);
+    CHECK_EXIT(&held, 0);
+    e2e_proc_free(&held);
     e2e_teardown(&env);
 }
 

@@ -57,6 +57,9 @@ int hauld_log_enabled(int level);
  * sends and the rest must hold one such message received. */
 #define SERVER_MEMORY_DEFAULT (256ull << 20)
 #define SERVER_MEMORY_MIN (128ull << 20)
+/* A session's input queue is at most this fraction of the memory the
+ * engine keeps for received messages (server.c, server_init). */
+#define SERVER_MEMORY_SHARE 2
 
 /* Worker threads by default: this many per online core, and at least
  * SERVER_WORKERS_MIN, so that a store call that stalls (a disk that hangs,
