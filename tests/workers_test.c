@@ -15,7 +15,8 @@
  *   - a take-over of a push held inside a call waits for the call, then
  *     ends that push and proceeds;
  *   - a push held inside a call cannot take all of hauld's --memory with
- *     what it received: another push completes meanwhile;
+ *     what it received, nor a pull whose client stopped reading with what
+ *     it sent: another push completes meanwhile;
  *   - a listing whose output the engine refused because stopped clients
  *     hold all of hauld's --memory goes on when that memory frees
  *     (HAUL_EV_WINDOW_OPENED), though none of its messages is in flight;
@@ -293,13 +294,48 @@ TEST_TIMEOUT(push_held_in_a_stalled_call_leaves_memory_to_others, 180)
 }
 
 /*
- * hauld's --memory full: two pulls of a 97 MiB snapshot whose clients are
- * stopped once they have asked for it hold it (128 MiB) with output their clients do
- * not acknowledge: the first queued nearly all of its snapshot, the
- * second what was left, and its output waits. A listing's one message is
- * refused for want of memory, with none of its own in flight, so no
- * MESSAGE_SENT will come for it: only HAUL_EV_WINDOW_OPENED, once the
- * first client goes on and memory frees, tells it to try again.
+ * A client that stops reading keeps what hauld sent it unacknowledged:
+ * with --memory 128M a session may hold 32 MiB of it, so that a pull of a
+ * 160 MiB snapshot whose client is stopped leaves memory to a push.
+ */
+TEST_TIMEOUT(stopped_pull_client_leaves_memory_to_a_push, 180)
+{
+    e2e_env env;
+    e2e_setup(&env, E2E_NO_SERVER);
+    env.server_args[0] = "--memory";
+    env.server_args[1] = "128M";
+    env.server_args[2] = "--log-level";
+    env.server_args[3] = "debug";
+    e2e_start_server(&env);
+    char other[PATH_MAX], small[PATH_MAX], dst[PATH_MAX], url[512];
+    make_tree(e2e_path(&env, other, "other"), 95, 0, 80 * E2E_MIB);
+    make_tree(e2e_path(&env, small, "small"), 96, 0, 4 * E2E_MIB);
+    push_ok(&env, other, "other");
+
+    e2e_proc stopped = {0};
+    e2e_haul_start(&env, &stopped, "pull", e2e_url(&env, url, "other"), e2e_path(&env, dst, "dst"));
+    CHECK(e2e_log_wait(&env, "request 2 (default, pull other): 0 paths asked for", 30));
+    CHECK(kill(stopped.pid, SIGSTOP) == 0);
+    CHECK(e2e_log_wait(&env, "request 2 (default, pull other): output waits", 30));
+    push_ok(&env, small, "small");
+
+    CHECK(kill(stopped.pid, SIGCONT) == 0);
+    e2e_proc_wait(&stopped, CMD_TIMEOUT);
+    CHECK_EXIT(&stopped, 0);
+    e2e_proc_free(&stopped);
+    CHECK_EQ(e2e_tree_diff(other, dst, 0), 0);
+    e2e_teardown(&env);
+}
+
+/*
+ * hauld's --memory full: pulls of a 97 MiB snapshot whose clients are
+ * stopped once they have asked for it hold it with output their clients
+ * do not acknowledge. With --memory 128M a session may hold 32 MiB: the
+ * first three hold 96 MiB, the fourth what is left, and its output waits.
+ * A listing's one message is then refused for want of memory, with none
+ * of its own in flight, so no MESSAGE_SENT will come for it: only
+ * HAUL_EV_WINDOW_OPENED, once the first client goes on and memory frees,
+ * tells it to try again.
  */
 TEST_TIMEOUT(output_refused_memory_goes_on_when_memory_frees, 180)
 {
@@ -310,35 +346,35 @@ TEST_TIMEOUT(output_refused_memory_goes_on_when_memory_frees, 180)
     env.server_args[2] = "--log-level";
     env.server_args[3] = "debug";
     e2e_start_server(&env);
-    char other[PATH_MAX], dst[2][PATH_MAX], url[512];
+    char other[PATH_MAX], dst[4][PATH_MAX], url[512];
     make_tree(e2e_path(&env, other, "other"), 80, 0, 48 * E2E_MIB);
     push_ok(&env, other, "other");
 
-    /* Requests 2 and 3, stopped once they asked for their paths: hauld
+    /* Requests 2 to 5, stopped once they asked for their paths: hauld
      * then sends. */
-    e2e_proc stopped[2];
-    for (int i = 0; i < 2; i++) {
-        char name[16], accepted[80];
+    e2e_proc stopped[4];
+    for (int i = 0; i < 4; i++) {
+        char name[16], asked[80];
         snprintf(name, sizeof(name), "dst%d", i);
         memset(&stopped[i], 0, sizeof(stopped[i]));
         e2e_haul_start(&env, &stopped[i], "pull", e2e_url(&env, url, "other"),
                        e2e_path(&env, dst[i], name));
-        snprintf(accepted, sizeof(accepted), "request %d (default, pull other): 0 paths asked for",
+        snprintf(asked, sizeof(asked), "request %d (default, pull other): 0 paths asked for",
                  i + 2);
-        CHECK(e2e_log_wait(&env, accepted, 30));
+        CHECK(e2e_log_wait(&env, asked, 30));
         CHECK(kill(stopped[i].pid, SIGSTOP) == 0);
     }
-    CHECK(e2e_log_wait(&env, "request 3 (default, pull other): output waits", 30));
+    CHECK(e2e_log_wait(&env, "request 5 (default, pull other): output waits", 30));
 
-    /* Request 4, a listing, sends one message, which finds no memory. */
+    /* Request 6, a listing, sends one message, which finds no memory. */
     e2e_proc ls = {0};
     e2e_haul_start(&env, &ls, "ls", e2e_url(&env, url, "other"));
-    CHECK(e2e_log_wait(&env, "request 4 (default, list other): output waits", 30));
+    CHECK(e2e_log_wait(&env, "request 6 (default, list other): output waits", 30));
     CHECK(kill(stopped[0].pid, SIGCONT) == 0);
     e2e_proc_wait(&ls, CMD_TIMEOUT);
     CHECK_EXIT(&ls, 0);
     e2e_proc_free(&ls);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 4; i++) {
         CHECK(kill(stopped[i].pid, SIGCONT) == 0);
         e2e_proc_wait(&stopped[i], CMD_TIMEOUT);
         CHECK_EXIT(&stopped[i], 0);
@@ -377,12 +413,13 @@ TEST_TIMEOUT(sigterm_waits_for_a_request_inside_a_stalled_call, 180)
     CHECK(e2e_server_alive(&env.server));
     CHECK(!e2e_proc_exited(&held));
 
-    /* The request ends as it would have, then hauld. */
+    /* The request ends as it would have, then hauld (waited for first:
+     * it may exit as its client does). */
     stall_release(&env);
+    CHECK_EQ(server_exit_status(&env), 0);
     e2e_proc_wait(&held, CMD_TIMEOUT);
     CHECK_EXIT(&held, 0);
     e2e_proc_free(&held);
-    CHECK_EQ(server_exit_status(&env), 0);
     CHECK_EQ(e2e_snapshot_count(&env, "default", "slow"), 1);
     e2e_teardown(&env);
 }

@@ -1122,20 +1122,26 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
     haul_listen_config_init(&lc);
     lc.output_queue = cfg->queue ? cfg->queue : SERVER_QUEUE_DEFAULT;
     lc.input_queue = lc.output_queue;
-    /* What a session received counts against the memory until its request
-     * has stored it: a request held inside a store call (a disk or an OSD
-     * that hangs) keeps it, and its client sends as long as there is
-     * room. No session may hold more than a share of what the engine keeps
-     * for received messages (all of the memory but one largest message,
-     * kept for sends), so that such a request leaves room to the others. */
-    uint64_t receive_share = (ec.memory - ec.max_message) / SERVER_MEMORY_SHARE;
-    if (lc.input_queue > receive_share) {
-        lc.input_queue = receive_share;
+    /* A session's messages count against the memory until its request
+     * has stored what it received, and until its client acknowledged
+     * what hauld sent: a request held inside a store call (a disk or an
+     * OSD that hangs) keeps what it received while its client goes on
+     * sending, and a client that reads slowly keeps what hauld sent. No
+     * session may hold more than a share of the memory either way, so
+     * that such a request or client leaves room to the others; the share
+     * is of what the engine keeps for received messages (all of the
+     * memory but one largest message, kept for sends). haul announces a
+     * window of 64 MiB, so that a larger output queue would hold memory
+     * and gain no speed. */
+    uint64_t share = (ec.memory - ec.max_message) / SERVER_MEMORY_SHARE;
+    if (lc.output_queue > share) {
         hauld_log(HAUL_LOG_INFO,
-                  "a session may hold %llu MiB received and not yet stored (1/%d of what "
-                  "--memory keeps for received data; --queue is %llu MiB)",
-                  (unsigned long long)(receive_share >> 20), SERVER_MEMORY_SHARE,
-                  (unsigned long long)(lc.output_queue >> 20));
+                  "a session may hold %llu MiB received and not yet stored, or sent and not yet "
+                  "acknowledged (--queue %llu MiB; 1/%d of what --memory keeps for received "
+                  "data)",
+                  (unsigned long long)(share >> 20), (unsigned long long)(lc.output_queue >> 20),
+                  SERVER_MEMORY_SHARE);
+        lc.output_queue = lc.input_queue = share;
     }
     lc.max_message = HSP_MESSAGE_MAX;
     haul_tls_config tls = {cfg->tls_cert, cfg->tls_key, cfg->tls_ca, cfg->tls_crl};
