@@ -331,7 +331,9 @@ typedef enum haul_event_type {
     HAUL_EV_MESSAGE_FAILED,
     /* The receiver's window grew without new acknowledgements (it took a
      * message out of its input queue) while messages waited for it;
-     * `window` is the new WndSize. */
+     * `window` is the new WndSize. Also, with an engine memory budget
+     * (haul_engine_config.memory): memory was set aside for a send that
+     * the budget refused with HAUL_EQUEUEFULL; send it again. */
     HAUL_EV_WINDOW_OPENED,
     /* The session ended: error is HAUL_OK after an orderly close by either
      * side, else the reason. The last event of every session. */
@@ -655,7 +657,9 @@ HAUL_API const char *haul_session_state(const haul_session *session);
  * Queues a copy of len bytes as one message (steps 414-418). A message
  * takes len bytes of the output queue, an empty one takes 1. Returns at
  * once: HAUL_EQUEUEFULL when the output queue has no room for it now
- * (step 420; try again after a HAUL_EV_MESSAGE_SENT), HAUL_EMSGSIZE when it
+ * (step 420; try again after a HAUL_EV_MESSAGE_SENT), or the engine's
+ * memory budget none (try again after HAUL_EV_WINDOW_OPENED or
+ * HAUL_EV_MESSAGE_SENT; see haul_engine_config.memory), HAUL_EMSGSIZE when it
  * is larger than the session's max_message or output queue and so can
  * never fit, HAUL_ESTATE when the session is not open, HAUL_ENOMEM when
  * memory for the message or for its final event ran out. The tag comes
