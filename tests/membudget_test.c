@@ -650,3 +650,87 @@ TEST_TIMEOUT(single_session_keeps_its_whole_window, 60)
     haul_engine_free(server);
     free(buf);
 }
+
+/* ---- freeing from elsewhere ------------------------------------------------------------- */
+
+typedef struct freer {
+    haul_message *msgs[64];
+    int n;
+} freer;
+
+static void *free_all(void *arg)
+{
+    freer *f = arg;
+    for (int i = 0; i < f->n; i++)
+        haul_message_free(f->msgs[i]);
+    return NULL;
+}
+
+/*
+ * Received messages count until the application frees them, from any
+ * thread, whether their session and engine are still there or not. Half
+ * of them are freed on another thread while the engine runs: the memory
+ * comes back, and the window the budget held closed opens again. The
+ * other half outlive their session and their engine.
+ */
+TEST_TIMEOUT(messages_freed_on_another_thread_and_after_the_engine, 60)
+{
+    harness_strerror = haul_strerror;
+    enum { EACH = 16 };
+    const uint64_t memory = 10u * UNIT;
+    haul_engine *server = engine_budget(memory, UNIT);
+    haul_engine *client = engine_budget(0, UNIT);
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    char address[160];
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    peer p;
+    uint8_t *buf = malloc(UNIT);
+    CHECK(buf != NULL);
+    open_peers(client, address, &p, 1, one_principal, UNIT);
+
+    /* The receive part holds 9 units: 9 messages come, no more, until
+     * some are freed. */
+    freer first = {.n = 0}, later = {.n = 0};
+    int64_t until = now_ms() + 30000;
+    while (first.n < 9 && now_ms() < until) {
+        wait_either(client, server, -1, 100);
+        client_events(client, &p, 1);
+        send_more(&p, EACH, buf, UNIT);
+        server_events(server, &p, 1, 0, UNIT);
+        haul_message *m;
+        while (p.server && first.n < 9 && haul_recv(p.server, &m) == 0) {
+            check_message(m, p.who, (uint64_t)first.n, UNIT);
+            first.msgs[first.n++] = m;
+        }
+    }
+    CHECK_EQ(first.n, 9);
+    haul_engine_stats st;
+    haul_engine_stats_get(server, &st);
+    CHECK_GE(st.memory_used, 9u * UNIT);
+    CHECK_LE(st.memory_peak, memory);
+    pthread_t th;
+    CHECK_OK(pthread_create(&th, NULL, free_all, &first));
+    while (later.n < EACH - 9 && now_ms() < until) {
+        wait_either(client, server, -1, 100);
+        client_events(client, &p, 1);
+        server_events(server, &p, 1, 0, UNIT);
+        haul_message *m;
+        while (haul_recv(p.server, &m) == 0) {
+            check_message(m, p.who, (uint64_t)(9 + later.n), UNIT);
+            later.msgs[later.n++] = m;
+        }
+    }
+    pthread_join(th, NULL);
+    CHECK_EQ(later.n, EACH - 9);
+    haul_engine_stats_get(server, &st);
+    CHECK_LE(st.memory_peak, memory);
+    haul_session_free(p.client);
+    haul_session_free(p.server);
+    haul_engine_free(client);
+    haul_engine_free(server);
+    /* The engine is gone; its messages are still the application's. */
+    for (int i = 0; i < later.n; i++)
+        check_message(later.msgs[i], p.who, (uint64_t)(9 + i), UNIT);
+    free_all(&later);
+    free(buf);
+}
