@@ -272,9 +272,9 @@ typedef struct haul_engine_config {
      * have the whole receive part up to its input queue.
      *
      * Receive bodies of 64 KiB and more are mapped on their own and,
-     * once freed, kept in a pool for reuse within the budget; the pool
-     * is unmapped after a second without use, so that an idle engine
-     * gives its memory back to the system. haul_engine_stats reports
+     * once freed, kept in a pool for reuse within the budget; a pooled
+     * body that nobody took for a second is unmapped, so that an idle
+     * engine gives its memory back to the system. haul_engine_stats reports
      * memory_used and memory_peak. */
     uint64_t memory;
     /* Optional log sink; called from engine threads with a full sentence.

@@ -12,6 +12,7 @@
 #include "harness.h"
 
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -732,5 +733,92 @@ TEST_TIMEOUT(messages_freed_on_another_thread_and_after_the_engine, 60)
     for (int i = 0; i < later.n; i++)
         check_message(later.msgs[i], p.who, (uint64_t)(9 + i), UNIT);
     free_all(&later);
+    free(buf);
+}
+
+/* ---- the idle return of memory ------------------------------------------------------------ */
+
+static long resident_kib(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long size = 0, pages = 0;
+    if (f != NULL) {
+        if (fscanf(f, "%ld %ld", &size, &pages) != 2)
+            pages = 0;
+        fclose(f);
+    }
+    return pages * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/*
+ * 48 messages of 1 MiB pile up in a server engine with a 64 MiB budget,
+ * the client closes, then the application takes and frees them all:
+ * their bodies go to the engine's pool, still resident. Once nobody took them for a second, the
+ * engine unmaps them: the process's resident memory falls back to within
+ * a few MiB of what it was before the burst. (The client sends from one
+ * buffer of its own, so that only the server's bodies come and go.)
+ */
+TEST_TIMEOUT(pooled_bodies_go_back_to_the_system_when_idle, 60)
+{
+    harness_strerror = haul_strerror;
+    enum { COUNT = 48 };
+    const uint64_t mib = 1u << 20;
+    haul_engine *server = engine_budget(64 * mib, mib);
+    haul_engine *client = engine_budget(0, mib);
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    char address[160];
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    peer p;
+    uint8_t *buf = malloc(mib);
+    CHECK(buf != NULL);
+    memset(buf, 0x5a, mib);
+    open_peers(client, address, &p, 1, one_principal, mib);
+    int64_t until = now_ms() + 30000;
+    while (!p.opened && now_ms() < until) {
+        wait_either(client, server, -1, 100);
+        client_events(client, &p, 1);
+        server_events(server, &p, 1, 0, mib);
+    }
+    CHECK(p.opened);
+    long base = resident_kib();
+
+    /* The client closes once its messages are in: the slots the window
+     * still held go back, and the bodies alone count. */
+    p.close_after = COUNT;
+    int received = 0;
+    while ((received < COUNT || !p.closed) && now_ms() < until) {
+        while (p.queued < COUNT && haul_send_buffer(p.client, buf, mib, NULL, NULL, 0) == 0)
+            p.queued++;
+        wait_either(client, server, -1, 100);
+        client_events(client, &p, 1);
+        received += server_events(server, &p, 1, 0, mib);
+    }
+    CHECK_EQ(received, COUNT);
+    CHECK(p.closed);
+    haul_message *m;
+    int taken = 0;
+    while (haul_recv(p.server, &m) == 0) {
+        haul_message_free(m);
+        taken++;
+    }
+    CHECK_EQ(taken, COUNT);
+    long full = resident_kib();
+    harness_log("resident: %ld KiB before, %ld KiB with the bodies freed", base, full);
+    CHECK_GE(full, base + 32 * 1024);
+
+    /* Waits for the engine's sweep, which needs a second without use. */
+    long now = full;
+    until = now_ms() + 10000;
+    while (now > base + 8 * 1024 && now_ms() < until) {
+        wait_either(client, server, -1, 50);
+        client_events(client, &p, 1);
+        server_events(server, &p, 1, 0, mib);
+        now = resident_kib();
+    }
+    harness_log("resident once idle: %ld KiB", now);
+    CHECK_LE(now, base + 8 * 1024);
+    close_peers(client, server, &p, 1, mib);
+    haul_engine_free(client);
+    haul_engine_free(server);
     free(buf);
 }
