@@ -822,3 +822,113 @@ TEST_TIMEOUT(pooled_bodies_go_back_to_the_system_when_idle, 60)
     haul_engine_free(server);
     free(buf);
 }
+
+/* ---- answers --------------------------------------------------------------------------- */
+
+/*
+ * Request and answer: four clients each send a request of one unit and
+ * wait for an answer of one unit before the next. The server's budget has
+ * four units; after each request, the slot its session is granted next
+ * sits idle until the answer is in, so the sessions' slots can hold
+ * every unit the receive side may have (and would hold the whole budget,
+ * were none kept for sends). The unit kept for sends lets the answers
+ * go, one at a time, the server retrying on HAUL_EV_WINDOW_OPENED or
+ * HAUL_EV_MESSAGE_SENT: every round of every session completes.
+ */
+TEST_TIMEOUT(answers_go_out_while_idle_slots_hold_the_receive_part, 60)
+{
+    harness_strerror = haul_strerror;
+    enum { N = 4, ROUNDS = 6 };
+    const uint64_t memory = 4u * UNIT;
+    haul_engine *server = engine_budget(memory, UNIT);
+    haul_engine *client = engine_budget(0, UNIT);
+    CHECK_OK(haul_listen(server, "127.0.0.1:0", NULL));
+    char address[160];
+    CHECK_OK(haul_listen_address(server, address, sizeof(address)));
+    peer ps[N];
+    uint8_t *buf = malloc(UNIT);
+    CHECK(buf != NULL);
+    open_peers(client, address, ps, N, one_principal, UNIT);
+    uint64_t answers_owed[N] = {0}, answers_sent[N] = {0}, answers_got[N] = {0};
+    int refused = 0;
+    int64_t until = now_ms() + 40000;
+    int done = 0;
+    while (done < N && now_ms() < until) {
+        wait_either(client, server, -1, 100);
+        /* Client: a request when open and after each answer. */
+        haul_event evs[64];
+        int k;
+        while ((k = haul_engine_wait(client, evs, 64, 0)) > 0) {
+            for (int i = 0; i < k; i++) {
+                peer *p = peer_of_client(ps, N, evs[i].session);
+                CHECK(p != NULL);
+                CHECK(evs[i].type != HAUL_EV_MESSAGE_FAILED);
+                CHECK(evs[i].type != HAUL_EV_SESSION_REFUSED);
+                if (evs[i].type == HAUL_EV_SESSION_OPEN)
+                    p->opened = 1;
+                if (evs[i].type == HAUL_EV_MESSAGE_RECEIVED) {
+                    haul_message *m;
+                    while (haul_recv(p->client, &m) == 0) {
+                        check_message(m, 1000 + p->who, answers_got[p - ps]++, UNIT);
+                        haul_message_free(m);
+                    }
+                }
+            }
+        }
+        done = 0;
+        for (int i = 0; i < N; i++) {
+            peer *p = &ps[i];
+            if (p->opened && p->queued < ROUNDS && p->queued == answers_got[i]) {
+                make_message(buf, UNIT, p->who, p->queued);
+                CHECK_OK(haul_send(p->client, buf, UNIT, p->queued));
+                p->queued++;
+            }
+            done += answers_got[i] == ROUNDS;
+        }
+        /* Server: an answer owed for each request, sent as memory
+         * allows. */
+        int retry = 0;
+        while ((k = haul_engine_wait(server, evs, 64, 0)) > 0) {
+            for (int i = 0; i < k; i++) {
+                if (evs[i].type == HAUL_EV_SESSION_REQUEST) {
+                    CHECK(peer_of_server(ps, N, evs[i].session, NULL) != NULL);
+                    CHECK_OK(haul_session_accept(evs[i].session));
+                } else if (evs[i].type == HAUL_EV_WINDOW_OPENED ||
+                           evs[i].type == HAUL_EV_MESSAGE_SENT) {
+                    retry = 1;
+                }
+            }
+        }
+        for (int i = 0; i < N; i++) {
+            haul_message *m;
+            while (ps[i].server && haul_recv(ps[i].server, &m) == 0) {
+                check_message(m, ps[i].who, ps[i].received++, UNIT);
+                haul_message_free(m);
+                answers_owed[i]++;
+                retry = 1;
+            }
+        }
+        for (int i = 0; retry && i < N; i++) {
+            while (answers_sent[i] < answers_owed[i]) {
+                make_message(buf, UNIT, 1000 + ps[i].who, answers_sent[i]);
+                int rc = haul_send(ps[i].server, buf, UNIT, answers_sent[i]);
+                if (rc == HAUL_EQUEUEFULL) {
+                    refused++;
+                    break;
+                }
+                CHECK_OK(rc);
+                answers_sent[i]++;
+            }
+        }
+    }
+    harness_log("answers refused for memory, then sent: %d", refused);
+    for (int i = 0; i < N; i++)
+        CHECK_EQ(answers_got[i], ROUNDS);
+    haul_engine_stats st;
+    haul_engine_stats_get(server, &st);
+    CHECK_LE(st.memory_peak, memory);
+    close_peers(client, server, ps, N, UNIT);
+    haul_engine_free(client);
+    haul_engine_free(server);
+    free(buf);
+}
