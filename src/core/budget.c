@@ -262,10 +262,16 @@ static void mem_settle(haul_session *s)
     }
 }
 
+/* A session that could not have its principal's entry (memory ran out)
+ * may join it later with bytes the entry never counted: the entry's
+ * count stops at 0 rather than wrap. */
 static void mem_account(haul_session *s, uint64_t plus, uint64_t minus)
 {
-    if (s->mem_principal != NULL)
-        s->mem_principal->used = s->mem_principal->used + plus - minus;
+    struct haul__mem_principal *x = s->mem_principal;
+    if (x == NULL)
+        return;
+    x->used += plus;
+    x->used = x->used > minus ? x->used - minus : 0;
 }
 
 /* ---- waiting ---------------------------------------------------------------- */
