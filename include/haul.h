@@ -229,6 +229,68 @@ typedef struct haul_engine_config {
      * backlog to every TCP connection. */
     uint32_t conn_backlog;
     uint32_t backlog_min_rtt_us;
+    /* Engine-wide memory budget: the most bytes of message bodies that the
+     * engine holds for all its sessions together, both ways. 0, the
+     * default, sets none: each session is bounded by its own queues
+     * alone. Otherwise it must be at least twice max_message
+     * (HAUL_EINVAL from haul_engine_new() if not): one largest message
+     * of it is kept for sends, and the rest must hold at least one
+     * receive slot of the largest unit, so that no session can wait for
+     * memory that can never be had.
+     *
+     * What counts:
+     *   - received: each window slot granted to a peer is reserved at the
+     *     peer's max_message (the unit of the window; a unit of 0 counts
+     *     1) until its message's first chunk arrives; the message then
+     *     counts its length (an empty one 1) until the application's
+     *     haul_message_free(), from whatever thread, even after the
+     *     engine is freed, so that data taken with haul_recv() but not
+     *     yet written still counts. Messages the engine drops
+     *     (duplicates, a session that fails) count no more, and slots
+     *     granted but never used are given back when their session ends.
+     *     Slots and received messages together use at most the budget
+     *     less max_message: the rest is for sends, so that the slots of
+     *     idle peers can never hold back the answers those peers wait
+     *     for.
+     *   - sent: a message counts its length (an empty one 1) from
+     *     haul_send(), haul_send_buffer() or haul_send_file() until it is
+     *     acknowledged or fails and its body is released (a file message
+     *     counts too: it bounds what the engine takes on).
+     *
+     * When it is full: a send that would pass the budget fails with
+     * HAUL_EQUEUEFULL, as a full output queue does, and the session then
+     * gets one HAUL_EV_WINDOW_OPENED (window: the peer's WndSize) when
+     * memory for that send has been set aside for it, so that an
+     * application that retries on HAUL_EV_WINDOW_OPENED or
+     * HAUL_EV_MESSAGE_SENT never hangs. A receiving session whose window
+     * would open gets no new slots until memory frees (its peer's
+     * messages wait in the peer's output queue, as for any closed
+     * window, and time out after message_timeout_ms without progress
+     * there). No grant ever moves a right edge back: what was granted
+     * stays reserved until used or the session ends, so a session whose
+     * peer stops sending without closing keeps its slots.
+     *
+     * Fairness: new slots are shared between principals first, then
+     * between the sessions of each principal: a principal may hold about
+     * (budget - max_message) / (principals that hold or want receive
+     * memory), a session about its principal's part / (its principal's
+     * sessions that do), and never less than one unit. A session's slots
+     * outstanding start at 2 and grow by one for each one its peer uses,
+     * so that a session whose peer sends little holds little. Sessions
+     * that wait for memory (a closed window with nothing held, or a
+     * refused send) are served in the order they began to wait: receive
+     * slots in that order among themselves, sends among themselves, and
+     * a send leaves free the unit of the first slot that waits for
+     * memory, so that neither side starves the other. A session's own
+     * input_queue and output_queue still bound it: a single session may
+     * have the whole receive part up to its input queue.
+     *
+     * Receive bodies of 64 KiB and more are mapped on their own and,
+     * once freed, kept in a pool for reuse within the budget; a pooled
+     * body that nobody took for a second is unmapped, so that an idle
+     * engine gives its memory back to the system. haul_engine_stats reports
+     * memory_used and memory_peak. */
+    uint64_t memory;
     /* Optional log sink; called from engine threads with a full sentence.
      * Without it, errors and warnings go to stderr when log_level allows. */
     void (*log)(void *arg, int level, const char *line);
@@ -283,7 +345,9 @@ typedef enum haul_event_type {
     HAUL_EV_MESSAGE_FAILED,
     /* The receiver's window grew without new acknowledgements (it took a
      * message out of its input queue) while messages waited for it;
-     * `window` is the new WndSize. */
+     * `window` is the new WndSize. Also, with an engine memory budget
+     * (haul_engine_config.memory): memory was set aside for a send that
+     * the budget refused with HAUL_EQUEUEFULL; send it again. */
     HAUL_EV_WINDOW_OPENED,
     /* The session ended: error is HAUL_OK after an orderly close by either
      * side, else the reason. The last event of every session. */
@@ -607,7 +671,9 @@ HAUL_API const char *haul_session_state(const haul_session *session);
  * Queues a copy of len bytes as one message (steps 414-418). A message
  * takes len bytes of the output queue, an empty one takes 1. Returns at
  * once: HAUL_EQUEUEFULL when the output queue has no room for it now
- * (step 420; try again after a HAUL_EV_MESSAGE_SENT), HAUL_EMSGSIZE when it
+ * (step 420; try again after a HAUL_EV_MESSAGE_SENT), or the engine's
+ * memory budget none (try again after HAUL_EV_WINDOW_OPENED or
+ * HAUL_EV_MESSAGE_SENT; see haul_engine_config.memory), HAUL_EMSGSIZE when it
  * is larger than the session's max_message or output queue and so can
  * never fit, HAUL_ESTATE when the session is not open, HAUL_ENOMEM when
  * memory for the message or for its final event ran out. The tag comes
@@ -742,6 +808,12 @@ typedef struct haul_engine_stats {
      * carried them was slow to deliver them while their message held up
      * the window (hedging, docs/protocol.md section 9.6). */
     uint64_t chunks_hedged;
+    /* Bytes counted against the engine's memory budget now (reserved
+     * window slots, received and sent messages: haul_engine_config
+     * .memory), and the most ever counted at once. Both stay 0 when the
+     * budget is 0. */
+    uint64_t memory_used;
+    uint64_t memory_peak;
 } haul_engine_stats;
 
 HAUL_API void haul_engine_stats_get(haul_engine *engine, haul_engine_stats *out);

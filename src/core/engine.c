@@ -90,6 +90,15 @@ void haul_engine_config_init(haul_engine_config *c)
     c->log_level = HAUL_LOG_WARN;
 }
 
+/* What the memory budget keeps for sends: one largest message (an empty
+ * one counts 1), so that receive slots, which stay reserved until their
+ * messages come, can never take the memory of the answers their peers
+ * may be waiting for. */
+static uint64_t send_reserve(const haul_engine_config *c)
+{
+    return c->max_message ? c->max_message : 1;
+}
+
 static int config_check(const haul_engine_config *c)
 {
     if (c->io_threads < 1 || c->io_threads > 64)
@@ -119,6 +128,11 @@ static int config_check(const haul_engine_config *c)
     if (c->keepalive_ms && c->idle_timeout_ms && c->keepalive_ms >= c->idle_timeout_ms)
         return HAUL_EINVAL;
     if (c->conn_backlog && (c->conn_backlog < BACKLOG_MIN || c->conn_backlog > BACKLOG_MAX))
+        return HAUL_EINVAL;
+    /* The budget keeps one largest message for sends, and must leave
+     * the receive side at least one slot of the largest unit besides,
+     * or a session that needs it would wait for ever. */
+    if (c->memory != 0 && c->memory < 2 * send_reserve(c))
         return HAUL_EINVAL;
     return 0;
 }
@@ -620,6 +634,14 @@ static void sweep(haul_engine *e)
 {
     int64_t now = haul__now_ms();
     pthread_mutex_lock(&e->mu);
+    if (e->budget != NULL) {
+        /* Pooled receive bodies go back to the system once idle, and
+         * sessions waiting for memory are looked at, should a kick have
+         * found nothing to serve. */
+        haul__budget_trim(e->budget, now, 0);
+        if (!haul__list_empty(&e->mem_waiters))
+            haul__mem_serve(e);
+    }
     haul__list *pos, *tmp;
     haul__list_each_safe(pos, tmp, &e->conns)
     {
@@ -673,6 +695,14 @@ static void *loop_main(void *arg)
                     /* Spurious: nothing to read. */
                 }
             }
+        }
+        /* Memory came back to the budget while sessions wait for it: the
+         * first thread serves them. */
+        if (loop->index == 0 && e->budget != NULL && atomic_load(&e->budget->kicked)) {
+            atomic_store(&e->budget->kicked, 0);
+            pthread_mutex_lock(&e->mu);
+            haul__mem_serve(e);
+            pthread_mutex_unlock(&e->mu);
         }
         /* Connections that others handed work to, or asked to close. The
          * list is taken whole, since handling one may add another. */
@@ -745,6 +775,8 @@ int haul_engine_new(const haul_engine_config *config, haul_engine **enginep)
     haul__list_init(&e->listeners);
     haul__list_init(&e->pipes);
     haul__list_init(&e->conns);
+    haul__list_init(&e->mem_waiters);
+    haul__list_init(&e->mem_principals);
     pthread_mutex_init(&e->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -771,6 +803,11 @@ int haul_engine_new(const haul_engine_config *config, haul_engine **enginep)
         epoll_ctl(loop->epfd, EPOLL_CTL_ADD, loop->wakefd, &ev);
         e->nloops = i + 1;
     }
+    if (c.memory != 0) {
+        e->budget = haul__budget_new(c.memory, send_reserve(&c), e->loops[0].wakefd);
+        if (e->budget == NULL)
+            goto fail;
+    }
     struct itimerspec its = {.it_interval = {0, SWEEP_MS * 1000000L},
                              .it_value = {0, SWEEP_MS * 1000000L}};
     timerfd_settime(e->timerfd, 0, &its, NULL);
@@ -794,6 +831,7 @@ int haul_engine_new(const haul_engine_config *config, haul_engine **enginep)
     return 0;
 
 fail:
+    haul__mem_fini(e);
     for (unsigned i = 0; i < e->nloops; i++) {
         if (e->loops[i].epfd >= 0)
             close(e->loops[i].epfd);
@@ -846,6 +884,7 @@ void haul_engine_free(haul_engine *e)
         free(l->tls_files);
         free(l);
     }
+    haul__mem_fini(e);
     pthread_mutex_unlock(&e->mu);
 
     for (unsigned i = 0; i < e->nloops; i++) {
@@ -866,6 +905,10 @@ void haul_engine_stats_get(haul_engine *e, haul_engine_stats *out)
 {
     pthread_mutex_lock(&e->mu);
     *out = e->stats;
+    if (e->budget != NULL) {
+        out->memory_used = atomic_load(&e->budget->used);
+        out->memory_peak = atomic_load(&e->budget->peak);
+    }
     pthread_mutex_unlock(&e->mu);
     for (int i = 0; i < HAUL__SEC_STATE_COUNT_; i++)
         out->secure_state_entered[i] =

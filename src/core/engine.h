@@ -24,6 +24,7 @@
 #include <sys/types.h>
 
 #include "core/autoscale.h"
+#include "core/budget.h"
 #include "core/list.h"
 #include "core/session_fsm.h"
 #include "haul.h"
@@ -128,6 +129,19 @@ struct haul_message {
      * read to end (rx_waiters) before it copies its bytes in. */
     uint8_t *rx_writing;
     haul__list rx_waiters; /* connections waiting for a direct read to end */
+
+    /* The engine's memory budget, when it has one (core/budget.c): the
+     * message counts `charge` bytes in it until it is destroyed, and
+     * holds a reference to it meanwhile, since the application may free
+     * a received message after its engine. body_cap: the bytes of a
+     * body from the budget's pool (0: from malloc). charge_rx: a
+     * received message, counted in its session (mem_held) until it
+     * leaves the session's queues (mem_left). */
+    haul__budget *budget;
+    uint64_t charge;
+    size_t body_cap;
+    int charge_rx;
+    int mem_left;
 };
 
 /* ---- sessions ---------------------------------------------------------- */
@@ -213,7 +227,26 @@ struct haul_session {
     int fin_early;      /* client: the server's FIN came before its SYNC_ACK */
     uint64_t fin_early_seq;
     int close_error;
+
+    /* The engine's memory budget (core/budget.c). mem_slots: window
+     * slots granted and not yet begun, each counted at the unit (the
+     * peer's max_message); mem_held: the bytes counted of the messages
+     * in partial and inq; mem_send: bytes set aside for a send refused
+     * earlier, of mem_send_want bytes. mem_wait (HAUL__MEM_WAIT_*): it
+     * waits for memory, in the engine's mem_waiters by mem_link.
+     * mem_principal: its principal's entry while it holds or wants
+     * receive memory. */
+    uint64_t mem_slots;
+    uint64_t mem_held;
+    uint64_t mem_send;
+    uint64_t mem_send_want;
+    uint64_t mem_cwnd; /* most slots it may have outstanding: grows with use */
+    unsigned mem_wait;
+    haul__list mem_link;
+    struct haul__mem_principal *mem_principal;
 };
+
+enum { HAUL__MEM_WAIT_RX = 1, HAUL__MEM_WAIT_TX = 2 };
 
 /* ---- connections ------------------------------------------------------- */
 
@@ -550,6 +583,20 @@ struct haul_engine {
     unsigned nplimits;
     unsigned plimit_default; /* 0: none */
 
+    /* The memory budget (haul_engine_config.memory), NULL without one;
+     * the sessions waiting for memory, in the order they began to wait;
+     * the principals whose sessions hold or want receive memory; the
+     * session haul__mem_serve() serves now; and the unit of the first
+     * receive slot that waits for memory, which sends leave free. */
+    haul__budget *budget;
+    haul__list mem_waiters;
+    haul__list mem_principals;
+    unsigned mem_nprincipals;
+    unsigned mem_rx_waiting;
+    unsigned mem_tx_waiting;
+    haul_session *mem_serving;
+    uint64_t mem_rx_need;
+
     haul_engine_stats stats;
     /* stats.secure_state_entered[], counted without mu: the security
      * state machine moves on I/O threads outside it (the handshake).
@@ -605,6 +652,20 @@ int haul__pipe_take_answer(haul__pipe *pipe, haul__frame *f);
 int haul__session_conn_lost(haul_session *s, uint32_t serial);
 void haul__session_give_up_ctl(haul_session *s);
 void haul__cq_forget(haul_engine *engine, haul_session *s);
+
+/* The memory budget (core/budget.c, mu held). */
+uint64_t haul__mem_grant(haul_session *s, uint64_t right);
+void haul__mem_rx_begin(haul_session *s, haul_message *m, uint64_t cost);
+void haul__mem_rx_leave(haul_session *s, haul_message *m);
+void haul__mem_session_end(haul_session *s, int destroy);
+int haul__mem_send(haul_session *s, uint64_t cost, int take);
+void haul__mem_serve(haul_engine *e);
+void haul__mem_fini(haul_engine *e);
+/* Memory was granted to a waiting session: its new window goes to the
+ * peer; or set aside for its refused send: it hears
+ * HAUL_EV_WINDOW_OPENED. */
+void haul__session_mem_granted(haul_session *s);
+void haul__session_mem_opened(haul_session *s);
 
 /* Messages. */
 haul_message *haul__message_new(uint64_t len, int allocate);

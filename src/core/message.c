@@ -4,6 +4,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "core/engine.h"
@@ -42,9 +43,19 @@ void haul__message_plan(haul_message *m, uint32_t chunk)
 
 static void message_destroy(haul_message *m)
 {
+    haul__budget *b = m->budget;
+    uint64_t charge = m->charge;
+    int rx = m->charge_rx;
     switch (m->kind) {
     case HAUL__BODY_OWNED:
-        free(m->data);
+        /* A mapped body goes back to the budget's pool when the message
+         * counts in it (a received one whose first chunk was taken in). */
+        if (m->body_cap != 0 && b != NULL)
+            haul__budget_body_free(b, m->data, m->body_cap);
+        else if (m->body_cap != 0)
+            munmap(m->data, m->body_cap);
+        else
+            free(m->data);
         break;
     case HAUL__BODY_BORROWED:
         if (m->release)
@@ -60,6 +71,13 @@ static void message_destroy(haul_message *m)
     free(m->rx_state);
     free(m->rx_writing);
     free(m);
+    /* Its bytes leave the engine's budget (from whichever thread drops the
+     * last reference: the application's haul_message_free(), or an engine
+     * thread), and waiting sessions may be served. */
+    if (b != NULL) {
+        haul__budget_give(b, charge, rx);
+        haul__budget_unref(b);
+    }
 }
 
 void haul__message_unref(haul_message *m)

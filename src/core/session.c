@@ -113,6 +113,7 @@ void haul__session_want(haul_session *s, unsigned pending)
 
 static void session_destroy(haul_session *s)
 {
+    haul__mem_session_end(s, 1);
     haul__cq_release(s->engine, s->cq_slots);
     free(s->context);
     free(s);
@@ -150,6 +151,8 @@ static void session_retire(haul_session *s)
 
 /* ---- the window ---------------------------------------------------------- */
 
+static int may_send(const haul_session *s);
+
 /*
  * What a message takes of a queue: its bytes, and at least one. Both
  * sides count alike, the sender in its output queue and the receiver in
@@ -172,9 +175,12 @@ static uint64_t inq_cost(const haul_session *s)
 
 /*
  * WndSize: how many more messages, beyond those delivered in order, this
- * side admits. The input queue's free bytes are counted in messages of the
- * peer's largest size; an empty queue admits one message whatever its
- * size. The right edge never moves back: what was granted stays granted.
+ * side admits, and the right edge it makes (rcv_right). The input queue's
+ * free bytes are counted in messages of the peer's largest size; an empty
+ * queue admits one message whatever its size. With an engine-wide memory
+ * budget, the new slots must also be had from it (core/budget.c), which
+ * may grant fewer, or none. The right edge never moves back: what was
+ * granted stays granted.
  */
 uint32_t haul__session_window(haul_session *s)
 {
@@ -186,9 +192,27 @@ uint32_t haul__session_window(haul_session *s)
     if (w > WINDOW_MAX)
         w = WINDOW_MAX;
     uint64_t right = s->rcv_next + w;
-    if (right < s->rcv_right)
-        right = s->rcv_right;
-    return (uint32_t)(right - s->rcv_next);
+    if (s->engine->budget != NULL)
+        right = haul__mem_grant(s, right);
+    if (right > s->rcv_right)
+        s->rcv_right = right;
+    return (uint32_t)(s->rcv_right - s->rcv_next);
+}
+
+void haul__session_mem_granted(haul_session *s)
+{
+    uint64_t before = s->rcv_right;
+    haul__session_window(s);
+    if (s->rcv_right > before)
+        haul__session_want(s, HAUL__PEND_ACK);
+}
+
+/* Memory was set aside for the send the budget refused: the application
+ * may send again (haul.h, haul_engine_config.memory). */
+void haul__session_mem_opened(haul_session *s)
+{
+    if (may_send(s))
+        post(s, HAUL_EV_WINDOW_OPENED, 0, 0, 0, s->peer_wnd, 0);
 }
 
 /* ---- failure and close ----------------------------------------------------- */
@@ -198,6 +222,7 @@ static void drop_messages(haul_session *s, haul__list *q, int error, int report)
     while (!haul__list_empty(q)) {
         haul_message *m = HAUL__CONTAINER(haul__list_first(q), haul_message, link);
         haul__list_del(&m->link);
+        haul__mem_rx_leave(s, m);
         if (report)
             post_message(s, m, HAUL_EV_MESSAGE_FAILED, error, 0);
         m->session = NULL;
@@ -229,6 +254,7 @@ void haul__session_fail(haul_session *s, int error, int tell_peer)
     s->held = inq_cost(s);
     s->peer_done = 1;
     s->close_error = error;
+    haul__mem_session_end(s, 0);
     leave_dispatch(s);
     s->pending &=
         ~(unsigned)(HAUL__PEND_SYNC | HAUL__PEND_FIN | HAUL__PEND_ACK | HAUL__PEND_SYNC_ACK);
@@ -254,6 +280,7 @@ static void closed_in_order(haul_session *s, int error)
      * (the peer's chunks crossed our FIN) can never complete. */
     drop_messages(s, &s->partial, 0, 0);
     s->held = inq_cost(s);
+    haul__mem_session_end(s, 0);
     post_last(s, HAUL_EV_SESSION_CLOSED, error, 0);
     session_retire(s);
 }
@@ -432,6 +459,7 @@ int haul_session_reject(haul_session *s, uint32_t reason)
         s->nak_reason = reason;
         s->refused = 1;
         s->peer_done = 1;
+        haul__mem_session_end(s, 0);
         haul__session_want(s, HAUL__PEND_SYNC_NAK);
         post_last(s, HAUL_EV_SESSION_CLOSED, HAUL_EREFUSED, reason);
     }
@@ -471,6 +499,8 @@ void haul_session_free(haul_session *s)
         haul__session_fail(s, HAUL_EABORTED, 1);
     drop_messages(s, &s->inq, 0, 0);
     s->held = 0;
+    if (e->budget != NULL)
+        haul__mem_session_end(s, 0);
     session_retire(s);
     haul__session_unref(s);
     pthread_mutex_unlock(&e->mu);
@@ -546,6 +576,19 @@ static int enqueue(haul_session *s, haul_message *m, uint64_t tag)
      * after it can fail. */
     if (haul__cq_reserve(e, 1))
         return HAUL_ENOMEM;
+    /* The engine's memory budget: the message counts from now until it
+     * is destroyed (haul.h). */
+    if (e->budget != NULL) {
+        int rc = haul__mem_send(s, queue_cost(m->len), 1);
+        if (rc) {
+            haul__cq_release(e, 1);
+            return rc;
+        }
+        haul__budget *b = e->budget;
+        atomic_fetch_add(&b->refs, 1);
+        m->budget = b;
+        m->charge = queue_cost(m->len);
+    }
     m->cq_slot = 1;
     m->session = s;
     m->tag = tag;
@@ -583,6 +626,8 @@ int haul_send(haul_session *s, const void *buf, size_t len, uint64_t tag)
     int rc = may_send(s) ? 0 : HAUL_ESTATE;
     if (rc == 0 && s->out_bytes + queue_cost(len) > s->output_queue)
         rc = HAUL_EQUEUEFULL;
+    if (rc == 0 && s->engine->budget != NULL)
+        rc = haul__mem_send(s, queue_cost(len), 0);
     pthread_mutex_unlock(&s->engine->mu);
     if (rc)
         return rc;
@@ -656,13 +701,13 @@ int haul_recv(haul_session *s, haul_message **mp)
     }
     haul_message *m = HAUL__CONTAINER(first, haul_message, link);
     haul__list_del(&m->link);
+    haul__mem_rx_leave(s, m);
     m->session = NULL;
     s->held -= queue_cost(m->len);
     /* Taking a message out of the input queue is what opens the window
      * (442-444): tell the sender if the right edge moved. */
-    if (!s->peer_done && s->state != CE_SS_SESSION_CLOSED &&
-        s->rcv_next + haul__session_window(s) > s->rcv_right)
-        haul__session_want(s, HAUL__PEND_ACK);
+    if (!s->peer_done && s->state != CE_SS_SESSION_CLOSED)
+        haul__session_mem_granted(s);
     pthread_mutex_unlock(&e->mu);
     *mp = m;
     return 0;
@@ -1078,7 +1123,16 @@ int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__fr
         }
     }
     if (m == NULL) {
-        m = haul__message_new(f->total, 1);
+        haul__budget *b = pipe->engine->budget;
+        m = haul__message_new(f->total, b == NULL);
+        if (m != NULL && b != NULL && f->total > 0) {
+            /* A body from the budget's pool (core/budget.c). */
+            m->data = haul__budget_body(b, f->total, &m->body_cap);
+            if (m->data == NULL) {
+                haul__message_unref(m);
+                m = NULL;
+            }
+        }
         if (m == NULL) {
             haul__log(pipe->engine, HAUL_LOG_ERROR, "session %u: no memory for a message", s->id);
             haul__session_fail(s, HAUL_ENOMEM, 1);
@@ -1096,6 +1150,8 @@ int haul__session_chunk_begin(haul__pipe *pipe, haul__conn *conn, const haul__fr
         }
         haul__list_add_tail(&s->partial, &m->link);
         s->held += queue_cost(m->len);
+        if (b != NULL)
+            haul__mem_rx_begin(s, m, queue_cost(m->len));
     } else if (m->len != f->total || m->chunk != chunk) {
         return HAUL_EPROTO;
     }
