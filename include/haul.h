@@ -286,9 +286,9 @@ typedef struct haul_engine_config {
      * have the whole receive part up to its input queue.
      *
      * Receive bodies of 64 KiB and more are mapped on their own and,
-     * once freed, kept in a pool for reuse within the budget; the pool
-     * is unmapped after a second without use, so that an idle engine
-     * gives its memory back to the system. haul_engine_stats reports
+     * once freed, kept in a pool for reuse within the budget; a pooled
+     * body that nobody took for a second is unmapped, so that an idle
+     * engine gives its memory back to the system. haul_engine_stats reports
      * memory_used and memory_peak. */
     uint64_t memory;
     /* Optional log sink; called from engine threads with a full sentence.
@@ -345,7 +345,9 @@ typedef enum haul_event_type {
     HAUL_EV_MESSAGE_FAILED,
     /* The receiver's window grew without new acknowledgements (it took a
      * message out of its input queue) while messages waited for it;
-     * `window` is the new WndSize. */
+     * `window` is the new WndSize. Also, with an engine memory budget
+     * (haul_engine_config.memory): memory was set aside for a send that
+     * the budget refused with HAUL_EQUEUEFULL; send it again. */
     HAUL_EV_WINDOW_OPENED,
     /* The session ended: error is HAUL_OK after an orderly close by either
      * side, else the reason. The last event of every session. */
@@ -669,7 +671,9 @@ HAUL_API const char *haul_session_state(const haul_session *session);
  * Queues a copy of len bytes as one message (steps 414-418). A message
  * takes len bytes of the output queue, an empty one takes 1. Returns at
  * once: HAUL_EQUEUEFULL when the output queue has no room for it now
- * (step 420; try again after a HAUL_EV_MESSAGE_SENT), HAUL_EMSGSIZE when it
+ * (step 420; try again after a HAUL_EV_MESSAGE_SENT), or the engine's
+ * memory budget none (try again after HAUL_EV_WINDOW_OPENED or
+ * HAUL_EV_MESSAGE_SENT; see haul_engine_config.memory), HAUL_EMSGSIZE when it
  * is larger than the session's max_message or output queue and so can
  * never fit, HAUL_ESTATE when the session is not open, HAUL_ENOMEM when
  * memory for the message or for its final event ran out. The tag comes

@@ -11,11 +11,18 @@
 #include "core/budget.h"
 #include "core/engine.h"
 
-/* A pooled body keeps the pool's link in its own first bytes. */
+/* A pooled body keeps the pool's link in its own first bytes. The pool
+ * is a stack: the body freed last is taken first, so the bodies in use go
+ * round near its top, and its bottom holds those that have been idle
+ * longest (freed_at falls from top to bottom). */
 struct haul__pooled_body {
     haul__pooled_body *next;
     size_t cap;
+    int64_t freed_at;
 };
+
+/* How often the sweep looks for idle bodies. */
+#define POOL_TRIM_EVERY_MS 250
 
 /* ---- the counters -------------------------------------------------------- */
 
@@ -129,7 +136,6 @@ uint8_t *haul__budget_body(haul__budget *b, uint64_t len, size_t *cap)
     if (body != NULL) {
         *pp = body->next;
         b->pooled -= body->cap;
-        b->pool_used_at = haul__now_ms();
     }
     pthread_mutex_unlock(&b->mu);
     if (body != NULL) {
@@ -158,10 +164,10 @@ void haul__budget_body_free(haul__budget *b, uint8_t *p, size_t cap)
     if (b->pooled + cap + atomic_load(&b->used) <= b->limit) {
         haul__pooled_body *body = (haul__pooled_body *)p;
         body->cap = cap;
+        body->freed_at = haul__now_ms();
         body->next = b->pool;
         b->pool = body;
         b->pooled += cap;
-        b->pool_used_at = haul__now_ms();
         p = NULL;
     }
     pthread_mutex_unlock(&b->mu);
@@ -169,14 +175,26 @@ void haul__budget_body_free(haul__budget *b, uint8_t *p, size_t cap)
         munmap(p, cap);
 }
 
+/* Unmaps the bodies that nobody took for HAUL__POOL_IDLE_MS: the pool
+ * shrinks to what the traffic of the last second reuses, and to nothing
+ * when the engine is idle. */
 void haul__budget_trim(haul__budget *b, int64_t now, int force)
 {
     pthread_mutex_lock(&b->mu);
     haul__pooled_body *list = NULL;
-    if (b->pool != NULL && (force || now - b->pool_used_at >= HAUL__POOL_IDLE_MS)) {
+    if (force) {
         list = b->pool;
         b->pool = NULL;
         b->pooled = 0;
+    } else if (b->pool != NULL && now - b->trimmed_at >= POOL_TRIM_EVERY_MS) {
+        b->trimmed_at = now;
+        haul__pooled_body **pp = &b->pool;
+        while (*pp != NULL && now - (*pp)->freed_at < HAUL__POOL_IDLE_MS)
+            pp = &(*pp)->next;
+        list = *pp;
+        *pp = NULL;
+        for (haul__pooled_body *x = list; x != NULL; x = x->next)
+            b->pooled -= x->cap;
     }
     pthread_mutex_unlock(&b->mu);
     while (list != NULL) {
@@ -244,10 +262,16 @@ static void mem_settle(haul_session *s)
     }
 }
 
+/* A session that could not have its principal's entry (memory ran out)
+ * may join it later with bytes the entry never counted: the entry's
+ * count stops at 0 rather than wrap. */
 static void mem_account(haul_session *s, uint64_t plus, uint64_t minus)
 {
-    if (s->mem_principal != NULL)
-        s->mem_principal->used = s->mem_principal->used + plus - minus;
+    struct haul__mem_principal *x = s->mem_principal;
+    if (x == NULL)
+        return;
+    x->used += plus;
+    x->used = x->used > minus ? x->used - minus : 0;
 }
 
 /* ---- waiting ---------------------------------------------------------------- */

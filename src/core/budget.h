@@ -46,8 +46,8 @@ typedef struct haul__budget {
     pthread_mutex_t mu; /* kick_fd and the pool */
     int kick_fd;        /* -1 once the engine is gone */
     haul__pooled_body *pool;
-    uint64_t pooled; /* bytes of the pool */
-    int64_t pool_used_at;
+    uint64_t pooled;    /* bytes of the pool */
+    int64_t trimmed_at; /* when the sweep last looked for idle bodies */
 } haul__budget;
 
 /* The budget of an engine, with one reference (the engine's), or NULL
@@ -71,8 +71,8 @@ void haul__budget_kick(haul__budget *b);
  * came from malloc). NULL when memory is short. */
 uint8_t *haul__budget_body(haul__budget *b, uint64_t len, size_t *cap);
 void haul__budget_body_free(haul__budget *b, uint8_t *body, size_t cap);
-/* Unmaps the pool when it has not been used for HAUL__POOL_IDLE_MS, or
- * at once with force. */
+/* Unmaps the pooled bodies that have not been used for
+ * HAUL__POOL_IDLE_MS, or every one with force. */
 void haul__budget_trim(haul__budget *b, int64_t now, int force);
 
 #endif
