@@ -170,7 +170,9 @@ typedef struct haul_engine_config {
      * slow peers can neither take every connection nor keep an honest
      * client out for longer than that, and the honest clients of a burst,
      * young handshakes all, are never closed to make room for each
-     * other. Default 256. */
+     * other. Default 1024: a burst of a thousand clients whose HELLOs
+     * arrive slowly (clients short of CPU) is still handshaking at once,
+     * at about 20 KiB of the engine's memory each. */
     unsigned max_handshakes;
     /* A message fails, and so does its session, with HAUL_ETIMEDOUT, when
      * it is still not acknowledged and the session has made no progress

@@ -78,7 +78,7 @@ void haul_engine_config_init(haul_engine_config *c)
     c->max_sessions = 4096;
     c->max_connections = 4096;
     c->handshake_timeout_ms = 10000;
-    c->max_handshakes = 256;
+    c->max_handshakes = 1024;
     c->message_timeout_ms = 60000;
     c->max_attempts = 8;
     c->redial_min_ms = 20;
