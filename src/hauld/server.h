@@ -209,6 +209,10 @@ struct server {
      * dataset was let go (eventfd). */
     int wakefd;
     int64_t stop_deadline_ms; /* the loop's */
+    /* The loop's too: since when no request has run, and after how long
+     * idle the heaps are trimmed next (server.c, "the return of memory"). */
+    int64_t idle_since_ms;
+    int64_t trim_after_ms;
 
     /* What the loop and the workers share (server.c, "Threads"). */
     pthread_mutex_t lock;
