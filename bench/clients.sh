@@ -10,7 +10,9 @@
 #       (LARGE_MB) beside its small tree;
 #   (c) hauld under `taskset -c 0` against `taskset -c 0,1`, CORES_N small
 #       pushes (default the largest N): the wall-time ratio says whether
-#       hauld's work uses every core;
+#       hauld's work uses every core, when the clients leave it any;
+#   (c2) the same for VERIFIES (4) verifies at once of VSIZE (512M) each,
+#       work that is hauld's alone;
 #   (d) VERIFY_N (default 100) small pushes alone, then again while
 #       `haul verify` of a snapshot of one SIZE file (default 4G) runs:
 #       the slowdown ratio says whether a long verify holds up the others.
@@ -25,7 +27,8 @@
 # daemon's and its children's), and haul's speed as a ratio of rsync's.
 #
 # Knobs (environment): NS, FILES (50), FILE_KB (4), CONNS (2, haul's -P),
-# LARGE_EVERY (20), LARGE_MB (32), CORES_N, VERIFY_N (100), SIZE (4G),
+# LARGE_EVERY (20), LARGE_MB (32), CORES_N, VERIFIES (4), VSIZE (512M),
+# VERIFY_N (100), SIZE (4G),
 # IDLE (5 s), WORK (where the stores go, default /dev/shm), MEMORY and
 # WORKERS (hauld's --memory and --workers, passed only when this hauld
 # has them), HAULD_ARGS (more hauld options), RSYNC=0 to leave rsync out.
@@ -291,6 +294,42 @@ else
   printf 'taskset -c 0,1  %8.2f s  %s\n' "$t2" "$r2"
   why
   echo "2 cores vs 1: $(awk -v a="$t1" -v b="$t2" 'BEGIN {printf "%.2fx", a / b}') faster (goal: 1.6x or more)"
+fi
+
+# ---- (c2) hauld's own work on one core against two -----------------------------------
+# In (c) the clients share the two cores with hauld and do most of the
+# work, so pinning hauld alone says little. A verify's work is hauld's
+# (it re-reads and hashes the snapshot; its client only reads a result),
+# so VERIFIES verifies at once of snapshots of VSIZE each measure it.
+verifies=${VERIFIES:-4}
+vsize_bytes=$(numfmt --from=iec "${VSIZE:-512M}")
+echo
+echo "(c2) $verifies verifies at once of $(numfmt --to=iec "$vsize_bytes") each, hauld on 1 core against 2"
+if (($(nproc) < 2)); then
+  echo "SKIPPED: one core only"
+elif ((2 * verifies * vsize_bytes + (1 << 30) > $(avail_kb) * 1024)); then
+  echo "SKIPPED: $verifies snapshots of $(numfmt --to=iec "$vsize_bytes") do not fit twice in $WORK"
+else
+  mkdir -p "$work/vbig"
+  head -c "$vsize_bytes" /dev/urandom >"$work/vbig/big.bin"
+  client_cmd() { "$build/haul" verify -q --plaintext "haul://127.0.0.1:$port/w$1"; }
+  for cpus in 0 0,1; do
+    start_hauld "$cpus"
+    # The same content in each dataset: the store links nothing across
+    # datasets, so each verify reads its own copy.
+    for ((i = 0; i < verifies; i++)); do
+      "$build/haul" push -q -P 2 --plaintext "$work/vbig" "haul://127.0.0.1:$port/w$i" >/dev/null
+    done
+    c0=$(cpu_ms "$hauld_pid")
+    t=$(burst "$verifies"); r=$(outcome "$verifies")
+    c1=$(cpu_ms "$hauld_pid")
+    stop_hauld
+    printf 'taskset -c %-4s %8.2f s  %s  (hauld CPU %.2f s)\n' "$cpus" "$t" "$r" "$(awk -v a="$c0" -v b="$c1" 'BEGIN {print (b - a) / 1000}')"
+    if [[ $cpus == 0 ]]; then v1=$t; else v2=$t; fi
+  done
+  rm -rf "$work/vbig"
+  why
+  echo "2 cores vs 1: $(awk -v a="$v1" -v b="$v2" 'BEGIN {printf "%.2fx", a / b}') faster (goal: 1.6x or more)"
 fi
 
 # ---- (d) a long verify beside small pushes --------------------------------------------
