@@ -11,7 +11,7 @@
 #   (c) hauld under `taskset -c 0` against `taskset -c 0,1`, CORES_N small
 #       pushes (default the largest N): the wall-time ratio says whether
 #       hauld's work uses every core, when the clients leave it any;
-#   (c2) the same for VERIFIES (4) verifies at once of VSIZE (512M) each,
+#   (c2) the same for VERIFIES (4) verifies at once of VSIZE (1G) each,
 #       work that is hauld's alone;
 #   (d) VERIFY_N (default 100) small pushes alone, then again while
 #       `haul verify` of a snapshot of one SIZE file (default 4G) runs:
@@ -27,7 +27,7 @@
 # daemon's and its children's), and haul's speed as a ratio of rsync's.
 #
 # Knobs (environment): NS, FILES (50), FILE_KB (4), CONNS (2, haul's -P),
-# LARGE_EVERY (20), LARGE_MB (32), CORES_N, VERIFIES (4), VSIZE (512M),
+# LARGE_EVERY (20), LARGE_MB (32), CORES_N, VERIFIES (4), VSIZE (1G),
 # VERIFY_N (100), SIZE (4G),
 # IDLE (5 s), WORK (where the stores go, default /dev/shm), MEMORY and
 # WORKERS (hauld's --memory and --workers, passed only when this hauld
@@ -302,7 +302,7 @@ fi
 # (it re-reads and hashes the snapshot; its client only reads a result),
 # so VERIFIES verifies at once of snapshots of VSIZE each measure it.
 verifies=${VERIFIES:-4}
-vsize_bytes=$(numfmt --from=iec "${VSIZE:-512M}")
+vsize_bytes=$(numfmt --from=iec "${VSIZE:-1G}")
 echo
 echo "(c2) $verifies verifies at once of $(numfmt --to=iec "$vsize_bytes") each, hauld on 1 core against 2"
 if (($(nproc) < 2)); then
@@ -350,6 +350,8 @@ else
   start_hauld
   "$build/haul" push -q -P 4 --plaintext "$work/big" "haul://127.0.0.1:$port/big" >/dev/null
   rm -rf "$work/big"
+  mode=small
+  client_cmd() { haul_client "$@"; }
   ta=$(burst "$verify_n"); ra=$(outcome "$verify_n")
   v0=$(now)
   "$build/haul" verify -q --plaintext "haul://127.0.0.1:$port/big" >"$work/verify.out" 2>&1 &
