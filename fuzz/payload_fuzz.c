@@ -18,7 +18,7 @@
  *   - HELLO, HELLO_ACK: accepted exactly when the payload is "HAUL";
  *   - ERROR: the text is printable ASCII, NUL-terminated within the
  *     buffer, no longer than the payload, and says what the payload says;
- *     the code is EVERSION or EPROTO.
+ *     the code is EVERSION or ELIMIT when aux says so, EPROTO otherwise.
  *
  * See fuzz/README.md for how to build and run it.
  */
@@ -103,8 +103,9 @@ static void check_error(const haul__frame *f, const uint8_t *p, size_t len)
         size_t size = bufs[k].size;
         memset(text, 0x5a, size);
         int code = haul__error_decode(f, p, len, text, size);
-        REQUIRE(code == HAUL_EPROTO || code == HAUL_EVERSION);
+        REQUIRE(code == HAUL_EPROTO || code == HAUL_EVERSION || code == HAUL_ELIMIT);
         REQUIRE((code == HAUL_EVERSION) == (f->aux == HAUL_EVERSION));
+        REQUIRE((code == HAUL_ELIMIT) == (f->aux == HAUL_ELIMIT));
         size_t n = strnlen(text, size);
         REQUIRE(n < size);
         REQUIRE(n == (len < size - 1 ? len : size - 1));
