@@ -974,9 +974,16 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
         haul__sync_limits_decode(f, s->engine->config.max_message, &lim);
         s->peer_max_message = lim.peer_max_message;
         s->peer_input_queue = lim.peer_input_queue;
-        s->right = s->acked + f->aux;
-        s->peer_wnd = f->aux;
-        post_final(s, &s->cq_slots, HAUL_EV_SESSION_OPEN, 0, 0, 0, f->aux, 0);
+        /* The right edge never moves back. A window update that the
+         * server made after this answer may have overtaken it on another
+         * connection of the pipe (a server under its memory budget
+         * answers with a window of 0 and opens it later): the answer's
+         * edge must not undo it, or the session waits for a window the
+         * server believes it gave. */
+        if (s->acked + f->aux > s->right)
+            s->right = s->acked + f->aux;
+        s->peer_wnd = (uint32_t)(s->right - s->acked);
+        post_final(s, &s->cq_slots, HAUL_EV_SESSION_OPEN, 0, 0, 0, s->peer_wnd, 0);
         /* Our own window for the server's messages, now that we know
          * their size. */
         haul__session_want(s, HAUL__PEND_ACK);
