@@ -532,7 +532,7 @@ typedef struct haul_session_config {
      * HAUL_EQUEUEFULL. Default 64 MiB.
      *
      * Both queues are bounds, and the engine keeps them below their
-     * bound at what the link needs: four round trips of the pipe at the
+     * bound at what the link needs: eight round trips of the pipe at the
      * rate the session carried lately (bytes the peer acknowledged, for
      * the output queue; bytes delivered to this side, for the input
      * queue), but never less than 32 MiB or two of the largest messages,

@@ -185,12 +185,16 @@ static uint64_t inq_cost(const haul_session *s)
  * HAUL__BDP_GAIN, never less than HAUL__QUEUE_FLOOR (nor two of the
  * largest messages), never more than the bound. A session on a short or
  * slow link holds tens of MiB, whatever its bound; one on a long fat link
- * may use all of it. The gain also lets the rate grow: a window of four
- * round trips of what the link carried lets it carry more in the next.
+ * may use all of it. Eight round trips, since on a pipe of many
+ * connections a message waits for its slowest chunk: a loss on one
+ * connection holds up every message behind it for a round trip or more
+ * while the others keep arriving. The gain also lets the rate grow: a
+ * window of eight round trips of what the link carried lets it carry
+ * more in the next.
  * The rate is the most of the recent periods' and decays by an eighth a
  * period, so a pause does not shrink the queues at once.
  */
-#define HAUL__BDP_GAIN 4
+#define HAUL__BDP_GAIN 8
 #define HAUL__QUEUE_FLOOR (32ull << 20)
 #define HAUL__RATE_PERIOD_MS 100
 /* Below this, the round trip of the pipe is its engines' own time: the
