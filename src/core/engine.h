@@ -613,6 +613,9 @@ struct haul_engine {
     /* Test hook: the RTT under which automatic pipes made from now on take
      * their link for local (0: HAUL__AUTO_LOCAL_RTT_US). */
     unsigned debug_auto_local_us;
+    /* Test hook: the round trip the queues are sized for (0: the pipe's;
+     * session.c, "Queues from the bandwidth-delay product"). */
+    unsigned debug_rtt_us;
 };
 
 /* ---- shared internal calls (mu held unless said otherwise) ------------- */

@@ -205,6 +205,8 @@ static uint64_t bdp_bound(const haul_session *s, uint64_t rate, uint64_t unit, u
 {
     uint64_t rtt =
         s->pipe && s->pipe->rtt_us > HAUL__BDP_MIN_RTT_US ? s->pipe->rtt_us : HAUL__BDP_MIN_RTT_US;
+    if (s->engine->debug_rtt_us)
+        rtt = s->engine->debug_rtt_us;
     uint64_t want = rate * rtt / 1000000 * HAUL__BDP_GAIN;
     uint64_t floor = HAUL__QUEUE_FLOOR > 2 * unit ? HAUL__QUEUE_FLOOR : 2 * unit;
     if (want < floor)
