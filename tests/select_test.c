@@ -516,3 +516,25 @@ TEST(entry_too_long_for_a_snapshot_is_no_problem_when_excluded)
     e2e_proc_free(&p);
     e2e_teardown(&env);
 }
+
+TEST(special_file_left_out_by_a_pattern_is_not_warned_about)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char src[PATH_MAX], snap[80];
+    e2e_path(&env, src, "src");
+    e2e_mkdir(src);
+    e2e_file(e2e_at(src, "f"), 10, 1, 0644);
+    CHECK_EQ(mkfifo(e2e_at(src, "pipe"), 0644), 0);
+    e2e_proc p = {0};
+    push_args(&env, &p, src, "ds", (const char *[]){"--exclude", "pipe", NULL}, 0, snap);
+    uint64_t entries, bytes, specials;
+    excluded_counts(&p, &entries, &bytes);
+    CHECK_EQ(entries, 1);
+    CHECK_OK(e2e_json_u64(p.out, "specials", &specials));
+    CHECK_EQ(specials, 0);
+    CHECK(!e2e_contains(p.err, "pipe"));
+    e2e_proc_free(&p);
+    check_snapshot(&env, "ds", snap, strdup("f\n"));
+    e2e_teardown(&env);
+}
