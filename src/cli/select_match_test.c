@@ -365,3 +365,23 @@ TEST(many_double_stars_against_a_deep_path_stay_fast)
     CHECK_LT(now() - t0, 2.0);
     cli_select_free(s);
 }
+
+TEST(exclude_from_dash_reads_standard_input)
+{
+    const char *dir = tmpdir();
+    char file[256];
+    snprintf(file, sizeof(file), "%s/excludes", dir);
+    static const char text[] = "# from stdin\n*.log\n";
+    write_file(file, text, sizeof(text) - 1);
+    CHECK(freopen(file, "r", stdin) != NULL);
+    const char *files[] = {"-"};
+    cli_options opt = {.exclude_files = files, .n_exclude_files = 1};
+    cli_select *s = NULL;
+    char why[512] = "";
+    CHECK_EQ(cli_select_new(&opt, "src", 1, &s, why, sizeof(why)), 0);
+    CHECK(out(s, "var/x.log", &file_st));
+    CHECK(!out(s, "var/x.txt", &file_st));
+    cli_select_free(s);
+    unlink(file);
+    rmdir(dir);
+}
