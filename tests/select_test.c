@@ -395,13 +395,18 @@ TEST(json_counts_what_was_excluded_in_entries_and_bytes)
     CHECK_EQ(bytes, 0);
     e2e_proc_free(&p);
 
-    /* The text summary says it too. */
+    /* The text summary says it too, and -v names each path. */
     char url[512];
-    e2e_haul(&env, &p, CMD_TIMEOUT, "push", "--exclude", "*.o", src, e2e_url(&env, url, "ds3"));
+    e2e_haul(&env, &p, CMD_TIMEOUT, "push", "-v", "--exclude", "*.o", src,
+             e2e_url(&env, url, "ds3"));
     CHECK_EXIT(&p, 0);
-    if (!e2e_contains(p.out, "2 excluded (150 B"))
+    if (!e2e_contains(p.out, "2 excluded (150 B") ||
+        !e2e_contains(p.err, "haul: a.o: excluded\n") ||
+        !e2e_contains(p.err, "haul: lib/x.o: excluded\n"))
         e2e_proc_show(&p);
     CHECK(e2e_contains(p.out, "2 excluded (150 B"));
+    CHECK(e2e_contains(p.err, "haul: a.o: excluded\n"));
+    CHECK(e2e_contains(p.err, "haul: lib/x.o: excluded\n"));
     e2e_proc_free(&p);
     e2e_teardown(&env);
 }

@@ -938,6 +938,18 @@ static void pop_frame(push *p)
     free(fr->offs);
 }
 
+/* Counts an entry the selection left out (or kept empty), and with -v
+ * names it, so that patterns can be checked against a tree. */
+static void count_excluded(push *p, size_t path_len, const struct stat *st, int verdict)
+{
+    p->excluded++;
+    if (S_ISREG(st->st_mode))
+        p->excluded_bytes += (uint64_t)st->st_size;
+    if (p->opt->verbose)
+        warn_path(p->path, path_len, ": %s",
+                  verdict == CLI_SELECT_EMPTY ? "kept empty (another file system)" : "excluded");
+}
+
 /* Asks the selection about an entry; 1 when it is left out (counted).
  * A directory is opened for it (for CACHEDIR.TAG) and, when kept, stays
  * open in se_dirfd for enter_dir(). */
@@ -957,9 +969,7 @@ static int select_out(push *p, frame *fr, const char *name, size_t path_len, con
     }
     if (fd >= 0)
         close(fd);
-    p->excluded++;
-    if (S_ISREG(st->st_mode))
-        p->excluded_bytes += (uint64_t)st->st_size;
+    count_excluded(p, path_len, st, verdict);
     if (verdict == CLI_SELECT_EMPTY) {
         p->se_enter = 0;
         return 0;
@@ -1067,9 +1077,7 @@ static int invalid_but_excluded(push *p, frame *fr, const char *name, size_t nle
     if (fstatat(fr->fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
         cli_select_skip(p->sel, p->path, path_len, &st, -1) != CLI_SELECT_OUT)
         return 0;
-    p->excluded++;
-    if (S_ISREG(st.st_mode))
-        p->excluded_bytes += (uint64_t)st.st_size;
+    count_excluded(p, path_len, &st, CLI_SELECT_OUT);
     return 1;
 }
 
