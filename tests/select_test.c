@@ -478,11 +478,30 @@ TEST(one_file_system_keeps_a_mount_point_empty)
     e2e_teardown(&env);
 }
 
+/* Removes the tree of entry_too_long_...: its paths are beyond PATH_MAX,
+ * which the nftw() of e2e_teardown cannot walk. */
+static void remove_deep(const char *src, const char *dir_name, const char *file_name, int depth)
+{
+    int fds[32];
+    fds[0] = open(src, O_RDONLY | O_DIRECTORY);
+    CHECK(fds[0] >= 0);
+    for (int i = 1; i <= depth; i++) {
+        fds[i] = openat(fds[i - 1], dir_name, O_RDONLY | O_DIRECTORY);
+        CHECK(fds[i] >= 0);
+    }
+    CHECK_EQ(unlinkat(fds[depth], file_name, 0), 0);
+    for (int i = depth; i >= 1; i--) {
+        close(fds[i]);
+        CHECK_EQ(unlinkat(fds[i - 1], dir_name, AT_REMOVEDIR), 0);
+    }
+    close(fds[0]);
+}
+
 TEST(entry_too_long_for_a_snapshot_is_no_problem_when_excluded)
 {
     e2e_env env;
     e2e_setup(&env, 0);
-    char src[PATH_MAX], snap[80], name[256];
+    char src[PATH_MAX], snap[80], name[256], dir_name[256];
     e2e_path(&env, src, "src");
     e2e_mkdir(src);
     /* Sixteen directories of 250-byte names make a path of 4015 bytes;
@@ -490,11 +509,11 @@ TEST(entry_too_long_for_a_snapshot_is_no_problem_when_excluded)
      * the 4096 a snapshot's path may have. */
     int fd = open(src, O_RDONLY | O_DIRECTORY);
     CHECK(fd >= 0);
-    memset(name, 'd', 250);
-    name[250] = '\0';
+    memset(dir_name, 'd', 250);
+    dir_name[250] = '\0';
     for (int i = 0; i < 16; i++) {
-        CHECK_EQ(mkdirat(fd, name, 0755), 0);
-        int sub = openat(fd, name, O_RDONLY | O_DIRECTORY);
+        CHECK_EQ(mkdirat(fd, dir_name, 0755), 0);
+        int sub = openat(fd, dir_name, O_RDONLY | O_DIRECTORY);
         CHECK(sub >= 0);
         close(fd);
         fd = sub;
@@ -519,6 +538,7 @@ TEST(entry_too_long_for_a_snapshot_is_no_problem_when_excluded)
     push_args(&env, &p, src, "ds", NULL, 2, NULL);
     CHECK(e2e_contains(p.err, "longer than 4096"));
     e2e_proc_free(&p);
+    remove_deep(src, dir_name, name, 16);
     e2e_teardown(&env);
 }
 
