@@ -32,6 +32,7 @@
 #include <xxhash.h>
 
 #include "cli/client.h"
+#include "cli/select.h"
 
 /* Files below this size are read whole and packed many to a message. */
 #define SMALL_FILE (64u << 10)
@@ -246,6 +247,11 @@ typedef struct push {
     char se_path[HSP_PATH_MAX + 1];
     char se_target[HSP_PATH_MAX + 1];
     link_map links;
+    /* What is left out (NULL: nothing); the staged directory opened while
+     * asking it (-1: not yet), and whether that directory is entered. */
+    cli_select *sel;
+    int se_dirfd;
+    int se_enter;
 
     /* Entries. */
     uint64_t next_id;
@@ -276,6 +282,9 @@ typedef struct push {
 
     /* What this side saw, beside the server's RESULT. */
     uint64_t entries, files_sent, skipped, specials, problems;
+    /* Entries left out by the selection (a directory counts once), and
+     * the bytes of the regular files among them. */
+    uint64_t excluded, excluded_bytes;
     double start;
 } push;
 
@@ -929,8 +938,47 @@ static void pop_frame(push *p)
     free(fr->offs);
 }
 
+/* Counts an entry the selection left out (or kept empty), and with -v
+ * names it, so that patterns can be checked against a tree. */
+static void count_excluded(push *p, size_t path_len, const struct stat *st, int verdict)
+{
+    p->excluded++;
+    if (S_ISREG(st->st_mode))
+        p->excluded_bytes += (uint64_t)st->st_size;
+    if (p->opt->verbose)
+        warn_path(p->path, path_len, ": %s",
+                  verdict == CLI_SELECT_EMPTY ? "kept empty (another file system)" : "excluded");
+}
+
+/* Asks the selection about an entry; 1 when it is left out (counted).
+ * A directory is opened for it (for CACHEDIR.TAG) and, when kept, stays
+ * open in se_dirfd for enter_dir(). */
+static int select_out(push *p, frame *fr, const char *name, size_t path_len, const struct stat *st)
+{
+    p->se_dirfd = -1;
+    p->se_enter = 1;
+    if (p->sel == NULL)
+        return 0;
+    int fd = -1;
+    if (S_ISDIR(st->st_mode))
+        fd = openat(fr->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int verdict = cli_select_skip(p->sel, p->path, path_len, st, fd);
+    if (verdict == CLI_SELECT_KEEP) {
+        p->se_dirfd = fd;
+        return 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    count_excluded(p, path_len, st, verdict);
+    if (verdict == CLI_SELECT_EMPTY) {
+        p->se_enter = 0;
+        return 0;
+    }
+    return 1;
+}
+
 /* Fills p->se with the entry of a directory entry; returns 1, or 0 when
- * it is skipped (reported). */
+ * it is skipped (reported) or left out by the selection. */
 static int stage_entry(push *p, frame *fr, const char *name, size_t path_len)
 {
     struct stat st;
@@ -941,6 +989,8 @@ static int stage_entry(push *p, frame *fr, const char *name, size_t path_len)
         p->skipped++;
         return 0;
     }
+    if (select_out(p, fr, name, path_len, &st))
+        return 0;
     hsp_entry *e = &p->se;
     memset(e, 0, sizeof(*e));
     memcpy(p->se_path, path, path_len);
@@ -999,8 +1049,11 @@ static int stage_entry(push *p, frame *fr, const char *name, size_t path_len)
 static void enter_dir(push *p, frame *fr, const char *name, size_t path_len)
 {
     /* O_NOFOLLOW: a directory swapped for a symbolic link since it was
-     * listed is not entered. */
-    int fd = openat(fr->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+     * listed is not entered. The selection may have opened it already. */
+    int fd = p->se_dirfd;
+    p->se_dirfd = -1;
+    if (fd < 0)
+        fd = openat(fr->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0 || push_frame(p, fd, path_len + 1) != 0) {
         int err = errno;
         if (fd >= 0)
@@ -1008,6 +1061,24 @@ static void enter_dir(push *p, frame *fr, const char *name, size_t path_len)
         warn_path(p->path, path_len, ": cannot read the directory: %s", strerror(err));
         p->skipped++;
     }
+}
+
+/* Whether an entry whose path cannot be in a snapshot is left out by the
+ * selection anyway (counted): then it is not worth a warning. p->path
+ * has room for the prefix and any name. */
+static int invalid_but_excluded(push *p, frame *fr, const char *name, size_t nlen)
+{
+    if (p->sel == NULL)
+        return 0;
+    struct stat st;
+    size_t path_len = fr->prefix_len + nlen;
+    memcpy(p->path + fr->prefix_len, name, nlen);
+    p->path[path_len] = '\0';
+    if (fstatat(fr->fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+        cli_select_skip(p->sel, p->path, path_len, &st, -1) != CLI_SELECT_OUT)
+        return 0;
+    count_excluded(p, path_len, &st, CLI_SELECT_OUT);
+    return 1;
 }
 
 /* Stages the next entry of the walk; 0 when the walk is over. */
@@ -1022,6 +1093,8 @@ static int walk_next(push *p)
         const char *name = fr->names + fr->offs[fr->i++];
         size_t nlen = strlen(name), path_len = fr->prefix_len + nlen;
         if (path_len > HSP_PATH_MAX) {
+            if (invalid_but_excluded(p, fr, name, nlen))
+                continue;
             warn_path(p->path, fr->prefix_len, ": skipped: %s",
                       "a name in this directory makes a path longer than 4096 bytes");
             p->skipped++;
@@ -1036,7 +1109,7 @@ static int walk_next(push *p)
         }
         if (!stage_entry(p, fr, name, path_len))
             continue;
-        if (p->se.kind == HSP_DIR) {
+        if (p->se.kind == HSP_DIR && p->se_enter) {
             p->path[path_len] = '/';
             enter_dir(p, fr, name, path_len);
         }
@@ -1226,12 +1299,14 @@ static void print_summary(push *p, double secs)
         printf("{\"snapshot\":\"%s\",\"files\":%llu,\"bytes\":%llu,\"bytes_sent\":%llu,"
                "\"bytes_linked\":%llu,\"skipped\":%llu,\"seconds\":%.3f,\"mib_per_s\":%.1f,"
                "\"entries\":%llu,\"files_sent\":%llu,\"specials\":%llu,\"problems\":%llu,"
-               "\"connections\":%u,\"connections_peak\":%u}\n",
+               "\"connections\":%u,\"connections_peak\":%u,"
+               "\"excluded\":{\"entries\":%llu,\"bytes\":%llu}}\n",
                r->snapshot, (unsigned long long)r->files, (unsigned long long)r->bytes,
                (unsigned long long)r->bytes_sent, (unsigned long long)r->bytes_linked,
                (unsigned long long)p->skipped, secs, mibs, (unsigned long long)p->entries,
                (unsigned long long)p->files_sent, (unsigned long long)p->specials,
-               (unsigned long long)p->problems, conns, peak);
+               (unsigned long long)p->problems, conns, peak, (unsigned long long)p->excluded,
+               (unsigned long long)p->excluded_bytes);
         return;
     }
     if (p->opt->verbose && p->opt->connections == HAUL_CONNECTIONS_AUTO)
@@ -1247,6 +1322,12 @@ static void print_summary(push *p, double secs)
            "%.1f MiB/s\n",
            (unsigned long long)r->files, total, sent, linked, (unsigned long long)p->skipped, secs,
            mibs);
+    if (p->sel) {
+        char left[32];
+        cli_human_bytes(p->excluded_bytes, left, sizeof(left));
+        printf("%llu excluded (%s of files; a directory left out counts once)\n",
+               (unsigned long long)p->excluded, left);
+    }
 }
 
 /* Opens SRC_DIR and reads its names before anything goes to the server. */
@@ -1257,6 +1338,17 @@ static int open_source(push *p)
         int err = errno;
         cli_warn("%s: %s", p->src, strerror(err));
         return err == ENOENT || err == ENOTDIR ? CLI_EXIT_USAGE : CLI_EXIT_TRANSFER;
+    }
+    struct stat st;
+    char why[512];
+    if (fstat(p->root, &st) != 0) {
+        cli_warn("%s: %s", p->src, strerror(errno));
+        return CLI_EXIT_TRANSFER;
+    }
+    int rc = cli_select_new(p->opt, p->src, st.st_dev, &p->sel, why, sizeof(why));
+    if (rc != 0) {
+        cli_warn("%s", why);
+        return rc == ENOMEM ? CLI_EXIT_TRANSFER : CLI_EXIT_USAGE;
     }
     p->path[0] = '\0';
     if (push_frame(p, p->root, 0) != 0) {
@@ -1287,6 +1379,7 @@ int cli_push(const cli_options *opt, int argc, char **argv)
     p->opt = opt;
     p->src = argv[0];
     p->root = -1;
+    p->se_dirfd = -1;
     p->start = cli_now();
     size_t nbuf = (size_t)(opt->queue / HSP_MESSAGE_MAX) + 4;
     p->history = calloc(HISTORY_MAX, sizeof(*p->history));
@@ -1354,6 +1447,7 @@ int cli_push(const cli_options *opt, int argc, char **argv)
     free(p->history);
     free(p->stack);
     link_free(&p->links);
+    cli_select_free(p->sel);
     if (p->hash)
         XXH3_freeState(p->hash);
     free(p->readbuf);
