@@ -5,7 +5,9 @@
  * installed shared and static libraries and runs, the installed haul and
  * hauld print their versions, and the installed systemd units pass
  * `systemd-analyze verify` (scripts/verify-units; skipped without
- * systemd-analyze).
+ * systemd-analyze), and the command lines of haul-push@.service, run as
+ * systemd would run them against a real hauld, push and prune as
+ * docs/service.md says.
  *
  * Each test installs the build tree this program belongs to into a fresh
  * temporary prefix, with the compiler and sanitizer flags of that build
@@ -21,6 +23,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "e2e.h"
 
 #include "haul.h"
 
@@ -190,7 +193,7 @@ TEST(pkg_config_finds_the_installed_libhaul)
     CHECK_EQ(
         run(out, sizeof(out), "PKG_CONFIG_PATH='%s' pkg-config --cflags --libs libhaul", pc_dir),
         0);
-    char want[PATH_MAX + 8];
+    char want[PATH_MAX + 32];
     snprintf(want, sizeof(want), "-I%s ", include_dir);
     CHECK(strstr(out, want) != NULL);
     snprintf(want, sizeof(want), "-L%s -lhaul", lib_dir);
@@ -295,4 +298,286 @@ TEST(installed_units_pass_systemd_analyze)
     CHECK_EQ(run(out, sizeof(out), "BUILD_DIR='%s' '%s/scripts/verify-units'", HAUL_BINARY_DIR,
                  HAUL_SOURCE_DIR),
              0);
+}
+
+/* ---- haul-push@.service's command lines -------------------------------------------- */
+
+/* What a unit's command lines may hold: words, variables, values. */
+#define UNIT_WORDS 64
+#define UNIT_VARS 16
+#define UNIT_LINE 2048
+
+typedef struct unit_env {
+    char *name[UNIT_VARS], *value[UNIT_VARS];
+    int n;
+} unit_env;
+
+static const char *unit_getenv(const unit_env *env, const char *name, size_t len)
+{
+    for (int i = 0; i < env->n; i++)
+        if (strlen(env->name[i]) == len && memcmp(env->name[i], name, len) == 0)
+            return env->value[i];
+    return "";
+}
+
+/* Appends a copy of text[0..len) to the words. */
+static void unit_word(char **words, int *n, const char *text, size_t len)
+{
+    CHECK(*n < UNIT_WORDS - 1);
+    CHECK((words[*n] = strndup(text, len)) != NULL);
+    (*n)++;
+}
+
+/*
+ * Splits a command line of a unit into the arguments systemd would give
+ * the program (systemd.service(5), "COMMAND LINES"): words split at
+ * blanks, quotes grouping; then in each word "$$" is a "$" and "${NAME}"
+ * the variable's value, and a word that is "$NAME" alone becomes the
+ * value split at blanks, zero or more words. The units use no other
+ * syntax.
+ */
+static int unit_split(const char *line, const unit_env *env, char **argv)
+{
+    char raw[UNIT_WORDS][UNIT_LINE];
+    int nraw = 0;
+    const char *p = line;
+    for (;;) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p == '\0' || *p == '\n')
+            break;
+        CHECK(nraw < UNIT_WORDS);
+        size_t len = 0;
+        char quote = 0;
+        while (*p != '\0' && *p != '\n' && (quote || (*p != ' ' && *p != '\t'))) {
+            if (quote && *p == quote)
+                quote = 0;
+            else if (!quote && (*p == '\'' || *p == '"'))
+                quote = *p;
+            else {
+                CHECK(len < UNIT_LINE - 1);
+                raw[nraw][len++] = *p;
+            }
+            p++;
+        }
+        CHECK(quote == 0);
+        raw[nraw++][len] = '\0';
+    }
+    int argc = 0;
+    for (int i = 0; i < nraw; i++) {
+        const char *w = raw[i];
+        if (w[0] == '$' && w[1] != '$' && w[1] != '{') {
+            const char *v = unit_getenv(env, w + 1, strlen(w + 1));
+            for (;;) {
+                while (*v == ' ' || *v == '\t')
+                    v++;
+                if (*v == '\0')
+                    break;
+                size_t len = strcspn(v, " \t");
+                unit_word(argv, &argc, v, len);
+                v += len;
+            }
+            continue;
+        }
+        char out[UNIT_LINE];
+        size_t len = 0;
+        for (const char *c = w; *c;) {
+            const char *piece = c;
+            size_t piece_len = 1;
+            if (c[0] == '$' && c[1] == '$') {
+                c += 2;
+            } else if (c[0] == '$' && c[1] == '{') {
+                const char *end = strchr(c, '}');
+                CHECK(end != NULL);
+                piece = unit_getenv(env, c + 2, (size_t)(end - c - 2));
+                piece_len = strlen(piece);
+                c = end + 1;
+            } else {
+                c++;
+            }
+            CHECK(len + piece_len < sizeof(out));
+            memcpy(out + len, piece, piece_len);
+            len += piece_len;
+        }
+        unit_word(argv, &argc, out, len);
+    }
+    argv[argc] = NULL;
+    return argc;
+}
+
+/* Reads a KEY=VALUE file as EnvironmentFile= does (the subset the test
+ * writes: no quotes, no continuation lines). */
+static void unit_read_env(const char *path, unit_env *env)
+{
+    memset(env, 0, sizeof(*env));
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL);
+    char line[UNIT_LINE];
+    while (fgets(line, sizeof(line), f) != NULL) {
+        line[strcspn(line, "\n")] = '\0';
+        char *eq = strchr(line, '=');
+        if (line[0] == '#' || eq == NULL)
+            continue;
+        *eq = '\0';
+        CHECK(env->n < UNIT_VARS);
+        CHECK((env->name[env->n] = strdup(line)) != NULL);
+        CHECK((env->value[env->n] = strdup(eq + 1)) != NULL);
+        env->n++;
+    }
+    fclose(f);
+}
+
+/* Runs argv with the unit's variables added to the environment; returns
+ * its exit status and keeps what it printed in out. */
+static int unit_exec(char **argv, const unit_env *env, char *out, size_t out_len)
+{
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        close(fds[1]);
+        for (int i = 0; i < env->n; i++)
+            setenv(env->name[i], env->value[i], 1);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t len = 0;
+    ssize_t got;
+    char sink[4096];
+    while ((got = read(fds[0], sink, sizeof(sink))) > 0) {
+        size_t keep = (size_t)got < out_len - 1 - len ? (size_t)got : out_len - 1 - len;
+        memcpy(out + len, sink, keep);
+        len += keep;
+    }
+    out[len] = '\0';
+    close(fds[0]);
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    harness_log("%s ... exited %d:\n%s", argv[0], WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                out);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* The value of the first `key=` line of a unit file, with the unit's
+ * specifiers %i (the instance) replaced. */
+static void unit_line(const char *unit, const char *key, const char *instance, char *out)
+{
+    FILE *f = fopen(unit, "r");
+    CHECK(f != NULL);
+    char line[UNIT_LINE];
+    size_t key_len = strlen(key);
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f) != NULL)
+        found = strncmp(line, key, key_len) == 0 && line[key_len] == '=';
+    fclose(f);
+    CHECK(found);
+    size_t len = 0;
+    for (const char *c = line + key_len + 1; *c && *c != '\n'; c++) {
+        const char *piece = c;
+        size_t piece_len = 1;
+        if (c[0] == '%' && c[1] == 'i') {
+            piece = instance;
+            piece_len = strlen(instance);
+            c++;
+        }
+        CHECK(len + piece_len < UNIT_LINE);
+        memcpy(out + len, piece, piece_len);
+        len += piece_len;
+    }
+    out[len] = '\0';
+}
+
+/*
+ * Starts haul-push@NAME.service as systemd would: the variables of its
+ * EnvironmentFile= (here read from conf, since the installed unit names
+ * /etc/haul), ExecStart=, and, when that ended with 0 or a status of
+ * SuccessExitStatus= (2), ExecStartPost=. Returns the status of the last
+ * command run.
+ */
+static int run_push_unit(const char *conf, const char *name)
+{
+    char unit[PATH_MAX], line[UNIT_LINE], out[OUTPUT_MAX];
+    char *argv[UNIT_WORDS];
+    unit_env env;
+    installed(unit, HAUL_SYSTEMD_UNIT_DIR, "haul-push@.service");
+    unit_line(unit, "SuccessExitStatus", name, line);
+    CHECK_STR_EQ(line, "2");
+    unit_read_env(conf, &env);
+    unit_line(unit, "ExecStart", name, line);
+    unit_split(line, &env, argv);
+    int status = unit_exec(argv, &env, out, sizeof(out));
+    for (int i = 0; argv[i]; i++)
+        free(argv[i]);
+    if (status == 0 || status == 2) {
+        unit_line(unit, "ExecStartPost", name, line);
+        unit_split(line, &env, argv);
+        status = unit_exec(argv, &env, out, sizeof(out));
+        for (int i = 0; argv[i]; i++)
+            free(argv[i]);
+    }
+    for (int i = 0; i < env.n; i++) {
+        free(env.name[i]);
+        free(env.value[i]);
+    }
+    return status;
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    CHECK(fputs(text, f) >= 0);
+    CHECK(fclose(f) == 0);
+}
+
+TEST(push_unit_pushes_then_prunes_to_keep)
+{
+    install();
+    e2e_env env;
+    e2e_setup(&env, E2E_NO_SERVER);
+    /* The principal of a --plaintext client may prune. */
+    char server_conf[PATH_MAX], conf[PATH_MAX], source[PATH_MAX], text[2 * PATH_MAX];
+    e2e_join(server_conf, env.dir, "hauld.conf");
+    write_text(server_conf, "[principal default]\nrights = all\n");
+    env.server_args[0] = "--config";
+    env.server_args[1] = server_conf;
+    e2e_start_server(&env);
+
+    /* A blank in SOURCE stays in one argument; CONNECT_ARGS and HAUL_ARGS
+     * are split, and HAUL_ARGS goes to the push alone (prune refuses
+     * --takeover). */
+    e2e_join(source, env.dir, "the tree");
+    e2e_mkdir(source);
+    e2e_file(e2e_at(source, "file"), 1000, 1, 0644);
+    e2e_join(conf, env.dir, "job.conf");
+    const char *base = "SOURCE=%s\nURL=%s/job\n# options\nCONNECT_ARGS=--plaintext "
+                       "--timeout 30\nHAUL_ARGS=--takeover -q\n";
+    snprintf(text, sizeof(text), base, source, env.url);
+    write_text(conf, text);
+
+    /* Without KEEP, nothing is pruned. */
+    CHECK_EQ(run_push_unit(conf, "job"), 0);
+    CHECK_EQ(run_push_unit(conf, "job"), 0);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "job"), 2);
+
+    /* A KEEP of 0 would delete every snapshot: refused after the push. */
+    snprintf(text, sizeof(text), "%sKEEP=0\n", base);
+    char with_keep[2 * PATH_MAX];
+    snprintf(with_keep, sizeof(with_keep), text, source, env.url);
+    write_text(conf, with_keep);
+    CHECK_EQ(run_push_unit(conf, "job"), 1);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "job"), 3);
+
+    /* KEEP=2: a push, then the dataset keeps its two newest. */
+    snprintf(text, sizeof(text), "%sKEEP=2\n", base);
+    snprintf(with_keep, sizeof(with_keep), text, source, env.url);
+    write_text(conf, with_keep);
+    CHECK_EQ(run_push_unit(conf, "job"), 0);
+    CHECK_EQ(e2e_snapshot_count(&env, "default", "job"), 2);
+    e2e_teardown(&env);
 }
