@@ -177,6 +177,29 @@ TEST(install_puts_every_file_in_place)
     CHECK(strstr(out, installed(path, HAUL_INSTALL_SBINDIR, "hauld")) != NULL);
 }
 
+TEST(destdir_install_names_the_final_prefix)
+{
+    /* A package is built with DESTDIR: the files land below it, and what
+     * they say about where things are names the prefix alone. */
+    install();
+    char root[PATH_MAX], path[PATH_MAX], out[OUTPUT_MAX];
+    pathf(root, "%s/root", prefix);
+    CHECK_EQ(run(NULL, 0, "DESTDIR='%s' '%s' --install '%s' --prefix /opt/haul", root,
+                 HAUL_TEST_CMAKE, HAUL_BINARY_DIR),
+             0);
+    const char *pc = HAUL_INSTALL_LIBDIR "/pkgconfig/libhaul.pc";
+    pathf(path, "%s/opt/haul/%s", root, pc);
+    CHECK_EQ(run(out, sizeof(out), "grep '^prefix=' '%s'", path), 0);
+    CHECK_STR_EQ(out, "prefix=/opt/haul\n");
+    if (HAUL_SYSTEMD_UNIT_DIR[0] == '/')
+        pathf(path, "%s%s/hauld.service", root, HAUL_SYSTEMD_UNIT_DIR);
+    else
+        pathf(path, "%s/opt/haul/%s/hauld.service", root, HAUL_SYSTEMD_UNIT_DIR);
+    CHECK_EQ(run(out, sizeof(out), "grep '^ExecStart=' '%s'", path), 0);
+    pathf(path, "ExecStart=/opt/haul/%s/hauld --config ", HAUL_INSTALL_SBINDIR);
+    CHECK(strncmp(out, path, strlen(path)) == 0);
+}
+
 TEST(pkg_config_finds_the_installed_libhaul)
 {
     install();
