@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -321,6 +322,57 @@ TEST(installed_units_pass_systemd_analyze)
     CHECK_EQ(run(out, sizeof(out), "BUILD_DIR='%s' '%s/scripts/verify-units'", HAUL_BINARY_DIR,
                  HAUL_SOURCE_DIR),
              0);
+}
+
+TEST(example_hauld_conf_starts_hauld)
+{
+    /* The example hauld.service's configuration is made from, with its
+     * paths moved into the prefix: hauld accepts every key and starts. */
+    install();
+    char haul[PATH_MAX], hauld[PATH_MAX], example[PATH_MAX], conf[PATH_MAX], out[OUTPUT_MAX];
+    installed(haul, HAUL_INSTALL_BINDIR, "haul");
+    installed(hauld, HAUL_INSTALL_SBINDIR, "hauld");
+    installed(example, HAUL_INSTALL_DOCDIR, "examples/hauld.conf");
+    pathf(conf, "%s/hauld.conf", prefix);
+    CHECK_EQ(run(out, sizeof(out),
+                 "cd '%s' && '%s' cert ca ca && '%s' cert server etc backup.example --ca ca && "
+                 "cp ca/ca.crt etc/ && mkdir store",
+                 prefix, haul, haul),
+             0);
+    CHECK_EQ(run(out, sizeof(out),
+                 "sed -e 's|%s/|%s/etc/|' -e 's|^store = .*|store = %s/store|' "
+                 "-e 's|^listen = .*|listen = 127.0.0.1:0|' '%s' > '%s'",
+                 HAUL_TEST_CONFIG_DIR, prefix, prefix, example, conf),
+             0);
+
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        close(fds[1]);
+        execl(hauld, hauld, "--config", conf, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    /* hauld says on stdout that it listens once it is ready, or ends. */
+    out[0] = '\0';
+    size_t len = 0;
+    ssize_t got;
+    while (len < sizeof(out) - 1 && !strstr(out, "hauld: listening on ") &&
+           (got = read(fds[0], out + len, sizeof(out) - 1 - len)) > 0) {
+        len += (size_t)got;
+        out[len] = '\0';
+    }
+    close(fds[0]);
+    int listening = strstr(out, "hauld: listening on ") != NULL;
+    kill(pid, SIGTERM);
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(listening);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 /* ---- haul-push@.service's command lines -------------------------------------------- */
