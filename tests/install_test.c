@@ -1,9 +1,10 @@
 /*
  * install_test.c - what `cmake --install` puts where, and that it can be
- * used: the files are there, pkg-config finds libhaul with the installed
- * libhaul.pc, a program that includes <haul.h> builds against the
- * installed shared and static libraries and runs, the installed haul and
- * hauld print their versions, and the installed systemd units pass
+ * used: the files are there, a DESTDIR install names the final prefix,
+ * pkg-config finds libhaul with the installed libhaul.pc, a program that
+ * includes <haul.h> builds against the installed shared and static
+ * libraries and runs, the installed haul and hauld print their versions,
+ * hauld starts with the example hauld.conf, the installed systemd units pass
  * `systemd-analyze verify` (scripts/verify-units; skipped without
  * systemd-analyze), and the command lines of haul-push@.service, run as
  * systemd would run them against a real hauld, push and prune as
