@@ -6,8 +6,11 @@
 #   cmake -DGIT=git -DSOURCE=DIR -DOUTPUT=FILE -P git-describe.cmake
 set(describe "")
 if(GIT)
+    # GIT_OPTIONAL_LOCKS=0: --dirty refreshes the index, and must not hold
+    # its lock against a git command the developer runs meanwhile.
     execute_process(
-        COMMAND ${GIT} -C ${SOURCE} describe --always --dirty --tags
+        COMMAND ${CMAKE_COMMAND} -E env GIT_OPTIONAL_LOCKS=0
+                ${GIT} -C ${SOURCE} describe --always --dirty --tags
         OUTPUT_VARIABLE describe
         OUTPUT_STRIP_TRAILING_WHITESPACE
         ERROR_QUIET
