@@ -36,6 +36,7 @@
 
 #include "cli/cert.h"
 #include "cli/client.h"
+#include "version/version.h"
 
 /* -P auto: the pipe chooses its count (HAUL_CONNECTIONS_AUTO). */
 #define DEFAULT_CONNECTIONS HAUL_CONNECTIONS_AUTO
@@ -159,6 +160,7 @@ static void usage(FILE *f)
     for (size_t i = 0; i < NCOMMANDS; i++)
         fprintf(f, "  haul %s\n", commands[i].synopsis);
     fprintf(f, "  haul cert ca|server|client|revoke|show ...  (see haul cert --help)\n");
+    fprintf(f, "  haul --version  (the versions of haul and its libraries)\n");
     fprintf(f,
             "\nURLs: haul://HOST:PORT/DATASET, haul://[IPV6]:PORT/DATASET,\n"
             "      haul://unix:/path/to/socket/DATASET (the dataset is the last component)\n\n"
@@ -462,9 +464,8 @@ int main(int argc, char **argv)
             help = 1;
             break;
         case 'V':
-            printf("haul %d.%d.%d (protocol %d, storage protocol %s)\n", HAUL_VERSION_MAJOR,
-                   HAUL_VERSION_MINOR, HAUL_VERSION_PATCH, HAUL_PROTOCOL_VERSION, HSP_MAGIC);
-            return CLI_EXIT_OK;
+            version_print(stdout, "haul");
+            return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_TRANSFER;
         default:
             fprintf(stderr, "Try 'haul --help'.\n");
             return CLI_EXIT_USAGE;
