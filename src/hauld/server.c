@@ -34,6 +34,10 @@
  * that session meanwhile would leave the event pointing at freed memory.
  * haul_session_free() withdraws the events not yet taken.
  *
+ * The metrics responder (metrics.c, --metrics) runs on a thread of its
+ * own and takes no lock of the server's: the loop and the workers count
+ * with atomics (metrics_*), which it reads.
+ *
  * Lock order: srv->lock, then the pool's lock (workers_post), then the
  * engine's (any haul_ call). Neither the pool nor the engine calls hauld
  * back under their locks, but for release_buffer (free() only) and the
