@@ -8,6 +8,8 @@
  *         [--timeout SECONDS] [--handshake-timeout SECONDS] [--max-handshakes N]
  *         [--keepalive MS] [--idle-timeout MS] [--workers N] [--memory BYTES]
  *         [--log-level error|warn|info|debug]
+ *         [--metrics ADDRESS [--metrics-timeout MS] [--metrics-connections N]
+ *          [--metrics-principals N]]
  *
  * Every connection is mutual TLS 1.3 and a client's namespace is the
  * principal of its certificate; plain TCP only with an explicit
@@ -115,6 +117,10 @@ enum {
     OPT_CEPH_ID,
     OPT_WORKERS,
     OPT_MEMORY,
+    OPT_METRICS,
+    OPT_METRICS_TIMEOUT,
+    OPT_METRICS_CONNECTIONS,
+    OPT_METRICS_PRINCIPALS,
     OPT_COUNT_,
     OPT_HELP = 'h',
     OPT_VERSION = 'V',
@@ -143,6 +149,10 @@ static const struct option long_options[] = {
     {"ceph-id", required_argument, NULL, OPT_CEPH_ID},
     {"workers", required_argument, NULL, OPT_WORKERS},
     {"memory", required_argument, NULL, OPT_MEMORY},
+    {"metrics", required_argument, NULL, OPT_METRICS},
+    {"metrics-timeout", required_argument, NULL, OPT_METRICS_TIMEOUT},
+    {"metrics-connections", required_argument, NULL, OPT_METRICS_CONNECTIONS},
+    {"metrics-principals", required_argument, NULL, OPT_METRICS_PRINCIPALS},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -209,6 +219,15 @@ static void usage(FILE *f)
                "  --timeout SECONDS       message timeout, and how long a shutdown\n"
                "                          waits for running requests (default 60)\n"
                "  --log-level LEVEL       error, warn, info (default) or debug\n"
+               "  --metrics ADDRESS       serve Prometheus metrics at GET /metrics on\n"
+               "                          HOST:PORT, [V6]:PORT or :PORT (default: off);\n"
+               "                          plain HTTP, no authentication\n"
+               "  --metrics-timeout MS    a scraper's whole exchange, then it is closed\n"
+               "                          (default 10000)\n"
+               "  --metrics-connections N scrapers at once (default 16)\n"
+               "  --metrics-principals N  principals with series of their own; the\n"
+               "                          others count as principal=\"other\" (default\n"
+               "                          1000)\n"
                "\n"
                "SIGHUP: reload the TLS files (for new connections; sessions go on).\n"
                "SIGTERM or SIGINT: refuse new requests, let running ones end (up to\n"
@@ -419,6 +438,10 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
     cfg->queue = SERVER_QUEUE_DEFAULT;
     cfg->memory = SERVER_MEMORY_DEFAULT;
     cfg->idle_timeout_ms = defaults.idle_timeout_ms;
+    cfg->metrics = VALUE(o, OPT_METRICS);
+    cfg->metrics_timeout_ms = METRICS_TIMEOUT_DEFAULT;
+    cfg->metrics_connections = METRICS_CONNECTIONS_DEFAULT;
+    cfg->metrics_principals = METRICS_PRINCIPALS_DEFAULT;
     if (cfg->listen == NULL || cfg->store == NULL) {
         fprintf(stderr, "hauld: --listen and --store are required\n");
         usage(stderr);
@@ -476,6 +499,18 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
                 VALUE(o, OPT_MEMORY));
         return -1;
     }
+    if (VALUE(o, OPT_METRICS_TIMEOUT) &&
+        parse_unsigned("metrics-timeout", VALUE(o, OPT_METRICS_TIMEOUT), METRICS_TIMEOUT_MIN,
+                       METRICS_TIMEOUT_MAX, &cfg->metrics_timeout_ms) < 0)
+        return -1;
+    if (VALUE(o, OPT_METRICS_CONNECTIONS) &&
+        parse_unsigned("metrics-connections", VALUE(o, OPT_METRICS_CONNECTIONS), 1,
+                       METRICS_CONNECTIONS_MAX, &cfg->metrics_connections) < 0)
+        return -1;
+    if (VALUE(o, OPT_METRICS_PRINCIPALS) &&
+        parse_unsigned("metrics-principals", VALUE(o, OPT_METRICS_PRINCIPALS), 0,
+                       METRICS_PRINCIPALS_MAX, &cfg->metrics_principals) < 0)
+        return -1;
     if (cfg->keepalive_ms && cfg->idle_timeout_ms && cfg->keepalive_ms >= cfg->idle_timeout_ms) {
         fprintf(stderr, "hauld: --keepalive (%u ms) must be below --idle-timeout (%u ms)\n",
                 cfg->keepalive_ms, cfg->idle_timeout_ms);

@@ -603,7 +603,10 @@ static void push_commit(request *r, push *p)
 {
     store_err why;
     char id[HSP_SNAPSHOT_MAX + 1] = "";
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     int rc = store_push_commit(p->sp, p->files, p->bytes, id, commit_problem, p, &why);
+    metrics_commit_observed(r->srv->metrics, seconds_since(&t0));
     if (rc < 0) {
         store_failed(r, p, rc, &why);
         return;

@@ -34,6 +34,10 @@
  * that session meanwhile would leave the event pointing at freed memory.
  * haul_session_free() withdraws the events not yet taken.
  *
+ * The metrics responder (metrics.c, --metrics) runs on a thread of its
+ * own and takes no lock of the server's: the loop and the workers count
+ * with atomics (metrics_*), which it reads.
+ *
  * Lock order: srv->lock, then the pool's lock (workers_post), then the
  * engine's (any haul_ call). Neither the pool nor the engine calls hauld
  * back under their locks, but for release_buffer (free() only) and the
@@ -180,6 +184,11 @@ static void request_end(request *r)
     if (r->waiting)
         srv->nwaiting--;
     haul_session_free(r->session);
+    metrics_session_closed(srv->metrics);
+    metrics_request_ended(srv->metrics, r->req.op,
+                          r->refused                                   ? METRICS_REFUSED
+                          : r->result_written && r->result_status == 0 ? METRICS_OK
+                                                                       : METRICS_ERROR);
     int last = srv->nrequests == 0;
     if (last)
         pthread_cond_broadcast(&srv->idle);
@@ -206,8 +215,11 @@ void request_abort(request *r, const char *fmt, ...)
 int request_recv(request *r, haul_message **m)
 {
     int rc = haul_recv(r->session, m);
-    if (rc == 0)
+    if (rc == 0) {
+        if (r->traffic)
+            metrics_received(r->traffic, haul_message_len(*m));
         return 1;
+    }
     return rc == HAUL_EAGAIN ? 0 : -1;
 }
 
@@ -249,8 +261,11 @@ static void out_drop(request *r, int rc)
 static int out_send(request *r, uint8_t *buf, size_t len)
 {
     int rc = haul_send_buffer(r->session, buf, len, release_buffer, NULL, r->tag++);
-    if (rc == 0)
+    if (rc == 0) {
         r->messages_out++;
+        if (r->traffic)
+            metrics_sent(r->traffic, len);
+    }
     return rc;
 }
 
@@ -355,6 +370,10 @@ void request_result(request *r, int status, const char *snapshot, uint64_t files
      * hand it NULL. */
     if (snapshot == NULL)
         snapshot = "";
+    r->result_written = 1;
+    r->result_status = status;
+    if (r->req.op == HSP_VERIFY)
+        metrics_verify_observed(r->srv->metrics, (double)(now_ms() - r->accepted_ms) / 1000.0);
     size_t body = 40 + strlen(snapshot) + strlen(text);
     if (out_room(r, body) == 0)
         hsp_put_result(&r->w, status, snapshot, files, bytes, bytes_sent, bytes_linked, text);
@@ -586,6 +605,10 @@ static void answer(request *r)
         reason = srv->stopping ? HSP_R_SHUTTING_DOWN : authorize_locked(srv, r);
         server_unlock(srv);
     }
+    /* Only principals allowed in get series of their own: a client that
+     * names a new principal in each request takes none. */
+    if (reason == 0 && r->traffic == NULL)
+        r->traffic = metrics_principal_get(srv->metrics, r->principal);
     if (reason == 0)
         reason = open_request(r);
     if ((reason == HSP_R_BUSY && r->busy_connected) || reason == REQUEST_WAIT_TAKEOVER) {
@@ -626,6 +649,7 @@ static void answer(request *r)
         server_lock(srv);
         r->counted = 0;
         server_unlock(srv);
+        r->refused = 1;
         r->ended = 1;
         return;
     }
@@ -638,6 +662,7 @@ static void answer(request *r)
     }
     request_log(r, HAUL_LOG_INFO, "accepted");
     r->accepted = 1;
+    r->accepted_ms = now_ms();
     r->wants = 1;
     if (r->req.op == HSP_PUSH)
         push_start(r);
@@ -672,6 +697,7 @@ static void on_request_locked(server *srv, haul_session *s)
         srv->requests->prev = r;
     srv->requests = r;
     srv->nrequests++;
+    metrics_session_opened(srv->metrics);
     haul_session_set_data(s, r);
     post(r, NOTE_ANSWER);
 }
@@ -1052,6 +1078,12 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
         fprintf(stderr, "hauld: cannot make an event descriptor: %s\n", strerror(errno));
         return -1;
     }
+    /* Counted whether or not they are served: the counting costs an
+     * atomic addition per message and request. */
+    if (metrics_new(&srv->metrics, cfg->metrics_principals) != 0) {
+        fprintf(stderr, "hauld: out of memory for the metrics\n");
+        return -1;
+    }
 
     char err[512];
     auth_init(&srv->auth);
@@ -1201,6 +1233,26 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
                   "listening on %s in PLAINTEXT: no authentication, no encryption "
                   "(--plaintext); every client names its own principal",
                   address);
+    if (cfg->metrics) {
+        metrics_config mc = {
+            .address = cfg->metrics,
+            .timeout_ms = cfg->metrics_timeout_ms,
+            .max_connections = cfg->metrics_connections,
+            .engine = srv->engine,
+            .pool = srv->pool,
+            .workers = nworkers,
+            .memory_budget = ec.memory,
+        };
+        char why[256], at[300];
+        if (metrics_start(srv->metrics, &mc, at, sizeof(at), why, sizeof(why)) < 0) {
+            fprintf(stderr, "hauld: cannot serve the metrics on %s: %s\n", cfg->metrics, why);
+            return -1;
+        }
+        hauld_log(HAUL_LOG_INFO,
+                  "serving metrics on http://%s/metrics (at most %u scrapers at once, %u ms "
+                  "each; bytes counted for %u principals)",
+                  at, cfg->metrics_connections, cfg->metrics_timeout_ms, cfg->metrics_principals);
+    }
     /* Before the line that tells the world hauld listens. */
     apply_limits(srv, NULL);
     if (cfg->config)
@@ -1325,6 +1377,8 @@ int server_run(server *srv)
 
 void server_fini(server *srv)
 {
+    /* The responder reads the engine and the pool: it stops first. */
+    metrics_stop(srv->metrics);
     if (srv->pool) {
         end_all(srv, "the server is stopping");
         workers_stop(srv->pool);
@@ -1344,6 +1398,8 @@ void server_fini(server *srv)
     if (srv->wakefd >= 0)
         close(srv->wakefd);
     srv->wakefd = -1;
+    metrics_free(srv->metrics);
+    srv->metrics = NULL;
     pthread_cond_destroy(&srv->idle);
     pthread_mutex_destroy(&srv->lock);
 }

@@ -31,6 +31,7 @@
 
 #include "haul.h"
 #include "hauld/auth.h"
+#include "hauld/metrics.h"
 #include "hauld/workers.h"
 #include "proto/store.h"
 #include "store/store.h"
@@ -95,6 +96,12 @@ typedef struct server_config {
     uint64_t memory;
     /* Mutual TLS (all NULL with --plaintext). */
     const char *tls_cert, *tls_key, *tls_ca, *tls_crl;
+    /* Where the metrics are served (--metrics; NULL: not served), and the
+     * responder's bounds (metrics.h). */
+    const char *metrics;
+    unsigned metrics_timeout_ms;
+    unsigned metrics_connections;
+    unsigned metrics_principals;
 } server_config;
 
 typedef struct server server;
@@ -162,6 +169,14 @@ struct request {
     uint64_t tag;
     uint64_t messages_out;
     char why[512]; /* the reason of an abort, for the log */
+    /* What the metrics count of it: its principal's counters of bytes
+     * (once authorized; NULL before), whether its session was refused,
+     * the status of the RESULT it wrote, and when it was accepted. */
+    metrics_principal *traffic;
+    int refused;
+    int result_written;
+    int result_status;
+    int64_t accepted_ms;
     /* It may wait to be answered until then (server.c, "requests that
      * wait"); takeover_waits: the bound is a take-over's. */
     int64_t wait_limit_ms;
@@ -201,6 +216,9 @@ struct request {
 struct server {
     server_config cfg;
     haul_engine *engine;
+    /* What hauld counts (metrics.h): updated by the loop and the workers
+     * with atomics, read by the metrics responder's thread. */
+    metrics *metrics;
     store *store; /* where the snapshots are kept (store/store.h) */
     workers *pool;
     int sigfd;
