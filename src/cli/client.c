@@ -79,8 +79,7 @@ static size_t utf8_len(const unsigned char *p, size_t left)
     return n;
 }
 
-/* Escapes a path into out (at least 4 * len + 1 bytes); returns the length. */
-static size_t escape_path(const char *path, size_t len, char *out)
+size_t cli_escape_path(const char *path, size_t len, char *out)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)path;
@@ -119,7 +118,7 @@ void cli_put_path(FILE *f, const char *path, size_t len)
     char *out = 4 * len + 1 <= sizeof(stack) ? stack : malloc(4 * len + 1);
     if (out == NULL)
         return;
-    size_t n = escape_path(path, len, out);
+    size_t n = cli_escape_path(path, len, out);
     fwrite(out, 1, n, f);
     if (out != stack)
         free(out);
@@ -131,7 +130,7 @@ void cli_put_json_path(FILE *f, const char *path, size_t len)
     char *out = 4 * len + 1 <= sizeof(stack) ? stack : malloc(4 * len + 1);
     if (out == NULL)
         return;
-    size_t n = escape_path(path, len, out);
+    size_t n = cli_escape_path(path, len, out);
     /* The escaped form holds printable ASCII and valid UTF-8 only: JSON
      * needs just its quotes and backslashes escaped. */
     fputc('"', f);

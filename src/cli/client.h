@@ -159,6 +159,10 @@ int cli_result_status(cli_client *c, const char *what);
 void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Seconds on a monotonic clock. */
 double cli_now(void);
+/* Escapes a path as cli_put_path writes it into out (at least 4 * len + 1
+ * bytes): printable ASCII and valid UTF-8 stay, a backslash becomes "\\",
+ * any other byte \xNN. Returns the length (out is NUL terminated). */
+size_t cli_escape_path(const char *path, size_t len, char *out);
 /* Writes a path with backslash as "\\" and every byte that is not
  * printable ASCII or part of valid UTF-8 as \xNN. */
 void cli_put_path(FILE *f, const char *path, size_t len);
