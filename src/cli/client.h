@@ -53,6 +53,15 @@ typedef struct cli_options {
     unsigned keep; /* --keep: prune keeps this many of the newest snapshots */
     int keep_set;
     int takeover; /* --takeover: push ends the dataset's running push of ours */
+    /* What push leaves out (select.h): --exclude patterns and
+     * --exclude-from files in the order given, --exclude-caches,
+     * --one-file-system. */
+    const char **excludes;
+    size_t n_excludes;
+    const char **exclude_files;
+    size_t n_exclude_files;
+    int exclude_caches;
+    int one_file_system;
 } cli_options;
 
 /* A parsed haul://HOST:PORT[/DATASET[@SNAPSHOT]] or

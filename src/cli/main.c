@@ -82,6 +82,14 @@ static const char options_help[] =
     "                        principal, even if its client still looks connected\n"
     "                        (one whose client is gone ends by itself), and\n"
     "                        resume from what it sent\n"
+    "      --exclude PATTERN push: leave out what PATTERN matches (repeatable):\n"
+    "                        * ? [...] within a name, ** across directories; no '/'\n"
+    "                        or an inner '/': at any depth; a leading '/': from\n"
+    "                        SRC_DIR only; a trailing '/': directories only\n"
+    "      --exclude-from FILE  push: patterns from FILE, one a line ('#': comment)\n"
+    "      --exclude-caches  push: leave out directories tagged with CACHEDIR.TAG\n"
+    "  -x, --one-file-system  push: do not descend into other file systems (their\n"
+    "                        mount points are kept, empty)\n"
     "  -h, --help            this help (haul CMD --help: the subcommand's)\n";
 
 static const char exit_help[] = "Exit status:\n"
@@ -267,6 +275,9 @@ static int tls_options(cli_options *opt, char *principal, char *ca, char *crt, c
     return 0;
 }
 
+/* Long options without a short form, beyond any character. */
+enum { OPT_EXCLUDE = 0x200, OPT_EXCLUDE_FROM, OPT_EXCLUDE_CACHES };
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -288,6 +299,10 @@ int main(int argc, char **argv)
         {"time", required_argument, NULL, 't'},
         {"keep", required_argument, NULL, 'k'},
         {"takeover", no_argument, NULL, 'O'},
+        {"exclude", required_argument, NULL, OPT_EXCLUDE},
+        {"exclude-from", required_argument, NULL, OPT_EXCLUDE_FROM},
+        {"exclude-caches", no_argument, NULL, OPT_EXCLUDE_CACHES},
+        {"one-file-system", no_argument, NULL, 'x'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -306,13 +321,24 @@ int main(int argc, char **argv)
     const char *env = getenv("HAUL_PRINCIPAL");
     opt.principal = env && *env ? env : NULL;
     int help = 0;
+    /* At most one pattern or file per argument; static, so that they stay
+     * reachable until the process ends. */
+    static const char **excludes, **exclude_files;
+    excludes = calloc((size_t)argc, sizeof(*excludes));
+    exclude_files = calloc((size_t)argc, sizeof(*exclude_files));
+    if (excludes == NULL || exclude_files == NULL) {
+        cli_warn("out of memory");
+        return CLI_EXIT_TRANSFER;
+    }
+    opt.excludes = excludes;
+    opt.exclude_files = exclude_files;
 
     /* haul cert has options of its own and opens no session. */
     if (argc >= 2 && strcmp(argv[1], "cert") == 0)
         return cli_cert(argc - 1, argv + 1);
 
     int ch;
-    while ((ch = getopt_long(argc, argv, "P:qvt:h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "P:qvt:xh", longopts, NULL)) != -1) {
         char *end;
         switch (ch) {
         case 'P': {
@@ -417,6 +443,18 @@ int main(int argc, char **argv)
         case 'O':
             opt.takeover = 1;
             break;
+        case OPT_EXCLUDE:
+            excludes[opt.n_excludes++] = optarg;
+            break;
+        case OPT_EXCLUDE_FROM:
+            exclude_files[opt.n_exclude_files++] = optarg;
+            break;
+        case OPT_EXCLUDE_CACHES:
+            opt.exclude_caches = 1;
+            break;
+        case 'x':
+            opt.one_file_system = 1;
+            break;
         case 'h':
             help = 1;
             break;
@@ -466,6 +504,12 @@ int main(int argc, char **argv)
     }
     if (opt.takeover && cmd->run != cli_push) {
         cli_warn("--takeover applies to push only");
+        return CLI_EXIT_USAGE;
+    }
+    if ((opt.n_excludes || opt.n_exclude_files || opt.exclude_caches || opt.one_file_system) &&
+        cmd->run != cli_push) {
+        cli_warn("--exclude, --exclude-from, --exclude-caches and --one-file-system apply to "
+                 "push only");
         return CLI_EXIT_USAGE;
     }
     if (opt.keepalive_ms && opt.idle_timeout_ms && opt.keepalive_ms >= opt.idle_timeout_ms) {

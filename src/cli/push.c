@@ -32,6 +32,7 @@
 #include <xxhash.h>
 
 #include "cli/client.h"
+#include "cli/select.h"
 
 /* Files below this size are read whole and packed many to a message. */
 #define SMALL_FILE (64u << 10)
@@ -246,6 +247,11 @@ typedef struct push {
     char se_path[HSP_PATH_MAX + 1];
     char se_target[HSP_PATH_MAX + 1];
     link_map links;
+    /* What is left out (NULL: nothing); the staged directory opened while
+     * asking it (-1: not yet), and whether that directory is entered. */
+    cli_select *sel;
+    int se_dirfd;
+    int se_enter;
 
     /* Entries. */
     uint64_t next_id;
@@ -276,6 +282,9 @@ typedef struct push {
 
     /* What this side saw, beside the server's RESULT. */
     uint64_t entries, files_sent, skipped, specials, problems;
+    /* Entries left out by the selection (a directory counts once), and
+     * the bytes of the regular files among them. */
+    uint64_t excluded, excluded_bytes;
     double start;
 } push;
 
@@ -929,8 +938,37 @@ static void pop_frame(push *p)
     free(fr->offs);
 }
 
+/* Asks the selection about an entry; 1 when it is left out (counted).
+ * A directory is opened for it (for CACHEDIR.TAG) and, when kept, stays
+ * open in se_dirfd for enter_dir(). */
+static int select_out(push *p, frame *fr, const char *name, size_t path_len, const struct stat *st)
+{
+    p->se_dirfd = -1;
+    p->se_enter = 1;
+    if (p->sel == NULL)
+        return 0;
+    int fd = -1;
+    if (S_ISDIR(st->st_mode))
+        fd = openat(fr->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int verdict = cli_select_skip(p->sel, p->path, path_len, st, fd);
+    if (verdict == CLI_SELECT_KEEP) {
+        p->se_dirfd = fd;
+        return 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    p->excluded++;
+    if (S_ISREG(st->st_mode))
+        p->excluded_bytes += (uint64_t)st->st_size;
+    if (verdict == CLI_SELECT_EMPTY) {
+        p->se_enter = 0;
+        return 0;
+    }
+    return 1;
+}
+
 /* Fills p->se with the entry of a directory entry; returns 1, or 0 when
- * it is skipped (reported). */
+ * it is skipped (reported) or left out by the selection. */
 static int stage_entry(push *p, frame *fr, const char *name, size_t path_len)
 {
     struct stat st;
@@ -941,6 +979,8 @@ static int stage_entry(push *p, frame *fr, const char *name, size_t path_len)
         p->skipped++;
         return 0;
     }
+    if (select_out(p, fr, name, path_len, &st))
+        return 0;
     hsp_entry *e = &p->se;
     memset(e, 0, sizeof(*e));
     memcpy(p->se_path, path, path_len);
@@ -999,8 +1039,11 @@ static int stage_entry(push *p, frame *fr, const char *name, size_t path_len)
 static void enter_dir(push *p, frame *fr, const char *name, size_t path_len)
 {
     /* O_NOFOLLOW: a directory swapped for a symbolic link since it was
-     * listed is not entered. */
-    int fd = openat(fr->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+     * listed is not entered. The selection may have opened it already. */
+    int fd = p->se_dirfd;
+    p->se_dirfd = -1;
+    if (fd < 0)
+        fd = openat(fr->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0 || push_frame(p, fd, path_len + 1) != 0) {
         int err = errno;
         if (fd >= 0)
@@ -1036,7 +1079,7 @@ static int walk_next(push *p)
         }
         if (!stage_entry(p, fr, name, path_len))
             continue;
-        if (p->se.kind == HSP_DIR) {
+        if (p->se.kind == HSP_DIR && p->se_enter) {
             p->path[path_len] = '/';
             enter_dir(p, fr, name, path_len);
         }
@@ -1226,12 +1269,14 @@ static void print_summary(push *p, double secs)
         printf("{\"snapshot\":\"%s\",\"files\":%llu,\"bytes\":%llu,\"bytes_sent\":%llu,"
                "\"bytes_linked\":%llu,\"skipped\":%llu,\"seconds\":%.3f,\"mib_per_s\":%.1f,"
                "\"entries\":%llu,\"files_sent\":%llu,\"specials\":%llu,\"problems\":%llu,"
-               "\"connections\":%u,\"connections_peak\":%u}\n",
+               "\"connections\":%u,\"connections_peak\":%u,"
+               "\"excluded\":{\"entries\":%llu,\"bytes\":%llu}}\n",
                r->snapshot, (unsigned long long)r->files, (unsigned long long)r->bytes,
                (unsigned long long)r->bytes_sent, (unsigned long long)r->bytes_linked,
                (unsigned long long)p->skipped, secs, mibs, (unsigned long long)p->entries,
                (unsigned long long)p->files_sent, (unsigned long long)p->specials,
-               (unsigned long long)p->problems, conns, peak);
+               (unsigned long long)p->problems, conns, peak, (unsigned long long)p->excluded,
+               (unsigned long long)p->excluded_bytes);
         return;
     }
     if (p->opt->verbose && p->opt->connections == HAUL_CONNECTIONS_AUTO)
@@ -1247,6 +1292,12 @@ static void print_summary(push *p, double secs)
            "%.1f MiB/s\n",
            (unsigned long long)r->files, total, sent, linked, (unsigned long long)p->skipped, secs,
            mibs);
+    if (p->sel) {
+        char left[32];
+        cli_human_bytes(p->excluded_bytes, left, sizeof(left));
+        printf("%llu excluded (%s of files; a directory left out counts once)\n",
+               (unsigned long long)p->excluded, left);
+    }
 }
 
 /* Opens SRC_DIR and reads its names before anything goes to the server. */
@@ -1257,6 +1308,17 @@ static int open_source(push *p)
         int err = errno;
         cli_warn("%s: %s", p->src, strerror(err));
         return err == ENOENT || err == ENOTDIR ? CLI_EXIT_USAGE : CLI_EXIT_TRANSFER;
+    }
+    struct stat st;
+    char why[512];
+    if (fstat(p->root, &st) != 0) {
+        cli_warn("%s: %s", p->src, strerror(errno));
+        return CLI_EXIT_TRANSFER;
+    }
+    int rc = cli_select_new(p->opt, p->src, st.st_dev, &p->sel, why, sizeof(why));
+    if (rc != 0) {
+        cli_warn("%s", why);
+        return rc == ENOMEM ? CLI_EXIT_TRANSFER : CLI_EXIT_USAGE;
     }
     p->path[0] = '\0';
     if (push_frame(p, p->root, 0) != 0) {
@@ -1287,6 +1349,7 @@ int cli_push(const cli_options *opt, int argc, char **argv)
     p->opt = opt;
     p->src = argv[0];
     p->root = -1;
+    p->se_dirfd = -1;
     p->start = cli_now();
     size_t nbuf = (size_t)(opt->queue / HSP_MESSAGE_MAX) + 4;
     p->history = calloc(HISTORY_MAX, sizeof(*p->history));
@@ -1354,6 +1417,7 @@ int cli_push(const cli_options *opt, int argc, char **argv)
     free(p->history);
     free(p->stack);
     link_free(&p->links);
+    cli_select_free(p->sel);
     if (p->hash)
         XXH3_freeState(p->hash);
     free(p->readbuf);
