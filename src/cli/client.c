@@ -4,6 +4,7 @@
  * records to the subcommand, and output helpers.
  */
 #include "cli/client.h"
+#include "cli/progress.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +32,7 @@ void cli_warn(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
+    cli_progress_clear();
     fputs("haul: ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
@@ -643,6 +645,10 @@ int cli_pump(cli_client *c, int timeout_ms)
         sample_connections(c);
     if (c->failed)
         return -1;
+    /* The status line moves while nothing arrives, too. */
+    int period_ms = (int)(CLI_PROGRESS_TTY_PERIOD * 1000);
+    if (c->progress && (timeout_ms < 0 || timeout_ms > period_ms))
+        timeout_ms = period_ms;
     haul_event evs[64];
     int n = c->closed ? 0 : haul_engine_wait(c->engine, evs, 64, timeout_ms);
     int closed_now = 0;
@@ -683,6 +689,7 @@ int cli_pump(cli_client *c, int timeout_ms)
     /* Messages stay in the input queue after the session closed: take
      * them first, since the RESULT may be among them. */
     drain(c);
+    cli_progress_tick(c->progress);
     if (closed_now && !c->failed && !c->have_result && c->close_error)
         cli_fail(c, CLI_EXIT_TRANSFER, "the session ended: %s", close_reason(c->close_error));
     return c->failed ? -1 : n;
@@ -822,6 +829,7 @@ int cli_open_beneath(int root, const char *path, int flags)
 
 void cli_server_problem(const hsp_record *rec)
 {
+    cli_progress_clear();
     fputs("haul: server: ", stderr);
     cli_put_path(stderr, (const char *)rec->data, rec->data_len);
     fputc('\n', stderr);

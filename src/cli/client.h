@@ -62,6 +62,9 @@ typedef struct cli_options {
     size_t n_exclude_files;
     int exclude_caches;
     int one_file_system;
+    /* --progress (1), --no-progress (-1), else 0: the status line of push,
+     * pull and verify on a terminal (progress.h, enum cli_progress_option). */
+    int progress;
 } cli_options;
 
 /* A parsed haul://HOST:PORT[/DATASET[@SNAPSHOT]] or
@@ -104,6 +107,9 @@ typedef struct cli_client {
      * order. RESULT is stored above first. Returns 0, or an exit status
      * that ends the run (the session is aborted). */
     int (*on_record)(void *arg, const hsp_record *rec);
+    /* The status line (progress.h) that cli_pump() redraws, or NULL. */
+    struct cli_progress *progress;
+
     /* Called for every acknowledged message (may be NULL). */
     void (*on_sent)(void *arg, const haul_event *ev);
     void *arg;
@@ -118,7 +124,8 @@ typedef struct cli_client {
 int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op);
 
 /*
- * Waits up to timeout_ms for events (0: only what is there), handles them
+ * Waits up to timeout_ms for events (0: only what is there; with a status
+ * line, at most the period of its redraws), handles them
  * and takes every message that waits, passing its records to on_record.
  * Returns how many events were handled, or -1 once the run failed
  * (c->failed says how; the reason was printed).

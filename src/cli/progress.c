@@ -91,6 +91,12 @@ cli_progress *cli_progress_new(int mode, int fd, const char *label)
     return pr;
 }
 
+cli_progress *cli_progress_open(const cli_options *opt, const char *label)
+{
+    int mode = cli_progress_mode(opt->progress, opt->quiet, opt->json, isatty(STDERR_FILENO));
+    return cli_progress_new(mode, STDERR_FILENO, label);
+}
+
 /* Writes all of buf; a terminal that cannot take it loses the line only. */
 static void put(cli_progress *pr, const char *buf, size_t len)
 {
@@ -236,7 +242,7 @@ void cli_progress_finish(cli_progress *pr, int complete)
         return;
     if (pr->mode == CLI_PROGRESS_TTY)
         cli_progress_clear();
-    else
+    else if (complete)
         draw(pr, now(), 1, complete);
 }
 

@@ -65,6 +65,11 @@ int cli_progress_mode(int option, int quiet, int json, int tty);
 /* ---- the object ----------------------------------------------------------- */
 
 typedef struct cli_progress cli_progress;
+struct cli_options;
+
+/* The status line the options ask for (cli_progress_mode with stderr),
+ * or NULL. */
+cli_progress *cli_progress_open(const struct cli_options *opt, const char *label);
 
 /*
  * A status line on the descriptor fd (stderr) in `mode`; NULL for
@@ -99,9 +104,10 @@ void cli_progress_tick(cli_progress *pr);
 void cli_progress_clear(void);
 
 /*
- * Main thread: the run is over. On a terminal the line is erased; in
- * lines mode a last line is printed with the totals taken as what was
- * done (100%) when `complete`, and as they stand otherwise.
+ * Main thread: the run is over. On a terminal the line is erased. In
+ * lines mode, when the run is `complete`, a last line says "done" with
+ * the totals taken as what was done (100%); a run that failed adds no
+ * line (its error says why).
  */
 void cli_progress_finish(cli_progress *pr, int complete);
 
