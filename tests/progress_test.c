@@ -18,7 +18,7 @@
 #include "e2e.h"
 #include "fault_proxy.h"
 
-/* Bytes per second the link carries upwards: the tree takes a few
+/* Bytes per second the link carries each way: the tree takes a few
  * seconds at this rate. */
 #define LINK_RATE (1024u * 1024u)
 
@@ -40,6 +40,7 @@ static void slow_setup(slow_env *s, unsigned files, uint64_t size)
     fault_proxy_config_init(&pc);
     pc.target = s->env.server.address;
     pc.rate_up = LINK_RATE;
+    pc.rate_down = LINK_RATE;
     CHECK_OK(fault_proxy_start(&pc, &s->px));
     snprintf(s->url, sizeof(s->url), "haul://%s/progress", fault_proxy_address(s->px));
     e2e_path(&s->env, s->src, "src");
@@ -233,6 +234,70 @@ TEST_TIMEOUT(push_without_terminal_prints_no_progress, 120)
     e2e_haul(&s.env, &p, 100, "push", "--progress", "--no-progress", "-P", "1", s.src, url);
     CHECK_EXIT(&p, 0);
     CHECK_STR_EQ(p.err, "");
+    e2e_proc_free(&p);
+    slow_teardown(&s);
+}
+
+/* Reads the status lines of stderr: each well formed, the numbers never
+ * going back; counts those before the last, and those with a total and
+ * a percent below 100. Returns the last. */
+static status_line check_lines(e2e_proc *p, double tree_bytes, unsigned files, unsigned *updates,
+                               unsigned *partway)
+{
+    status_line last = {0}, st;
+    *updates = *partway = 0;
+    char *copy = strdup(p->err), *save = NULL;
+    CHECK(copy != NULL);
+    for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (parse_status(line, &st) != 0) {
+            e2e_proc_show(p);
+            CHECK(!"a line of stderr is not a status line");
+        }
+        CHECK(!last.done);
+        CHECK_GE(st.bytes, last.bytes);
+        CHECK_GE(st.files, last.files);
+        CHECK(!st.partial);
+        CHECK_EQ(st.total, tree_bytes);
+        CHECK_EQ(st.files_total, files);
+        CHECK_LE(st.bytes, st.total);
+        CHECK_LE(st.files, st.files_total);
+        *updates += !st.done;
+        *partway += !st.done && st.percent < 100;
+        last = st;
+    }
+    free(copy);
+    return last;
+}
+
+/* A pull of a whole snapshot: the total is the snapshot's, from the
+ * dataset's list, from the first line on. */
+TEST_TIMEOUT(pull_progress_counts_to_the_snapshot_total, 120)
+{
+    slow_env s;
+    slow_setup(&s, 12, 256 * 1024);
+    const double tree_bytes = 12.0 * 256 * 1024;
+    char direct[512], dest[PATH_MAX];
+    e2e_url(&s.env, direct, "progress");
+    e2e_proc p = {0};
+    e2e_haul(&s.env, &p, 60, "push", s.src, direct);
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+    e2e_path(&s.env, dest, "dest");
+    e2e_haul(&s.env, &p, 100, "pull", "--progress", "-P", "1", s.url, dest);
+    CHECK_EXIT(&p, 0);
+    unsigned updates, partway;
+    status_line last = check_lines(&p, tree_bytes, s.files, &updates, &partway);
+    harness_log("%u lines while the pull ran, %u of them part of the way", updates, partway);
+    CHECK_GE(updates, 2);
+    CHECK_GE(partway, 1);
+    CHECK(last.done);
+    CHECK_EQ(last.percent, 100);
+    CHECK_EQ(last.bytes, tree_bytes);
+    e2e_proc_free(&p);
+    /* verify says what it checks, from the same list. */
+    e2e_haul(&s.env, &p, 60, "verify", "--progress", direct);
+    CHECK_EXIT(&p, 0);
+    CHECK(e2e_contains(p.err, "] checking on the server, 12 files, 3.0 MiB, done\n"));
     e2e_proc_free(&p);
     slow_teardown(&s);
 }

@@ -195,7 +195,7 @@ static void view_of(cli_progress *pr, double t, int finished, int complete, cli_
         /* The last line: the average over the run, and no file. */
         v->rate = v->elapsed > 0 ? (double)v->bytes / v->elapsed : -1;
         v->file_len = 0;
-        if (complete) {
+        if (complete && v->counting) {
             /* Done is all there was: a total counted ahead of the run
              * (files that changed since) gives way to it. */
             v->total = CLI_TOTAL_FINAL;
@@ -481,6 +481,11 @@ size_t cli_progress_format(const cli_progress_view *v, unsigned width, char *out
         add(&l, " file%s", v->files == 1 && v->total == CLI_TOTAL_NONE ? "" : "s");
         cli_progress_rate(v->rate, a, sizeof(a));
         add(&l, ", %s", a);
+    }
+    if (!v->counting && v->total == CLI_TOTAL_FINAL) {
+        /* What is being checked, when nothing of it can be counted. */
+        cli_progress_bytes(v->bytes_total, a, sizeof(a));
+        add(&l, ", %llu files, %s", (unsigned long long)v->files_total, a);
     }
     if (v->problems)
         add(&l, ", %llu problem%s", (unsigned long long)v->problems, v->problems == 1 ? "" : "s");

@@ -177,6 +177,12 @@ TEST(line_of_a_label_only)
     char out[512];
     cli_progress_format(&v, 0, out, sizeof(out));
     CHECK_STR_EQ(out, "[1:15] checking on the server, 2 problems");
+    /* What is checked, once the server said. */
+    v.total = CLI_TOTAL_FINAL;
+    v.files_total = 31;
+    v.bytes_total = 29045555;
+    cli_progress_format(&v, 0, out, sizeof(out));
+    CHECK_STR_EQ(out, "[1:15] checking on the server, 31 files, 27.7 MiB, 2 problems");
 }
 
 TEST(last_line_says_done)

@@ -54,18 +54,24 @@ int cli_verify(const cli_options *opt, int argc, char **argv)
         return CLI_EXIT_USAGE;
     }
     /* The server reports nothing until its RESULT but problems: the line
-     * shows the time it has been checking and the problems so far. */
+     * shows the time it has been checking, what it checks (from the
+     * dataset's list) and the problems so far. */
     verify v = {.opt = opt, .progress = cli_progress_open(opt, "checking on the server")};
     cli_client c = {.on_record = on_record, .arg = &v, .progress = v.progress};
     double start = cli_now();
     int status = cli_open(&c, opt, &url, HSP_VERIFY);
     if (status == CLI_EXIT_OK) {
+        cli_list_totals(&c);
         if (opt->json)
             fputs("{\"problem_list\":[", stdout);
         /* No timeout of our own: re-reading a large snapshot takes as long
          * as it takes, and a lost server fails the session. */
         cli_wait_result(&c);
         status = c.failed;
+        /* The last line says what was checked: a verify quicker than the
+         * list waits for it (a round trip at most). */
+        if (v.progress)
+            cli_list_wait(&c);
         cli_progress_finish(v.progress, status == CLI_EXIT_OK && c.have_result);
         const hsp_record *r = &c.result;
         double secs = cli_now() - start;
