@@ -302,6 +302,27 @@ TEST_TIMEOUT(pull_progress_counts_to_the_snapshot_total, 120)
     slow_teardown(&s);
 }
 
+/* The total of a push is counted with the push's own selection: what
+ * --exclude leaves out is not in it. */
+TEST_TIMEOUT(push_progress_total_leaves_out_what_is_excluded, 120)
+{
+    slow_env s;
+    slow_setup(&s, 12, 256 * 1024);
+    e2e_proc p = {0};
+    /* file-10 and sub/file-11: ten files are left, the hard link to
+     * file-00 among them once. */
+    e2e_haul(&s.env, &p, 100, "push", "--progress", "--exclude", "file-1?", "-P", "1", s.src,
+             s.url);
+    CHECK_EXIT(&p, 0);
+    unsigned updates, partway;
+    status_line last = check_lines(&p, 10.0 * 256 * 1024, 10, &updates, &partway);
+    CHECK_GE(updates, 1);
+    CHECK(last.done);
+    CHECK_EQ(last.percent, 100);
+    e2e_proc_free(&p);
+    slow_teardown(&s);
+}
+
 /* ---- on a terminal -------------------------------------------------------------- */
 
 #define PTY_COLUMNS 60
