@@ -67,8 +67,9 @@ static void slow_teardown(slow_env *s)
  * the line has that shape, -1 (with a log) when not. */
 typedef struct status_line {
     double bytes, total;
-    int partial; /* the total is a lower bound */
-    int percent; /* -1: none */
+    int no_total; /* "DONE, F files": no total known */
+    int partial;  /* the total is a lower bound */
+    int percent;  /* -1: none */
     unsigned long files, files_total;
     int done; /* the last line */
 } status_line;
@@ -91,9 +92,27 @@ static int parse_status(const char *line, status_line *st)
     unsigned m, sec;
     int n = 0;
     char num[32], unit[8], tnum[32], tunit[8];
-    if (sscanf(line, "[%u:%2u] %31[0-9.] %7s of %n", &m, &sec, num, unit, &n) != 4 || n == 0)
+    if (sscanf(line, "[%u:%2u] %31[0-9.] %7[A-Za-z]%n", &m, &sec, num, unit, &n) != 4 || n == 0)
         goto bad;
     const char *p = line + n;
+    st->bytes = size_of(num, unit);
+    if (st->bytes < 0)
+        goto bad;
+    if (strncmp(p, ", ", 2) == 0) {
+        /* No total: "DONE, F file(s), RATE[, PATH]". */
+        st->no_total = 1;
+        n = 0;
+        if (sscanf(p, ", %lu file%n", &st->files, &n) != 1 || n == 0)
+            goto bad;
+        p += n;
+        if (*p == 's')
+            p++;
+        p += strncmp(p, ", ", 2) == 0 ? 2 : 0;
+        goto rate;
+    }
+    if (strncmp(p, " of ", 4) != 0)
+        goto bad;
+    p += 4;
     if (strncmp(p, ">=", 2) == 0 || strncmp(p, "\u2265", 3) == 0) {
         st->partial = 1;
         p += p[0] == '>' ? 2 : 3;
@@ -102,9 +121,8 @@ static int parse_status(const char *line, status_line *st)
     if (sscanf(p, "%31[0-9.] %7[A-Za-z]%n", tnum, tunit, &n) != 2 || n == 0)
         goto bad;
     p += n;
-    st->bytes = size_of(num, unit);
     st->total = size_of(tnum, tunit);
-    if (st->bytes < 0 || st->total < 0)
+    if (st->total < 0)
         goto bad;
     if (!st->partial) {
         n = 0;
@@ -123,6 +141,7 @@ static int parse_status(const char *line, status_line *st)
     if (sscanf(p, "%lu files, %n", &st->files_total, &n) != 1 || n == 0)
         goto bad;
     p += n;
+rate:
     /* The rate: "--" or "N UNIT/s". */
     if (strncmp(p, "--", 2) == 0) {
         p += 2;
@@ -146,8 +165,8 @@ static int parse_status(const char *line, status_line *st)
             p += n;
         else
             goto bad;
-        if (st->partial)
-            goto bad; /* no time left while the total is counted */
+        if (st->partial || st->no_total)
+            goto bad; /* no time left without a total */
     }
     /* The file at hand, or nothing. */
     if (*p == '\0' || (strncmp(p, ", ", 2) == 0 && p[2] != '\0'))
@@ -183,6 +202,7 @@ TEST_TIMEOUT(push_progress_lines_end_at_100_percent, 120)
             CHECK(!"a line of stderr is not a status line");
         }
         CHECK(!last.done);
+        CHECK(!st.no_total);
         CHECK_GE(st.bytes, last.bytes);
         CHECK_GE(st.files, last.files);
         if (last.percent >= 0 && st.percent >= 0)
@@ -239,8 +259,10 @@ TEST_TIMEOUT(push_without_terminal_prints_no_progress, 120)
 }
 
 /* Reads the status lines of stderr: each well formed, the numbers never
- * going back; counts those before the last, and those with a total and
- * a percent below 100. Returns the last. */
+ * going back, the total the tree's once it shows (lines before it may
+ * have none: the server's answer may come after the first line); counts
+ * those before the last, and those with a total and a percent below 100.
+ * Returns the last. */
 static status_line check_lines(e2e_proc *p, double tree_bytes, unsigned files, unsigned *updates,
                                unsigned *partway)
 {
@@ -257,11 +279,17 @@ static status_line check_lines(e2e_proc *p, double tree_bytes, unsigned files, u
         CHECK_GE(st.bytes, last.bytes);
         CHECK_GE(st.files, last.files);
         CHECK(!st.partial);
+        /* Once there, the total stays. */
+        CHECK(!st.no_total || *updates == 0 || last.no_total);
+        *updates += !st.done;
+        if (st.no_total) {
+            last = st;
+            continue;
+        }
         CHECK_EQ(st.total, tree_bytes);
         CHECK_EQ(st.files_total, files);
         CHECK_LE(st.bytes, st.total);
         CHECK_LE(st.files, st.files_total);
-        *updates += !st.done;
         *partway += !st.done && st.percent < 100;
         last = st;
     }

@@ -397,6 +397,8 @@ static const char *close_reason(int error)
     }
 }
 
+static void lister_event(cli_client *c, const haul_event *ev);
+
 /* Starts a session of the request op on the URL's dataset and the given
  * snapshot; haul_session_new()'s result. */
 static int new_session(cli_client *c, int op, const char *snapshot, haul_session **out)
@@ -498,6 +500,11 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
             cli_fail(c, CLI_EXIT_TRANSFER, "%s: %s", url->destination, haul_strerror(rc));
         return c->failed;
     }
+    /* The LIST goes with the request, so that its answer comes before the
+     * data, which starts a round trip later at the earliest (a pull waits
+     * for its PATHS), rather than behind what fills the link. */
+    if (c->want_totals && c->progress && new_session(c, HSP_LIST, "", &c->lister) != 0)
+        c->lister = NULL;
 
     /* The library gives up after the message timeout; the deadline here
      * only guards against waiting forever should it not. A message of the
@@ -507,7 +514,9 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
     while (!c->open) {
         haul_event ev;
         int n = haul_engine_wait(c->engine, &ev, 1, 500);
-        if (n == 1 && ev.type == HAUL_EV_SESSION_OPEN) {
+        if (n == 1 && c->lister && ev.session == c->lister) {
+            lister_event(c, &ev);
+        } else if (n == 1 && ev.type == HAUL_EV_SESSION_OPEN) {
             c->open = 1;
         } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED &&
                    !opt->plaintext && ev.reason == HAUL_EREFUSED) {
@@ -666,14 +675,6 @@ static void lister_event(cli_client *c, const haul_event *ev)
     }
 }
 
-void cli_list_totals(cli_client *c)
-{
-    if (c->progress == NULL || c->lister || c->session == NULL)
-        return;
-    if (new_session(c, HSP_LIST, "", &c->lister) != 0)
-        c->lister = NULL;
-}
-
 /* Counts the connections in use now, and the most so far. */
 static void sample_connections(cli_client *c)
 {
@@ -810,7 +811,7 @@ int cli_send_buffer(cli_client *c, const void *buf, size_t len, void (*release)(
     return sent(c, haul_send_buffer(c->session, buf, len, release, arg, tag));
 }
 
-/* The LIST of cli_list_totals() ends by itself a round trip after it
+/* The LIST of want_totals ends by itself a round trip after it
  * began: waiting for it, this long at most, spares the server an aborted
  * session in its log. */
 #define CLI_LISTER_GRACE_S 2.0

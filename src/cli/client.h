@@ -109,7 +109,16 @@ typedef struct cli_client {
     int (*on_record)(void *arg, const hsp_record *rec);
     /* The status line (progress.h) that cli_pump() redraws, or NULL. */
     struct cli_progress *progress;
-    /* The LIST of cli_list_totals(), while it runs, and what it found. */
+    /*
+     * Set before cli_open() by a pull of a whole snapshot or a verify:
+     * with a status line, cli_open() also sends a LIST of the dataset, on
+     * a session of its own over the same pipe, and cli_pump() hands the
+     * files and bytes of the URL's snapshot (the latest without one) to
+     * the status line as its total when they come. A LIST refused or
+     * failed leaves the line without a total and the run as it was.
+     */
+    int want_totals;
+    /* That LIST while it runs, and what it found. */
     haul_session *lister;
     int lister_found;
     uint64_t lister_files, lister_bytes;
@@ -164,20 +173,10 @@ void cli_wait_result(cli_client *c);
 int cli_fail(cli_client *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Closes the session in order and waits for its end (at most the message
- * timeout), and for the end of a cli_list_totals() LIST (at most 2 s). */
+ * timeout), and for the end of the LIST of want_totals (at most 2 s). */
 void cli_close(cli_client *c);
 
-/*
- * For the status line of a pull or verify of a whole snapshot: asks the
- * server, on a LIST session of its own beside the run's (the same pipe),
- * for the files and bytes of the URL's snapshot (the latest without
- * one), which cli_pump() hands to the status line as its total when they
- * come. Does nothing without a status line. A LIST refused or failed
- * leaves the line without a total and the run as it was. After
- * cli_open().
- */
-void cli_list_totals(cli_client *c);
-/* Waits for the LIST of cli_list_totals() to end (at most 2 s). */
+/* Waits for the LIST of want_totals to end (at most 2 s). */
 void cli_list_wait(cli_client *c);
 
 /* Frees the session and the engine. */

@@ -567,13 +567,12 @@ int cli_pull(const cli_options *opt, int argc, char **argv)
     if (status == CLI_EXIT_OK) {
         p->progress = cli_progress_open(opt, NULL);
         c->progress = p->progress;
+        /* A whole snapshot's size is in the dataset's list; a part of one
+         * is known only at the end: the line then shows what arrived. */
+        c->want_totals = npaths == 0;
     }
     if (status == CLI_EXIT_OK)
         status = cli_open(c, opt, &url, HSP_PULL);
-    /* A whole snapshot's size is in the dataset's list; a part of one is
-     * known only at the end: the line then shows what arrived. */
-    if (status == CLI_EXIT_OK && npaths == 0)
-        cli_list_totals(c);
     if (status == CLI_EXIT_OK && send_paths(c, npaths, paths) != 0 && !c->have_result)
         status = c->failed ? c->failed : CLI_EXIT_TRANSFER;
     if (status == CLI_EXIT_OK)

@@ -57,11 +57,10 @@ int cli_verify(const cli_options *opt, int argc, char **argv)
      * shows the time it has been checking, what it checks (from the
      * dataset's list) and the problems so far. */
     verify v = {.opt = opt, .progress = cli_progress_open(opt, "checking on the server")};
-    cli_client c = {.on_record = on_record, .arg = &v, .progress = v.progress};
+    cli_client c = {.on_record = on_record, .arg = &v, .progress = v.progress, .want_totals = 1};
     double start = cli_now();
     int status = cli_open(&c, opt, &url, HSP_VERIFY);
     if (status == CLI_EXIT_OK) {
-        cli_list_totals(&c);
         if (opt->json)
             fputs("{\"problem_list\":[", stdout);
         /* No timeout of our own: re-reading a large snapshot takes as long
