@@ -34,9 +34,9 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "cli/progress.h"
 #include "cli/cert.h"
 #include "cli/client.h"
-#include "cli/progress.h"
 
 /* -P auto: the pipe chooses its count (HAUL_CONNECTIONS_AUTO). */
 #define DEFAULT_CONNECTIONS HAUL_CONNECTIONS_AUTO
