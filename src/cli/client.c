@@ -364,7 +364,7 @@ static void engine_log(void *arg, int level, const char *line)
         pthread_mutex_unlock(&peer_said_mu);
     }
     if (level <= engine_log_shown)
-        fprintf(stderr, "haul: engine: %s\n", line);
+        fprintf(stderr, "%shaul: engine: %s\n", cli_progress_erase(), line);
 }
 
 /* The server's words for its last refusal of a connection, or "". */

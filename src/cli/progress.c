@@ -40,6 +40,8 @@ struct cli_progress {
 
 /* The line on the screen, for cli_progress_clear() from the warnings. */
 static cli_progress *current;
+/* Whether a terminal line may be on the screen, for other threads. */
+static atomic_int drawn_any;
 
 int cli_progress_mode(int option, int quiet, int json, int tty)
 {
@@ -118,6 +120,12 @@ void cli_progress_clear(void)
     fflush(stderr);
     put(pr, "\r\033[K", 4);
     pr->drawn = 0;
+    atomic_store_explicit(&drawn_any, 0, memory_order_relaxed);
+}
+
+const char *cli_progress_erase(void)
+{
+    return atomic_load_explicit(&drawn_any, memory_order_relaxed) ? "\r\033[K" : "";
 }
 
 void cli_progress_free(cli_progress *pr)
@@ -216,6 +224,7 @@ static void draw(cli_progress *pr, double t, int finished, int complete)
         memcpy(pr->line + n, "\033[K", 3);
         put(pr, pr->line, n + 3);
         pr->drawn = 1;
+        atomic_store_explicit(&drawn_any, 1, memory_order_relaxed);
     } else {
         size_t n = cli_progress_format(&v, 0, pr->line, sizeof(pr->line) - 1);
         pr->line[n++] = '\n';

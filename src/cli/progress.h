@@ -104,6 +104,14 @@ void cli_progress_tick(cli_progress *pr);
 void cli_progress_clear(void);
 
 /*
+ * Any thread: what to write before a line of stderr so that it does not
+ * run into the status line: "\r\033[K" while a terminal line may be on
+ * the screen, else "". For the engine's log, which comes from its
+ * threads; the main thread's next redraw puts the line back.
+ */
+const char *cli_progress_erase(void);
+
+/*
  * Main thread: the run is over. On a terminal the line is erased. In
  * lines mode, when the run is `complete`, a last line says "done" with
  * the totals taken as what was done (100%); a run that failed adds no
