@@ -41,6 +41,7 @@
 #   CC=cubic             the congestion control in both namespaces (default:
 #                        the host's, which they inherit; the table says which)
 #   QUEUE=8MB            wanem's bottleneck queue per direction
+#   HAULD_ARGS="--memory 1G"   more options for hauld (split on spaces)
 #   OUT=FILE             also write the tables to FILE
 #   WANEM_DIR=DIR        where wanem-up is (default: shared/tools/wanem
 #                        beside the repository, or wanem-up on PATH)
@@ -52,7 +53,7 @@ set -euo pipefail
 # the knob.
 seconds_knob=$(printenv SECONDS || true)
 command_line=$(
-  for k in PROFILES NS SECONDS SIZE PUSHERS TCP_BUF CC QUEUE OUT WANEM_DIR; do
+  for k in PROFILES NS SECONDS SIZE PUSHERS TCP_BUF CC QUEUE HAULD_ARGS OUT WANEM_DIR; do
     v=$(printenv "$k" || true)
     [[ -n $v ]] && printf '%s=%q ' "$k" "$v"
   done
@@ -441,7 +442,7 @@ start_hauld() { # plain|tls
     sec=(--tls-cert "$pki/server.crt" --tls-key "$pki/server.key" --tls-ca "$pki/ca.crt")
   fi
   start_b "$log" "$build/hauld" --listen "$addr:$port" --store "$tmp/store-$1" "${sec[@]}" \
-    --log-level warn
+    --log-level warn ${HAULD_ARGS:-}
   pid=${pids[-1]}
   wait_port "$port" "$pid" || die "hauld ($1) did not start: $(tail -n 3 "$log")"
   [[ $(cat "/proc/$pid/comm" 2>/dev/null) == hauld ]] || die "PID $pid is not hauld's"

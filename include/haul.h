@@ -444,11 +444,12 @@ typedef struct haul_tls_config {
 
 /* Defaults that apply to every session a listener accepts. */
 typedef struct haul_listen_config {
-    /* Bytes of messages this side may have unacknowledged. Default 64 MiB. */
+    /* Bytes of messages this side may have unacknowledged. Default 64 MiB.
+     * A bound, which the engine follows as for haul_session_config's. */
     uint64_t output_queue;
     /* Bytes of received messages the application has not yet taken, beyond
      * which the window closes; an empty message counts as one byte.
-     * Default 64 MiB. */
+     * Default 64 MiB. A bound, as for haul_session_config's. */
     uint64_t input_queue;
     /* Largest message this side sends on these sessions. Default: the
      * engine's max_message. */
@@ -528,11 +529,24 @@ typedef struct haul_session_config {
     const char *principal;
     /* Output queue length in bytes: messages queued and not yet
      * acknowledged. A send that would exceed it fails with
-     * HAUL_EQUEUEFULL. Default 64 MiB. */
+     * HAUL_EQUEUEFULL. Default 64 MiB.
+     *
+     * Both queues are bounds, and the engine keeps them below their
+     * bound at what the link needs: eight round trips of the pipe at the
+     * rate the session carried lately (bytes the peer acknowledged, for
+     * the output queue; bytes delivered to this side, for the input
+     * queue), but never less than 32 MiB or two of the largest messages,
+     * whichever is more (nor more than the bound). So a session on a
+     * short or slow link holds tens of MiB whatever its bound, and one on
+     * a long fat link uses what its bandwidth-delay product asks, up to
+     * the bound. A send may therefore fail with HAUL_EQUEUEFULL before
+     * output_queue bytes are queued; it succeeds again once messages are
+     * acknowledged (HAUL_EV_MESSAGE_SENT). The window of an application
+     * that does not take its messages closes at that size too. */
     uint64_t output_queue;
     /* Input queue length in bytes: received messages not yet taken by
      * haul_recv(), an empty message counting as one byte (as in the
-     * sender's output queue). Default 64 MiB. */
+     * sender's output queue). Default 64 MiB. A bound: see output_queue. */
     uint64_t input_queue;
     /* Largest message this session sends, at most the engine's
      * max_message. The receiver counts its window in messages of this

@@ -736,6 +736,8 @@ E2E_FN_ void e2e_haul_startv(e2e_env *env, e2e_proc *p, const char *const *args)
     e2e_pathf(p->err_path, "%s/run-%d.err", env->dir, run);
     int out = open(p->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     int err = open(p->err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out < 0 || err < 0)
+        harness_log("cannot open %s: %s", out < 0 ? p->out_path : p->err_path, strerror(errno));
     CHECK(out >= 0 && err >= 0);
     const int drop = p->as_nobody && geteuid() == 0;
     char home[PATH_MAX];

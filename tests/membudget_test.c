@@ -612,8 +612,10 @@ TEST_TIMEOUT(more_sessions_than_units_all_complete, 60)
 /*
  * One session, a server budget of 256 MiB, an input queue of 64 MiB and
  * 1 MiB messages, and an application that takes nothing: the window
- * starts small under the budget but grows with use to the 64 messages
- * the input queue admits, as it is without a budget, and no further.
+ * starts small under the budget but grows with use to the 32 messages
+ * it has without a budget, and no further (an application that takes
+ * nothing gives the session no rate, and the window is then the 32 MiB
+ * that haul.h promises at least).
  */
 TEST_TIMEOUT(single_session_keeps_its_whole_window, 60)
 {
@@ -631,22 +633,22 @@ TEST_TIMEOUT(single_session_keeps_its_whole_window, 60)
     open_peers(client, address, &p, 1, one_principal, mib);
     int received = 0;
     int64_t until = now_ms() + 30000;
-    while (received < 64 && now_ms() < until) {
+    while (received < 32 && now_ms() < until) {
         wait_either(client, server, -1, 100);
         client_events(client, &p, 1);
         send_more(&p, 80, buf, mib);
         received += server_events(server, &p, 1, 0, mib);
     }
-    CHECK_EQ(received, 64);
+    CHECK_EQ(received, 32);
     for (int64_t t = now_ms() + 300; now_ms() < t;) {
         wait_either(client, server, -1, 50);
         client_events(client, &p, 1);
         received += server_events(server, &p, 1, 0, mib);
     }
-    CHECK_EQ(received, 64);
+    CHECK_EQ(received, 32);
     haul_engine_stats st;
     haul_engine_stats_get(server, &st);
-    CHECK_GE(st.memory_used, 64 * mib);
+    CHECK_GE(st.memory_used, 32 * mib);
     CHECK_LE(st.memory_peak, memory);
     close_peers(client, server, &p, 1, mib);
     haul_engine_free(client);
@@ -763,7 +765,7 @@ static long resident_kib(void)
 TEST_TIMEOUT(pooled_bodies_go_back_to_the_system_when_idle, 60)
 {
     harness_strerror = haul_strerror;
-    enum { COUNT = 48 };
+    enum { COUNT = 30 }; /* within the 32 MiB window of an application that takes nothing */
     const uint64_t mib = 1u << 20;
     haul_engine *server = engine_budget(64 * mib, mib);
     haul_engine *client = engine_budget(0, mib);
@@ -806,7 +808,7 @@ TEST_TIMEOUT(pooled_bodies_go_back_to_the_system_when_idle, 60)
     CHECK_EQ(taken, COUNT);
     long full = resident_kib();
     harness_log("resident: %ld KiB before, %ld KiB with the bodies freed", base, full);
-    CHECK_GE(full, base + 32 * 1024);
+    CHECK_GE(full, base + 24 * 1024);
 
     /* Waits for the engine's sweep, which needs a second without use. */
     long now = full;

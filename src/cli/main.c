@@ -37,6 +37,7 @@
 #include "cli/progress.h"
 #include "cli/cert.h"
 #include "cli/client.h"
+#include "version/version.h"
 
 /* -P auto: the pipe chooses its count (HAUL_CONNECTIONS_AUTO). */
 #define DEFAULT_CONNECTIONS HAUL_CONNECTIONS_AUTO
@@ -87,7 +88,8 @@ static const char options_help[] =
     "                        * ? [...] within a name, ** across directories; no '/'\n"
     "                        or an inner '/': at any depth; a leading '/': from\n"
     "                        SRC_DIR only; a trailing '/': directories only\n"
-    "      --exclude-from FILE  push: patterns from FILE, one a line ('#': comment)\n"
+    "      --exclude-from FILE  push: patterns from FILE ('-': standard input), one\n"
+    "                        a line ('#': comment)\n"
     "      --exclude-caches  push: leave out directories tagged with CACHEDIR.TAG\n"
     "  -x, --one-file-system  push: do not descend into other file systems (their\n"
     "                        mount points are kept, empty)\n"
@@ -122,7 +124,9 @@ static const struct command commands[] = {
      "Files unchanged since the dataset's last snapshot are not sent again; an\n"
      "interrupted push is resumed by the next one. Regular files, directories,\n"
      "symbolic links (never followed) and hard links within the tree are kept;\n"
-     "sockets, FIFOs and devices are skipped with a warning.\n"
+     "sockets, FIFOs and devices are skipped with a warning. --exclude, --exclude-from,\n"
+     "--exclude-caches and -x leave paths out (haul(1), LEAVING PATHS OUT); the summary\n"
+     "counts them as excluded.\n"
      "A push of the dataset that is still running makes the server refuse this one,\n"
      "unless its client has lost every connection (the server then ends it and this\n"
      "push resumes from it), or --takeover asks to end it anyway: granted for a push\n"
@@ -162,6 +166,7 @@ static void usage(FILE *f)
     for (size_t i = 0; i < NCOMMANDS; i++)
         fprintf(f, "  haul %s\n", commands[i].synopsis);
     fprintf(f, "  haul cert ca|server|client|revoke|show ...  (see haul cert --help)\n");
+    fprintf(f, "  haul --version  (the versions of haul and its libraries)\n");
     fprintf(f,
             "\nURLs: haul://HOST:PORT/DATASET, haul://[IPV6]:PORT/DATASET,\n"
             "      haul://unix:/path/to/socket/DATASET (the dataset is the last component)\n\n"
@@ -476,9 +481,8 @@ int main(int argc, char **argv)
             help = 1;
             break;
         case 'V':
-            printf("haul %d.%d.%d (protocol %d, storage protocol %s)\n", HAUL_VERSION_MAJOR,
-                   HAUL_VERSION_MINOR, HAUL_VERSION_PATCH, HAUL_PROTOCOL_VERSION, HSP_MAGIC);
-            return CLI_EXIT_OK;
+            version_print(stdout, "haul");
+            return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_TRANSFER;
         default:
             fprintf(stderr, "Try 'haul --help'.\n");
             return CLI_EXIT_USAGE;

@@ -973,6 +973,18 @@ static void pop_frame(push *p)
     free(fr->offs);
 }
 
+/* Counts an entry the selection left out (or kept empty), and with -v
+ * names it, so that patterns can be checked against a tree. */
+static void count_excluded(push *p, size_t path_len, const struct stat *st, int verdict)
+{
+    p->excluded++;
+    if (S_ISREG(st->st_mode))
+        p->excluded_bytes += (uint64_t)st->st_size;
+    if (p->opt->verbose)
+        warn_path(p->path, path_len, ": %s",
+                  verdict == CLI_SELECT_EMPTY ? "kept empty (another file system)" : "excluded");
+}
+
 /* Asks the selection about an entry; 1 when it is left out (counted).
  * A directory is opened for it (for CACHEDIR.TAG) and, when kept, stays
  * open in se_dirfd for enter_dir(). */
@@ -992,9 +1004,7 @@ static int select_out(push *p, frame *fr, const char *name, size_t path_len, con
     }
     if (fd >= 0)
         close(fd);
-    p->excluded++;
-    if (S_ISREG(st->st_mode))
-        p->excluded_bytes += (uint64_t)st->st_size;
+    count_excluded(p, path_len, st, verdict);
     if (verdict == CLI_SELECT_EMPTY) {
         p->se_enter = 0;
         return 0;
@@ -1088,6 +1098,24 @@ static void enter_dir(push *p, frame *fr, const char *name, size_t path_len)
     }
 }
 
+/* Whether an entry whose path cannot be in a snapshot is left out by the
+ * selection anyway (counted): then it is not worth a warning. p->path
+ * has room for the prefix and any name. */
+static int invalid_but_excluded(push *p, frame *fr, const char *name, size_t nlen)
+{
+    if (p->sel == NULL)
+        return 0;
+    struct stat st;
+    size_t path_len = fr->prefix_len + nlen;
+    memcpy(p->path + fr->prefix_len, name, nlen);
+    p->path[path_len] = '\0';
+    if (fstatat(fr->fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+        cli_select_skip(p->sel, p->path, path_len, &st, -1) != CLI_SELECT_OUT)
+        return 0;
+    count_excluded(p, path_len, &st, CLI_SELECT_OUT);
+    return 1;
+}
+
 /* Stages the next entry of the walk; 0 when the walk is over. */
 static int walk_next(push *p)
 {
@@ -1100,6 +1128,8 @@ static int walk_next(push *p)
         const char *name = fr->names + fr->offs[fr->i++];
         size_t nlen = strlen(name), path_len = fr->prefix_len + nlen;
         if (path_len > HSP_PATH_MAX) {
+            if (invalid_but_excluded(p, fr, name, nlen))
+                continue;
             warn_path(p->path, fr->prefix_len, ": skipped: %s",
                       "a name in this directory makes a path longer than 4096 bytes");
             p->skipped++;

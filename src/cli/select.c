@@ -127,13 +127,14 @@ nomem:
     return ENOMEM;
 }
 
-/* Reads an --exclude-from file: one pattern a line; blank lines and
- * lines whose first non-blank character is '#' are comments. Blanks
- * around a pattern are dropped (a name with one at either end is written
- * with `[ ]`). */
+/* Reads an --exclude-from file ("-": standard input): one pattern a
+ * line; blank lines and lines whose first non-blank character is '#' are
+ * comments. Blanks around a pattern are dropped (a name with one at
+ * either end is written with `[ ]`). */
 static int read_patterns(cli_select *s, const char *file, char *why, size_t why_len)
 {
-    FILE *f = fopen(file, "re");
+    int is_stdin = strcmp(file, "-") == 0;
+    FILE *f = is_stdin ? stdin : fopen(file, "re");
     if (f == NULL) {
         int err = errno;
         snprintf(why, why_len, "--exclude-from %s: %s", file, strerror(err));
@@ -168,7 +169,8 @@ static int read_patterns(cli_select *s, const char *file, char *why, size_t why_
         snprintf(why, why_len, "--exclude-from %s: %s", file, strerror(rc));
     }
     free(line);
-    fclose(f);
+    if (!is_stdin)
+        fclose(f);
     return rc;
 }
 

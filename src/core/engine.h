@@ -228,6 +228,13 @@ struct haul_session {
     uint64_t fin_early_seq;
     int close_error;
 
+    /* What the link carries (session.c, "Queues from the bandwidth-delay
+     * product"): bytes delivered to us and acknowledged by the peer since
+     * rate_at, and the rates in bytes per second. */
+    uint64_t rx_count, tx_count;
+    int64_t rate_at;
+    uint64_t rx_rate, tx_rate;
+
     /* The engine's memory budget (core/budget.c). mem_slots: window
      * slots granted and not yet begun, each counted at the unit (the
      * peer's max_message); mem_held: the bytes counted of the messages
@@ -606,6 +613,9 @@ struct haul_engine {
     /* Test hook: the RTT under which automatic pipes made from now on take
      * their link for local (0: HAUL__AUTO_LOCAL_RTT_US). */
     unsigned debug_auto_local_us;
+    /* Test hook: the round trip the queues are sized for (0: the pipe's;
+     * session.c, "Queues from the bandwidth-delay product"). */
+    unsigned debug_rtt_us;
 };
 
 /* ---- shared internal calls (mu held unless said otherwise) ------------- */
@@ -634,6 +644,9 @@ void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__fram
                             const uint8_t *payload);
 haul_session *haul__session_find(haul__pipe *pipe, uint32_t id);
 uint32_t haul__session_window(haul_session *s);
+/* The bytes the session's output queue may hold now: its bound, or less
+ * on a link that needs less (session.c). */
+uint64_t haul__session_out_bound(const haul_session *s);
 void haul__session_maybe_fin(haul_session *s);
 void haul__session_chunk_done(haul_session *s, haul_message *m, uint32_t index);
 

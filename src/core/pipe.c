@@ -1020,7 +1020,8 @@ int haul__pipe_demand(haul__pipe *pipe)
         haul_message *oldest = HAUL__CONTAINER(s->outq.next, haul_message, link);
         haul_message *last = HAUL__CONTAINER(s->outq.prev, haul_message, link);
         int in_flight = oldest->seq < s->right;
-        int held = last->seq >= s->right || s->out_bytes + s->max_message > s->output_queue;
+        int held =
+            last->seq >= s->right || s->out_bytes + s->max_message > haul__session_out_bound(s);
         if (in_flight && held)
             return 1;
     }

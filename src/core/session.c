@@ -173,6 +173,69 @@ static uint64_t inq_cost(const haul_session *s)
     return held;
 }
 
+/* ---- queues from the bandwidth-delay product ---------------------------------- */
+
+/*
+ * A session's output and input queues are bounds (haul.h), and most links
+ * need far less: what they carry in a round trip, a few times over, so
+ * that a loss holding up one chunk of a message does not stop the others
+ * while it is sent again. So the bytes a sender queues and the window a
+ * receiver gives follow what the session measured: the most bytes per
+ * second it carried lately, times the pipe's round trip, times
+ * HAUL__BDP_GAIN, never less than HAUL__QUEUE_FLOOR (nor two of the
+ * largest messages), never more than the bound. A session on a short or
+ * slow link holds tens of MiB, whatever its bound; one on a long fat link
+ * may use all of it. Eight round trips, since on a pipe of many
+ * connections a message waits for its slowest chunk: a loss on one
+ * connection holds up every message behind it for a round trip or more
+ * while the others keep arriving. The gain also lets the rate grow: a
+ * window of eight round trips of what the link carried lets it carry
+ * more in the next.
+ * The rate is the most of the recent periods' and decays by an eighth a
+ * period, so a pause does not shrink the queues at once.
+ */
+#define HAUL__BDP_GAIN 8
+#define HAUL__QUEUE_FLOOR (32ull << 20)
+#define HAUL__RATE_PERIOD_MS 100
+/* Below this, the round trip of the pipe is its engines' own time: the
+ * application's turn to take a message or to send the next. */
+#define HAUL__BDP_MIN_RTT_US 1000
+
+static uint64_t bdp_bound(const haul_session *s, uint64_t rate, uint64_t unit, uint64_t bound)
+{
+    uint64_t rtt =
+        s->pipe && s->pipe->rtt_us > HAUL__BDP_MIN_RTT_US ? s->pipe->rtt_us : HAUL__BDP_MIN_RTT_US;
+    if (s->engine->debug_rtt_us)
+        rtt = s->engine->debug_rtt_us;
+    uint64_t want = rate * rtt / 1000000 * HAUL__BDP_GAIN;
+    uint64_t floor = HAUL__QUEUE_FLOOR > 2 * unit ? HAUL__QUEUE_FLOOR : 2 * unit;
+    if (want < floor)
+        want = floor;
+    return want < bound ? want : bound;
+}
+
+uint64_t haul__session_out_bound(const haul_session *s)
+{
+    return bdp_bound(s, s->tx_rate, s->max_message, s->output_queue);
+}
+
+/* The rates of the period that ended (at the sweep). */
+static void rate_sample(haul_session *s, int64_t now)
+{
+    if (s->rate_at == 0) {
+        s->rate_at = now;
+        return;
+    }
+    int64_t dt = now - s->rate_at;
+    if (dt < HAUL__RATE_PERIOD_MS)
+        return;
+    uint64_t rx = s->rx_count * 1000 / (uint64_t)dt, tx = s->tx_count * 1000 / (uint64_t)dt;
+    s->rx_rate = rx > s->rx_rate - s->rx_rate / 8 ? rx : s->rx_rate - s->rx_rate / 8;
+    s->tx_rate = tx > s->tx_rate - s->tx_rate / 8 ? tx : s->tx_rate - s->tx_rate / 8;
+    s->rx_count = s->tx_count = 0;
+    s->rate_at = now;
+}
+
 /*
  * WndSize: how many more messages, beyond those delivered in order, this
  * side admits, and the right edge it makes (rcv_right). The input queue's
@@ -184,8 +247,9 @@ static uint64_t inq_cost(const haul_session *s)
  */
 uint32_t haul__session_window(haul_session *s)
 {
-    uint64_t free_bytes = s->input_queue > s->held ? s->input_queue - s->held : 0;
     uint64_t unit = s->peer_max_message ? s->peer_max_message : 1;
+    uint64_t bound = bdp_bound(s, s->rx_rate, unit, s->input_queue);
+    uint64_t free_bytes = bound > s->held ? bound - s->held : 0;
     uint64_t w = free_bytes / unit;
     if (w == 0 && s->held == 0)
         w = 1;
@@ -565,7 +629,7 @@ static int enqueue(haul_session *s, haul_message *m, uint64_t tag)
         return HAUL_ESTATE;
     if (m->len > s->max_message || m->len > s->output_queue)
         return HAUL_EMSGSIZE;
-    if (s->out_bytes + queue_cost(m->len) > s->output_queue)
+    if (s->out_bytes + queue_cost(m->len) > haul__session_out_bound(s))
         return HAUL_EQUEUEFULL;
     haul__message_plan(m, s->pipe ? s->pipe->chunk : e->config.chunk_size);
     m->carrier = calloc(m->nchunks, sizeof(*m->carrier));
@@ -624,7 +688,7 @@ int haul_send(haul_session *s, const void *buf, size_t len, uint64_t tag)
      * queue does not pay for a copy each time; enqueue() decides. */
     pthread_mutex_lock(&s->engine->mu);
     int rc = may_send(s) ? 0 : HAUL_ESTATE;
-    if (rc == 0 && s->out_bytes + queue_cost(len) > s->output_queue)
+    if (rc == 0 && s->out_bytes + queue_cost(len) > haul__session_out_bound(s))
         rc = HAUL_EQUEUEFULL;
     if (rc == 0 && s->engine->budget != NULL)
         rc = haul__mem_send(s, queue_cost(len), 0);
@@ -901,6 +965,7 @@ static void on_ack(haul_session *s, const haul__frame *f)
         haul__list_del(&m->link);
         s->out_bytes -= queue_cost(m->len);
         s->engine->stats.messages_sent++;
+        s->tx_count += m->len;
         if (s->pipe)
             s->pipe->goodput_bytes += m->len;
         post_message(s, m, HAUL_EV_MESSAGE_SENT, 0, f->aux);
@@ -1203,6 +1268,7 @@ static void deliver(haul_session *s)
         haul__list_del(&next->link);
         haul__list_add_tail(&s->inq, &next->link);
         s->rcv_next++;
+        s->rx_count += next->len;
         s->engine->stats.messages_received++;
         post(s, HAUL_EV_MESSAGE_RECEIVED, 0, 0, next->seq, 0, 0);
         delivered = 1;
@@ -1490,6 +1556,7 @@ void haul__session_sweep(haul_session *s, int64_t now)
 {
     if (s->state == CE_SS_SESSION_CLOSED)
         return;
+    rate_sample(s, now);
     /* The oldest message has timeout_ms from when it was queued or from
      * the session's last progress, whichever is later: a slow link whose
      * bytes keep moving is not a dead one, however long a large message

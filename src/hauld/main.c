@@ -36,6 +36,7 @@
 
 #include "hauld/auth.h"
 #include "hauld/server.h"
+#include "version/version.h"
 
 /* ---- logging ----------------------------------------------------------------- */
 
@@ -116,6 +117,7 @@ enum {
     OPT_MEMORY,
     OPT_COUNT_,
     OPT_HELP = 'h',
+    OPT_VERSION = 'V',
 };
 
 static const struct option long_options[] = {
@@ -142,6 +144,7 @@ static const struct option long_options[] = {
     {"workers", required_argument, NULL, OPT_WORKERS},
     {"memory", required_argument, NULL, OPT_MEMORY},
     {"help", no_argument, NULL, OPT_HELP},
+    {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
 };
 
@@ -150,6 +153,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: hauld --listen HOST:PORT --store DIR|fs:DIR|rados:POOL\n"
                "             (--tls-cert FILE --tls-key FILE --tls-ca FILE | --plaintext)\n"
                "             [options]\n"
+               "       hauld --version     the versions of hauld and its libraries\n"
                "\n"
                "The storage server of haul: keeps the snapshots that `haul push` sends,\n"
                "one namespace per principal under DIR.\n"
@@ -375,6 +379,10 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
         if (c == OPT_HELP) {
             usage(stdout);
             exit(0);
+        }
+        if (c == OPT_VERSION) {
+            version_print(stdout, "hauld");
+            exit(fflush(stdout) == 0 ? 0 : 1);
         }
         if (c == '?' || c == ':') {
             if (optopt)

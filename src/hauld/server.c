@@ -1128,22 +1128,20 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
      * has stored what it received, and until its client acknowledged
      * what hauld sent: a request held inside a store call (a disk or an
      * OSD that hangs) keeps what it received while its client goes on
-     * sending, and a client that reads slowly keeps what hauld sent. No
-     * session may hold more than a share of the memory either way, so
-     * that such a request or client leaves room to the others; the share
-     * is of what the engine keeps for received messages (all of the
-     * memory but one largest message, kept for sends). haul announces a
-     * window of 64 MiB, so that a larger output queue would hold memory
-     * and gain no speed. */
-    uint64_t share = (ec.memory - ec.max_message) / SERVER_MEMORY_SHARE;
-    if (lc.output_queue > share) {
+     * sending, and a client that reads slowly keeps what hauld sent. The
+     * engine keeps each session's queues at what its link needs (eight
+     * round trips at its rate, 32 MiB at least), so such a request or
+     * client holds that much and leaves the rest to the others; a long
+     * fat link may have up to --queue, and never more than the memory
+     * the engine keeps for received messages (all of it but one largest
+     * message, kept for sends). */
+    uint64_t part = ec.memory - ec.max_message;
+    if (lc.output_queue > part) {
         hauld_log(HAUL_LOG_INFO,
                   "a session may hold %llu MiB received and not yet stored, or sent and not yet "
-                  "acknowledged (--queue %llu MiB; 1/%d of what --memory keeps for received "
-                  "data)",
-                  (unsigned long long)(share >> 20), (unsigned long long)(lc.output_queue >> 20),
-                  SERVER_MEMORY_SHARE);
-        lc.output_queue = lc.input_queue = share;
+                  "acknowledged (--queue %llu MiB; what --memory keeps for received data)",
+                  (unsigned long long)(part >> 20), (unsigned long long)(lc.output_queue >> 20));
+        lc.output_queue = lc.input_queue = part;
     }
     lc.max_message = HSP_MESSAGE_MAX;
     haul_tls_config tls = {cfg->tls_cert, cfg->tls_key, cfg->tls_ca, cfg->tls_crl};

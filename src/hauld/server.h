@@ -45,10 +45,12 @@ int hauld_log_enabled(int level);
 
 /* ---- the server -------------------------------------------------------------- */
 
-/* A session's queues by default: 256 MiB, four times what 1 Gbit/s
- * carries in a 200 ms round trip, since on a long link shared by many
- * connections a message waits for its slowest chunk. Memory is taken
- * only as data waits (docs/design.md, "Long links"). */
+/* A session's queues at most, by default: 256 MiB, about eight times
+ * what 1 Gbit/s carries in a 200 ms round trip, since on a long link
+ * shared by many connections a message waits for its slowest chunk. The
+ * engine keeps each session's queues at what its link needs below that
+ * (haul.h, haul_session_config.output_queue), and memory is taken only
+ * as data waits (docs/design.md, "Long links"). */
 #define SERVER_QUEUE_DEFAULT (256ull << 20)
 
 /* The engine's memory budget by default (--memory), and the least it may
@@ -57,9 +59,6 @@ int hauld_log_enabled(int level);
  * sends and the rest must hold one such message received. */
 #define SERVER_MEMORY_DEFAULT (256ull << 20)
 #define SERVER_MEMORY_MIN (128ull << 20)
-/* A session's input queue is at most this fraction of the memory the
- * engine keeps for received messages (server.c, server_init). */
-#define SERVER_MEMORY_SHARE 2
 
 /* Worker threads by default: this many per online core, and at least
  * SERVER_WORKERS_MIN, so that a store call that stalls (a disk that hangs,
