@@ -94,8 +94,8 @@ typedef struct direction {
     int shut;           /* the FIN went to the destination */
     int dropping;       /* after a fin fault: read the source and drop */
     int64_t paused_until;
-    /* rate_up: the token bucket of the upward direction, in bytes, and
-     * when it was last filled. */
+    /* rate_up, rate_down: the token bucket of the direction, in bytes,
+     * and when it was last filled. */
     double tokens;
     int64_t tokens_at;
     unsigned cut_pieces; /* writes left in pieces */
@@ -572,7 +572,7 @@ static int pump_write(fault_proxy *px, conn *c, int dir, int64_t now)
         if (piece < n)
             n = piece;
     }
-    uint64_t rate = dir == DIR_UP ? px->config.rate_up : 0;
+    uint64_t rate = dir == DIR_UP ? px->config.rate_up : px->config.rate_down;
     if (rate) {
         /* A bucket of 20 ms of the rate (16 KiB at least): the rate is
          * kept over any stretch longer than that. */

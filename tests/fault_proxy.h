@@ -23,7 +23,8 @@
  *              is accepted, for a while (see fault_proxy_partition()).
  *
  * Apart from faults, it can make each connection slow: rate_up bounds
- * the bytes per second each one forwards towards the target.
+ * the bytes per second each one forwards towards the target, rate_down
+ * those back.
  *
  * The faults come from a schedule made from a seed: connection number i
  * (in the order of acceptance, from 0) gets a plan drawn from the seed and
@@ -112,6 +113,9 @@ typedef struct fault_proxy_config {
      * side, so that little of what the client sent waits in its kernel.
      * Default 0. */
     uint64_t rate_up;
+    /* The same from the target back to the client (0: no limit), for
+     * downloads. Default 0. */
+    uint64_t rate_down;
     /* Where to write a line for every fault applied, as it happens
      * (e.g. stderr); NULL: nowhere. The record kept for
      * fault_proxy_report() does not depend on it. */

@@ -4,6 +4,7 @@
  * records to the subcommand, and output helpers.
  */
 #include "cli/client.h"
+#include "cli/progress.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +32,7 @@ void cli_warn(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
+    cli_progress_clear();
     fputs("haul: ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
@@ -79,8 +81,7 @@ static size_t utf8_len(const unsigned char *p, size_t left)
     return n;
 }
 
-/* Escapes a path into out (at least 4 * len + 1 bytes); returns the length. */
-static size_t escape_path(const char *path, size_t len, char *out)
+size_t cli_escape_path(const char *path, size_t len, char *out)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)path;
@@ -119,7 +120,7 @@ void cli_put_path(FILE *f, const char *path, size_t len)
     char *out = 4 * len + 1 <= sizeof(stack) ? stack : malloc(4 * len + 1);
     if (out == NULL)
         return;
-    size_t n = escape_path(path, len, out);
+    size_t n = cli_escape_path(path, len, out);
     fwrite(out, 1, n, f);
     if (out != stack)
         free(out);
@@ -131,7 +132,7 @@ void cli_put_json_path(FILE *f, const char *path, size_t len)
     char *out = 4 * len + 1 <= sizeof(stack) ? stack : malloc(4 * len + 1);
     if (out == NULL)
         return;
-    size_t n = escape_path(path, len, out);
+    size_t n = cli_escape_path(path, len, out);
     /* The escaped form holds printable ASCII and valid UTF-8 only: JSON
      * needs just its quotes and backslashes escaped. */
     fputc('"', f);
@@ -363,7 +364,7 @@ static void engine_log(void *arg, int level, const char *line)
         pthread_mutex_unlock(&peer_said_mu);
     }
     if (level <= engine_log_shown)
-        fprintf(stderr, "haul: engine: %s\n", line);
+        fprintf(stderr, "%shaul: engine: %s\n", cli_progress_erase(), line);
 }
 
 /* The server's words for its last refusal of a connection, or "". */
@@ -394,6 +395,43 @@ static const char *close_reason(int error)
     default:
         return haul_strerror(error);
     }
+}
+
+static void lister_event(cli_client *c, const haul_event *ev);
+
+/* Starts a session of the request op on the URL's dataset and the given
+ * snapshot; haul_session_new()'s result. */
+static int new_session(cli_client *c, int op, const char *snapshot, haul_session **out)
+{
+    const cli_options *opt = c->opt;
+    const cli_url *url = c->url;
+    hsp_request req;
+    memset(&req, 0, sizeof(req));
+    req.op = op;
+    if (op == HSP_PUSH && opt->takeover)
+        req.flags = HSP_F_TAKEOVER;
+    strcpy(req.dataset, url->dataset);
+    strcpy(req.snapshot, snapshot);
+    uint8_t context[16 + HSP_NAME_MAX + HSP_SNAPSHOT_MAX];
+    size_t context_len = hsp_request_encode(&req, context, sizeof(context));
+
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = url->destination;
+    sc.principal = opt->principal;
+    sc.output_queue = opt->queue;
+    sc.input_queue = CLI_INPUT_QUEUE;
+    /* The receiver counts its window in messages of this size. */
+    sc.max_message = (uint64_t)opt->message + (HSP_MESSAGE_MAX - HSP_BLOCK);
+    sc.context = context;
+    sc.context_len = context_len;
+    sc.connections = opt->connections;
+    sc.max_connections = opt->max_connections;
+    sc.message_timeout_ms = opt->timeout_ms;
+    haul_tls_config tls = {opt->tls_cert, opt->tls_key, opt->tls_ca, NULL};
+    if (!opt->plaintext)
+        sc.tls = &tls;
+    return haul_session_new(c->engine, &sc, out);
 }
 
 int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
@@ -447,33 +485,7 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
         return c->failed;
     }
 
-    hsp_request req;
-    memset(&req, 0, sizeof(req));
-    req.op = op;
-    if (op == HSP_PUSH && opt->takeover)
-        req.flags = HSP_F_TAKEOVER;
-    strcpy(req.dataset, url->dataset);
-    strcpy(req.snapshot, url->snapshot);
-    uint8_t context[16 + HSP_NAME_MAX + HSP_SNAPSHOT_MAX];
-    size_t context_len = hsp_request_encode(&req, context, sizeof(context));
-
-    haul_session_config sc;
-    haul_session_config_init(&sc);
-    sc.destination = url->destination;
-    sc.principal = opt->principal;
-    sc.output_queue = opt->queue;
-    sc.input_queue = CLI_INPUT_QUEUE;
-    /* The receiver counts its window in messages of this size. */
-    sc.max_message = (uint64_t)opt->message + (HSP_MESSAGE_MAX - HSP_BLOCK);
-    sc.context = context;
-    sc.context_len = context_len;
-    sc.connections = opt->connections;
-    sc.max_connections = opt->max_connections;
-    sc.message_timeout_ms = opt->timeout_ms;
-    haul_tls_config tls = {opt->tls_cert, opt->tls_key, opt->tls_ca, NULL};
-    if (!opt->plaintext)
-        sc.tls = &tls;
-    rc = haul_session_new(c->engine, &sc, &c->session);
+    rc = new_session(c, op, url->snapshot, &c->session);
     if (rc) {
         c->session = NULL;
         if (rc == HAUL_ETLS)
@@ -488,6 +500,11 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
             cli_fail(c, CLI_EXIT_TRANSFER, "%s: %s", url->destination, haul_strerror(rc));
         return c->failed;
     }
+    /* The LIST goes with the request, so that its answer comes before the
+     * data, which starts a round trip later at the earliest (a pull waits
+     * for its PATHS), rather than behind what fills the link. */
+    if (c->want_totals && c->progress && new_session(c, HSP_LIST, "", &c->lister) != 0)
+        c->lister = NULL;
 
     /* The library gives up after the message timeout; the deadline here
      * only guards against waiting forever should it not. A message of the
@@ -497,7 +514,9 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
     while (!c->open) {
         haul_event ev;
         int n = haul_engine_wait(c->engine, &ev, 1, 500);
-        if (n == 1 && ev.type == HAUL_EV_SESSION_OPEN) {
+        if (n == 1 && c->lister && ev.session == c->lister) {
+            lister_event(c, &ev);
+        } else if (n == 1 && ev.type == HAUL_EV_SESSION_OPEN) {
             c->open = 1;
         } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED &&
                    !opt->plaintext && ev.reason == HAUL_EREFUSED) {
@@ -602,6 +621,60 @@ static void drain(cli_client *c)
     }
 }
 
+/* ---- the totals of a pull or verify ------------------------------------------ */
+
+static void lister_end(cli_client *c)
+{
+    if (c->lister) {
+        haul_session_free(c->lister);
+        c->lister = NULL;
+    }
+}
+
+/* A SNAPINFO of the LIST: the snapshot asked for, or (none named) the
+ * latest, which comes last. */
+static void lister_records(cli_client *c, const haul_message *m)
+{
+    hsp_reader r;
+    hsp_reader_init(&r, haul_message_data(m), haul_message_len(m));
+    hsp_record rec;
+    int rc;
+    while ((rc = hsp_next(&r, &rec)) == 1) {
+        if (rec.type == HSP_SNAPINFO &&
+            (c->url->snapshot[0] == '\0' || strcmp(rec.name, c->url->snapshot) == 0)) {
+            c->lister_files = rec.files;
+            c->lister_bytes = rec.bytes;
+            c->lister_found = 1;
+        } else if (rec.type == HSP_RESULT) {
+            if (rec.status == 0 && c->lister_found)
+                cli_progress_total(c->progress, c->lister_bytes, c->lister_files, CLI_TOTAL_FINAL);
+            c->lister_found = 0;
+        }
+    }
+    /* A malformed answer is no reason to fail the run: no total. */
+    if (rc < 0)
+        lister_end(c);
+}
+
+/* Takes what the LIST sent so far. */
+static void lister_drain(cli_client *c)
+{
+    haul_message *m;
+    while (c->lister && haul_recv(c->lister, &m) == 0) {
+        lister_records(c, m);
+        haul_message_free(m);
+    }
+}
+
+static void lister_event(cli_client *c, const haul_event *ev)
+{
+    if (ev->type == HAUL_EV_SESSION_REFUSED || ev->type == HAUL_EV_SESSION_CLOSED) {
+        /* Its last messages may wait still. */
+        lister_drain(c);
+        lister_end(c);
+    }
+}
+
 /* Counts the connections in use now, and the most so far. */
 static void sample_connections(cli_client *c)
 {
@@ -644,11 +717,19 @@ int cli_pump(cli_client *c, int timeout_ms)
         sample_connections(c);
     if (c->failed)
         return -1;
+    /* The status line moves while nothing arrives, too. */
+    int period_ms = (int)(CLI_PROGRESS_TTY_PERIOD * 1000);
+    if (c->progress && (timeout_ms < 0 || timeout_ms > period_ms))
+        timeout_ms = period_ms;
     haul_event evs[64];
     int n = c->closed ? 0 : haul_engine_wait(c->engine, evs, 64, timeout_ms);
     int closed_now = 0;
     for (int i = 0; i < n; i++) {
         haul_event *ev = &evs[i];
+        if (c->lister && ev->session == c->lister) {
+            lister_event(c, ev);
+            continue;
+        }
         switch (ev->type) {
         case HAUL_EV_MESSAGE_SENT:
             c->messages_acked++;
@@ -684,6 +765,8 @@ int cli_pump(cli_client *c, int timeout_ms)
     /* Messages stay in the input queue after the session closed: take
      * them first, since the RESULT may be among them. */
     drain(c);
+    lister_drain(c);
+    cli_progress_tick(c->progress);
     if (closed_now && !c->failed && !c->have_result && c->close_error)
         cli_fail(c, CLI_EXIT_TRANSFER, "the session ended: %s", close_reason(c->close_error));
     return c->failed ? -1 : n;
@@ -728,27 +811,54 @@ int cli_send_buffer(cli_client *c, const void *buf, size_t len, void (*release)(
     return sent(c, haul_send_buffer(c->session, buf, len, release, arg, tag));
 }
 
-void cli_close(cli_client *c)
+/* The LIST of want_totals ends by itself a round trip after it
+ * began: waiting for it, this long at most, spares the server an aborted
+ * session in its log. */
+#define CLI_LISTER_GRACE_S 2.0
+
+void cli_list_wait(cli_client *c)
 {
-    if (c->session == NULL || c->closed)
-        return;
-    int rc = haul_session_close(c->session);
-    if (rc != 0 && rc != HAUL_ESTATE)
-        return;
-    double deadline = cli_now() + c->opt->timeout_ms / 1000.0 + 1;
-    while (!c->closed && cli_now() < deadline) {
+    double deadline = cli_now() + CLI_LISTER_GRACE_S;
+    while (c->lister && cli_now() < deadline) {
         haul_event evs[64];
-        int n = haul_engine_wait(c->engine, evs, 64, 200);
-        for (int i = 0; i < n; i++)
-            if (evs[i].type == HAUL_EV_SESSION_CLOSED) {
+        int n = haul_engine_wait(c->engine, evs, 64, 50);
+        for (int i = 0; i < n; i++) {
+            if (c->lister && evs[i].session == c->lister) {
+                lister_event(c, &evs[i]);
+            } else if (evs[i].type == HAUL_EV_SESSION_CLOSED && evs[i].session == c->session) {
+                /* Kept for cli_close(), which would wait for it. */
                 c->closed = 1;
                 c->close_error = evs[i].error;
             }
+        }
+        lister_drain(c);
     }
+}
+
+void cli_close(cli_client *c)
+{
+    int rc = c->session && !c->closed ? haul_session_close(c->session) : -1;
+    if (rc == 0 || rc == HAUL_ESTATE) {
+        double deadline = cli_now() + c->opt->timeout_ms / 1000.0 + 1;
+        while (!c->closed && cli_now() < deadline) {
+            haul_event evs[64];
+            int n = haul_engine_wait(c->engine, evs, 64, 200);
+            for (int i = 0; i < n; i++) {
+                if (c->lister && evs[i].session == c->lister)
+                    lister_event(c, &evs[i]);
+                else if (evs[i].type == HAUL_EV_SESSION_CLOSED && evs[i].session == c->session) {
+                    c->closed = 1;
+                    c->close_error = evs[i].error;
+                }
+            }
+        }
+    }
+    cli_list_wait(c);
 }
 
 void cli_free(cli_client *c)
 {
+    lister_end(c);
     abort_session(c);
     if (c->engine) {
         haul_engine_free(c->engine);
@@ -823,6 +933,7 @@ int cli_open_beneath(int root, const char *path, int flags)
 
 void cli_server_problem(const hsp_record *rec)
 {
+    cli_progress_clear();
     fputs("haul: server: ", stderr);
     cli_put_path(stderr, (const char *)rec->data, rec->data_len);
     fputc('\n', stderr);

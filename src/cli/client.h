@@ -62,6 +62,9 @@ typedef struct cli_options {
     size_t n_exclude_files;
     int exclude_caches;
     int one_file_system;
+    /* --progress (1), --no-progress (-1), else 0: the status line of push,
+     * pull and verify on a terminal (progress.h, enum cli_progress_option). */
+    int progress;
 } cli_options;
 
 /* A parsed haul://HOST:PORT[/DATASET[@SNAPSHOT]] or
@@ -104,6 +107,22 @@ typedef struct cli_client {
      * order. RESULT is stored above first. Returns 0, or an exit status
      * that ends the run (the session is aborted). */
     int (*on_record)(void *arg, const hsp_record *rec);
+    /* The status line (progress.h) that cli_pump() redraws, or NULL. */
+    struct cli_progress *progress;
+    /*
+     * Set before cli_open() by a pull of a whole snapshot or a verify:
+     * with a status line, cli_open() also sends a LIST of the dataset, on
+     * a session of its own over the same pipe, and cli_pump() hands the
+     * files and bytes of the URL's snapshot (the latest without one) to
+     * the status line as its total when they come. A LIST refused or
+     * failed leaves the line without a total and the run as it was.
+     */
+    int want_totals;
+    /* That LIST while it runs, and what it found. */
+    haul_session *lister;
+    int lister_found;
+    uint64_t lister_files, lister_bytes;
+
     /* Called for every acknowledged message (may be NULL). */
     void (*on_sent)(void *arg, const haul_event *ev);
     void *arg;
@@ -118,7 +137,8 @@ typedef struct cli_client {
 int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op);
 
 /*
- * Waits up to timeout_ms for events (0: only what is there), handles them
+ * Waits up to timeout_ms for events (0: only what is there; with a status
+ * line, at most the period of its redraws), handles them
  * and takes every message that waits, passing its records to on_record.
  * Returns how many events were handled, or -1 once the run failed
  * (c->failed says how; the reason was printed).
@@ -153,8 +173,11 @@ void cli_wait_result(cli_client *c);
 int cli_fail(cli_client *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Closes the session in order and waits for its end (at most the message
- * timeout). */
+ * timeout), and for the end of the LIST of want_totals (at most 2 s). */
 void cli_close(cli_client *c);
+
+/* Waits for the LIST of want_totals to end (at most 2 s). */
+void cli_list_wait(cli_client *c);
 
 /* Frees the session and the engine. */
 void cli_free(cli_client *c);
@@ -168,6 +191,10 @@ int cli_result_status(cli_client *c, const char *what);
 void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Seconds on a monotonic clock. */
 double cli_now(void);
+/* Escapes a path as cli_put_path writes it into out (at least 4 * len + 1
+ * bytes): printable ASCII and valid UTF-8 stay, a backslash becomes "\\",
+ * any other byte \xNN. Returns the length (out is NUL terminated). */
+size_t cli_escape_path(const char *path, size_t len, char *out);
 /* Writes a path with backslash as "\\" and every byte that is not
  * printable ASCII or part of valid UTF-8 as \xNN. */
 void cli_put_path(FILE *f, const char *path, size_t len);

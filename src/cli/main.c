@@ -34,6 +34,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "cli/progress.h"
 #include "cli/cert.h"
 #include "cli/client.h"
 #include "version/version.h"
@@ -92,6 +93,11 @@ static const char options_help[] =
     "      --exclude-caches  push: leave out directories tagged with CACHEDIR.TAG\n"
     "  -x, --one-file-system  push: do not descend into other file systems (their\n"
     "                        mount points are kept, empty)\n"
+    "      --progress        push, pull, verify: a status line on stderr (bytes and\n"
+    "                        files done of the total, rate, time left, the file at\n"
+    "                        hand), also when stderr is no terminal (then a line a\n"
+    "                        second); the default on a terminal, unless -q or --json\n"
+    "      --no-progress     no status line\n"
     "  -h, --help            this help (haul CMD --help: the subcommand's)\n";
 
 static const char exit_help[] = "Exit status:\n"
@@ -283,6 +289,9 @@ static int tls_options(cli_options *opt, char *principal, char *ca, char *crt, c
 /* Long options without a short form, beyond any character. */
 enum { OPT_EXCLUDE = 0x200, OPT_EXCLUDE_FROM, OPT_EXCLUDE_CACHES };
 
+/* --progress and --no-progress (progress.h). */
+enum { OPT_PROGRESS = 0x280, OPT_NO_PROGRESS };
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -308,6 +317,8 @@ int main(int argc, char **argv)
         {"exclude-from", required_argument, NULL, OPT_EXCLUDE_FROM},
         {"exclude-caches", no_argument, NULL, OPT_EXCLUDE_CACHES},
         {"one-file-system", no_argument, NULL, 'x'},
+        {"progress", no_argument, NULL, OPT_PROGRESS},
+        {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -459,6 +470,12 @@ int main(int argc, char **argv)
             break;
         case 'x':
             opt.one_file_system = 1;
+            break;
+        case OPT_PROGRESS:
+            opt.progress = CLI_PROGRESS_FORCE;
+            break;
+        case OPT_NO_PROGRESS:
+            opt.progress = CLI_PROGRESS_NEVER;
             break;
         case 'h':
             help = 1;

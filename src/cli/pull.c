@@ -28,6 +28,7 @@
 #include <xxhash.h>
 
 #include "cli/client.h"
+#include "cli/progress.h"
 
 /* A directory restored, waiting for its metadata. */
 typedef struct dirmeta {
@@ -60,11 +61,13 @@ typedef struct pull {
     XXH3_state_t *hash;
 
     dirmeta *dirs; /* newest first: the deepest come before their parents */
+    cli_progress *progress;
     uint64_t files, directories, symlinks, hardlinks, bytes, skipped, mismatches, problems;
 } pull;
 
 static void report(const char *path, size_t len, const char *what, int err)
 {
+    cli_progress_clear();
     fputs("haul: ", stderr);
     cli_put_path(stderr, path, len);
     if (err)
@@ -274,6 +277,7 @@ static int entry_file(pull *p, const hsp_entry *e)
     p->off = 0;
     p->fd = -1;
     XXH3_128bits_reset(p->hash);
+    cli_progress_file(p->progress, e->path, e->path_len);
     const char *name;
     int dir = locate(p, e->path, e->path_len, &name);
     /* The entry's path stays in p->path for the reports; meta.path with it. */
@@ -329,6 +333,7 @@ static int file_data(pull *p, const hsp_record *rec)
         }
     }
     p->off += len;
+    cli_progress_add(p->progress, len, 0);
     return 0;
 failed : {
     int err = errno ? errno : EIO;
@@ -350,6 +355,7 @@ static int file_done(pull *p, const hsp_record *rec)
         return CLI_EXIT_TRANSFER;
     }
     p->active = 0;
+    cli_progress_add(p->progress, 0, 1);
     const hsp_entry *e = &p->meta;
     XXH128_canonical_t canon;
     XXH128_canonicalFromHash(&canon, XXH3_128bits_digest(p->hash));
@@ -362,6 +368,7 @@ static int file_done(pull *p, const hsp_record *rec)
         char want[33], have[33];
         hsp_hash_hex(&rec->hash, want);
         hsp_hash_hex(&got, have);
+        cli_progress_clear();
         fputs("haul: ", stderr);
         cli_put_path(stderr, e->path, e->path_len);
         fprintf(stderr, ": content does not match the manifest (XXH3-128 %s, expected %s)\n", have,
@@ -415,6 +422,7 @@ static int on_record(void *arg, const hsp_record *rec)
         return file_done(p, rec);
     case HSP_PROBLEM:
         cli_server_problem(rec);
+        cli_progress_problem(p->progress);
         p->problems++;
         return 0;
     case HSP_RESULT:
@@ -556,6 +564,13 @@ int cli_pull(const cli_options *opt, int argc, char **argv)
     cli_client *c = &p->c;
     c->on_record = on_record;
     c->arg = p;
+    if (status == CLI_EXIT_OK) {
+        p->progress = cli_progress_open(opt, NULL);
+        c->progress = p->progress;
+        /* A whole snapshot's size is in the dataset's list; a part of one
+         * is known only at the end: the line then shows what arrived. */
+        c->want_totals = npaths == 0;
+    }
     if (status == CLI_EXIT_OK)
         status = cli_open(c, opt, &url, HSP_PULL);
     if (status == CLI_EXIT_OK && send_paths(c, npaths, paths) != 0 && !c->have_result)
@@ -567,6 +582,9 @@ int cli_pull(const cli_options *opt, int argc, char **argv)
     if (status == CLI_EXIT_OK)
         cli_close(c);
     cli_free(c);
+    cli_progress_finish(p->progress, status == CLI_EXIT_OK && c->result.status == 0);
+    cli_progress_free(p->progress);
+    p->progress = NULL;
     if (p->fd >= 0)
         close(p->fd);
     if (p->root >= 0)

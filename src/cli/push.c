@@ -32,6 +32,8 @@
 #include <xxhash.h>
 
 #include "cli/client.h"
+#include "cli/progress.h"
+#include "cli/scan.h"
 #include "cli/select.h"
 
 /* Files below this size are read whole and packed many to a message. */
@@ -52,6 +54,16 @@
 #define PREFIX_STEP (64u << 20)
 /* Room for a SKIP record: its text is clipped to this. */
 #define SKIP_TEXT_MAX 200
+/*
+ * The tag of a message says what its acknowledgement means for the
+ * status line: the bytes of file content it carries (holes included) in
+ * the low TAG_BYTES_BITS bits, the files it completes (DONE records)
+ * above. A message completes at most a few ten thousand files, and
+ * carries at most a block of data or one hole: a hole beyond 16 TiB is
+ * counted short, which the last line makes good.
+ */
+#define TAG_BYTES_BITS 44
+#define TAG_BYTES_MAX ((1ull << TAG_BYTES_BITS) - 1)
 
 /* ---- a pool of message buffers ------------------------------------------------ */
 
@@ -277,6 +289,9 @@ typedef struct push {
     sender cur;
     uint8_t *out_buf; /* a message the full output queue did not take yet */
     size_t out_len;
+    uint64_t out_tag;
+    /* What the pack being filled completes, for its tag. */
+    uint64_t pack_bytes, pack_files;
     int committed;
     int starved; /* waiting for a pool buffer */
 
@@ -286,12 +301,17 @@ typedef struct push {
      * the bytes of the regular files among them. */
     uint64_t excluded, excluded_bytes;
     double start;
+
+    /* The status line, and the count of the tree ahead of the push. */
+    cli_progress *progress;
+    cli_scan *scan;
 } push;
 
 /* ---- small helpers ------------------------------------------------------------------- */
 
 static void warn_path(const char *path, size_t len, const char *fmt, const char *detail)
 {
+    cli_progress_clear();
     fputs("haul: ", stderr);
     cli_put_path(stderr, path, len);
     fprintf(stderr, fmt, detail);
@@ -342,13 +362,19 @@ static ssize_t read_full(int fd, uint8_t *buf, size_t len, uint64_t off)
 
 /* ---- sending messages ---------------------------------------------------------------- */
 
-/* Sends a pool buffer as a message; a full queue keeps it in the outbox. */
-static void send_buffer(push *p, uint8_t *buf, size_t len)
+static uint64_t make_tag(uint64_t bytes, uint64_t files)
 {
-    int rc = cli_send_buffer(&p->c, buf, len, pool_put, &p->pool, p->c.messages_sent);
+    return (bytes > TAG_BYTES_MAX ? TAG_BYTES_MAX : bytes) | files << TAG_BYTES_BITS;
+}
+
+/* Sends a pool buffer as a message; a full queue keeps it in the outbox. */
+static void send_buffer(push *p, uint8_t *buf, size_t len, uint64_t tag)
+{
+    int rc = cli_send_buffer(&p->c, buf, len, pool_put, &p->pool, tag);
     if (rc == HAUL_EQUEUEFULL) {
         p->out_buf = buf;
         p->out_len = len;
+        p->out_tag = tag;
     } else if (rc != 0) {
         pool_put(buf, &p->pool);
     }
@@ -357,7 +383,7 @@ static void send_buffer(push *p, uint8_t *buf, size_t len)
 /* Tries the outbox again; 1 when it went. */
 static int outbox_retry(push *p)
 {
-    int rc = cli_send_buffer(&p->c, p->out_buf, p->out_len, pool_put, &p->pool, p->c.messages_sent);
+    int rc = cli_send_buffer(&p->c, p->out_buf, p->out_len, pool_put, &p->pool, p->out_tag);
     if (rc == HAUL_EQUEUEFULL)
         return 0;
     if (rc != 0)
@@ -369,8 +395,9 @@ static int outbox_retry(push *p)
 static void flush_pack(push *p)
 {
     if (p->pack_buf && p->pack.len) {
-        send_buffer(p, p->pack_buf, p->pack.len);
+        send_buffer(p, p->pack_buf, p->pack.len, make_tag(p->pack_bytes, p->pack_files));
         p->pack_buf = NULL;
+        p->pack_bytes = p->pack_files = 0;
     }
 }
 
@@ -400,7 +427,7 @@ static void flush_batch(push *p)
 {
     if (p->batch_buf == NULL || p->batch.len == 0)
         return;
-    send_buffer(p, p->batch_buf, p->batch.len);
+    send_buffer(p, p->batch_buf, p->batch.len, 0);
     p->batch_buf = NULL;
     if (p->batch_files) {
         p->ring[(p->ring_head + p->ring_count) % RING_SIZE] = p->batch_last;
@@ -646,6 +673,8 @@ static int send_small(push *p, pfile *f)
             hash_final(p->hash, &h);
             hsp_put_done(&p->pack, f->id, &h);
             p->files_sent++;
+            p->pack_bytes += f->size;
+            p->pack_files++;
             finish_work(p, f, 1);
             return 1;
         }
@@ -730,6 +759,9 @@ static int send_large_step(push *p)
                 XXH3_128bits_reset(p->hash);
                 s->off = 0;
                 s->zero_data = 1;
+            } else {
+                /* What the server holds counts as done. */
+                cli_progress_add(p->progress, end, 0);
             }
             s->data_end = 0;
             s->phase = SEND_DATA;
@@ -751,6 +783,7 @@ static int send_large_step(push *p)
                 hsp_put_data(&w, f->id, 0, 0);
             s->zero_data = 0;
         }
+        uint64_t from = s->off;
         int rc = s->off < f->size
                      ? put_region(p, &w, s->fd, f, &s->off, &s->data_end, p->opt->message)
                      : 0;
@@ -763,7 +796,7 @@ static int send_large_step(push *p)
             return 1;
         }
         if (w.len)
-            send_buffer(p, buf, w.len);
+            send_buffer(p, buf, w.len, make_tag(s->off > from ? s->off - from : 0, 0));
         else
             pool_put(buf, &p->pool);
         if (s->off >= f->size)
@@ -797,6 +830,7 @@ static int send_large_step(push *p)
         hash_final(p->hash, &h);
         hsp_put_done(&p->pack, f->id, &h);
         p->files_sent++;
+        p->pack_files++;
         close(s->fd);
         s->active = 0;
         finish_work(p, f, 1);
@@ -832,6 +866,7 @@ static int start_file(push *p, pfile *f)
         finish_work(p, f, 0);
         return 1;
     }
+    cli_progress_file(p->progress, f->path, f->path_len);
     if (f->from == 0 && f->size < SMALL_FILE)
         return send_small(p, f);
     return start_large(p, f);
@@ -1174,6 +1209,8 @@ static int answer(push *p, const hsp_record *rec)
     pfile *f = p->unanswered;
     if (f && f->id == rec->id) {
         f->answer = rec->type;
+        if (rec->type == HSP_HAVE)
+            cli_progress_add(p->progress, f->size, 1);
         f->from = rec->type == HSP_NEED ? rec->offset : 0;
         f->prefix = rec->hash;
         /* The first file without an answer is the next listed one. */
@@ -1213,6 +1250,13 @@ static int answer(push *p, const hsp_record *rec)
     return CLI_EXIT_TRANSFER;
 }
 
+/* An acknowledged message: what its tag says is done. */
+static void on_sent(void *arg, const haul_event *ev)
+{
+    push *p = arg;
+    cli_progress_add(p->progress, ev->tag & TAG_BYTES_MAX, ev->tag >> TAG_BYTES_BITS);
+}
+
 static int on_record(void *arg, const hsp_record *rec)
 {
     push *p = arg;
@@ -1222,6 +1266,7 @@ static int on_record(void *arg, const hsp_record *rec)
         return answer(p, rec);
     case HSP_PROBLEM:
         cli_server_problem(rec);
+        cli_progress_problem(p->progress);
         p->problems++;
         return 0;
     case HSP_RESULT:
@@ -1396,7 +1441,15 @@ int cli_push(const cli_options *opt, int argc, char **argv)
 
     cli_client *c = &p->c;
     c->on_record = on_record;
+    c->on_sent = on_sent;
     c->arg = p;
+    if (status == CLI_EXIT_OK) {
+        /* The count runs beside the push from the start; without it (no
+         * thread to be had) the line shows what is done only. */
+        p->progress = cli_progress_open(opt, NULL);
+        c->progress = p->progress;
+        cli_scan_start(opt, p->src, p->root, p->progress, &p->scan);
+    }
     if (status == CLI_EXIT_OK)
         status = cli_open(c, opt, &url, HSP_PUSH);
     while (status == CLI_EXIT_OK && !c->have_result && !c->failed) {
@@ -1410,6 +1463,10 @@ int cli_push(const cli_options *opt, int argc, char **argv)
     if (status == CLI_EXIT_OK)
         status = c->failed;
     double secs = cli_now() - p->start;
+    cli_scan_stop(p->scan);
+    p->scan = NULL;
+    cli_progress_finish(p->progress,
+                        status == CLI_EXIT_OK && c->result.status == 0 && p->committed);
     if (status == CLI_EXIT_OK && c->result.status == 0 && !p->committed) {
         cli_warn("the server reported success before the push was complete");
         status = CLI_EXIT_TRANSFER;
@@ -1427,6 +1484,7 @@ int cli_push(const cli_options *opt, int argc, char **argv)
         cli_close(c);
     }
     cli_free(c);
+    cli_progress_free(p->progress);
 
     if (p->cur.active)
         close(p->cur.fd);

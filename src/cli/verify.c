@@ -9,10 +9,12 @@
 #include <string.h>
 
 #include "cli/client.h"
+#include "cli/progress.h"
 
 typedef struct verify {
     const cli_options *opt;
     uint64_t problems;
+    cli_progress *progress;
 } verify;
 
 static int on_record(void *arg, const hsp_record *rec)
@@ -20,6 +22,9 @@ static int on_record(void *arg, const hsp_record *rec)
     verify *v = arg;
     switch (rec->type) {
     case HSP_PROBLEM:
+        /* stdout may be the terminal the line is on. */
+        cli_progress_clear();
+        cli_progress_problem(v->progress);
         if (v->opt->json) {
             fputs(v->problems ? "," : "", stdout);
             cli_put_json_text(stdout, (const char *)rec->data, rec->data_len);
@@ -48,8 +53,11 @@ int cli_verify(const cli_options *opt, int argc, char **argv)
         cli_warn("%s: verify needs a dataset (haul://HOST:PORT/DATASET[@SNAPSHOT])", argv[0]);
         return CLI_EXIT_USAGE;
     }
-    verify v = {.opt = opt};
-    cli_client c = {.on_record = on_record, .arg = &v};
+    /* The server reports nothing until its RESULT but problems: the line
+     * shows the time it has been checking, what it checks (from the
+     * dataset's list) and the problems so far. */
+    verify v = {.opt = opt, .progress = cli_progress_open(opt, "checking on the server")};
+    cli_client c = {.on_record = on_record, .arg = &v, .progress = v.progress, .want_totals = 1};
     double start = cli_now();
     int status = cli_open(&c, opt, &url, HSP_VERIFY);
     if (status == CLI_EXIT_OK) {
@@ -59,6 +67,11 @@ int cli_verify(const cli_options *opt, int argc, char **argv)
          * as it takes, and a lost server fails the session. */
         cli_wait_result(&c);
         status = c.failed;
+        /* The last line says what was checked: a verify quicker than the
+         * list waits for it (a round trip at most). */
+        if (v.progress)
+            cli_list_wait(&c);
+        cli_progress_finish(v.progress, status == CLI_EXIT_OK && c.have_result);
         const hsp_record *r = &c.result;
         double secs = cli_now() - start;
         if (status == CLI_EXIT_OK)
@@ -97,5 +110,6 @@ int cli_verify(const cli_options *opt, int argc, char **argv)
             cli_close(&c);
     }
     cli_free(&c);
+    cli_progress_free(v.progress);
     return status;
 }
