@@ -135,8 +135,9 @@ TEST_TIMEOUT(receiver_that_takes_nothing_keeps_both_queues_at_the_floor, 60)
     } while (st.messages_received < (uint64_t)queued && now_ms() < until);
     CHECK_LE(st.messages_received * MIB, FLOOR);
     CHECK_LE(window_of(&p), FLOOR / MIB);
-    free(buf);
+    /* The buffer is the messages' until the engines are gone. */
     pair_close(&p);
+    free(buf);
 }
 
 /*
@@ -175,6 +176,7 @@ TEST_TIMEOUT(long_fat_link_grows_the_queues_to_their_bound, 60)
                 (unsigned long long)(queued / MIB), (unsigned long long)(bound / MIB));
     CHECK_EQ(bound, BOUND);
     CHECK_GT(queued, 2 * FLOOR);
-    free(buf);
+    /* The buffer is the messages' until the engines are gone. */
     pair_close(&p);
+    free(buf);
 }
