@@ -627,10 +627,12 @@ TEST_TIMEOUT(server_killed_mid_push_resumes_through_another, 120)
     e2e_stamp_tree(src);
     const uint64_t total = 32 * E2E_MIB;
 
-    /* 4 MiB/s per connection: the push takes seconds. */
-    fault_proxy *px = slow_proxy(&env.server, 4 * E2E_MIB, slow);
+    /* 2 MiB/s on each of 2 connections: the push takes 8 s, and the
+     * 12 MiB staged come after 3 s, which leaves a listing of the pool
+     * on a loaded machine seconds to see them before the commit. */
+    fault_proxy *px = slow_proxy(&env.server, 2 * E2E_MIB, slow);
     e2e_proc p = {0};
-    e2e_haul_start(&env, &p, "push", src, url_of(slow, "resume"), "--json");
+    e2e_haul_start(&env, &p, "push", "-P", "2", src, url_of(slow, "resume"), "--json");
     int ok = 0;
     E2E_WAIT_UNTIL(
         ok, object_bytes(data_prefix("resume"), NULL, 0) > 12 * E2E_MIB || e2e_proc_exited(&p),
