@@ -108,7 +108,11 @@ int hsp_request_decode(const void *data, size_t len, hsp_request *r)
         return -1;
     /* A flag this side does not know, or one the op does not take, is a
      * request it cannot serve as asked. */
-    if ((r->flags & ~(unsigned)HSP_F_ALL) != 0 || (r->flags != 0 && r->op != HSP_PUSH))
+    if ((r->flags & ~(unsigned)HSP_F_ALL) != 0)
+        return -1;
+    if ((r->flags & HSP_F_TAKEOVER) && r->op != HSP_PUSH)
+        return -1;
+    if ((r->flags & HSP_F_COMPRESS) && r->op != HSP_PUSH && r->op != HSP_PULL)
         return -1;
     size_t d = haul__get16(buf + 6), s = haul__get16(buf + 8);
     if (10 + d + s != len || d > HSP_NAME_MAX || s > HSP_SNAPSHOT_MAX)
