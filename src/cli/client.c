@@ -410,6 +410,8 @@ static int new_session(cli_client *c, int op, const char *snapshot, haul_session
     req.op = op;
     if (op == HSP_PUSH && opt->takeover)
         req.flags = HSP_F_TAKEOVER;
+    if ((op == HSP_PUSH || op == HSP_PULL) && c->compress)
+        req.flags |= HSP_F_COMPRESS;
     strcpy(req.dataset, url->dataset);
     strcpy(req.snapshot, snapshot);
     uint8_t context[16 + HSP_NAME_MAX + HSP_SNAPSHOT_MAX];
@@ -438,6 +440,7 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
 {
     c->opt = opt;
     c->url = url;
+    c->compress = opt->compress;
     haul_engine_config ec;
     haul_engine_config_init(&ec);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -533,6 +536,19 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
                      "the server refused the request: server busy: it holds as many sessions "
                      "as its limit allows (hauld --max-sessions); try again later");
             return c->failed;
+        } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED &&
+                   ev.reason == HSP_R_BAD_REQUEST && c->compress && ev.session == c->session) {
+            /* A server older than compression refuses the flag it does
+             * not know: the same request again, uncompressed. */
+            cli_warn("warning: the server does not support --compress; sending uncompressed");
+            c->compress = 0;
+            haul_session_free(c->session);
+            c->session = NULL;
+            if ((rc = new_session(c, op, url->snapshot, &c->session)) != 0) {
+                c->session = NULL;
+                cli_fail(c, CLI_EXIT_TRANSFER, "%s: %s", url->destination, haul_strerror(rc));
+                return c->failed;
+            }
         } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED) {
             /* hauld's reasons are enum hsp_refusal; the server's engine may
              * refuse by itself with a haul error code. */
