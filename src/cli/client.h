@@ -101,6 +101,10 @@ typedef struct cli_client {
      * that does not know compression refused it and cli_open() asked
      * again without it. */
     int compress;
+    /* Expands the server's compressed messages (with compress only), and
+     * the bytes of the server's messages as received and as expanded. */
+    struct hsp_zstd *unzstd;
+    uint64_t wire_in, message_in;
     int have_result;   /* a RESULT record arrived */
     hsp_record result; /* it (data points to result_text) */
     char result_text[1024];

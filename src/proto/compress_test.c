@@ -210,12 +210,20 @@ TEST(corrupt_and_oversized_messages_are_refused)
 
 TEST(compress_flag_is_push_and_pull_only)
 {
-    hsp_request r = {.op = HSP_PUSH, .flags = HSP_F_COMPRESS}, d;
+    hsp_request r = {.op = HSP_PUSH, .flags = HSP_F_COMPRESS, .level = 7}, d;
     strcpy(r.dataset, "home");
     uint8_t buf[512];
     size_t n = hsp_request_encode(&r, buf, sizeof(buf));
+    CHECK_EQ(n, 15); /* the level follows the names */
     CHECK_OK(hsp_request_decode(buf, n, &d));
     CHECK_EQ(d.flags, (unsigned)HSP_F_COMPRESS);
+    CHECK_EQ(d.level, 7);
+    /* Without its level, or with one out of 1..19: refused. */
+    CHECK_EQ(hsp_request_decode(buf, n - 1, &d), -1);
+    buf[n - 1] = 0;
+    CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
+    buf[n - 1] = 20;
+    CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
     r.op = HSP_PULL;
     n = hsp_request_encode(&r, buf, sizeof(buf));
     CHECK_OK(hsp_request_decode(buf, n, &d));

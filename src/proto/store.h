@@ -62,6 +62,10 @@ typedef struct hsp_request {
     unsigned flags;                      /* enum hsp_flag; PUSH and PULL only */
     char dataset[HSP_NAME_MAX + 1];      /* "" for LIST of all datasets, BENCH */
     char snapshot[HSP_SNAPSHOT_MAX + 1]; /* "" for the latest */
+    /* With HSP_F_COMPRESS: the zstd level the client asks for, 1..19
+     * (one byte after the names); the level of what a pull's server
+     * sends, within the server's own bound. */
+    int level;
 } hsp_request;
 
 /* Reason codes of a refused session (haul_session_reject). The server's
@@ -147,7 +151,8 @@ typedef struct hsp_record {
 
 /* ---- requests ---------------------------------------------------------- */
 
-/* Encodes a request into buf (at least 4 + 4 + names); returns its length. */
+/* Encodes a request into buf (at least 4 + 4 + names + 1); returns its
+ * length, 0 when it does not fit. */
 size_t hsp_request_encode(const hsp_request *r, uint8_t *buf, size_t size);
 /* Decodes and checks a request; returns 0 or -1. */
 int hsp_request_decode(const void *buf, size_t len, hsp_request *r);
