@@ -1,5 +1,5 @@
 /*
- * compress_test.c - the compressed messages of the storage protocol: a
+ * compress_codec_test.c - the compressed messages of the storage protocol: a
  * message survives a round trip, one that does not compress is left as
  * it is, and a compressed message that lies about its length, does not
  * decode, or would expand beyond a message is refused.
