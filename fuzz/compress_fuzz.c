@@ -15,11 +15,22 @@
  *
  * See fuzz/README.md for how to build and run it.
  */
-#define FUZZ_NAME "compress_fuzz"
-#include "records.h"
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "core/le.h"
 #include "proto/compress.h"
+#include "proto/store.h"
+
+#define REQUIRE(cond)                                                                              \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "compress_fuzz: contract broken: %s\n", #cond);                        \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
 
 static hsp_zstd *expander, *compressor;
 static uint8_t packed[HSP_MESSAGE_MAX];
