@@ -5,6 +5,7 @@
  */
 #include "cli/client.h"
 #include "cli/progress.h"
+#include "proto/compress.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -410,9 +411,13 @@ static int new_session(cli_client *c, int op, const char *snapshot, haul_session
     req.op = op;
     if (op == HSP_PUSH && opt->takeover)
         req.flags = HSP_F_TAKEOVER;
+    if ((op == HSP_PUSH || op == HSP_PULL) && c->compress) {
+        req.flags |= HSP_F_COMPRESS;
+        req.level = c->compress;
+    }
     strcpy(req.dataset, url->dataset);
     strcpy(req.snapshot, snapshot);
-    uint8_t context[16 + HSP_NAME_MAX + HSP_SNAPSHOT_MAX];
+    uint8_t context[16 + HSP_NAME_MAX + HSP_SNAPSHOT_MAX + 1];
     size_t context_len = hsp_request_encode(&req, context, sizeof(context));
 
     haul_session_config sc;
@@ -438,6 +443,7 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
 {
     c->opt = opt;
     c->url = url;
+    c->compress = opt->compress;
     haul_engine_config ec;
     haul_engine_config_init(&ec);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -533,6 +539,19 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
                      "the server refused the request: server busy: it holds as many sessions "
                      "as its limit allows (hauld --max-sessions); try again later");
             return c->failed;
+        } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED &&
+                   ev.reason == HSP_R_BAD_REQUEST && c->compress && ev.session == c->session) {
+            /* A server older than compression refuses the flag it does
+             * not know: the same request again, uncompressed. */
+            cli_warn("warning: the server does not support --compress; sending uncompressed");
+            c->compress = 0;
+            haul_session_free(c->session);
+            c->session = NULL;
+            if ((rc = new_session(c, op, url->snapshot, &c->session)) != 0) {
+                c->session = NULL;
+                cli_fail(c, CLI_EXIT_TRANSFER, "%s: %s", url->destination, haul_strerror(rc));
+                return c->failed;
+            }
         } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED) {
             /* hauld's reasons are enum hsp_refusal; the server's engine may
              * refuse by itself with a haul error code. */
@@ -597,10 +616,30 @@ static void drain(cli_client *c)
 {
     haul_message *m;
     while (c->session && !c->failed && haul_recv(c->session, &m) == 0) {
+        /* With compression agreed, the server may compress any message;
+         * without, a compressed one is a broken server's. */
+        if (c->compress && c->unzstd == NULL && (c->unzstd = hsp_zstd_new(0)) == NULL) {
+            haul_message_free(m);
+            cli_fail(c, CLI_EXIT_TRANSFER, "out of memory for decompression");
+            abort_session(c);
+            break;
+        }
+        const void *data;
+        size_t len;
+        const char *why = NULL;
+        int rc = hsp_zstd_unpack(c->unzstd, haul_message_data(m), haul_message_len(m), &data, &len,
+                                 &why);
+        if (rc < 0) {
+            haul_message_free(m);
+            cli_fail(c, CLI_EXIT_TRANSFER, "the server sent %s; giving up", why);
+            abort_session(c);
+            break;
+        }
+        c->wire_in += haul_message_len(m);
+        c->message_in += len;
         hsp_reader r;
-        hsp_reader_init(&r, haul_message_data(m), haul_message_len(m));
+        hsp_reader_init(&r, data, len);
         hsp_record rec;
-        int rc;
         while ((rc = hsp_next(&r, &rec)) == 1) {
             if (rec.type == HSP_RESULT)
                 keep_result(c, &rec);
@@ -864,6 +903,8 @@ void cli_free(cli_client *c)
         haul_engine_free(c->engine);
         c->engine = NULL;
     }
+    hsp_zstd_free(c->unzstd);
+    c->unzstd = NULL;
 }
 
 void cli_wait_result(cli_client *c)

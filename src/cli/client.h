@@ -65,6 +65,9 @@ typedef struct cli_options {
     /* --progress (1), --no-progress (-1), else 0: the status line of push,
      * pull and verify on a terminal (progress.h, enum cli_progress_option). */
     int progress;
+    /* --compress[=LEVEL]: the zstd level of push and pull, 0: off
+     * (proto/compress.h). */
+    int compress;
 } cli_options;
 
 /* A parsed haul://HOST:PORT[/DATASET[@SNAPSHOT]] or
@@ -90,10 +93,18 @@ typedef struct cli_client {
     haul_session *session; /* NULL once aborted */
     const cli_options *opt;
     const cli_url *url;
-    int open;          /* SESSION_OPEN seen */
-    int closed;        /* SESSION_CLOSED seen */
-    int close_error;   /* its error */
-    int failed;        /* an exit status once the run failed, else 0 */
+    int open;        /* SESSION_OPEN seen */
+    int closed;      /* SESSION_CLOSED seen */
+    int close_error; /* its error */
+    int failed;      /* an exit status once the run failed, else 0 */
+    /* The zstd level of the session: opt->compress, or 0 once a server
+     * that does not know compression refused it and cli_open() asked
+     * again without it. */
+    int compress;
+    /* Expands the server's compressed messages (with compress only), and
+     * the bytes of the server's messages as received and as expanded. */
+    struct hsp_zstd *unzstd;
+    uint64_t wire_in, message_in;
     int have_result;   /* a RESULT record arrived */
     hsp_record result; /* it (data points to result_text) */
     char result_text[1024];

@@ -37,6 +37,7 @@
 #include "cli/progress.h"
 #include "cli/cert.h"
 #include "cli/client.h"
+#include "proto/compress.h"
 #include "version/version.h"
 
 /* -P auto: the pipe chooses its count (HAUL_CONNECTIONS_AUTO). */
@@ -98,6 +99,8 @@ static const char options_help[] =
     "                        hand), also when stderr is no terminal (then a line a\n"
     "                        second); the default on a terminal, unless -q or --json\n"
     "      --no-progress     no status line\n"
+    "      --compress[=LEVEL]  push, pull: compress the messages with zstd at\n"
+    "                        LEVEL 1..19 (default 3) where that pays; off by default\n"
     "  -h, --help            this help (haul CMD --help: the subcommand's)\n";
 
 static const char exit_help[] = "Exit status:\n"
@@ -292,6 +295,9 @@ enum { OPT_EXCLUDE = 0x200, OPT_EXCLUDE_FROM, OPT_EXCLUDE_CACHES };
 /* --progress and --no-progress (progress.h). */
 enum { OPT_PROGRESS = 0x280, OPT_NO_PROGRESS };
 
+/* --compress[=LEVEL] (proto/compress.h). */
+enum { OPT_COMPRESS = 0x2c0 };
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -319,6 +325,7 @@ int main(int argc, char **argv)
         {"one-file-system", no_argument, NULL, 'x'},
         {"progress", no_argument, NULL, OPT_PROGRESS},
         {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+        {"compress", optional_argument, NULL, OPT_COMPRESS},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -477,6 +484,20 @@ int main(int argc, char **argv)
         case OPT_NO_PROGRESS:
             opt.progress = CLI_PROGRESS_NEVER;
             break;
+        case OPT_COMPRESS: {
+            unsigned long n = HSP_ZSTD_LEVEL_DEFAULT;
+            if (optarg) {
+                n = strtoul(optarg, &end, 10);
+                if (*optarg < '0' || *optarg > '9' || *end != '\0' || n < HSP_ZSTD_LEVEL_MIN ||
+                    n > HSP_ZSTD_LEVEL_MAX) {
+                    cli_warn("--compress: expected a level, %d..%d", HSP_ZSTD_LEVEL_MIN,
+                             HSP_ZSTD_LEVEL_MAX);
+                    return CLI_EXIT_USAGE;
+                }
+            }
+            opt.compress = (int)n;
+            break;
+        }
         case 'h':
             help = 1;
             break;
@@ -525,6 +546,10 @@ int main(int argc, char **argv)
     }
     if (opt.takeover && cmd->run != cli_push) {
         cli_warn("--takeover applies to push only");
+        return CLI_EXIT_USAGE;
+    }
+    if (opt.compress && cmd->run != cli_push && cmd->run != cli_pull) {
+        cli_warn("--compress applies to push and pull only");
         return CLI_EXIT_USAGE;
     }
     if ((opt.n_excludes || opt.n_exclude_files || opt.exclude_caches || opt.one_file_system) &&

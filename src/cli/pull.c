@@ -605,12 +605,14 @@ int cli_pull(const cli_options *opt, int argc, char **argv)
             printf("{\"snapshot\":\"%s\",\"files\":%llu,\"directories\":%llu,\"symlinks\":%llu,"
                    "\"hardlinks\":%llu,\"bytes\":%llu,\"skipped\":%llu,\"mismatches\":%llu,"
                    "\"seconds\":%.3f,\"mib_per_s\":%.1f,\"connections\":%u,"
-                   "\"connections_peak\":%u}\n",
+                   "\"connections_peak\":%u,\"compress\":%d,\"message_bytes\":%llu,"
+                   "\"wire_bytes\":%llu}\n",
                    c->result.snapshot, (unsigned long long)p->files,
                    (unsigned long long)p->directories, (unsigned long long)p->symlinks,
                    (unsigned long long)p->hardlinks, (unsigned long long)p->bytes,
                    (unsigned long long)p->skipped, (unsigned long long)p->mismatches, secs, mibs,
-                   conns, peak);
+                   conns, peak, c->compress, (unsigned long long)c->message_in,
+                   (unsigned long long)c->wire_in);
         } else if (!opt->quiet) {
             char total[32];
             cli_human_bytes(p->bytes, total, sizeof(total));
@@ -620,6 +622,13 @@ int cli_pull(const cli_options *opt, int argc, char **argv)
                    "%.2f s, %.1f MiB/s\n",
                    (unsigned long long)p->files, total, (unsigned long long)p->directories,
                    (unsigned long long)p->symlinks, (unsigned long long)p->hardlinks, secs, mibs);
+            if (c->compress) {
+                char msg[32], wire[32];
+                cli_human_bytes(c->message_in, msg, sizeof(msg));
+                cli_human_bytes(c->wire_in, wire, sizeof(wire));
+                printf("compressed: %s on the wire for %s of messages (ratio %.2f)\n", wire, msg,
+                       c->wire_in ? (double)c->message_in / (double)c->wire_in : 1.0);
+            }
         }
     }
     while (p->dirs) {

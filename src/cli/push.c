@@ -35,6 +35,7 @@
 #include "cli/progress.h"
 #include "cli/scan.h"
 #include "cli/select.h"
+#include "proto/compress.h"
 
 /* Files below this size are read whole and packed many to a message. */
 #define SMALL_FILE (64u << 10)
@@ -64,6 +65,18 @@
  */
 #define TAG_BYTES_BITS 44
 #define TAG_BYTES_MAX ((1ull << TAG_BYTES_BITS) - 1)
+
+/*
+ * Compression (--compress) is tried on every message and kept where it
+ * pays (hsp_zstd_pack), but data that does not compress is not tried for
+ * ever: a file sent in blocks goes as it is after ZSTD_FILE_MISSES blocks
+ * in a row that did not compress, and after ZSTD_PACK_MISSES packs of
+ * small files in a row that did not, one pack in ZSTD_PACK_SAMPLE is
+ * tried until one pays again.
+ */
+#define ZSTD_FILE_MISSES 4
+#define ZSTD_PACK_MISSES 4
+#define ZSTD_PACK_SAMPLE 16
 
 /* ---- a pool of message buffers ------------------------------------------------ */
 
@@ -231,8 +244,9 @@ typedef struct sender {
     uint64_t off;
     uint64_t data_end; /* end of the data region off is in */
     int phase;
-    int attempts;  /* reads started over because the file changed */
-    int zero_data; /* the next record must be a DATA at offset 0 (restart) */
+    int attempts;         /* reads started over because the file changed */
+    int zero_data;        /* the next record must be a DATA at offset 0 (restart) */
+    unsigned zstd_misses; /* blocks in a row that did not compress */
     int skip_err;
     char skip_text[SKIP_TEXT_MAX];
 } sender;
@@ -305,6 +319,15 @@ typedef struct push {
     /* The status line, and the count of the tree ahead of the push. */
     cli_progress *progress;
     cli_scan *scan;
+
+    /* --compress: the codec (NULL: off) and where a message is
+     * compressed before it is copied back into its buffer. Packs in a
+     * row that did not compress, and packs since the last one tried. */
+    hsp_zstd *zstd;
+    uint8_t *zbuf;
+    unsigned pack_misses, pack_untried;
+    /* Bytes of the messages sent, before and after compression. */
+    uint64_t message_bytes, wire_bytes;
 } push;
 
 /* ---- small helpers ------------------------------------------------------------------- */
@@ -367,9 +390,29 @@ static uint64_t make_tag(uint64_t bytes, uint64_t files)
     return (bytes > TAG_BYTES_MAX ? TAG_BYTES_MAX : bytes) | files << TAG_BYTES_BITS;
 }
 
-/* Sends a pool buffer as a message; a full queue keeps it in the outbox. */
-static void send_buffer(push *p, uint8_t *buf, size_t len, uint64_t tag)
+/* Compresses a message in its buffer when asked and when that pays;
+ * returns its length then. */
+static size_t squeeze(push *p, uint8_t *buf, size_t len, int try, int *paid)
 {
+    *paid = 0;
+    if (p->zstd == NULL || !try)
+        return len;
+    size_t n = hsp_zstd_pack(p->zstd, buf, len, p->zbuf, HSP_MESSAGE_MAX);
+    if (n == 0)
+        return len;
+    memcpy(buf, p->zbuf, n);
+    *paid = 1;
+    return n;
+}
+
+/* Sends a pool buffer as a message, compressed first when `try` and that
+ * pays (returns 1 then); a full queue keeps it in the outbox. */
+static int send_buffer(push *p, uint8_t *buf, size_t len, uint64_t tag, int try)
+{
+    int paid;
+    p->message_bytes += len;
+    len = squeeze(p, buf, len, try, &paid);
+    p->wire_bytes += len;
     int rc = cli_send_buffer(&p->c, buf, len, pool_put, &p->pool, tag);
     if (rc == HAUL_EQUEUEFULL) {
         p->out_buf = buf;
@@ -378,6 +421,7 @@ static void send_buffer(push *p, uint8_t *buf, size_t len, uint64_t tag)
     } else if (rc != 0) {
         pool_put(buf, &p->pool);
     }
+    return paid;
 }
 
 /* Tries the outbox again; 1 when it went. */
@@ -395,7 +439,14 @@ static int outbox_retry(push *p)
 static void flush_pack(push *p)
 {
     if (p->pack_buf && p->pack.len) {
-        send_buffer(p, p->pack_buf, p->pack.len, make_tag(p->pack_bytes, p->pack_files));
+        /* Sampled once packs stop compressing: see ZSTD_PACK_MISSES. */
+        int try = p->pack_misses < ZSTD_PACK_MISSES || ++p->pack_untried >= ZSTD_PACK_SAMPLE;
+        if (try)
+            p->pack_untried = 0;
+        if (send_buffer(p, p->pack_buf, p->pack.len, make_tag(p->pack_bytes, p->pack_files), try))
+            p->pack_misses = 0;
+        else if (try)
+            p->pack_misses++;
         p->pack_buf = NULL;
         p->pack_bytes = p->pack_files = 0;
     }
@@ -427,7 +478,7 @@ static void flush_batch(push *p)
 {
     if (p->batch_buf == NULL || p->batch.len == 0)
         return;
-    send_buffer(p, p->batch_buf, p->batch.len, 0);
+    send_buffer(p, p->batch_buf, p->batch.len, 0, 1);
     p->batch_buf = NULL;
     if (p->batch_files) {
         p->ring[(p->ring_head + p->ring_count) % RING_SIZE] = p->batch_last;
@@ -795,9 +846,13 @@ static int send_large_step(push *p)
                 s->phase = SEND_FINISH; /* shorter than listed: a change */
             return 1;
         }
-        if (w.len)
-            send_buffer(p, buf, w.len, make_tag(s->off > from ? s->off - from : 0, 0));
-        else
+        if (w.len) {
+            int try = s->zstd_misses < ZSTD_FILE_MISSES;
+            if (send_buffer(p, buf, w.len, make_tag(s->off > from ? s->off - from : 0, 0), try))
+                s->zstd_misses = 0;
+            else if (try)
+                s->zstd_misses++;
+        } else
             pool_put(buf, &p->pool);
         if (s->off >= f->size)
             s->phase = SEND_FINISH;
@@ -1345,13 +1400,15 @@ static void print_summary(push *p, double secs)
                "\"bytes_linked\":%llu,\"skipped\":%llu,\"seconds\":%.3f,\"mib_per_s\":%.1f,"
                "\"entries\":%llu,\"files_sent\":%llu,\"specials\":%llu,\"problems\":%llu,"
                "\"connections\":%u,\"connections_peak\":%u,"
-               "\"excluded\":{\"entries\":%llu,\"bytes\":%llu}}\n",
+               "\"excluded\":{\"entries\":%llu,\"bytes\":%llu},"
+               "\"compress\":%d,\"message_bytes\":%llu,\"wire_bytes\":%llu}\n",
                r->snapshot, (unsigned long long)r->files, (unsigned long long)r->bytes,
                (unsigned long long)r->bytes_sent, (unsigned long long)r->bytes_linked,
                (unsigned long long)p->skipped, secs, mibs, (unsigned long long)p->entries,
                (unsigned long long)p->files_sent, (unsigned long long)p->specials,
                (unsigned long long)p->problems, conns, peak, (unsigned long long)p->excluded,
-               (unsigned long long)p->excluded_bytes);
+               (unsigned long long)p->excluded_bytes, p->c.compress,
+               (unsigned long long)p->message_bytes, (unsigned long long)p->wire_bytes);
         return;
     }
     if (p->opt->verbose && p->opt->connections == HAUL_CONNECTIONS_AUTO)
@@ -1367,6 +1424,13 @@ static void print_summary(push *p, double secs)
            "%.1f MiB/s\n",
            (unsigned long long)r->files, total, sent, linked, (unsigned long long)p->skipped, secs,
            mibs);
+    if (p->c.compress) {
+        char msg[32], wire[32];
+        cli_human_bytes(p->message_bytes, msg, sizeof(msg));
+        cli_human_bytes(p->wire_bytes, wire, sizeof(wire));
+        printf("compressed: %s on the wire for %s of messages (ratio %.2f)\n", wire, msg,
+               p->wire_bytes ? (double)p->message_bytes / (double)p->wire_bytes : 1.0);
+    }
     if (p->sel) {
         char left[32];
         cli_human_bytes(p->excluded_bytes, left, sizeof(left));
@@ -1452,6 +1516,16 @@ int cli_push(const cli_options *opt, int argc, char **argv)
     }
     if (status == CLI_EXIT_OK)
         status = cli_open(c, opt, &url, HSP_PUSH);
+    /* After cli_open(): a server that does not know compression turns it
+     * off. */
+    if (status == CLI_EXIT_OK && c->compress) {
+        p->zstd = hsp_zstd_new(c->compress);
+        p->zbuf = malloc(HSP_MESSAGE_MAX);
+        if (p->zstd == NULL || p->zbuf == NULL) {
+            cli_warn("out of memory for compression");
+            status = CLI_EXIT_TRANSFER;
+        }
+    }
     while (status == CLI_EXIT_OK && !c->have_result && !c->failed) {
         int progress = produce(p);
         if (c->closed && !c->have_result) {
@@ -1509,6 +1583,8 @@ int cli_push(const cli_options *opt, int argc, char **argv)
     if (p->hash)
         XXH3_freeState(p->hash);
     free(p->readbuf);
+    hsp_zstd_free(p->zstd);
+    free(p->zbuf);
     /* The engine is gone: every buffer is back or was never lent. */
     pool_fini(&p->pool);
     free(p);

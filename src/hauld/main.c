@@ -38,6 +38,7 @@
 
 #include "hauld/auth.h"
 #include "hauld/server.h"
+#include "proto/compress.h"
 #include "version/version.h"
 
 /* ---- logging ----------------------------------------------------------------- */
@@ -121,6 +122,7 @@ enum {
     OPT_METRICS_TIMEOUT,
     OPT_METRICS_CONNECTIONS,
     OPT_METRICS_PRINCIPALS,
+    OPT_COMPRESS_LEVEL_MAX,
     OPT_COUNT_,
     OPT_HELP = 'h',
     OPT_VERSION = 'V',
@@ -153,6 +155,7 @@ static const struct option long_options[] = {
     {"metrics-timeout", required_argument, NULL, OPT_METRICS_TIMEOUT},
     {"metrics-connections", required_argument, NULL, OPT_METRICS_CONNECTIONS},
     {"metrics-principals", required_argument, NULL, OPT_METRICS_PRINCIPALS},
+    {"compress-level-max", required_argument, NULL, OPT_COMPRESS_LEVEL_MAX},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -228,6 +231,10 @@ static void usage(FILE *f)
                "  --metrics-principals N  principals with series of their own; the\n"
                "                          others count as principal=\"other\" (default\n"
                "                          1000)\n"
+               "  --compress-level-max N  the highest zstd level a pull is sent with\n"
+               "                          when its client asks for compression; a\n"
+               "                          higher level asked is lowered to it; 0: pulls\n"
+               "                          are sent uncompressed (default 9; 0 to 19)\n"
                "\n"
                "SIGHUP: reload the TLS files (for new connections; sessions go on).\n"
                "SIGTERM or SIGINT: refuse new requests, let running ones end (up to\n"
@@ -442,6 +449,7 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
     cfg->metrics_timeout_ms = METRICS_TIMEOUT_DEFAULT;
     cfg->metrics_connections = METRICS_CONNECTIONS_DEFAULT;
     cfg->metrics_principals = METRICS_PRINCIPALS_DEFAULT;
+    cfg->compress_level_max = SERVER_COMPRESS_LEVEL_MAX_DEFAULT;
     if (cfg->listen == NULL || cfg->store == NULL) {
         fprintf(stderr, "hauld: --listen and --store are required\n");
         usage(stderr);
@@ -506,6 +514,10 @@ static int make_config(int argc, char **argv, options *o, server_config *cfg)
     if (VALUE(o, OPT_METRICS_CONNECTIONS) &&
         parse_unsigned("metrics-connections", VALUE(o, OPT_METRICS_CONNECTIONS), 1,
                        METRICS_CONNECTIONS_MAX, &cfg->metrics_connections) < 0)
+        return -1;
+    if (VALUE(o, OPT_COMPRESS_LEVEL_MAX) &&
+        parse_unsigned("compress-level-max", VALUE(o, OPT_COMPRESS_LEVEL_MAX), 0,
+                       HSP_ZSTD_LEVEL_MAX, &cfg->compress_level_max) < 0)
         return -1;
     if (VALUE(o, OPT_METRICS_PRINCIPALS) &&
         parse_unsigned("metrics-principals", VALUE(o, OPT_METRICS_PRINCIPALS), 0,

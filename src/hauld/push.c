@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "hauld/server.h"
+#include "proto/compress.h"
 #include "store/store.h"
 
 /* A push's answer to DONE with the wrong hash is NEED from 0, this many
@@ -86,6 +87,11 @@ typedef struct push {
     char *problems; /* NUL-separated texts */
     size_t problems_len;
     unsigned nproblems, problems_dropped;
+
+    /* The request asked for compression (HSP_F_COMPRESS): what expands
+     * the compressed messages; NULL otherwise, and such a message is then
+     * a protocol error. */
+    hsp_zstd *zstd;
 } push;
 
 static void push_fini(request *r);
@@ -707,7 +713,16 @@ static int push_step(request *r)
             haul_message_free(m); /* after a failure or the result: dropped */
             continue;
         }
-        rc = push_message(r, p, haul_message_data(m), haul_message_len(m));
+        const void *data;
+        size_t len;
+        const char *why = NULL;
+        rc = hsp_zstd_unpack(p->zstd, haul_message_data(m), haul_message_len(m), &data, &len, &why);
+        if (rc == -2) {
+            haul_message_free(m);
+            push_fail(r, p, ENOMEM, "%s", why);
+            break;
+        }
+        rc = rc < 0 ? bad(r, "%s", why) : push_message(r, p, data, len);
         haul_message_free(m);
         if (rc == BAD) {
             request_abort(r, NULL);
@@ -812,6 +827,10 @@ uint32_t push_open(request *r)
             goto refuse;
     }
     p->busy = 1;
+    if ((r->req.flags & HSP_F_COMPRESS) && (p->zstd = hsp_zstd_new(0)) == NULL) {
+        reason = HSP_R_SERVER_ERROR;
+        goto refuse;
+    }
     /* A store that cannot be written (an I/O error, a full disk) fails
      * the push once accepted, with a RESULT that says so (push_start):
      * a refusal could only say "the server failed". */
@@ -874,6 +893,7 @@ static void push_fini(request *r)
         XXH3_freeState(p->hash);
     free(p->retries);
     free(p->problems);
+    hsp_zstd_free(p->zstd);
     free(p);
     r->op = NULL;
 }

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "hauld/server.h"
+#include "proto/compress.h"
 #include "store/store.h"
 
 /* Work per step: bytes of files read, and records of a listing. */
@@ -164,6 +165,17 @@ uint32_t pull_open(request *r)
     uint32_t reason = open_snapshot(r, rd);
     if (reason == 0 && (rd->hash = XXH3_createState()) == NULL)
         reason = HSP_R_SERVER_ERROR;
+    /* Compression asked for: at the client's level, at most the
+     * server's; with --compress-level-max 0 the pull goes uncompressed,
+     * which the protocol allows (compressing is the sender's choice). */
+    unsigned max = r->srv->cfg.compress_level_max;
+    if (reason == 0 && (r->req.flags & HSP_F_COMPRESS) && max > 0) {
+        int level = r->req.level < (int)max ? r->req.level : (int)max;
+        r->zstd = hsp_zstd_new(level);
+        r->zbuf = malloc(HSP_MESSAGE_MAX);
+        if (r->zstd == NULL || r->zbuf == NULL)
+            reason = HSP_R_SERVER_ERROR;
+    }
     return reason ? refuse(r, reason) : 0;
 }
 

@@ -56,6 +56,7 @@
  * stops (server_fini).
  */
 #include "hauld/server.h"
+#include "proto/compress.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -172,6 +173,8 @@ static void request_end(request *r)
         free(m);
     }
     free(r->w.buf);
+    hsp_zstd_free(r->zstd);
+    free(r->zbuf);
 
     server_lock(srv);
     if (r->prev)
@@ -290,12 +293,39 @@ static void out_retry(request *r)
     maybe_close(r);
 }
 
+/*
+ * Compression of a request's output (r->zstd: a pull that asked for it).
+ * After OUT_ZSTD_MISSES messages in a row that did not compress by the
+ * margin (the content is compressed already, or random), one message in
+ * OUT_ZSTD_SAMPLE is tried, until one pays again.
+ */
+#define OUT_ZSTD_MISSES 4
+#define OUT_ZSTD_SAMPLE 16
+
+/* Compresses buf[0, len) in place when that pays; returns its length. */
+static size_t out_squeeze(request *r, uint8_t *buf, size_t len)
+{
+    if (r->zstd == NULL)
+        return len;
+    if (r->zstd_misses >= OUT_ZSTD_MISSES && ++r->zstd_untried < OUT_ZSTD_SAMPLE)
+        return len;
+    r->zstd_untried = 0;
+    size_t n = hsp_zstd_pack(r->zstd, buf, len, r->zbuf, HSP_MESSAGE_MAX);
+    if (n == 0) {
+        r->zstd_misses++;
+        return len;
+    }
+    r->zstd_misses = 0;
+    memcpy(buf, r->zbuf, n);
+    return n;
+}
+
 void out_flush(request *r)
 {
     if (r->w.buf == NULL || r->w.len == 0)
         return;
     uint8_t *buf = r->w.buf;
-    size_t len = r->w.len;
+    size_t len = out_squeeze(r, buf, r->w.len);
     r->w.buf = NULL;
     r->w.len = r->w.cap = 0;
     if (r->dead) {

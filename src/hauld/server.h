@@ -102,7 +102,12 @@ typedef struct server_config {
     unsigned metrics_timeout_ms;
     unsigned metrics_connections;
     unsigned metrics_principals;
+    /* The highest zstd level of what a pull with HSP_F_COMPRESS is sent
+     * with (--compress-level-max; 0: uncompressed). */
+    unsigned compress_level_max;
 } server_config;
+
+#define SERVER_COMPRESS_LEVEL_MAX_DEFAULT 9
 
 typedef struct server server;
 typedef struct request request;
@@ -164,6 +169,12 @@ struct request {
      * room (oldest first). */
     hsp_writer w;
     size_t wcap;
+    /* Compresses what out_flush() sends (a pull that asked for it; NULL
+     * otherwise), with zbuf to compress into, and the sampling of
+     * messages that do not compress (server.c, out_flush). */
+    struct hsp_zstd *zstd;
+    uint8_t *zbuf;
+    unsigned zstd_misses, zstd_untried;
     outmsg *pending, *pending_tail;
     unsigned npending;
     uint64_t tag;

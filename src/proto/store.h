@@ -49,14 +49,23 @@ enum hsp_flag {
      * looks connected (haul push --takeover). hauld grants it only to a
      * push of the same principal as the running one. */
     HSP_F_TAKEOVER = 1u << 0,
+    /* PUSH, PULL: the client sends (push) or takes (pull) messages
+     * compressed with zstd (proto/compress.h). A server that accepts the
+     * session knows the flag and accepts compressed messages; one that
+     * does not know it refuses the session with BAD_REQUEST. */
+    HSP_F_COMPRESS = 1u << 1,
 };
-#define HSP_F_ALL HSP_F_TAKEOVER
+#define HSP_F_ALL (HSP_F_TAKEOVER | HSP_F_COMPRESS)
 
 typedef struct hsp_request {
     int op;
-    unsigned flags;                      /* enum hsp_flag; only PUSH takes any */
+    unsigned flags;                      /* enum hsp_flag; PUSH and PULL only */
     char dataset[HSP_NAME_MAX + 1];      /* "" for LIST of all datasets, BENCH */
     char snapshot[HSP_SNAPSHOT_MAX + 1]; /* "" for the latest */
+    /* With HSP_F_COMPRESS: the zstd level the client asks for, 1..19
+     * (one byte after the names); the level of what a pull's server
+     * sends, within the server's own bound. */
+    int level;
 } hsp_request;
 
 /* Reason codes of a refused session (haul_session_reject). The server's
@@ -96,6 +105,7 @@ enum hsp_type {
     HSP_PATHS = 10,    /* client, pull: the paths wanted */
     HSP_PROBLEM = 11,  /* verify or push: one thing wrong, for the report */
     HSP_SNAPINFO = 12, /* list: one dataset or snapshot */
+    HSP_ZSTD = 13,     /* a compressed message (proto/compress.h); never read by hsp_next */
 };
 
 enum hsp_kind { HSP_FILE = 1, HSP_DIR = 2, HSP_SYMLINK = 3, HSP_HARDLINK = 4 };
@@ -141,7 +151,8 @@ typedef struct hsp_record {
 
 /* ---- requests ---------------------------------------------------------- */
 
-/* Encodes a request into buf (at least 4 + 4 + names); returns its length. */
+/* Encodes a request into buf (at least 4 + 4 + names + 1); returns its
+ * length, 0 when it does not fit. */
 size_t hsp_request_encode(const hsp_request *r, uint8_t *buf, size_t size);
 /* Decodes and checks a request; returns 0 or -1. */
 int hsp_request_decode(const void *buf, size_t len, hsp_request *r);

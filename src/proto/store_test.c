@@ -91,7 +91,7 @@ TEST(request_flags_round_trip_and_unknown_ones_fail)
     /* A flag nobody defined yet: refused, never ignored. */
     buf[5] = 0x80;
     CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
-    buf[5] = HSP_F_TAKEOVER | 0x02;
+    buf[5] = HSP_F_TAKEOVER | 0x04;
     CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
     /* Only a push can take over. */
     buf[5] = HSP_F_TAKEOVER;
