@@ -98,6 +98,9 @@ static const char options_help[] =
     "                        hand), also when stderr is no terminal (then a line a\n"
     "                        second); the default on a terminal, unless -q or --json\n"
     "      --no-progress     no status line\n"
+    "      --bwlimit RATE    push, pull: at most RATE of file data a second over\n"
+    "                        all connections; KiB/s as in rsync, or with a suffix\n"
+    "                        K, M, G (powers of 1024: 2M = 2 MiB/s); 0: no limit\n"
     "  -h, --help            this help (haul CMD --help: the subcommand's)\n";
 
 static const char exit_help[] = "Exit status:\n"
@@ -292,6 +295,9 @@ enum { OPT_EXCLUDE = 0x200, OPT_EXCLUDE_FROM, OPT_EXCLUDE_CACHES };
 /* --progress and --no-progress (progress.h). */
 enum { OPT_PROGRESS = 0x280, OPT_NO_PROGRESS };
 
+/* --bwlimit. */
+enum { OPT_BWLIMIT = 0x2c0 };
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -319,6 +325,7 @@ int main(int argc, char **argv)
         {"one-file-system", no_argument, NULL, 'x'},
         {"progress", no_argument, NULL, OPT_PROGRESS},
         {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+        {"bwlimit", required_argument, NULL, OPT_BWLIMIT},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -476,6 +483,13 @@ int main(int argc, char **argv)
             break;
         case OPT_NO_PROGRESS:
             opt.progress = CLI_PROGRESS_NEVER;
+            break;
+        case OPT_BWLIMIT:
+            if (cli_parse_rate(optarg, &opt.bwlimit) != 0) {
+                cli_warn("--bwlimit: expected a rate: KiB/s, or bytes/s with a K, M or G "
+                         "suffix (0: no limit)");
+                return CLI_EXIT_USAGE;
+            }
             break;
         case 'h':
             help = 1;
