@@ -113,6 +113,28 @@ TEST(push_with_a_very_low_bwlimit_does_not_time_out_its_messages)
     e2e_teardown(&env);
 }
 
+/* A pull asks hauld for the rate: what the server sends is limited. */
+TEST(pull_with_bwlimit_takes_at_least_size_over_rate_and_arrives_whole)
+{
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char src[PATH_MAX], dest[PATH_MAX], url[512];
+    const uint64_t size = 4 * E2E_MIB, rate = 2 * E2E_MIB;
+    make_source(&env, src, size);
+    push(&env, src, "ds", NULL, "60");
+    e2e_path(&env, dest, "pulled-limited");
+    e2e_proc p = {0};
+    double t0 = e2e_now();
+    e2e_haul(&env, &p, CMD_TIMEOUT, "pull", "--bwlimit", "2M", e2e_url(&env, url, "ds"), dest);
+    double took = e2e_now() - t0;
+    CHECK_EXIT(&p, 0);
+    e2e_proc_free(&p);
+    harness_log("pull at 2M took %.2f s", took);
+    CHECK(took >= (double)(size - rate / 20 - CHUNK) / (double)rate);
+    CHECK_EQ(e2e_tree_diff(src, dest, 0), 0);
+    e2e_teardown(&env);
+}
+
 /* A bare number is KiB/s, as in rsync; a bad rate is a usage error. */
 TEST(bwlimit_bad_rate_is_a_usage_error)
 {

@@ -450,9 +450,14 @@ static int new_session(cli_client *c, int op, const char *snapshot, haul_session
     req.op = op;
     if (op == HSP_PUSH && opt->takeover)
         req.flags = HSP_F_TAKEOVER;
+    /* A pull's data comes from the server: the limit is asked of it. */
+    if (op == HSP_PULL && opt->bwlimit) {
+        req.flags |= HSP_F_RATE;
+        req.rate = opt->bwlimit;
+    }
     strcpy(req.dataset, url->dataset);
     strcpy(req.snapshot, snapshot);
-    uint8_t context[16 + HSP_NAME_MAX + HSP_SNAPSHOT_MAX];
+    uint8_t context[32 + HSP_NAME_MAX + HSP_SNAPSHOT_MAX];
     size_t context_len = hsp_request_encode(&req, context, sizeof(context));
 
     haul_session_config sc;
@@ -469,7 +474,8 @@ static int new_session(cli_client *c, int op, const char *snapshot, haul_session
     sc.max_connections = opt->max_connections;
     sc.message_timeout_ms = opt->timeout_ms;
     /* --bwlimit limits what this side sends: the file data of a push. */
-    sc.rate_limit = opt->bwlimit;
+    if (op == HSP_PUSH)
+        sc.rate_limit = opt->bwlimit;
     haul_tls_config tls = {opt->tls_cert, opt->tls_key, opt->tls_ca, NULL};
     if (!opt->plaintext)
         sc.tls = &tls;

@@ -84,8 +84,13 @@ size_t hsp_request_encode(const hsp_request *r, uint8_t *buf, size_t size)
 {
     size_t d = strlen(r->dataset), s = strlen(r->snapshot);
     size_t n = HSP_MAGIC_LEN + 4 + 2 + d + s;
+    size_t rate_at = n;
+    if (r->flags & HSP_F_RATE)
+        n += 8;
     if (n > size)
         return 0;
+    if (r->flags & HSP_F_RATE)
+        haul__put64(buf + rate_at, r->rate);
     memcpy(buf, HSP_MAGIC, HSP_MAGIC_LEN);
     buf[4] = (uint8_t)r->op;
     buf[5] = (uint8_t)r->flags;
@@ -108,11 +113,23 @@ int hsp_request_decode(const void *data, size_t len, hsp_request *r)
         return -1;
     /* A flag this side does not know, or one the op does not take, is a
      * request it cannot serve as asked. */
-    if ((r->flags & ~(unsigned)HSP_F_ALL) != 0 || (r->flags != 0 && r->op != HSP_PUSH))
+    if ((r->flags & ~(unsigned)HSP_F_ALL) != 0)
+        return -1;
+    if ((r->flags & HSP_F_TAKEOVER) && r->op != HSP_PUSH)
+        return -1;
+    if ((r->flags & HSP_F_RATE) && r->op != HSP_PULL)
         return -1;
     size_t d = haul__get16(buf + 6), s = haul__get16(buf + 8);
-    if (10 + d + s != len || d > HSP_NAME_MAX || s > HSP_SNAPSHOT_MAX)
+    /* Values of flags follow the names: RATE's 8 bytes. */
+    size_t extra = (r->flags & HSP_F_RATE) ? 8 : 0;
+    if (10 + d + s + extra != len || d > HSP_NAME_MAX || s > HSP_SNAPSHOT_MAX)
         return -1;
+    if (r->flags & HSP_F_RATE) {
+        r->rate = haul__get64(buf + 10 + d + s);
+        /* No limit is said by leaving the flag out. */
+        if (r->rate == 0)
+            return -1;
+    }
     if (d && !hsp_name_ok((const char *)buf + 10, d, HSP_NAME_MAX))
         return -1;
     if (s && !hsp_name_ok((const char *)buf + 10 + d, s, HSP_SNAPSHOT_MAX))

@@ -49,12 +49,17 @@ enum hsp_flag {
      * looks connected (haul push --takeover). hauld grants it only to a
      * push of the same principal as the running one. */
     HSP_F_TAKEOVER = 1u << 0,
+    /* PULL: send at most `rate` bytes of message payload a second (haul
+     * pull --bwlimit); the rate, u64 LE and not 0, follows the names.
+     * Bit 2: bit 1 is kept for the next flag of a push. */
+    HSP_F_RATE = 1u << 2,
 };
-#define HSP_F_ALL HSP_F_TAKEOVER
+#define HSP_F_ALL (HSP_F_TAKEOVER | HSP_F_RATE)
 
 typedef struct hsp_request {
     int op;
-    unsigned flags;                      /* enum hsp_flag; only PUSH takes any */
+    unsigned flags;                      /* enum hsp_flag */
+    uint64_t rate;                       /* HSP_F_RATE: bytes per second */
     char dataset[HSP_NAME_MAX + 1];      /* "" for LIST of all datasets, BENCH */
     char snapshot[HSP_SNAPSHOT_MAX + 1]; /* "" for the latest */
 } hsp_request;
