@@ -135,8 +135,9 @@ TEST(pull_with_bwlimit_takes_at_least_size_over_rate_and_arrives_whole)
     e2e_teardown(&env);
 }
 
-/* A bare number is KiB/s, as in rsync; a bad rate is a usage error. */
-TEST(bwlimit_bad_rate_is_a_usage_error)
+/* A bare number is KiB/s, as in rsync; a bad rate, or a rate given to a
+ * command that moves no data, is a usage error. */
+TEST(bwlimit_bad_rate_or_a_command_without_data_is_a_usage_error)
 {
     e2e_env env;
     e2e_setup(&env, 0);
@@ -149,6 +150,11 @@ TEST(bwlimit_bad_rate_is_a_usage_error)
         CHECK_EXIT(&p, 1);
         e2e_proc_free(&p);
     }
+    /* Only push and pull move data to limit. */
+    e2e_proc ls = {0};
+    e2e_haul(&env, &ls, CMD_TIMEOUT, "ls", "--bwlimit", "1M", env.url);
+    CHECK_EXIT(&ls, 1);
+    e2e_proc_free(&ls);
     static const char *const good[] = {"0", "4096", "1.5M", "2MiB", "100kb", "1G"};
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
         e2e_proc p = {0};

@@ -541,6 +541,10 @@ int main(int argc, char **argv)
         cli_warn("--takeover applies to push only");
         return CLI_EXIT_USAGE;
     }
+    if (opt.bwlimit && cmd->run != cli_push && cmd->run != cli_pull) {
+        cli_warn("--bwlimit applies to push and pull only");
+        return CLI_EXIT_USAGE;
+    }
     if ((opt.n_excludes || opt.n_exclude_files || opt.exclude_caches || opt.one_file_system) &&
         cmd->run != cli_push) {
         cli_warn("--exclude, --exclude-from, --exclude-caches and --one-file-system apply to "
