@@ -602,6 +602,20 @@ typedef struct haul_session_config {
     /* Per-session message timeout (see haul_engine_config: it counts time
      * without progress, not a message's age); 0 takes the engine's. */
     unsigned message_timeout_ms;
+    /* Bytes per second of message payload this session sends, over all
+     * the connections of its pipe together; 0 (the default) for no
+     * limit. Frame headers and control frames (ACKs, SYNC, FIN, ...) are
+     * not counted and never held back. The limit is a token bucket per
+     * session: a chunk goes when the bucket holds any token, and what
+     * leaves ahead of the pace is at most 50 ms of the rate plus one
+     * chunk. Each session has its own bucket, so sessions that share a
+     * pipe each keep their own limit, and a session without one is not
+     * slowed by the others'. Time a message waits for the limit counts
+     * as progress for message_timeout_ms, and a pipe held back by it
+     * does not take that for a slow link: the automatic connection count
+     * does not grow for it. Rates above 1 TiB/s are taken as 1 TiB/s.
+     * Changed later with haul_session_set_rate_limit(). */
+    uint64_t rate_limit;
     /* Mutual TLS on the connections of the pipe (see haul_tls_config), or
      * NULL for plain TCP. Default NULL. Sessions share a pipe only when
      * they name the same destination and the same TLS files (or both
@@ -628,6 +642,16 @@ HAUL_API void haul_session_config_init(haul_session_config *config);
  */
 HAUL_API int haul_session_new(haul_engine *engine, const haul_session_config *config,
                               haul_session **sessionp);
+
+/*
+ * Sets the session's rate limit: bytes per second of message payload it
+ * sends, 0 for none (see haul_session_config.rate_limit). Takes effect
+ * for the next chunk, with a full bucket. The way a server limits what
+ * it sends on a session a client asked for (a server session has no
+ * haul_session_config). Any thread. Errors: HAUL_EINVAL (session NULL),
+ * HAUL_ECLOSED (the session has closed).
+ */
+HAUL_API int haul_session_set_rate_limit(haul_session *session, uint64_t rate);
 
 /*
  * Server: accepts a session announced by HAUL_EV_SESSION_REQUEST (step

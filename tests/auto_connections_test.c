@@ -237,6 +237,30 @@ TEST_TIMEOUT(auto_pipe_does_not_grow_while_the_application_sets_the_pace, 60)
     run_stop(&r);
 }
 
+TEST_TIMEOUT(auto_pipe_does_not_grow_while_its_rate_limit_sets_the_pace, 60)
+{
+    /* Slow connections where more would pay, and a sender that always has
+     * more to send, but a rate limit of 512 KiB/s, under what even one
+     * connection carries: the limit, not the link, sets the pace, and
+     * the pipe keeps the 2 it started with. */
+    run r;
+    run_start(&r, RATE_PER_CONN, 1, 64 * KIB, 2 * MIB);
+    CHECK_OK(haul_session_set_rate_limit(r.st.session, 512 * KIB));
+    unsigned dialled;
+    unsigned most = saturate_until(&r, 0, 3000, &dialled);
+    harness_log("in use: at most %u of %u dialled; %llu messages", most, dialled,
+                (unsigned long long)r.st.sent);
+    CHECK_EQ(dialled, HAUL__AUTO_START);
+    CHECK_LE(most, HAUL__AUTO_START);
+    /* It measured, and found the pace not the network's. */
+    haul__auto a = controller_of(r.client, r.st.session);
+    CHECK_GE(a.intervals, 3);
+    CHECK(a.last_limited);
+    /* Lifted, the limit lets what is queued go at once. */
+    CHECK_OK(haul_session_set_rate_limit(r.st.session, 0));
+    run_stop(&r);
+}
+
 TEST_TIMEOUT(auto_pipe_that_shrinks_and_grows_loses_nothing, 60)
 {
     /* Messages of every size up to 1 MiB (chunks of 256 KiB) go while the

@@ -7,6 +7,7 @@
 #include "cli/progress.h"
 #include "proto/compress.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -14,6 +15,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -209,6 +211,44 @@ int cli_parse_size(const char *text, uint64_t *out)
     if (shift && v > (UINT64_MAX >> shift))
         return -1;
     *out = (uint64_t)v << shift;
+    return 0;
+}
+
+/*
+ * --bwlimit RATE, as rsync reads it: a number alone is KiB per second;
+ * K, M, G or T (optionally followed by B or iB, in either case) make it
+ * bytes per second in powers of 1024; a fraction is allowed ("1.5M").
+ * 0 is no limit. A rate that rounds to no byte at all, or beyond 2^50
+ * bytes per second, is refused rather than read as something else.
+ */
+int cli_parse_rate(const char *text, uint64_t *out)
+{
+    if (text[0] < '0' || text[0] > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || end == text || !(v >= 0))
+        return -1;
+    static const char units[] = "kmgt";
+    const char *u = *end ? strchr(units, tolower((unsigned char)*end)) : NULL;
+    double unit = 1024; /* no suffix: KiB/s */
+    if (u != NULL) {
+        unit = 1;
+        for (const char *p = units; p <= u; p++)
+            unit *= 1024;
+        end++;
+        /* "2M", "2MB", "2MiB" all mean 2 * 2^20 bytes per second. */
+        if (strcmp(end, "") != 0 && strcasecmp(end, "B") != 0 && strcasecmp(end, "iB") != 0)
+            return -1;
+    } else if (*end != '\0')
+        return -1;
+    double bytes = v * unit;
+    if (bytes > (double)(1ull << 50))
+        return -1;
+    if (v > 0 && bytes < 1)
+        return -1;
+    *out = (uint64_t)(bytes + 0.5);
     return 0;
 }
 
@@ -415,9 +455,16 @@ static int new_session(cli_client *c, int op, const char *snapshot, haul_session
         req.flags |= HSP_F_COMPRESS;
         req.level = c->compress;
     }
+    /* A pull's data comes from the server: the limit is asked of it. */
+    if (op == HSP_PULL && opt->bwlimit) {
+        req.flags |= HSP_F_RATE;
+        req.rate = opt->bwlimit;
+    }
     strcpy(req.dataset, url->dataset);
     strcpy(req.snapshot, snapshot);
-    uint8_t context[16 + HSP_NAME_MAX + HSP_SNAPSHOT_MAX + 1];
+    /* The magic, op, flags and lengths, then the names, COMPRESS's level
+     * and RATE's rate. */
+    uint8_t context[32 + HSP_NAME_MAX + HSP_SNAPSHOT_MAX];
     size_t context_len = hsp_request_encode(&req, context, sizeof(context));
 
     haul_session_config sc;
@@ -433,6 +480,9 @@ static int new_session(cli_client *c, int op, const char *snapshot, haul_session
     sc.connections = opt->connections;
     sc.max_connections = opt->max_connections;
     sc.message_timeout_ms = opt->timeout_ms;
+    /* --bwlimit limits what this side sends: the file data of a push. */
+    if (op == HSP_PUSH)
+        sc.rate_limit = opt->bwlimit;
     haul_tls_config tls = {opt->tls_cert, opt->tls_key, opt->tls_ca, NULL};
     if (!opt->plaintext)
         sc.tls = &tls;

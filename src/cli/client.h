@@ -68,6 +68,9 @@ typedef struct cli_options {
     /* --compress[=LEVEL]: the zstd level of push and pull, 0: off
      * (proto/compress.h). */
     int compress;
+    /* --bwlimit: bytes per second of file data a push sends, or a pull
+     * asks the server to send at most (0: no limit). */
+    uint64_t bwlimit;
 } cli_options;
 
 /* A parsed haul://HOST:PORT[/DATASET[@SNAPSHOT]] or
@@ -217,6 +220,9 @@ void cli_put_json_text(FILE *f, const char *text, size_t len);
 void cli_human_bytes(uint64_t bytes, char *out, size_t size);
 /* Parses "64M", "1G", "4096": K, M, G, T are binary multiples. */
 int cli_parse_size(const char *text, uint64_t *out);
+/* Parses --bwlimit's RATE into bytes per second (0: no limit), as rsync
+ * does: KiB/s without a suffix. Returns 0, or -1 for a bad value. */
+int cli_parse_rate(const char *text, uint64_t *out);
 
 /* ---- the subcommands ------------------------------------------------------- */
 

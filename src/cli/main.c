@@ -101,6 +101,9 @@ static const char options_help[] =
     "      --no-progress     no status line\n"
     "      --compress[=LEVEL]  push, pull: compress the messages with zstd at\n"
     "                        LEVEL 1..19 (default 3) where that pays; off by default\n"
+    "      --bwlimit RATE    push, pull: at most RATE of file data a second over\n"
+    "                        all connections; KiB/s as in rsync, or with a suffix\n"
+    "                        K, M, G (powers of 1024: 2M = 2 MiB/s); 0: no limit\n"
     "  -h, --help            this help (haul CMD --help: the subcommand's)\n";
 
 static const char exit_help[] = "Exit status:\n"
@@ -297,6 +300,8 @@ enum { OPT_PROGRESS = 0x280, OPT_NO_PROGRESS };
 
 /* --compress[=LEVEL] (proto/compress.h). */
 enum { OPT_COMPRESS = 0x2c0 };
+/* --bwlimit. */
+enum { OPT_BWLIMIT = 0x2d0 };
 
 int main(int argc, char **argv)
 {
@@ -326,6 +331,7 @@ int main(int argc, char **argv)
         {"progress", no_argument, NULL, OPT_PROGRESS},
         {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
         {"compress", optional_argument, NULL, OPT_COMPRESS},
+        {"bwlimit", required_argument, NULL, OPT_BWLIMIT},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -498,6 +504,13 @@ int main(int argc, char **argv)
             opt.compress = (int)n;
             break;
         }
+        case OPT_BWLIMIT:
+            if (cli_parse_rate(optarg, &opt.bwlimit) != 0) {
+                cli_warn("--bwlimit: expected a rate: KiB/s, or bytes/s with a K, M or G "
+                         "suffix (0: no limit)");
+                return CLI_EXIT_USAGE;
+            }
+            break;
         case 'h':
             help = 1;
             break;
@@ -550,6 +563,10 @@ int main(int argc, char **argv)
     }
     if (opt.compress && cmd->run != cli_push && cmd->run != cli_pull) {
         cli_warn("--compress applies to push and pull only");
+        return CLI_EXIT_USAGE;
+    }
+    if (opt.bwlimit && cmd->run != cli_push && cmd->run != cli_pull) {
+        cli_warn("--bwlimit applies to push and pull only");
         return CLI_EXIT_USAGE;
     }
     if ((opt.n_excludes || opt.n_exclude_files || opt.exclude_caches || opt.one_file_system) &&

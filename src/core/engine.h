@@ -26,6 +26,7 @@
 #include "core/autoscale.h"
 #include "core/budget.h"
 #include "core/list.h"
+#include "core/ratelimit.h"
 #include "core/session_fsm.h"
 #include "haul.h"
 #include "net/conn_fsm.h"
@@ -212,6 +213,12 @@ struct haul_session {
     uint64_t right;     /* we may send messages below it (acked + WndSize) */
     uint32_t peer_wnd;
     int64_t progress; /* when the last acknowledgement came or chunk was written */
+    /* The rate limit (core/ratelimit.h). rate_held: the dispatcher found
+     * the bucket empty with chunks to send and took the session out of
+     * the pipe's dispatch list; the pipe's sweep puts it back once tokens
+     * are there again (haul__pipe_sweep). */
+    haul__bucket rate;
+    int rate_held;
 
     /* Receiving. */
     haul__list partial; /* under reassembly */

@@ -860,6 +860,34 @@ static int file_holds(const haul_message *m, uint64_t end)
 }
 
 /*
+ * Whether the session's rate limit lets it hand out a chunk now (mu
+ * held). When its bucket is empty it leaves the dispatch list, so that
+ * the other sessions' chunks go meanwhile and no connection spins on
+ * it; the pipe's sweep puts it back when tokens have come
+ * (release_rate_held).
+ */
+static int rate_allows(haul_session *s, int64_t now_us)
+{
+    if (s->rate.rate == 0 || haul__bucket_ready(&s->rate, now_us))
+        return 1;
+    s->rate_held = 1;
+    haul__list_del(&s->dispatch_link);
+    return 0;
+}
+
+/* Takes out of the dispatch list the sessions whose rate limit holds
+ * them (mu held): a connection that finds only those has no chunk to
+ * take, and must not be counted as one turned away (may_take). */
+static void drop_rate_held(haul__pipe *pipe, int64_t now_us)
+{
+    haul__list *p, *tmp;
+    haul__list_each_safe(p, tmp, &pipe->dispatch)
+    {
+        rate_allows(HAUL__CONTAINER(p, haul_session, dispatch_link), now_us);
+    }
+}
+
+/*
  * Fills the connection's batch (mu held): control frames first, then
  * chunks, one session after the other. A batch carries at most one large
  * chunk, so that the chunks of a message spread over the connections that
@@ -915,6 +943,9 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
     /* A parked connection takes control frames, but no chunks. */
     uint64_t budget = pipe->engine->debug_hold || haul__conn_parked(c) ? 0 : pipe->chunk;
     c->declined = 0;
+    int64_t now_us = haul__now_us();
+    if (budget > 0)
+        drop_rate_held(pipe, now_us);
     if (budget > 0 && !haul__list_empty(&pipe->dispatch) && !may_take(pipe, c, pipe->chunk)) {
         c->declined = 1;
         pipe->declines++;
@@ -923,6 +954,8 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
     while (n < HAUL__TX_BATCH && budget > 0 && !haul__list_empty(&pipe->dispatch)) {
         haul_session *s =
             HAUL__CONTAINER(haul__list_first(&pipe->dispatch), haul_session, dispatch_link);
+        if (!rate_allows(s, now_us))
+            continue;
         uint32_t idx = 0;
         int avoided = 0;
         /* A pipe down to one connection sends on it whatever it has. */
@@ -981,6 +1014,7 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
                          .total = m->len};
         haul__frame_encode(&f, c->headers[n]);
         count_session(c, s->id);
+        haul__bucket_take(&s->rate, len);
         n++;
         budget = it->len + HAUL__FRAME_HDR >= budget ? 0 : budget - it->len - HAUL__FRAME_HDR;
         /* Round robin: the next chunk comes from the next session. */
@@ -995,14 +1029,17 @@ int haul__pipe_fill(haul__pipe *pipe, haul__conn *c)
 
 int haul__pipe_demand(haul__pipe *pipe)
 {
+    /* A session that its rate limit holds back is paced by the user, not
+     * by the network: more connections would not move it faster. */
     haul__list *p;
     haul__list_each(p, &pipe->dispatch)
     {
+        haul_session *s = HAUL__CONTAINER(p, haul_session, dispatch_link);
         uint32_t idx;
         int avoided = 0;
-        if (sendable(HAUL__CONTAINER(p, haul_session, dispatch_link), NULL, &idx, &avoided) !=
-                NULL ||
-            avoided)
+        if (s->rate_held)
+            continue;
+        if (sendable(s, NULL, &idx, &avoided) != NULL || avoided)
             return 1;
     }
     /* Every chunk within the window taken, but the sender is held back
@@ -1015,7 +1052,7 @@ int haul__pipe_demand(haul__pipe *pipe)
     haul__list_each(p, &pipe->sessions)
     {
         haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
-        if (s->state != CE_SS_SESSION_READY || haul__list_empty(&s->outq))
+        if (s->state != CE_SS_SESSION_READY || haul__list_empty(&s->outq) || s->rate_held)
             continue;
         haul_message *oldest = HAUL__CONTAINER(s->outq.next, haul_message, link);
         haul_message *last = HAUL__CONTAINER(s->outq.prev, haul_message, link);
@@ -1199,6 +1236,34 @@ void haul__pipe_destroy(haul__pipe *pipe)
     free(pipe);
 }
 
+/*
+ * Puts back in the dispatch list the sessions whose rate limit held them
+ * and whose bucket has tokens again, and wakes connections for them (mu
+ * held). The engine's sweep is the limiter's clock: a held session waits
+ * at most one sweep period (20 ms) past the moment its tokens came, which
+ * the burst of 50 ms of the rate covers, so the rate is kept without a
+ * timer of its own. It runs after the automatic count's sweep, which so
+ * sees the sessions that were held during the period as held.
+ */
+static void release_rate_held(haul__pipe *pipe)
+{
+    int64_t now_us = haul__now_us();
+    unsigned woken = 0;
+    haul__list *p;
+    haul__list_each(p, &pipe->sessions)
+    {
+        haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
+        if (!s->rate_held || !haul__bucket_ready(&s->rate, now_us))
+            continue;
+        s->rate_held = 0;
+        if (!haul__list_linked(&s->dispatch_link))
+            haul__list_add_tail(&pipe->dispatch, &s->dispatch_link);
+        woken++;
+    }
+    if (woken > 0)
+        haul__pipe_kick(pipe, woken < pipe->joined ? woken : pipe->joined);
+}
+
 void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
 {
     haul_engine *e = pipe->engine;
@@ -1247,6 +1312,7 @@ void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
             haul__auto_sweep(pipe, now);
     }
     active_sweep(pipe, now);
+    release_rate_held(pipe);
     /* Connections that declined chunks (may_take) ask again: what they
      * held may have arrived meanwhile without an event of ours. */
     if (pipe->declines && !haul__list_empty(&pipe->dispatch)) {

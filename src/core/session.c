@@ -434,6 +434,7 @@ int haul_session_new(haul_engine *e, const haul_session_config *c, haul_session 
     s->input_queue = c->input_queue;
     s->max_message = c->max_message ? c->max_message : e->config.max_message;
     s->timeout_ms = c->message_timeout_ms ? c->message_timeout_ms : e->config.message_timeout_ms;
+    haul__bucket_set(&s->rate, c->rate_limit, haul__now_us());
 
     pthread_mutex_lock(&e->mu);
     int err = 0;
@@ -526,6 +527,30 @@ int haul_session_reject(haul_session *s, uint32_t reason)
         haul__mem_session_end(s, 0);
         haul__session_want(s, HAUL__PEND_SYNC_NAK);
         post_last(s, HAUL_EV_SESSION_CLOSED, HAUL_EREFUSED, reason);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+int haul_session_set_rate_limit(haul_session *s, uint64_t rate)
+{
+    if (s == NULL)
+        return HAUL_EINVAL;
+    haul_engine *e = s->engine;
+    pthread_mutex_lock(&e->mu);
+    int rc = 0;
+    if (s->state == CE_SS_SESSION_CLOSED)
+        rc = HAUL_ECLOSED;
+    else {
+        haul__bucket_set(&s->rate, rate, haul__now_us());
+        /* A session the old limit held goes back to the dispatcher now,
+         * rather than at the next sweep. */
+        if (s->rate_held && s->pipe) {
+            s->rate_held = 0;
+            if (!haul__list_linked(&s->dispatch_link))
+                haul__list_add_tail(&s->pipe->dispatch, &s->dispatch_link);
+            haul__pipe_kick(s->pipe, 1);
+        }
     }
     pthread_mutex_unlock(&e->mu);
     return rc;
@@ -1566,6 +1591,10 @@ void haul__session_sweep(haul_session *s, int64_t now)
      * other progress in the same millisecond (a chunk of a large message
      * may take long to leave a full socket buffer). */
     haul__list *first = haul__list_first(&s->outq);
+    /* A session its rate limit holds back is paced by the user: its
+     * messages wait for tokens, not for a peer that may be gone. */
+    if (first && s->rate_held)
+        s->progress = now;
     if (first) {
         int64_t queued = HAUL__CONTAINER(first, haul_message, link)->deadline - s->timeout_ms;
         int64_t since = s->progress > queued ? s->progress : queued;

@@ -683,7 +683,14 @@ static void answer(request *r)
         r->ended = 1;
         return;
     }
-    int rc = haul_session_accept(s);
+    /* A pull's client asked for a rate (haul pull --bwlimit): the session
+     * sends no faster from its first chunk on. It can only slow its own
+     * request, so hauld takes it as asked. */
+    int rc = 0;
+    if (r->req.flags & HSP_F_RATE)
+        rc = haul_session_set_rate_limit(s, r->req.rate);
+    if (rc == 0)
+        rc = haul_session_accept(s);
     if (rc) {
         request_log(r, HAUL_LOG_INFO, "the client went away before it was accepted (%s)",
                     haul_strerror(rc));

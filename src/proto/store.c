@@ -83,12 +83,21 @@ int hsp_path_ok(const char *path, size_t len)
 size_t hsp_request_encode(const hsp_request *r, uint8_t *buf, size_t size)
 {
     size_t d = strlen(r->dataset), s = strlen(r->snapshot);
-    int compress = (r->flags & HSP_F_COMPRESS) != 0;
-    size_t n = HSP_MAGIC_LEN + 4 + 2 + d + s + (compress ? 1 : 0);
+    /* Values of flags follow the names, in the order of their bits:
+     * COMPRESS's level (1 byte), then RATE's rate (8 bytes). */
+    size_t n = HSP_MAGIC_LEN + 4 + 2 + d + s;
+    size_t level_at = n;
+    if (r->flags & HSP_F_COMPRESS)
+        n += 1;
+    size_t rate_at = n;
+    if (r->flags & HSP_F_RATE)
+        n += 8;
     if (n > size)
         return 0;
-    if (compress)
-        buf[10 + d + s] = (uint8_t)r->level;
+    if (r->flags & HSP_F_COMPRESS)
+        buf[level_at] = (uint8_t)r->level;
+    if (r->flags & HSP_F_RATE)
+        haul__put64(buf + rate_at, r->rate);
     memcpy(buf, HSP_MAGIC, HSP_MAGIC_LEN);
     buf[4] = (uint8_t)r->op;
     buf[5] = (uint8_t)r->flags;
@@ -117,14 +126,24 @@ int hsp_request_decode(const void *data, size_t len, hsp_request *r)
         return -1;
     if ((r->flags & HSP_F_COMPRESS) && r->op != HSP_PUSH && r->op != HSP_PULL)
         return -1;
-    size_t d = haul__get16(buf + 6), s = haul__get16(buf + 8);
-    /* COMPRESS adds the level, one byte, after the names. */
-    size_t extra = (r->flags & HSP_F_COMPRESS) ? 1 : 0;
-    if (10 + d + s + extra != len || d > HSP_NAME_MAX || s > HSP_SNAPSHOT_MAX)
+    if ((r->flags & HSP_F_RATE) && r->op != HSP_PULL)
         return -1;
-    if (extra) {
-        r->level = buf[10 + d + s];
+    size_t d = haul__get16(buf + 6), s = haul__get16(buf + 8);
+    /* Values of flags follow the names: COMPRESS's level (1 byte), then
+     * RATE's rate (8 bytes). */
+    size_t at = 10 + d + s;
+    size_t extra = ((r->flags & HSP_F_COMPRESS) ? 1 : 0) + ((r->flags & HSP_F_RATE) ? 8 : 0);
+    if (at + extra != len || d > HSP_NAME_MAX || s > HSP_SNAPSHOT_MAX)
+        return -1;
+    if (r->flags & HSP_F_COMPRESS) {
+        r->level = buf[at++];
         if (r->level < 1 || r->level > 19)
+            return -1;
+    }
+    if (r->flags & HSP_F_RATE) {
+        r->rate = haul__get64(buf + at);
+        /* No limit is said by leaving the flag out. */
+        if (r->rate == 0)
             return -1;
     }
     if (d && !hsp_name_ok((const char *)buf + 10, d, HSP_NAME_MAX))

@@ -54,12 +54,17 @@ enum hsp_flag {
      * session knows the flag and accepts compressed messages; one that
      * does not know it refuses the session with BAD_REQUEST. */
     HSP_F_COMPRESS = 1u << 1,
+    /* PULL: send at most `rate` bytes of message payload a second (haul
+     * pull --bwlimit); the rate, u64 LE and not 0, follows the names and
+     * COMPRESS's level byte. */
+    HSP_F_RATE = 1u << 2,
 };
-#define HSP_F_ALL (HSP_F_TAKEOVER | HSP_F_COMPRESS)
+#define HSP_F_ALL (HSP_F_TAKEOVER | HSP_F_COMPRESS | HSP_F_RATE)
 
 typedef struct hsp_request {
     int op;
-    unsigned flags;                      /* enum hsp_flag; PUSH and PULL only */
+    unsigned flags;                      /* enum hsp_flag */
+    uint64_t rate;                       /* HSP_F_RATE: bytes per second */
     char dataset[HSP_NAME_MAX + 1];      /* "" for LIST of all datasets, BENCH */
     char snapshot[HSP_SNAPSHOT_MAX + 1]; /* "" for the latest */
     /* With HSP_F_COMPRESS: the zstd level the client asks for, 1..19

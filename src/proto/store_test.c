@@ -91,13 +91,38 @@ TEST(request_flags_round_trip_and_unknown_ones_fail)
     /* A flag nobody defined yet: refused, never ignored. */
     buf[5] = 0x80;
     CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
-    buf[5] = HSP_F_TAKEOVER | 0x04;
+    buf[5] = HSP_F_TAKEOVER | 0x08;
     CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
     /* Only a push can take over. */
     buf[5] = HSP_F_TAKEOVER;
     buf[4] = HSP_PULL;
     CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
     buf[4] = HSP_DELETE;
+    CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
+}
+
+TEST(request_rate_of_a_pull_round_trips_and_is_refused_elsewhere_or_zero)
+{
+    hsp_request r = {.op = HSP_PULL, .flags = HSP_F_RATE, .rate = 2u << 20}, d;
+    strcpy(r.dataset, "home");
+    strcpy(r.snapshot, "s1");
+    uint8_t buf[512];
+    size_t n = hsp_request_encode(&r, buf, sizeof(buf));
+    CHECK_EQ(n, 16 + 8);
+    CHECK_OK(hsp_request_decode(buf, n, &d));
+    CHECK_EQ(d.flags, HSP_F_RATE);
+    CHECK_EQ(d.rate, 2u << 20);
+    CHECK_STR_EQ(d.snapshot, "s1");
+    /* The rate's bytes are counted: one short or one over fails. */
+    CHECK_EQ(hsp_request_decode(buf, n - 1, &d), -1);
+    CHECK_EQ(hsp_request_decode(buf, n - 8, &d), -1);
+    /* Only a pull takes a rate. */
+    buf[4] = HSP_PUSH;
+    CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
+    buf[4] = HSP_PULL;
+    /* A rate of 0 is not how no limit is asked for. */
+    r.rate = 0;
+    n = hsp_request_encode(&r, buf, sizeof(buf));
     CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
 }
 
