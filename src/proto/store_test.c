@@ -126,6 +126,27 @@ TEST(request_rate_of_a_pull_round_trips_and_is_refused_elsewhere_or_zero)
     CHECK_EQ(hsp_request_decode(buf, n, &d), -1);
 }
 
+/* A compressed pull with a rate: the level's byte, then the rate's 8,
+ * both read back. */
+TEST(request_with_a_level_and_a_rate_keeps_both_in_order)
+{
+    hsp_request r = {.op = HSP_PULL,
+                     .flags = HSP_F_COMPRESS | HSP_F_RATE,
+                     .level = 7,
+                     .rate = 3u << 20},
+                d;
+    strcpy(r.dataset, "home");
+    uint8_t buf[512];
+    size_t n = hsp_request_encode(&r, buf, sizeof(buf));
+    CHECK_EQ(n, 14 + 1 + 8);
+    CHECK_EQ(buf[14], 7);
+    CHECK_OK(hsp_request_decode(buf, n, &d));
+    CHECK_EQ(d.flags, HSP_F_COMPRESS | HSP_F_RATE);
+    CHECK_EQ(d.level, 7);
+    CHECK_EQ(d.rate, 3u << 20);
+    CHECK_EQ(hsp_request_decode(buf, n - 1, &d), -1);
+}
+
 TEST(refusal_reasons_have_texts_and_stay_clear_of_the_engines)
 {
     for (uint32_t reason = HSP_R_BAD_REQUEST; reason <= HSP_R_LAST; reason++) {
