@@ -38,11 +38,10 @@
 
 #include "harness.h"
 #include "e2e.h"
+#include "iofault.h"
 
 /* Seconds a command may take. */
 #define CMD_TIMEOUT 30
-/* Seconds the test waits for the stall to happen, and for a scrape. */
-#define STALL_TIMEOUT 30
 #define SCRAPE_TIMEOUT 10.0
 
 /* ------------------------------------------------------------------------ */
@@ -517,65 +516,8 @@ static int metrics_port(e2e_env *env)
 }
 
 /* ------------------------------------------------------------------------ */
-/* A push held inside a store call (as in workers_test.c)                    */
+/* A push held inside a store call (tests/iofault.h)                         */
 /* ------------------------------------------------------------------------ */
-
-static void start_stalling_server(e2e_env *env, const char *spec, const char *const *args)
-{
-    e2e_setup(env, E2E_NO_SERVER);
-    char stalled[PATH_MAX], release[PATH_MAX], preload[PATH_MAX];
-    CHECK(mkfifo(e2e_path(env, stalled, "stalled"), 0600) == 0);
-    CHECK(mkfifo(e2e_path(env, release, "release"), 0600) == 0);
-    e2e_find_program(preload, "tests/iofault_preload.so");
-    for (int i = 0; args && args[i]; i++)
-        env->server_args[i] = args[i];
-
-    char asan[1024];
-    const char *old_asan = getenv("ASAN_OPTIONS");
-    /* The library comes before the sanitizer's runtime. */
-    snprintf(asan, sizeof(asan), "%s%sverify_asan_link_order=0", old_asan ? old_asan : "",
-             old_asan && *old_asan ? ":" : "");
-    char *saved = old_asan ? strdup(old_asan) : NULL;
-    setenv("LD_PRELOAD", preload, 1);
-    setenv("ASAN_OPTIONS", asan, 1);
-    setenv("HAUL_IOFAULT_PREFIX", env->store, 1);
-    setenv("HAUL_IOFAULT_STALL", spec, 1);
-    setenv("HAUL_IOFAULT_STALL_DIR", env->dir, 1);
-    e2e_start_server(env);
-    unsetenv("LD_PRELOAD");
-    unsetenv("HAUL_IOFAULT_PREFIX");
-    unsetenv("HAUL_IOFAULT_STALL");
-    unsetenv("HAUL_IOFAULT_STALL_DIR");
-    if (saved) {
-        setenv("ASAN_OPTIONS", saved, 1);
-        free(saved);
-    } else {
-        unsetenv("ASAN_OPTIONS");
-    }
-}
-
-/* Waits until a store call of hauld stalls; 1 when it did in time. */
-static int stall_wait(e2e_env *env)
-{
-    char path[PATH_MAX];
-    int fd = open(e2e_path(env, path, "stalled"), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    CHECK(fd >= 0);
-    struct pollfd pf = {.fd = fd, .events = POLLIN};
-    int rc = poll(&pf, 1, STALL_TIMEOUT * 1000);
-    char one = 0;
-    int ok = rc == 1 && read(fd, &one, 1) == 1;
-    close(fd);
-    return ok;
-}
-
-/* Lets the stalled call go on. */
-static void stall_release(e2e_env *env)
-{
-    char path[PATH_MAX];
-    int fd = open(e2e_path(env, path, "release"), O_WRONLY | O_CLOEXEC);
-    CHECK(fd >= 0);
-    close(fd);
-}
 
 /* A tree of a few files, one of them named to stall; returns its bytes. */
 static uint64_t make_tree(const char *root, uint64_t seed, int stall, uint64_t big)
@@ -650,7 +592,7 @@ TEST_TIMEOUT(push_counted_while_it_runs_and_once_it_ended, 120)
 {
     e2e_env env;
     const char *const args[] = {"--metrics", "127.0.0.1:0", NULL};
-    start_stalling_server(&env, "write:stall-here", args);
+    iofault_start_stalling(&env, "write:stall-here", args);
     int port = metrics_port(&env);
     char src[PATH_MAX], url[512];
     uint64_t size = make_tree(e2e_path(&env, src, "src"), 10, 1, 2 * E2E_MIB);
@@ -668,7 +610,7 @@ TEST_TIMEOUT(push_counted_while_it_runs_and_once_it_ended, 120)
     /* The push holds its session inside a store call. */
     e2e_proc push = {0};
     e2e_haul_start(&env, &push, "push", src, e2e_url(&env, url, "ds"));
-    CHECK(stall_wait(&env));
+    CHECK(iofault_stall_wait(&env));
     body = scrape(port);
     CHECK_VALUE(body, "haul_sessions", ==, 1);
     CHECK_VALUE(body, "haul_connections", >=, 1);
@@ -680,7 +622,7 @@ TEST_TIMEOUT(push_counted_while_it_runs_and_once_it_ended, 120)
     CHECK(!e2e_proc_exited(&push));
 
     /* Released, it ends, and counts. */
-    stall_release(&env);
+    iofault_stall_release(&env);
     e2e_proc_wait(&push, CMD_TIMEOUT);
     CHECK_EXIT(&push, 0);
     e2e_proc_free(&push);
@@ -736,13 +678,13 @@ TEST_TIMEOUT(hostile_scrapers_disturb_neither_a_push_nor_other_scrapers, 120)
     const char *const args[] = {"--metrics", "127.0.0.1:0",           "--metrics-timeout",
                                 "1000",      "--metrics-connections", "4",
                                 NULL};
-    start_stalling_server(&env, "write:stall-here", args);
+    iofault_start_stalling(&env, "write:stall-here", args);
     int port = metrics_port(&env);
     char src[PATH_MAX], url[512];
     make_tree(e2e_path(&env, src, "src"), 20, 1, 2 * E2E_MIB);
     e2e_proc push = {0};
     e2e_haul_start(&env, &push, "push", src, e2e_url(&env, url, "ds"));
-    CHECK(stall_wait(&env));
+    CHECK(iofault_stall_wait(&env));
 
     /* A request larger than 8 KiB that never ends its headers. */
     size_t big = 9000;
@@ -795,7 +737,7 @@ TEST_TIMEOUT(hostile_scrapers_disturb_neither_a_push_nor_other_scrapers, 120)
 
     /* The push was held all along, and completes. */
     CHECK(!e2e_proc_exited(&push));
-    stall_release(&env);
+    iofault_stall_release(&env);
     e2e_proc_wait(&push, CMD_TIMEOUT);
     CHECK_EXIT(&push, 0);
     e2e_proc_free(&push);

@@ -33,6 +33,7 @@
 
 #include "harness.h"
 #include "e2e.h"
+#include "iofault.h"
 
 #define CMD_TIMEOUT 30
 
@@ -80,31 +81,16 @@ static void start_faulty_server(e2e_env *env, const char *preload, const char *f
                                 const char *counts)
 {
     unlink(counts);
-    char asan[1024];
-    const char *old_asan = getenv("ASAN_OPTIONS");
-    /* The injector comes before the sanitizer's runtime. */
-    snprintf(asan, sizeof(asan), "%s%sverify_asan_link_order=0", old_asan ? old_asan : "",
-             old_asan && *old_asan ? ":" : "");
-    char *saved = old_asan ? strdup(old_asan) : NULL;
-    setenv("LD_PRELOAD", preload, 1);
-    setenv("ASAN_OPTIONS", asan, 1);
-    setenv("HAUL_IOFAULT_PREFIX", env->store, 1);
-    setenv("HAUL_IOFAULT_COUNT", counts, 1);
-    if (fault)
-        setenv("HAUL_IOFAULT", fault, 1);
-    else
-        unsetenv("HAUL_IOFAULT");
+    const char *vars[] = {"HAUL_IOFAULT_PREFIX",
+                          env->store,
+                          "HAUL_IOFAULT_COUNT",
+                          counts,
+                          "HAUL_IOFAULT",
+                          fault,
+                          NULL};
+    char *saved = iofault_env_set(preload, vars);
     int rc = e2e_server_start_at(env, &env->server, "127.0.0.1:0");
-    unsetenv("LD_PRELOAD");
-    unsetenv("HAUL_IOFAULT");
-    unsetenv("HAUL_IOFAULT_PREFIX");
-    unsetenv("HAUL_IOFAULT_COUNT");
-    if (saved) {
-        setenv("ASAN_OPTIONS", saved, 1);
-        free(saved);
-    } else {
-        unsetenv("ASAN_OPTIONS");
-    }
+    iofault_env_clear(vars, saved);
     CHECK(rc == 0);
     snprintf(env->url, sizeof(env->url), "haul://127.0.0.1:%d", env->server.port);
 }

@@ -37,73 +37,11 @@
 
 #include "harness.h"
 #include "e2e.h"
+#include "iofault.h"
 
 /* Seconds a command may take: the requests made while the stall holds
  * must end well within it. */
 #define CMD_TIMEOUT 30
-/* Seconds the test waits for the stall to happen. */
-#define STALL_TIMEOUT 30
-
-/*
- * Starts hauld with the stall of `spec` ("write:stall-here" or
- * "read:stall-here") armed; the FIFOs are in the test's directory.
- */
-static void start_stalling_server(e2e_env *env, const char *spec, const char *const *args)
-{
-    e2e_setup(env, E2E_NO_SERVER);
-    char stalled[PATH_MAX], release[PATH_MAX], preload[PATH_MAX];
-    CHECK(mkfifo(e2e_path(env, stalled, "stalled"), 0600) == 0);
-    CHECK(mkfifo(e2e_path(env, release, "release"), 0600) == 0);
-    e2e_find_program(preload, "tests/iofault_preload.so");
-    for (int i = 0; args && args[i]; i++)
-        env->server_args[i] = args[i];
-
-    char asan[1024];
-    const char *old_asan = getenv("ASAN_OPTIONS");
-    /* The library comes before the sanitizer's runtime. */
-    snprintf(asan, sizeof(asan), "%s%sverify_asan_link_order=0", old_asan ? old_asan : "",
-             old_asan && *old_asan ? ":" : "");
-    char *saved = old_asan ? strdup(old_asan) : NULL;
-    setenv("LD_PRELOAD", preload, 1);
-    setenv("ASAN_OPTIONS", asan, 1);
-    setenv("HAUL_IOFAULT_PREFIX", env->store, 1);
-    setenv("HAUL_IOFAULT_STALL", spec, 1);
-    setenv("HAUL_IOFAULT_STALL_DIR", env->dir, 1);
-    e2e_start_server(env);
-    unsetenv("LD_PRELOAD");
-    unsetenv("HAUL_IOFAULT_PREFIX");
-    unsetenv("HAUL_IOFAULT_STALL");
-    unsetenv("HAUL_IOFAULT_STALL_DIR");
-    if (saved) {
-        setenv("ASAN_OPTIONS", saved, 1);
-        free(saved);
-    } else {
-        unsetenv("ASAN_OPTIONS");
-    }
-}
-
-/* Waits until a store call of hauld stalls; 1 when it did in time. */
-static int stall_wait(e2e_env *env)
-{
-    char path[PATH_MAX];
-    int fd = open(e2e_path(env, path, "stalled"), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    CHECK(fd >= 0);
-    struct pollfd pf = {.fd = fd, .events = POLLIN};
-    int rc = poll(&pf, 1, STALL_TIMEOUT * 1000);
-    char one = 0;
-    int ok = rc == 1 && read(fd, &one, 1) == 1;
-    close(fd);
-    return ok;
-}
-
-/* Lets the stalled call go on. */
-static void stall_release(e2e_env *env)
-{
-    char path[PATH_MAX];
-    int fd = open(e2e_path(env, path, "release"), O_WRONLY | O_CLOEXEC);
-    CHECK(fd >= 0);
-    close(fd);
-}
 
 /* A tree of a few files, one of them named to stall when `stall` is set. */
 static void make_tree(const char *root, uint64_t seed, int stall, uint64_t big)
@@ -144,7 +82,7 @@ static void pull_and_compare(e2e_env *env, const char *dataset, const char *src,
 TEST_TIMEOUT(stalled_write_holds_only_its_own_push, 180)
 {
     e2e_env env;
-    start_stalling_server(&env, "write:stall-here", NULL);
+    iofault_start_stalling(&env, "write:stall-here", NULL);
     char slow[PATH_MAX], fast[PATH_MAX], first[PATH_MAX], dst[PATH_MAX], url[512];
     make_tree(e2e_path(&env, slow, "slow"), 10, 1, 2 * E2E_MIB);
     make_tree(e2e_path(&env, fast, "fast"), 20, 0, 300000);
@@ -153,7 +91,7 @@ TEST_TIMEOUT(stalled_write_holds_only_its_own_push, 180)
 
     e2e_proc held = {0};
     e2e_haul_start(&env, &held, "push", slow, e2e_url(&env, url, "slow"));
-    CHECK(stall_wait(&env));
+    CHECK(iofault_stall_wait(&env));
 
     /* The stall holds one worker: the others serve everything else. */
     push_ok(&env, fast, "fast");
@@ -170,7 +108,7 @@ TEST_TIMEOUT(stalled_write_holds_only_its_own_push, 180)
     CHECK(!e2e_proc_exited(&held));
 
     /* Released, the stalled push goes on and ends intact. */
-    stall_release(&env);
+    iofault_stall_release(&env);
     e2e_proc_wait(&held, CMD_TIMEOUT);
     CHECK_EXIT(&held, 0);
     e2e_proc_free(&held);
@@ -181,7 +119,7 @@ TEST_TIMEOUT(stalled_write_holds_only_its_own_push, 180)
 TEST_TIMEOUT(verify_inside_a_stalled_read_delays_no_push, 180)
 {
     e2e_env env;
-    start_stalling_server(&env, "read:stall-here", NULL);
+    iofault_start_stalling(&env, "read:stall-here", NULL);
     char big[PATH_MAX], small[PATH_MAX], url[512];
     make_tree(e2e_path(&env, big, "big"), 40, 1, 8 * E2E_MIB);
     make_tree(e2e_path(&env, small, "small"), 50, 0, 100000);
@@ -190,7 +128,7 @@ TEST_TIMEOUT(verify_inside_a_stalled_read_delays_no_push, 180)
     /* The verify re-reads the snapshot and stalls inside it. */
     e2e_proc verify = {0};
     e2e_haul_start(&env, &verify, "verify", e2e_url(&env, url, "big"));
-    CHECK(stall_wait(&env));
+    CHECK(iofault_stall_wait(&env));
     for (int i = 0; i < 4; i++) {
         char dataset[32];
         snprintf(dataset, sizeof(dataset), "small%d", i);
@@ -198,7 +136,7 @@ TEST_TIMEOUT(verify_inside_a_stalled_read_delays_no_push, 180)
     }
     CHECK(!e2e_proc_exited(&verify));
 
-    stall_release(&env);
+    iofault_stall_release(&env);
     e2e_proc_wait(&verify, CMD_TIMEOUT);
     CHECK_EXIT(&verify, 0);
     CHECK(e2e_contains(verify.out, "match") || e2e_contains(verify.err, "match"));
@@ -209,7 +147,7 @@ TEST_TIMEOUT(verify_inside_a_stalled_read_delays_no_push, 180)
 TEST_TIMEOUT(takeover_of_a_push_inside_a_stalled_call_waits_for_it, 180)
 {
     e2e_env env;
-    start_stalling_server(&env, "write:stall-here", NULL);
+    iofault_start_stalling(&env, "write:stall-here", NULL);
     char slow[PATH_MAX], dst[PATH_MAX], url[512];
     /* The stalled file comes first; more than one turn's worth of content
      * follows it, so that the push cannot commit in the turn the stall
@@ -220,7 +158,7 @@ TEST_TIMEOUT(takeover_of_a_push_inside_a_stalled_call_waits_for_it, 180)
     e2e_stamp_tree(slow);
     e2e_proc held = {0};
     e2e_haul_start(&env, &held, "push", slow, e2e_url(&env, url, "slow"));
-    CHECK(stall_wait(&env));
+    CHECK(iofault_stall_wait(&env));
 
     /* The take-over cannot end the push inside its call: it waits. */
     e2e_proc p = {0};
@@ -228,7 +166,7 @@ TEST_TIMEOUT(takeover_of_a_push_inside_a_stalled_call_waits_for_it, 180)
     CHECK(e2e_log_wait(&env, "waits up to 10000 ms for the push it takes over", 30));
     CHECK(!e2e_proc_exited(&p));
 
-    stall_release(&env);
+    iofault_stall_release(&env);
     e2e_proc_wait(&p, CMD_TIMEOUT);
     CHECK_EXIT(&p, 0);
     e2e_proc_free(&p);
@@ -268,7 +206,7 @@ TEST_TIMEOUT(push_held_in_a_stalled_call_leaves_memory_to_others, 180)
 {
     e2e_env env;
     static const char *const args[] = {"--memory", "128M", NULL};
-    start_stalling_server(&env, "write:stall-here", args);
+    iofault_start_stalling(&env, "write:stall-here", args);
     char slow[PATH_MAX], fast[PATH_MAX], url[512];
     e2e_mkdir(e2e_path(&env, slow, "slow"));
     e2e_file(e2e_at(slow, "a-stall-here"), 2 * E2E_MIB, 92, 0644);
@@ -278,7 +216,7 @@ TEST_TIMEOUT(push_held_in_a_stalled_call_leaves_memory_to_others, 180)
 
     e2e_proc held = {0};
     e2e_haul_start(&env, &held, "push", "--queue", "2M", slow, e2e_url(&env, url, "slow"));
-    CHECK(stall_wait(&env));
+    CHECK(iofault_stall_wait(&env));
     int ok = 0;
     E2E_WAIT_UNTIL(ok, bytes_read(held.pid) >= 28 * E2E_MIB || e2e_proc_exited(&held), 30000);
     CHECK(ok);
@@ -286,7 +224,7 @@ TEST_TIMEOUT(push_held_in_a_stalled_call_leaves_memory_to_others, 180)
     push_ok(&env, fast, "fast");
     CHECK(!e2e_proc_exited(&held));
 
-    stall_release(&env);
+    iofault_stall_release(&env);
     e2e_proc_wait(&held, CMD_TIMEOUT);
     CHECK_EXIT(&held, 0);
     e2e_proc_free(&held);
@@ -396,12 +334,12 @@ static int server_exit_status(e2e_env *env)
 TEST_TIMEOUT(sigterm_waits_for_a_request_inside_a_stalled_call, 180)
 {
     e2e_env env;
-    start_stalling_server(&env, "write:stall-here", NULL);
+    iofault_start_stalling(&env, "write:stall-here", NULL);
     char slow[PATH_MAX], url[512];
     make_tree(e2e_path(&env, slow, "slow"), 60, 1, 2 * E2E_MIB);
     e2e_proc held = {0};
     e2e_haul_start(&env, &held, "push", slow, e2e_url(&env, url, "slow"));
-    CHECK(stall_wait(&env));
+    CHECK(iofault_stall_wait(&env));
 
     CHECK(kill(env.server.pid, SIGTERM) == 0);
     CHECK(e2e_log_wait(&env, "SIGTERM received", 10));
@@ -415,7 +353,7 @@ TEST_TIMEOUT(sigterm_waits_for_a_request_inside_a_stalled_call, 180)
 
     /* The request ends as it would have, then hauld (waited for first:
      * it may exit as its client does). */
-    stall_release(&env);
+    iofault_stall_release(&env);
     CHECK_EQ(server_exit_status(&env), 0);
     e2e_proc_wait(&held, CMD_TIMEOUT);
     CHECK_EXIT(&held, 0);
@@ -427,12 +365,12 @@ TEST_TIMEOUT(sigterm_waits_for_a_request_inside_a_stalled_call, 180)
 TEST_TIMEOUT(second_sigterm_ends_a_stalled_request_once_its_call_returns, 180)
 {
     e2e_env env;
-    start_stalling_server(&env, "write:stall-here", NULL);
+    iofault_start_stalling(&env, "write:stall-here", NULL);
     char slow[PATH_MAX], url[512];
     make_tree(e2e_path(&env, slow, "slow"), 70, 1, 2 * E2E_MIB);
     e2e_proc held = {0};
     e2e_haul_start(&env, &held, "push", slow, e2e_url(&env, url, "slow"));
-    CHECK(stall_wait(&env));
+    CHECK(iofault_stall_wait(&env));
 
     CHECK(kill(env.server.pid, SIGTERM) == 0);
     CHECK(e2e_log_wait(&env, "SIGTERM received", 10));
@@ -441,7 +379,7 @@ TEST_TIMEOUT(second_sigterm_ends_a_stalled_request_once_its_call_returns, 180)
     /* The call cannot be interrupted: hauld waits for it. */
     CHECK(e2e_server_alive(&env.server));
 
-    stall_release(&env);
+    iofault_stall_release(&env);
     CHECK_EQ(server_exit_status(&env), 0);
     e2e_proc_wait(&held, CMD_TIMEOUT);
     CHECK(!held.timed_out);
