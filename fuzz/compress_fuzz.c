@@ -11,7 +11,12 @@
  *   - a message that is not compressed comes back as it is;
  *   - a compressed one expands to 1..HSP_MESSAGE_MAX bytes, exactly the
  *     raw length its record announces;
- *   - whatever expands re-compresses and expands again to the same bytes.
+ *   - whatever expands re-compresses and expands again to the same bytes
+ *     (through a pair of codecs of their own, whose stream only they
+ *     share).
+ *
+ * Each input meets a new expander, as the first message of a session
+ * would, so that a finding replays from its input alone.
  *
  * See fuzz/README.md for how to build and run it.
  */
@@ -32,20 +37,24 @@
         }                                                                                          \
     } while (0)
 
-static hsp_zstd *expander, *compressor;
+static hsp_zstd *compressor, *partner;
 static uint8_t packed[HSP_MESSAGE_MAX];
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (expander == NULL && (expander = hsp_zstd_new(0)) == NULL)
-        return 0;
     if (compressor == NULL && (compressor = hsp_zstd_new(1)) == NULL)
         return 0;
+    if (partner == NULL && (partner = hsp_zstd_new(0)) == NULL)
+        return 0;
+    hsp_zstd *expander = hsp_zstd_new(0);
     /* A copy of exactly the input's size, so that ASan sees any read
      * past it. */
     uint8_t *msg = malloc(size ? size : 1);
-    if (msg == NULL)
+    if (expander == NULL || msg == NULL) {
+        hsp_zstd_free(expander);
+        free(msg);
         return 0;
+    }
     memcpy(msg, data, size);
     const void *out;
     size_t len;
@@ -64,12 +73,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             memcpy(copy, out, len);
             size_t n = hsp_zstd_pack(compressor, copy, len, packed, sizeof(packed));
             if (n) {
-                REQUIRE(hsp_zstd_unpack(expander, packed, n, &out, &len, &why) == 0);
+                REQUIRE(hsp_zstd_unpack(partner, packed, n, &out, &len, &why) == 0);
                 REQUIRE(memcmp(out, copy, len) == 0);
             }
             free(copy);
         }
     }
+    hsp_zstd_free(expander);
     free(msg);
     return 0;
 }

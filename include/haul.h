@@ -858,6 +858,20 @@ typedef struct haul_engine_stats {
 
 HAUL_API void haul_engine_stats_get(haul_engine *engine, haul_engine_stats *out);
 
+/*
+ * Counts `bytes` of the application's own memory against the engine's
+ * memory budget (haul_engine_config.memory), so that one bound covers
+ * it and the messages: a server that keeps a decompression window per
+ * session, say. The bytes come out of the part of the budget that
+ * received messages may use, and are counted in memory_used until
+ * haul_engine_unreserve() gives them back (the same number; any thread,
+ * the engine alive). Any thread. Returns 0, or HAUL_ENOMEM when they
+ * would pass the budget (nothing is counted then). With no budget
+ * (memory 0) nothing is counted and it returns 0.
+ */
+HAUL_API int haul_engine_reserve(haul_engine *engine, uint64_t bytes);
+HAUL_API void haul_engine_unreserve(haul_engine *engine, uint64_t bytes);
+
 /* The names of the CE_SESSION_STATE values, in order; *count gets how many. */
 HAUL_API const char *const *haul_session_state_names(int *count);
 

@@ -340,7 +340,8 @@ static int push_raw(haul_engine *e, const char *address, const char *dataset, in
     return error;
 }
 
-/* A ZSTD record around frame[0, flen) that claims `raw` bytes. */
+/* A ZSTD record around frame[0, flen) that claims `raw` bytes, as the
+ * first piece of a stream. */
 static size_t wrap(uint8_t *out, const void *frame, size_t flen, uint32_t raw)
 {
     out[0] = HSP_ZSTD;
@@ -348,7 +349,7 @@ static size_t wrap(uint8_t *out, const void *frame, size_t flen, uint32_t raw)
     haul__put16(out + 2, 0);
     haul__put32(out + 4, (uint32_t)(HSP_ZSTD_FIXED + flen));
     haul__put32(out + 8, raw);
-    haul__put32(out + 12, 0);
+    haul__put32(out + 12, HSP_ZSTD_NEW_FRAME);
     memcpy(out + 16, frame, flen);
     return 16 + flen;
 }
@@ -399,6 +400,111 @@ TEST_TIMEOUT(hauld_aborts_a_push_with_a_bad_compressed_message, 120)
     report r;
     haul_json(&env, &r, 0, "push", "--compress", src, e2e_url(&env, url, "honest"));
     CHECK_LT(r.wire_bytes, r.bytes_sent);
+    haul_engine_free(e);
+    e2e_teardown(&env);
+}
+
+/* ---- the memory of compression in hauld's budget ---------------------------------- */
+
+/* Opens a compressed push of `dataset` that sends nothing; returns the
+ * session when hauld accepts it, or NULL with *reason when it refuses. */
+static haul_session *hold_push(haul_engine *e, const char *address, const char *dataset,
+                               uint32_t *reason)
+{
+    hsp_request req = {.op = HSP_PUSH, .flags = HSP_F_COMPRESS, .level = 3};
+    snprintf(req.dataset, sizeof(req.dataset), "%s", dataset);
+    uint8_t ctx[64];
+    size_t clen = hsp_request_encode(&req, ctx, sizeof(ctx));
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = address;
+    sc.principal = "default";
+    sc.context = ctx;
+    sc.context_len = clen;
+    sc.max_message = HSP_MESSAGE_MAX;
+    haul_session *s;
+    CHECK_OK(haul_session_new(e, &sc, &s));
+    for (;;) {
+        haul_event ev;
+        CHECK(next_event(e, &ev, 10000));
+        if (ev.session != s)
+            continue;
+        if (ev.type == HAUL_EV_SESSION_OPEN)
+            return s;
+        CHECK_EQ(ev.type, HAUL_EV_SESSION_REFUSED);
+        *reason = ev.reason;
+        haul_session_free(s);
+        return NULL;
+    }
+}
+
+/*
+ * A compressed push holds a window of history in hauld, which --memory
+ * counts: with the budget taken by compressed pushes that hold theirs,
+ * the next is refused with NO_COMPRESS, haul pushes that tree
+ * uncompressed with a warning, and once the others end a compressed
+ * push gets its memory again.
+ */
+TEST_TIMEOUT(hauld_counts_compression_in_its_memory_and_haul_falls_back_to_plain, 120)
+{
+    harness_strerror = haul_strerror;
+    e2e_env env;
+    e2e_setup(&env, E2E_NO_SERVER);
+    env.server_args[0] = "--memory";
+    env.server_args[1] = "128M";
+    e2e_start_server(&env);
+    haul_engine *e = engine_quiet(1, 0);
+    CHECK(e != NULL);
+    haul_session *held[64];
+    int nheld = 0;
+    uint32_t reason = 0;
+    while (nheld < 64) {
+        char name[32];
+        snprintf(name, sizeof(name), "held%d", nheld);
+        haul_session *s = hold_push(e, env.server.address, name, &reason);
+        if (s == NULL)
+            break;
+        held[nheld++] = s;
+    }
+    harness_log("%d compressed pushes held; the next refused with %u", nheld, reason);
+    CHECK_LT(nheld, 64);
+    CHECK_GT(nheld, 2);
+    CHECK_EQ(reason, HSP_R_NO_COMPRESS);
+
+    char src[PATH_MAX], url[512];
+    text_tree(&env, src);
+    e2e_proc p = {0};
+    e2e_haul(&env, &p, CMD_TIMEOUT, "push", "--compress", src, e2e_url(&env, url, "plain"),
+             "--json");
+    CHECK_EXIT(&p, 0);
+    CHECK(e2e_contains(p.err, "no memory for --compress"));
+    report r;
+    parse(&p, &r);
+    e2e_proc_free(&p);
+    CHECK_EQ(r.compress, 0);
+    CHECK_EQ(r.wire_bytes, r.message_bytes);
+
+    for (int i = 0; i < nheld; i++)
+        haul_session_free(held[i]);
+    for (int i = 0; i < nheld; i++) {
+        char text[64];
+        snprintf(text, sizeof(text), "push held%d): the session ended", i);
+        CHECK(e2e_log_wait(&env, text, 10));
+    }
+    /* Each push gives its memory back as it ends, just after it says
+     * so: a compressed push is served compressed within a few tries. */
+    for (int tries = 0;; tries++) {
+        CHECK_LT(tries, 1000);
+        haul_session *s = hold_push(e, env.server.address, "again", &reason);
+        if (s != NULL) {
+            haul_session_free(s);
+            break;
+        }
+        CHECK_EQ(reason, HSP_R_NO_COMPRESS);
+    }
+    haul_json(&env, &r, 0, "push", "--compress", src, e2e_url(&env, url, "compressed"));
+    CHECK_EQ(r.compress, 3);
+    CHECK_LT(r.wire_bytes, r.message_bytes / 4);
     haul_engine_free(e);
     e2e_teardown(&env);
 }

@@ -290,6 +290,38 @@ TEST(budget_below_two_largest_messages_is_refused)
     haul_engine_free(e);
 }
 
+/*
+ * The application's reservations count in the budget with the messages:
+ * up to the receive part (the budget less one largest message), not a
+ * byte beyond, and all of it back once given back. Without a budget they
+ * count nothing.
+ */
+TEST(reservations_count_within_the_receive_part)
+{
+    haul_engine *e = engine_budget(16 * UNIT, UNIT);
+    haul_engine_stats st;
+    CHECK_OK(haul_engine_reserve(e, 10 * UNIT));
+    haul_engine_stats_get(e, &st);
+    CHECK_EQ(st.memory_used, 10 * UNIT);
+    CHECK_EQ(haul_engine_reserve(e, 5 * UNIT + 1), HAUL_ENOMEM);
+    CHECK_OK(haul_engine_reserve(e, 5 * UNIT));
+    CHECK_EQ(haul_engine_reserve(e, 1), HAUL_ENOMEM);
+    haul_engine_stats_get(e, &st);
+    CHECK_EQ(st.memory_used, 15 * UNIT);
+    haul_engine_unreserve(e, 10 * UNIT);
+    haul_engine_unreserve(e, 5 * UNIT);
+    haul_engine_stats_get(e, &st);
+    CHECK_EQ(st.memory_used, 0);
+    CHECK_EQ(st.memory_peak, 15 * UNIT);
+    haul_engine_free(e);
+    e = engine_budget(0, UNIT);
+    CHECK_OK(haul_engine_reserve(e, 1ull << 40));
+    haul_engine_stats_get(e, &st);
+    CHECK_EQ(st.memory_used, 0);
+    haul_engine_unreserve(e, 1ull << 40);
+    haul_engine_free(e);
+}
+
 /* ---- the receive side ---------------------------------------------------------- */
 
 /*

@@ -590,10 +590,15 @@ int cli_open(cli_client *c, const cli_options *opt, const cli_url *url, int op)
                      "as its limit allows (hauld --max-sessions); try again later");
             return c->failed;
         } else if (n == 1 && ev.type == HAUL_EV_SESSION_REFUSED && ev.error == HAUL_EREFUSED &&
-                   ev.reason == HSP_R_BAD_REQUEST && c->compress && ev.session == c->session) {
+                   (ev.reason == HSP_R_BAD_REQUEST || ev.reason == HSP_R_NO_COMPRESS) &&
+                   c->compress && ev.session == c->session) {
             /* A server older than compression refuses the flag it does
-             * not know: the same request again, uncompressed. */
-            cli_warn("warning: the server does not support --compress; sending uncompressed");
+             * not know, and one whose memory is short refuses to expand
+             * one more push: the same request again, uncompressed. */
+            cli_warn(ev.reason == HSP_R_NO_COMPRESS
+                         ? "warning: the server has no memory for --compress now; sending "
+                           "uncompressed"
+                         : "warning: the server does not support --compress; sending uncompressed");
             c->compress = 0;
             haul_session_free(c->session);
             c->session = NULL;

@@ -67,12 +67,12 @@
 #define TAG_BYTES_MAX ((1ull << TAG_BYTES_BITS) - 1)
 
 /*
- * Compression (--compress) is tried on every message and kept where it
- * pays (hsp_zstd_pack), but data that does not compress is not tried for
- * ever: a file sent in blocks goes as it is after ZSTD_FILE_MISSES blocks
- * in a row that did not compress, and after ZSTD_PACK_MISSES packs of
- * small files in a row that did not, one pack in ZSTD_PACK_SAMPLE is
- * tried until one pays again.
+ * Compression (--compress) puts every message tried into the session's
+ * zstd stream (hsp_zstd_pack), but data that does not compress is not
+ * tried for ever: a file sent in blocks goes as it is after
+ * ZSTD_FILE_MISSES blocks in a row that did not shrink by the margin,
+ * and after ZSTD_PACK_MISSES packs of small files in a row that did
+ * not, one pack in ZSTD_PACK_SAMPLE is tried until one pays again.
  */
 #define ZSTD_FILE_MISSES 4
 #define ZSTD_PACK_MISSES 4
@@ -390,8 +390,10 @@ static uint64_t make_tag(uint64_t bytes, uint64_t files)
     return (bytes > TAG_BYTES_MAX ? TAG_BYTES_MAX : bytes) | files << TAG_BYTES_BITS;
 }
 
-/* Compresses a message in its buffer when asked and when that pays;
- * returns its length then. */
+/* Compresses a message in its buffer when asked; returns its length
+ * then, and whether that paid. A message that went into the stream is
+ * sent compressed even when it did not shrink (by a few bytes a block:
+ * zstd stores such blocks as they are). */
 static size_t squeeze(push *p, uint8_t *buf, size_t len, int try, int *paid)
 {
     *paid = 0;
@@ -401,7 +403,7 @@ static size_t squeeze(push *p, uint8_t *buf, size_t len, int try, int *paid)
     if (n == 0)
         return len;
     memcpy(buf, p->zbuf, n);
-    *paid = 1;
+    *paid = hsp_zstd_paid(len, n);
     return n;
 }
 

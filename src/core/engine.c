@@ -901,6 +901,22 @@ void haul_engine_free(haul_engine *e)
     free(e);
 }
 
+int haul_engine_reserve(haul_engine *e, uint64_t bytes)
+{
+    if (e->budget == NULL || bytes == 0)
+        return 0;
+    pthread_mutex_lock(&e->mu);
+    int rc = haul__budget_take(e->budget, bytes, 1);
+    pthread_mutex_unlock(&e->mu);
+    return rc == 0 ? 0 : HAUL_ENOMEM;
+}
+
+void haul_engine_unreserve(haul_engine *e, uint64_t bytes)
+{
+    if (e->budget != NULL)
+        haul__budget_give(e->budget, bytes, 1);
+}
+
 void haul_engine_stats_get(haul_engine *e, haul_engine_stats *out)
 {
     pthread_mutex_lock(&e->mu);

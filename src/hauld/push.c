@@ -90,8 +90,10 @@ typedef struct push {
 
     /* The request asked for compression (HSP_F_COMPRESS): what expands
      * the compressed messages; NULL otherwise, and such a message is then
-     * a protocol error. */
+     * a protocol error. Its memory is counted in the engine's budget
+     * (zstd_reserved bytes) while the push lives. */
     hsp_zstd *zstd;
+    uint64_t zstd_reserved;
 } push;
 
 static void push_fini(request *r);
@@ -827,9 +829,23 @@ uint32_t push_open(request *r)
             goto refuse;
     }
     p->busy = 1;
-    if ((r->req.flags & HSP_F_COMPRESS) && (p->zstd = hsp_zstd_new(0)) == NULL) {
-        reason = HSP_R_SERVER_ERROR;
-        goto refuse;
+    if (r->req.flags & HSP_F_COMPRESS) {
+        /* A compressed push holds a window of history to expand it; the
+         * budget that bounds the messages bounds those windows too. With
+         * no room, the client is told so and pushes uncompressed. */
+        uint64_t need = hsp_zstd_memory(0);
+        if (haul_engine_reserve(r->srv->engine, need) != 0) {
+            request_log(r, HAUL_LOG_INFO,
+                        "refused compression: no room in --memory for %llu KiB more",
+                        (unsigned long long)(need >> 10));
+            reason = HSP_R_NO_COMPRESS;
+            goto refuse;
+        }
+        p->zstd_reserved = need;
+        if ((p->zstd = hsp_zstd_new(0)) == NULL) {
+            reason = HSP_R_SERVER_ERROR;
+            goto refuse;
+        }
     }
     /* A store that cannot be written (an I/O error, a full disk) fails
      * the push once accepted, with a RESULT that says so (push_start):
@@ -894,6 +910,7 @@ static void push_fini(request *r)
     free(p->retries);
     free(p->problems);
     hsp_zstd_free(p->zstd);
+    haul_engine_unreserve(r->srv->engine, p->zstd_reserved);
     free(p);
     r->op = NULL;
 }

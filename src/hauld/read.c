@@ -167,14 +167,24 @@ uint32_t pull_open(request *r)
         reason = HSP_R_SERVER_ERROR;
     /* Compression asked for: at the client's level, at most the
      * server's; with --compress-level-max 0 the pull goes uncompressed,
-     * which the protocol allows (compressing is the sender's choice). */
+     * which the protocol allows (compressing is the sender's choice). So
+     * does a pull when the budget has no room for the compressor, whose
+     * memory it counts as it counts the messages'. */
     unsigned max = r->srv->cfg.compress_level_max;
     if (reason == 0 && (r->req.flags & HSP_F_COMPRESS) && max > 0) {
         int level = r->req.level < (int)max ? r->req.level : (int)max;
-        r->zstd = hsp_zstd_new(level);
-        r->zbuf = malloc(HSP_MESSAGE_MAX);
-        if (r->zstd == NULL || r->zbuf == NULL)
-            reason = HSP_R_SERVER_ERROR;
+        uint64_t need = hsp_zstd_memory(level) + HSP_MESSAGE_MAX;
+        if (haul_engine_reserve(r->srv->engine, need) != 0) {
+            request_log(r, HAUL_LOG_INFO,
+                        "sending uncompressed: no room in --memory for %llu KiB to compress",
+                        (unsigned long long)(need >> 10));
+        } else {
+            r->zstd_reserved = need;
+            r->zstd = hsp_zstd_new(level);
+            r->zbuf = malloc(HSP_MESSAGE_MAX);
+            if (r->zstd == NULL || r->zbuf == NULL)
+                reason = HSP_R_SERVER_ERROR;
+        }
     }
     return reason ? refuse(r, reason) : 0;
 }

@@ -175,6 +175,7 @@ static void request_end(request *r)
     free(r->w.buf);
     hsp_zstd_free(r->zstd);
     free(r->zbuf);
+    haul_engine_unreserve(r->srv->engine, r->zstd_reserved);
 
     server_lock(srv);
     if (r->prev)
@@ -315,7 +316,11 @@ static size_t out_squeeze(request *r, uint8_t *buf, size_t len)
         r->zstd_misses++;
         return len;
     }
-    r->zstd_misses = 0;
+    /* In the stream now: it goes compressed, paid or not. */
+    if (hsp_zstd_paid(len, n))
+        r->zstd_misses = 0;
+    else
+        r->zstd_misses++;
     memcpy(buf, r->zbuf, n);
     return n;
 }

@@ -174,6 +174,7 @@ struct request {
      * messages that do not compress (server.c, out_flush). */
     struct hsp_zstd *zstd;
     uint8_t *zbuf;
+    uint64_t zstd_reserved; /* counted in the engine's budget for them */
     unsigned zstd_misses, zstd_untried;
     outmsg *pending, *pending_tail;
     unsigned npending;

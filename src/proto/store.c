@@ -32,13 +32,16 @@ const char *hsp_refusal_text(uint32_t reason)
     case HSP_R_TAKEOVER_DENIED:
         return "another principal's push to this dataset is running, and --takeover ends "
                "only a push of the same principal";
+    case HSP_R_NO_COMPRESS:
+        return "the server has no memory to expand one more compressed push now";
     }
     return "refused";
 }
 
 int hsp_refusal_known(uint32_t reason)
 {
-    return (reason >= HSP_R_BAD_REQUEST && reason <= HSP_R_LAST) || reason == HSP_R_TAKEOVER_DENIED;
+    return (reason >= HSP_R_BAD_REQUEST && reason <= HSP_R_LAST) ||
+           reason == HSP_R_TAKEOVER_DENIED || reason == HSP_R_NO_COMPRESS;
 }
 
 /* ---- names and paths ------------------------------------------------------ */

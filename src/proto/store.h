@@ -91,6 +91,10 @@ enum hsp_refusal {
      * which only that principal may end. Beyond every haul_error code,
      * which the server's engine may refuse with. */
     HSP_R_TAKEOVER_DENIED = 100,
+    /* PUSH with HSP_F_COMPRESS: the server's memory budget has no room
+     * for one more expanding stream now; the same push uncompressed may
+     * be served. */
+    HSP_R_NO_COMPRESS = 101,
 };
 /* A reason hauld refuses with (not the engine's own)? */
 int hsp_refusal_known(uint32_t reason);

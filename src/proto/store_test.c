@@ -155,6 +155,8 @@ TEST(refusal_reasons_have_texts_and_stay_clear_of_the_engines)
     }
     CHECK(hsp_refusal_known(HSP_R_TAKEOVER_DENIED));
     CHECK(strstr(hsp_refusal_text(HSP_R_TAKEOVER_DENIED), "--takeover") != NULL);
+    CHECK(hsp_refusal_known(HSP_R_NO_COMPRESS));
+    CHECK(strstr(hsp_refusal_text(HSP_R_NO_COMPRESS), "compressed") != NULL);
     /* The engine refuses with haul_error codes: never taken for hauld's. */
     CHECK(!hsp_refusal_known(0));
     CHECK(!hsp_refusal_known(9));
