@@ -478,6 +478,61 @@ TEST(one_file_system_keeps_a_mount_point_empty)
     e2e_teardown(&env);
 }
 
+/*
+ * On overlayfs, as at a container's root, a regular file reports the
+ * st_dev of the layer it lives in, and a directory the overlay's: with
+ * --one-file-system every file is still sent.
+ */
+TEST(one_file_system_sends_every_file_of_an_overlay)
+{
+    if (geteuid() != 0)
+        SKIP("mounting an overlay needs root");
+    e2e_env env;
+    e2e_setup(&env, 0);
+    char lower[PATH_MAX], layers[PATH_MAX], src[PATH_MAX], snap[80];
+    e2e_path(&env, lower, "lower");
+    e2e_path(&env, layers, "layers");
+    e2e_path(&env, src, "src");
+    e2e_mkdir(lower);
+    e2e_mkdir(layers);
+    e2e_mkdir(src);
+    e2e_mkdir(e2e_at(lower, "etc"));
+    e2e_file(e2e_at(lower, "etc/os"), 30, 1, 0644);
+    if (unshare(CLONE_NEWNS) != 0)
+        SKIP("cannot make a mount namespace: %s", strerror(errno));
+    CHECK(mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0);
+    /* The upper layer on another file system than the lower, as when a
+     * container writes to a tmpfs. */
+    if (mount("tmpfs", layers, "tmpfs", 0, "size=1m") != 0)
+        SKIP("cannot mount a tmpfs: %s", strerror(errno));
+    e2e_mkdir(e2e_at(layers, "up"));
+    e2e_mkdir(e2e_at(layers, "work"));
+    char opts[3 * PATH_MAX + 64];
+    snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s/up,workdir=%s/work", lower, layers,
+             layers);
+    if (mount("overlay", src, "overlay", 0, opts) != 0)
+        SKIP("cannot mount an overlay: %s", strerror(errno));
+    e2e_file(e2e_at(src, "written"), 40, 2, 0644);
+    struct stat dir_st, lower_st, upper_st;
+    CHECK_EQ(stat(src, &dir_st), 0);
+    CHECK_EQ(stat(e2e_at(src, "etc/os"), &lower_st), 0);
+    CHECK_EQ(stat(e2e_at(src, "written"), &upper_st), 0);
+    harness_log("st_dev: the overlay's directory %lu, a lower file %lu, an upper file %lu",
+                (unsigned long)dir_st.st_dev, (unsigned long)lower_st.st_dev,
+                (unsigned long)upper_st.st_dev);
+
+    e2e_proc p = {0};
+    push_args(&env, &p, src, "ds", (const char *[]){"--one-file-system", NULL}, 0, snap);
+    uint64_t entries, bytes;
+    excluded_counts(&p, &entries, &bytes);
+    CHECK_EQ(entries, 0);
+    e2e_proc_free(&p);
+    check_snapshot(&env, "ds", snap, strdup("etc\netc/os\nwritten\n"));
+    CHECK_EQ(umount2(src, MNT_DETACH), 0);
+    CHECK_EQ(umount2(layers, MNT_DETACH), 0);
+    e2e_teardown(&env);
+}
+
 /* Removes the tree of entry_too_long_...: its paths are beyond PATH_MAX,
  * which the nftw() of e2e_teardown cannot walk. */
 static void remove_deep(const char *src, const char *dir_name, const char *file_name, int depth)

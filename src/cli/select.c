@@ -324,8 +324,13 @@ int cli_select_skip(cli_select *s, const char *rel, size_t rel_len, const struct
     }
     if (s->caches && dir && dirfd >= 0 && has_cache_tag(dirfd))
         return CLI_SELECT_OUT;
-    if (s->one_fs && st->st_dev != s->root_dev)
-        return dir ? CLI_SELECT_EMPTY : CLI_SELECT_OUT;
+    /* Only a directory can tell a file system boundary: on overlayfs (a
+     * container's root) a regular file reports the st_dev of the layer
+     * it lives in, not the overlay's, and would be left out with every
+     * other file. rsync -x and tar --one-file-system look at directories
+     * only too. */
+    if (s->one_fs && dir && st->st_dev != s->root_dev)
+        return CLI_SELECT_EMPTY;
     return CLI_SELECT_KEEP;
 }
 
