@@ -36,6 +36,9 @@
 /* The extended attribute that holds a stored file's XXH3-128 (16 bytes,
  * canonical form), set when its content was checked complete. */
 #define FS_HASH_XATTR "user.haul.hash"
+/* A push asks the disk to start writing a file's data every this many
+ * bytes of it (fs_store.c, "Durability"). */
+#define FS_WRITEBACK_BYTES (8u << 20)
 
 /* ---- safe path operations ------------------------------------------------ */
 
