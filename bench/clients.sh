@@ -26,7 +26,8 @@
 # same N against the rsync daemon: its wall time, its CPU per client (the
 # daemon's and its children's), and haul's speed as a ratio of rsync's.
 #
-# Knobs (environment): NS, FILES (50), FILE_KB (4), CONNS (2, haul's -P),
+# Knobs (environment): PARTS (which of a b c c2 d to run, default all),
+# NS, FILES (50), FILE_KB (4), CONNS (2, haul's -P),
 # LARGE_EVERY (20), LARGE_MB (32), CORES_N, VERIFIES (4), VSIZE (1G),
 # VERIFY_N (100), SIZE (4G),
 # IDLE (5 s), WORK (where the stores go, default /dev/shm), MEMORY and
@@ -102,6 +103,9 @@ cpu_ms() { # pid [all]
       printf "%.0f", c * 1000 / t }' "/proc/$1/stat"
 }
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+
+parts=" ${PARTS:-a b c c2 d} "
+want() { [[ $parts == *" $1 "* ]]; }
 
 # ---- data -------------------------------------------------------------------
 avail_kb() { df -Pk "$work" | awk 'NR == 2 {print $4}'; }
@@ -265,17 +269,22 @@ header() {
     "hauld idle" "CPU/client" "rsync" "CPU/cl." "vs rsync"
 }
 
+if want a; then
 echo
 echo "(a) N clients at once, each pushing its small tree ($small_kb KiB)"
 header
 for n in $ns; do row "$n" small; done
+fi
 
+if want b; then
 echo
 echo "(b) the same, every ${large_every}th client also pushing $large_mb MiB"
 header
 for n in $ns; do row "$n" mix; done
+fi
 
 # ---- (c) one core against two ----------------------------------------------------
+if want c; then
 cores_n=${CORES_N:-$(tr ' ' '\n' <<<"$ns" | sort -n | tail -1)}
 echo
 echo "(c) $cores_n small pushes, hauld on 1 core against 2"
@@ -295,8 +304,10 @@ else
   why
   echo "2 cores vs 1: $(awk -v a="$t1" -v b="$t2" 'BEGIN {printf "%.2fx", a / b}') faster (goal: 1.6x or more)"
 fi
+fi
 
 # ---- (c2) hauld's own work on one core against two -----------------------------------
+if want c2; then
 # In (c) the clients share the two cores with hauld and do most of the
 # work, so pinning hauld alone says little. A verify's work is hauld's
 # (it re-reads and hashes the snapshot; its client only reads a result),
@@ -331,8 +342,10 @@ else
   why
   echo "2 cores vs 1: $(awk -v a="$v1" -v b="$v2" 'BEGIN {printf "%.2fx", a / b}') faster (goal: 1.6x or more)"
 fi
+fi
 
 # ---- (d) a long verify beside small pushes --------------------------------------------
+if want d; then
 echo
 # The file, its copy in the store and a margin of 1 GiB must fit.
 room=$(($(avail_kb) * 1024))
@@ -374,4 +387,5 @@ else
   printf 'the verify            %8.2f s  %s\n' "$tv" "$([[ $vrc == 0 ]] && echo ok || echo "failed ($vrc): $(tail -1 "$work/verify.out")")"
   echo "slowdown: $(awk -v a="$ta" -v b="$tb" 'BEGIN {printf "%.2fx", b / a}') (goal: 1.5x or less)"
   ((overlap)) || echo "note: the verify ended before the pushes did; a larger SIZE measures more"
+fi
 fi
