@@ -649,6 +649,46 @@ static int put_region(push *p, hsp_writer *w, int fd, const pfile *f, uint64_t *
 
 static int start_large(push *p, pfile *f);
 
+/* Holes are whole blocks of the file system, whose sizes are multiples of
+ * this, and read as zeros. */
+#define HOLE_GRAIN 512
+
+static int all_zero(const uint8_t *b, size_t n)
+{
+    return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
+}
+
+/*
+ * Reads a small file whole as one DATA record, without asking the file
+ * system where its holes are (two lseek() per file): a hole reads as
+ * zeros over at least a HOLE_GRAIN-aligned grain of the file (or the
+ * grain it ends in), so content with no such grain of zeros has none.
+ * Returns 0 (read and hashed), 1 when a grain is all zeros (the record
+ * is taken back: the caller looks for holes), or put_region's -1, -2 or
+ * -3.
+ */
+static int put_dense(push *p, int fd, const pfile *f)
+{
+    size_t size = (size_t)f->size;
+    size_t mark = p->pack.len;
+    uint8_t *dst = hsp_put_data(&p->pack, f->id, 0, (uint32_t)size);
+    if (dst == NULL)
+        return -3;
+    ssize_t got = read_full(fd, dst, size, 0);
+    if (got < 0 || (size_t)got < size) {
+        p->pack.len = mark;
+        return got < 0 ? -1 : -2;
+    }
+    for (size_t at = 0; at < size; at += HOLE_GRAIN) {
+        if (all_zero(dst + at, size - at < HOLE_GRAIN ? size - at : HOLE_GRAIN)) {
+            p->pack.len = mark;
+            return 1;
+        }
+    }
+    XXH3_128bits_update(p->hash, dst, size);
+    return 0;
+}
+
 /* Room a small file's records take in the pack, holes and all. */
 static size_t small_room(uint64_t size)
 {
@@ -704,9 +744,14 @@ static int send_small(push *p, pfile *f)
         size_t mark = p->pack.len;
         XXH3_128bits_reset(p->hash);
         uint64_t off = 0, data_end = 0;
-        int rc = 0;
-        while (rc == 0 && off < f->size)
-            rc = put_region(p, &p->pack, fd, f, &off, &data_end, SMALL_FILE);
+        int rc = f->size > 0 ? put_dense(p, fd, f) : 0;
+        if (rc == 1) {
+            /* Perhaps holes: region by region, as the file system says. */
+            XXH3_128bits_reset(p->hash);
+            rc = 0;
+            while (rc == 0 && off < f->size)
+                rc = put_region(p, &p->pack, fd, f, &off, &data_end, SMALL_FILE);
+        }
         if (rc == -1) {
             err = errno;
             why = "read error";

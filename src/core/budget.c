@@ -178,7 +178,7 @@ void haul__budget_body_free(haul__budget *b, uint8_t *p, size_t cap)
 /* Unmaps the bodies that nobody took for HAUL__POOL_IDLE_MS: the pool
  * shrinks to what the traffic of the last second reuses, and to nothing
  * when the engine is idle. */
-void haul__budget_trim(haul__budget *b, int64_t now, int force)
+int64_t haul__budget_trim(haul__budget *b, int64_t now, int force)
 {
     pthread_mutex_lock(&b->mu);
     haul__pooled_body *list = NULL;
@@ -196,12 +196,14 @@ void haul__budget_trim(haul__budget *b, int64_t now, int force)
         for (haul__pooled_body *x = list; x != NULL; x = x->next)
             b->pooled -= x->cap;
     }
+    int64_t again = b->pool != NULL ? b->trimmed_at + POOL_TRIM_EVERY_MS : INT64_MAX;
     pthread_mutex_unlock(&b->mu);
     while (list != NULL) {
         haul__pooled_body *next = list->next;
         munmap(list, list->cap);
         list = next;
     }
+    return again;
 }
 
 /* ---- principals ------------------------------------------------------------ */

@@ -72,7 +72,8 @@ void haul__budget_kick(haul__budget *b);
 uint8_t *haul__budget_body(haul__budget *b, uint64_t len, size_t *cap);
 void haul__budget_body_free(haul__budget *b, uint8_t *body, size_t cap);
 /* Unmaps the pooled bodies that have not been used for
- * HAUL__POOL_IDLE_MS, or every one with force. */
-void haul__budget_trim(haul__budget *b, int64_t now, int force);
+ * HAUL__POOL_IDLE_MS, or every one with force. Returns when to trim
+ * again (the sweep's deadline; INT64_MAX with nothing pooled). */
+int64_t haul__budget_trim(haul__budget *b, int64_t now, int force);
 
 #endif

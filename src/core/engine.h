@@ -561,8 +561,13 @@ struct haul_engine {
 
     haul__loop *loops;
     unsigned nloops;
-    int timerfd;    /* on loop 0: the periodic sweep of deadlines */
+    int timerfd;    /* on loop 0: the sweep of deadlines (engine.c, "The sweep") */
     int timer_kind; /* HAUL__POLL_TIMER: what timerfd's registration points at */
+    /* Under mu: the timer is armed further than one sweep period away
+     * (or only for the longest sleep), and something happened since the
+     * last sweep that it must look at soon (haul__sweep_soon). */
+    int sweep_far, sweep_soon;
+    uint64_t sweeps; /* under mu: how many ran (sweep_test) */
     int stopping;
 
     /* The completion queue: a growable ring. cq_reserved slots of it are
@@ -628,6 +633,16 @@ struct haul_engine {
 /* ---- shared internal calls (mu held unless said otherwise) ------------- */
 
 int64_t haul__now_ms(void);
+/* Something changed that the sweep of deadlines must look at within one
+ * sweep period (mu held): it runs then rather than at the next deadline
+ * it knew of. Cheap when the timer is near already. */
+void haul__sweep_soon(haul_engine *engine);
+/* The sweeps of sessions, pipes and connections (mu held, on loop 0) act
+ * on the deadlines that passed and return the earliest time
+ * (haul__now_ms) at which one of theirs would pass if nothing else
+ * happened meanwhile: INT64_MAX for none, now + a sweep period or less
+ * for state that is watched at every sweep. */
+#define HAUL__NEVER INT64_MAX
 void haul__log(haul_engine *engine, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -646,7 +661,7 @@ void haul__session_enter(haul_session *s, int event);
 void haul__session_want(haul_session *s, unsigned pending);
 void haul__session_fail(haul_session *s, int error, int tell_peer);
 void haul__session_unref(haul_session *s);
-void haul__session_sweep(haul_session *s, int64_t now);
+int64_t haul__session_sweep(haul_session *s, int64_t now);
 void haul__session_on_frame(haul__pipe *pipe, haul__conn *conn, const haul__frame *f,
                             const uint8_t *payload);
 haul_session *haul__session_find(haul__pipe *pipe, uint32_t id);
@@ -723,7 +738,7 @@ unsigned haul__pipe_resize(haul__pipe *pipe, unsigned n);
 int haul__pipe_fill(haul__pipe *pipe, haul__conn *conn);
 void haul__pipe_conn_joined(haul__pipe *pipe, haul__conn *conn);
 void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *conn, int error);
-void haul__pipe_sweep(haul__pipe *pipe, int64_t now);
+int64_t haul__pipe_sweep(haul__pipe *pipe, int64_t now);
 /* The limit of joined connections of a principal (0: none), and how many
  * it has joined now over all its pipes. */
 unsigned haul__principal_limit(haul_engine *engine, const char *principal, unsigned *joined);
@@ -735,7 +750,7 @@ int64_t haul__pipe_queue_moved(haul__pipe *pipe, haul_session *s, int64_t now);
 /* Sends again, on other connections, the chunks of the session's oldest
  * unacknowledged message that its connections are slow to deliver while
  * it holds up the window (mu held; from the sweep). */
-void haul__pipe_hedge(haul__pipe *pipe, haul_session *s, int64_t now);
+int64_t haul__pipe_hedge(haul__pipe *pipe, haul_session *s, int64_t now);
 void haul__pipe_add_session(haul__pipe *pipe, haul_session *s);
 void haul__pipe_remove_session(haul__pipe *pipe, haul_session *s);
 void haul__pipe_destroy(haul__pipe *pipe);
@@ -762,7 +777,7 @@ void haul__conn_free(haul__conn *conn);
 /* A connection waiting for another's direct read into its chunk
  * (haul__conn.rx_waiting) no longer waits: it goes on with its buffer. */
 void haul__conn_stop_waiting(haul__conn *conn);
-void haul__conn_sweep(haul__conn *conn, int64_t now);
+int64_t haul__conn_sweep(haul__conn *conn, int64_t now);
 /* The one way each of a connection's two machines moves (net/conn_fsm.h),
  * mu held: takes the transition of the table for `event`, counts the
  * state entered and logs it. A transition the table does not have is a

@@ -561,6 +561,7 @@ void haul__pipe_add_session(haul__pipe *pipe, haul_session *s)
     haul__list_add_tail(&pipe->sessions, &s->pipe_link);
     haul__list_add_tail(&pipe->buckets[s->id % HAUL__BUCKETS], &s->bucket_link);
     pipe->doomed = 0;
+    haul__sweep_soon(pipe->engine);
 }
 
 void haul__pipe_remove_session(haul__pipe *pipe, haul_session *s)
@@ -570,15 +571,18 @@ void haul__pipe_remove_session(haul__pipe *pipe, haul_session *s)
     haul__list_del(&s->ctl_link);
     haul__list_del(&s->dispatch_link);
     s->in_table = 0;
-    (void)pipe;
+    /* The pipe may have no session left, which the sweep ends. */
+    haul__sweep_soon(pipe->engine);
 }
 
 /* A pipe without sessions is closed by the next sweep: a client's, at
  * once; a server's, when its client has gone too. */
 void haul__pipe_maybe_free(haul__pipe *pipe)
 {
-    if (haul__list_empty(&pipe->sessions))
+    if (haul__list_empty(&pipe->sessions)) {
         pipe->doomed = 1;
+        haul__sweep_soon(pipe->engine);
+    }
 }
 
 /* ---- the dispatcher ------------------------------------------------------------ */
@@ -1141,22 +1145,32 @@ static int delivered(haul__conn *c, const haul__chunk_tx *tx)
     return unacked < 0 || took - (uint64_t)unacked >= tx->pos;
 }
 
-void haul__pipe_hedge(haul__pipe *pipe, haul_session *s, int64_t now)
+int64_t haul__pipe_hedge(haul__pipe *pipe, haul_session *s, int64_t now)
 {
     haul__list *first = haul__list_first(&s->outq);
     if (first == NULL || pipe->joined < 2)
-        return;
+        return HAUL__NEVER;
     haul_message *m = HAUL__CONTAINER(first, haul_message, link);
     if (m->seq >= s->right || m->unsent > 0 || m->hedges >= HEDGE_MAX || m->hedge_at == 0)
-        return;
+        return HAUL__NEVER;
+    /* Copies go only from connections of a long link (below): on a short
+     * one there is never anything to wait for. */
+    int possible = 0;
+    for (uint32_t i = 0; i < m->nchunks && !possible; i++) {
+        haul__conn *c = conn_by_serial(pipe, m->carrier[i]);
+        possible = c != NULL && !c->dead && c->state == HAUL__CONN_JOINED && c->backlog_set;
+    }
+    if (!possible)
+        return HAUL__NEVER;
+    int64_t due = m->hedge_at + (int64_t)(2 * pipe->rtt_us / 1000) + HEDGE_SLACK_MS;
     /* Only a window held up by the message: while other chunks may go,
      * the link has better use for its bytes. */
     uint32_t idx;
     int avoided = 0;
     if (sendable(s, NULL, &idx, &avoided) != NULL)
-        return;
-    if (now - m->hedge_at < (int64_t)(2 * pipe->rtt_us / 1000) + HEDGE_SLACK_MS)
-        return;
+        return due;
+    if (now < due)
+        return due;
     m->hedge_at = now;
     unsigned n = 0;
     for (uint32_t i = 0; i < m->nchunks; i++) {
@@ -1175,12 +1189,15 @@ void haul__pipe_hedge(haul__pipe *pipe, haul_session *s, int64_t now)
         n++;
     }
     if (n == 0)
-        return;
+        return m->hedges < HEDGE_MAX ? now + (int64_t)(2 * pipe->rtt_us / 1000) + HEDGE_SLACK_MS
+                                     : HAUL__NEVER;
     m->hedges++;
     pipe->engine->stats.chunks_hedged += n;
     if (!haul__list_linked(&s->dispatch_link))
         haul__list_add_tail(&pipe->dispatch, &s->dispatch_link);
     haul__pipe_kick(pipe, n);
+    return m->hedges < HEDGE_MAX ? now + (int64_t)(2 * pipe->rtt_us / 1000) + HEDGE_SLACK_MS
+                                 : HAUL__NEVER;
 }
 
 /* ---- deadlines, redials and the end of a pipe --------------------------------- */
@@ -1264,14 +1281,42 @@ static void release_rate_held(haul__pipe *pipe)
         haul__pipe_kick(pipe, woken < pipe->joined ? woken : pipe->joined);
 }
 
-void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
+/* Whether a joined connection of the pipe is on a long link: its active
+ * set and its copies of stuck chunks are watched at every sweep. */
+static int long_link(haul__pipe *pipe)
+{
+    if (pipe->server) {
+        haul__list *p;
+        haul__list_each(p, &pipe->members)
+        {
+            haul__conn *c = HAUL__CONTAINER(p, haul__conn, pipe_link);
+            if (!c->dead && c->backlog_set)
+                return 1;
+        }
+        return 0;
+    }
+    for (unsigned i = 0; i < pipe->nconns; i++)
+        if (pipe->conns[i] != NULL && !pipe->conns[i]->dead && pipe->conns[i]->backlog_set)
+            return 1;
+    return 0;
+}
+
+static int64_t earlier(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
+int64_t haul__pipe_sweep(haul__pipe *pipe, int64_t now)
 {
     haul_engine *e = pipe->engine;
     haul__list *p, *tmp;
+    int64_t next = HAUL__NEVER;
     pipe_events_owed(pipe);
+    if (pipe->events_owed)
+        next = now; /* tried again at the next sweep */
     haul__list_each_safe(p, tmp, &pipe->sessions)
     {
-        haul__session_sweep(HAUL__CONTAINER(p, haul_session, pipe_link), now);
+        next = earlier(next, haul__session_sweep(HAUL__CONTAINER(p, haul_session, pipe_link), now));
     }
     int expired = 0;
     if (pipe->ever_joined && pipe->joined == 0 && pipe->empty_since &&
@@ -1301,24 +1346,40 @@ void haul__pipe_sweep(haul__pipe *pipe, int64_t now)
         if (!pipe->server ||
             (pipe->joined == 0 && (pipe->nended == 0 || pipe->empty_since == 0 || expired))) {
             haul__pipe_destroy(pipe);
-            return;
+            return HAUL__NEVER;
         }
     }
+    if (pipe->ever_joined && pipe->joined == 0 && pipe->empty_since)
+        next = earlier(next, pipe->empty_since + (int64_t)e->config.message_timeout_ms + 1);
     if (!pipe->server && !pipe->failed) {
         for (unsigned i = 0; i < pipe->nconns; i++)
             if (pipe->conns[i] == NULL && pipe->redial_at[i] && pipe->redial_at[i] <= now)
                 pipe_dial(pipe, i);
-        if (pipe->automatic && !pipe->auto_pinned && pipe->ever_joined)
+        for (unsigned i = 0; i < pipe->nconns; i++)
+            if (pipe->conns[i] == NULL && pipe->redial_at[i])
+                next = earlier(next, pipe->redial_at[i]);
+        /* The automatic count samples the pipe at every sweep. */
+        if (pipe->automatic && !pipe->auto_pinned && pipe->ever_joined) {
             haul__auto_sweep(pipe, now);
+            next = now;
+        }
     }
     active_sweep(pipe, now);
+    if (long_link(pipe))
+        next = now;
     release_rate_held(pipe);
+    haul__list_each(p, &pipe->sessions)
+    {
+        if (HAUL__CONTAINER(p, haul_session, pipe_link)->rate_held)
+            next = now; /* its tokens come with time */
+    }
     /* Connections that declined chunks (may_take) ask again: what they
      * held may have arrived meanwhile without an event of ours. */
     if (pipe->declines && !haul__list_empty(&pipe->dispatch)) {
         pipe->declines = 0;
         haul__pipe_kick(pipe, pipe->active_max < pipe->joined ? pipe->active_max : pipe->joined);
     }
+    return next;
 }
 
 /* ---- statistics ------------------------------------------------------------------ */

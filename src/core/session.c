@@ -33,6 +33,8 @@ void haul__session_enter(haul_session *s, int event)
               haul__session_event_name(event));
     s->state = next;
     haul__count_state(s->engine, next);
+    /* A new state may have a deadline of its own. */
+    haul__sweep_soon(s->engine);
 }
 
 static int can(const haul_session *s, int event)
@@ -219,21 +221,52 @@ uint64_t haul__session_out_bound(const haul_session *s)
     return bdp_bound(s, s->tx_rate, s->max_message, s->output_queue);
 }
 
-/* The rates of the period that ended (at the sweep). */
-static void rate_sample(haul_session *s, int64_t now)
+static int64_t earlier(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
+/* A rate decayed by an eighth for each of the periods that passed. */
+static uint64_t rate_decay(uint64_t rate, int64_t periods)
+{
+    for (int64_t i = 0; i < periods && rate > 0; i++)
+        rate -= rate / 8 > 0 ? rate / 8 : rate;
+    return rate;
+}
+
+/* Whether a rate makes a queue larger than the floor: below that, how it
+ * decays changes nothing, and the sweep need not sample it on time. */
+static int rate_counts(const haul_session *s, uint64_t rate, uint64_t unit)
+{
+    return bdp_bound(s, rate, unit, UINT64_MAX) > bdp_bound(s, 0, unit, UINT64_MAX);
+}
+
+/* The rates of the periods that ended (at the sweep), and when the next
+ * one ends if it matters. A sweep that comes late, the session having had
+ * nothing to do, decays the rates by every period that passed, as
+ * samples on time would have. */
+static int64_t rate_sample(haul_session *s, int64_t now)
 {
     if (s->rate_at == 0) {
         s->rate_at = now;
-        return;
+        return now + HAUL__RATE_PERIOD_MS;
     }
     int64_t dt = now - s->rate_at;
-    if (dt < HAUL__RATE_PERIOD_MS)
-        return;
-    uint64_t rx = s->rx_count * 1000 / (uint64_t)dt, tx = s->tx_count * 1000 / (uint64_t)dt;
-    s->rx_rate = rx > s->rx_rate - s->rx_rate / 8 ? rx : s->rx_rate - s->rx_rate / 8;
-    s->tx_rate = tx > s->tx_rate - s->tx_rate / 8 ? tx : s->tx_rate - s->tx_rate / 8;
-    s->rx_count = s->tx_count = 0;
-    s->rate_at = now;
+    if (dt >= HAUL__RATE_PERIOD_MS) {
+        int64_t periods = dt / HAUL__RATE_PERIOD_MS;
+        uint64_t rx = s->rx_count * 1000 / (uint64_t)dt, tx = s->tx_count * 1000 / (uint64_t)dt;
+        uint64_t rx_kept = rate_decay(s->rx_rate, periods);
+        uint64_t tx_kept = rate_decay(s->tx_rate, periods);
+        s->rx_rate = rx > rx_kept ? rx : rx_kept;
+        s->tx_rate = tx > tx_kept ? tx : tx_kept;
+        s->rx_count = s->tx_count = 0;
+        s->rate_at = now;
+    }
+    uint64_t rx_unit = s->peer_max_message ? s->peer_max_message : 1;
+    if (s->rx_count || s->tx_count || rate_counts(s, s->rx_rate, rx_unit) ||
+        rate_counts(s, s->tx_rate, s->max_message))
+        return s->rate_at + HAUL__RATE_PERIOD_MS;
+    return HAUL__NEVER;
 }
 
 /*
@@ -684,6 +717,7 @@ static int enqueue(haul_session *s, haul_message *m, uint64_t tag)
     m->seq = s->next_seq++;
     m->deadline = haul__now_ms() + s->timeout_ms;
     haul__list_add_tail(&s->outq, &m->link);
+    haul__sweep_soon(e);
     s->out_bytes += queue_cost(m->len);
     if (m->seq < s->right && s->pipe) {
         if (!haul__list_linked(&s->dispatch_link))
@@ -1577,11 +1611,11 @@ int haul__session_conn_lost(haul_session *s, uint32_t serial)
 
 /* Deadlines: the message at the head of the output queue, the opening
  * handshake, the FIN. */
-void haul__session_sweep(haul_session *s, int64_t now)
+int64_t haul__session_sweep(haul_session *s, int64_t now)
 {
     if (s->state == CE_SS_SESSION_CLOSED)
-        return;
-    rate_sample(s, now);
+        return HAUL__NEVER;
+    int64_t next = rate_sample(s, now);
     /* The oldest message has timeout_ms from when it was queued or from
      * the session's last progress, whichever is later: a slow link whose
      * bytes keep moving is not a dead one, however long a large message
@@ -1600,26 +1634,31 @@ void haul__session_sweep(haul_session *s, int64_t now)
         int64_t since = s->progress > queued ? s->progress : queued;
         /* The send queues are read only once the session has been
          * without other progress for a quarter of its timeout: on a busy
-         * pipe, never. */
-        if (now - since >= (int64_t)s->timeout_ms / 4 && s->pipe) {
+         * pipe, never. From then on they are watched at every sweep. */
+        int64_t watch_at = since + (int64_t)s->timeout_ms / 4;
+        if (now >= watch_at && s->pipe) {
             int64_t moved = haul__pipe_queue_moved(s->pipe, s, now);
             if (moved > since)
                 since = moved;
+            watch_at = now;
         }
         if (now - since >= (int64_t)s->timeout_ms) {
             haul__log(s->engine, HAUL_LOG_WARN, "session %u: a message made no progress for %u ms",
                       s->id, s->timeout_ms);
             haul__session_fail(s, HAUL_ETIMEDOUT, 1);
-            return;
+            return HAUL__NEVER;
         }
+        next = earlier(next, earlier(watch_at, since + (int64_t)s->timeout_ms));
         if (s->pipe)
-            haul__pipe_hedge(s->pipe, s, now);
+            next = earlier(next, haul__pipe_hedge(s->pipe, s, now));
     }
-    if (!s->server && s->open_deadline && s->open_deadline <= now &&
-        s->state != CE_SS_SESSION_READY && s->state != CE_SS_APP_CLOSE_SESSION &&
-        s->state != CE_SS_SENDING_FIN) {
-        haul__session_fail(s, HAUL_ETIMEDOUT, 1);
-        return;
+    if (!s->server && s->open_deadline && s->state != CE_SS_SESSION_READY &&
+        s->state != CE_SS_APP_CLOSE_SESSION && s->state != CE_SS_SENDING_FIN) {
+        if (s->open_deadline <= now) {
+            haul__session_fail(s, HAUL_ETIMEDOUT, 1);
+            return HAUL__NEVER;
+        }
+        next = earlier(next, s->open_deadline);
     }
     /* The SYNC went, and no answer came: the answer may be lost (the
      * server wrote it on a connection whose way back the network cut
@@ -1636,6 +1675,8 @@ void haul__session_sweep(haul_session *s, int64_t now)
         haul__session_enter(s, SEV_SYNC_UNANSWERED);
         haul__session_want(s, HAUL__PEND_SYNC);
     }
+    if (!s->server && s->state == CE_SS_WAITING_ACK)
+        next = earlier(next, s->sync_written_at + (int64_t)s->sync_repeat_ms);
     /* Likewise a FIN whose FIN_ACK does not come: the peer answers a
      * repeated FIN, also once the session has left its table (section
      * 9.3). */
@@ -1649,7 +1690,15 @@ void haul__session_sweep(haul_session *s, int64_t now)
         s->fin_written_at = 0;
         haul__session_want(s, HAUL__PEND_FIN);
     }
+    if (s->state == CE_SS_SENDING_FIN && s->fin_written_at)
+        next = earlier(next, s->fin_written_at + (int64_t)s->fin_repeat_ms);
     if ((s->state == CE_SS_APP_CLOSE_SESSION || s->state == CE_SS_SENDING_FIN) &&
-        s->close_deadline <= now && haul__list_empty(&s->outq))
-        haul__session_fail(s, HAUL_ETIMEDOUT, 1);
+        haul__list_empty(&s->outq)) {
+        if (s->close_deadline <= now) {
+            haul__session_fail(s, HAUL_ETIMEDOUT, 1);
+            return HAUL__NEVER;
+        }
+        next = earlier(next, s->close_deadline);
+    }
+    return next;
 }

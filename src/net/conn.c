@@ -314,40 +314,51 @@ void haul__conn_free(haul__conn *c)
 }
 
 /*
- * The deadlines of a connection (mu held, on loop 0, every 20 ms): the
+ * The deadlines of a connection (mu held, on loop 0, at the sweep): the
  * handshake's until it joins; then liveness. A joined connection that
  * has received nothing for idle_timeout_ms has a peer that is gone or a
  * path that is cut (a peer that lives writes at least its keepalives):
  * it closes with ETIMEDOUT, and the pipe handles it as any broken
  * connection. One that has written nothing for keepalive_ms and has no
  * batch under way writes a KEEPALIVE; one with a batch under way is
- * waiting for its peer to read, and its bytes will say enough.
+ * waiting for its peer to read, and its bytes will say enough (the end
+ * of the batch is an event, after which the sweep looks again). Returns
+ * the next of these deadlines.
  */
-void haul__conn_sweep(haul__conn *c, int64_t now)
+int64_t haul__conn_sweep(haul__conn *c, int64_t now)
 {
     if (c->dead)
-        return;
+        return HAUL__NEVER;
     if (c->state != HAUL__CONN_JOINED) {
-        if (now >= c->deadline)
+        if (now >= c->deadline) {
             haul__conn_close(c, HAUL_ETIMEDOUT, "handshake not finished in time");
-        return;
+            return HAUL__NEVER;
+        }
+        return c->deadline;
     }
     const haul_engine_config *cfg = &c->engine->config;
+    int64_t next = HAUL__NEVER;
     int64_t rx = atomic_load_explicit(&c->last_rx, memory_order_relaxed);
     if (cfg->idle_timeout_ms && now - rx >= (int64_t)cfg->idle_timeout_ms) {
         char why[96];
         snprintf(why, sizeof(why), "nothing received for %lld ms", (long long)(now - rx));
         c->engine->stats.idle_timeouts++;
         haul__conn_close(c, HAUL_ETIMEDOUT, why);
-        return;
+        return HAUL__NEVER;
     }
+    if (cfg->idle_timeout_ms)
+        next = rx + (int64_t)cfg->idle_timeout_ms;
     int64_t tx = atomic_load_explicit(&c->last_tx, memory_order_relaxed);
-    if (cfg->keepalive_ms && now - tx >= (int64_t)cfg->keepalive_ms && !c->keepalive_pending &&
-        c->nitems == 0) {
-        c->keepalive_pending = 1;
-        haul__list_del(&c->idle_link);
-        haul__conn_wake(c);
+    if (cfg->keepalive_ms && !c->keepalive_pending && c->nitems == 0) {
+        if (now - tx >= (int64_t)cfg->keepalive_ms) {
+            c->keepalive_pending = 1;
+            haul__list_del(&c->idle_link);
+            haul__conn_wake(c);
+        } else if (tx + (int64_t)cfg->keepalive_ms < next) {
+            next = tx + (int64_t)cfg->keepalive_ms;
+        }
     }
+    return next;
 }
 
 /* ---- receiving ------------------------------------------------------------ */

@@ -90,6 +90,17 @@ typedef struct need_slot {
 
 enum { SLOT_NONE = 0, SLOT_NEEDED = 1, SLOT_DONE = 2, SLOT_SKIPPED = 3 };
 
+/*
+ * The tail of NEEDS and the latest slots of NEEDIDX stay in memory, and
+ * go to the files only when newer ones take their place: a file's
+ * content mostly follows its ENTRY closely, and a small push then makes
+ * no system call for them at all. Nothing else reads these files (the
+ * next push truncates them, a commit removes them), so what never left
+ * memory is never missed. NEEDS_BUFFER holds at least one record.
+ */
+#define NEEDS_BUFFER (2 * FILE_RECORD)
+#define NEEDS_RING 128
+
 typedef struct fs_push {
     store_push base;
     fs_lock *lock;
@@ -97,6 +108,13 @@ typedef struct fs_push {
     fs_rec_writer manifest, links;
     int needs, needidx;
     uint64_t needs_end, nslots;
+    /* NEEDS bytes [needs_end - needs_buffered, needs_end), not yet
+     * written; the slots of NEEDIDX held here, by id % NEEDS_RING, with
+     * id + 1 in ring_tag (0: none). */
+    size_t needs_buffered;
+    uint8_t needs_buf[NEEDS_BUFFER];
+    need_slot ring[NEEDS_RING];
+    uint64_t ring_tag[NEEDS_RING];
     XXH3_state_t *scratch; /* for files found in the staging area or a snapshot */
     int xattr_missing;     /* the store keeps no extended attributes (logged once) */
     int committed;
@@ -306,6 +324,10 @@ static int slot_get(fs_push *p, uint64_t id, need_slot *slot)
     memset(slot, 0, sizeof(*slot));
     if (id >= p->nslots)
         return 0;
+    if (p->ring_tag[id % NEEDS_RING] == id + 1) {
+        *slot = p->ring[id % NEEDS_RING];
+        return 0;
+    }
     ssize_t n = fs_pread_all(p->needidx, slot, sizeof(*slot), (off_t)(id * sizeof(*slot)));
     if (n < 0)
         return -1;
@@ -316,7 +338,45 @@ static int slot_get(fs_push *p, uint64_t id, need_slot *slot)
 
 static int slot_put(fs_push *p, uint64_t id, const need_slot *slot)
 {
-    return fs_pwrite_all(p->needidx, slot, sizeof(*slot), (off_t)(id * sizeof(*slot)));
+    size_t i = id % NEEDS_RING;
+    if (p->ring_tag[i] != 0 && p->ring_tag[i] != id + 1) {
+        uint64_t old = p->ring_tag[i] - 1;
+        if (fs_pwrite_all(p->needidx, &p->ring[i], sizeof(p->ring[i]),
+                          (off_t)(old * sizeof(p->ring[i]))) < 0)
+            return -1;
+    }
+    p->ring_tag[i] = id + 1;
+    p->ring[i] = *slot;
+    return 0;
+}
+
+/* Appends a record of at most FILE_RECORD bytes to NEEDS. */
+static int needs_append(fs_push *p, const uint8_t *rec, size_t len)
+{
+    if (p->needs_buffered + len > sizeof(p->needs_buf)) {
+        if (fs_pwrite_all(p->needs, p->needs_buf, p->needs_buffered,
+                          (off_t)(p->needs_end - p->needs_buffered)) < 0)
+            return -1;
+        p->needs_buffered = 0;
+    }
+    memcpy(p->needs_buf + p->needs_buffered, rec, len);
+    p->needs_buffered += len;
+    p->needs_end += len;
+    return 0;
+}
+
+/* Reads a record of NEEDS back, from memory if it is still there (a
+ * record is never split between the file and the buffer). */
+static ssize_t needs_read(fs_push *p, uint8_t *buf, size_t len, uint64_t offset)
+{
+    uint64_t buffered_from = p->needs_end - p->needs_buffered;
+    if (offset >= buffered_from) {
+        if (offset + len > p->needs_end)
+            return 0;
+        memcpy(buf, p->needs_buf + (offset - buffered_from), len);
+        return (ssize_t)len;
+    }
+    return fs_pread_all(p->needs, buf, len, (off_t)offset);
 }
 
 /* Reads an awaited entry back: its metadata into *e, its path into path
@@ -331,7 +391,7 @@ static int need_load(fs_push *p, uint64_t id, need_slot *slot, hsp_entry *e, cha
     uint8_t buf[FILE_RECORD];
     if (slot->len > sizeof(buf))
         return store_fail(err, EIO, "the staging area is damaged");
-    ssize_t n = fs_pread_all(p->needs, buf, slot->len, (off_t)slot->offset);
+    ssize_t n = needs_read(p, buf, slot->len, slot->offset);
     hsp_reader rd;
     hsp_record rec;
     hsp_reader_init(&rd, buf, n < 0 ? 0 : (size_t)n);
@@ -726,10 +786,8 @@ static int fs_file_await(store_push *base, const hsp_entry *e, store_err *err)
     need_slot slot = {.offset = p->needs_end, .len = (uint32_t)w.len, .state = SLOT_NEEDED};
     if (e->id >= p->nslots)
         p->nslots = e->id + 1;
-    if (fs_pwrite_all(p->needs, buf, w.len, (off_t)p->needs_end) < 0 ||
-        slot_put(p, e->id, &slot) < 0)
+    if (needs_append(p, buf, w.len) < 0 || slot_put(p, e->id, &slot) < 0)
         return errno_err(err, "writing the staging area");
-    p->needs_end += w.len;
     return 0;
 }
 
