@@ -1315,13 +1315,15 @@ int server_init(server *srv, const server_config *cfg, int sigfd)
  * every heap back after 1 s, then 2, 4 ... up to 64 s of idleness: the
  * engine frees a departed client's connections and pipe only as they
  * close, after its last request ended, and a server left alone should
- * not wake up for it for ever. Returns the milliseconds until the next
- * trim, or -1.
+ * not wake up for it for ever. Idleness counts from the last event, not
+ * from the last request: the connections of a burst's clients close a
+ * while after their requests end, and free most of the memory then.
+ * Returns the milliseconds until the next trim, or -1.
  */
 #define SERVER_TRIM_FIRST_MS 1000
 #define SERVER_TRIM_LAST_MS 64000
 
-static int idle_trim(server *srv, unsigned running)
+static int idle_trim(server *srv, unsigned running, int events)
 {
     if (srv->trim_after_ms == 0) /* hauld has just started */
         srv->trim_after_ms = SERVER_TRIM_FIRST_MS;
@@ -1330,9 +1332,13 @@ static int idle_trim(server *srv, unsigned running)
         srv->trim_after_ms = SERVER_TRIM_FIRST_MS;
         return -1;
     }
+    int64_t now = now_ms();
+    if (events) {
+        srv->idle_since_ms = now;
+        srv->trim_after_ms = SERVER_TRIM_FIRST_MS;
+    }
     if (srv->trim_after_ms > SERVER_TRIM_LAST_MS)
         return -1;
-    int64_t now = now_ms();
     if (srv->idle_since_ms == 0)
         srv->idle_since_ms = now;
     int64_t left = srv->idle_since_ms + srv->trim_after_ms - now;
@@ -1358,11 +1364,12 @@ int server_run(server *srv)
          * and timers are not starved by a flood of acknowledgements; then
          * the timers. The lock is held throughout ("Threads"). */
         server_lock(srv);
-        int more = 0;
+        int more = 0, handled = 0;
         for (int round = 0; round < 16; round++) {
             int n = haul_engine_wait(srv->engine, events, 64, 0);
             if (n <= 0)
                 break;
+            handled += n;
             for (int i = 0; i < n; i++)
                 handle_event_locked(srv, &events[i]);
             more = round == 15;
@@ -1381,7 +1388,7 @@ int server_run(server *srv)
         unsigned running = srv->nrequests;
         server_unlock(srv);
 
-        int trim = idle_trim(srv, running);
+        int trim = idle_trim(srv, running, handled > 0);
         if (trim >= 0 && (timeout < 0 || trim < timeout))
             timeout = trim;
 
