@@ -304,11 +304,10 @@ TEST_TIMEOUT(server_without_compression_is_asked_again_without_it, 60)
 
 /* ---- hostile compressed messages ------------------------------------------------- */
 
-/* Opens a push of `dataset`, with or without COMPRESS, sends one ENTRY of
- * a file of `size` bytes, then `msg`; returns the error the session
- * closed with. */
-static int push_raw(haul_engine *e, const char *address, const char *dataset, int compress,
-                    uint64_t size, const uint8_t *msg, size_t len)
+/* Asks hauld for a push of `dataset` as "default", with or without
+ * COMPRESS (level 3); the session's answer is the caller's to wait for. */
+static haul_session *open_push(haul_engine *e, const char *address, const char *dataset,
+                               int compress)
 {
     hsp_request req = {.op = HSP_PUSH, .flags = compress ? HSP_F_COMPRESS : 0, .level = 3};
     snprintf(req.dataset, sizeof(req.dataset), "%s", dataset);
@@ -323,6 +322,16 @@ static int push_raw(haul_engine *e, const char *address, const char *dataset, in
     sc.max_message = HSP_MESSAGE_MAX;
     haul_session *s;
     CHECK_OK(haul_session_new(e, &sc, &s));
+    return s;
+}
+
+/* Opens a push of `dataset`, with or without COMPRESS, sends one ENTRY of
+ * a file of `size` bytes, then `msg`; returns the error the session
+ * closed with. */
+static int push_raw(haul_engine *e, const char *address, const char *dataset, int compress,
+                    uint64_t size, const uint8_t *msg, size_t len)
+{
+    haul_session *s = open_push(e, address, dataset, compress);
     haul_event ev;
     CHECK(wait_for(e, HAUL_EV_SESSION_OPEN, &ev, 10000));
     uint8_t entry[256];
@@ -411,19 +420,7 @@ TEST_TIMEOUT(hauld_aborts_a_push_with_a_bad_compressed_message, 120)
 static haul_session *hold_push(haul_engine *e, const char *address, const char *dataset,
                                uint32_t *reason)
 {
-    hsp_request req = {.op = HSP_PUSH, .flags = HSP_F_COMPRESS, .level = 3};
-    snprintf(req.dataset, sizeof(req.dataset), "%s", dataset);
-    uint8_t ctx[64];
-    size_t clen = hsp_request_encode(&req, ctx, sizeof(ctx));
-    haul_session_config sc;
-    haul_session_config_init(&sc);
-    sc.destination = address;
-    sc.principal = "default";
-    sc.context = ctx;
-    sc.context_len = clen;
-    sc.max_message = HSP_MESSAGE_MAX;
-    haul_session *s;
-    CHECK_OK(haul_session_new(e, &sc, &s));
+    haul_session *s = open_push(e, address, dataset, 1);
     for (;;) {
         haul_event ev;
         CHECK(next_event(e, &ev, 10000));
