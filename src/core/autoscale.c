@@ -21,13 +21,20 @@
  *     retransmitted segments): x4 from the start count, x2 after. A step
  *     is judged once its goodput stopped growing from one interval to
  *     the next (new connections leave slow start), after at most
- *     HAUL__AUTO_RAMP_MAX intervals. When a step does not pay, go back
- *     to the best count measured and hold it.
+ *     HAUL__AUTO_RAMP_MAX intervals; at once when it filled the link
+ *     (below) and carried less than the count before. When a step does
+ *     not pay, go back to the best count measured and hold it.
+ *   - Stop growing when the link is full: HAUL__AUTO_FULL_LOSS of the
+ *     segments retransmitted while the RTT stands HAUL__AUTO_FULL_QUEUE_PCT
+ *     above the least, since only an overflowing queue at the bottleneck
+ *     does both.
  *   - Held, try one step up every HAUL__AUTO_REPROBE_MS, since links
- *     change; and when retransmissions grew beyond HAUL__AUTO_LOSS_FACTOR
- *     times those of the chosen count (and HAUL__AUTO_LOSS_MIN) while
- *     goodput fell under HAUL__AUTO_DROP_PCT of the best, try one step
- *     down, kept when it does HAUL__AUTO_KEEP_PCT as well.
+ *     change (not while the link is full); and when retransmissions grew
+ *     beyond HAUL__AUTO_LOSS_FACTOR times those of the chosen count (and
+ *     HAUL__AUTO_LOSS_MIN) while goodput fell under HAUL__AUTO_DROP_PCT
+ *     of the best, for HAUL__AUTO_LOSING_INTERVALS intervals in a row,
+ *     try one step down, kept when it does HAUL__AUTO_KEEP_PCT as well;
+ *     and one more while the losses stay.
  *   - Below HAUL__AUTO_LOCAL_RTT_US of RTT (the least any connection saw,
  *     which queues do not inflate), and over Unix sockets, use at
  *     most HAUL__AUTO_LOCAL_MAX: on one machine or a LAN a few
@@ -200,6 +207,18 @@ static int paid(const haul__auto_mark *now, const haul__auto_mark *before)
     return now->goodput >= before->goodput * (100 + pct) / 100;
 }
 
+/* The link is full: segments are lost at a rate that only an overflowing
+ * queue at the bottleneck explains, and the round trip stands well above
+ * the least one, because that queue is full. Random loss alone does not
+ * fill the queue: its connections keep the RTT near the least. More
+ * connections cannot carry more over a full link; under BBR, which does
+ * not slow down for losses, each one more only deepens them. */
+static int full(const haul__auto *a, double loss)
+{
+    return loss >= HAUL__AUTO_FULL_LOSS && a->min_rtt_us &&
+           (uint64_t)a->rtt_us * 100 >= (uint64_t)a->min_rtt_us * (100 + HAUL__AUTO_FULL_QUEUE_PCT);
+}
+
 /* The share of segments sent twice grew well beyond that of the count
  * when it was chosen. */
 static int lossier(const haul__auto *a, const haul__auto_mark *m)
@@ -218,6 +237,7 @@ static int losing(const haul__auto *a, const haul__auto_mark *m)
 
 static void hold(haul__auto *a, int64_t now)
 {
+    a->losing = 0;
     enter(a, AEV_KEEP, now);
     a->reprobe_at = now + HAUL__AUTO_REPROBE_MS;
     /* Connections just parked finish what they carry, and ones unparked
@@ -245,16 +265,26 @@ static void shrink(haul__auto *a, const haul__auto_mark *m, int64_t now)
 /* MEASURING: the interval of m is over and counted. */
 static void judge(haul__auto *a, const haul__auto_mark *m, int64_t now)
 {
-    if (a->probe == 0) {
+    if (a->probe == 0 && m->full) {
+        a->best = *m;
+        snprintf(a->why, sizeof(a->why),
+                 "%u connections fill the link (%.1f Mbit/s, %.2f%% retransmitted, RTT %u us over "
+                 "%u): keeping %u",
+                 m->count, mbit(m->goodput), m->loss * 100, a->rtt_us, a->min_rtt_us, m->count);
+        hold(a, now);
+        return;
+    } else if (a->probe == 0) {
         a->best = *m;
         snprintf(a->why, sizeof(a->why), "%u connections carry %.1f Mbit/s: trying more", m->count,
                  mbit(m->goodput));
     } else if (a->probe > 0 && paid(m, &a->base)) {
         snprintf(a->why, sizeof(a->why), "%u -> %u connections paid (%.1f -> %.1f Mbit/s)%s",
                  a->base.count, m->count, mbit(a->base.goodput), mbit(m->goodput),
-                 m->count < a->cap ? ": trying more" : ", the cap");
+                 m->full               ? ", and fill the link"
+                 : m->count < a->cap ? ": trying more"
+                                     : ", the cap");
         a->best = *m;
-        if (m->count < a->cap) {
+        if (m->count < a->cap && !m->full) {
             grow(a, step_up(a, m->count, 0), m, now);
             return;
         }
@@ -273,15 +303,18 @@ static void judge(haul__auto *a, const haul__auto_mark *m, int64_t now)
         /* Fewer do as well: the ones given up only added losses. Fewer
          * still may too. */
         a->best = *m;
-        if (m->count > 1) {
+        if (m->count > 1 && m->loss >= HAUL__AUTO_LOSS_MIN) {
             snprintf(a->why, sizeof(a->why),
                      "%u connections do as well as %u (%.1f, %.1f Mbit/s): trying %u", m->count,
                      a->base.count, mbit(m->goodput), mbit(a->base.goodput), m->count / 2);
             shrink(a, m, now);
             return;
         }
-        snprintf(a->why, sizeof(a->why), "1 connection does as well as %u: keeping it",
-                 a->base.count);
+        /* The step down was taken for losses: once they are gone, fewer
+         * still could only carry less. */
+        snprintf(a->why, sizeof(a->why), "%u connections do as well as %u (%.1f, %.1f Mbit/s)%s",
+                 m->count, a->base.count, mbit(m->goodput), mbit(a->base.goodput),
+                 m->count > 1 ? ", without losses: keeping them" : ": keeping it");
         hold(a, now);
         return;
     } else {
@@ -307,7 +340,12 @@ static void judge(haul__auto *a, const haul__auto_mark *m, int64_t now)
 /* HOLDING: an interval of m is over and counted. */
 static void watch(haul__auto *a, const haul__auto_mark *m, int64_t now)
 {
-    if (losing(a, m) && now >= a->shrink_at) {
+    /* One interval that lost more and carried less is often a dip that
+     * passes (a connection recovering from a burst of losses, BBR
+     * draining its queue to measure the RTT anew); a step down costs
+     * intervals at a count that may carry less. */
+    a->losing = losing(a, m) ? a->losing + 1 : 0;
+    if (a->losing >= HAUL__AUTO_LOSING_INTERVALS && now >= a->shrink_at) {
         snprintf(a->why, sizeof(a->why),
                  "losses grew (%.2f%% -> %.2f%% retransmitted, %.1f -> %.1f Mbit/s): trying %u",
                  a->best.loss * 100, m->loss * 100, mbit(a->best.goodput), mbit(m->goodput),
@@ -327,6 +365,9 @@ static void watch(haul__auto *a, const haul__auto_mark *m, int64_t now)
                  "losses stay high (%.2f%% retransmitted at %u): trying %u connections",
                  m->loss * 100, m->count, m->count / 2);
         shrink(a, m, now);
+    } else if (m->full) {
+        /* The link is still full: a step up would only add losses. */
+        a->reprobe_at = now + HAUL__AUTO_REPROBE_MS;
     } else if (m->count < a->cap) {
         snprintf(a->why, sizeof(a->why), "trying %u connections again (%.1f Mbit/s at %u)",
                  step_up(a, m->count, 0), mbit(m->goodput), m->count);
@@ -338,6 +379,8 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
 {
     if (in->rtt_us)
         a->rtt_us = in->rtt_us;
+    if (in->min_rtt_us)
+        a->min_rtt_us = in->min_rtt_us;
     /* The path's own RTT, without the queues: a loopback whose socket
      * buffers are deep has a smoothed RTT of milliseconds. */
     if (!a->local && (in->unix_socket || (in->min_rtt_us && in->min_rtt_us < a->local_rtt_us))) {
@@ -398,6 +441,7 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
     haul__auto_mark m = {.count = a->count, .goodput = (double)(in->bytes - a->start_bytes) / secs};
     uint64_t segs = in->segs - a->start_segs;
     m.loss = segs ? (double)(in->retrans - a->start_retrans) / (double)segs : 0;
+    m.full = full(a, m.loss);
     int limited = (uint64_t)a->demanded * 100 < (uint64_t)a->samples * HAUL__AUTO_DEMAND_PCT;
     a->intervals++;
     a->last_limited = limited;
@@ -410,7 +454,11 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
         return a->count;
     }
     a->last = m;
-    if (a->state == AUTO_MEASURING && (a->probe > 0 || a->changes > 0) &&
+    /* A step up that filled the link and carried less than the count
+     * before it has failed, whatever its new connections might still
+     * gain: judged at once, so that they add no more losses. */
+    int failed = a->probe > 0 && m.full && m.goodput < a->base.goodput;
+    if (a->state == AUTO_MEASURING && (a->probe > 0 || a->changes > 0) && !failed &&
         (a->ramps == 0 || (a->ramps < HAUL__AUTO_RAMP_MAX &&
                            m.goodput >= a->ramp_goodput * (100 + HAUL__AUTO_GAIN_PCT) / 100))) {
         /* New connections may still be in slow start, the more so the
@@ -526,7 +574,8 @@ void haul__auto_sweep(haul__pipe *pipe, int64_t now)
         if (got < want)
             haul__auto_cap(a, got);
     }
-    if (a->count != before)
+    /* A count chosen is said even when it is the one in use. */
+    if (a->count != before || (a->state == AUTO_HOLDING && state != AUTO_HOLDING))
         haul__log(e, HAUL_LOG_INFO, "pipe %s: %u connections: %s", pipe->destination, a->count,
                   a->why);
 }

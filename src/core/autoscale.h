@@ -26,8 +26,9 @@
  *   AUTO_MEASURING --ramping-->  AUTO_MEASURING  a step up still gains
  *                                                interval over interval
  *   AUTO_MEASURING --grow-->     AUTO_JOINING    the step paid: one more
- *   AUTO_MEASURING --keep-->     AUTO_HOLDING    it did not (or the cap):
- *                                                the best count measured
+ *   AUTO_MEASURING --keep-->     AUTO_HOLDING    it did not (or the cap,
+ *                                                or the link is full): the
+ *                                                best count measured
  *   AUTO_HOLDING   --probe-->    AUTO_JOINING    now and then, one step up
  *   AUTO_HOLDING   --shrink-->   AUTO_SETTLING   losses grew while goodput
  *                                                fell: one step down
@@ -60,7 +61,7 @@ typedef enum haul__auto_state {
     X(AEV_LIMITED) /* an interval the application set the pace of: not counted */                  \
     X(AEV_RAMPING) /* a step up still gains from one interval to the next: measure again */        \
     X(AEV_GROW)    /* the baseline, or a step that paid: one step up */                            \
-    X(AEV_KEEP)    /* a step that did not pay, or the cap: the best count */                       \
+    X(AEV_KEEP)    /* a step that did not pay, the cap or a full link: the best count */           \
     X(AEV_PROBE)   /* the time to try one step up again */                                         \
     X(AEV_SHRINK)  /* losses grew while goodput fell: one step down */
 
@@ -91,7 +92,10 @@ typedef enum haul__auto_event {
 #define HAUL__AUTO_DEMAND_PCT 80     /* sweeps with more to send, for an interval to count */
 #define HAUL__AUTO_LOSS_MIN 0.01     /* retransmitted segments per segment sent ... */
 #define HAUL__AUTO_LOSS_FACTOR 2     /* ... and growth of that ratio, that mean losses grew */
+#define HAUL__AUTO_LOSING_INTERVALS 2 /* ... for this many intervals in a row, to step down */
 #define HAUL__AUTO_REPROBE_MS 10000  /* a held count tries one step up this often */
+#define HAUL__AUTO_FULL_LOSS 0.05    /* losses this high ... */
+#define HAUL__AUTO_FULL_QUEUE_PCT 10 /* ... with the RTT this far above the least: the link is full */
 
 /* What the pipe measured, at one sweep. Counters are cumulative over the
  * pipe's life and never go back. */
@@ -113,6 +117,7 @@ typedef struct haul__auto_mark {
     unsigned count;
     double goodput; /* bytes per second */
     double loss;    /* retransmitted / sent segments */
+    int full;       /* the bottleneck's queue overflowed: more cannot carry more */
 } haul__auto_mark;
 
 typedef struct haul__auto {
@@ -127,12 +132,14 @@ typedef struct haul__auto {
     int64_t since;         /* when the state was entered (ms) */
     int64_t reprobe_at;    /* HOLDING: when to try one step up */
     unsigned rtt_us;       /* the last RTT known */
+    unsigned min_rtt_us;   /* the least RTT known */
     /* The interval being measured: where the counters stood at its start,
      * and how many sweeps of it had demand. */
     int64_t start, start_bytes_at;
     uint64_t start_bytes, start_retrans, start_segs;
     int64_t settle_until; /* HOLDING: counts nothing before (the count just changed) */
     int64_t shrink_at;    /* HOLDING: no step down for losses before (one was undone) */
+    unsigned losing;      /* HOLDING: intervals in a row that lost more and carried less */
     unsigned ramps;       /* MEASURING a step up: intervals measured so far */
     double ramp_goodput;  /* ... and the goodput of the last */
     unsigned samples, demanded;

@@ -29,6 +29,7 @@ typedef struct model {
     double per_conn, limit; /* what the simple models use */
     int64_t change_at;      /* when the link changes, for the models that do */
     double per_conn_after, limit_after;
+    unsigned full_rtt_us; /* the RTT while the bottleneck's queue is full (0: rtt_us) */
 } model;
 
 typedef struct sim {
@@ -36,7 +37,8 @@ typedef struct sim {
     haul__auto_input in;
     double bytes, retrans, segs;
     unsigned count;
-    unsigned lowest_after_start, highest;
+    unsigned lowest, highest;  /* the counts used (tests may reset them) */
+    int64_t ms_at[129];        /* time spent at each count */
 } sim;
 
 /* Each connection adds per_conn, up to the link's limit. */
@@ -58,6 +60,7 @@ static void sim_start(sim *s, const model *l, unsigned cap)
     memset(s, 0, sizeof(*s));
     s->count = haul__auto_init(&s->a, cap, l->unix_socket, 0);
     s->highest = s->count;
+    s->lowest = s->count;
 }
 
 /* Runs the simulated link until `until` ms. */
@@ -74,14 +77,21 @@ static void sim_run(sim *s, const model *l, int64_t until)
         s->in.bytes_at = s->in.now;
         s->in.segs = (uint64_t)s->segs;
         s->in.retrans = (uint64_t)s->retrans;
-        s->in.rtt_us = l->rtt_us;
+        /* A link whose queue overflows has it full: its RTT is the
+         * longer one then. */
+        s->in.rtt_us = l->full_rtt_us && l->loss(l, s->count, s->in.now) >= HAUL__AUTO_FULL_LOSS
+                           ? l->full_rtt_us
+                           : l->rtt_us;
         s->in.min_rtt_us = l->rtt_us;
         s->in.unix_socket = l->unix_socket;
         s->in.demand = l->demand;
         s->in.joined = s->count; /* connections join at once */
+        s->ms_at[s->count < 128 ? s->count : 128] += SWEEP_MS;
         s->count = haul__auto_tick(&s->a, &s->in);
         if (s->count > s->highest)
             s->highest = s->count;
+        if (s->count < s->lowest)
+            s->lowest = s->count;
     }
 }
 
@@ -293,6 +303,88 @@ TEST(auto_shrink_that_does_worse_is_undone)
     sim_run(&s, &l, 12000);
     CHECK_EQ(s.count, grown);
     CHECK_LT(s.highest, 2 * grown + 1);
+}
+
+TEST(auto_keeps_a_step_down_once_losses_are_gone)
+{
+    /* Above 8 connections the queue overflows: a step down to 8 carries
+     * as much without losses, and fewer could only carry less. */
+    model l = {.goodput = overflow_goodput,
+               .loss = overflow_loss,
+               .rtt_us = 50000,
+               .demand = 1,
+               .per_conn = 10 * MB,
+               .limit = 160 * MB,
+               .change_at = 8000,
+               .per_conn_after = 10 * MB,
+               .limit_after = 160 * MB};
+    sim s;
+    sim_start(&s, &l, 128);
+    sim_run(&s, &l, 8000);
+    CHECK_GT(s.count, 8);
+    s.lowest = s.count;
+    sim_run(&s, &l, 8000 + 3 * HAUL__AUTO_REPROBE_MS);
+    CHECK_EQ(s.count, 8);
+    CHECK_EQ(s.lowest, 8);
+}
+
+/* A link that BBR fills: each connection adds per_conn up to the limit;
+ * beyond it the bottleneck's queue overflows, losses reach a tenth of
+ * the segments, the RTT grows by the queue, and goodput falls a little
+ * (messages wait for their retransmitted chunks). */
+static double full_goodput(const model *l, unsigned n, int64_t t)
+{
+    return l->per_conn * n > l->limit ? l->limit * 0.8 : l->per_conn * n;
+}
+
+static double full_loss(const model *l, unsigned n, int64_t t)
+{
+    return l->per_conn * n > l->limit ? 0.10 : 0;
+}
+
+TEST(auto_holds_a_count_that_fills_the_link)
+{
+    /* 50 ms, 1 Gbit/s, 60 MB/s a connection: the 8 of the long link's
+     * first step overflow the queue. More could not carry more: the
+     * count stays, and no step up is tried while the link stays full. */
+    model l = {.goodput = full_goodput,
+               .loss = full_loss,
+               .rtt_us = 50000,
+               .full_rtt_us = 80000,
+               .demand = 1,
+               .per_conn = 60 * MB,
+               .limit = 125 * MB,
+               .change_at = INT64_MAX};
+    sim s;
+    sim_start(&s, &l, 128);
+    sim_run(&s, &l, 3 * HAUL__AUTO_REPROBE_MS);
+    CHECK_EQ(s.highest, 4 * HAUL__AUTO_START);
+    CHECK_EQ(s.count, 4 * HAUL__AUTO_START);
+    CHECK_EQ(s.a.state, AUTO_HOLDING);
+}
+
+TEST(auto_judges_at_once_a_step_up_that_fills_the_link)
+{
+    /* 200 ms, 1 Gbit/s, 15 MB/s a connection: 8 carry 120 MB/s without
+     * losses, 16 overflow the queue and carry less. The step to 16 is
+     * given up after its first interval, not measured while it ramps. */
+    model l = {.goodput = full_goodput,
+               .loss = full_loss,
+               .rtt_us = 200000,
+               .full_rtt_us = 260000,
+               .demand = 1,
+               .per_conn = 15 * MB,
+               .limit = 125 * MB,
+               .change_at = INT64_MAX};
+    sim s;
+    sim_start(&s, &l, 128);
+    sim_run(&s, &l, 6000);
+    CHECK_EQ(s.highest, 16);
+    CHECK_EQ(s.count, 8);
+    /* Settling (3 round trips, of the full queue's RTT) and one
+     * interval (5), and the sweeps that see them end. */
+    CHECK_GT(s.ms_at[16], 0);
+    CHECK_LE(s.ms_at[16], (HAUL__AUTO_SETTLE_RTTS + HAUL__AUTO_INTERVAL_RTTS) * 260 + 2 * SWEEP_MS);
 }
 
 TEST(auto_tries_again_when_the_link_gets_better)
