@@ -18,7 +18,8 @@
  *     connections do not help".
  *   - Grow while a step raises goodput by HAUL__AUTO_GAIN_PCT or more
  *     (HAUL__AUTO_LOSSY_GAIN_PCT when it doubled the share of
- *     retransmitted segments): x4 from the start count, x2 after. A step
+ *     retransmitted segments): x4 from the start count and after a step
+ *     that paid in proportion (HAUL__AUTO_LINEAR_PCT), x2 else. A step
  *     is judged once its goodput stopped growing from one interval to
  *     the next (new connections leave slow start), after at most
  *     HAUL__AUTO_RAMP_MAX intervals; at once when it filled the link
@@ -187,6 +188,16 @@ void haul__auto_cap(haul__auto *a, unsigned reached)
         a->best.count = reached;
 }
 
+/* A step paid in proportion: each connection added carried about as much
+ * as each one before, so that the link is still far from full. */
+static int in_proportion(const haul__auto_mark *now, const haul__auto_mark *before)
+{
+    if (before->count == 0 || now->count <= before->count || before->goodput <= 0)
+        return 0;
+    double grew = (double)now->count / before->count - 1;
+    return now->goodput - before->goodput >= before->goodput * grew * HAUL__AUTO_LINEAR_PCT / 100;
+}
+
 /* The next count up from n: x4 while far from enough, x2 near it. */
 static unsigned step_up(const haul__auto *a, unsigned n, int fast)
 {
@@ -278,14 +289,19 @@ static void judge(haul__auto *a, const haul__auto_mark *m, int64_t now)
         snprintf(a->why, sizeof(a->why), "%u connections carry %.1f Mbit/s: trying more", m->count,
                  mbit(m->goodput));
     } else if (a->probe > 0 && paid(m, &a->base)) {
+        /* Under a congestion control that backs off for random loss, each
+         * connection carries a small share and the link needs many: a
+         * step that paid in proportion is followed by a larger one. */
+        int fast = in_proportion(m, &a->base);
         snprintf(a->why, sizeof(a->why), "%u -> %u connections paid (%.1f -> %.1f Mbit/s)%s",
                  a->base.count, m->count, mbit(a->base.goodput), mbit(m->goodput),
-                 m->full               ? ", and fill the link"
-                 : m->count < a->cap ? ": trying more"
-                                     : ", the cap");
+                 m->full              ? ", and fill the link"
+                 : m->count >= a->cap ? ", the cap"
+                 : fast               ? " in proportion: trying four times more"
+                                      : ": trying more");
         a->best = *m;
         if (m->count < a->cap && !m->full) {
-            grow(a, step_up(a, m->count, 0), m, now);
+            grow(a, step_up(a, m->count, fast), m, now);
             return;
         }
         hold(a, now);

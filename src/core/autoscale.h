@@ -83,19 +83,20 @@ typedef enum haul__auto_event {
 #define HAUL__AUTO_INTERVAL_MAX_MS 3000
 #define HAUL__AUTO_SETTLE_RTTS 3 /* ramp-up after a change, in round trips */
 #define HAUL__AUTO_SETTLE_MIN_MS 100
-#define HAUL__AUTO_JOIN_WAIT_MS 5000 /* longest wait for new connections to join */
-#define HAUL__AUTO_GAIN_PCT 10       /* a step pays when goodput grows this much */
-#define HAUL__AUTO_LOSSY_GAIN_PCT 25 /* ... or this much, when it also raised losses */
-#define HAUL__AUTO_RAMP_MAX 3        /* most intervals a step up is measured over */
-#define HAUL__AUTO_KEEP_PCT 90       /* a step down is kept when it does this well */
-#define HAUL__AUTO_DROP_PCT 90       /* goodput below this share of the best has fallen */
-#define HAUL__AUTO_DEMAND_PCT 80     /* sweeps with more to send, for an interval to count */
-#define HAUL__AUTO_LOSS_MIN 0.01     /* retransmitted segments per segment sent ... */
-#define HAUL__AUTO_LOSS_FACTOR 2     /* ... and growth of that ratio, that mean losses grew */
+#define HAUL__AUTO_JOIN_WAIT_MS 5000  /* longest wait for new connections to join */
+#define HAUL__AUTO_GAIN_PCT 10        /* a step pays when goodput grows this much */
+#define HAUL__AUTO_LINEAR_PCT 75      /* ... in proportion: this share of the count's growth */
+#define HAUL__AUTO_LOSSY_GAIN_PCT 25  /* ... or this much, when it also raised losses */
+#define HAUL__AUTO_RAMP_MAX 3         /* most intervals a step up is measured over */
+#define HAUL__AUTO_KEEP_PCT 90        /* a step down is kept when it does this well */
+#define HAUL__AUTO_DROP_PCT 90        /* goodput below this share of the best has fallen */
+#define HAUL__AUTO_DEMAND_PCT 80      /* sweeps with more to send, for an interval to count */
+#define HAUL__AUTO_LOSS_MIN 0.01      /* retransmitted segments per segment sent ... */
+#define HAUL__AUTO_LOSS_FACTOR 2      /* ... and growth of that ratio, that mean losses grew */
 #define HAUL__AUTO_LOSING_INTERVALS 2 /* ... for this many intervals in a row, to step down */
-#define HAUL__AUTO_REPROBE_MS 10000  /* a held count tries one step up this often */
-#define HAUL__AUTO_FULL_LOSS 0.05    /* losses this high ... */
-#define HAUL__AUTO_FULL_QUEUE_PCT 10 /* ... with the RTT this far above the least: the link is full */
+#define HAUL__AUTO_REPROBE_MS 10000   /* a held count tries one step up this often */
+#define HAUL__AUTO_FULL_LOSS 0.05     /* losses this high, and ... */
+#define HAUL__AUTO_FULL_QUEUE_PCT 10  /* ... the RTT this far above the least: a full link */
 
 /* What the pipe measured, at one sweep. Counters are cumulative over the
  * pipe's life and never go back. */

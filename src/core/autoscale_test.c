@@ -37,8 +37,8 @@ typedef struct sim {
     haul__auto_input in;
     double bytes, retrans, segs;
     unsigned count;
-    unsigned lowest, highest;  /* the counts used (tests may reset them) */
-    int64_t ms_at[129];        /* time spent at each count */
+    unsigned lowest, highest; /* the counts used (tests may reset them) */
+    int64_t ms_at[129];       /* time spent at each count */
 } sim;
 
 /* Each connection adds per_conn, up to the link's limit. */
@@ -109,13 +109,43 @@ TEST(auto_grows_while_goodput_grows_and_keeps_what_pays)
     sim_start(&s, &l, 128);
     CHECK_EQ(s.count, HAUL__AUTO_START);
     sim_run(&s, &l, 8000);
-    /* 2 -> 8 (linear: x4) -> 32 (paid, not linear) -> 64 (did not pay):
-     * back to 32, the best measured. */
+    /* 2 -> 8 (the long link's first step) -> 16 (paid in proportion)
+     * -> 64 (x4: did not pay): back to 16, the best measured. */
     CHECK_GE(s.count, 16);
     CHECK_LE(s.count, 32);
     CHECK_LE(s.highest, 64);
     CHECK_EQ(s.a.state, AUTO_HOLDING);
     CHECK_GE(linear_capped(&l, s.count, 0), 160 * MB);
+}
+
+static double random_loss(const model *l, unsigned n, int64_t t)
+{
+    return 0.005;
+}
+
+TEST(auto_grows_faster_while_each_connection_adds_as_much)
+{
+    /* 0.5% random loss under a congestion control that backs off for
+     * it: each connection carries 3 MB/s of a 125 MB/s link, and the RTT
+     * stays the least (no queue). 8 -> 16 pays in proportion, so the next
+     * step is x4: 64 within 3.5 s, where doubling would still be at 32
+     * (each step settles for 3 round trips and is measured over two
+     * intervals of 0.5 s). */
+    model l = {.goodput = linear_capped,
+               .loss = random_loss,
+               .rtt_us = 50000,
+               .demand = 1,
+               .per_conn = 3 * MB,
+               .limit = 125 * MB,
+               .change_at = INT64_MAX};
+    sim s;
+    sim_start(&s, &l, 128);
+    sim_run(&s, &l, 3500);
+    CHECK_GE(s.highest, 64);
+    /* 64 -> 128 does not pay: 64 is kept. */
+    sim_run(&s, &l, 10000);
+    CHECK_EQ(s.count, 64);
+    CHECK_EQ(s.a.state, AUTO_HOLDING);
 }
 
 TEST(auto_stays_small_where_more_connections_do_not_pay)
@@ -300,6 +330,8 @@ TEST(auto_shrink_that_does_worse_is_undone)
     sim_run(&s, &l, 8000);
     unsigned grown = s.count;
     CHECK_GT(grown, 8);
+    /* Once the link changed, no step goes beyond one up from there. */
+    s.highest = grown;
     sim_run(&s, &l, 12000);
     CHECK_EQ(s.count, grown);
     CHECK_LT(s.highest, 2 * grown + 1);
