@@ -328,9 +328,14 @@ static void judge(haul__auto *a, const haul__auto_mark *m, int64_t now)
         }
         /* The step down was taken for losses: once they are gone, fewer
          * still could only carry less. */
-        snprintf(a->why, sizeof(a->why), "%u connections do as well as %u (%.1f, %.1f Mbit/s)%s",
-                 m->count, a->base.count, mbit(m->goodput), mbit(a->base.goodput),
-                 m->count > 1 ? ", without losses: keeping them" : ": keeping it");
+        if (m->count > 1)
+            snprintf(a->why, sizeof(a->why),
+                     "%u connections do as well as %u (%.1f, %.1f Mbit/s) without losses: "
+                     "keeping them",
+                     m->count, a->base.count, mbit(m->goodput), mbit(a->base.goodput));
+        else
+            snprintf(a->why, sizeof(a->why), "1 connection does as well as %u: keeping it",
+                     a->base.count);
         hold(a, now);
         return;
     } else {
