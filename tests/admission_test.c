@@ -57,7 +57,8 @@ static void burst_prepare(e2e_env *env, burst *b, int n, const char *src)
         snprintf(dataset, sizeof(dataset), "burst%d", i);
         e2e_url(env, url, dataset);
         const char *security = env->tls ? "--principal=alice" : "--plaintext";
-        snprintf(p->line, sizeof(p->line), "haul push %s -P 2 %s %s", security, src, url);
+        int len = snprintf(p->line, sizeof(p->line), "haul push %s -P 2 %s %s", security, src, url);
+        CHECK(len > 0 && (size_t)len < sizeof(p->line));
         e2e_pathf(p->out_path, "%s/burst-%d.out", env->dir, i);
         e2e_pathf(p->err_path, "%s/burst-%d.err", env->dir, i);
         int out = open(p->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -278,7 +278,8 @@ void cli_progress_rate(double bytes_per_s, char *out, size_t size)
         snprintf(out, size, "--");
         return;
     }
-    char b[32];
+    /* The longest size is "1023.9 KiB": b leaves room for "/s" in any out of 32. */
+    char b[16];
     cli_progress_bytes((uint64_t)bytes_per_s, b, sizeof(b));
     snprintf(out, size, "%s/s", b);
 }

@@ -415,6 +415,7 @@ static const snaprec *head_find(const rhead *h, const char *id)
 static int snapshot_find(rstore *s, const store_dataset *ds, const char *id, rnames *n, rhead *h,
                          const snaprec **r, store_err *err)
 {
+    *r = NULL;
     int rc = names_of(ds, n, err);
     if (rc != 0)
         return rc;
@@ -426,7 +427,9 @@ static int snapshot_find(rstore *s, const store_dataset *ds, const char *id, rna
     *r = head_find(h, id);
     if (*r == NULL) {
         head_free(h);
-        return store_fail(err, ENOENT, "no snapshot %s", id[0] ? id : "(none yet)");
+        /* The literal return tells the optimiser that *r is set on success. */
+        store_fail(err, ENOENT, "no snapshot %s", id[0] ? id : "(none yet)");
+        return -ENOENT;
     }
     return 0;
 }
@@ -435,7 +438,8 @@ static int snapshot_find(rstore *s, const store_dataset *ds, const char *id, rna
 static void snapshot_info_of(const snaprec *r, store_info *info)
 {
     memset(info, 0, sizeof(*info));
-    snprintf(info->id, sizeof(info->id), "%s", r->id);
+    _Static_assert(sizeof(info->id) == sizeof(r->id), "snapshot ids have one size");
+    memcpy(info->id, r->id, sizeof(info->id));
     info->time = r->time;
     info->files = r->files;
     info->bytes = r->bytes;
