@@ -203,6 +203,66 @@ TEST_TIMEOUT(auto_pipe_on_a_local_link_stops_at_four_even_when_more_pay, 60)
     run_stop(&r);
 }
 
+TEST_TIMEOUT(auto_pipe_on_a_long_link_dials_its_first_step_while_the_session_opens, 60)
+{
+    /* Every RTT reads as a long link (test hook), and the proxy holds
+     * the pipe partitioned: the kernel completes the connects, but no
+     * HELLO crosses and the session cannot open. The first connect
+     * tells the RTT, and the pipe dials the long link's first step
+     * then, while the session opens, before any connection joined or
+     * any message was queued. */
+    harness_strerror = haul_strerror;
+    haul_engine_config ec;
+    haul_engine_config_init(&ec);
+    server sv;
+    server_start(&sv, engine_with(&ec), NULL);
+    haul_engine *client = engine_with(&ec);
+    haul__debug_auto_local(client, 1);
+    haul__debug_auto_long(client, 1);
+    fault_proxy_config pc;
+    fault_proxy_config_init(&pc);
+    pc.target = sv.address;
+    fault_proxy *px;
+    CHECK_OK(fault_proxy_start(&pc, &px));
+    fault_proxy_partition(px, 1);
+    haul_session_config sc;
+    haul_session_config_init(&sc);
+    sc.destination = fault_proxy_address(px);
+    sc.connections = HAUL_CONNECTIONS_AUTO;
+    sc.max_message = 64 * KIB;
+    sc.output_queue = 2 * MIB;
+    stream st;
+    stream_open(&st, client, &sc, "LONG");
+    unsigned dialled = 0, used = 0;
+    int64_t deadline = transfer_now_ms() + 5000;
+    while (transfer_now_ms() < deadline && dialled < 4 * HAUL__AUTO_START) {
+        stream_pump(client, 20);
+        used = in_use(st.session, &dialled);
+    }
+    harness_log("partitioned: %u dialled, %u in use", dialled, used);
+    CHECK_EQ(dialled, 4 * HAUL__AUTO_START);
+    CHECK_EQ(used, 0);
+    /* The partition lifted, the session opens over the 8 and carries
+     * its messages. */
+    fault_proxy_partition(px, 0);
+    streams_wait_open(client, &st, 1);
+    uint8_t *buf = malloc(64 * KIB);
+    CHECK(buf != NULL);
+    for (int i = 0; i < 16; i++) {
+        fill_pattern(buf, 64 * KIB, st.sent);
+        stream_send_wait(client, &st, buf, 64 * KIB);
+    }
+    streams_wait_acked(client, &st, 1);
+    CHECK_EQ(in_use(st.session, &dialled), 4 * HAUL__AUTO_START);
+    streams_close(client, &st, 1, &sv);
+    stream_verify(&sv, &st);
+    stream_free(&st);
+    free(buf);
+    haul_engine_free(client);
+    server_stop(&sv);
+    fault_proxy_stop(px);
+}
+
 TEST_TIMEOUT(auto_pipe_does_not_grow_while_the_application_sets_the_pace, 60)
 {
     /* The same slow connections, where more would pay, but a sender that

@@ -7,7 +7,8 @@
  *
  *   - Start with 2 connections (1 over a Unix socket); on a long link
  *     (least RTT HAUL__AUTO_LONG_RTT_US or more), go to 8 as soon as the
- *     RTT is known, since the first intervals would be spent in slow
+ *     first connect tells the RTT and a session is opening (or there is
+ *     more to send), since the first intervals would be spent in slow
  *     start.
  *   - Measure goodput, the bytes the peer acknowledged plus the bytes
  *     received, over intervals of HAUL__AUTO_INTERVAL_RTTS round trips
@@ -19,7 +20,8 @@
  *   - Grow while a step raises goodput by HAUL__AUTO_GAIN_PCT or more
  *     (HAUL__AUTO_LOSSY_GAIN_PCT when it doubled the share of
  *     retransmitted segments): x4 from the start count and after a step
- *     that paid in proportion (HAUL__AUTO_LINEAR_PCT), x2 else. A step
+ *     that paid in proportion (HAUL__AUTO_LINEAR_PCT) without raising
+ *     losses, x2 else. A step
  *     is judged once its goodput stopped growing from one interval to
  *     the next (new connections leave slow start), after at most
  *     HAUL__AUTO_RAMP_MAX intervals; at once when it filled the link
@@ -163,6 +165,7 @@ unsigned haul__auto_init(haul__auto *a, unsigned cap, int unix_socket, int64_t n
     memset(a, 0, sizeof(*a));
     a->cap = cap < 1 ? 1 : cap;
     a->local_rtt_us = HAUL__AUTO_LOCAL_RTT_US;
+    a->long_rtt_us = HAUL__AUTO_LONG_RTT_US;
     a->state = AUTO_JOINING;
     a->since = now;
     a->count = unix_socket ? HAUL__AUTO_START_LOCAL : HAUL__AUTO_START;
@@ -188,11 +191,22 @@ void haul__auto_cap(haul__auto *a, unsigned reached)
         a->best.count = reached;
 }
 
+/* The share of segments sent twice at least doubled from one count to the
+ * next, beyond what random loss explains. */
+static int raised_losses(const haul__auto_mark *now, const haul__auto_mark *before)
+{
+    return now->loss > HAUL__AUTO_LOSS_MIN && now->loss > before->loss * HAUL__AUTO_LOSS_FACTOR;
+}
+
 /* A step paid in proportion: each connection added carried about as much
- * as each one before, so that the link is still far from full. */
+ * as each one before, so that the link is still far from full. Not when
+ * it also raised losses: then the link is near its limit, and the count
+ * before may only have been measured short, its connections still
+ * ramping. */
 static int in_proportion(const haul__auto_mark *now, const haul__auto_mark *before)
 {
-    if (before->count == 0 || now->count <= before->count || before->goodput <= 0)
+    if (before->count == 0 || now->count <= before->count || before->goodput <= 0 ||
+        raised_losses(now, before))
         return 0;
     double grew = (double)now->count / before->count - 1;
     return now->goodput - before->goodput >= before->goodput * grew * HAUL__AUTO_LINEAR_PCT / 100;
@@ -212,9 +226,7 @@ static unsigned step_up(const haul__auto *a, unsigned n, int fast)
  * even where they pay well: a large gain is taken whatever the losses. */
 static int paid(const haul__auto_mark *now, const haul__auto_mark *before)
 {
-    int lossier =
-        now->loss > HAUL__AUTO_LOSS_MIN && now->loss > before->loss * HAUL__AUTO_LOSS_FACTOR;
-    int pct = lossier ? HAUL__AUTO_LOSSY_GAIN_PCT : HAUL__AUTO_GAIN_PCT;
+    int pct = raised_losses(now, before) ? HAUL__AUTO_LOSSY_GAIN_PCT : HAUL__AUTO_GAIN_PCT;
     return now->goodput >= before->goodput * (100 + pct) / 100;
 }
 
@@ -414,13 +426,16 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
         }
     }
     int64_t now = in->now;
-    if (a->changes == 0 && a->probe == 0 && !a->local && in->demand &&
-        in->min_rtt_us >= HAUL__AUTO_LONG_RTT_US && a->count < a->cap) {
-        /* A long link, and more to send than the connections take:
-         * the start count would spend the first intervals in slow
-         * start and say little. The first step is taken at once, and
-         * measured (once it stops ramping) as the start count would
-         * have been. */
+    if (a->changes == 0 && a->probe == 0 && !a->local && (in->demand || in->opening) &&
+        in->min_rtt_us >= a->long_rtt_us && a->count < a->cap) {
+        /* A long link, and more to send than the connections take, or
+         * a session being opened to send: the start count would spend
+         * the first intervals in slow start and say little. The first
+         * step is taken at once, and measured (once it stops ramping)
+         * as the start count would have been. Its connections are
+         * dialled as soon as the first connect told the RTT, while the
+         * session opens: waiting for its first message would start
+         * them two round trips behind a fixed count. */
         snprintf(a->why, sizeof(a->why), "a long link (RTT %u us): starting with %u",
                  in->min_rtt_us, step_up(a, a->count, 1));
         set_count(a, step_up(a, a->count, 1));
@@ -568,6 +583,7 @@ void haul__auto_sweep(haul__pipe *pipe, int64_t now)
      * acknowledged and of chunks received. */
     haul__auto_input in = {.now = now,
                            .demand = haul__pipe_demand(pipe),
+                           .opening = haul__pipe_opening(pipe),
                            .bytes =
                                pipe->auto_tcp_info ? pipe->auto_tcp_bytes : pipe->goodput_bytes,
                            .bytes_at = pipe->auto_tcp_info ? pipe->auto_info_at : now,

@@ -104,6 +104,7 @@ typedef struct haul__auto_input {
     int64_t now;         /* ms, the engine's clock */
     unsigned joined;     /* connections in use that are joined now */
     int demand;          /* the application has more to send than the connections take */
+    int opening;         /* a session is being opened: its application means to send */
     uint64_t bytes;      /* goodput: bytes acknowledged by the peer plus bytes received */
     int64_t bytes_at;    /* when they were read (ms; they may lag `now` a little) */
     uint64_t retrans;    /* segments retransmitted by the connections in use */
@@ -126,6 +127,7 @@ typedef struct haul__auto {
     unsigned count;        /* connections to use now */
     unsigned cap;          /* the most it may use */
     unsigned local_rtt_us; /* HAUL__AUTO_LOCAL_RTT_US, or a test's */
+    unsigned long_rtt_us;  /* HAUL__AUTO_LONG_RTT_US, or a test's */
     int local;             /* found local: the cap is HAUL__AUTO_LOCAL_MAX at most */
     int probe;             /* of the count measured: 0 baseline, 1 a step up, -1 down */
     haul__auto_mark base;  /* before the step being measured */

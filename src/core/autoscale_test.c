@@ -26,6 +26,7 @@ typedef struct model {
     unsigned rtt_us;
     int unix_socket;
     int demand;             /* the application has more to send */
+    int opening;            /* a session is being opened */
     double per_conn, limit; /* what the simple models use */
     int64_t change_at;      /* when the link changes, for the models that do */
     double per_conn_after, limit_after;
@@ -85,6 +86,7 @@ static void sim_run(sim *s, const model *l, int64_t until)
         s->in.min_rtt_us = l->rtt_us;
         s->in.unix_socket = l->unix_socket;
         s->in.demand = l->demand;
+        s->in.opening = l->opening;
         s->in.joined = s->count; /* connections join at once */
         s->ms_at[s->count < 128 ? s->count : 128] += SWEEP_MS;
         s->count = haul__auto_tick(&s->a, &s->in);
@@ -192,6 +194,40 @@ TEST(auto_takes_its_first_step_at_once_on_a_long_link)
     sim_run(&s, &l, 20000);
     CHECK_EQ(s.count, 4 * HAUL__AUTO_START);
     CHECK_EQ(s.highest, 8 * HAUL__AUTO_START);
+}
+
+TEST(auto_takes_its_first_step_while_a_session_opens_on_a_long_link)
+{
+    /* 200 ms: the first connect told the RTT, and a session is being
+     * opened, so no message could be queued yet. The first step is
+     * taken now; without a session, or on a short link, it is not. */
+    model l = {.goodput = linear_capped,
+               .loss = no_loss,
+               .rtt_us = 200000,
+               .opening = 1,
+               .per_conn = 15 * MB,
+               .limit = 125 * MB,
+               .change_at = INT64_MAX};
+    sim s;
+    sim_start(&s, &l, 128);
+    sim_run(&s, &l, 40);
+    CHECK_EQ(s.count, 4 * HAUL__AUTO_START);
+    /* Opened, with nothing to send: the count stays. */
+    l.opening = 0;
+    sim_run(&s, &l, 10000);
+    CHECK_EQ(s.count, 4 * HAUL__AUTO_START);
+
+    model idle = l;
+    sim_start(&s, &idle, 128);
+    sim_run(&s, &idle, 10000);
+    CHECK_EQ(s.highest, HAUL__AUTO_START);
+
+    model lan = l;
+    lan.opening = 1;
+    lan.rtt_us = HAUL__AUTO_LONG_RTT_US - 1;
+    sim_start(&s, &lan, 128);
+    sim_run(&s, &lan, 1000);
+    CHECK_EQ(s.highest, HAUL__AUTO_START);
 }
 
 TEST(auto_never_grows_while_the_application_sets_the_pace)
@@ -372,6 +408,34 @@ static double full_goodput(const model *l, unsigned n, int64_t t)
 static double full_loss(const model *l, unsigned n, int64_t t)
 {
     return l->per_conn * n > l->limit ? 0.10 : 0;
+}
+
+/* Connections from 16 on lose a seventh of their segments, while the RTT
+ * stays the least: losses a queue does not explain by filling. */
+static double loss_from_16(const model *l, unsigned n, int64_t t)
+{
+    return n >= 16 ? 0.15 : 0;
+}
+
+TEST(auto_doubles_after_a_step_that_raised_losses)
+{
+    /* 200 ms: 8 connections measured at 60 MB/s while they still ramp,
+     * 16 at 120 MB/s with 15% of segments retransmitted. The step paid
+     * in proportion, but its losses say the link is near its limit: the
+     * next is 32, not 64, and 32 pays nothing. */
+    model l = {.goodput = linear_capped,
+               .loss = loss_from_16,
+               .rtt_us = 200000,
+               .demand = 1,
+               .per_conn = 7.5 * MB,
+               .limit = 125 * MB,
+               .change_at = INT64_MAX};
+    sim s;
+    sim_start(&s, &l, 128);
+    sim_run(&s, &l, 30000);
+    CHECK_EQ(s.highest, 32);
+    CHECK_EQ(s.count, 16);
+    CHECK_EQ(s.a.state, AUTO_HOLDING);
 }
 
 TEST(auto_holds_a_count_that_fills_the_link)

@@ -625,6 +625,9 @@ struct haul_engine {
     /* Test hook: the RTT under which automatic pipes made from now on take
      * their link for local (0: HAUL__AUTO_LOCAL_RTT_US). */
     unsigned debug_auto_local_us;
+    /* Test hook: the RTT from which they take their link for long (0:
+     * HAUL__AUTO_LONG_RTT_US). */
+    unsigned debug_auto_long_us;
     /* Test hook: the round trip the queues are sized for (0: the pipe's;
      * session.c, "Queues from the bandwidth-delay product"). */
     unsigned debug_rtt_us;
@@ -730,12 +733,18 @@ static inline int haul__conn_parked(const haul__conn *c)
  * sender is held back (its output queue full, or the receiver's window
  * closed) while messages of the window are still in flight. */
 int haul__pipe_demand(haul__pipe *pipe);
+/* Whether a session of the pipe is being opened (created, its SYNC not
+ * yet acknowledged): its application means to send. */
+int haul__pipe_opening(haul__pipe *pipe);
 /* Makes an automatic pipe use n connections (at most its cap): dials the
  * slots it never had, parks or unparks the others. Returns the count it
  * could reach: lower when a dial failed for want of memory or
  * descriptors, or the engine's max_connections was reached. */
 unsigned haul__pipe_resize(haul__pipe *pipe, unsigned n);
 int haul__pipe_fill(haul__pipe *pipe, haul__conn *conn);
+/* A client connection's connect completed (mu held): an automatic pipe
+ * learns the path's round trip from it, before any handshake. */
+void haul__pipe_conn_connected(haul__pipe *pipe, haul__conn *conn);
 void haul__pipe_conn_joined(haul__pipe *pipe, haul__conn *conn);
 void haul__pipe_conn_lost(haul__pipe *pipe, haul__conn *conn, int error);
 int64_t haul__pipe_sweep(haul__pipe *pipe, int64_t now);
@@ -828,6 +837,9 @@ int haul__sock_room(int fd, uint32_t bytes);
  * kernel's smoothed round-trip estimate in microseconds, 0 if unknown,
  * and sets *min_rtt to the least it saw (the path without queues). */
 uint32_t haul__sock_pace(int fd, uint32_t floor, uint32_t *lowat, uint32_t *min_rtt);
+/* The least round trip a TCP socket saw, in microseconds (the SYN's once
+ * connected); 0 when unknown or not TCP. */
+uint32_t haul__sock_min_rtt(int fd);
 
 /* Test hook: breaks connection `index` of the session's (client) pipe. */
 int haul__debug_break_conn(haul_session *s, unsigned index);
@@ -847,6 +859,9 @@ int haul__debug_freeze(haul_session *s, int index, int frozen);
  * below `us` of RTT (0: the default, HAUL__AUTO_LOCAL_RTT_US), so that a
  * test on loopback can see them grow. */
 void haul__debug_auto_local(haul_engine *engine, unsigned us);
+/* Test hook: automatic pipes made from now on take a link for long from
+ * `us` of RTT on (0: the default, HAUL__AUTO_LONG_RTT_US). */
+void haul__debug_auto_long(haul_engine *engine, unsigned us);
 
 /* Test hook: makes the session's automatic pipe use n connections now,
  * and its controller leave the count alone from then on (for tests of

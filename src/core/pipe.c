@@ -179,6 +179,8 @@ haul__pipe *haul__pipe_client(haul_engine *e, const haul_session_config *c,
         pipe->autoscale = controller;
         if (e->debug_auto_local_us)
             pipe->autoscale.local_rtt_us = e->debug_auto_local_us;
+        if (e->debug_auto_long_us)
+            pipe->autoscale.long_rtt_us = e->debug_auto_long_us;
         haul__log(e, HAUL_LOG_INFO, "pipe %s: %u connections: %s (at most %u)", pipe->destination,
                   first, controller.why, cap);
     }
@@ -298,6 +300,20 @@ static void pipe_events_owed(haul__pipe *pipe)
         post_pipe_event(pipe, HAUL_EV_PIPE_DOWN, pipe->down_error);
     else
         post_pipe_event(pipe, HAUL_EV_PIPE_UP, 0);
+}
+
+void haul__pipe_conn_connected(haul__pipe *pipe, haul__conn *c)
+{
+    if (!pipe->automatic)
+        return;
+    /* The SYN crossed the path: its round trip is the least there is.
+     * The automatic count reads it at once (haul__pipe_sweep) rather
+     * than once a connection has joined, two round trips later. */
+    uint32_t rtt = haul__sock_min_rtt(c->fd);
+    if (rtt && (pipe->auto_min_rtt_us == 0 || rtt < pipe->auto_min_rtt_us)) {
+        pipe->auto_min_rtt_us = rtt;
+        haul__sweep_soon(pipe->engine);
+    }
 }
 
 void haul__pipe_conn_joined(haul__pipe *pipe, haul__conn *c)
@@ -1069,6 +1085,26 @@ int haul__pipe_demand(haul__pipe *pipe)
     return 0;
 }
 
+int haul__pipe_opening(haul__pipe *pipe)
+{
+    haul__list *p;
+    haul__list_each(p, &pipe->sessions)
+    {
+        haul_session *s = HAUL__CONTAINER(p, haul_session, pipe_link);
+        switch (s->state) {
+        case CE_SS_NULL:
+        case CE_SS_SEND_SYNC:
+        case CE_SS_SENDING_SYNC:
+        case CE_SS_SESSION_WAITING_FOR_SYNC_COMPLETE:
+        case CE_SS_WAITING_ACK:
+            return 1;
+        default:
+            break;
+        }
+    }
+    return 0;
+}
+
 unsigned haul__pipe_resize(haul__pipe *pipe, unsigned n)
 {
     haul_engine *e = pipe->engine;
@@ -1359,7 +1395,7 @@ int64_t haul__pipe_sweep(haul__pipe *pipe, int64_t now)
             if (pipe->conns[i] == NULL && pipe->redial_at[i])
                 next = earlier(next, pipe->redial_at[i]);
         /* The automatic count samples the pipe at every sweep. */
-        if (pipe->automatic && !pipe->auto_pinned && pipe->ever_joined) {
+        if (pipe->automatic && !pipe->auto_pinned && (pipe->ever_joined || pipe->auto_min_rtt_us)) {
             haul__auto_sweep(pipe, now);
             next = now;
         }
@@ -1484,6 +1520,13 @@ void haul__debug_auto_local(haul_engine *e, unsigned us)
 {
     pthread_mutex_lock(&e->mu);
     e->debug_auto_local_us = us;
+    pthread_mutex_unlock(&e->mu);
+}
+
+void haul__debug_auto_long(haul_engine *e, unsigned us)
+{
+    pthread_mutex_lock(&e->mu);
+    e->debug_auto_long_us = us;
     pthread_mutex_unlock(&e->mu);
 }
 

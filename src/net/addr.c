@@ -189,6 +189,16 @@ uint32_t haul__sock_pace(int fd, uint32_t floor, uint32_t *lowat, uint32_t *min_
     return ti.tcpi_rtt;
 }
 
+uint32_t haul__sock_min_rtt(int fd)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    memset(&ti, 0, sizeof(ti));
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
+        return 0;
+    return ti.tcpi_min_rtt;
+}
+
 int haul__sock_listen(const struct sockaddr_storage *ss, socklen_t len, int *fdp)
 {
     int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

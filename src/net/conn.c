@@ -1114,6 +1114,7 @@ static void dialled(haul__conn *c)
         return;
     }
     haul__conn_enter(c, HAUL__CONNEV_CONNECTED);
+    haul__pipe_conn_connected(c->pipe, c);
     if (conn_secure(c))
         conn_secured(c);
 }
