@@ -21,11 +21,11 @@
  *     (HAUL__AUTO_LOSSY_GAIN_PCT when it doubled the share of
  *     retransmitted segments): x4 from the start count and after a step
  *     that paid in proportion (HAUL__AUTO_LINEAR_PCT) without raising
- *     losses, x2 else. A step
- *     is judged once its goodput stopped growing from one interval to
- *     the next (new connections leave slow start), after at most
- *     HAUL__AUTO_RAMP_MAX intervals; at once when it filled the link
- *     (below) and carried less than the count before. When a step does
+ *     losses, x2 else. A step is judged once its goodput stopped
+ *     changing from one interval to the next (new connections leave
+ *     slow start and settle), after at most HAUL__AUTO_RAMP_MAX
+ *     intervals; at once when it filled the link (below) and carried
+ *     less than the count before. When a step does
  *     not pay, go back to the best count measured and hold it.
  *   - Stop growing when the link is full: HAUL__AUTO_FULL_LOSS of the
  *     segments retransmitted while the RTT stands HAUL__AUTO_FULL_QUEUE_PCT
@@ -228,6 +228,18 @@ static int paid(const haul__auto_mark *now, const haul__auto_mark *before)
 {
     int pct = raised_losses(now, before) ? HAUL__AUTO_LOSSY_GAIN_PCT : HAUL__AUTO_GAIN_PCT;
     return now->goodput >= before->goodput * (100 + pct) / 100;
+}
+
+/* Goodput still grows or falls by the margin from one interval to the
+ * next. It grows while new connections are in slow start; under a
+ * congestion control that backs off for losses it then falls, for a
+ * second or two, from the windows slow start left far above what the
+ * losses let them keep: 8 connections under CUBIC with 0.5% random loss
+ * at 50 ms read 615 Mbit/s in their first interval and carry 200. */
+static int changing(const haul__auto_mark *m, double before)
+{
+    return m->goodput >= before * (100 + HAUL__AUTO_GAIN_PCT) / 100 ||
+           m->goodput <= before * (100 - HAUL__AUTO_GAIN_PCT) / 100;
 }
 
 /* The link is full: segments are lost at a rate that only an overflowing
@@ -495,13 +507,12 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
      * gain: judged at once, so that they add no more losses. */
     int failed = a->probe > 0 && m.full && m.goodput < a->base.goodput;
     if (a->state == AUTO_MEASURING && (a->probe > 0 || a->changes > 0) && !failed &&
-        (a->ramps == 0 || (a->ramps < HAUL__AUTO_RAMP_MAX &&
-                           m.goodput >= a->ramp_goodput * (100 + HAUL__AUTO_GAIN_PCT) / 100))) {
+        (a->ramps == 0 || (a->ramps < HAUL__AUTO_RAMP_MAX && changing(&m, a->ramp_goodput)))) {
         /* New connections may still be in slow start, the more so the
-         * longer the round trip: a step up (or the first count of a
-         * long link) is judged once its goodput stopped growing from
-         * one interval to the next (or after HAUL__AUTO_RAMP_MAX
-         * intervals). */
+         * longer the round trip, or settling from it: a step up (or the
+         * first count of a long link) is judged once its goodput
+         * stopped changing from one interval to the next (or after
+         * HAUL__AUTO_RAMP_MAX intervals). */
         a->ramps++;
         a->ramp_goodput = m.goodput;
         enter(a, AEV_RAMPING, now);

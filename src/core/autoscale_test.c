@@ -31,6 +31,10 @@ typedef struct model {
     int64_t change_at;      /* when the link changes, for the models that do */
     double per_conn_after, limit_after;
     unsigned full_rtt_us; /* the RTT while the bottleneck's queue is full (0: rtt_us) */
+    /* When set, what goodput() gives is multiplied by this, of the ms
+     * since the count last changed: connections that overshoot in slow
+     * start and then settle. */
+    double (*burst)(const struct model *l, unsigned n, int64_t age);
 } model;
 
 typedef struct sim {
@@ -40,6 +44,7 @@ typedef struct sim {
     unsigned count;
     unsigned lowest, highest; /* the counts used (tests may reset them) */
     int64_t ms_at[129];       /* time spent at each count */
+    int64_t changed_at;       /* when the count last changed */
 } sim;
 
 /* Each connection adds per_conn, up to the link's limit. */
@@ -70,6 +75,8 @@ static void sim_run(sim *s, const model *l, int64_t until)
     while (s->in.now < until) {
         s->in.now += SWEEP_MS;
         double g = l->goodput(l, s->count, s->in.now);
+        if (l->burst)
+            g *= l->burst(l, s->count, s->in.now - s->changed_at);
         double segs = g / 9000 * SWEEP_MS / 1000;
         s->bytes += g * SWEEP_MS / 1000;
         s->segs += segs;
@@ -89,7 +96,10 @@ static void sim_run(sim *s, const model *l, int64_t until)
         s->in.opening = l->opening;
         s->in.joined = s->count; /* connections join at once */
         s->ms_at[s->count < 128 ? s->count : 128] += SWEEP_MS;
+        unsigned before = s->count;
         s->count = haul__auto_tick(&s->a, &s->in);
+        if (s->count != before)
+            s->changed_at = s->in.now;
         if (s->count > s->highest)
             s->highest = s->count;
         if (s->count < s->lowest)
@@ -147,6 +157,38 @@ TEST(auto_grows_faster_while_each_connection_adds_as_much)
     /* 64 -> 128 does not pay: 64 is kept. */
     sim_run(&s, &l, 10000);
     CHECK_EQ(s.count, 64);
+    CHECK_EQ(s.a.state, AUTO_HOLDING);
+}
+
+/* The first 8 of a congestion control that backs off for random loss
+ * leave slow start with windows far above what the losses let them keep:
+ * 4 times their share for 0.8 s, twice for 0.8 s more. */
+static double slow_start_overshoot(const model *l, unsigned n, int64_t age)
+{
+    if (n != 4 * HAUL__AUTO_START)
+        return 1;
+    return age < 800 ? 4 : age < 1600 ? 2 : 1;
+}
+
+TEST(auto_measures_a_count_again_while_its_goodput_falls)
+{
+    /* 50 ms, 0.5% random loss, 3 MB/s a connection. 8 connections
+     * first carry 96 MB/s, then 48, then 24: measured in their first
+     * intervals, they would read twice what 16 carry, and the pipe
+     * would keep 8. A count whose goodput still falls from one interval
+     * to the next is measured again, as one whose goodput still grows. */
+    model l = {.goodput = linear_capped,
+               .loss = random_loss,
+               .rtt_us = 50000,
+               .demand = 1,
+               .per_conn = 3 * MB,
+               .limit = 125 * MB,
+               .change_at = INT64_MAX,
+               .burst = slow_start_overshoot};
+    sim s;
+    sim_start(&s, &l, 128);
+    sim_run(&s, &l, 10000);
+    CHECK_GE(s.count, 32);
     CHECK_EQ(s.a.state, AUTO_HOLDING);
 }
 
