@@ -21,11 +21,11 @@
  *     (HAUL__AUTO_LOSSY_GAIN_PCT when it doubled the share of
  *     retransmitted segments): x4 from the start count and after a step
  *     that paid in proportion (HAUL__AUTO_LINEAR_PCT) without raising
- *     losses, x2 else. A step is judged once its goodput stopped
- *     changing from one interval to the next (new connections leave
- *     slow start and settle), after at most HAUL__AUTO_RAMP_MAX
- *     intervals; at once when it filled the link (below) and carried
- *     less than the count before. When a step does
+ *     losses, x2 else. A step is measured over HAUL__AUTO_RAMP_MIN
+ *     intervals, and judged once its goodput stopped changing from one
+ *     interval to the next (new connections leave slow start and
+ *     settle), after at most HAUL__AUTO_RAMP_MAX; at once when it
+ *     filled the link (below) and carried less than the count before. When a step does
  *     not pay, go back to the best count measured and hold it.
  *   - Stop growing when the link is full: HAUL__AUTO_FULL_LOSS of the
  *     segments retransmitted while the RTT stands HAUL__AUTO_FULL_QUEUE_PCT
@@ -507,12 +507,18 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
      * gain: judged at once, so that they add no more losses. */
     int failed = a->probe > 0 && m.full && m.goodput < a->base.goodput;
     if (a->state == AUTO_MEASURING && (a->probe > 0 || a->changes > 0) && !failed &&
-        (a->ramps == 0 || (a->ramps < HAUL__AUTO_RAMP_MAX && changing(&m, a->ramp_goodput)))) {
+        (a->ramps < HAUL__AUTO_RAMP_MIN ||
+         (a->ramps < HAUL__AUTO_RAMP_MAX && changing(&m, a->ramp_goodput)))) {
         /* New connections may still be in slow start, the more so the
          * longer the round trip, or settling from it: a step up (or the
-         * first count of a long link) is judged once its goodput
+         * first count of a long link) is measured over
+         * HAUL__AUTO_RAMP_MIN intervals, and judged once its goodput
          * stopped changing from one interval to the next (or after
-         * HAUL__AUTO_RAMP_MAX intervals). */
+         * HAUL__AUTO_RAMP_MAX). Under CUBIC with random loss, new
+         * connections carry three times their share for a second or
+         * more (at 50 ms: 10 to 30 intervals of their round trip)
+         * before their losses bring them down: a count judged then
+         * reads high against the next. */
         a->ramps++;
         a->ramp_goodput = m.goodput;
         enter(a, AEV_RAMPING, now);

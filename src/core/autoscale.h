@@ -87,7 +87,8 @@ typedef enum haul__auto_event {
 #define HAUL__AUTO_GAIN_PCT 10        /* a step pays when goodput grows this much */
 #define HAUL__AUTO_LINEAR_PCT 75      /* ... in proportion: this share of the count's growth */
 #define HAUL__AUTO_LOSSY_GAIN_PCT 25  /* ... or this much, when it also raised losses */
-#define HAUL__AUTO_RAMP_MAX 3         /* most intervals a step up is measured over */
+#define HAUL__AUTO_RAMP_MIN 3         /* intervals a step up is measured over first */
+#define HAUL__AUTO_RAMP_MAX 4         /* ... and at most, before its judging one */
 #define HAUL__AUTO_KEEP_PCT 90        /* a step down is kept when it does this well */
 #define HAUL__AUTO_DROP_PCT 90        /* goodput below this share of the best has fallen */
 #define HAUL__AUTO_DEMAND_PCT 80      /* sweeps with more to send, for an interval to count */
