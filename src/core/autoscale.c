@@ -420,7 +420,9 @@ static void watch(haul__auto *a, const haul__auto_mark *m, int64_t now)
     }
 }
 
-unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
+/* What every sweep reads: the round trips, and whether the link is
+ * local. */
+static void observe(haul__auto *a, const haul__auto_input *in)
 {
     if (in->rtt_us)
         a->rtt_us = in->rtt_us;
@@ -437,7 +439,12 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
                      a->cap);
         }
     }
-    int64_t now = in->now;
+}
+
+/* The long link's first step, taken before anything is measured; 1 when
+ * taken now. */
+static int first_step(haul__auto *a, const haul__auto_input *in)
+{
     if (a->changes == 0 && a->probe == 0 && !a->local && (in->demand || in->opening) &&
         in->min_rtt_us >= a->long_rtt_us && a->count < a->cap) {
         /* A long link, and more to send than the connections take, or
@@ -451,9 +458,25 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
         snprintf(a->why, sizeof(a->why), "a long link (RTT %u us): starting with %u",
                  in->min_rtt_us, step_up(a, a->count, 1));
         set_count(a, step_up(a, a->count, 1));
-        enter(a, AEV_GROW, now);
-        return a->count;
+        enter(a, AEV_GROW, in->now);
+        return 1;
     }
+    return 0;
+}
+
+unsigned haul__auto_early(haul__auto *a, const haul__auto_input *in)
+{
+    observe(a, in);
+    first_step(a, in);
+    return a->count;
+}
+
+unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
+{
+    observe(a, in);
+    if (first_step(a, in))
+        return a->count;
+    int64_t now = in->now;
     switch (a->state) {
     case AUTO_JOINING:
         if (in->joined >= a->count || now - a->since >= HAUL__AUTO_JOIN_WAIT_MS)
@@ -490,7 +513,11 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
     uint64_t segs = in->segs - a->start_segs;
     m.loss = segs ? (double)(in->retrans - a->start_retrans) / (double)segs : 0;
     m.full = full(a, m.loss);
-    int limited = (uint64_t)a->demanded * 100 < (uint64_t)a->samples * HAUL__AUTO_DEMAND_PCT;
+    /* Nothing carried at all, with more to send, is a pipe that lost
+     * its connections, not a count that carries nothing: no step can be
+     * judged against it. */
+    int limited = (uint64_t)a->demanded * 100 < (uint64_t)a->samples * HAUL__AUTO_DEMAND_PCT ||
+                  m.goodput <= 0;
     a->intervals++;
     a->last_limited = limited;
     a->last_demand_pct = a->samples ? a->demanded * 100 / a->samples : 0;
@@ -506,8 +533,11 @@ unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in)
      * before it has failed, whatever its new connections might still
      * gain: judged at once, so that they add no more losses. */
     int failed = a->probe > 0 && m.full && m.goodput < a->base.goodput;
+    /* A step down starts no connection: its first interval after the
+     * settling is enough. */
+    unsigned ramp_min = a->probe < 0 ? 1 : HAUL__AUTO_RAMP_MIN;
     if (a->state == AUTO_MEASURING && (a->probe > 0 || a->changes > 0) && !failed &&
-        (a->ramps < HAUL__AUTO_RAMP_MIN ||
+        (a->ramps < ramp_min ||
          (a->ramps < HAUL__AUTO_RAMP_MAX && changing(&m, a->ramp_goodput)))) {
         /* New connections may still be in slow start, the more so the
          * longer the round trip, or settling from it: a step up (or the
@@ -600,7 +630,8 @@ void haul__auto_sweep(haul__pipe *pipe, int64_t now)
      * acknowledged and of chunks received. */
     haul__auto_input in = {.now = now,
                            .demand = haul__pipe_demand(pipe),
-                           .opening = haul__pipe_opening(pipe),
+                           /* Read only while the first step may come. */
+                           .opening = a->changes == 0 && haul__pipe_opening(pipe),
                            .bytes =
                                pipe->auto_tcp_info ? pipe->auto_tcp_bytes : pipe->goodput_bytes,
                            .bytes_at = pipe->auto_tcp_info ? pipe->auto_info_at : now,
@@ -614,7 +645,9 @@ void haul__auto_sweep(haul__pipe *pipe, int64_t now)
             in.joined++;
     unsigned before = a->count, intervals = a->intervals;
     int state = a->state;
-    unsigned want = haul__auto_tick(a, &in);
+    /* Before a connection joined, only the long link's first step: no
+     * interval means anything yet. */
+    unsigned want = pipe->ever_joined ? haul__auto_tick(a, &in) : haul__auto_early(a, &in);
     if (a->intervals != intervals)
         haul__log(e, HAUL_LOG_DEBUG,
                   "pipe %s: %u connections, %s: %.1f Mbit/s, %.2f%% retransmitted, RTT %u us, "
@@ -622,7 +655,8 @@ void haul__auto_sweep(haul__pipe *pipe, int64_t now)
                   pipe->destination, before, haul__auto_state_name(state),
                   a->last_limited ? 0 : a->last.goodput * 8 / 1e6,
                   a->last_limited ? 0 : a->last.loss * 100, a->rtt_us, a->last_demand_pct,
-                  a->last_limited ? " (the application's pace: not counted)" : "");
+                  a->last_limited ? " (not counted: the application's pace, or nothing carried)"
+                                  : "");
     if (want != pipe->active) {
         unsigned got = haul__pipe_resize(pipe, want);
         if (got < want)

@@ -23,8 +23,8 @@
  *                                                find their pace
  *   AUTO_MEASURING --limited-->  AUTO_MEASURING  the application set the
  *                                                pace: measure again
- *   AUTO_MEASURING --ramping-->  AUTO_MEASURING  a step up still gains
- *                                                interval over interval
+ *   AUTO_MEASURING --ramping-->  AUTO_MEASURING  a step is young, or still
+ *                                                changes interval over interval
  *   AUTO_MEASURING --grow-->     AUTO_JOINING    the step paid: one more
  *   AUTO_MEASURING --keep-->     AUTO_HOLDING    it did not (or the cap,
  *                                                or the link is full): the
@@ -59,7 +59,7 @@ typedef enum haul__auto_state {
     X(AEV_JOINED)  /* the connections of the count joined, or the wait ran out */                  \
     X(AEV_SETTLED) /* the ramp-up time passed */                                                   \
     X(AEV_LIMITED) /* an interval the application set the pace of: not counted */                  \
-    X(AEV_RAMPING) /* a step up still gains from one interval to the next: measure again */        \
+    X(AEV_RAMPING) /* a step is measured again: too few intervals, or its goodput still changes */ \
     X(AEV_GROW)    /* the baseline, or a step that paid: one step up */                            \
     X(AEV_KEEP)    /* a step that did not pay, the cap or a full link: the best count */           \
     X(AEV_PROBE)   /* the time to try one step up again */                                         \
@@ -111,7 +111,7 @@ typedef struct haul__auto_input {
     uint64_t retrans;    /* segments retransmitted by the connections in use */
     uint64_t segs;       /* segments they sent */
     unsigned rtt_us;     /* the smallest smoothed RTT among them; 0 while unknown */
-    unsigned min_rtt_us; /* the smallest RTT any of them ever saw (no queueing); 0: unknown */
+    unsigned min_rtt_us; /* the least RTT they or a connect saw (no queues); 0: unknown */
     int unix_socket;     /* the pipe runs over a Unix socket */
 } haul__auto_input;
 
@@ -165,6 +165,11 @@ unsigned haul__auto_init(haul__auto *a, unsigned cap, int unix_socket, int64_t n
  * connections to use from now on. When it differs from the last answer,
  * a->why says why. */
 unsigned haul__auto_tick(haul__auto *a, const haul__auto_input *in);
+
+/* The same before any connection joined: only the long link's first step
+ * may be taken (a connect told the RTT, a session is opening); nothing is
+ * measured. */
+unsigned haul__auto_early(haul__auto *a, const haul__auto_input *in);
 
 /* The pipe could not reach the count asked for (a dial failed for want
  * of memory or descriptors, the engine's max_connections, or the server

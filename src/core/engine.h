@@ -838,7 +838,8 @@ int haul__sock_room(int fd, uint32_t bytes);
  * and sets *min_rtt to the least it saw (the path without queues). */
 uint32_t haul__sock_pace(int fd, uint32_t floor, uint32_t *lowat, uint32_t *min_rtt);
 /* The least round trip a TCP socket saw, in microseconds (the SYN's once
- * connected); 0 when unknown or not TCP. */
+ * connected); 0 when unknown, when the SYN had to be sent again, or not
+ * TCP. */
 uint32_t haul__sock_min_rtt(int fd);
 
 /* Test hook: breaks connection `index` of the session's (client) pipe. */

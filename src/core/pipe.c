@@ -1395,9 +1395,15 @@ int64_t haul__pipe_sweep(haul__pipe *pipe, int64_t now)
             if (pipe->conns[i] == NULL && pipe->redial_at[i])
                 next = earlier(next, pipe->redial_at[i]);
         /* The automatic count samples the pipe at every sweep. */
-        if (pipe->automatic && !pipe->auto_pinned && (pipe->ever_joined || pipe->auto_min_rtt_us)) {
+        if (pipe->automatic && !pipe->auto_pinned && pipe->ever_joined) {
             haul__auto_sweep(pipe, now);
             next = now;
+        } else if (pipe->automatic && !pipe->auto_pinned && pipe->auto_min_rtt_us) {
+            /* A connect told the RTT (haul__pipe_conn_connected asked
+             * for this sweep): the long link's first step may be taken
+             * while the session opens. Nothing is sampled until a
+             * connection joins, so this sweep asks for no next one. */
+            haul__auto_sweep(pipe, now);
         }
     }
     active_sweep(pipe, now);

@@ -196,6 +196,11 @@ uint32_t haul__sock_min_rtt(int fd)
     memset(&ti, 0, sizeof(ti));
     if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
         return 0;
+    /* Without a sample the kernel reports its initial ~0; a SYN sent
+     * twice may have none, or the timer's second instead of the path's
+     * round trip. */
+    if (ti.tcpi_min_rtt == UINT32_MAX || ti.tcpi_total_retrans != 0)
+        return 0;
     return ti.tcpi_min_rtt;
 }
 

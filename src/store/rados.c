@@ -439,7 +439,9 @@ static void snapshot_info_of(const snaprec *r, store_info *info)
 {
     memset(info, 0, sizeof(*info));
     _Static_assert(sizeof(info->id) == sizeof(r->id), "snapshot ids have one size");
-    memcpy(info->id, r->id, sizeof(info->id));
+    size_t n = strnlen(r->id, sizeof(r->id) - 1);
+    memcpy(info->id, r->id, n);
+    info->id[n] = '\0';
     info->time = r->time;
     info->files = r->files;
     info->bytes = r->bytes;
