@@ -21,12 +21,13 @@
  *     (HAUL__AUTO_LOSSY_GAIN_PCT when it doubled the share of
  *     retransmitted segments): x4 from the start count and after a step
  *     that paid in proportion (HAUL__AUTO_LINEAR_PCT) without raising
- *     losses, x2 else. A step is measured over HAUL__AUTO_RAMP_MIN
+ *     losses, x2 else. A step up is measured over HAUL__AUTO_RAMP_MIN
  *     intervals, and judged once its goodput stopped changing from one
  *     interval to the next (new connections leave slow start and
  *     settle), after at most HAUL__AUTO_RAMP_MAX; at once when it
- *     filled the link (below) and carried less than the count before. When a step does
- *     not pay, go back to the best count measured and hold it.
+ *     filled the link (below) and carried less than the count before.
+ *     When a step does not pay, go back to the best count measured and
+ *     hold it.
  *   - Stop growing when the link is full: HAUL__AUTO_FULL_LOSS of the
  *     segments retransmitted while the RTT stands HAUL__AUTO_FULL_QUEUE_PCT
  *     above the least, since only an overflowing queue at the bottleneck
